@@ -1,0 +1,141 @@
+"""The LBP-WHT autograd function (Algorithm 1) for linear layers and 1x1 convolutions.
+
+Forward is the ordinary layer. Backward replaces the two full-rank matmuls of Eq. 2 by their
+low-rank versions (Eq. 3-5):
+
+    x_hat = p(x)          (B, P*R, Cx)   saved in forward instead of x
+    g_hat = p(g_y) / n^2  (B, P*R, Cy)
+    g_w   = g_hat^T x_hat                (Cy, Cx)     no reverse projection needed
+    g_x   = p^-1(g_hat w)                back to (B, L, Cx)
+
+The bias gradient is exact (a plain sum of g_y). Leading "extra" tokens (class/distillation
+tokens) are not part of the map: they are saved as they are and get exact gradients.
+
+With LoRA adapters (``y = x w^T + s (x A^T) B^T``, Table 6 "LBP + LoRA-all") the adapter
+gradients and the input gradient are computed in the same low-rank space:
+``g_A = s (g_hat B)^T x_hat``, ``g_B = s g_hat^T (x_hat A^T)``,
+``g_x = p^-1(g_hat w + s (g_hat B) A)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .projection import WHTProjector
+
+__all__ = ["lbp_forward"]
+
+
+class _LBPFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, projector, layout, extra, scaling):
+        cy = weight.shape[0]
+        cx = weight.shape[1]
+        if layout == "tokens":
+            y = F.linear(x, weight, bias)
+            if lora_a is not None:
+                y = y + scaling * F.linear(F.linear(x, lora_a), lora_b)
+            main, x_extra = x[:, extra:], x[:, :extra]
+        else:
+            w4 = weight.view(cy, cx, 1, 1)
+            y = F.conv2d(x, w4, bias)
+            if lora_a is not None:
+                t = F.conv2d(x, lora_a.view(-1, cx, 1, 1))
+                y = y + scaling * F.conv2d(t, lora_b.view(cy, -1, 1, 1))
+            main, x_extra = x, None
+        need_w = weight.requires_grad
+        need_lora = lora_a is not None and (lora_a.requires_grad or lora_b.requires_grad)
+        # Only the projected input is kept for backward: (B, P*R, Cx) instead of (B, L, Cx).
+        x_hat = projector.project(main, layout) if (need_w or need_lora) else None
+        ctx.projector, ctx.layout, ctx.extra, ctx.scaling = projector, layout, extra, scaling
+        ctx.x_dtype = x.dtype
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x_hat, x_extra if extra else None, weight, lora_a, lora_b)
+        return y
+
+    @staticmethod
+    def backward(ctx, g_y):
+        x_hat, x_extra, weight, lora_a, lora_b = ctx.saved_tensors
+        proj: WHTProjector = ctx.projector
+        layout, extra, s = ctx.layout, ctx.extra, ctx.scaling
+        need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
+        dt = g_y.dtype
+        cy, cx = weight.shape[0], weight.shape[1]
+        w2 = weight.view(cy, cx).to(dt)
+        a = lora_a.to(dt) if lora_a is not None else None
+        b = lora_b.to(dt) if lora_b is not None else None
+
+        if layout == "tokens":
+            g_main, g_extra = g_y[:, extra:], g_y[:, :extra]
+        else:
+            g_main, g_extra = g_y, None
+        n2 = proj.order * proj.order
+        g_hat = proj.project(g_main, layout) * (1.0 / n2)  # (B, P*R, Cy)
+        g_hat2 = g_hat.reshape(-1, cy)
+        x_hat2 = x_hat.reshape(-1, cx).to(dt) if x_hat is not None else None
+        xe2 = x_extra.reshape(-1, cx).to(dt) if x_extra is not None else None
+        ge2 = g_extra.reshape(-1, cy) if (g_extra is not None and extra) else None
+
+        grad_x = grad_w = grad_b = grad_a = grad_bb = None
+        if need_b:
+            grad_b = g_y.sum(dim=(0, 2, 3)) if layout == "nchw" else g_y.sum(dim=(0, 1))
+        if need_w:
+            grad_w = g_hat2.T @ x_hat2
+            if ge2 is not None:
+                grad_w = grad_w + ge2.T @ xe2
+            grad_w = grad_w.view_as(weight).to(weight.dtype)
+        gb = None  # g_hat B, shared by g_A and g_x
+        if a is not None and (need_a or need_x):
+            gb = g_hat2 @ b  # (N, r)
+        if need_a:
+            grad_a = s * (gb.T @ x_hat2)
+            if ge2 is not None:
+                grad_a = grad_a + s * ((ge2 @ b).T @ xe2)
+            grad_a = grad_a.to(lora_a.dtype)
+        if need_bb:
+            grad_bb = s * (g_hat2.T @ (x_hat2 @ a.T))
+            if ge2 is not None:
+                grad_bb = grad_bb + s * (ge2.T @ (xe2 @ a.T))
+            grad_bb = grad_bb.to(lora_b.dtype)
+        if need_x:
+            gx_hat = g_hat2 @ w2
+            if gb is not None:
+                gx_hat = gx_hat + s * (gb @ a)
+            grad_x = proj.reverse(gx_hat.view(g_hat.shape[0], -1, cx), layout)
+            if extra:
+                gx_extra = g_extra @ w2
+                if a is not None:
+                    gx_extra = gx_extra + s * ((g_extra @ b) @ a)
+                grad_x = torch.cat([gx_extra, grad_x], dim=1)
+            grad_x = grad_x.to(ctx.x_dtype)
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
+
+
+def lbp_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    projector: WHTProjector,
+    layout: str = "tokens",
+    extra_tokens: int = 0,
+    lora_a: torch.Tensor | None = None,
+    lora_b: torch.Tensor | None = None,
+    scaling: float = 1.0,
+) -> torch.Tensor:
+    """Apply a linear layer / 1x1 conv whose backward runs in the WHT low-rank space.
+
+    Args:
+        x: ``(B, E + H*W, Cx)`` tokens (``layout="tokens"``) or ``(B, Cx, H, W)`` (``"nchw"``).
+        weight: ``(Cy, Cx)`` or ``(Cy, Cx, 1, 1)``.
+        bias: ``(Cy,)`` or None.
+        projector: the :class:`WHTProjector` for the ``(H, W)`` map.
+        extra_tokens: ``E`` leading tokens excluded from the projection (exact gradients).
+        lora_a, lora_b: optional adapters ``(r, Cx)``, ``(Cy, r)`` with ``scaling = alpha / r``.
+
+    Returns:
+        ``y`` of shape ``(B, E + H*W, Cy)`` or ``(B, Cy, H, W)``.
+    """
+    return _LBPFunction.apply(
+        x, weight, bias, lora_a, lora_b, projector, layout, extra_tokens, scaling
+    )
