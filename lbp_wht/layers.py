@@ -107,6 +107,7 @@ class LBPMixin:
         rank: int | None = None,
         indices: Sequence[Sequence[int]] | None = None,
         impl: str = "auto",
+        lhe_rank: int | None = None,
     ) -> None:
         if padding not in PADDINGS:
             raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
@@ -119,6 +120,9 @@ class LBPMixin:
         self.wht_padding = padding
         self.hw, self.extra_tokens, self.impl = hw, int(extra_tokens), impl
         self.lbp_name = type(self).__name__
+        # ``lhe_rank`` is the same as ``rank``; LBP+LoRA layers need it because their ``rank``
+        # argument is the adapter rank.
+        rank = lhe_rank if lhe_rank is not None else rank
         if select == "lhe":
             if rank is None:
                 raise ValueError("select='lhe' needs rank=R (number of bases to keep)")

@@ -342,3 +342,8 @@ def test_convert_errors_name_the_problem():
         convert(model, [dict(target="head", method="lbp")])
     with pytest.raises(ValueError, match=r"matches no parameter.*head"):
         freeze(model, ["haed.*"])
+
+
+def test_lbp_lora_takes_lhe_rank_separately_from_adapter_rank():
+    layer = LBPLoRALinear.from_module(nn.Linear(4, 4), rank=8, alpha=8, select="lhe", lhe_rank=5)
+    assert layer.bases is None and layer.lhe_rank == 5 and layer.lora_rank == 8
