@@ -1,0 +1,468 @@
+"""Which layers get LBP-WHT / LoRA and which parameters train, per model, method and scope.
+
+Pure data (imports only the standard library): ``get_preset(...)`` returns the ``rules`` for
+:func:`lbp_wht.convert` and the ``trainable`` globs for :func:`lbp_wht.freeze`. Globs are over
+the qualified names of the whole OpenMMLab model (``backbone.*``, ``head.*``,
+``decode_head.*``) built as in :func:`model_config`; ``*`` also matches dots.
+
+Layer choices follow the authors' experiment configurations (``NOTES-paper.md``):
+
+* Where LBP-WHT goes (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8):
+  EfficientFormer L1/L7: Meta4D ``mlp.fc1``/``mlp.fc2`` (1x1 convs), Meta3D
+  ``token_mixer.qkv``/``token_mixer.proj``/``mlp.fc1``/``mlp.fc2`` (linears).
+  EfficientFormerV2: ``mlp.fc1``/``mlp.fc2`` in every block, ``q``/``k``/``v``/``proj`` and
+  both talking-head 1x1 convs in attention blocks, ``q``/``k``/``v``/``proj`` of the
+  attention-downsampling block. SwinV2: ``attn.w_msa.qkv``/``attn.w_msa.proj``, both FFN
+  linears, each patch-merging ``reduction``.
+  Segformer (not in the notes; chosen here): ``attn.q``/``k``/``v``/``proj`` and the MixFFN
+  1x1 convs ``ffn.layers.0``/``ffn.layers.4`` of every block, plus the decode head's 1x1 convs
+  ``convs.*.conv`` and ``fusion_conv.conv``; the classifier ``conv_seg`` stays exact (it is the
+  task head, like ``head.*`` in classification). Why the decode head: by our estimate its
+  1024->256 fusion conv at 128x128 alone costs ~8.6 GMAC to back-propagate, so Table 3's
+  partial-training costs (Full BP ~10 G, LP_L1-2 ~1.5 G, LoRA ~5.9 G, LoRA-all ~6.3 G) are only
+  consistent with the decoder's 1x1 convs converted (LBP / LoRA-all) or frozen (LoRA).
+* Partial training trains the last stage and the head: EfficientFormer ``backbone.network.3``
+  (with its downsampling conv), EfficientFormerV2 the authors' ``network.6`` = timm
+  ``stages.3.blocks`` (the attention-downsampling block ``stages.3.downsample`` is the
+  authors' ``network.5`` and stays frozen), SwinV2 ``backbone.stages.3`` (with its patch
+  merging), Segformer ``backbone.layers.3`` (patch embed, blocks, norm) + ``decode_head``.
+  Final backbone norms (``backbone.norm3``, timm ``norm``) are outside those modules and stay
+  frozen, as in the authors' configs ("everything else frozen").
+* LoRA baselines: rank 8, alpha 8 (scaling 1); a fused qkv layer gets rank 24 and alpha 24
+  (3 x 8, scaling still 1). "LoRA" = attention projections only; "LoRA-all" = every layer
+  that LBP-WHT converts.
+
+Method semantics (``trainable`` lists the globs given to :func:`lbp_wht.freeze`):
+
+=================== =============================== ==================================
+method              rules                           trainable
+=================== =============================== ==================================
+full_bp             none                            every parameter in scope
+lbp_wht             LBP on the preset's layers      every parameter in scope
+lora                LoRA on attention projections   adapters + task head
+lora_all            LoRA on the preset's layers     adapters + task head
+lbp_wht+lora_all    LBP-LoRA on the preset's layers adapters + task head
+=================== =============================== ==================================
+
+LoRA variants train only the adapters and the (new) task head, as in LoRA (Hu et al.): no
+norms, biases or other backbone parameters. The task head is ``head.*`` in classification and
+``decode_head.conv_seg.*`` in segmentation; the rest of Segformer's decode head stays frozen
+under LoRA (it carries adapters under LoRA-all), which matches Table 3's LoRA cost (the frozen
+decoder still back-propagates ``g_x`` through its fusion conv).
+
+Geometry: every converted token layer sees a square map at the paper's input sizes, so
+``hw`` is inferred at run time: EfficientFormer Meta3D tokens ``(B, 49, C)`` = 7x7; SwinV2
+window attention ``(B * windows, 64, C)`` = 8x8 and its FFN / patch merging see the full
+square stage map; none of these models has extra (class) tokens. Segformer's explicit
+attention (``lbp_wht.integrations.models.ExplicitEfficientMultiheadAttention``) sets ``hw``
+of its LBP layers from ``hw_shape`` on every forward, so non-square crops work too. 1x1 convs
+(NCHW) take any map size. Non-square inputs to SwinV2 / EfficientFormer are not supported.
+
+Model prerequisites: SwinV2 must be built as ``SwinTransformerV2Convertible`` and Segformer's
+backbone as ``MixVisionTransformerConvertible`` (both registered by
+``lbp_wht.integrations.models``), EfficientFormerV2 as ``TimmEfficientFormerV2``; see
+:func:`model_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Preset",
+    "get_preset",
+    "describe_preset",
+    "model_config",
+    "PRESET_MODELS",
+    "METHODS",
+    "SCOPES",
+    "MINI_EFFICIENTFORMER_ARCH",
+]
+
+PRESET_MODELS: tuple[str, ...] = (
+    "efficientformer-l1",
+    "efficientformer-l7",
+    "efficientformerv2-s0",
+    "efficientformerv2-l",
+    "swinv2-small-w8",
+    "segformer-mit-b0",
+    "mini-efficientformer",
+)
+METHODS: tuple[str, ...] = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+SCOPES: tuple[str, ...] = ("partial", "full")
+
+#: mmpretrain ``EfficientFormer`` arch for a CPU-sized model on 28x28 inputs: the stride-4 stem
+#: gives a 7x7 map (the size Meta3D's attention biases require) and no stage downsamples, so
+#: all widths are equal. The last stage mirrors L1's: 3 Meta4D blocks, then Flat + 1 Meta3D
+#: block. Use with ``EfficientFormer(arch=MINI_EFFICIENTFORMER_ARCH)`` (copy it if you edit).
+MINI_EFFICIENTFORMER_ARCH: dict[str, Any] = {
+    "layers": [1, 1, 2, 4],
+    "embed_dims": [64, 64, 64, 64],
+    "downsamples": [False, False, False, False],
+    "vit_num": 1,
+}
+
+_SELECTIONS = ("lp_l1", "lp_linf", "lhe")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Conversion rules, trainable-parameter globs and the BatchNorm policy for one setting.
+
+    Attributes:
+        rules: ``[dict(target=glob, method="lbp"|"lora"|"lbp_lora", **options)]`` for
+            :func:`lbp_wht.convert`.
+        trainable: parameter-name globs for :func:`lbp_wht.freeze`.
+        norm_eval: keep BatchNorm layers in eval mode (running statistics) while training:
+            True wherever BatchNorm sits in the trained region (hybrid models; Segformer's
+            decode head). LBP-WHT's projected gradient does not commute with batch
+            statistics (see NOTES-paper.md); the authors' classification configs used it for
+            every method, so it is on for every method here too, keeping methods comparable.
+        model, method, scope: the arguments this preset was made for.
+    """
+
+    rules: list[dict[str, Any]]
+    trainable: list[str]
+    norm_eval: bool
+    model: str = ""
+    method: str = ""
+    scope: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-model layer tables. Each entry: (glob, kind, fused) with kind "attn" (attention
+# projection: LoRA in every LoRA variant) or "other" (FFN / reduction / decoder 1x1: LBP and
+# LoRA-all only); fused = number of projections fused in the layer (qkv: 3), which scales the
+# LoRA rank and alpha.
+# ---------------------------------------------------------------------------------------------
+_Layer = tuple[str, str, int]
+
+
+def _efficientformer_layers(scope: str) -> list[_Layer]:
+    # mmpretrain EfficientFormer: backbone.network.<stage>.<block>; Meta4D blocks have
+    # mlp.fc1/fc2 as 1x1 convs, the Meta3D blocks (stage 3 only) token_mixer.qkv/proj and
+    # mlp.fc1/fc2 as linears, so the mlp globs cover both block types.
+    p = "backbone.network.3.*." if scope == "partial" else "backbone.network.*.*."
+    return [
+        (p + "token_mixer.qkv", "attn", 3),
+        (p + "token_mixer.proj", "attn", 1),
+        (p + "mlp.fc1", "other", 1),
+        (p + "mlp.fc2", "other", 1),
+    ]
+
+
+def _efficientformerv2_layers(scope: str) -> list[_Layer]:
+    # timm EfficientFormerV2 inside TimmEfficientFormerV2: backbone.timm_model.stages.<i>.
+    # ConvNorm layers hold the conv as ``.conv``; talking heads are plain 1x1 convs over heads.
+    t = "backbone.timm_model.stages."
+    b = t + ("3.blocks.*." if scope == "partial" else "*.blocks.*.")
+    layers: list[_Layer] = [
+        (b + "token_mixer.q.conv", "attn", 1),
+        (b + "token_mixer.k.conv", "attn", 1),
+        (b + "token_mixer.v.conv", "attn", 1),
+        (b + "token_mixer.proj.conv", "attn", 1),
+        (b + "token_mixer.talking_head1", "attn", 1),
+        (b + "token_mixer.talking_head2", "attn", 1),
+        (b + "mlp.fc1.conv", "other", 1),
+        (b + "mlp.fc2.conv", "other", 1),
+    ]
+    if scope == "full":
+        # Attention downsampling (authors' network.5); q = local dw-conv + pool + 1x1 proj.
+        d = t + "*.downsample.attn."
+        layers += [
+            (d + "q.proj.conv", "attn", 1),
+            (d + "k.conv", "attn", 1),
+            (d + "v.conv", "attn", 1),
+            (d + "proj.conv", "attn", 1),
+        ]
+    return layers
+
+
+def _swinv2_layers(scope: str) -> list[_Layer]:
+    # mmpretrain SwinTransformerV2: backbone.stages.<i>.{downsample, blocks.<j>}; the
+    # downsample (patch merging) opens stages 1-3. FFN = mmcv FFN: layers.0.0 and layers.1.
+    p = "backbone.stages.3." if scope == "partial" else "backbone.stages.*."
+    return [
+        (p + "blocks.*.attn.w_msa.qkv", "attn", 3),
+        (p + "blocks.*.attn.w_msa.proj", "attn", 1),
+        (p + "blocks.*.ffn.layers.0.0", "other", 1),
+        (p + "blocks.*.ffn.layers.1", "other", 1),
+        (p + "downsample.reduction", "other", 1),
+    ]
+
+
+def _segformer_layers(scope: str) -> list[_Layer]:
+    # mmseg MixVisionTransformerConvertible: backbone.layers.<stage> = [patch_embed, blocks,
+    # norm]; block attention has explicit q/k/v/proj; MixFFN layers = [fc1, pe_conv, act,
+    # drop, fc2, drop]. SegformerHead: convs.<i>.conv (1x1 per level), fusion_conv.conv.
+    p = "backbone.layers.3.1.*." if scope == "partial" else "backbone.layers.*.1.*."
+    return [
+        (p + "attn.q", "attn", 1),
+        (p + "attn.k", "attn", 1),
+        (p + "attn.v", "attn", 1),
+        (p + "attn.proj", "attn", 1),
+        (p + "ffn.layers.0", "other", 1),
+        (p + "ffn.layers.4", "other", 1),
+        ("decode_head.convs.*.conv", "other", 1),
+        ("decode_head.fusion_conv.conv", "other", 1),
+    ]
+
+
+# model -> (layer table, partial-scope trainable globs, task-head globs, norm_eval)
+_MODELS: dict[str, tuple[Any, list[str], list[str], bool]] = {
+    "efficientformer-l1": (
+        _efficientformer_layers,
+        ["backbone.network.3.*", "head.*"],
+        ["head.*"],
+        True,
+    ),
+    "efficientformer-l7": (
+        _efficientformer_layers,
+        ["backbone.network.3.*", "head.*"],
+        ["head.*"],
+        True,
+    ),
+    "mini-efficientformer": (
+        _efficientformer_layers,
+        ["backbone.network.3.*", "head.*"],
+        ["head.*"],
+        True,
+    ),
+    "efficientformerv2-s0": (
+        _efficientformerv2_layers,
+        ["backbone.timm_model.stages.3.blocks.*", "head.*"],
+        ["head.*"],
+        True,
+    ),
+    "efficientformerv2-l": (
+        _efficientformerv2_layers,
+        ["backbone.timm_model.stages.3.blocks.*", "head.*"],
+        ["head.*"],
+        True,
+    ),
+    "swinv2-small-w8": (
+        _swinv2_layers,
+        ["backbone.stages.3.*", "head.*"],
+        ["head.*"],
+        False,  # LayerNorm only
+    ),
+    "segformer-mit-b0": (
+        _segformer_layers,
+        ["backbone.layers.3.*", "decode_head.*"],
+        ["decode_head.conv_seg.*"],
+        True,  # BatchNorm follows the decode head's LBP 1x1 convs
+    ),
+}
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
+
+
+def get_preset(
+    model: str,
+    method: str,
+    scope: str,
+    *,
+    select: str = "lp_l1",
+    r: int = 4,
+    order: int = 8,
+    padding: str = "reflect",
+    lora_rank: int = 8,
+    lora_alpha: float = 8,
+) -> Preset:
+    """The conversion rules and trainable globs for ``model`` / ``method`` / ``scope``.
+
+    Args:
+        model: one of :data:`PRESET_MODELS`.
+        method: one of :data:`METHODS`.
+        scope: ``"partial"`` (last stage + head) or ``"full"`` (whole model).
+        select: WHT base selection, ``"lp_l1"`` (Eq. 8), ``"lp_linf"`` (Eq. 9) or ``"lhe"``
+            (top-R energy; the layers then profile ``g_y`` until their bases are set, see
+            ``LBPMixin.set_bases``).
+        r: ``LP_L1-r`` / ``LP_Linf-r`` parameter; for ``"lhe"`` the rank R itself.
+        order: WHT order n (patch side), 8 in the paper.
+        padding: how maps are padded to whole patches, ``"reflect"`` as in the paper.
+        lora_rank, lora_alpha: LoRA rank and alpha per projection; fused layers (qkv) get
+            both multiplied by the number of fused projections.
+
+    Returns:
+        A :class:`Preset`.
+    """
+    _check("model", model, PRESET_MODELS)
+    _check("method", method, METHODS)
+    _check("scope", scope, SCOPES)
+    _check("select", select, _SELECTIONS)
+    if select == "lhe" and method == "lbp_wht+lora_all":
+        raise ValueError(
+            "select='lhe' cannot be combined with LoRA here: LBPLoRA layers take `rank` as the "
+            "LoRA rank, so the LHE rank has no keyword; use an LP selection, or convert with "
+            "method='lbp_wht+lora_all' and call set_bases() on the layers after profiling"
+        )
+    layer_fn, partial_trainable, head, norm_eval = _MODELS[model]
+    layers: list[_Layer] = layer_fn(scope)
+
+    lbp_opts: dict[str, Any] = {"select": select, "order": order, "padding": padding}
+    if select == "lhe":
+        lbp_opts.update(rank=r, r=None)
+    else:
+        lbp_opts["r"] = r
+
+    def lora_opts(fused: int) -> dict[str, Any]:
+        return {"rank": lora_rank * fused, "alpha": lora_alpha * fused}
+
+    rules: list[dict[str, Any]] = []
+    if method == "lora":
+        rules = [
+            dict(target=g, method="lora", **lora_opts(f)) for g, kind, f in layers if kind == "attn"
+        ]
+    elif method == "lora_all":
+        rules = [dict(target=g, method="lora", **lora_opts(f)) for g, _, f in layers]
+    elif method == "lbp_wht":
+        rules = [dict(target=g, method="lbp", **lbp_opts) for g, _, _ in layers]
+    elif method == "lbp_wht+lora_all":
+        rules = [
+            dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts) for g, _, f in layers
+        ]
+
+    if method in ("full_bp", "lbp_wht"):
+        trainable = list(partial_trainable) if scope == "partial" else ["*"]
+    else:
+        adapters = [f"{rule['target']}.lora_{ab}" for rule in rules for ab in ("A", "B")]
+        trainable = adapters + list(head)
+
+    notes: list[str] = []
+    if model == "swinv2-small-w8":
+        notes.append("build the backbone as SwinTransformerV2Convertible (qkv called as module)")
+    if model == "segformer-mit-b0":
+        notes.append("build the backbone as MixVisionTransformerConvertible (explicit q/k/v/proj)")
+    if model.startswith("efficientformerv2"):
+        notes.append("build the backbone as TimmEfficientFormerV2 (timm efficientformerv2)")
+    return Preset(
+        rules=rules,
+        trainable=trainable,
+        norm_eval=norm_eval,
+        model=model,
+        method=method,
+        scope=scope,
+        notes=tuple(notes),
+    )
+
+
+def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
+    """A readable summary of :func:`get_preset` (same arguments): rules, trainable, norm_eval."""
+    p = get_preset(model, method, scope, **kwargs)
+    lines = [f"preset {model} / {method} / {scope}  (norm_eval={p.norm_eval})"]
+    if p.rules:
+        width = max(len(r["target"]) for r in p.rules)
+        lines.append(f"  {len(p.rules)} conversion rules:")
+        for rule in p.rules:
+            opts = ", ".join(f"{k}={v}" for k, v in rule.items() if k not in ("target", "method"))
+            lines.append(f"    {rule['target']:<{width}}  {rule['method']:<8} {opts}")
+    else:
+        lines.append("  no conversion (plain backprop)")
+    lines.append(f"  trainable parameters ({len(p.trainable)} globs):")
+    lines += [f"    {g}" for g in p.trainable]
+    lines += [f"  note: {n}" for n in p.notes]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model configs the globs above are written against (plain dicts for mmpretrain / mmseg).
+# ---------------------------------------------------------------------------------------------
+def model_config(model: str, num_classes: int = 1000) -> dict[str, Any]:
+    """The mmpretrain / mmseg model config whose module names the presets assume.
+
+    Classification models are ``ImageClassifier``s (EfficientFormer heads without the
+    distillation branch, which mmpretrain cannot train); Segformer is an ``EncoderDecoder``
+    with mit-b0 and ``SegformerHead`` (BN instead of SyncBN, so it also runs on one CPU).
+    Backbone types named ``...Convertible`` / ``TimmEfficientFormerV2`` are registered by
+    ``lbp_wht.integrations.models``. Drop path is 0 for classification (NOTES-paper.md) and
+    mmseg's 0.1 for Segformer. Returns a fresh dict each call.
+    """
+    _check("model", model, PRESET_MODELS)
+
+    def classifier(backbone: dict[str, Any], in_channels: int, neck_dim: int = 2) -> dict:
+        head: dict[str, Any] = dict(
+            type="LinearClsHead", num_classes=num_classes, in_channels=in_channels
+        )
+        if backbone["type"] == "EfficientFormer":
+            head = dict(
+                type="EfficientFormerClsHead",
+                num_classes=num_classes,
+                in_channels=in_channels,
+                distillation=False,
+            )
+        return dict(
+            type="ImageClassifier",
+            backbone=backbone,
+            neck=dict(type="GlobalAveragePooling", dim=neck_dim),
+            head=head,
+        )
+
+    if model in ("efficientformer-l1", "efficientformer-l7", "mini-efficientformer"):
+        arch = {"efficientformer-l1": "l1", "efficientformer-l7": "l7"}.get(
+            model, copy.deepcopy(MINI_EFFICIENTFORMER_ARCH)
+        )
+        channels = {"efficientformer-l1": 448, "efficientformer-l7": 768}.get(model, 64)
+        # out (B, C, 49) after the LayerNorm of the token stage, hence 1-D pooling
+        backbone = dict(type="EfficientFormer", arch=arch, drop_path_rate=0.0)
+        return classifier(backbone, channels, neck_dim=1)
+    if model.startswith("efficientformerv2"):
+        arch = model.split("-")[1]
+        backbone = dict(type="TimmEfficientFormerV2", arch=arch, drop_path_rate=0.0)
+        return classifier(backbone, {"s0": 176, "l": 384}[arch])
+    if model == "swinv2-small-w8":
+        backbone = dict(
+            type="SwinTransformerV2Convertible",
+            arch="small",
+            img_size=256,
+            window_size=8,
+            drop_path_rate=0.0,
+        )
+        return classifier(backbone, 768)
+    # segformer-mit-b0 (mmseg configs/_base_/models/segformer_mit-b0.py)
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(
+            type="SegDataPreProcessor",
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True,
+            pad_val=0,
+            seg_pad_val=255,
+        ),
+        backbone=dict(
+            type="MixVisionTransformerConvertible",
+            in_channels=3,
+            embed_dims=32,
+            num_stages=4,
+            num_layers=[2, 2, 2, 2],
+            num_heads=[1, 2, 5, 8],
+            patch_sizes=[7, 3, 3, 3],
+            sr_ratios=[8, 4, 2, 1],
+            out_indices=(0, 1, 2, 3),
+            mlp_ratio=4,
+            qkv_bias=True,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.1,
+        ),
+        decode_head=dict(
+            type="SegformerHead",
+            in_channels=[32, 64, 160, 256],
+            in_index=[0, 1, 2, 3],
+            channels=256,
+            dropout_ratio=0.1,
+            num_classes=num_classes,
+            norm_cfg=dict(type="BN", requires_grad=True),
+            align_corners=False,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+        ),
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
