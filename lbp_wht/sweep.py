@@ -1,0 +1,880 @@
+"""Resumable, lock-safe sweeps of training runs (pure Python, stdlib only).
+
+A *sweep* is a list of :class:`Run` s. Each run has a unique id, a command (argv) and a work
+directory; the command is expected to write a run record (:mod:`lbp_wht.records`) at
+``work_dir / record.json`` with ``status == "complete"`` when, and only when, it finished.
+
+Guarantees (issue 5, "resumable and lose nothing"):
+
+* **Skip what is done.** A run whose record is complete is never started again.
+* **Re-run what is not.** A work dir without a complete record is stale (a killed or failed
+  attempt); it is deleted and the run starts from scratch, so no half-written checkpoint or
+  log of an earlier attempt leaks into the new one.
+* **One runner per run.** Before touching a run the sweep takes an exclusive ``fcntl.flock``
+  on ``<work_dir>.lock`` (a sibling file, so cleaning the work dir never removes it) and the
+  launched command *inherits* that lock. Two sweeps started at once therefore never run or
+  write the same run; and if a sweep is SIGKILLed, its still-running child keeps the lock, so a
+  restarted sweep waits for that child instead of starting a duplicate next to it. A run held
+  by someone else is revisited at the end of the pass: the sweep blocks on the lock, then
+  skips the run if its record became complete, or runs it itself.
+* **Atomic records.** Records are written with :func:`lbp_wht.records.write_record` (temp file
+  + ``os.replace``), so a reader sees the old record or the new one, never a partial file.
+
+Hence killing a sweep at any moment and starting it again ends with the same set of records as
+an uninterrupted sweep (``tests/test_sweep.py`` checks exactly that with SIGKILL).
+
+Progress: the command's output goes to ``work_dir / run.log``; the sweep tails it and shows a
+per-run progress bar with the run's own ETA (mmengine's ``Iter(train) [i/n]`` / ``Epoch(train)
+[e][i/n] ... eta: ...`` log lines, or generic ``PROGRESS i/n`` lines), the sweep's ETA from the
+mean duration of the runs it finished, and one summary line per finished run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .records import is_complete, read_record
+
+__all__ = [
+    "Run",
+    "RunLock",
+    "RunResult",
+    "SweepReport",
+    "run_state",
+    "dry_run_listing",
+    "run_sweep",
+    "parse_progress",
+    "format_duration",
+    "safe_id",
+]
+
+RECORD_NAME = "record.json"
+LOG_NAME = "run.log"
+
+_ID_OK = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+def safe_id(text: str) -> str:
+    """``text`` with every run of characters unsafe in a file name replaced by ``-``."""
+    return _ID_OK.sub("-", text).strip("-")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep.
+
+    Attributes:
+        run_id: unique, file-name-safe name (also the default work dir name).
+        command: argv of the process that trains / evaluates and writes the record.
+        work_dir: the run's own directory; deleted and recreated when the run is (re)started.
+        meta: what the run is (table, model, dataset, method, r, seed, ...), for listings.
+        record_name: file name of the record inside ``work_dir``.
+        cwd: directory the command runs in (None: the sweep's own working directory).
+    """
+
+    run_id: str
+    command: tuple[str, ...]
+    work_dir: Path
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    record_name: str = RECORD_NAME
+    cwd: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.run_id or safe_id(self.run_id) != self.run_id:
+            raise ValueError(
+                f"run id {self.run_id!r} must be non-empty and file-name safe "
+                f"(letters, digits, . _ + = -); e.g. {safe_id(self.run_id)!r}"
+            )
+        if not self.command:
+            raise ValueError(f"run {self.run_id!r} has an empty command")
+        object.__setattr__(self, "command", tuple(str(c) for c in self.command))
+        object.__setattr__(self, "work_dir", Path(self.work_dir))
+
+    @property
+    def record_path(self) -> Path:
+        return self.work_dir / self.record_name
+
+    @property
+    def lock_path(self) -> Path:
+        # A sibling of the work dir: the work dir itself is deleted when a stale run restarts,
+        # and deleting a lock file others may hold open would break mutual exclusion.
+        return self.work_dir.parent / f".{self.work_dir.name}.lock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / LOG_NAME
+
+    def shell(self) -> str:
+        """The command as one copy-pasteable shell line (with ``cd`` if it has a cwd)."""
+        cmd = shlex.join(self.command)
+        return f"cd {shlex.quote(self.cwd)} && {cmd}" if self.cwd else cmd
+
+
+class RunLock:
+    """Exclusive ``fcntl.flock`` on a run's lock file.
+
+    The lock belongs to the open file description, so a child started with
+    ``pass_fds=(lock.fd,)`` holds it too, for as long as it lives, even if this process dies.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Take the lock; with ``blocking=False`` return False at once if someone holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        # Who holds it, for the "waiting for ..." message of other sweeps.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def run_state(run: Run) -> str:
+    """``"done"`` (complete record), ``"running"`` (locked by a live process), ``"stale"`` (work
+    dir without a complete record: will be cleaned and re-run) or ``"todo"``."""
+    if is_complete(run.record_path):
+        return "done"
+    lock = RunLock(run.lock_path)
+    if run.lock_path.exists():
+        if not lock.acquire():
+            return "running"
+        lock.release()
+    return "stale" if run.work_dir.exists() else "todo"
+
+
+def _check_unique(runs: Sequence[Run]) -> None:
+    seen_id: dict[str, Run] = {}
+    seen_dir: dict[Path, Run] = {}
+    for run in runs:
+        if run.run_id in seen_id:
+            raise ValueError(f"duplicate run id {run.run_id!r} in the sweep")
+        wd = run.work_dir.resolve()
+        if wd in seen_dir:
+            raise ValueError(
+                f"runs {seen_dir[wd].run_id!r} and {run.run_id!r} share the work dir {wd}"
+            )
+        seen_id[run.run_id], seen_dir[wd] = run, run
+
+
+def dry_run_listing(runs: Sequence[Run], *, show_commands: bool = True) -> str:
+    """One block per run (state, id, work dir, command) and a count by state."""
+    _check_unique(runs)
+    lines = []
+    counts: dict[str, int] = {}
+    for i, run in enumerate(runs, 1):
+        state = run_state(run)
+        counts[state] = counts.get(state, 0) + 1
+        lines.append(f"[{i}/{len(runs)}] {state:7s} {run.run_id}")
+        if show_commands:
+            lines.append(f"    {run.shell()}")
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    lines.append(f"{len(runs)} runs ({summary or 'none'})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- progress
+_LINE = re.compile(r"(Iter|Epoch)\((train|val|test)\)\s*(?:\[\s*(\d+)\]\s*)?\[\s*(\d+)/(\d+)\]")
+_GENERIC = re.compile(r"PROGRESS\s+(\d+)/(\d+)")
+_ETA = re.compile(r"eta:\s*((?:\d+ days?, )?\d+:\d\d:\d\d)")
+
+
+def parse_progress(text: str, max_epochs: int | None = None) -> tuple[float, str, str] | None:
+    """``(fraction done, the run's own ETA or "", phase)`` from the tail of its log, or None.
+
+    Understands mmengine's ``Iter(train) [  50/20000]`` and ``Epoch(train) [3][ 50/782]``
+    (with ``max_epochs`` known, the fraction covers the whole run), their ``(val)`` / ``(test)``
+    forms (phase ``val`` / ``test``: progress through that evaluation), and ``PROGRESS i/n``.
+    The last such line wins; the ETA is taken from that same line.
+    """
+    last: tuple[int, float, str] | None = None  # (position, fraction, phase)
+    for m in _LINE.finditer(text):
+        kind, phase, ep, i, n = m.groups()
+        frac = int(i) / max(int(n), 1)
+        if kind == "Epoch" and phase == "train" and ep is not None and max_epochs:
+            frac = (int(ep) - 1 + frac) / max_epochs
+        last = (m.start(), frac, phase)
+    for m in _GENERIC.finditer(text):
+        if last is None or m.start() > last[0]:
+            last = (m.start(), int(m.group(1)) / max(int(m.group(2)), 1), "train")
+    if last is None:
+        return None
+    pos, frac, phase = last
+    end = text.find("\n", pos)
+    eta = _ETA.search(text[pos : end if end >= 0 else len(text)])
+    return min(max(frac, 0.0), 1.0), (eta.group(1) if eta else ""), phase
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3h05m``, ``12m03s``, ``42s`` (or ``?``)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def _bar(frac: float, width: int = 20) -> str:
+    n = int(round(frac * width))
+    return "[" + "#" * n + "." * (width - n) + f"] {100 * frac:5.1f}%"
+
+
+def _tail(path: Path, nbytes: int = 8192) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------------------------- sweep
+@dataclass
+class RunResult:
+    """Outcome of one run in a sweep: ``status`` is ``done`` (ran and completed), ``skipped``
+    (record already complete), ``failed``, ``interrupted`` or ``locked`` (another process holds
+    the run and the sweep was told not to wait for it)."""
+
+    run: Run
+    status: str
+    wall_s: float = 0.0
+    returncode: int | None = None
+    message: str = ""
+
+
+@dataclass
+class SweepReport:
+    results: list[RunResult]
+    wall_s: float
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("done", "skipped") for r in self.results)
+
+    def summary(self) -> str:
+        states = ("done", "skipped", "failed", "interrupted", "locked")
+        parts = [f"{self.count(s)} {s}" for s in states if s != "locked" or self.count(s)]
+        return (
+            f"sweep: {len(self.results)} runs, "
+            + ", ".join(parts)
+            + (f" in {format_duration(self.wall_s)}")
+        )
+
+
+class _Display:
+    """Terminal output: live progress lines on a TTY, periodic lines otherwise."""
+
+    def __init__(self, out: IO[str], total: int, jobs: int, every_s: float) -> None:
+        self.out, self.total, self.jobs, self.every_s = out, total, jobs, every_s
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.lock = threading.Lock()
+        self.active: dict[str, tuple[Run, float, int]] = {}  # run_id -> (run, start, index)
+        self.finished = 0
+        self.failed = 0
+        self.durations: list[float] = []
+        self.remaining = total
+        self._drawn = 0
+        self._last_plain = 0.0
+
+    def _clear(self) -> None:
+        if self.tty and self._drawn:
+            self.out.write("\x1b[1A\x1b[2K" * (self._drawn - 1) + "\r\x1b[2K")
+            self._drawn = 0
+
+    def sweep_eta(self) -> float | None:
+        if not self.durations:
+            return None
+        mean = sum(self.durations) / len(self.durations)
+        elapsed_active = sum(min(time.time() - start, mean) for _, start, _ in self.active.values())
+        return max(self.remaining * mean - elapsed_active, 0.0) / max(self.jobs, 1)
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            self._clear()
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def start(self, run: Run, index: int) -> None:
+        with self.lock:
+            self.active[run.run_id] = (run, time.time(), index)
+
+    def finish(self, res: RunResult, index: int) -> None:
+        with self.lock:
+            self.active.pop(res.run.run_id, None)
+            self.remaining -= 1
+            if res.status in ("done", "failed"):
+                self.finished += 1
+                self.failed += res.status == "failed"
+            if res.status == "done":
+                self.durations.append(res.wall_s)
+        if res.status == "skipped":
+            return
+        rec = read_record(res.run.record_path) or {}
+        if res.status == "done":
+            metric = rec.get("metric", "value")
+            value = rec.get("value")
+            val = f"{metric}={value:.2f}" if isinstance(value, (int, float)) else "no value"
+            what = f"done    {val}"
+        else:
+            what = f"{res.status.upper():7s} {res.message}"
+        eta = self.sweep_eta()
+        self.line(
+            f"[{index:>{len(str(self.total))}}/{self.total}] {res.run.run_id}  {what}  "
+            f"wall {format_duration(res.wall_s)}  | {self.remaining} left"
+            + (f", sweep ETA {format_duration(eta)}" if eta is not None and self.remaining else "")
+        )
+
+    def tick(self, max_epochs: Callable[[Run], int | None]) -> None:
+        with self.lock:
+            rows = []
+            for run, start, index in list(self.active.values()):
+                prog = parse_progress(_tail(run.log_path), max_epochs(run))
+                elapsed = format_duration(time.time() - start)
+                if prog is None:
+                    rows.append(f"  [{index}/{self.total}] {run.run_id}  running {elapsed}")
+                else:
+                    frac, eta, phase = prog
+                    what = "" if phase == "train" else f"{phase} "
+                    rows.append(
+                        f"  [{index}/{self.total}] {run.run_id}  {what}{_bar(frac)}  {elapsed}"
+                        + (f"  {phase} ETA {eta}" if eta else "")
+                    )
+            eta = self.sweep_eta()
+            if rows:
+                rows.append(
+                    f"  sweep: {self.total - self.remaining}/{self.total} finished"
+                    + (f", ETA {format_duration(eta)}" if eta is not None else "")
+                )
+            if self.tty:
+                self._clear()
+                width = shutil.get_terminal_size((120, 20)).columns - 1
+                self.out.write("\n".join(r[:width] for r in rows))
+                self._drawn = len(rows)
+                self.out.flush()
+            elif rows and time.time() - self._last_plain >= self.every_s:
+                self._last_plain = time.time()
+                self.out.write("\n".join(rows) + "\n")
+                self.out.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            self._clear()
+            self.out.flush()
+
+
+class _Sweep:
+    def __init__(
+        self,
+        runs: Sequence[Run],
+        *,
+        jobs: int,
+        slot_env: Sequence[Mapping[str, str]] | None,
+        out: IO[str],
+        progress_every_s: float,
+        poll_s: float,
+        wait_for_locked: bool,
+        max_epochs_key: str,
+    ) -> None:
+        self.runs = list(runs)
+        self.jobs = max(1, int(jobs))
+        self.slot_env = list(slot_env) if slot_env else [{}] * self.jobs
+        if len(self.slot_env) < self.jobs:
+            raise ValueError(f"jobs={self.jobs} needs {self.jobs} slot environments")
+        self.poll_s = poll_s
+        self.wait_for_locked = wait_for_locked
+        self.max_epochs_key = max_epochs_key
+        self.display = _Display(out, len(self.runs), self.jobs, progress_every_s)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stop = threading.Event()
+        self.mutex = threading.Lock()
+
+    def _max_epochs(self, run: Run) -> int | None:
+        v = run.meta.get(self.max_epochs_key)
+        return int(v) if isinstance(v, (int, float)) and v else None
+
+    def execute(self, run: Run, index: int, slot: int, blocking: bool) -> RunResult:
+        """Run ``run`` unless its record is complete (checked under the run's lock).
+
+        With ``blocking=False`` a run held by another process comes back as ``locked``; with
+        ``blocking=True`` the sweep waits for the lock first.
+        """
+        lock = RunLock(run.lock_path)
+        if not lock.acquire(blocking=False):
+            if not blocking:
+                return RunResult(run, "locked", message=f"held by pid {lock.holder()}")
+            self.display.line(
+                f"waiting for {run.run_id}: running elsewhere (lock {run.lock_path} held by "
+                f"pid/time {lock.holder()})"
+            )
+            lock.acquire(blocking=True)
+        try:
+            # Check *after* taking the lock: another sweep may have just completed it.
+            if is_complete(run.record_path):
+                return RunResult(run, "skipped", message="record complete")
+            if self.stop.is_set():
+                return RunResult(run, "interrupted", message="sweep stopped")
+            stale = run.work_dir.exists()
+            if stale:
+                shutil.rmtree(run.work_dir)
+            run.work_dir.mkdir(parents=True)
+            env = {**os.environ, **self.slot_env[slot], "LBP_SWEEP_RUN_ID": run.run_id}
+            env_txt = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.slot_env[slot].items())
+            (run.work_dir / "command.sh").write_text(
+                "#!/bin/sh\n# written by lbp_wht.sweep; re-runs this run by hand\n"
+                + (f"{env_txt} " if env_txt else "")
+                + run.shell()
+                + "\n"
+            )
+            self.display.start(run, index)
+            start = time.time()
+            with open(run.log_path, "ab") as log:
+                # pass_fds: the child holds the run lock too (see module docstring).
+                proc = subprocess.Popen(
+                    run.command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=run.cwd,
+                    pass_fds=(lock.fd,),
+                )
+                with self.mutex:
+                    self.procs[run.run_id] = proc
+                try:
+                    rc = proc.wait()
+                finally:
+                    with self.mutex:
+                        self.procs.pop(run.run_id, None)
+            wall = time.time() - start
+            if self.stop.is_set() and not is_complete(run.record_path):
+                return RunResult(run, "interrupted", wall, rc, "sweep stopped")
+            if rc == 0 and is_complete(run.record_path):
+                return RunResult(run, "done", wall, rc, "cleaned stale work dir" if stale else "")
+            rec = read_record(run.record_path)
+            why = (
+                f"exit code {rc}"
+                if rc != 0
+                else f"exit code 0 but no complete record at {run.record_path}"
+                + (f" (status={rec.get('status')!r})" if rec else "")
+            )
+            tail = _tail(run.log_path, 1500).strip().splitlines()[-8:]
+            msg = f"{why}; log {run.log_path}" + (
+                "\n      " + "\n      ".join(tail) if tail else ""
+            )
+            return RunResult(run, "failed", wall, rc, msg)
+        finally:
+            lock.release()
+
+    def _worker(self, slot: int, queue: list[tuple[int, Run]], deferred: list) -> None:
+        while not self.stop.is_set():
+            with self.mutex:
+                if not queue:
+                    return
+                index, run = queue.pop(0)
+            res = self.execute(run, index, slot, blocking=False)
+            if res.status == "locked":
+                with self.mutex:
+                    deferred.append((index, run))
+                continue
+            self.results[index] = res
+            self.display.finish(res, index)
+
+    def _pass(self, items: list[tuple[int, Run]], blocking: bool) -> list[tuple[int, Run]]:
+        queue = list(items)
+        deferred: list[tuple[int, Run]] = []
+        if blocking:
+            # Held runs: one at a time, in order, blocking on each lock.
+            for index, run in queue:
+                if self.stop.is_set():
+                    break
+                res = self.execute(run, index, 0, blocking=True)
+                self.results[index] = res
+                self.display.finish(res, index)
+            return []
+        threads = [
+            threading.Thread(target=self._worker, args=(s, queue, deferred), daemon=True)
+            for s in range(self.jobs)
+        ]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            self.display.tick(self._max_epochs)
+            for t in threads:
+                t.join(timeout=self.poll_s / max(len(threads), 1))
+        return sorted(deferred, key=lambda x: x[0])
+
+    def run(self) -> SweepReport:
+        _check_unique(self.runs)
+        t0 = time.time()
+        self.results: dict[int, RunResult] = {}
+        todo = []
+        for i, run in enumerate(self.runs, 1):
+            if is_complete(run.record_path):
+                self.results[i] = RunResult(run, "skipped", message="record complete")
+                self.display.remaining -= 1
+            else:
+                todo.append((i, run))
+        skipped = len(self.runs) - len(todo)
+        self.display.line(
+            f"sweep: {len(self.runs)} runs, {skipped} already complete (skipped), "
+            f"{len(todo)} to run, {self.jobs} at a time"
+        )
+        try:
+            deferred = self._pass(todo, blocking=False)
+            if deferred and self.wait_for_locked:
+                self.display.line(
+                    f"sweep: {len(deferred)} run(s) are being run by another process; waiting"
+                )
+                self._pass(deferred, blocking=True)
+            elif deferred:
+                for index, run in deferred:
+                    self.results[index] = RunResult(run, "locked", message="running elsewhere")
+        except KeyboardInterrupt:
+            self.stop.set()
+            with self.mutex:
+                procs = list(self.procs.values())
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            self.display.close()
+            raise
+        finally:
+            self.display.close()
+        ordered = [
+            self.results.get(i, RunResult(run, "interrupted")) for i, run in enumerate(self.runs, 1)
+        ]
+        return SweepReport(ordered, time.time() - t0)
+
+
+def run_sweep(
+    runs: Iterable[Run],
+    *,
+    jobs: int = 1,
+    slot_env: Sequence[Mapping[str, str]] | None = None,
+    out: IO[str] | None = None,
+    progress_every_s: float = 60.0,
+    poll_s: float = 1.0,
+    wait_for_locked: bool = True,
+    max_epochs_key: str = "max_epochs",
+) -> SweepReport:
+    """Run every run whose record is not complete; see the module docstring for guarantees.
+
+    Args:
+        runs: the sweep (ids and work dirs must be unique).
+        jobs: runs at a time (threads, each launching one subprocess).
+        slot_env: per job slot, extra environment variables (e.g. ``CUDA_VISIBLE_DEVICES``),
+            so that ``jobs`` runs share ``jobs`` GPUs one each.
+        out: where progress goes (default ``sys.stderr``).
+        progress_every_s: on a non-TTY, print progress lines this often.
+        poll_s: how often the live display is refreshed.
+        wait_for_locked: at the end, wait for runs another process holds, and run them if
+            that process left them incomplete (True), or report them as ``locked`` (False).
+        max_epochs_key: ``run.meta`` key with the number of epochs, for epoch-based progress.
+
+    Returns:
+        A :class:`SweepReport` (one :class:`RunResult` per run, in order).
+    """
+    sweep = _Sweep(
+        list(runs),
+        jobs=jobs,
+        slot_env=slot_env,
+        out=out if out is not None else sys.stderr,
+        progress_every_s=progress_every_s,
+        poll_s=poll_s,
+        wait_for_locked=wait_for_locked,
+        max_epochs_key=max_epochs_key,
+    )
+    return sweep.run()
+
+
+# ------------------------------------------------------------------ the paper's experiments
+# Which training runs make up each paper table. The rows are read from the typed paper
+# reference (results/paper/*.csv, one row per printed table row, unreadable ones included), so a
+# table's sweep has exactly the paper's rows; each row is trained on each of the table's
+# datasets, once per seed.
+
+CLS_DATASETS = ("cifar100", "cifar10", "cars", "flowers", "food", "pets")
+SEG_DATASETS = ("cityscapes", "voc12aug")
+TABLE_DATASETS: dict[str, tuple[str, ...]] = {
+    "2": CLS_DATASETS,
+    "3": SEG_DATASETS,
+    "4": ("cifar100", "cifar10"),
+    "5": CLS_DATASETS,
+    "6": ("cifar100", "cifar10"),
+    "7": ("places365",),
+    "fig3": ("cifar100",),
+}
+TABLE_FILES = {
+    "2": "classification.csv",
+    "3": "segmentation.csv",
+    "4": "table4.csv",
+    "5": "classification.csv",
+    "6": "table6.csv",
+    "7": "classification.csv",
+}
+#: Figure 3 / 4: LBP-WHT ranks swept on every model (partial training, CIFAR-100). The paper
+#: does not list them; its text discusses LP_L1-2 ... LP_L1-8 (Sec. 4.4), so r = 2..8.
+FIG3_RS = (2, 3, 4, 5, 6, 7, 8)
+FIG3_BASELINES = ("full_bp", "lora", "lora_all")
+#: Figure 5: the g_y spectrum of the last attention (Meta3D) block of EfficientFormer-L1,
+#: recorded during partial training on CIFAR-100 (Sec. 4.5). A run of its own (variant
+#: "spectrum", configs/figure5/): LP_L1-15 keeps all 64 bases, i.e. exact backprop through an
+#: LBP layer that records the spectrum of g_y (LBPWHTHook writes <work_dir>/spectrum.json).
+FIG5_CELL = dict(
+    model="efficientformer-l1",
+    scope="partial",
+    method="lbp_wht",
+    select="lp_l1",
+    r=15,
+    dataset="cifar100",
+    variant="spectrum",
+)
+#: Dataset names as the paper's tables / results/paper columns use them <-> as the configs and
+#: run records (``dataset_name``) use them.
+PAPER_TO_CONFIG_DATASET = {
+    "cars": "stanford-cars",
+    "flowers": "flowers102",
+    "food": "food101",
+    "pets": "oxford-pets",
+}
+DATASET_ALIASES = {
+    **{v: k for k, v in PAPER_TO_CONFIG_DATASET.items()},
+    "stanford_cars": "cars",
+    "food-101": "food",
+    "oxford_pets": "pets",
+    "cifar-100": "cifar100",
+    "cifar-10": "cifar10",
+    "voc12_aug": "voc12aug",
+}
+
+
+def norm_dataset(name: Any) -> str:
+    """A dataset name as the paper's tables spell it (``stanford-cars`` -> ``cars``)."""
+    name = str(name or "").strip().lower()
+    return DATASET_ALIASES.get(name, name)
+
+
+METHOD_ORDER = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+SELECT_ORDER = ("lp_l1", "lp_linf", "lhe")
+
+
+def _int_or_none(v: Any) -> int | None:
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return int(float(v))
+
+
+def method_key(
+    method: str, select: str | None = None, r: Any = None, rank: Any = None
+) -> tuple[str, str | None, int | None]:
+    """Normalised identity of a method row: ``(method, select, r)`` for LP selections,
+    ``(method, 'lhe', rank)`` for LHE, ``(method, None, None)`` for full BP / LoRA."""
+    if not str(method).startswith("lbp_wht"):
+        return (str(method), None, None)
+    select = select or "lp_l1"
+    if select == "lhe":
+        return (str(method), "lhe", _int_or_none(rank))
+    return (str(method), str(select), _int_or_none(r))
+
+
+def method_sort_key(key: tuple[str, str | None, int | None]) -> tuple:
+    method, select, r = key
+    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    s = SELECT_ORDER.index(select) if select in SELECT_ORDER else -1
+    return (m, s, r if r is not None else -1, method)
+
+
+def method_tag(key: tuple[str, str | None, int | None]) -> str:
+    """File-name tag of a method row: ``full_bp``, ``lbp_wht-lp_l1-4``, ``lbp_wht-lhe-R10``."""
+    method, select, r = key
+    if select is None:
+        return method
+    return f"{method}-{select}-{'R' if select == 'lhe' else ''}{r}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (row, dataset) of a paper table: one training run per seed."""
+
+    model: str
+    scope: str
+    method: str
+    select: str | None
+    r: int | None
+    rank: int | None
+    dataset: str
+    task: str = "cls"  # "cls" (mmpretrain) or "seg" (mmseg)
+    variant: str = ""  # a special run of the same method, e.g. "spectrum" (Figure 5)
+
+    @property
+    def key(self) -> tuple:
+        return (self.model, self.scope, self.dataset) + method_key(
+            self.method, self.select, self.r, self.rank
+        )
+
+    def run_id(self, seed: int) -> str:
+        mk = method_key(self.method, self.select, self.r, self.rank)
+        var = f"_{self.variant}" if self.variant else ""
+        return safe_id(f"{self.model}_{self.scope}_{method_tag(mk)}{var}_{self.dataset}_s{seed}")
+
+
+def read_paper_rows(table: str, paper_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of paper Table ``table`` from ``results/paper``, in the paper's order, each a
+    dict with model, scope, method, select, r, rank (normalised) plus the CSV's other columns
+    as strings (the paper's values; ``""`` where the paper's cell is unreadable)."""
+    import csv
+
+    table = str(table)
+    if table not in TABLE_FILES:
+        raise ValueError(f"no paper reference for table {table!r}; tables: {sorted(TABLE_FILES)}")
+    path = Path(paper_dir) / TABLE_FILES[table]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: it is the typed paper reference (results/paper/), restore it"
+        )
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            if raw.get("table", table) != table:
+                continue
+            row: dict[str, Any] = dict(raw)
+            if table == "4":  # Table 4's method column holds the base selection
+                row["select"], row["method"] = raw["method"], "lbp_wht"
+            row["model"] = raw.get("model") or "efficientformer-l1"
+            row["scope"] = raw.get("scope") or "partial"
+            row["r"] = _int_or_none(raw.get("r"))
+            row["rank"] = _int_or_none(raw.get("rank"))
+            row["select"] = row.get("select") or None
+            if not str(row["method"]).startswith("lbp_wht"):
+                row["select"] = None
+            elif row["select"] is None:
+                row["select"] = "lp_l1"
+            rows.append(row)
+    return rows
+
+
+def table_cells(
+    table: str,
+    paper_dir: str | os.PathLike,
+    *,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    fig3_rs: Sequence[int] = FIG3_RS,
+) -> list[Cell]:
+    """Every (row, dataset) cell of a paper table (``"2"`` ... ``"7"``, ``"fig3"``, ``"fig5"``),
+    optionally restricted to some models / datasets, in the paper's row order."""
+    table = str(table)
+    cells: list[Cell] = []
+    if table == "fig5":
+        c = FIG5_CELL
+        cells = [
+            Cell(
+                c["model"],
+                c["scope"],
+                c["method"],
+                c["select"],
+                c["r"],
+                None,
+                c["dataset"],
+                variant=c["variant"],
+            )
+        ]
+    elif table == "fig3":
+        seen_models = []
+        for row in read_paper_rows("2", paper_dir):
+            if row["scope"] == "partial" and row["model"] not in seen_models:
+                seen_models.append(row["model"])
+        for model in seen_models:
+            for method in FIG3_BASELINES:
+                cells.append(Cell(model, "partial", method, None, None, None, "cifar100"))
+            for r in fig3_rs:
+                cells.append(Cell(model, "partial", "lbp_wht", "lp_l1", int(r), None, "cifar100"))
+    else:
+        if table not in TABLE_DATASETS:
+            raise ValueError(f"unknown table {table!r}; choose 2-7, fig3 or fig5")
+        task = "seg" if table == "3" else "cls"
+        for row in read_paper_rows(table, paper_dir):
+            for ds in TABLE_DATASETS[table]:
+                cells.append(
+                    Cell(
+                        row["model"],
+                        row["scope"],
+                        row["method"],
+                        row["select"],
+                        row["r"],
+                        row["rank"] if row["select"] == "lhe" else None,
+                        ds,
+                        task,
+                    )
+                )
+    if models:
+        unknown = set(models) - {c.model for c in cells}
+        if unknown:
+            raise ValueError(
+                f"table {table} has no model(s) {sorted(unknown)}; its models: "
+                f"{sorted({c.model for c in cells})}"
+            )
+        cells = [c for c in cells if c.model in models]
+    if datasets:
+        datasets = [norm_dataset(d) for d in datasets]
+        unknown = set(datasets) - {c.dataset for c in cells}
+        if unknown:
+            raise ValueError(
+                f"table {table} has no dataset(s) {sorted(unknown)}; its datasets: "
+                f"{sorted({c.dataset for c in cells})}"
+            )
+        cells = [c for c in cells if c.dataset in datasets]
+    return cells
