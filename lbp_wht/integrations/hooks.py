@@ -1,0 +1,221 @@
+"""``LBPWHTHook``: what LBP-WHT needs *during* training (the layers are injected at build time).
+
+- logs the conversion report (what was converted, what trains) and writes it to
+  ``<work_dir>/lbp_conversion.txt``; checks that the optimizer holds exactly the trainable
+  parameters;
+- LHE base selection (Sec. 4.5, Table 4): with ``lbp.select='lhe'`` the LBP layers start with no
+  bases and run exact backprop while recording the WHT energy spectrum of ``g_y``; after
+  ``lbp.lhe_iters`` iterations the hook sums the spectra over ranks, keeps the ``lbp.rank``
+  strongest bases of every layer (``select_bases('lhe', energy=..., rank=R)``) and fixes them
+  with ``set_bases``; the chosen bases go to ``<work_dir>/lhe_bases.json`` and into checkpoints
+  (``lbp_bases``) so a resumed run and ``tools/test.py`` see the same layers;
+- Figure 5: with ``lbp.spectrum_layer='<module name>'`` the ``g_y`` spectrum of that LBP layer
+  is recorded for ``lbp.spectrum_iters`` iterations (or the whole run) and saved to
+  ``<work_dir>/spectrum.json`` (``energy``: order x order, ``steps``, ``layer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os.path as osp
+from typing import Any
+
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper
+from mmengine.registry import HOOKS
+
+from lbp_wht.bases import select_bases
+
+from .build import lbp_layers
+
+__all__ = ["LBPWHTHook"]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+@HOOKS.register_module()
+class LBPWHTHook(Hook):
+    """Training-time side of LBP-WHT (see module docstring). Added by ``inject_lbp``."""
+
+    priority = "NORMAL"
+
+    def __init__(self) -> None:
+        self._lhe_pending = False
+        self._spectrum_open = False
+
+    # ---- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _info(runner: Any) -> dict:
+        model = _unwrap(runner.model)
+        info = getattr(model, "lbp_info", None)
+        if info is None:
+            raise RuntimeError(
+                "LBPWHTHook: the model was not built by LBPWHTModel (no lbp_info). Build the "
+                "runner with runner_type='LBPWHTRunner' (configs/_base_/default_runtime.py) or call "
+                "lbp_wht.integrations.build.inject_lbp(cfg) first."
+            )
+        return info
+
+    # ---- run start ----------------------------------------------------------------------
+    def before_run(self, runner: Any) -> None:
+        info = self._info(runner)
+        cfg = info["cfg"]
+        model = _unwrap(runner.model)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        text = (
+            f"LBP-WHT method={cfg['method']} scope={cfg['scope']} model={cfg['model']} "
+            f"select={cfg['select']} r={cfg['r']} rank={info['rank']} "
+            f"norm_eval={info['norm_eval']}\n"
+            f"trainable parameters: {n_train:,} of {n_all:,} "
+            f"({len(info['trainable'])} tensors; patterns {info['trainable_patterns']})\n"
+            f"{info['report']}\n"
+        )
+        runner.logger.info("\n" + text)
+        if is_main_process():
+            with open(osp.join(runner.work_dir, "lbp_conversion.txt"), "w") as f:
+                f.write(text)
+                f.write("\ntrainable parameter names:\n" + "\n".join(info["trainable"]) + "\n")
+        optim = getattr(runner, "optim_wrapper", None)
+        if isinstance(optim, OptimWrapper):
+            in_optim = {id(p) for g in optim.optimizer.param_groups for p in g["params"]}
+            trainable = {id(p) for p in model.parameters() if p.requires_grad}
+            if in_optim != trainable:
+                runner.logger.warning(
+                    f"LBPWHTHook: the optimizer holds {len(in_optim)} tensors but "
+                    f"{len(trainable)} are trainable ({len(in_optim - trainable)} frozen ones "
+                    f"in it, {len(trainable - in_optim)} trainable ones missing); was the "
+                    "optimizer built by another constructor?"
+                )
+
+    def before_train(self, runner: Any) -> None:
+        info = self._info(runner)
+        cfg = info["cfg"]
+        layers = lbp_layers(runner.model)
+        if cfg["select"] == "lhe" and layers:
+            pending = [m for m in layers.values() if m.bases is None]
+            if pending and runner.iter < cfg["lhe_iters"]:
+                for m in pending:
+                    m.reset_spectrum()
+                    m.record_spectrum = True
+                self._lhe_pending = True
+                runner.logger.info(
+                    f"LHE: profiling g_y spectra of {len(pending)} layers for "
+                    f"{cfg['lhe_iters']} iterations (exact backprop meanwhile)"
+                )
+            elif pending:
+                raise RuntimeError(
+                    "LHE: resumed past lbp.lhe_iters but the checkpoint holds no lbp_bases"
+                )
+        name = cfg["spectrum_layer"]
+        if name:
+            if name not in layers:
+                raise ValueError(
+                    f"lbp.spectrum_layer={name!r} is not an LBP-WHT layer of this model; "
+                    f"LBP layers: {sorted(layers)[:20]}{' ...' if len(layers) > 20 else ''}"
+                )
+            layers[name].reset_spectrum()
+            layers[name].record_spectrum = True
+            self._spectrum_open = True
+
+    # ---- per iteration ------------------------------------------------------------------
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        cfg = self._info(runner)["cfg"]
+        done = runner.iter + 1  # the loop increments runner.iter after this hook
+        if self._lhe_pending and done >= cfg["lhe_iters"]:
+            self._finish_lhe(runner, cfg)
+        if self._spectrum_open and cfg["spectrum_iters"] and done >= cfg["spectrum_iters"]:
+            self._save_spectrum(runner, cfg)
+
+    def after_train(self, runner: Any) -> None:
+        cfg = self._info(runner)["cfg"]
+        if self._lhe_pending:  # fewer iterations than lhe_iters: select with what we have
+            self._finish_lhe(runner, cfg)
+        if self._spectrum_open:
+            self._save_spectrum(runner, cfg)
+
+    # ---- LHE ----------------------------------------------------------------------------
+    def _finish_lhe(self, runner: Any, cfg: dict) -> None:
+        chosen: dict[str, list] = {}
+        for name, m in lbp_layers(runner.model).items():
+            if m.bases is not None:
+                continue
+            energy = m.spectrum_energy
+            if energy is None:
+                energy = torch.zeros(m.order, m.order, dtype=torch.float64)
+            energy = energy.clone()
+            if get_world_size() > 1:
+                all_reduce(energy, op="sum")  # same bases on every rank
+            if not torch.any(energy > 0):
+                raise RuntimeError(
+                    f"LHE: layer {name!r} recorded no g_y spectrum in {cfg['lhe_iters']} "
+                    "iterations (does it receive gradients?)"
+                )
+            bases = select_bases("lhe", order=m.order, rank=cfg["rank"], energy=energy)
+            m.set_bases(bases)
+            if name != cfg["spectrum_layer"]:
+                m.record_spectrum = False
+            chosen[name] = [list(b) for b in bases]
+        self._lhe_pending = False
+        runner.logger.info(f"LHE: fixed {cfg['rank']} bases in {len(chosen)} layers")
+        if is_main_process():
+            with open(osp.join(runner.work_dir, "lhe_bases.json"), "w") as f:
+                json.dump(dict(iterations=runner.iter + 1, rank=cfg["rank"], bases=chosen), f)
+
+    # ---- Figure 5 spectrum --------------------------------------------------------------
+    def _save_spectrum(self, runner: Any, cfg: dict) -> None:
+        name = cfg["spectrum_layer"]
+        m = lbp_layers(runner.model)[name]
+        energy = m.spectrum_energy
+        energy = (
+            torch.zeros(m.order, m.order, dtype=torch.float64) if energy is None else energy.clone()
+        )
+        steps = torch.tensor([float(m.spectrum_steps)], dtype=torch.float64)
+        if get_world_size() > 1:
+            all_reduce(energy, op="sum")
+            all_reduce(steps, op="sum")
+        if m.bases is not None:  # an LHE layer still profiling keeps recording
+            m.record_spectrum = False
+        self._spectrum_open = False
+        if is_main_process():
+            path = osp.join(runner.work_dir, "spectrum.json")
+            with open(path, "w") as f:
+                json.dump(
+                    dict(
+                        layer=name,
+                        order=m.order,
+                        steps=int(steps.item()),
+                        iterations=runner.iter + 1,
+                        energy=energy.tolist(),
+                    ),
+                    f,
+                )
+            runner.logger.info(f"saved g_y WHT spectrum of {name} to {path}")
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        bases = {
+            n: [list(b) for b in m.bases]
+            for n, m in lbp_layers(runner.model).items()
+            if m.bases is not None and m.select == "lhe"
+        }
+        if bases:
+            checkpoint["lbp_bases"] = bases
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        saved = checkpoint.get("lbp_bases") if isinstance(checkpoint, dict) else None
+        if not saved:
+            return
+        layers = lbp_layers(runner.model)
+        for n, b in saved.items():
+            if n in layers:
+                layers[n].set_bases([tuple(x) for x in b])
+        print_log(f"restored LHE bases of {len(saved)} layers from the checkpoint", "current")
