@@ -36,7 +36,7 @@ class _LBPFunction(torch.autograd.Function):
             y = F.linear(x, weight, bias)
             if lora_a is not None:
                 y = y + scaling * F.linear(F.linear(x, lora_a), lora_b)
-            main, x_extra = x[:, extra:], x[:, :extra]
+            main, x_extra = (x[:, extra:], x[:, :extra]) if extra else (x, None)
         else:
             w4 = weight.view(cy, cx, 1, 1)
             y = F.conv2d(x, w4, bias)
@@ -46,63 +46,65 @@ class _LBPFunction(torch.autograd.Function):
             main, x_extra = x, None
         need_w = weight.requires_grad
         need_lora = lora_a is not None and (lora_a.requires_grad or lora_b.requires_grad)
-        # Only the projected input is kept for backward: (B, P*R, Cx) instead of (B, L, Cx).
-        x_hat = projector.project(main, layout) if (need_w or need_lora) else None
+        # Only the projected input is kept for backward, as contiguous rows (B * P * R, Cx)
+        # instead of x (B, L, Cx): the saved activation shrinks by L / (P * R).
+        x_hat = projector.project_rows(main, layout) if (need_w or need_lora) else None
         ctx.projector, ctx.layout, ctx.extra, ctx.scaling = projector, layout, extra, scaling
         ctx.x_dtype = x.dtype
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x_hat, x_extra if extra else None, weight, lora_a, lora_b)
+        ctx.batch = x.shape[0]
+        ctx.save_for_backward(x_hat, x_extra, weight, lora_a, lora_b)
         return y
 
     @staticmethod
     def backward(ctx, g_y):
-        x_hat, x_extra, weight, lora_a, lora_b = ctx.saved_tensors
+        x_hat2, x_extra, weight, lora_a, lora_b = ctx.saved_tensors
         proj: WHTProjector = ctx.projector
-        layout, extra, s = ctx.layout, ctx.extra, ctx.scaling
+        layout, extra, s, bsz = ctx.layout, ctx.extra, ctx.scaling, ctx.batch
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
         dt = g_y.dtype
         cy, cx = weight.shape[0], weight.shape[1]
+        # Casts are no-ops (no copy) unless autocast made g_y's dtype differ.
         w2 = weight.view(cy, cx).to(dt)
         a = lora_a.to(dt) if lora_a is not None else None
         b = lora_b.to(dt) if lora_b is not None else None
+        if x_hat2 is not None:
+            x_hat2 = x_hat2.to(dt)
 
-        if layout == "tokens":
+        if extra:
             g_main, g_extra = g_y[:, extra:], g_y[:, :extra]
+            ge2 = g_extra.reshape(-1, cy)
+            xe2 = x_extra.reshape(-1, cx).to(dt)
         else:
-            g_main, g_extra = g_y, None
-        n2 = proj.order * proj.order
-        g_hat = proj.project(g_main, layout) * (1.0 / n2)  # (B, P*R, Cy)
-        g_hat2 = g_hat.reshape(-1, cy)
-        x_hat2 = x_hat.reshape(-1, cx).to(dt) if x_hat is not None else None
-        xe2 = x_extra.reshape(-1, cx).to(dt) if x_extra is not None else None
-        ge2 = g_extra.reshape(-1, cy) if (g_extra is not None and extra) else None
+            g_main, g_extra, ge2, xe2 = g_y, None, None, None
+        # Eq. 3 (1/n^2 folded into the matrix) and, in the same GEMM, the exact bias gradient.
+        g_hat2, g_sum = proj.project_grad(g_main, layout, with_sum=need_b)  # (B*P*R, Cy)
 
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
         if need_b:
-            grad_b = g_y.sum(dim=(0, 2, 3)) if layout == "nchw" else g_y.sum(dim=(0, 1))
-        if need_w:
-            grad_w = g_hat2.T @ x_hat2
+            grad_b = g_sum if ge2 is None else g_sum + ge2.sum(0)
+        if need_w:  # Eq. 4: g_w = g_hat^T x_hat, one GEMM with K = B * P * R
+            grad_w = torch.mm(g_hat2.t(), x_hat2)
             if ge2 is not None:
-                grad_w = grad_w + ge2.T @ xe2
+                grad_w = torch.addmm(grad_w, ge2.t(), xe2)
             grad_w = grad_w.view_as(weight).to(weight.dtype)
         gb = None  # g_hat B, shared by g_A and g_x
         if a is not None and (need_a or need_x):
             gb = g_hat2 @ b  # (N, r)
         if need_a:
-            grad_a = s * (gb.T @ x_hat2)
+            grad_a = s * (gb.t() @ x_hat2)
             if ge2 is not None:
-                grad_a = grad_a + s * ((ge2 @ b).T @ xe2)
+                grad_a = grad_a + s * ((ge2 @ b).t() @ xe2)
             grad_a = grad_a.to(lora_a.dtype)
         if need_bb:
-            grad_bb = s * (g_hat2.T @ (x_hat2 @ a.T))
+            grad_bb = s * (g_hat2.t() @ (x_hat2 @ a.t()))
             if ge2 is not None:
-                grad_bb = grad_bb + s * (ge2.T @ (xe2 @ a.T))
+                grad_bb = grad_bb + s * (ge2.t() @ (xe2 @ a.t()))
             grad_bb = grad_bb.to(lora_b.dtype)
-        if need_x:
-            gx_hat = g_hat2 @ w2
+        if need_x:  # Eq. 4 (g_hat w) then Eq. 5 (reverse projection)
+            gx_hat = torch.mm(g_hat2, w2)
             if gb is not None:
-                gx_hat = gx_hat + s * (gb @ a)
-            grad_x = proj.reverse(gx_hat.view(g_hat.shape[0], -1, cx), layout)
+                gx_hat = torch.addmm(gx_hat, gb, a, alpha=s)
+            grad_x = proj.reverse_rows(gx_hat, bsz, layout)
             if extra:
                 gx_extra = g_extra @ w2
                 if a is not None:

@@ -150,15 +150,33 @@ class WHTProjector:
     def _const(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (name, dtype, device)
         if key not in self._cache:
-            if name in ("proj", "rev"):
+            if name in ("proj", "rev", "proj_g", "proj_gb"):
                 proj, rev = self._dense_matrices()
-                self._cache[("proj", dtype, device)] = proj.to(device=device, dtype=dtype)
-                self._cache[("rev", dtype, device)] = rev.to(device=device, dtype=dtype)
+                n2 = float(self.order * self.order)
+                # ``proj_g`` folds the 1/n^2 of g_hat into the matrix (no extra pass over the
+                # result); ``proj_gb`` appends a row of ones, so the same GEMM that reads g_y
+                # also yields the bias gradient (one pass over the largest tensor, not two).
+                ones = torch.ones(1, proj.shape[1], dtype=torch.float64)
+                mats = {
+                    "proj": proj,
+                    "rev": rev,
+                    "proj_g": proj / n2,
+                    "proj_gb": torch.cat([proj / n2, ones], 0),
+                }
+                for k, v in mats.items():
+                    self._cache[(k, dtype, device)] = v.to(device=device, dtype=dtype)
+            elif name == "basis_g":
+                n = self.order
+                basis = self._basis.reshape(n, n, self.rank) / float(n * n)
+                self._cache[key] = basis.to(device, dtype)
             elif name == "basis":
                 n = self.order
                 self._cache[key] = self._basis.reshape(n, n, self.rank).to(device, dtype)
             elif name in ("src_h", "src_w"):
                 self._cache[key] = getattr(self, "_" + name).to(device)
+            elif name == "src_flat":  # reflect padding as one index into the flattened map
+                flat = self._src_h[:, None] * self.w + self._src_w[None, :]
+                self._cache[key] = flat.flatten().to(device)
         return self._cache[key]
 
     # ---- layout helpers ----------------------------------------------------------------
@@ -184,13 +202,20 @@ class WHTProjector:
         x4 = x.reshape(b, self.h, self.w, -1) if layout == "tokens" else x.permute(0, 2, 3, 1)
         if self.hp == self.h and self.wp == self.w:
             return x4
-        src_h = self._const("src_h", torch.long, x.device)
-        src_w = self._const("src_w", torch.long, x.device)
         if self.padding == "zero":
             out = x4.new_zeros(b, self.hp, self.wp, x4.shape[-1])
             out[:, self.top : self.top + self.h, self.left : self.left + self.w] = x4
             return out
-        return x4.index_select(1, src_h).index_select(2, src_w)
+        # One gather over the flattened map (a single copy) instead of one per axis.
+        flat = self._const("src_flat", torch.long, x.device)
+        c = x4.shape[-1]
+        if layout == "tokens":
+            return (
+                x.reshape(b, self.h * self.w, c).index_select(1, flat).view(b, self.hp, self.wp, c)
+            )
+        # NCHW: gather along the contiguous last axis, then a (B, Hp, Wp, C) strided view.
+        out = x.reshape(b, c, self.h * self.w).index_select(2, flat)
+        return out.view(b, c, self.hp, self.wp).permute(0, 2, 3, 1)
 
     # ---- the two maps ------------------------------------------------------------------
     def project(self, x: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
@@ -235,6 +260,88 @@ class WHTProjector:
         if layout == "tokens":
             return full.reshape(b, self.h * self.w, c)
         return full.permute(0, 3, 1, 2).contiguous()
+
+    # ---- fast path for the autograd function (lbp_wht.functional) --------------------------
+    # Low-rank tensors here are 2D "rows" ``(B * P * R, C)``, contiguous, ordered like the
+    # ``(B, P*R, C)`` low-rank tokens, so the two low-rank products of Eq. 4 are single GEMMs
+    # over the whole batch (``K = B * P * R``) with no further reshapes or copies.
+    @staticmethod
+    def _tokens_view(x: torch.Tensor, layout: str) -> torch.Tensor:
+        """``(B, L, C)`` view of ``x`` without a copy: NCHW becomes a transposed view (BLAS
+        takes it as a transposed operand), channels-last NCHW a contiguous one."""
+        if layout == "tokens":
+            return x
+        return x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)
+
+    @staticmethod
+    def _left_mm(mat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``mat (K, L) @ t (B, L, C) -> (B, K, C)``; batch 1 as one plain GEMM."""
+        if t.shape[0] == 1:
+            return torch.mm(mat, t[0]).unsqueeze(0)
+        return torch.matmul(mat, t)
+
+    def project_rows(self, x: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
+        """Eq. 6 for the saved activation: ``x_hat`` as contiguous rows ``(B * P * R, C)``.
+
+        Same values as ``project(x, layout).reshape(-1, C)``; the dense path reads ``x`` once
+        in one (batched) GEMM whatever the layout.
+        """
+        self._check(x, layout)
+        c = x.shape[-1] if layout == "tokens" else x.shape[1]
+        if self.impl == "dense":
+            proj = self._const("proj", x.dtype, x.device)
+            out = self._left_mm(proj, self._tokens_view(x, layout))
+        else:
+            out = self.project(x, layout)
+        return out.reshape(-1, c)
+
+    def project_grad(
+        self, g: torch.Tensor, layout: str = "tokens", with_sum: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``g_hat = p(g) / n^2`` as contiguous rows ``(B * P * R, C)`` (Eq. 3 for ``g_y``).
+
+        With ``with_sum`` also returns ``g.sum`` over batch and map, ``(C,)`` (the exact bias
+        gradient); on the dense path it comes out of the same GEMM (an extra all-ones row in the
+        projection matrix), so ``g_y``, the largest tensor of the backward, is read once.
+        """
+        self._check(g, layout)
+        c = g.shape[-1] if layout == "tokens" else g.shape[1]
+        if self.impl == "dense":
+            mat = self._const("proj_gb" if with_sum else "proj_g", g.dtype, g.device)
+            out = self._left_mm(mat, self._tokens_view(g, layout))  # (B, P*R (+1), C)
+            if not with_sum:
+                return out.reshape(-1, c), None
+            total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
+            return out[:, :-1].reshape(-1, c), total
+        n = self.order
+        xp = self._padded_bhwc(g, layout)
+        b = xp.shape[0]
+        patches = xp.reshape(b, self.hp // n, n, self.wp // n, n, c)
+        basis = self._const("basis_g", g.dtype, g.device)
+        g_hat = torch.einsum("bpuqvc,uvk->bpqkc", patches, basis).reshape(-1, c)
+        total = None
+        if with_sum:
+            total = g.sum(dim=(0, 1)) if layout == "tokens" else g.sum(dim=(0, 2, 3))
+        return g_hat, total
+
+    def reverse_rows(self, rows: torch.Tensor, batch: int, layout: str = "tokens") -> torch.Tensor:
+        """Eq. 7 then crop, from rows ``(B * P * R, C)`` to ``(B, L, C)`` tokens or contiguous
+        ``(B, C, H, W)``; same values as ``reverse(rows.view(B, P*R, C), layout)``."""
+        c = rows.shape[-1]
+        if self.impl != "dense":
+            return self.reverse(rows.view(batch, self.low_rank_tokens, c), layout)
+        rev = self._const("rev", rows.dtype, rows.device)  # (L, P*R)
+        if layout == "tokens":
+            if batch == 1:
+                return torch.mm(rev, rows).unsqueeze(0)
+            return torch.matmul(rev, rows.view(batch, self.low_rank_tokens, c))
+        # NCHW: (C, P*R) @ (P*R, L) per image, both as transposed operands: the output is
+        # written directly in contiguous NCHW order.
+        if batch == 1:
+            out = torch.mm(rows.t(), rev.t())
+        else:
+            out = torch.matmul(rows.view(batch, self.low_rank_tokens, c).transpose(1, 2), rev.t())
+        return out.reshape(batch, c, self.h, self.w)
 
     def spectrum(self, g: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
         """Energy of ``g`` on every one of the ``n x n`` bases, summed over batch, patches and
