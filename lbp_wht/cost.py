@@ -1,0 +1,506 @@
+"""The analytic FLOP model of backpropagation (paper Sec. 3.3, Table 1), per layer and per model.
+
+One linear layer ``y = x w^T`` with ``x`` of shape ``(L, Cx)`` and ``w`` of shape ``(Cy, Cx)``
+(a 1x1 convolution is the same with ``L = H * W``). Backpropagation computes (Eq. 2)
+
+    g_x = g_y w        (L, Cx)     2 Cx Cy L FLOPs
+    g_w = g_y^T x      (Cy, Cx)    2 Cx Cy L FLOPs
+
+so vanilla BP costs ``4 Cx Cy L`` (Table 1, one multiply-add = 2 FLOPs). LBP-WHT (Eq. 3-5)
+replaces the two products by their low-rank versions on ``R`` WHT bases per ``n x n`` patch
+(``P`` patches, ``P R`` low-rank tokens):
+
+=====================  ==========================  =================================
+component              Table 1 (paper)             as executed here ("gemm")
+=====================  ==========================  =================================
+projection p(x), p(g)  ``(Cx + Cy) L R``           ``2 (Cx + Cy) L' R``
+low-rank MM            ``4 Cx Cy R``               ``4 Cx Cy P R``
+reverse projection     ``Cx L R``                  ``2 Cx L' R``
+=====================  ==========================  =================================
+
+Two accounting conventions, selected with ``convention=``:
+
+* ``"table1"``: the paper's Table 1. The bases are +-1, so projecting one value onto one basis
+  is one addition: a projection costs one FLOP per (element, basis) pair. Matrix products cost
+  2 FLOPs per multiply-add.
+* ``"gemm"``: what :mod:`lbp_wht.projection` actually executes and what
+  ``torch.utils.flop_counter.FlopCounterMode`` counts: every projection is a GEMM with the
+  (padded) basis matrix, 2 FLOPs per multiply-add. ``L'`` is the number of tokens the GEMM
+  contracts over: ``H * W`` for the single-patch ``dense`` path (padding folded into the
+  matrix) and the padded ``Hp * Wp`` for the multi-patch ``patch`` path.
+
+So the counted overhead is exactly twice Table 1's on single-patch maps (the known, stated
+difference); the low-rank MM is identical. For a 7x7 map (one 8x8 patch) ``P = 1``; for a 56x56
+map ``P = 49``, which is why "``R``" in Table 1 must be read as ``P R`` beyond one patch.
+
+LoRA (Hu et al. 2022, ``y = x w^T + s (x A^T) B^T``, rank ``k``) trained with ordinary autograd
+costs ``2 Cx Cy L`` for ``g_x`` through the frozen ``w`` (only where ``x`` needs a gradient)
+plus ``2 k L (2 Cy + Cx)`` for the adapter gradients and ``2 k L Cx`` more for the adapter's
+share of ``g_x``; its extra *forward* is ``2 k L (Cx + Cy)`` (reported separately: it is
+forward, not backprop). LBP-WHT + LoRA (Table 6) does all of that in the low-rank space
+(see :mod:`lbp_wht.functional`).
+
+Bias gradients (a sum over tokens) and the ``1 / n^2`` scaling of ``g_hat`` are elementwise and
+not counted, in line with Table 1 and the FLOP counter.
+
+Pure PyTorch / standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CONVENTIONS",
+    "LayerCost",
+    "LayerGeometry",
+    "vanilla_bp_flops",
+    "lbp_flops",
+    "lora_flops",
+    "lbp_lora_flops",
+    "table1",
+    "layer_cost",
+    "trace_linear_layers",
+    "LinearLayerTracer",
+    "model_cost",
+    "summarize",
+    "speedup",
+]
+
+CONVENTIONS = ("table1", "gemm")
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown FLOP convention {convention!r}; choose one of {CONVENTIONS}")
+
+
+@dataclass
+class LayerCost:
+    """Backprop FLOPs of one layer, split like Table 1.
+
+    ``vanilla``: the full-rank matrix products (plain layers, and LoRA's ``g_x`` through the
+    frozen weight); ``projection`` / ``low_rank_mm`` / ``reverse_projection``: LBP-WHT's
+    components; ``adapter``: LoRA adapter gradients (and their share of ``g_x``);
+    ``forward_extra``: forward FLOPs the method adds on top of the plain layer (LoRA branch;
+    not part of :attr:`total`, since it is forward work that inference also pays unless merged).
+    """
+
+    vanilla: float = 0.0
+    projection: float = 0.0
+    low_rank_mm: float = 0.0
+    reverse_projection: float = 0.0
+    adapter: float = 0.0
+    forward_extra: float = 0.0
+
+    @property
+    def overhead(self) -> float:
+        """Projection + reverse projection (the paper's "overhead")."""
+        return self.projection + self.reverse_projection
+
+    @property
+    def total(self) -> float:
+        """Backprop FLOPs: everything but :attr:`forward_extra`."""
+        return (
+            self.vanilla
+            + self.projection
+            + self.low_rank_mm
+            + self.reverse_projection
+            + self.adapter
+        )
+
+    def __add__(self, other: LayerCost) -> LayerCost:
+        return LayerCost(
+            **{k: getattr(self, k) + getattr(other, k) for k in asdict(self)}  # type: ignore[arg-type]
+        )
+
+    def scaled(self, factor: float) -> LayerCost:
+        return LayerCost(**{k: v * factor for k, v in asdict(self).items()})
+
+    def as_dict(self) -> dict[str, float]:
+        d = asdict(self)
+        d["overhead"] = self.overhead
+        d["total"] = self.total
+        return d
+
+
+def vanilla_bp_flops(
+    cx: int, cy: int, tokens: int, *, need_input_grad: bool = True, need_weight_grad: bool = True
+) -> LayerCost:
+    """Table 1 "Vanilla BP": ``2 Cx Cy L`` for ``g_x`` plus ``2 Cx Cy L`` for ``g_w``.
+
+    Args:
+        cx, cy: input / output channels.
+        tokens: ``L`` (times the batch size for a batch): rows of ``x``.
+        need_input_grad: False when ``x`` needs no gradient (e.g. the first trainable layer in
+            partial training): ``g_x`` is skipped.
+        need_weight_grad: False for a frozen weight.
+    """
+    mm = 2.0 * cx * cy * tokens
+    return LayerCost(vanilla=mm * (int(need_input_grad) + int(need_weight_grad)))
+
+
+def lbp_flops(
+    cx: int,
+    cy: int,
+    tokens: int,
+    rank: int,
+    *,
+    patches: int = 1,
+    proj_tokens: int | None = None,
+    extra_tokens: int = 0,
+    need_input_grad: bool = True,
+    need_weight_grad: bool = True,
+    bias_row: bool = False,
+    convention: str = "table1",
+) -> LayerCost:
+    """Backprop FLOPs of an LBP-WHT layer (Table 1 rows 2-4; Eq. 3-5).
+
+    Args:
+        cx, cy: channels.
+        tokens: ``L = H * W`` map tokens (per image; multiply the result by the batch).
+        rank: ``R`` bases per patch.
+        patches: ``P`` patches of the (padded) map; low-rank tokens are ``P * R``.
+        proj_tokens: tokens a projection GEMM contracts over (``L'``, "gemm" convention only;
+            default ``tokens``); use the padded ``Hp * Wp`` for the multi-patch path.
+        extra_tokens: class/distillation tokens outside the map; they get exact gradients
+            (``2 Cx Cy E`` per product).
+        need_input_grad / need_weight_grad: as in :func:`vanilla_bp_flops`. Without an input
+            gradient there is no ``g_hat w`` product and no reverse projection; the projection
+            of ``x`` is needed only for ``g_w``.
+        bias_row: "gemm" only: the bias gradient (a sum of ``g_y`` over tokens) is computed in
+            the same GEMM as ``p(g_y)`` by an extra all-ones row of the projection matrix
+            (what :meth:`WHTProjector.project_grad` does on the single-patch path), adding
+            ``2 Cy L'`` counted FLOPs. Table 1 does not count bias gradients.
+        convention: ``"table1"`` or ``"gemm"`` (module docstring).
+    """
+    _check_convention(convention)
+    if not (need_input_grad or need_weight_grad):
+        return LayerCost()
+    lr = patches * rank
+    if convention == "table1":
+        per, lp = 1.0, tokens
+    else:
+        per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
+    proj = per * cy * lp * rank  # p(g_y): always needed
+    if need_weight_grad:
+        proj += per * cx * lp * rank  # p(x): only for g_w
+    mm = 2.0 * cx * cy * lr * (int(need_input_grad) + int(need_weight_grad))
+    rev = per * cx * lp * rank if need_input_grad else 0.0
+    if bias_row and convention == "gemm":
+        proj += per * cy * lp
+    exact = 2.0 * cx * cy * extra_tokens * (int(need_input_grad) + int(need_weight_grad))
+    return LayerCost(vanilla=exact, projection=proj, low_rank_mm=mm, reverse_projection=rev)
+
+
+def lora_flops(
+    cx: int, cy: int, tokens: int, lora_rank: int, *, need_input_grad: bool = True
+) -> LayerCost:
+    """Backprop FLOPs of a LoRA layer trained with autograd (frozen ``w``, adapters ``A``, ``B``).
+
+    ``g_x = g_y w + s (g_y B) A`` (``2 Cx Cy L + 2 k L Cx`` where ``x`` needs a gradient);
+    ``g_B = s g_y^T (x A^T)`` (``2 Cy k L``), ``g_t = s g_y B`` (``2 L Cy k``),
+    ``g_A = g_t^T x`` (``2 k Cx L``). ``forward_extra = 2 k L (Cx + Cy)``.
+    """
+    k = lora_rank
+    adapter = 2.0 * k * tokens * (2 * cy + cx) + (2.0 * k * tokens * cx if need_input_grad else 0)
+    return LayerCost(
+        vanilla=2.0 * cx * cy * tokens if need_input_grad else 0.0,
+        adapter=adapter,
+        forward_extra=2.0 * k * tokens * (cx + cy),
+    )
+
+
+def lbp_lora_flops(
+    cx: int,
+    cy: int,
+    tokens: int,
+    rank: int,
+    lora_rank: int,
+    *,
+    patches: int = 1,
+    proj_tokens: int | None = None,
+    need_input_grad: bool = True,
+    convention: str = "table1",
+) -> LayerCost:
+    """LBP-WHT + LoRA (Table 6): frozen ``w``; adapter grads and ``g_x`` in the low-rank space.
+
+    With ``N = P R`` low-rank tokens (see :mod:`lbp_wht.functional`): ``g_hat B`` (``2 N Cy k``),
+    ``g_A`` (``2 k N Cx``), ``x_hat A^T`` (``2 N Cx k``) and ``g_B`` (``2 Cy N k``); where ``x``
+    needs a gradient also ``g_hat w`` (``2 N Cy Cx``, reported as ``low_rank_mm``),
+    ``(g_hat B) A`` (``2 N k Cx``) and the reverse projection. Projections of ``x`` and ``g_y``
+    as in :func:`lbp_flops`.
+    """
+    _check_convention(convention)
+    n = patches * rank
+    k = lora_rank
+    if convention == "table1":
+        per, lp = 1.0, tokens
+    else:
+        per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
+    adapter = 2.0 * n * k * (2 * cy + 2 * cx) + (2.0 * n * k * cx if need_input_grad else 0.0)
+    return LayerCost(
+        projection=per * (cx + cy) * lp * rank,
+        low_rank_mm=2.0 * n * cy * cx if need_input_grad else 0.0,
+        reverse_projection=per * cx * lp * rank if need_input_grad else 0.0,
+        adapter=adapter,
+        forward_extra=2.0 * k * tokens * (cx + cy),
+    )
+
+
+def table1(
+    cx: int = 3072, cy: int = 768, tokens: int = 49, rank: int = 8, convention: str = "table1"
+) -> dict[str, float]:
+    """Table 1 for one layer (default: the paper's SwinV2-small example, Sec. 3.3).
+
+    Returns FLOPs: ``vanilla``, ``projection``, ``low_rank_mm``, ``reverse_projection``,
+    ``overhead``, ``lbp_total``, ``speedup`` (vanilla / lbp_total). Paper: 462.3 vs 78.2 MFLOPs
+    (1.5 / 75.5 / 1.2).
+    """
+    van = vanilla_bp_flops(cx, cy, tokens).total
+    lbp = lbp_flops(cx, cy, tokens, rank, convention=convention)
+    return dict(
+        vanilla=van,
+        projection=lbp.projection,
+        low_rank_mm=lbp.low_rank_mm,
+        reverse_projection=lbp.reverse_projection,
+        overhead=lbp.overhead,
+        lbp_total=lbp.total,
+        speedup=van / lbp.total,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Per-model: find every linear layer / 1x1 conv, its geometry and what it has to compute
+# ------------------------------------------------------------------------------------------
+@dataclass
+class LayerGeometry:
+    """What one forward call of a linear layer / 1x1 conv looked like (per batch).
+
+    ``tokens``: rows of the GEMM (batch x spatial/tokens, leading dims flattened);
+    ``images``: the batch size the call belonged to (for per-image figures);
+    ``method``: ``plain`` / ``lbp`` / ``lora`` / ``lbp_lora``; ``hw``, ``rank``, ``patches``,
+    ``proj_tokens``, ``extra_tokens`` for LBP layers; ``lora_rank`` for LoRA layers.
+    ``need_input_grad`` / ``need_weight_grad``: whether backprop computes ``g_x`` / ``g_w``.
+    """
+
+    name: str
+    kind: str
+    method: str
+    cx: int
+    cy: int
+    tokens: int
+    need_input_grad: bool
+    need_weight_grad: bool
+    calls: int = 1
+    hw: tuple[int, int] | None = None
+    rank: int | None = None
+    patches: int | None = None
+    proj_tokens: int | None = None
+    extra_tokens: int = 0
+    lora_rank: int | None = None
+    bias_row: bool = False
+
+
+def _method_of(module: nn.Module) -> str:
+    # Local imports keep this module importable on its own and avoid import cycles.
+    from .layers import LBPMixin
+    from .lora import LoRAMixin
+
+    is_lbp, is_lora = isinstance(module, LBPMixin), isinstance(module, LoRAMixin)
+    if is_lbp and is_lora:
+        return "lbp_lora"
+    if is_lbp:
+        return "lbp"
+    if is_lora:
+        return "lora"
+    return "plain"
+
+
+def _is_linear_like(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return (
+        isinstance(module, nn.Conv2d)
+        and tuple(module.kernel_size) == (1, 1)
+        and tuple(module.stride) == (1, 1)
+        and module.groups == 1
+    )
+
+
+def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
+    """Analytic backprop FLOPs of one traced layer call (for the whole traced batch).
+
+    LBP layers that run plain (eval mode, no grad, or LHE still profiling) have ``rank=None``
+    and are costed as plain layers.
+    """
+    _check_convention(convention)
+    nx, nw = geom.need_input_grad, geom.need_weight_grad
+    if geom.method in ("lbp", "lbp_lora") and geom.rank is not None:
+        images = geom.tokens // (geom.hw[0] * geom.hw[1] + geom.extra_tokens)
+        if geom.method == "lbp":
+            one = lbp_flops(
+                geom.cx,
+                geom.cy,
+                geom.hw[0] * geom.hw[1],
+                geom.rank,
+                patches=geom.patches or 1,
+                proj_tokens=geom.proj_tokens,
+                extra_tokens=geom.extra_tokens,
+                need_input_grad=nx,
+                need_weight_grad=nw,
+                bias_row=geom.bias_row,
+                convention=convention,
+            )
+        else:
+            one = lbp_lora_flops(
+                geom.cx,
+                geom.cy,
+                geom.hw[0] * geom.hw[1],
+                geom.rank,
+                geom.lora_rank or 0,
+                patches=geom.patches or 1,
+                proj_tokens=geom.proj_tokens,
+                need_input_grad=nx,
+                convention=convention,
+            )
+        return one.scaled(images)
+    if geom.method in ("lora", "lbp_lora"):
+        return lora_flops(geom.cx, geom.cy, geom.tokens, geom.lora_rank or 0, need_input_grad=nx)
+    return vanilla_bp_flops(geom.cx, geom.cy, geom.tokens, need_input_grad=nx, need_weight_grad=nw)
+
+
+class LinearLayerTracer:
+    """Context manager recording every linear layer / 1x1 conv call made inside it.
+
+    Whether a call needs ``g_x`` is read from the autograd state of its input at call time
+    (``x.requires_grad``), whether it needs ``g_w`` from ``weight.requires_grad`` (LoRA layers:
+    never; their adapters are costed separately). Layers called several times (shared modules)
+    are merged into one entry with their tokens summed, so trace exactly one forward pass.
+    After the context, :attr:`geoms` lists the :class:`LayerGeometry` of each layer.
+
+    Args:
+        model: the (converted) model.
+        names: restrict to these qualified module names (default: all).
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str] | None = None) -> None:
+        self.model = model
+        self.wanted = set(names) if names is not None else None
+        self.found: dict[str, LayerGeometry] = {}
+        self.handles: list[Any] = []
+
+    @property
+    def geoms(self) -> list[LayerGeometry]:
+        return list(self.found.values())
+
+    def _hook_for(self, name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            method = _method_of(module)
+            w = module.weight
+            cy, cx = int(w.shape[0]), int(w.shape[1])
+            grad_on = torch.is_grad_enabled()
+            nx = bool(grad_on and x.requires_grad)
+            nw = bool(grad_on and w.requires_grad and method in ("plain", "lbp"))
+            if method in ("lora", "lbp_lora"):
+                adapters = module.lora_A.requires_grad or module.lora_B.requires_grad
+                nw = False
+                if not (grad_on and (adapters or nx)):
+                    nx = False
+            if isinstance(module, nn.Conv2d):
+                kind, tokens = "conv1x1", x.numel() // x.shape[1]
+            else:
+                kind, tokens = "linear", x.numel() // x.shape[-1]
+            geom = LayerGeometry(name, kind, method, cx, cy, tokens, nx, nw)
+            if method in ("lora", "lbp_lora"):
+                geom.lora_rank = int(module.lora_rank)
+            if method in ("lbp", "lbp_lora") and module._wants_lbp(x):
+                hw = module._map_size(x)
+                if module.bases is not None:
+                    proj = module._projector(hw)
+                    geom.hw, geom.rank, geom.patches = hw, proj.rank, proj.num_patches
+                    geom.proj_tokens = hw[0] * hw[1] if proj.impl == "dense" else proj.hp * proj.wp
+                    geom.extra_tokens = int(getattr(module, "extra_tokens", 0))
+                    b = module.bias
+                    geom.bias_row = bool(
+                        proj.impl == "dense" and b is not None and b.requires_grad and grad_on
+                    )
+            old = self.found.get(name)
+            if old is None:
+                self.found[name] = geom
+            else:
+                old.tokens += geom.tokens
+                old.calls += 1
+                old.need_input_grad |= geom.need_input_grad
+                old.need_weight_grad |= geom.need_weight_grad
+
+        return hook
+
+    def __enter__(self) -> LinearLayerTracer:
+        for name, module in self.model.named_modules():
+            if _is_linear_like(module) and (self.wanted is None or name in self.wanted):
+                self.handles.append(module.register_forward_pre_hook(self._hook_for(name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def trace_linear_layers(
+    model: nn.Module, run: Callable[[], Any], names: Iterable[str] | None = None
+) -> list[LayerGeometry]:
+    """Run ``run()`` (one training-mode forward) under a :class:`LinearLayerTracer`."""
+    with LinearLayerTracer(model, names) as tracer:
+        run()
+    return tracer.geoms
+
+
+def _adapters_train(model: nn.Module, name: str) -> bool:
+    mod = model.get_submodule(name)
+    return bool(
+        getattr(mod, "lora_A", None) is not None
+        and (mod.lora_A.requires_grad or mod.lora_B.requires_grad)
+    )
+
+
+def model_cost(
+    model: nn.Module,
+    geoms: list[LayerGeometry],
+    convention: str = "table1",
+) -> dict[str, LayerCost]:
+    """Analytic backprop cost of every traced layer that backprop touches, by module name.
+
+    Layers that need neither ``g_x`` nor ``g_w`` (frozen layers with no gradient flowing in) and
+    LoRA layers whose adapters are frozen are omitted.
+    """
+    out: dict[str, LayerCost] = {}
+    for g in geoms:
+        if g.method in ("lora", "lbp_lora"):
+            if not _adapters_train(model, g.name) and not g.need_input_grad:
+                continue
+        elif not (g.need_input_grad or g.need_weight_grad):
+            continue
+        out[g.name] = layer_cost(g, convention)
+    return out
+
+
+def summarize(costs: dict[str, LayerCost]) -> LayerCost:
+    """Sum of :class:`LayerCost` values."""
+    total = LayerCost()
+    for c in costs.values():
+        total = total + c
+    return total
+
+
+def speedup(vanilla: float, method: float) -> float:
+    """``vanilla / method`` (``nan`` when ``method`` is 0)."""
+    return vanilla / method if method else math.nan

@@ -1,0 +1,602 @@
+"""Measure what one training step of a model costs: backprop FLOPs and memory (pure PyTorch).
+
+:func:`measure_step` runs a model on the same inputs:
+
+1. (models with LBP-WHT layers) a warm-up forward + backward that fills caches such as the WHT
+   projection matrices, whose one-off construction must not be counted;
+2. (models with LBP-WHT layers) a forward under ``torch.no_grad()``: the inference forward of
+   the same model, where LBP-WHT layers run as plain layers (no projection of ``x``); without
+   LBP-WHT layers it would equal the training forward and is not run;
+3. a training forward + backward under ``torch.utils.flop_counter.FlopCounterMode`` with a
+   snapshot between the two, so forward and backward FLOPs are counted separately, both
+   broken down by module (the counter attributes backward ops, including those inside a custom
+   ``autograd.Function.backward``, to the module whose forward created them; it keeps
+   pass-through modules such as ``nn.Identity`` "active" too long, so only leaf layers' figures
+   are exact).
+
+**Backprop FLOPs** = backward FLOPs + (training forward - no-grad forward). The second term is
+the work the forward does *only because* a backward follows: LBP-WHT projects ``x`` onto the
+WHT bases in the forward (Eq. 3, ``x_hat`` is what it saves), which Table 1 counts as part of
+its projection cost. For every other layer the two forwards are identical and the term is 0.
+
+The counter counts matrix products and convolutions only (2 FLOPs per multiply-add; the
+weight gradient of grouped convolutions is counted with a corrected formula, see
+:func:`flop_counter`); it does not count elementwise ops, normalisation, softmax or activations. As a separate, clearly
+labelled *estimate* of those, an elementwise tally (one FLOP per element touched by every
+other floating-point op; views, copies and padding excluded) is recorded too. The paper's
+Linux ``perf`` counts would include such ops (and whatever its BLAS computed).
+
+**Memory** (Table 6):
+
+* saved for backward: every tensor autograd saves during the training forward, seen through
+  ``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage (a view keeps its whole
+  storage alive, so the storage's size is counted, once). This includes tensors saved by
+  non-linear ops (norm inputs, activation inputs, dropout masks, softmax outputs, pooling
+  inputs) and by custom functions (LBP-WHT's ``x_hat``). Parameters saved for backward (e.g.
+  a linear layer's weight) are reported separately (``saved_param_bytes``): they occupy memory
+  anyway. Attributed to the innermost module running when the tensor was saved.
+* weight gradients: bytes of every ``.grad`` the step produced (trainable parameters).
+* trainable parameters: count of ``requires_grad`` parameters.
+* on CUDA: the allocator's peak during the step (absolute, and above the pre-step level).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+__all__ = [
+    "StepMeasurement",
+    "measure_step",
+    "SavedTensorTracker",
+    "ElementwiseCounter",
+    "default_loss",
+    "trainable_parameters",
+    "module_saved_bytes",
+    "flop_counter",
+]
+
+
+def _conv_backward_flop(
+    grad_out_shape: Sequence[int],
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    _groups: int,
+    output_mask: Sequence[bool],
+    out_shape: Any = None,
+    **kwargs: Any,
+) -> int:
+    """FLOPs of ``aten.convolution_backward``, correct for grouped (depthwise) convolutions.
+
+    torch's own formula (``torch.utils.flop_counter.conv_backward_flop``, torch 2.13) ignores
+    ``groups`` for the weight gradient and overcounts it by the number of groups: a depthwise
+    3x3 conv's weight gradient comes out ``C`` times too large (checked: 64 channels, 7x7 map,
+    3,612,672 counted vs 56,448). Each of grad_input and grad_weight performs exactly the
+    multiply-adds of the forward convolution: ``N * prod(w_shape) * prod(spatial)`` with the
+    spatial size of the convolution's output (its input for a transposed convolution), since
+    ``w_shape = (C_out, C_in / groups, kh, kw)`` already accounts for the groups.
+    """
+    spatial = x_shape[2:] if transposed else grad_out_shape[2:]
+    macs = int(x_shape[0])
+    for v in list(w_shape) + list(spatial):
+        macs *= int(v)
+    return 2 * macs * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_counter() -> FlopCounterMode:
+    """``FlopCounterMode(display=False)`` with :func:`_conv_backward_flop` for conv backward."""
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop},
+    )
+
+
+def default_loss(output: Any) -> torch.Tensor:
+    """Sum of every floating-point tensor in ``output`` (tensor / tuple / list / dict).
+
+    A sum is enough for FLOP and memory accounting: the loss's own backward is elementwise.
+    """
+    if isinstance(output, torch.Tensor):
+        return output.float().sum()
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, Sequence) and not isinstance(output, str):
+        parts = [default_loss(o) for o in output]
+        parts = [p for p in parts if p is not None]
+        if parts:
+            return torch.stack(parts).sum()
+    if hasattr(output, "seg_logits"):  # mmseg SegDataSample
+        return default_loss(output.seg_logits.data)
+    raise TypeError(
+        f"default_loss cannot make a scalar from {type(output).__name__}; pass loss_fn="
+    )
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(number of trainable parameter elements, number of trainable tensors), deduplicated."""
+    seen: set[int] = set()
+    n = t = 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+            t += 1
+    return n, t
+
+
+# ------------------------------------------------------------------------------------------
+class _ModuleStack:
+    """Tracks the innermost running module (global forward hooks, removed on exit)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.stack: list[str] = []
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _ModuleStack:
+        from torch.nn.modules import module as mm
+
+        def pre(module: nn.Module, args: Any) -> None:
+            name = self.names.get(id(module))
+            self.stack.append(name if name is not None else f"<{type(module).__name__}>")
+
+        def post(module: nn.Module, args: Any, out: Any) -> None:
+            if self.stack:
+                self.stack.pop()
+
+        self.handles = [
+            mm.register_module_forward_pre_hook(pre),
+            mm.register_module_forward_hook(post, always_call=True),
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1] if self.stack else ""
+
+
+class SavedTensorTracker:
+    """Context manager: bytes of the tensors autograd saves for backward, by storage.
+
+    Args:
+        model: used to tell parameters/buffers (not activations) from activations and to
+            name modules.
+
+    After the context: ``activation_bytes``, ``param_bytes``, ``count``, ``by_module`` (innermost
+    module name -> activation bytes; ``""`` for ops outside any module).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.activation_bytes = 0
+        self.param_bytes = 0
+        self.count = 0
+        self.by_module: dict[str, int] = defaultdict(int)
+        self._seen: set[tuple[str, int]] = set()
+        self._param_keys = {self._key(t) for t in list(model.parameters()) + list(model.buffers())}
+        self._stack = _ModuleStack(model)
+        self._hooks: Any = None
+
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple[str, int]:
+        return (str(t.device), t.untyped_storage().data_ptr())
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            key = self._key(t)
+            nbytes = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without a plain storage
+            return t
+        if key in self._seen:
+            return t
+        self._seen.add(key)
+        if key in self._param_keys:
+            self.param_bytes += nbytes
+        else:
+            self.activation_bytes += nbytes
+            self.count += 1
+            self.by_module[self._stack.current] += nbytes
+        return t
+
+    def __enter__(self) -> SavedTensorTracker:
+        self._stack.__enter__()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+        self._stack.__exit__(*exc)
+
+
+# ------------------------------------------------------------------------------------------
+# Ops that move or create data without floating-point arithmetic (not counted as elementwise).
+_DATA_MOVEMENT = {
+    "clone",
+    "copy",
+    "copy_",
+    "_to_copy",
+    "to",
+    "cat",
+    "stack",
+    "index_select",
+    "index",
+    "index_put",
+    "index_put_",
+    "gather",
+    "scatter",
+    "scatter_",
+    "constant_pad_nd",
+    "reflection_pad2d",
+    "replication_pad2d",
+    "new_zeros",
+    "new_empty",
+    "new_empty_strided",
+    "new_ones",
+    "zeros",
+    "zeros_like",
+    "ones",
+    "ones_like",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "full",
+    "full_like",
+    "fill",
+    "fill_",
+    "zero_",
+    "arange",
+    "lift_fresh",
+    "lift_fresh_copy",
+    "contiguous",
+    "_unsafe_view",
+    "clamp_min_",
+    "masked_fill",
+    "masked_fill_",
+    "where",
+    "roll",
+    "flip",
+    "repeat",
+    "select_backward",
+    "slice_backward",
+    "as_strided_scatter",
+    "detach",
+    "alias",
+    "bernoulli_",
+    "native_dropout",
+    "_local_scalar_dense",
+    "embedding",
+}
+
+
+class ElementwiseCounter(TorchDispatchMode):
+    """Tally of elements touched by non-GEMM floating-point ops: an *estimate* of the
+    FLOPs that a matmul-only counter misses (one FLOP per element per op; a lower bound for
+    ops such as normalisation or GELU that need several instructions per element).
+
+    For each op not in ``FlopCounterMode``'s registry and not a view / copy / fill, the count
+    is the largest floating-point numel among its inputs and outputs (so reductions count
+    their input). ``total`` and ``by_op`` accumulate.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.by_op: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        name = packet.__name__
+        if packet in flop_registry or func.is_view or name in _DATA_MOVEMENT:
+            return out
+        best = 0
+        for t in _tensors(args, kwargs, out):
+            if t.is_floating_point() or t.is_complex():
+                best = max(best, t.numel())
+        if best:
+            self.total += best
+            self.by_op[name] += best
+        return out
+
+
+def _tensors(*objs: Any) -> Iterable[torch.Tensor]:
+    for obj in objs:
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, (list, tuple)):
+            yield from _tensors(*obj)
+        elif isinstance(obj, dict):
+            yield from _tensors(*obj.values())
+
+
+# ------------------------------------------------------------------------------------------
+@dataclass
+class StepMeasurement:
+    """Result of :func:`measure_step` for one batch. Use :meth:`per_image` for per-image values.
+
+    FLOP fields are matmul/conv FLOPs (2 per multiply-add) as counted by ``FlopCounterMode``;
+    ``*_elementwise`` fields are the :class:`ElementwiseCounter` estimate.
+    """
+
+    batch: int
+    forward_flops: int
+    forward_nograd_flops: int
+    backward_flops: int
+    backward_by_op: dict[str, int]
+    forward_by_op: dict[str, int]
+    per_module: dict[str, dict[str, int]]
+    forward_elementwise: int
+    backward_elementwise: int
+    forward_nograd_elementwise: int
+    backward_elementwise_by_op: dict[str, int]
+    saved_activation_bytes: int
+    saved_param_bytes: int
+    saved_tensors: int
+    saved_by_module: dict[str, int]
+    weight_grad_bytes: int
+    trainable_params: int
+    trainable_tensors: int
+    device: str
+    cuda_peak_bytes: int | None = None
+    cuda_step_peak_bytes: int | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def forward_extra_flops(self) -> int:
+        """Training forward minus no-grad forward (LBP-WHT's projection of ``x``)."""
+        return self.forward_flops - self.forward_nograd_flops
+
+    @property
+    def backprop_flops(self) -> int:
+        """Backward FLOPs + forward work done only for the backward (see module doc)."""
+        return self.backward_flops + self.forward_extra_flops
+
+    def module_backprop(self, name: str) -> int:
+        """Backprop FLOPs attributed to module ``name`` (including its children)."""
+        d = self.per_module.get(name, {})
+        return d.get("bwd", 0) + d.get("fwd", 0) - d.get("fwd_nograd", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["forward_extra_flops"] = self.forward_extra_flops
+        d["backprop_flops"] = self.backprop_flops
+        return d
+
+    def per_image(self) -> dict[str, Any]:
+        """Every batch-proportional quantity divided by the batch size.
+
+        FLOPs and saved activations scale with the batch; weight-gradient bytes and
+        parameter counts do not and are copied as they are.
+        """
+        b = self.batch
+        d = self.as_dict()
+        for k in (
+            "forward_flops",
+            "forward_nograd_flops",
+            "backward_flops",
+            "forward_extra_flops",
+            "backprop_flops",
+            "forward_elementwise",
+            "backward_elementwise",
+            "forward_nograd_elementwise",
+            "saved_activation_bytes",
+        ):
+            d[k] = d[k] / b
+        for k in ("backward_by_op", "forward_by_op", "backward_elementwise_by_op"):
+            d[k] = {op: v / b for op, v in d[k].items()}
+        d["saved_by_module"] = {m: v / b for m, v in d["saved_by_module"].items()}
+        d["per_module"] = {
+            m: {k: v / b for k, v in vals.items()} for m, vals in d["per_module"].items()
+        }
+        d["per"] = "image"
+        return d
+
+
+def _counts_by_module(counter: FlopCounterMode, root: str) -> dict[str, int]:
+    out = {}
+    for mod, ops in counter.get_flop_counts().items():
+        if mod == "Global":
+            continue
+        name = mod[len(root) + 1 :] if mod.startswith(root + ".") else ("" if mod == root else mod)
+        out[name] = int(sum(ops.values()))
+    return out
+
+
+def _by_op(counter: FlopCounterMode) -> dict[str, int]:
+    glob = counter.get_flop_counts().get("Global", {})
+    return {str(op).split(".")[-1]: int(v) for op, v in glob.items()}
+
+
+def _sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) - b.get(k, 0) for k in set(a) | set(b) if a.get(k, 0) - b.get(k, 0)}
+
+
+def measure_step(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
+    batch: int | None = None,
+    warmup: int | None = None,
+    elementwise: bool = True,
+    forward_context: Any = None,
+) -> StepMeasurement:
+    """Count and measure one training step of ``model`` on ``inputs``.
+
+    Args:
+        model: the (converted, frozen as intended) model; its train/eval mode is used as is
+            (call ``model.train()`` first; ``norm_eval`` hooks keep BatchNorm in eval mode).
+        inputs: passed to ``forward``; a tensor by default.
+        forward: ``forward(model, inputs) -> output``; default ``model(inputs)``.
+        loss_fn: ``loss_fn(output) -> scalar``; default :func:`default_loss` (a sum).
+        batch: batch size for per-image figures; default ``inputs.shape[0]``.
+        warmup: warm-up steps before counting. Default: 1 if the model has LBP-WHT layers
+            (they build their projection matrices on first use, and the counter would see
+            those GEMMs), else 0.
+        elementwise: also run the :class:`ElementwiseCounter` estimate.
+        forward_context: a context manager entered around the counted training forward only
+            (e.g. :class:`lbp_wht.cost.LinearLayerTracer`, to trace the same pass).
+
+    Without LBP-WHT layers the no-grad forward would equal the training forward (no layer
+    does forward work for the backward), so it is not run and ``forward_nograd_flops`` is set to
+    the counted training forward.
+
+    Returns:
+        A :class:`StepMeasurement` for the whole batch. Parameter ``.grad`` are set to None
+        before the counted step and left holding that step's gradients.
+    """
+    fwd = forward or (lambda m, x: m(x))
+    lossf = loss_fn or default_loss
+    if batch is None:
+        if not isinstance(inputs, torch.Tensor):
+            raise ValueError("measure_step: pass batch= when inputs is not a tensor")
+        batch = int(inputs.shape[0])
+    params = [p for p in model.parameters()]
+    if not any(p.requires_grad for p in params):
+        raise ValueError(
+            "measure_step: the model has no trainable parameter, so a training step does "
+            "nothing; check the freeze patterns"
+        )
+    device = next((p.device for p in params), torch.device("cpu"))
+    root = type(model).__name__
+    t0 = time.perf_counter()
+
+    from .layers import LBPMixin
+
+    has_lbp = any(isinstance(m, LBPMixin) for m in model.modules())
+    if warmup is None:
+        warmup = 1 if has_lbp else 0
+    for _ in range(warmup):
+        lossf(fwd(model, inputs)).backward()
+    for p in params:
+        p.grad = None
+
+    # (2) inference forward of the same model (only LBP-WHT layers behave differently).
+    nograd_ew = ElementwiseCounter() if elementwise and has_lbp else None
+    fwd_nograd_mod: dict[str, int] | None = None
+    fwd_nograd = None
+    if has_lbp:
+        with torch.no_grad():
+            with flop_counter() as c0:
+                if nograd_ew is not None:
+                    with nograd_ew:
+                        fwd(model, inputs)
+                else:
+                    fwd(model, inputs)
+        fwd_nograd = int(c0.get_total_flops())
+        fwd_nograd_mod = _counts_by_module(c0, root)
+
+    # (3) counted training step.
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_alloc = torch.cuda.memory_allocated(device)
+    ew_f = ElementwiseCounter() if elementwise else None
+    ew_b = ElementwiseCounter() if elementwise else None
+    tracker = SavedTensorTracker(model)
+    ctx = forward_context if forward_context is not None else contextlib.nullcontext()
+    with flop_counter() as counter:
+        with tracker, ctx:
+            if ew_f is not None:
+                with ew_f:
+                    out = fwd(model, inputs)
+                    loss = lossf(out)
+            else:
+                out = fwd(model, inputs)
+                loss = lossf(out)
+        fwd_total = int(counter.get_total_flops())
+        fwd_mod = _counts_by_module(counter, root)
+        fwd_ops = _by_op(counter)
+        if ew_b is not None:
+            with ew_b:
+                loss.backward()
+        else:
+            loss.backward()
+    total = int(counter.get_total_flops())
+    all_mod = _counts_by_module(counter, root)
+    all_ops = _by_op(counter)
+    cuda_peak = cuda_step = None
+    if cuda:
+        torch.cuda.synchronize(device)
+        cuda_peak = int(torch.cuda.max_memory_allocated(device))
+        cuda_step = cuda_peak - int(base_alloc)
+    del out, loss
+    if fwd_nograd is None:
+        fwd_nograd, fwd_nograd_mod = fwd_total, fwd_mod
+
+    per_module: dict[str, dict[str, int]] = {}
+    for name in set(all_mod) | set(fwd_nograd_mod):
+        f = fwd_mod.get(name, 0)
+        per_module[name] = dict(
+            fwd=f,
+            fwd_nograd=fwd_nograd_mod.get(name, 0),
+            bwd=all_mod.get(name, 0) - f,
+        )
+
+    seen: set[int] = set()
+    grad_bytes = 0
+    for p in params:
+        if p.grad is not None and id(p) not in seen:
+            seen.add(id(p))
+            grad_bytes += p.grad.numel() * p.grad.element_size()
+    n_train, t_train = trainable_parameters(model)
+    return StepMeasurement(
+        batch=batch,
+        forward_flops=fwd_total,
+        forward_nograd_flops=fwd_nograd,
+        backward_flops=total - fwd_total,
+        backward_by_op=_sub(all_ops, fwd_ops),
+        forward_by_op=fwd_ops,
+        per_module=per_module,
+        forward_elementwise=ew_f.total if ew_f else 0,
+        backward_elementwise=ew_b.total if ew_b else 0,
+        forward_nograd_elementwise=(
+            nograd_ew.total if nograd_ew else (ew_f.total if ew_f and not has_lbp else 0)
+        ),
+        backward_elementwise_by_op=dict(ew_b.by_op) if ew_b else {},
+        saved_activation_bytes=tracker.activation_bytes,
+        saved_param_bytes=tracker.param_bytes,
+        saved_tensors=tracker.count,
+        saved_by_module=dict(tracker.by_module),
+        weight_grad_bytes=grad_bytes,
+        trainable_params=n_train,
+        trainable_tensors=t_train,
+        device=str(device),
+        cuda_peak_bytes=cuda_peak,
+        cuda_step_peak_bytes=cuda_step,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def module_saved_bytes(m: StepMeasurement, names: Iterable[str]) -> int:
+    """Saved activation bytes attributed to ``names`` or their children."""
+    names = list(names)
+    return sum(
+        v
+        for mod, v in m.saved_by_module.items()
+        if any(mod == n or mod.startswith(n + ".") for n in names)
+    )
