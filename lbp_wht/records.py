@@ -52,8 +52,12 @@ def is_complete(path: str | os.PathLike) -> bool:
     return rec is not None and rec.get("status") == "complete"
 
 
-def read_records(root: str | os.PathLike, pattern: str = "**/*.json") -> list[dict[str, Any]]:
-    """All readable records under ``root`` (sorted by path), each with ``_path`` added."""
+def read_records(root: str | os.PathLike, pattern: str = "**/record.json") -> list[dict[str, Any]]:
+    """All readable run records under ``root`` (sorted by path), each with ``_path`` added.
+
+    The default pattern takes only ``record.json`` files: work dirs also hold other JSON
+    (test records, LHE bases, spectra, mmengine logs).
+    """
     out = []
     for p in sorted(Path(root).glob(pattern)):
         if p.name.startswith("."):
