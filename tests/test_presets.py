@@ -397,12 +397,15 @@ def test_swinv2_module_qkv_matches_mmpretrain():
 
 
 def _mit_b0(kind: str):
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
 
     cfg = model_config("segformer-mit-b0")["backbone"]
     cfg.update(type=kind, drop_path_rate=0.0)
     torch.manual_seed(0)
-    return MODELS.build(cfg)
+    # An earlier test (e.g. a runner) may have left mmpretrain as the default scope.
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return MODELS.build(cfg)
 
 
 def test_segformer_explicit_attention_is_exact_and_loads_mmseg_checkpoints():
