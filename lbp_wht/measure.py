@@ -9,10 +9,9 @@
    LBP-WHT layers it would equal the training forward and is not run;
 3. a training forward + backward under ``torch.utils.flop_counter.FlopCounterMode`` with a
    snapshot between the two, so forward and backward FLOPs are counted separately, both
-   broken down by module (the counter attributes backward ops, including those inside a custom
-   ``autograd.Function.backward``, to the module whose forward created them; it keeps
-   pass-through modules such as ``nn.Identity`` "active" too long, so only leaf layers' figures
-   are exact).
+   broken down by module with :class:`ModuleAttribution` (each backward op, including those
+   inside a custom ``autograd.Function.backward``, is credited to the module whose forward
+   created the autograd node being executed).
 
 **Backprop FLOPs** = backward FLOPs + (training forward - no-grad forward). The second term is
 the work the forward does *only because* a backward follows: LBP-WHT projects ``x`` onto the
@@ -63,6 +62,7 @@ __all__ = [
     "trainable_parameters",
     "module_saved_bytes",
     "flop_counter",
+    "ModuleAttribution",
 ]
 
 
@@ -172,6 +172,104 @@ class _ModuleStack:
     @property
     def current(self) -> str:
         return self.stack[-1] if self.stack else ""
+
+
+class ModuleAttribution:
+    """Context manager: FLOPs per module, *self* (innermost module), forward and backward.
+
+    ``FlopCounterMode``'s own per-module figures are unreliable in the backward: its module
+    tracker marks a module finished when the gradient of the module's *input* is complete,
+    which never happens for an input that needs no gradient (the first layer of a partially
+    trained stage) and happens late for inputs shared by several modules (q, k and v on one
+    ``x``), so later backward work is credited to those modules too (seen on Segformer:
+    ``decode_head.convs.0`` credited with 9x its real backward). Here every autograd node is
+    labelled in the forward with the module that created it (a forward post-hook walks the
+    graph from the module's outputs back to its inputs, innermost modules first), and each
+    backward op is credited to the module of the node the autograd engine is executing
+    (``torch._C._current_autograd_node()``). Forward ops are credited to the innermost running
+    module. Ops outside any module are credited to ``""``.
+
+    Limitation: a tensor that reaches a module other than through its positional arguments
+    (keyword argument, attribute) is not a boundary; nodes created for it by the caller just
+    before the call are credited to the callee.
+    """
+
+    def __init__(self, model: nn.Module, custom: dict[Any, Any] | None = None) -> None:
+        from torch.utils.flop_counter import shape_wrapper
+
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.labels: dict[Any, str] = {}
+        self.flops: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.phase = "fwd"
+        self._stack: list[tuple[str, set[int]]] = []
+        self._handles: list[Any] = []
+        self.registry = dict(flop_registry)
+        self.registry[torch.ops.aten.convolution_backward] = shape_wrapper(_conv_backward_flop)
+        attribution = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                formula = attribution.registry.get(func.overloadpacket)
+                if formula is not None:
+                    n = int(formula(*args, **kwargs, out_val=out))
+                    attribution.flops[attribution.current_label()][attribution.phase] += n
+                return out
+
+        self._mode = _Mode()
+
+    def current_label(self) -> str:
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            return self.labels.get(node, "<unlabelled backward>")
+        return self._stack[-1][0] if self._stack else ""
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        name = self.names.get(id(module), f"<{type(module).__name__}>")
+        boundary = {id(t.grad_fn) for t in _tensors(args) if t.grad_fn is not None}
+        self._stack.append((name, boundary))
+
+    def _post(self, module: nn.Module, args: Any, out: Any) -> None:
+        if not self._stack:
+            return
+        name, boundary = self._stack.pop()
+        queue = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+        seen: set[int] = set()
+        prefix = name + "."
+        while queue:
+            node = queue.pop()
+            if node is None or id(node) in seen or id(node) in boundary:
+                continue
+            seen.add(id(node))
+            if type(node).__name__ == "AccumulateGrad":
+                continue
+            lab = self.labels.get(node)
+            if lab is None:
+                self.labels[node] = name
+            elif not (lab == name or lab.startswith(prefix) or name == ""):
+                continue  # created outside this module (the root "" contains everything)
+            queue.extend(nxt for nxt, _ in node.next_functions)
+
+    def __enter__(self) -> ModuleAttribution:
+        from torch.nn.modules import module as mm
+
+        self._handles = [
+            mm.register_module_forward_pre_hook(self._pre),
+            mm.register_module_forward_hook(self._post, always_call=True),
+        ]
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def release(self) -> None:
+        """Drop the node labels (they keep autograd nodes alive)."""
+        self.labels.clear()
 
 
 class SavedTensorTracker:
@@ -374,9 +472,13 @@ class StepMeasurement:
         return self.backward_flops + self.forward_extra_flops
 
     def module_backprop(self, name: str) -> int:
-        """Backprop FLOPs attributed to module ``name`` (including its children)."""
-        d = self.per_module.get(name, {})
-        return d.get("bwd", 0) + d.get("fwd", 0) - d.get("fwd_nograd", 0)
+        """Backprop FLOPs of module ``name`` and its children (``per_module`` holds *self*
+        figures: each op is credited to the innermost module that ran it)."""
+        total = 0
+        for mod, d in self.per_module.items():
+            if mod == name or mod.startswith(name + ".") or name == "":
+                total += d.get("bwd", 0) + d.get("fwd", 0) - d.get("fwd_nograd", 0)
+        return total
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -412,16 +514,6 @@ class StepMeasurement:
         }
         d["per"] = "image"
         return d
-
-
-def _counts_by_module(counter: FlopCounterMode, root: str) -> dict[str, int]:
-    out = {}
-    for mod, ops in counter.get_flop_counts().items():
-        if mod == "Global":
-            continue
-        name = mod[len(root) + 1 :] if mod.startswith(root + ".") else ("" if mod == root else mod)
-        out[name] = int(sum(ops.values()))
-    return out
 
 
 def _by_op(counter: FlopCounterMode) -> dict[str, int]:
@@ -481,7 +573,6 @@ def measure_step(
             "nothing; check the freeze patterns"
         )
     device = next((p.device for p in params), torch.device("cpu"))
-    root = type(model).__name__
     t0 = time.perf_counter()
 
     from .layers import LBPMixin
@@ -500,14 +591,14 @@ def measure_step(
     fwd_nograd = None
     if has_lbp:
         with torch.no_grad():
-            with flop_counter() as c0:
+            with flop_counter() as c0, ModuleAttribution(model) as a0:
                 if nograd_ew is not None:
                     with nograd_ew:
                         fwd(model, inputs)
                 else:
                     fwd(model, inputs)
         fwd_nograd = int(c0.get_total_flops())
-        fwd_nograd_mod = _counts_by_module(c0, root)
+        fwd_nograd_mod = {n: v["fwd"] for n, v in a0.flops.items()}
 
     # (3) counted training step.
     cuda = device.type == "cuda"
@@ -519,7 +610,8 @@ def measure_step(
     ew_b = ElementwiseCounter() if elementwise else None
     tracker = SavedTensorTracker(model)
     ctx = forward_context if forward_context is not None else contextlib.nullcontext()
-    with flop_counter() as counter:
+    attribution = ModuleAttribution(model)
+    with flop_counter() as counter, attribution:
         with tracker, ctx:
             if ew_f is not None:
                 with ew_f:
@@ -529,16 +621,26 @@ def measure_step(
                 out = fwd(model, inputs)
                 loss = lossf(out)
         fwd_total = int(counter.get_total_flops())
-        fwd_mod = _counts_by_module(counter, root)
         fwd_ops = _by_op(counter)
+        attribution.phase = "bwd"
         if ew_b is not None:
             with ew_b:
                 loss.backward()
         else:
             loss.backward()
     total = int(counter.get_total_flops())
-    all_mod = _counts_by_module(counter, root)
     all_ops = _by_op(counter)
+    attributed = {n: dict(v) for n, v in attribution.flops.items()}
+    attribution.release()
+    fwd_mod = {n: v.get("fwd", 0) for n, v in attributed.items()}
+    bwd_mod = {n: v.get("bwd", 0) for n, v in attributed.items()}
+    notes = []
+    if sum(fwd_mod.values()) != fwd_total or sum(bwd_mod.values()) != total - fwd_total:
+        notes.append(
+            "per-module attribution does not add up to the counter's totals "
+            f"(forward {sum(fwd_mod.values())} vs {fwd_total}, backward "
+            f"{sum(bwd_mod.values())} vs {total - fwd_total})"
+        )
     cuda_peak = cuda_step = None
     if cuda:
         torch.cuda.synchronize(device)
@@ -549,12 +651,11 @@ def measure_step(
         fwd_nograd, fwd_nograd_mod = fwd_total, fwd_mod
 
     per_module: dict[str, dict[str, int]] = {}
-    for name in set(all_mod) | set(fwd_nograd_mod):
-        f = fwd_mod.get(name, 0)
+    for name in set(fwd_mod) | set(bwd_mod) | set(fwd_nograd_mod):
         per_module[name] = dict(
-            fwd=f,
+            fwd=fwd_mod.get(name, 0),
             fwd_nograd=fwd_nograd_mod.get(name, 0),
-            bwd=all_mod.get(name, 0) - f,
+            bwd=bwd_mod.get(name, 0),
         )
 
     seen: set[int] = set()
@@ -589,6 +690,7 @@ def measure_step(
         cuda_peak_bytes=cuda_peak,
         cuda_step_peak_bytes=cuda_step,
         seconds=time.perf_counter() - t0,
+        notes=notes,
     )
 
 

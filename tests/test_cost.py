@@ -237,3 +237,31 @@ def test_conv_backward_flops_respect_groups(groups: int, stride: int):
     fwd = 2 * 2 * 16 * (16 // groups) * 9 * out_hw
     assert m.forward_flops == fwd
     assert m.backward_flops == 2 * fwd
+
+
+class _SharedInputAttention(nn.Module):
+    """q, k, v read the same input (which needs no gradient): the case torch's own module
+    tracker gets wrong (it credits later backward work to k and v)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.proj = (nn.Linear(c, c) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = (self.q(x) @ self.k(x).transpose(-1, -2)).softmax(-1)
+        return self.proj(attn @ self.v(x))
+
+
+def test_per_module_attribution_is_exact():
+    torch.manual_seed(0)
+    net = _SharedInputAttention()
+    x = torch.randn(2, 49, 16)
+    m = measure_step(net, x, elementwise=False)
+    geom = cost.trace_linear_layers(net, lambda: net(x))
+    analytic = cost.model_cost(net, geom, "gemm")
+    for name in ("q", "k", "v", "proj"):
+        assert m.module_backprop(name) == analytic[name].total, name
+    # The two attention matmuls (two gradients each, 2 B 49 49 16 FLOPs apiece) are credited
+    # to the attention module's own code.
+    assert m.per_module[""]["bwd"] == 2 * 2 * (2 * 2 * 49 * 49 * 16)
+    assert not m.notes  # per-module figures add up to the counter's totals

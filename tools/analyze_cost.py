@@ -116,10 +116,13 @@ def config_from_flags(
     return Config(cfg)
 
 
-def input_size(cfg: Any, override: int | None = None) -> tuple[int, int]:
-    """Training resolution: ``--size``, else ``crop_size`` / ``img_size`` of the config, else a
-    ``RandomResizedCrop`` / ``RandomCrop`` in the training pipeline, else the preset default."""
+def input_size(cfg: Any, override: int | tuple[int, int] | None = None) -> tuple[int, int]:
+    """Training resolution: ``--size`` (side, or (H, W)), else ``crop_size`` / ``img_size`` of
+    the config, else a ``RandomResizedCrop`` / ``RandomCrop`` in the training pipeline, else the
+    preset default."""
     if override:
+        if isinstance(override, (tuple, list)):
+            return (int(override[0]), int(override[1]))
         return (override, override)
     crop = cfg.get("crop_size")
     if crop:
@@ -151,6 +154,15 @@ def build_model(cfg: Any):
 # --------------------------------------------------------------------------------------------
 # Analysis
 # --------------------------------------------------------------------------------------------
+def _inclusive(per_module: dict[str, dict[str, float]], name: str) -> dict[str, float]:
+    out = {"fwd": 0.0, "fwd_nograd": 0.0, "bwd": 0.0}
+    for mod, v in per_module.items():
+        if mod == name or mod.startswith(name + "."):
+            for k in out:
+                out[k] += v.get(k, 0.0)
+    return out
+
+
 def _saved_by_type(saved: dict[str, float], modules: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, v in saved.items():
@@ -164,7 +176,7 @@ def analyze(
     *,
     batch: int = 1,
     device: str = "cpu",
-    size: int | None = None,
+    size: int | tuple[int, int] | None = None,
     elementwise: bool = True,
     seed: int = 0,
     trainable: list[str] | None = None,
@@ -216,30 +228,16 @@ def analyze(
         return m(inp, mode="tensor")
 
     modules = dict(model.named_modules())
-    passthrough: set[str] = set()
-
-    def mark(name):
-        def hook(mod, args, out):
-            if args and out is args[0]:
-                passthrough.add(name)
-
-        return hook
-
-    # Trace layer geometry and pass-through modules during the counted training forward.
+    # Trace layer geometry during the counted training forward.
     tracer = cost.LinearLayerTracer(model)
-    handles = [m.register_forward_hook(mark(n)) for n, m in modules.items() if n]
-    try:
-        meas = measure_step(
-            model,
-            x,
-            forward=forward,
-            batch=batch,
-            elementwise=elementwise,
-            forward_context=tracer,
-        )
-    finally:
-        for hd in handles:
-            hd.remove()
+    meas = measure_step(
+        model,
+        x,
+        forward=forward,
+        batch=batch,
+        elementwise=elementwise,
+        forward_context=tracer,
+    )
     for hd in grad_handles:
         hd.remove()
     geoms = tracer.geoms
@@ -299,29 +297,25 @@ def analyze(
                 ),
             )
         )
-    # Backprop FLOPs by type of the *leaf* module that did them. Leaf layers' counts are exact
-    # (checked against the analytic model); what is left is work done in the code of non-leaf
-    # modules (attention matmuls, ...). Containers' own figures are not used: the counter's
-    # module tracker keeps some modules "active" too long in the backward (pass-through modules
-    # whose output is their input), so container totals can include later work.
+    # Backprop FLOPs by type of the module that did them (each op credited to the innermost
+    # module running it, see lbp_wht.measure.ModuleAttribution): for a container such as an
+    # attention block this is the work of its own code (q @ k^T, attn @ v), not its children's.
     by_type: dict[str, float] = {}
-    leaf_total = 0.0
     for n, v in per["per_module"].items():
-        mod = modules.get(n)
-        if mod is None or n in passthrough or any(True for _ in mod.children()):
-            continue
         bpv = v["bwd"] + v["fwd"] - v["fwd_nograd"]
         if not bpv:
             continue
-        t = type(mod).__name__
-        if isinstance(mod, torch.nn.Conv2d) and tuple(mod.kernel_size) != (1, 1):
-            k, g = tuple(mod.kernel_size), mod.groups
-            t += f" {k[0]}x{k[1]}" + (" depthwise" if g > 1 and g == mod.in_channels else "")
+        mod = modules.get(n)
+        if mod is None:
+            t = "<outside modules>" if not n else n
+        else:
+            t = type(mod).__name__
+            if isinstance(mod, torch.nn.Conv2d) and tuple(mod.kernel_size) != (1, 1):
+                k, g = tuple(mod.kernel_size), mod.groups
+                t += f" {k[0]}x{k[1]}" + (" depthwise" if g > 1 and g == mod.in_channels else "")
+            elif any(True for _ in mod.children()):
+                t += " (own code)"
         by_type[t] = by_type.get(t, 0.0) + bpv
-        leaf_total += bpv
-    rest = per["backprop_flops"] - leaf_total
-    if rest:
-        by_type["(in non-leaf module code: attention matmuls, ...)"] = rest
     linear_counted = sum(r["counted"] for r in rows)
     modules_lin = {r["name"] for r in rows}
     converted = [r for r in rows if r["method"] != "plain"]
@@ -385,9 +379,13 @@ def analyze(
         cuda_step_peak_bytes=meas.cuda_step_peak_bytes,
         seconds=meas.seconds,
         variant=variant,
+        # Inclusive (module + children) per-image FLOPs of the top levels of the model.
         module_flops={
-            n: v for n, v in per["per_module"].items() if n.count(".") <= 3 or n in modules_lin
+            n: _inclusive(per["per_module"], n)
+            for n in modules
+            if n and (n.count(".") <= 2 or n in modules_lin)
         },
+        notes=meas.notes,
         layers=rows,
     )
     return rec
@@ -525,7 +523,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--select", default="lp_l1")
     p.add_argument("--r", type=int, default=4)
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="input side (default: config's)")
+    p.add_argument(
+        "--size", type=int, nargs="+", default=None, help="input side, or H W (default: config's)"
+    )
     p.add_argument(
         "--batch", type=int, default=1, help="batch for the measured step (figures are per image)"
     )
@@ -558,15 +558,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             select=args.select,
             r=args.r,
             num_classes=args.num_classes,
-            size=args.size,
+            size=args.size[0] if args.size else None,
         )
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
+    size = None
+    if args.size:
+        size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
     rec = analyze(
         cfg,
         batch=args.batch,
         device=args.device,
-        size=args.size,
+        size=size,
         elementwise=not args.no_elementwise,
     )
     rec["command"] = " ".join(
