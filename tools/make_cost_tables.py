@@ -897,6 +897,19 @@ def _f(v: Any, nd: int = 2) -> str:
     return "n/a" if x is None else f"{x:,.{nd}f}"
 
 
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """CSV strings back to numbers / booleans for display."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if v in ("True", "False"):
+            out[k] = v == "True"
+        elif isinstance(v, str) and k not in ("r", "rank", "table") and fnum(v) is not None:
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out
+
+
 def _row(rows: list[dict[str, str]], **match: Any) -> dict[str, str] | None:
     for r in rows:
         if all(str(r.get(k, "")) == str(v) for k, v in match.items()):
@@ -912,11 +925,31 @@ def reason(row: dict[str, str], lora_all: list[dict[str, str]], seg: list[dict[s
         h = _row(seg, scope=scope, method=method, r=row["r"] or "")
         if h:
             return (
-                f"Segformer: our Full BP is {_f(row['ratio_mflops'], 2)}x the paper's per image; "
-                f"at a 256x512 crop our speedup would be {_f(h['ours_speedup_256x512'])}x "
-                "(crop-size test, hypotheses_segmentation.csv); the rest as for LBP/LoRA rows of "
-                "the classification tables"
+                f"Segformer: we count {_f(row['ratio_mflops'], 2)}x the paper's MFLOPs for this "
+                f"row and {_f(row.get('full_ratio'), 2)}x for Full BP (item 7); at a 256x512 "
+                f"crop our speedup would be {_f(h['ours_speedup_256x512'])}x; the rest as for "
+                "the LoRA / LBP rows of the classification tables"
             )
+    if str(row.get("table")) == "6" and method.startswith("lbp_wht"):
+        t2_full = next(
+            fnum(r["mflops"])
+            for r in read_csv(osp.join(PAPER, "classification.csv"))
+            if r["table"] == "2"
+            and r["model"] == model
+            and r["scope"] == scope
+            and r["method"] == "full_bp"
+        )
+        t6_full = next(
+            fnum(r["gflops"])
+            for r in read_csv(osp.join(PAPER, "table6.csv"))
+            if r["method"] == "full_bp"
+        )
+        return (
+            f"Table 6's own Full BP ({t6_full:g} GFLOPs per 64 = {t6_full * 1000 / 64:.1f} "
+            f"MFLOPs per image) is not Table 2's {t2_full}, and its GFLOPs are whole numbers "
+            "(rounding alone moves a 4 by +-12%); against Table 2's Full BP the paper's speedup "
+            f"is {_f(t2_full / fnum(row['paper_mflops']))}x"
+        )
     if method == "lora_all":
         h = _row(lora_all, model=model, scope=scope)
         if h:
@@ -969,8 +1002,8 @@ def write_readme() -> None:
         f"Last run: `{info.get('command', 'python tools/make_cost_tables.py')}` on "
         f"`{info.get('host', '?')}` ({info.get('machine', '?')}, CPU only, no GPU), "
         f"{info.get('date', '?')}, Python {info.get('python', '?')}, torch "
-        f"{info.get('torch', '?')}; {info.get('seconds', '?')} s of which most is reused "
-        "records. Each measured config leaves a JSON record in `records/` that later runs reuse "
+        f"{info.get('torch', '?')}; {info.get('seconds', '?')} s (records already in `records/` "
+        "are reused, so a rerun takes a minute or two). Each measured config leaves a JSON record in `records/` that later runs reuse "
         "(`--force` re-measures; delete a record to redo one). One experiment by hand:",
         "",
         "    python tools/analyze_cost.py CONFIG [--cfg-options lbp.r=6 ...] "
@@ -1028,7 +1061,7 @@ def write_readme() -> None:
     if t1:
         L.append(
             md_table(
-                [dict(r) for r in t1],
+                [_typed(r) for r in t1],
                 [
                     ("component", "component", 0),
                     ("paper_mflops", "paper MFLOPs", 1),
@@ -1052,7 +1085,7 @@ def write_readme() -> None:
             if r["in_paper"] == "True" and r["paper_mflops"] and r["scope"] == "partial"
         ]
         L += ["### Table 2, rows with a readable MFLOPs cell (partial training)", ""]
-        L.append(md_table([dict(r) for r in pick], MAIN_COLS))
+        L.append(md_table([_typed(r) for r in pick], MAIN_COLS))
         L.append("")
     # agreement overview
     L += ["### Agreement per table", ""]
@@ -1113,7 +1146,7 @@ def write_readme() -> None:
             "the paper (`hypotheses.csv` per row):",
             "",
             md_table(
-                [dict(r) for r in hsum],
+                [_typed(r) for r in hsum],
                 [
                     ("hypothesis", "", 0),
                     ("description", "accounting", 0),
@@ -1148,7 +1181,7 @@ def write_readme() -> None:
             "presets train adapters + head only. Re-measured with the authors' freeze:",
             "",
             md_table(
-                [dict(r) for r in hla],
+                [_typed(r) for r in hla],
                 [
                     ("table", "table", 0),
                     ("model", "model", 0),
@@ -1180,7 +1213,7 @@ def write_readme() -> None:
             "rows):",
             "",
             md_table(
-                [dict(r) for r in hfb],
+                [_typed(r) for r in hfb],
                 [
                     ("model", "model", 0),
                     ("paper_full_bp_mflops", "paper", 2),
@@ -1194,7 +1227,8 @@ def write_readme() -> None:
             "   EfficientFormer L1/L7 and SwinV2 agree within a few percent: model, scope and "
             "counting match the paper's. EfficientFormerV2 (timm's implementation here, the "
             "authors' own mmcls port there; same widths, depths and expansion ratios) is "
-            "counted 10-30% lower than the paper even for Full BP, so its rows differ in cost "
+            f"counted at {_v2_full_ratios(tables)} of the paper's Full BP, so its rows differ "
+            "in cost "
             "before any method is applied; our per-layer counts equal the analytic model, so "
             "the gap is in what the paper's perf measured for this model (its many depthwise "
             "convolutions and BatchNorms are the obvious candidates, but we cannot measure "
@@ -1205,8 +1239,7 @@ def write_readme() -> None:
         "6. **Low-rank rows cost more in the paper than its own Table 1 predicts.** Our LBP-WHT "
         "rows equal the Table 1 model term by term (exactly, under the GEMM price). The paper's "
         "low-rank rows are higher than that model by an amount that does not shrink with R "
-        "(e.g. SwinV2 partial: the paper's Full BP agrees with ours within ~1%, its LP_L1-8 is "
-        "higher than ours, and its LP_L1-2 speedup is a fraction of the one Table 1 implies). "
+        f"({_swin_example(t2)}). "
         "An R-independent extra compresses low-rank speedups most, which is the pattern of "
         "every LP_L1-2 row flagged below. What it is cannot be pinned down without the paper's "
         "perf setup; it is not the elementwise work of the method (H1), not the forward (H6), "
@@ -1249,7 +1282,7 @@ def write_readme() -> None:
         for r in rows:
             if r.get("speedup_differs") == "True":
                 r = dict(r, full_ratio=full_by.get((r["model"], r["scope"])))
-                flagged.append(dict(r, table=t, reason=reason(r, hla, hseg)))
+                flagged.append(_typed(dict(r, table=t, reason=reason(r, hla, hseg))))
     L += [
         "## Rows whose speedup differs from the paper's by more than 10%",
         "",
@@ -1280,7 +1313,9 @@ def write_readme() -> None:
             f"{_f(fb6 and fb6['paper_activation_mb'], 0)}), and for LBP-WHT + LoRA-all it "
             "shrinks to R/49 of the linear-layer inputs (7x7 maps, one 8x8 patch), as the "
             "paper's 9 / 29 / 104 MB do (`table6.md`). Everything autograd keeps (norm and "
-            "activation inputs too) is 3x larger (`ours saved act. MB (x64, all)`).",
+            "activation inputs too) is "
+            f"{_f(fb6 and fnum(fb6['ours_activation_mb_batch64']) / fnum(fb6['ours_weight_layer_input_mb_batch64']), 1)}"
+            "x larger for Full BP (`ours saved act. MB (x64, all)`).",
             "* The gradient column: 64 x our weight-gradient bytes is "
             f"{_f(fb6 and fb6['ours_weight_grad_mb_x64'], 0)} MB for Full BP (paper "
             f"{_f(fb6 and fb6['paper_gradient_mb'], 0)}) and "
@@ -1288,7 +1323,7 @@ def write_readme() -> None:
             f"{_f(t6_la and t6_la['paper_gradient_mb'], 0)}); the paper's column scales with the "
             "batch (per-sample weight gradients), and its LoRA-all value is matched by the "
             "adapters alone with rank 8 on the fused qkv and without the head: "
-            f"{_lora_adapter_mb_x64()} MB (our preset uses rank 24 on qkv, as the authors' "
+            f"{_lora_adapter_mb_x64()} (our preset uses rank 24 on qkv, as the authors' "
             "configs say).",
         ]
     mem = _lbp_memory_check()
@@ -1298,6 +1333,33 @@ def write_readme() -> None:
         f.write("\n".join(L) + "\n")
 
 
+def _v2_full_ratios(tables: dict[int, list[dict[str, str]]]) -> str:
+    vals: dict[tuple[str, str], str] = {}
+    for t in (2, 5):
+        for r in tables.get(t, []):
+            if r["model"].startswith("efficientformerv2") and r["method"] == "full_bp":
+                x = fnum(r["ratio_mflops"])
+                if x is not None:
+                    vals.setdefault(
+                        (r["model"], r["scope"]), f"{x:.2f}x ({r['model']} {r['scope']})"
+                    )
+    return ", ".join(vals.values()) or "n/a"
+
+
+def _swin_example(t2: list[dict[str, str]]) -> str:
+    fb = _row(t2, model="swinv2-small-w8", scope="partial", method="full_bp")
+    lp8 = _row(t2, model="swinv2-small-w8", scope="partial", method="lbp_wht", r="8")
+    lp2 = _row(t2, model="swinv2-small-w8", scope="partial", method="lbp_wht", r="2")
+    if not (fb and lp8 and lp2):
+        return "see the tables"
+    return (
+        f"SwinV2 partial: Full BP ours/paper {_f(fb['ratio_mflops'], 3)}, LP_L1-8 "
+        f"{_f(lp8['ratio_mflops'], 3)}; the paper's LP_L1-2 speedup is "
+        f"{_f(lp2['paper_speedup'], 1)}x where the Table 1 model gives "
+        f"{_f(lp2['ours_t1conv_speedup'], 1)}x and we count {_f(lp2['ours_speedup'], 1)}x"
+    )
+
+
 def _lora_adapter_mb_x64() -> str:
     """64 x fp32 bytes of EfficientFormer-L1 partial LoRA-all adapters with rank 8 everywhere
     and no head (the hypothesis for Table 6's 44 MB)."""
@@ -1305,7 +1367,7 @@ def _lora_adapter_mb_x64() -> str:
     if not rec:
         return "n/a"
     n = sum(8 * (r["cx"] + r["cy"]) for r in rec["layers"] if r["method"] == "lora")
-    return f"{n * 4 * 64 / 1e6:.1f} ({n:,} parameters)"
+    return f"{n * 4 * 64 / 1e6:.1f} MB ({n:,} parameters)"
 
 
 def _lbp_memory_check() -> str:
@@ -1360,7 +1422,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--no-hypotheses", action="store_true", help="skip the hypothesis runs")
+    p.add_argument(
+        "--readme-only", action="store_true", help="only rewrite README.md from existing files"
+    )
     args = p.parse_args(argv)
+    if args.readme_only:
+        write_readme()
+        return
     import torch
 
     if args.device == "cpu":
