@@ -67,6 +67,7 @@ def measure_costs(config: str, out: Path, tags: Sequence[str]) -> Path:
     from analyze_cost import analyze, load_config
 
     import lbp_wht.integrations  # noqa: F401  (CPU shims first)
+    import scripts.mini_methods  # noqa: F401  (lbp.method='head_only', see that file)
     from lbp_wht.records import write_record
 
     torch.set_num_threads(1)
@@ -416,7 +417,7 @@ def write_report(args: argparse.Namespace) -> Path:
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = _machine()
     try:
-        load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+        load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         load = "n/a"
     (out / "timing.json").write_text(
@@ -462,7 +463,21 @@ def write_report(args: argparse.Namespace) -> Path:
     w("")
     w(f"- **Date:** {date}")
     w(f"- **Command:** `{args.command}` (what `make demo` runs after `make setup` and `make data`)")
-    w(f"- **Machine:** {machine}; load average at the end {load} (1/5/15 min)")
+    cores = os.cpu_count() or 1
+    try:
+        busy = max(float(args.load_start.split()[0]), os.getloadavg()[1]) > cores + 0.5
+    except (ValueError, IndexError, OSError):
+        busy = False
+    w(
+        f"- **Machine:** {machine}; load average {args.load_start} at the start, {load} at the "
+        "end (1/5/15 min)"
+        + (
+            f": the machine was shared with other jobs (load above its {cores} cores), so "
+            "these wall times are pessimistic"
+            if busy
+            else ""
+        )
+    )
     w(f"- **Code:** git {_git()}")
     total = stages.get("total")
     w(
@@ -483,6 +498,23 @@ def write_report(args: argparse.Namespace) -> Path:
         + ". `make demo` adds the set-up (virtual environment, about 2 minutes on a fresh "
         "machine) and the dataset installation."
     )
+    if args.start is not None:
+        all_recs = recs + ([pre] if pre else [])
+        start = _dt.datetime.fromtimestamp(args.start, _dt.timezone.utc)
+        reused = [
+            r
+            for r in all_recs
+            if r.get("timestamp") and _dt.datetime.fromisoformat(r["timestamp"]) < start
+        ]
+        w(
+            f"- **Runs:** {len(all_recs)} training runs ({len(recs)} adaptation + pretraining), "
+            + (
+                f"{len(reused)} of them reused from an earlier invocation (finished records are "
+                "not run again), so the wall time above covers only the rest."
+                if reused
+                else "all run by this invocation."
+            )
+        )
     w("")
     verdicts = claims(s)
     if verdicts:
@@ -644,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--adapt-iters", type=int)
     r.add_argument("--seeds", nargs="*", type=int, default=[])
     r.add_argument("--smoke", action="store_true")
+    r.add_argument("--start", type=float, help="script start (epoch s): runs newer ran now")
+    r.add_argument("--load-start", default="n/a", help="load average when the script started")
     args = p.parse_args(argv)
     if args.cmd == "cost":
         print(f"cost table: {measure_costs(args.config, args.out, args.methods)}")

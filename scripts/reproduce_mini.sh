@@ -108,25 +108,17 @@ else
     SIDE_GRIDS=("lbp.method=lbp_wht lbp.select=lp_linf lbp.r=3" "lbp.method=lbp_wht lbp.select=lhe lbp.rank=10")
     COST_METHODS=(full_bp lora lora_all lp_l1-2 lp_l1-4 lp_l1-6 lp_l1-8 lp_linf-3)
 fi
-# Head only (linear probe) needs lbp.method='head_only' in the pipeline; run it where it exists.
-if "$PY" - <<'EOF' 2>/dev/null
-import sys
-sys.path.insert(0, ".")
-from lbp_wht.integrations.build import METHODS
-sys.exit(0 if "head_only" in METHODS else 1)
-EOF
-then
-    METHOD_GRIDS[0]="${METHOD_GRIDS[0]/lbp.method=/lbp.method=head_only,}"
-    COST_METHODS=(head_only "${COST_METHODS[@]}")
-else
-    echo "reproduce_mini.sh: lbp.method='head_only' is not available in this checkout; the head-only baseline is skipped" >&2
-fi
+# Head only (linear probe): lbp.method='head_only' (scripts/mini_methods.py adds it until the core
+# has it).
+METHOD_GRIDS[0]="${METHOD_GRIDS[0]/lbp.method=/lbp.method=head_only,}"
+COST_METHODS=(head_only "${COST_METHODS[@]}")
 SCHED_OPTS() {  # schedule of a run of $1 iterations (warm-up 20 or 10% of it, cosine to the end)
     local it="$1" warm=$(( $1 < 200 ? ($1 / 10 > 1 ? $1 / 10 : 1) : 20 ))
     echo "train_cfg.max_iters=$it train_cfg.val_interval=$it param_scheduler.0.end=$warm param_scheduler.1.end=$it"
 }
 
 T0=$(date +%s)
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null | sed "s/ / \/ /g" || echo n/a)"
 stage_times=()
 stage() {  # stage NAME START: record the wall time of a stage (NAME=seconds)
     stage_times+=("$1=$(( $(date +%s) - $2 ))")
@@ -218,7 +210,8 @@ echo "== [5/5] RESULTS.md"
 SMOKE_FLAG=()
 [ "$SMOKE" = 1 ] && SMOKE_FLAG=(--smoke)
 "$PY" scripts/mini_report.py report --out "$OUT" --stages "${stage_times[@]}" \
-    --command "scripts/reproduce_mini.sh $ARGS_TEXT" --jobs "$JOBS" \
+    --command "scripts/reproduce_mini.sh $ARGS_TEXT" --jobs "$JOBS" --start "$T0" \
+    --load-start "$LOAD_START" \
     --pretrain-iters "$PRE_ITERS" --adapt-iters "$ADAPT_ITERS" --seeds "${SEED_ARR[@]}" \
     ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"}
 echo "== done in $(( $(date +%s) - T0 )) s: $OUT/RESULTS.md"

@@ -42,6 +42,7 @@ pytestmark = [
 ]
 
 SMOKE_RUNS = {  # run id -> (method, select, r) of the smoke's adaptation runs
+    "target_method=head_only_s0": ("head_only", None, None),
     "target_method=full_bp_s0": ("full_bp", None, None),
     "target_method=lora_all_s0": ("lora_all", None, None),
     "target_method=lbp_wht_select=lp_l1_r=2_s0": ("lbp_wht", "lp_l1", 2),
@@ -114,6 +115,8 @@ def test_smoke_tables_hold_measured_numbers(smoke) -> None:
     # LBP-WHT with 3 bases must cost less backprop than Full BP, and more bases more.
     assert cost["lp_l1-2"] < cost["full_bp"]
     assert cost["lp_l1-2"] < cost["lp_l1-8"]
+    # Head only back-propagates through the head alone.
+    assert cost["head_only"] < 0.01 * cost["full_bp"]
     md = (out / "table2" / "table2.md").read_text()
     for label in ("Full BP", "LoRA-all", "LP_L1-2", "LP_L1-8"):
         line = next(ln for ln in md.splitlines() if f"| {label} |" in ln)
