@@ -590,7 +590,11 @@ def write_report(args: argparse.Namespace) -> Path:
     if s.has(HEAD):
         w(
             f"Head only (linear probe, not a paper row): {_fmt_acc(s.acc(HEAD))}, "
-            + (f"{s.mflops(HEAD):.1f} backprop MFLOPs." if s.mflops(HEAD) else "no cost record.")
+            + (
+                f"{s.mflops(HEAD):.2g} backprop MFLOPs per image (the head's own backward)."
+                if s.mflops(HEAD)
+                else "no cost record."
+            )
         )
         w("")
     w("## Proxy Table 4 (base selection, rank about 10)")
