@@ -37,12 +37,18 @@ Method semantics (``trainable`` lists the globs given to :func:`lbp_wht.freeze`)
 =================== =============================== ==================================
 method              rules                           trainable
 =================== =============================== ==================================
+head_only           none                            task head only (linear probe)
 full_bp             none                            every parameter in scope
 lbp_wht             LBP on the preset's layers      every parameter in scope
 lora                LoRA on attention projections   adapters + task head
 lora_all            LoRA on the preset's layers     adapters + task head
 lbp_wht+lora_all    LBP-LoRA on the preset's layers adapters + task head
 =================== =============================== ==================================
+
+``head_only`` is the linear-probe baseline (not a paper row; the CPU mini-reproduction reports
+it to show that adapting the backbone matters): nothing is converted and only the task head
+trains, whatever the scope (the scope only names the setting it is compared with). Its
+backprop cost is the head's own backward.
 
 LoRA variants train only the adapters and the (new) task head, as in LoRA (Hu et al.): no
 norms, biases or other backbone parameters. The task head is ``head.*`` in classification and
@@ -90,13 +96,28 @@ PRESET_MODELS: tuple[str, ...] = (
     "segformer-mit-b0",
     "mini-efficientformer",
 )
-METHODS: tuple[str, ...] = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+METHODS: tuple[str, ...] = (
+    "head_only",
+    "full_bp",
+    "lora",
+    "lora_all",
+    "lbp_wht",
+    "lbp_wht+lora_all",
+)
 SCOPES: tuple[str, ...] = ("partial", "full")
 
 #: mmpretrain ``EfficientFormer`` arch for a CPU-sized model on 28x28 inputs: the stride-4 stem
 #: gives a 7x7 map (the size Meta3D's attention biases require) and no stage downsamples, so
 #: all widths are equal. The last stage mirrors L1's: 3 Meta4D blocks, then Flat + 1 Meta3D
 #: block. Use with ``EfficientFormer(arch=MINI_EFFICIENTFORMER_ARCH)`` (copy it if you edit).
+#: The source of truth for the general mini model: :func:`model_config` and
+#: ``configs/_base_/models/mini-efficientformer.py`` (the ``configs/mini/*.py`` experiments) use
+#: exactly this arch (a test checks the config against it). The CPU demo (``make demo``,
+#: ``configs/mini/demo/_base_/model.py``) deliberately builds a lighter variant of the same
+#: structure, 48 channels and 1/1/1/2 blocks (last stage: 1 Meta4D + 1 Meta3D block), calibrated
+#: so that all of its adaptation runs fit the 20-minute budget on 2 cores (a training step costs
+#: about half as much); the preset's globs (``backbone.network.3.*``, Meta4D / Meta3D layer
+#: names) hold for both, so both use the ``mini-efficientformer`` preset.
 MINI_EFFICIENTFORMER_ARCH: dict[str, Any] = {
     "layers": [1, 1, 2, 4],
     "embed_dims": [64, 64, 64, 64],
@@ -279,8 +300,9 @@ def get_preset(
 
     Args:
         model: one of :data:`PRESET_MODELS`.
-        method: one of :data:`METHODS`.
-        scope: ``"partial"`` (last stage + head) or ``"full"`` (whole model).
+        method: one of :data:`METHODS` (``head_only``: no conversion, task head only).
+        scope: ``"partial"`` (last stage + head) or ``"full"`` (whole model); ignored by
+            ``head_only`` (the head trains alone in both).
         select: WHT base selection, ``"lp_l1"`` (Eq. 8), ``"lp_linf"`` (Eq. 9) or ``"lhe"``
             (top-R energy; the layers then profile ``g_y`` until their bases are set, see
             ``LBPMixin.set_bases``).
@@ -316,7 +338,9 @@ def get_preset(
         return {"rank": lora_rank * fused, "alpha": lora_alpha * fused}
 
     rules: list[dict[str, Any]] = []
-    if method == "lora":
+    if method in ("head_only", "full_bp"):
+        pass  # plain backprop, no conversion
+    elif method == "lora":
         rules = [
             dict(target=g, method="lora", **lora_opts(f)) for g, kind, f in layers if kind == "attn"
         ]
@@ -328,10 +352,16 @@ def get_preset(
         rules = [
             dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts) for g, _, f in layers
         ]
+    else:  # in METHODS but not handled here (e.g. a tuple patched from outside): never guess
+        raise ValueError(
+            f"method {method!r} is listed in METHODS but get_preset has no rules for it"
+        )
 
-    if method in ("full_bp", "lbp_wht"):
+    if method == "head_only":
+        trainable = list(head)
+    elif method in ("full_bp", "lbp_wht"):
         trainable = list(partial_trainable) if scope == "partial" else ["*"]
-    else:
+    else:  # LoRA variants
         adapters = [f"{rule['target']}.lora_{ab}" for rule in rules for ab in ("A", "B")]
         trainable = adapters + list(head)
 

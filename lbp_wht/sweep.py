@@ -707,7 +707,7 @@ def norm_dataset(name: Any) -> str:
     return DATASET_ALIASES.get(name, name)
 
 
-METHOD_ORDER = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+METHOD_ORDER = ("head_only", "full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
 SELECT_ORDER = ("lp_l1", "lp_linf", "lhe")
 
 

@@ -108,8 +108,7 @@ else
     SIDE_GRIDS=("lbp.method=lbp_wht lbp.select=lp_linf lbp.r=3" "lbp.method=lbp_wht lbp.select=lhe lbp.rank=10")
     COST_METHODS=(full_bp lora lora_all lp_l1-2 lp_l1-4 lp_l1-6 lp_l1-8 lp_linf-3)
 fi
-# Head only (linear probe): lbp.method='head_only' (scripts/mini_methods.py adds it until the core
-# has it).
+# Head only (linear probe, lbp.method='head_only': only the new head trains), in both modes.
 METHOD_GRIDS[0]="${METHOD_GRIDS[0]/lbp.method=/lbp.method=head_only,}"
 COST_METHODS=(head_only "${COST_METHODS[@]}")
 SCHED_OPTS() {  # schedule of a run of $1 iterations (warm-up 20 or 10% of it, cosine to the end)

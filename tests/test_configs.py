@@ -150,6 +150,42 @@ def test_lbp_plus_lora_all():
     assert all(n.endswith((".lora_A", ".lora_B")) or n.startswith("head.") for n in res.with_grad)
 
 
+@pytest.mark.parametrize("path", [MINI.format("full-bp"), "configs/mini/demo/target.py"])
+def test_head_only_trains_only_the_head(path):
+    res = _check(path, **{"lbp.method": "head_only"})
+    assert res.converted == {}
+    assert res.with_grad and all(n.startswith("head.") for n in res.with_grad)
+    assert res.n_trainable < res.n_params
+
+
+def test_unknown_method_names_the_valid_ones():
+    from lbp_wht.integrations.build import LBPConfigError, validate_lbp_cfg
+
+    ok = validate_lbp_cfg(dict(method="head_only", model="mini-efficientformer"))
+    assert ok["method"] == "head_only"
+    with pytest.raises(LBPConfigError, match=r"lbp.method='probe'.*'head_only'"):
+        validate_lbp_cfg(dict(method="probe", model="mini-efficientformer"))
+
+
+def test_cost_analysis_feeds_the_models_input_channels():
+    """tools/analyze_cost.py costs the 1-channel Fashion-MNIST demo model with a 1-channel input
+    (it used to feed 3 channels, which the mini model's stem refuses)."""
+    from analyze_cost import analyze, input_channels, load_config
+
+    cfg = load_config(str(ROOT / "configs/mini/demo/target.py"), {"lbp.method": "head_only"})
+    assert input_channels(cfg) == 1
+    rec = analyze(cfg, batch=1, elementwise=False)
+    assert rec["in_channels"] == 1 and rec["resolution"] == [28, 28]
+    assert rec["method"] == "head_only" and 0 < rec["backprop_flops"] < 1e4  # the head alone
+    assert (
+        input_channels(load_config(str(ROOT / "configs/_base_/models/mini-efficientformer.py")))
+        == 1
+    )
+    from mmengine.config import Config
+
+    assert input_channels(Config(dict(model=dict(type="ImageClassifier")))) == 3
+
+
 def test_lhe_layers_profile_with_exact_backprop():
     res = _check(MINI.format("lhe-rank10"))
     assert set(res.converted.values()) == {"LBPConv2d", "LBPLinear"}

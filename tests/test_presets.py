@@ -222,6 +222,8 @@ def test_convertible_backbones_are_patched(built):
 
 def _expected_trainable(b: Built, method: str, scope: str, converted: list[str]) -> set[str]:
     names = [n for n, _ in b.model.named_parameters()]
+    if method == "head_only":
+        return {n for n in names if n.startswith(b.spec.head)}
     if method in ("full_bp", "lbp_wht"):
         return {n for n in names if scope == "full" or n.startswith(b.spec.partial)}
     adapters = {f"{m}.lora_{ab}" for m in converted for ab in "AB"}
@@ -243,7 +245,7 @@ def test_preset_converts_freezes_and_trains(built, model_name, method, scope):
         converted = report.names()
 
         # exactly the expected layers, of the expected types, and nothing else converted
-        n_expected = 0 if method == "full_bp" else spec.n_attn[scope]
+        n_expected = 0 if method in ("full_bp", "head_only") else spec.n_attn[scope]
         if method in ("lora_all", "lbp_wht", "lbp_wht+lora_all"):
             n_expected = spec.n_all[scope]
         assert len(converted) == len(set(converted)) == n_expected
@@ -340,11 +342,50 @@ def test_get_preset_rejects_unknown(kwargs, match):
         get_preset(**kwargs)
 
 
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("model_name", PRESET_MODELS)
+def test_head_only_preset_is_the_task_head_without_conversion(model_name, scope):
+    p = get_preset(model_name, "head_only", scope)
+    assert p.rules == [] and p.method == "head_only"
+    assert p.trainable == [g + "*" for g in SPECS[model_name].head]  # "head.*" / conv_seg
+    assert p.norm_eval == SPECS[model_name].norm_eval
+
+
+@pytest.mark.parametrize("model_name", ["mini-efficientformer", "segformer-mit-b0"])
+def test_head_only_freezes_everything_but_the_head(built, model_name):
+    b = built(model_name)
+    try:
+        p = get_preset(model_name, "head_only", "partial")
+        assert convert(b.model, p.rules).names() == []
+        assert not any(isinstance(m, CONVERTED) for m in b.model.modules())
+        trainable = set(freeze(b.model, p.trainable))
+        names = {n for n, _ in b.model.named_parameters()}
+        head = {n for n in names if n.startswith(b.spec.head)}
+        assert trainable == head and head and head != names
+        assert {n for n, q in b.model.named_parameters() if q.requires_grad} == head
+    finally:
+        b.restore()
+
+
+def test_unknown_method_is_a_clear_error(monkeypatch):
+    import lbp_wht.presets as presets
+
+    with pytest.raises(ValueError, match=r"unknown method 'linear_probe'.*'head_only'"):
+        get_preset("mini-efficientformer", "linear_probe", "partial")
+    # A name added to METHODS from outside (as the demo's stop-gap once did) is not silently
+    # trained as head-only: get_preset refuses methods it has no rules for.
+    monkeypatch.setattr(presets, "METHODS", (*presets.METHODS, "bogus"))
+    with pytest.raises(ValueError, match="bogus"):
+        get_preset("mini-efficientformer", "bogus", "partial")
+
+
 def test_describe_preset_lists_rules_and_trainable():
     text = describe_preset("segformer-mit-b0", "lbp_wht", "partial")
     assert "backbone.layers.3.1.*.attn.q" in text and "decode_head.fusion_conv.conv" in text
     assert "backbone.layers.3.*" in text and "norm_eval=True" in text
     assert "no conversion" in describe_preset("swinv2-small-w8", "full_bp", "full")
+    text = describe_preset("efficientformer-l1", "head_only", "partial")
+    assert "no conversion" in text and "    head.*" in text and "network" not in text
 
 
 def test_mini_arch_constant_shape():
@@ -353,6 +394,30 @@ def test_mini_arch_constant_shape():
     assert not any(arch["downsamples"]) and len(set(arch["embed_dims"])) == 1
     assert arch["vit_num"] == 1 and arch["layers"][-1] - arch["vit_num"] >= 1
     assert model_config("mini-efficientformer")["backbone"]["arch"] is not arch  # a copy
+
+
+def test_mini_configs_follow_the_arch_constant():
+    """``configs/_base_/models/mini-efficientformer.py`` uses MINI_EFFICIENTFORMER_ARCH as is; the
+    demo's lighter model (``configs/mini/demo``, calibrated for its 20-minute budget) keeps the
+    structure the preset's globs rely on: no downsampling, equal widths, one Meta3D block last,
+    at least one Meta4D block in the last stage, 1 input channel (Fashion-MNIST)."""
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    root = Path(__file__).resolve().parents[1]
+    base = Config.fromfile(str(root / "configs/_base_/models/mini-efficientformer.py")).model
+    assert base.backbone.arch == MINI_EFFICIENTFORMER_ARCH
+    assert base.head.in_channels == MINI_EFFICIENTFORMER_ARCH["embed_dims"][-1]
+    demo = Config.fromfile(str(root / "configs/mini/demo/_base_/model.py")).model
+    arch = demo.backbone.arch
+    assert set(arch) == set(MINI_EFFICIENTFORMER_ARCH)
+    assert arch["downsamples"] == MINI_EFFICIENTFORMER_ARCH["downsamples"]
+    assert arch["vit_num"] == 1 and arch["layers"][-1] - arch["vit_num"] >= 1
+    assert len(set(arch["embed_dims"])) == 1 and demo.head.in_channels == arch["embed_dims"][-1]
+    assert base.backbone.in_channels == demo.backbone.in_channels == 1
+    # They differ on purpose (documented at MINI_EFFICIENTFORMER_ARCH and in the demo config).
+    assert (arch["embed_dims"][0], arch["layers"]) == (48, [1, 1, 1, 2])
 
 
 # ------------------------------------------------------------------------------------------

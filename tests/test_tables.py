@@ -279,3 +279,111 @@ def test_spectrum_share_and_validation(tmp_path):
     bad.write_text(json.dumps(dict(energy=[[0.0] * 8] * 8)))
     with pytest.raises(ValueError, match="not all zero"):
         make_figures.load_spectrum(bad)
+
+
+MINI = "mini-efficientformer"
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """Proxy tables of a model the paper does not have (the CPU mini run): one dataset,
+    head-only among the methods, as scripts/reproduce_mini.sh writes them."""
+    tmp = tmp_path_factory.mktemp("mini")
+    runs, cost = tmp / "runs", tmp / "cost"
+    for seed in (0, 1):
+        _rec(runs, _cell("head_only", dataset="fmnist-5to9", model=MINI), seed, 75.0 + seed)
+        _rec(runs, _cell("full_bp", dataset="fmnist-5to9", model=MINI), seed, 88.0 + seed)
+        for r in (2, 4):
+            _rec(runs, _cell("lbp_wht", "lp_l1", r, "fmnist-5to9", MINI), seed, 80.0 + r)
+    cost.mkdir()
+    with open(cost / "mini_cost.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "scope", "method", "select", "r", "rank", "mflops"])
+        w.writerow([MINI, "partial", "head_only", "", "", "", 0.00048])
+        w.writerow([MINI, "partial", "full_bp", "", "", "", 40.0])
+        for r in (2, 4):
+            w.writerow([MINI, "partial", "lbp_wht", "lp_l1", r, "", 10.0 * r])
+    out = tmp / "results"
+    args = ["--runs", str(runs), "--cost", str(cost), "--paper", str(PAPER), "--out", str(out)]
+    args += ["--tables", "2", "4", "--models", MINI, "--datasets", "fmnist-5to9"]
+    assert make_tables.main(args) == 0
+    written = make_figures.make_figures(
+        runs_roots=[runs],
+        cost_dir=cost,
+        paper_dir=PAPER,
+        out=out / "figures",
+        figures=["3"],
+        models=[MINI],
+        dataset="fmnist-5to9",
+    )
+    return out, written
+
+
+def test_head_only_is_a_proxy_row(mini):
+    out, _ = mini
+    t2 = _table(out, 2)
+    assert list(t2["label"]) == ["Head only", "Full BP", "LP_L1-2", "LP_L1-4"]
+    head = _row(t2, method="head_only")
+    assert str(head["R"]) == "-" and head["fmnist-5to9"] == pytest.approx(75.5)
+    assert head["speedup"] == pytest.approx(40.0 / 0.00048) and not head["extra"]
+    md = (out / "table2" / "table2.md").read_text()
+    assert "| mini EfficientFormer | Head only | - |" in md
+    assert "| 0.00048 |" in md  # MFLOPs: not printed as 0.00
+    # one dataset: no mAcc column and no note about six datasets
+    assert "macc" not in t2.columns and "mAcc" not in md and "six" not in md
+
+
+def test_table4_title_names_the_models_of_its_rows(mini, synthetic):
+    out, _ = mini
+    md = (out / "table4" / "table4.md").read_text()
+    assert md.startswith("# Table 4: base selection for mini EfficientFormer (partial")
+    assert "EfficientFormer-L1" not in md
+    paper_out, _ = synthetic
+    assert "for EfficientFormer-L1 (partial" in (paper_out / "table4" / "table4.md").read_text()
+
+
+def test_macc_note_follows_the_datasets():
+    runs = make_tables.load_runs([])
+    cost = make_tables.load_cost(None)
+
+    def table2(ds):
+        return make_tables.build_table(
+            "2", runs=runs, cost=cost, paper_dir=PAPER, models=[L1], datasets=ds
+        )
+
+    six = table2(None)
+    assert any("mAcc" in c.header for c in six.columns)
+    assert six.notes == [
+        "mAcc: mean over the six datasets (per seed, then over seeds); empty unless all six ran."
+    ]
+    assert any(r.paper.get("macc") is not None for r in six.rows)
+    two = table2(["cifar100", "cifar10"])
+    assert "the 2 datasets of this table (CF100, CF10" in two.notes[0]
+    assert all(r.paper.get("macc") is None for r in two.rows)  # the paper's is over six
+    one = table2(["cifar100"])
+    assert not any(c.name == "macc" for c in one.columns) and one.notes == []
+
+
+def test_extra_rows_admit_head_only(tmp_path):
+    runs = tmp_path / "runs"
+    _rec(runs, _cell("head_only"), 0, 60.0)
+    _rec(runs, _cell("full_bp"), 0, 80.0)
+    df = make_tables.load_runs([runs])
+    cost = make_tables.load_cost(None)
+    t = make_tables.build_table(
+        "2", runs=df, cost=cost, paper_dir=PAPER, models=[L1], extra_rows=True
+    )
+    head = [r for r in t.rows if r.key[0] == "head_only"]
+    assert len(head) == 1 and head[0].extra and head[0].rank == "-"
+    assert "Head only (extra)" in make_tables.to_markdown(t)
+    t = make_tables.build_table("2", runs=df, cost=cost, paper_dir=PAPER, models=[L1])
+    assert not any(r.key[0] == "head_only" for r in t.rows)  # paper layout by default
+
+
+def test_figure3_draws_head_only_as_a_baseline(mini):
+    out, written = mini
+    f3 = pd.read_csv(out / "figures" / "figure3_data.csv")
+    head = _row(f3, method="head_only")
+    assert head["acc"] == pytest.approx(75.5) and head["mflops"] == pytest.approx(0.00048)
+    assert sorted(f3["method"].unique()) == ["full_bp", "head_only", "lbp_wht"]
+    assert all(p.exists() for p in written["3"])

@@ -5,7 +5,8 @@
 
 Builds the config's real model (random init: cost does not depend on weights), injects the
 method exactly as training does (``LBPWHTModel``: convert + freeze + norm_eval), and runs one
-training step on a random batch at the config's resolution:
+training step on a random batch at the config's resolution and input channels (the model's /
+config's ``backbone.in_channels``, else 3):
 
 * backprop FLOPs counted on the autograd graph with ``torch.utils.flop_counter.FlopCounterMode``
   (backward, plus the forward work done only for the backward: LBP-WHT's projection of ``x``;
@@ -140,6 +141,21 @@ def input_size(cfg: Any, override: int | tuple[int, int] | None = None) -> tuple
     raise ValueError("cannot tell the input resolution from the config; pass --size")
 
 
+def input_channels(cfg: Any, model: Any = None) -> int:
+    """Channels of the input image: the built model's ``backbone.in_channels`` where the
+    backbone keeps it, else the config's ``model.backbone.in_channels`` (inside an
+    ``LBPWHTModel`` wrapper too), else 3. The mini models read 1-channel Fashion-MNIST."""
+    backbone = getattr(model, "backbone", None) if model is not None else None
+    c = getattr(backbone, "in_channels", None)
+    if isinstance(c, int) and c > 0:
+        return c
+    mcfg = cfg.get("model") or {}
+    if mcfg.get("type") == "LBPWHTModel":
+        mcfg = mcfg.get("model") or {}
+    c = (mcfg.get("backbone") or {}).get("in_channels")
+    return int(c) if c else 3
+
+
 def build_model(cfg: Any):
     """Build the converted model the way training does (``inject_lbp`` + ``LBPWHTModel``)."""
     from mmengine.registry import MODELS, init_default_scope
@@ -209,7 +225,8 @@ def analyze(
 
         freeze(model, trainable, strict=False)
         variant["trainable"] = list(trainable)
-    x = torch.randn(batch, 3, h, w, device=device)
+    channels = input_channels(cfg, model)
+    x = torch.randn(batch, channels, h, w, device=device)
     grad_handles = []
     if input_grad:
         variant["input_grad"] = True
@@ -332,6 +349,7 @@ def analyze(
         lora_rank=lbp.get("lora_rank") if "lora" in str(lbp.get("method")) else None,
         norm_eval=info.get("norm_eval"),
         resolution=[h, w],
+        in_channels=channels,
         batch=batch,
         per="image",
         device=str(device),
@@ -404,7 +422,8 @@ def format_record(rec: dict[str, Any], max_layers: int = 60) -> str:
     title = (
         f"{rec['model']} / {rec['method']} / {rec['scope']}"
         + (f" / {rec['select']}-{rec['r']} (R={rec['rank']})" if rec.get("rank") else "")
-        + f"  at {rec['resolution'][0]}x{rec['resolution'][1]}, per image (batch {rec['batch']})"
+        + f"  at {rec.get('in_channels', 3)}x{rec['resolution'][0]}x{rec['resolution'][1]}, "
+        f"per image (batch {rec['batch']})"
     )
     lines.append(title)
     lines.append("=" * len(title))
@@ -517,7 +536,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
     p.add_argument("--model", help="preset model (instead of CONFIG)")
     p.add_argument(
-        "--method", default="lbp_wht", help="full_bp | lora | lora_all | lbp_wht | lbp_wht+lora_all"
+        "--method",
+        default="lbp_wht",
+        help="head_only | full_bp | lora | lora_all | lbp_wht | lbp_wht+lora_all",
     )
     p.add_argument("--scope", default="partial", help="partial | full")
     p.add_argument("--select", default="lp_l1")

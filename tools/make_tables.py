@@ -17,6 +17,9 @@ of our numbers stands the paper's (from ``results/paper/*.csv``, never typed her
   are several seeds; the CSV also has ``_std`` and ``_n`` (number of seeds).
 * mAcc: per seed, the mean over all six datasets; then mean ± std over the seeds that have all
   six. With any dataset missing the cell stays empty (a mean over fewer datasets is not mAcc).
+  With ``--datasets`` other than the six, mAcc is the mean over the datasets given (the note
+  says so; the paper's six-dataset mAcc is then not shown beside it); with a single dataset
+  there is no mAcc column.
 * Speedup / MFLOPs / GFLOPs / memory: from the cost records (``results/cost/*.csv``, measured
   by ``tools/analyze_cost.py``); speedup = Full BP MFLOPs / row MFLOPs of the same model and
   scope when the cost record does not carry it.
@@ -26,7 +29,10 @@ Rows: the paper's rows of each table (from the reference CSVs). ``--extra-rows``
 that exist only in the records (e.g. a new sweep over ``lbp.r``), marked ``(extra)``.
 ``--models`` / ``--datasets`` restrict the rows and dataset columns; for a model the paper does
 not have (e.g. the CPU mini-reproduction's ``mini-efficientformer``) the rows come from its
-records, which gives proxy tables in the paper's layout.
+records, which gives proxy tables in the paper's layout. Titles name the models of their rows
+(Table 4 of the mini model says "mini EfficientFormer", not EfficientFormer-L1). Besides the
+paper's methods, the head-only linear probe (``head_only``, label "Head only", R "-") may join
+Tables 2, 3, 5 and 7 as an extra / proxy row.
 """
 
 from __future__ import annotations
@@ -81,10 +87,21 @@ DATASET_HEADERS = {
 }
 
 
+#: Row labels of the methods without WHT bases (``head_only`` is not a paper row: the linear
+#: probe of the CPU mini-reproduction, allowed as an extra / proxy row).
+BASE_LABELS = {
+    "head_only": "Head only",
+    "full_bp": "Full BP",
+    "lora": "LoRA",
+    "lora_all": "LoRA-all",
+}
+
+
 def method_label(key: tuple, latex: bool = False) -> str:
-    """Paper-style row label: Full BP, LoRA, LoRA-all, LP_L1-4, LP_Linf-3, LHE, + LoRA-all."""
+    """Paper-style row label: Head only, Full BP, LoRA, LoRA-all, LP_L1-4, LP_Linf-3, LHE,
+    + LoRA-all."""
     method, select, r = key
-    base = {"full_bp": "Full BP", "lora": "LoRA", "lora_all": "LoRA-all"}.get(method)
+    base = BASE_LABELS.get(method)
     if base:
         return base
     if select == "lhe":
@@ -97,9 +114,10 @@ def method_label(key: tuple, latex: bool = False) -> str:
 
 
 def rank_of(key: tuple, rank: Any = None) -> str:
-    """The R column: number of WHT bases for LBP-WHT, the LoRA rank (8), '-' for Full BP."""
+    """The R column: number of WHT bases for LBP-WHT, the LoRA rank (8), '-' for Full BP and
+    head only."""
     method, select, r = key
-    if method == "full_bp":
+    if method in ("full_bp", "head_only"):
         return "-"
     if method in ("lora", "lora_all"):
         return str(int(rank)) if _num(rank) is not None else "8"
@@ -358,15 +376,32 @@ class Table:
     lead: list[tuple[str, str]] = field(default_factory=list)  # Table 8: extra leading cols
 
 
+#: Methods of the accuracy-vs-cost tables (2, 3, 5, 7) besides LP_L1-r: the paper's baselines
+#: and the head-only linear probe (not a paper row; it joins as an extra / proxy row).
+_BASELINES = ("head_only", "full_bp", "lora", "lora_all")
+
 #: Which record rows may join a table as extra rows (methods of that table's layout).
 EXTRA_FILTER = {
-    "2": lambda k: k[0] in ("full_bp", "lora", "lora_all") or k[:2] == ("lbp_wht", "lp_l1"),
-    "3": lambda k: k[0] in ("full_bp", "lora", "lora_all") or k[:2] == ("lbp_wht", "lp_l1"),
+    "2": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
+    "3": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
     "4": lambda k: k[0] == "lbp_wht",
-    "5": lambda k: k[0] in ("full_bp", "lora", "lora_all") or k[:2] == ("lbp_wht", "lp_l1"),
+    "5": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
     "6": lambda k: k[0] in ("full_bp", "lora_all", "lbp_wht+lora_all"),
-    "7": lambda k: k[0] in ("full_bp", "lora", "lora_all") or k[:2] == ("lbp_wht", "lp_l1"),
+    "7": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
 }
+
+
+def short_model_name(model: str) -> str:
+    """``MODEL_NAMES`` without the family tag: ``EfficientFormer-L1``, ``mini EfficientFormer``."""
+    name = MODEL_NAMES.get(model, model)
+    return name.split(" (")[0] if name.endswith(")") else name
+
+
+def models_title(models: Sequence[str], default: str) -> str:
+    """The model part of a table title: the models of its rows (in order), else ``default``
+    (the paper's model for that table)."""
+    seen = list(dict.fromkeys(models))
+    return ", ".join(short_model_name(m) for m in seen) if seen else short_model_name(default)
 
 
 def table_rows(
@@ -463,26 +498,45 @@ def build_classification(
     datasets: Sequence[str] | None,
     extra_rows: bool = False,
 ) -> Table:
-    """Tables 2, 5 (Model, Method, R, Speedup, mAcc, MFLOPs, datasets) and 7."""
+    """Tables 2, 5 (Model, Method, R, Speedup, mAcc, MFLOPs, datasets) and 7.
+
+    mAcc (Tables 2, 5) is the mean over the table's dataset columns: the paper's six by default,
+    so our cell sits beside the paper's. With other dataset columns it is the mean over those
+    (the note says which) and the paper's mAcc (over six) is left out as not comparable; with a
+    single dataset column there is no mAcc column (it would repeat that column).
+    """
+    notes: list[str] = []
+    paper_macc = False  # whether our mAcc is over the paper's six datasets
     if table == "7":
         ds = list(datasets or ["places365"])
         columns = [Column("speedup", "Speedup", "{:.1f}", "×"), Column("mflops", "MFLOPs")]
         columns += [Column(d, "Accuracy [%]" if d == "places365" else d) for d in ds]
-        title = "Table 7: partial training (last stage) of EfficientFormer-L1 on Places365"
         scopes = ["partial"]
     else:
         ds = list(datasets or CLS_DATASETS)
-        columns = [
-            Column("speedup", "Speedup", "{:.1f}", "×"),
-            Column("macc", "mAcc"),
-            Column("mflops", "MFLOPs"),
-        ] + [Column(d, DATASET_HEADERS.get(d, d)) for d in ds]
+        columns = [Column("speedup", "Speedup", "{:.1f}", "×")]
+        if len(ds) > 1:
+            columns.append(Column("macc", "mAcc"))
+        columns += [Column("mflops", "MFLOPs")] + [Column(d, DATASET_HEADERS.get(d, d)) for d in ds]
         scopes = ["partial", "full"] if table == "2" else ["full"]
         title = (
             "Table 2: image classification (partial training: last stage; full training)"
             if table == "2"
             else "Table 5: image classification, full training"
         )
+        paper_macc = set(ds) == set(CLS_DATASETS)
+        if paper_macc:
+            notes.append(
+                "mAcc: mean over the six datasets (per seed, then over seeds); empty unless all "
+                "six ran."
+            )
+        elif len(ds) > 1:
+            names = ", ".join(DATASET_HEADERS.get(d, d) for d in ds)
+            notes.append(
+                f"mAcc: mean over the {len(ds)} datasets of this table ({names}; per seed, then "
+                f"over seeds), empty unless all {len(ds)} ran; not the paper's six-dataset mAcc, "
+                "so its paper column is left empty."
+            )
     rows = []
     for scope, model, key, p in table_rows(
         table, paper_dir, runs, scopes=scopes, datasets=ds, models=models, extra_rows=extra_rows
@@ -496,12 +550,16 @@ def build_classification(
             extra=not p and model in PAPER_MODELS,
         )
         _fill(row, columns, runs, cost, scope, ds, p, table)
+        if not paper_macc and "macc" in row.paper:
+            row.paper["macc"] = None  # the paper's mAcc is over six datasets
         rows.append(row)
-    notes = (
-        ["mAcc: mean over the six datasets (per seed, then over seeds); empty unless all six ran."]
-        if table != "7"
-        else []
-    )
+    if table == "7":
+        row_models = [r.model for r in rows] or list(models or [])
+        title = (
+            f"Table 7: partial training (last stage) of "
+            f"{models_title(row_models, 'efficientformer-l1')} on "
+            + ", ".join("Places365" if d == "places365" else d for d in ds)
+        )
     return Table(
         f"table{table}",
         title,
@@ -542,12 +600,14 @@ def build_segmentation(
         )
         _fill(row, columns, runs, cost, scope, ds, p, "3")
         rows.append(row)
+    row_models = [r.model for r in rows] or list(models or [])
     return Table(
         "table3",
-        "Table 3: semantic segmentation (Segformer-mit-b0, mIoU [%])",
+        f"Table 3: semantic segmentation ({models_title(row_models, 'segformer-mit-b0')}, "
+        "mIoU [%])",
         columns,
         rows,
-        show_model=False,
+        show_model=len(set(row_models)) > 1,
     )
 
 
@@ -577,12 +637,14 @@ def build_table4(
         row = Row("", model, key, rank, extra=not p and model in PAPER_MODELS)
         _fill(row, columns, runs, cost, scope, ds, p, "4")
         rows.append(row)
+    row_models = [r.model for r in rows] or list(models or [])
     return Table(
         "table4",
-        "Table 4: base selection for EfficientFormer-L1 (partial training), accuracy [%]",
+        f"Table 4: base selection for {models_title(row_models, 'efficientformer-l1')} "
+        "(partial training), accuracy [%]",
         columns,
         rows,
-        show_model=False,
+        show_model=len(set(row_models)) > 1,
     )
 
 
@@ -613,12 +675,14 @@ def build_table6(
         row = Row("", model, key, rank_of(key), extra=not p and model in PAPER_MODELS)
         _fill(row, columns, runs, cost, scope, ds, p, "6")
         rows.append(row)
+    row_models = [r.model for r in rows] or list(models or [])
     return Table(
         "table6",
-        "Table 6: LBP-WHT combined with LoRA-all, EfficientFormer-L1 partial training",
+        "Table 6: LBP-WHT combined with LoRA-all, "
+        f"{models_title(row_models, 'efficientformer-l1')} partial training",
         columns,
         rows,
-        show_model=False,
+        show_model=len(set(row_models)) > 1,
         show_rank=False,
     )
 
@@ -713,8 +777,17 @@ def build_table8(paper_dir: Path, latency_dir: Path | None) -> Table:
 
 
 # ------------------------------------------------------------------------------- rendering
+def _num_text(v: float, col: Column) -> str:
+    """``v`` in the column's format; a non-zero value the format would print as zero (the
+    head-only row's MFLOPs) gets two significant digits instead."""
+    text = col.fmt.format(v)
+    if v and not any(ch in "123456789" for ch in text):
+        text = f"{v:.2g}"
+    return text
+
+
 def _fmt(v: float | None, col: Column) -> str:
-    return "" if v is None else col.fmt.format(v) + col.suffix
+    return "" if v is None else _num_text(v, col) + col.suffix
 
 
 def _fmt_ours(s: Stat, col: Column) -> str:
@@ -722,7 +795,7 @@ def _fmt_ours(s: Stat, col: Column) -> str:
         return ""
     text = _fmt(s.mean, col)
     if s.std is not None:
-        text = f"{col.fmt.format(s.mean)} ± {col.fmt.format(s.std)}{col.suffix}"
+        text = f"{_num_text(s.mean, col)} ± {_num_text(s.std, col)}{col.suffix}"
     return text
 
 

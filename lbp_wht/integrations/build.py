@@ -52,7 +52,9 @@ __all__ = [
     "uses_lbp",
 ]
 
-METHODS = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+#: The same methods as :data:`lbp_wht.presets.METHODS` (``head_only``: linear probe, no
+#: conversion, only the task head trains).
+METHODS = ("head_only", "full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
 SCOPES = ("partial", "full")
 SELECTS = ("lp_l1", "lp_linf", "lhe")
 

@@ -47,14 +47,11 @@ env_cfg = dict(dist_cfg=dict(backend="gloo"))
 # The source checkpoint (set by scripts/reproduce_mini.sh); its 5-way head is dropped
 # (lbp.drop_keys: the new head starts from its fresh initialisation). LHE (select='lhe')
 # profiles g_y for the first 10 of the 200 iterations (exact backprop meanwhile).
-# + the demo's head-only baseline (scripts/mini_methods.py: adds lbp.method='head_only' until the
-# core has it; a no-op then).
 custom_imports = dict(
     imports=[
         "lbp_wht.integrations",
         "lbp_wht.integrations.models",
         "lbp_wht.integrations.runner",
-        "scripts.mini_methods",
     ],
     allow_failed_imports=False,
 )
