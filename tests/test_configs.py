@@ -41,9 +41,9 @@ def test_every_table_has_its_rows():
     counts = {
         f: sum(1 for p in ALL if p.relative_to(ROOT / "configs").parts[0] == f) for f in FOLDERS
     }
-    # Tables 2/5: 5 models x 6 datasets x 7 methods (+ LP_L1-7 for V2-S0 full training)
+    # Tables 2/5: 5 models x 6 datasets x 7 methods (+ Table 5's LP_L1-7 rows: L1 and V2-S0)
     assert counts["table2"] == 5 * 6 * 7
-    assert counts["table5"] == 5 * 6 * 7 + 6
+    assert counts["table5"] == 5 * 6 * 7 + 2 * 6
     assert counts["table3"] == 2 * 2 * 6  # 2 datasets x partial/full x 6 methods
     assert counts["table4"] == 2 * 3
     assert counts["table6"] == 2 * 5

@@ -394,9 +394,15 @@ def test_cells_without_a_generated_config_override_the_method(sweep_cli, tmp_pat
     )
     by_id = {r.run_id: r for r in runs}
     assert len(by_id) == len(runs)  # union without duplicates
+    # Table 5's LP_L1-7 row has its own generated config: no method override.
     lp7 = by_id["efficientformer-l1_full_lbp_wht-lp_l1-7_cifar100_s0"]
-    opts = lp7.command[lp7.command.index("--cfg-options") + 1 :]
-    assert "lbp.r=7" in opts and "lbp.method=lbp_wht" in opts
+    assert lp7.command[2].endswith("efficientformer-l1_full_lp-l1-r7_cifar100.py")
+    assert not any(o.startswith("lbp.") for o in lp7.command)
+    # Figure 3's LP_L1-3 has none: the r=4 config with the rank set on the command line.
+    lp3 = by_id["efficientformer-l1_partial_lbp_wht-lp_l1-3_cifar100_s0"]
+    assert lp3.command[2].endswith("efficientformer-l1_partial_lp-l1-r4_cifar100.py")
+    opts = lp3.command[lp3.command.index("--cfg-options") + 1 :]
+    assert "lbp.r=3" in opts and "lbp.method=lbp_wht" in opts
     assert "train_dataloader.dataset.data_root=/data/cifar100" in opts
     assert any(o.startswith("load_from=/ckpt/") for o in opts)
     spectrum = by_id["efficientformer-l1_partial_lbp_wht-lp_l1-15_spectrum_cifar100_s0"]

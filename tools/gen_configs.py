@@ -147,7 +147,9 @@ def experiments() -> list[Experiment]:
                 out.append(
                     cls_experiment("Table 2", f"table2/{model}", model, dataset, "partial", m)
                 )
-            full = table25 + ([lp(7)] if model == "efficientformerv2-s0" else [])
+            # Table 5 has an LP_L1-7 row for EfficientFormer-L1 and V2-S0 (not for L7).
+            with_r7 = model in ("efficientformer-l1", "efficientformerv2-s0")
+            full = table25 + ([lp(7)] if with_r7 else [])
             for m in full:
                 out.append(cls_experiment("Table 5", f"table5/{model}", model, dataset, "full", m))
     # Table 3: Segformer MiT-B0, Cityscapes and VOC12 aug, partial (last stage + decoder) / full.
