@@ -36,7 +36,14 @@ for p in (str(ROOT), str(ROOT / "tools")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from benchmark_latency import _loadavg, _quartiles, interleaved_timings, paired_ratio  # noqa: E402
+from benchmark_latency import (  # noqa: E402
+    ALLOCATORS,
+    _loadavg,
+    _quartiles,
+    configure_allocator,
+    interleaved_timings,
+    paired_ratio,
+)
 
 import lbp_wht.integrations  # noqa: E402,F401  (CPU shims before mmpretrain imports torchvision)
 
@@ -76,10 +83,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="3 rounds, batch 2 (smoke test)")
     ap.add_argument("--out", default=str(ROOT / "results" / "latency"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="reuse",
+        help="as in benchmark_latency.py: reuse freed CPU memory (default) or glibc defaults",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.batch = 3, 2
     torch.set_num_threads(args.threads)
+    allocator = configure_allocator(args.allocator)
     torch.manual_seed(0)
     from lbp_wht.measure import measure_step
 
@@ -130,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch=args.batch,
                 size=args.size,
                 threads=args.threads,
+                allocator=allocator,
                 backward_ms=med * 1e3,
                 backward_q1_ms=q1 * 1e3,
                 backward_q3_ms=q3 * 1e3,
@@ -173,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{cmd}`  ",
         f"Date: {date}; torch {torch.__version__}; threads {args.threads}; "
         f"{platform.machine()} ({os.cpu_count()} logical CPUs); batch {args.batch}, "
-        f"{args.size}x{args.size}; 1-min load average {load0[0]:.2f} -> {load1[0]:.2f}.",
+        f"{args.size}x{args.size}; 1-min load average {load0[0]:.2f} -> {load1[0]:.2f}; "
+        f"memory allocator: {allocator}.",
         "",
         "Backward of one step (forward excluded), median of interleaved rounds [IQR]; speedup = "
         "median of per-round ratios vs Full BP; FLOP speedup = counted backprop FLOPs "

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import datetime as _dt
 import gc
 import math
@@ -82,6 +84,36 @@ PAPER_TABLE8_FALLBACK = {
 }
 
 
+# ---- memory allocator -----------------------------------------------------------------------
+ALLOCATORS = ("reuse", "system")
+
+
+def configure_allocator(mode: str) -> str:
+    """Choose how freed CPU memory is recycled; returns a description for the results.
+
+    ``system``: glibc as configured by default. Blocks above its mmap threshold (at most 32 MB)
+    are mmap'ed and handed back to the OS when freed, so every fresh large tensor (``g_x`` is
+    38.5 MB for EfficientFormer-L7 at batch 64) page-faults on first touch: about 12 ms per
+    38.5 MB here, paid by Full BP and LBP-WHT alike but a large share of LBP-WHT's short backward.
+    ``reuse``: ``mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)`` keeps freed memory in the process
+    and reuses it, which is what a caching allocator (jemalloc, tcmalloc, the usual advice for
+    PyTorch CPU training) does. Both methods run under the same setting in one process.
+    """
+    if mode not in ALLOCATORS:
+        raise ValueError(f"unknown allocator {mode!r}; choose one of {ALLOCATORS}")
+    if mode == "system":
+        return "system (glibc defaults)"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1  # M_MMAP_MAX, M_TRIM
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        print("warning: glibc mallopt unavailable; --allocator reuse has no effect", flush=True)
+        return "system (mallopt unavailable)"
+    return "reuse (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+
+
 # ---- paper values and FLOP bound ------------------------------------------------------------
 def paper_table8() -> dict[tuple[int, int, int | None], tuple[float | None, float | None, float]]:
     """``(cx, cy, r) -> (cpu_speedup, gpu_speedup, cpu_latency_us)`` from results/paper/table8.csv
@@ -117,6 +149,32 @@ def flop_bound(cx: int, cy: int, tokens: int, rank: int, batch: int) -> tuple[fl
 
 
 # ---- timing ----------------------------------------------------------------------------------
+def roofline_bound(
+    full: list[float],
+    gemm: list[float],
+    stream: list[float],
+    lowrank_fraction: float,
+    weight_fraction: float,
+) -> float:
+    """Speedup a perfect implementation of LBP-WHT's backward could reach on this machine.
+
+    A roofline model built from three timings of the same round: the low-rank GEMMs take the
+    longer of their FLOPs at the rate the machine just ran Full BP's GEMMs (``gemm``) and their
+    weight-sized traffic (read ``w``, write ``g_w``); the projections add one streaming pass
+    over ``g_y`` in and ``g_x`` out (``stream``: a copy of as many bytes). Table 1 counts those
+    passes as ``(2Cx + Cy) L R`` FLOPs, almost free; on a CPU they cost memory bandwidth, which
+    is what separates this bound from the FLOP bound. Median of the per-round values.
+
+    Args:
+        lowrank_fraction: low-rank GEMM FLOPs / Full BP GEMM FLOPs ``= P * R / L``.
+        weight_fraction: weight-sized bytes / streamed bytes ``= 2 Cx Cy / (B L (Cx + Cy))``.
+    """
+    return statistics.median(
+        f / (max(g * lowrank_fraction, m * weight_fraction) + m)
+        for f, g, m in zip(full, gemm, stream)
+    )
+
+
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
     """(q1, median, q3) with linear interpolation (``statistics.quantiles`` 'inclusive')."""
     if len(values) == 1:
@@ -239,6 +297,11 @@ def bench_shape(
         return torch.mm(g2.t(), xd), torch.mm(g2, wd), g2.sum(0)
 
     fns["gemm"] = gemm
+    # One streaming pass over as many bytes as LBP-WHT's two unavoidable full-size passes (read
+    # g_y, write g_x): the memory half of the roofline bound (see ``roofline_bound``).
+    src = torch.empty(batch * tokens * (cx + cy) // 2, dtype=dtype, device=device).normal_()
+    dst = torch.empty_like(src)
+    fns["stream"] = lambda: dst.copy_(src)
     for r in rs:
         proj = WHTProjector((side, side), select_bases("lp_l1", r=r, order=order), order, padding)
         y = lbp_forward(x, w, b, proj)
@@ -301,6 +364,7 @@ def run_table8(args: argparse.Namespace) -> list[dict]:
                 common = dict(
                     device=args.device,
                     threads=torch.get_num_threads() if args.device == "cpu" else "",
+                    allocator=args.allocator_desc,
                     model=model,
                     cx=cx,
                     cy=cy,
@@ -348,6 +412,14 @@ def run_table8(args: argparse.Namespace) -> list[dict]:
                     _, s_incl, _ = paired_ratio(t["full_bp"]["wall"], with_x)
                     xp_med = statistics.median(t[f"xproj_r{r}"]["wall"])
                     bound, bound_src = flop_bound(cx, cy, tokens, rank, batch)
+                    proj = WHTProjector((math.isqrt(tokens),) * 2, select_bases("lp_l1", r=r))
+                    roof = roofline_bound(
+                        t["full_bp"]["wall"],
+                        t["gemm"]["wall"],
+                        t["stream"]["wall"],
+                        proj.low_rank_tokens / tokens,
+                        2.0 * cx * cy / (batch * tokens * (cx + cy)),
+                    )
                     pap = paper.get((cx, cy, r), (None, None, None))
                     rows.append(
                         dict(
@@ -380,6 +452,9 @@ def run_table8(args: argparse.Namespace) -> list[dict]:
                             flop_bound_source=bound_src,
                             pct_of_bound=100.0 * s_med / bound,
                             pct_of_bound_cputime=100.0 * c_med / bound,
+                            roofline_bound=roof,
+                            pct_of_roofline=100.0 * s_med / roof,
+                            stream_us=statistics.median(t["stream"]["wall"]) * 1e6,
                         )
                     )
                     print(
@@ -390,7 +465,8 @@ def run_table8(args: argparse.Namespace) -> list[dict]:
                         f"cpu-time {c_med:5.2f}x [{c_q1:.2f}, {c_q3:.2f}] min {s_min:5.2f}x "
                         f"(vs gemm {s_gemm:.2f}x, incl x-proj {s_incl:.2f}x, straightforward "
                         f"{s_naive:.2f}x)  "
-                        f"bound {bound:5.2f}x ({100 * s_med / bound:3.0f}%)  "
+                        f"bound {bound:5.2f}x ({100 * s_med / bound:3.0f}%) "
+                        f"roofline {roof:5.2f}x ({100 * s_med / roof:3.0f}%)  "
                         f"paper {pap[0] if batch == 1 else '-'}  load {load0[0]:.2f}->"
                         f"{load1[0]:.2f}",
                         flush=True,
@@ -434,6 +510,10 @@ COLUMNS = [
     "pct_of_bound",
     "pct_of_bound_cputime",
     "flop_bound_source",
+    "roofline_bound",
+    "pct_of_roofline",
+    "stream_us",
+    "allocator",
     "rounds",
     "loadavg_1m_start",
     "loadavg_1m_end",
@@ -476,8 +556,15 @@ def write_outputs(rows: list[dict], out_dir: Path, device: str, argv: list[str])
         "+ bias sum (the paper's baseline). `incl x-proj`: with the forward-side projection of x "
         "charged to backprop. `before`: the same backward written the straightforward way (the "
         "project's first implementation, `_StraightforwardLBP` in the tool), same run. Bound: "
-        "Table 1 FLOP ratio 4CxCyL / (4CxCyR + (2Cx+Cy)LR). Paper: Table 8, Jetson Nano CPU, "
-        "batch 1.",
+        "Table 1 FLOP ratio 4CxCyL / (4CxCyR + (2Cx+Cy)LR). Roofline: the speedup if the two "
+        "low-rank GEMMs ran at the rate this machine ran Full BP's GEMMs in the same round (or "
+        "at streaming speed for their weight-sized traffic, whichever is slower), plus one "
+        "streaming pass over g_y and g_x (timed as a copy of as many bytes): the memory passes "
+        "Table 1 counts as almost free are what separates it from the FLOP bound. "
+        "Paper: Table 8, Jetson Nano CPU, batch 1.",
+        "",
+        f"Memory allocator: {rows[0]['allocator']} (`--allocator`; see the tool's "
+        "`configure_allocator`).",
         "",
     ]
     for batch in sorted({r["batch"] for r in rows}):
@@ -485,9 +572,10 @@ def write_outputs(rows: list[dict], out_dir: Path, device: str, argv: list[str])
             f"## Batch {batch}",
             "",
             "| (Cx, Cy, L) | method | R | latency us [IQR] | speedup [IQR] | CPU time | min | "
-            "vs GEMM | incl x-proj | before | paper CPU | FLOP bound | % of bound | load |",
+            "vs GEMM | incl x-proj | before | paper CPU | FLOP bound | % of bound | roofline | "
+            "% of roofline | load |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-            "| ---: | ---: |",
+            "| ---: | ---: | ---: | ---: |",
         ]
         for r in rows:
             if r["batch"] != batch or r["method"] == "gemm":
@@ -497,7 +585,8 @@ def write_outputs(rows: list[dict], out_dir: Path, device: str, argv: list[str])
             lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
             if r["method"] == "full_bp":
                 md.append(
-                    f"| {shape} | {meth} | - | {lat} | 1.00 | 1.00 | 1.00 | - | - | - | - | - | - | "
+                    f"| {shape} | {meth} | - | {lat} | 1.00 | 1.00 | 1.00 | - | - | - | - | - | - "
+                    "| - | - | "
                     f"{r['loadavg_1m_start']:.1f} |"
                 )
                 continue
@@ -509,7 +598,8 @@ def write_outputs(rows: list[dict], out_dir: Path, device: str, argv: list[str])
                 f"{r['speedup_vs_gemm']:.2f}x | "
                 f"{r['speedup_incl_xproj']:.2f}x | {r['speedup_straightforward']:.2f}x | {pap} | "
                 f"{r['flop_bound']:.2f}x | "
-                f"{r['pct_of_bound']:.0f}% | {r['loadavg_1m_start']:.1f} |"
+                f"{r['pct_of_bound']:.0f}% | {r['roofline_bound']:.2f}x | "
+                f"{r['pct_of_roofline']:.0f}% | {r['loadavg_1m_start']:.1f} |"
             )
         md.append("")
     (out_dir / f"table8_{device.split(':')[0]}.md").write_text("\n".join(md))
@@ -814,6 +904,13 @@ def main(argv: list[str] | None = None) -> None:
         help="instead of Table 8: time each optimisation of the backward in isolation (before vs "
         "after) at --batches; writes ablation_cpu.{csv,md}",
     )
+    p.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="reuse",
+        help="reuse: keep freed CPU memory in the process (as jemalloc/tcmalloc do); system: "
+        "glibc defaults (large fresh tensors page-fault). Same for every method of a run.",
+    )
     p.add_argument("--proj-sizes", type=int, nargs="+", default=[7, 14, 28, 56])
     p.add_argument("--proj-batch", type=int, default=8)
     p.add_argument("--proj-channels", type=int, default=256)
@@ -821,9 +918,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
     torch.set_num_threads(args.threads)
+    args.allocator_desc = configure_allocator(args.allocator) if args.device == "cpu" else ""
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"load average {_loadavg()}",
+        f"allocator {args.allocator_desc or '-'}, load average {_loadavg()}",
         flush=True,
     )
     cmd = ["tools/benchmark_latency.py"] + (sys.argv[1:] if argv is None else argv)
