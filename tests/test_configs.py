@@ -165,6 +165,11 @@ def test_unknown_method_names_the_valid_ones():
     assert ok["method"] == "head_only"
     with pytest.raises(LBPConfigError, match=r"lbp.method='probe'.*'head_only'"):
         validate_lbp_cfg(dict(method="probe", model="mini-efficientformer"))
+    lora = dict(method="lora_all", model="mini-efficientformer")
+    assert validate_lbp_cfg(lora)["lora_train"] == "adapters"
+    assert validate_lbp_cfg({**lora, "lora_train": "scope"})["lora_train"] == "scope"
+    with pytest.raises(LBPConfigError, match=r"lbp.lora_train='all'.*'scope'"):
+        validate_lbp_cfg({**lora, "lora_train": "all"})
 
 
 def test_cost_analysis_feeds_the_models_input_channels():

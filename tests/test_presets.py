@@ -335,6 +335,10 @@ def test_preset_options_reach_the_rules():
         (dict(model="vit-b", method="lbp_wht", scope="full"), "model"),
         (dict(model="efficientformer-l1", method="lbp", scope="full"), "method"),
         (dict(model="efficientformer-l1", method="lbp_wht", scope="last"), "scope"),
+        (
+            dict(model="efficientformer-l1", method="lora_all", scope="full", lora_train="all"),
+            r"unknown lora_train 'all'.*'scope'",
+        ),
     ],
 )
 def test_get_preset_rejects_unknown(kwargs, match):
@@ -363,6 +367,30 @@ def test_head_only_freezes_everything_but_the_head(built, model_name):
         head = {n for n in names if n.startswith(b.spec.head)}
         assert trainable == head and head and head != names
         assert {n for n, q in b.model.named_parameters() if q.requires_grad} == head
+    finally:
+        b.restore()
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_lora_train_scope_follows_the_authors_freeze(built, scope):
+    """lora_train='scope': adapters + every non-LoRA parameter of the trained scope (norms,
+    biases, depthwise / downsampling convs), LoRA base weights frozen; 'adapters' (default):
+    adapters + head only."""
+    b = built("efficientformer-l1")
+    try:
+        p = get_preset("efficientformer-l1", "lora_all", scope, lora_train="scope")
+        converted = convert(b.model, p.rules).names()
+        assert converted
+        trainable = set(freeze(b.model, p.trainable))
+        names = {n for n, _ in b.model.named_parameters()}
+        bases = {f"{m}.{w}" for m in converted for w in ("weight", "bias")} & names
+        adapters = {f"{m}.lora_{ab}" for m in converted for ab in "AB"}
+        in_scope = {n for n in names if scope == "full" or n.startswith(b.spec.partial)}
+        assert trainable == (in_scope - bases) | adapters
+        head = {n for n in names if n.startswith(b.spec.head)}
+        assert trainable - adapters - head and not trainable & bases  # more than LoRA-only
+        default = get_preset("efficientformer-l1", "lora_all", scope)
+        assert set(freeze(b.model, default.trainable)) == adapters | head
     finally:
         b.restore()
 

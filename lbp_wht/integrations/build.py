@@ -34,6 +34,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lbp_wht import presets as _presets
 from lbp_wht.bases import lp_l1_rank, select_bases
 
 __all__ = [
@@ -52,11 +53,13 @@ __all__ = [
     "uses_lbp",
 ]
 
-#: The same methods as :data:`lbp_wht.presets.METHODS` (``head_only``: linear probe, no
-#: conversion, only the task head trains).
-METHODS = ("head_only", "full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
-SCOPES = ("partial", "full")
-SELECTS = ("lp_l1", "lp_linf", "lhe")
+#: Allowed values of lbp.method / scope / lora_train / select: the core's, defined once there.
+METHODS, SCOPES, LORA_TRAIN, SELECTS = (
+    _presets.METHODS,
+    _presets.SCOPES,
+    _presets.LORA_TRAIN,
+    _presets.SELECTIONS,
+)
 
 #: Every key the ``lbp`` block may hold, with its default. Unknown keys are an error (a typo
 #: such as ``lbp.rr=6`` must not silently run the default sweep point).
@@ -72,6 +75,9 @@ LBP_DEFAULTS: dict[str, Any] = dict(
     padding="reflect",  # how a 7x7 map is padded to 8x8
     lora_rank=8,
     lora_alpha=8,
+    # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
+    # freeze: every non-LoRA parameter of the trained scope trains too)
+    lora_train="adapters",
     norm_eval=None,  # None: the preset's choice (BatchNorm on running statistics)
     lhe_iters=100,  # LHE: profile g_y energy for this many iterations, then fix the bases
     spectrum_layer=None,  # record g_y WHT spectrum of this module (Figure 5)
@@ -110,6 +116,10 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
         raise LBPConfigError(f"lbp.method={out['method']!r}; choose one of {list(METHODS)}")
     if out["scope"] not in SCOPES:
         raise LBPConfigError(f"lbp.scope={out['scope']!r}; choose one of {list(SCOPES)}")
+    if out["lora_train"] not in LORA_TRAIN:
+        raise LBPConfigError(
+            f"lbp.lora_train={out['lora_train']!r}; choose one of {list(LORA_TRAIN)}"
+        )
     if not out["model"]:
         raise LBPConfigError("lbp.model is required (the preset name, e.g. 'efficientformer-l1')")
     if uses_lbp(out["method"]):
@@ -226,6 +236,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         padding=cfg["padding"],
         lora_rank=cfg["lora_rank"],
         lora_alpha=cfg["lora_alpha"],
+        lora_train=cfg["lora_train"],
     )
     if uses_lbp(cfg["method"]) and cfg["select"] == "lhe":
         preset_kwargs["r"] = cfg["rank"]  # get_preset takes the LHE rank as r
