@@ -360,7 +360,8 @@ def _git() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         d = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # The run's own outputs (results/) do not count as changes to the code.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -469,8 +470,9 @@ def write_report(args: argparse.Namespace) -> Path:
             if run_walls
             else ""
         )
-        + ". `make demo` adds the set-up (virtual environment, about 2 minutes on a fresh "
-        "machine) and the dataset installation."
+        + ". `make demo` adds the set-up: the virtual environment and the dataset package, "
+        "1-2 minutes on a fresh machine (`make demo` on a fresh clone, set-up included, is "
+        "timed in the README)."
     )
     if args.start is not None:
         all_recs = recs + ([pre] if pre else [])
