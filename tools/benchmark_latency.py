@@ -397,7 +397,8 @@ def run_table8(args: argparse.Namespace) -> list[dict]:
                     )
                 for r in args.r:
                     name = f"lbp_r{r}"
-                    rank = len(select_bases("lp_l1", r=r))
+                    proj = WHTProjector((math.isqrt(tokens),) * 2, select_bases("lp_l1", r=r))
+                    rank = proj.rank
                     tw, tc = t[name]["wall"], t[name]["cpu"]
                     q1, med, q3 = _quartiles(tw)
                     s_q1, s_med, s_q3 = paired_ratio(t["full_bp"]["wall"], tw)
@@ -412,7 +413,6 @@ def run_table8(args: argparse.Namespace) -> list[dict]:
                     _, s_incl, _ = paired_ratio(t["full_bp"]["wall"], with_x)
                     xp_med = statistics.median(t[f"xproj_r{r}"]["wall"])
                     bound, bound_src = flop_bound(cx, cy, tokens, rank, batch)
-                    proj = WHTProjector((math.isqrt(tokens),) * 2, select_bases("lp_l1", r=r))
                     roof = roofline_bound(
                         t["full_bp"]["wall"],
                         t["gemm"]["wall"],

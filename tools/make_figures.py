@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from make_tables import (  # noqa: E402
+    BASE_LABELS,
     MODEL_NAMES,
     _num,
     cell_stat,
@@ -59,10 +60,13 @@ from lbp_wht.sweep import FIG5_CELL, Cell, method_key, norm_dataset, read_paper_
 #: Methods drawn as single markers (label, marker, colour). ``head_only`` (the linear probe of
 #: the CPU mini-reproduction; not in the paper) sits at the head's own, near-zero backprop cost.
 BASELINES = {
-    "head_only": ("Head only", "D", "tab:gray"),
-    "full_bp": ("Full BP", "*", "tab:red"),
-    "lora": ("LoRA", "s", "tab:green"),
-    "lora_all": ("LoRA-all", "^", "tab:purple"),
+    m: (BASE_LABELS[m], marker, color)
+    for m, marker, color in (
+        ("head_only", "D", "tab:gray"),
+        ("full_bp", "*", "tab:red"),
+        ("lora", "s", "tab:green"),
+        ("lora_all", "^", "tab:purple"),
+    )
 }
 LBP_COLOR = "tab:blue"
 DATASET_LABELS = {

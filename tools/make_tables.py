@@ -376,18 +376,20 @@ class Table:
     lead: list[tuple[str, str]] = field(default_factory=list)  # Table 8: extra leading cols
 
 
-#: Methods of the accuracy-vs-cost tables (2, 3, 5, 7) besides LP_L1-r: the paper's baselines
-#: and the head-only linear probe (not a paper row; it joins as an extra / proxy row).
-_BASELINES = ("head_only", "full_bp", "lora", "lora_all")
+def _accuracy_cost_row(key: tuple) -> bool:
+    """Rows of the accuracy-vs-cost tables (2, 3, 5, 7): the baselines of ``BASE_LABELS`` (the
+    paper's and the head-only linear probe, which joins as an extra / proxy row) and LP_L1-r."""
+    return key[0] in BASE_LABELS or key[:2] == ("lbp_wht", "lp_l1")
+
 
 #: Which record rows may join a table as extra rows (methods of that table's layout).
 EXTRA_FILTER = {
-    "2": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
-    "3": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
+    "2": _accuracy_cost_row,
+    "3": _accuracy_cost_row,
     "4": lambda k: k[0] == "lbp_wht",
-    "5": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
+    "5": _accuracy_cost_row,
     "6": lambda k: k[0] in ("full_bp", "lora_all", "lbp_wht+lora_all"),
-    "7": lambda k: k[0] in _BASELINES or k[:2] == ("lbp_wht", "lp_l1"),
+    "7": _accuracy_cost_row,
 }
 
 
