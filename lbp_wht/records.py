@@ -7,13 +7,34 @@ run; sweeps skip runs whose record is complete and re-run everything else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_record", "read_record", "read_records", "is_complete"]
+__all__ = ["write_record", "read_record", "read_records", "is_complete", "config_digest"]
+
+#: Top-level config keys that say where or how a run executes, not what it computes: two runs
+#: that differ only in these produce the same result, so they share a digest.
+DIGEST_IGNORED_KEYS = frozenset(
+    {"work_dir", "resume", "launcher", "env_cfg", "log_level", "visualizer", "filename"}
+)
+
+
+def config_digest(cfg: Mapping[str, Any]) -> str:
+    """A short stable hash of an effective (fully merged) config, e.g. ``Config.to_dict()``.
+
+    Keys in :data:`DIGEST_IGNORED_KEYS` are left out; everything else (model, data, schedule,
+    ``lbp`` block, seed, ``load_from``) is serialised as canonical JSON (sorted keys, tuples as
+    lists, other objects by ``repr``) and hashed with SHA-256. Records store it so that a sweep
+    can tell a finished run of the *same* config from a stale one.
+    """
+    body = {k: v for k, v in dict(cfg).items() if k not in DIGEST_IGNORED_KEYS}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:

@@ -427,3 +427,12 @@ def test_reproduce_scripts_dry_run(sweep_cli, tmp_path):
     listed = {line.split()[-1] for line in lines if line.startswith("[")}
     assert {i.replace("_s0", f"_s{s}") for i in _expected_ids("4") for s in (0, 1)} == listed
     assert not list(tmp_path.iterdir())  # a dry run creates nothing
+
+
+def test_config_digest_ignores_placement_but_not_content():
+    from lbp_wht.records import config_digest
+
+    base = {"lbp": {"method": "lbp_wht", "r": 4}, "work_dir": "a", "seed": 0}
+    assert config_digest(base) == config_digest({**base, "work_dir": "b", "launcher": "pytorch"})
+    assert config_digest(base) != config_digest({**base, "lbp": {"method": "lbp_wht", "r": 6}})
+    assert config_digest(base) != config_digest({**base, "seed": 1})
