@@ -79,6 +79,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from .experiments.vocab import LORA_TRAIN, METHODS, PRESET_MODELS, SCOPES, SELECTIONS
+
 __all__ = [
     "Preset",
     "get_preset",
@@ -92,26 +94,6 @@ __all__ = [
     "MINI_EFFICIENTFORMER_ARCH",
 ]
 
-PRESET_MODELS: tuple[str, ...] = (
-    "efficientformer-l1",
-    "efficientformer-l7",
-    "efficientformerv2-s0",
-    "efficientformerv2-l",
-    "swinv2-small-w8",
-    "segformer-mit-b0",
-    "mini-efficientformer",
-)
-METHODS: tuple[str, ...] = (
-    "head_only",
-    "full_bp",
-    "lora",
-    "lora_all",
-    "lbp_wht",
-    "lbp_wht+lora_all",
-)
-SCOPES: tuple[str, ...] = ("partial", "full")
-#: What trains beside the adapters in the LoRA variants (``get_preset(lora_train=...)``).
-LORA_TRAIN: tuple[str, ...] = ("adapters", "scope")
 
 #: mmpretrain ``EfficientFormer`` arch for a CPU-sized model on 28x28 inputs: the stride-4 stem
 #: gives a 7x7 map (the size Meta3D's attention biases require) and no stage downsamples, so
@@ -131,8 +113,6 @@ MINI_EFFICIENTFORMER_ARCH: dict[str, Any] = {
     "downsamples": [False, False, False, False],
     "vit_num": 1,
 }
-
-SELECTIONS = ("lp_l1", "lp_linf", "lhe")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .experiments.vocab import (  # noqa: F401  (re-exported: the catalogue's former home)
+    CLS_DATASETS,
+    DATASET_ALIASES,
+    METHOD_ORDER,
+    PAPER_TO_CONFIG_DATASET,
+    SEG_DATASETS,
+    SELECT_ORDER,
+    _int_or_none,
+    method_key,
+    method_sort_key,
+    method_tag,
+    norm_dataset,
+)
 from .records import is_complete, read_record
 
 __all__ = [
@@ -646,8 +659,6 @@ def run_sweep(
 # table's sweep has exactly the paper's rows; each row is trained on each of the table's
 # datasets, once per seed.
 
-CLS_DATASETS = ("cifar100", "cifar10", "cars", "flowers", "food", "pets")
-SEG_DATASETS = ("cityscapes", "voc12aug")
 TABLE_DATASETS: dict[str, tuple[str, ...]] = {
     "2": CLS_DATASETS,
     "3": SEG_DATASETS,
@@ -682,67 +693,6 @@ FIG5_CELL = dict(
     dataset="cifar100",
     variant="spectrum",
 )
-#: Dataset names as the paper's tables / results/paper columns use them <-> as the configs and
-#: run records (``dataset_name``) use them.
-PAPER_TO_CONFIG_DATASET = {
-    "cars": "stanford-cars",
-    "flowers": "flowers102",
-    "food": "food101",
-    "pets": "oxford-pets",
-}
-DATASET_ALIASES = {
-    **{v: k for k, v in PAPER_TO_CONFIG_DATASET.items()},
-    "stanford_cars": "cars",
-    "food-101": "food",
-    "oxford_pets": "pets",
-    "cifar-100": "cifar100",
-    "cifar-10": "cifar10",
-    "voc12_aug": "voc12aug",
-}
-
-
-def norm_dataset(name: Any) -> str:
-    """A dataset name as the paper's tables spell it (``stanford-cars`` -> ``cars``)."""
-    name = str(name or "").strip().lower()
-    return DATASET_ALIASES.get(name, name)
-
-
-METHOD_ORDER = ("head_only", "full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
-SELECT_ORDER = ("lp_l1", "lp_linf", "lhe")
-
-
-def _int_or_none(v: Any) -> int | None:
-    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return int(float(v))
-
-
-def method_key(
-    method: str, select: str | None = None, r: Any = None, rank: Any = None
-) -> tuple[str, str | None, int | None]:
-    """Normalised identity of a method row: ``(method, select, r)`` for LP selections,
-    ``(method, 'lhe', rank)`` for LHE, ``(method, None, None)`` for full BP / LoRA."""
-    if not str(method).startswith("lbp_wht"):
-        return (str(method), None, None)
-    select = select or "lp_l1"
-    if select == "lhe":
-        return (str(method), "lhe", _int_or_none(rank))
-    return (str(method), str(select), _int_or_none(r))
-
-
-def method_sort_key(key: tuple[str, str | None, int | None]) -> tuple:
-    method, select, r = key
-    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    s = SELECT_ORDER.index(select) if select in SELECT_ORDER else -1
-    return (m, s, r if r is not None else -1, method)
-
-
-def method_tag(key: tuple[str, str | None, int | None]) -> str:
-    """File-name tag of a method row: ``full_bp``, ``lbp_wht-lp_l1-4``, ``lbp_wht-lhe-R10``."""
-    method, select, r = key
-    if select is None:
-        return method
-    return f"{method}-{select}-{'R' if select == 'lhe' else ''}{r}"
 
 
 @dataclass(frozen=True)
