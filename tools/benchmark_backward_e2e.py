@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("batch", "size", "threads", "rounds", "num_classes"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    from lbp_wht.presets import PRESET_MODELS
+    from lbp_wht.experiments.vocab import PRESET_MODELS
 
     if args.model not in PRESET_MODELS:
         ap.error(f"--model {args.model!r} is not a preset model; choose one of {PRESET_MODELS}")

@@ -78,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"make_tables: {len(runs)} complete run records under {args.runs}, "
         f"{len(cost)} cost rows from {args.cost}"
     )
+    have = set(runs["dataset"]) if not runs.empty else set()
+    if datasets and have and not have & set(datasets):
+        print(
+            f"make_tables: warning: no complete run of {datasets} under {args.runs}; the "
+            f"records there are of {sorted(have)}",
+            file=sys.stderr,
+        )
     try:
         done = tables.make_tables(
             runs=runs,

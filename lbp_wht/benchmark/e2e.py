@@ -23,18 +23,23 @@ import torch
 import torch.nn.functional as F
 
 from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
+from ..experiments.vocab import method_key, method_label
 from .stats import loadavg, paired_ratio, quartiles, say
 from .timing import interleaved_timings
 
-#: The methods compared, as ``(label, preset method, LP_L1 radius or None)``; the first one is
-#: the baseline of the speedups.
-E2E_METHODS: tuple[tuple[str, str, int | None], ...] = (
-    ("Full BP", "full_bp", None),
-    ("LoRA-all", "lora_all", None),
-    ("LP_L1-2", "lbp_wht", 2),
-    ("LP_L1-4", "lbp_wht", 4),
-    ("LP_L1-6", "lbp_wht", 6),
+#: The methods compared, as ``(preset method, LP_L1 radius or None)``; the first one is the
+#: baseline of the speedups. Rows are labelled with :func:`lbp_wht.experiments.vocab.method_label`.
+E2E_METHODS: tuple[tuple[str, int | None], ...] = (
+    ("full_bp", None),
+    ("lora_all", None),
+    ("lbp_wht", 2),
+    ("lbp_wht", 4),
+    ("lbp_wht", 6),
 )
+
+
+def _label(method: str, r: int | None) -> str:
+    return method_label(method_key(method, "lp_l1", r))
 
 
 def build(model: str, method: str, r: int | None, num_classes: int) -> torch.nn.Module:
@@ -63,7 +68,7 @@ def run_e2e(
     num_classes: int = 100,
     threads: int = 1,
     allocator: str = "",
-    methods: Sequence[tuple[str, str, int | None]] = E2E_METHODS,
+    methods: Sequence[tuple[str, int | None]] = E2E_METHODS,
     log: Callable[[str], None] = say,
 ) -> list[dict]:
     """Build every method, count its backprop FLOPs, time the backward of all methods
@@ -77,7 +82,8 @@ def run_e2e(
     x = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, num_classes, (batch,))
     fns, flops, info = {}, {}, {}
-    for label, method, r in methods:
+    for method, r in methods:
+        label = _label(method, r)
         torch.manual_seed(0)  # same initial weights for every method
         net = build(model, method, r, num_classes)
         params = [p for p in net.parameters() if p.requires_grad]
@@ -106,9 +112,10 @@ def run_e2e(
     t = interleaved_timings(fns, rounds, warmup=2)
     load1 = loadavg()
     date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    base = methods[0][0]
+    base = _label(*methods[0])
     rows = []
-    for label, method, r in methods:
+    for method, r in methods:
+        label = _label(method, r)
         q1, med, q3 = quartiles(t[label]["wall"])
         s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
         _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])

@@ -36,10 +36,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from ..sweep import FIG5_CELL, Cell, method_key, norm_dataset, read_paper_rows  # noqa: E402
-from .tables import (  # noqa: E402
+from ..experiments.vocab import (  # noqa: E402
     BASE_LABELS,
+    DATASETS,
     MODEL_NAMES,
+    method_key,
+    norm_dataset,
+)
+from ..sweep import FIG5_CELL, Cell, read_paper_rows  # noqa: E402
+from .tables import (  # noqa: E402
     as_number,
     cell_stat,
     cost_of,
@@ -59,12 +64,6 @@ BASELINES = {
     )
 }
 LBP_COLOR = "tab:blue"
-DATASET_LABELS = {
-    "cifar100": "CIFAR-100",
-    "cifar10": "CIFAR-10",
-    "places365": "Places365",
-    "fmnist-5to9": "Fashion-MNIST 5-9",
-}
 
 
 def _style() -> None:
@@ -293,7 +292,8 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
     fig.suptitle(title, fontsize=8)
     # Wrapped to the panels' height (~13 characters per inch), so that it cannot run into the
     # legend below a single row of panels.
-    ylabel = f"{DATASET_LABELS.get(dataset, dataset)} top-1 accuracy [%]"
+    name = DATASETS[dataset].name if dataset in DATASETS else dataset
+    ylabel = f"{name} top-1 accuracy [%]"
     fig.supylabel(textwrap.fill(ylabel, width=int(2.0 * nrows * 13)), fontsize=8)
     return _save(fig, out, "figure3")
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..experiments.vocab import method_key, method_label
 from .render import read_rows_csv, render, write_rows_csv, write_text
 
 #: The CSV columns of a Table 8 benchmark run, in order.
@@ -116,6 +117,10 @@ def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- Table 8
+def _label(row: dict[str, Any]) -> str:
+    return method_label(method_key(row["method"], row.get("select") or None, row.get("r")))
+
+
 def _table8_cells(r: dict[str, Any]) -> list[str]:
     shape = f"({r['cx']}, {r['cy']}, {r['L']})"
     lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
@@ -128,7 +133,7 @@ def _table8_cells(r: dict[str, Any]) -> list[str]:
     pap = f"{r['paper_speedup_cpu']:.1f}x" if r.get("paper_speedup_cpu") else "-"
     return [
         shape,
-        f"LP_L1-{r['r']}",
+        _label(r),
         str(r["R"]),
         lat,
         f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",

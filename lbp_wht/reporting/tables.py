@@ -42,83 +42,32 @@ from typing import Any
 
 import pandas as pd
 
-from ..records import read_records
-from ..sweep import (
+from ..experiments.vocab import (
+    BASE_LABELS,
     CLS_DATASETS,
+    DATASET_HEADERS,
+    DATASETS,
+    MODEL_NAMES,
+    PAPER_MODELS,
     SEG_DATASETS,
     method_key,
+    method_label,
     method_sort_key,
     norm_dataset,
-    read_paper_rows,
+    rank_of,
+    short_model_name,
 )
+from ..records import read_records
+from ..sweep import read_paper_rows
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
-MODEL_NAMES = {
-    "efficientformer-l1": "EfficientFormer-L1 (Hybrid)",
-    "efficientformer-l7": "EfficientFormer-L7 (Hybrid)",
-    "efficientformerv2-s0": "EfficientFormerV2-S0 (Hybrid)",
-    "efficientformerv2-l": "EfficientFormerV2-L (Hybrid)",
-    "swinv2-small-w8": "SwinV2-Small (ViT)",
-    "segformer-mit-b0": "Segformer-mit-b0",
-    "mini-efficientformer": "mini EfficientFormer",
-}
-#: Models of the paper's tables: their rows the paper lacks are marked "(extra)".
-PAPER_MODELS = frozenset(MODEL_NAMES) - {"mini-efficientformer"}
-DATASET_HEADERS = {
-    "cifar100": "CF100",
-    "cifar10": "CF10",
-    "cars": "Cars",
-    "flowers": "Flowers",
-    "food": "Food",
-    "pets": "Pets",
-    "places365": "Accuracy",
-    "cityscapes": "City",
-    "voc12aug": "VOC12A",
-}
-#: Every dataset a table column can show (the paper's and the CPU mini-reproduction's).
-KNOWN_DATASETS = (*DATASET_HEADERS, "fmnist-5to9")
 
-
-#: Row labels of the methods without WHT bases (``head_only`` is not a paper row: the linear
-#: probe of the CPU mini-reproduction, allowed as an extra / proxy row).
-BASE_LABELS = {
-    "head_only": "Head only",
-    "full_bp": "Full BP",
-    "lora": "LoRA",
-    "lora_all": "LoRA-all",
-}
-
-
-def method_label(key: tuple, latex: bool = False) -> str:
-    """Paper-style row label: Head only, Full BP, LoRA, LoRA-all, LP_L1-4, LP_Linf-3, LHE,
-    + LoRA-all."""
-    method, select, r = key
-    base = BASE_LABELS.get(method)
-    if base:
-        return base
-    if select == "lhe":
-        lbp = "LHE"
-    elif select == "lp_linf":
-        lbp = f"LP$_{{L_\\infty}}$-{r}" if latex else f"LP_Linf-{r}"
-    else:
-        lbp = f"LP$_{{L_1}}$-{r}" if latex else f"LP_L1-{r}"
-    return lbp + (" + LoRA-all" if method == "lbp_wht+lora_all" else "")
-
-
-def rank_of(key: tuple, rank: Any = None) -> str:
-    """The R column: number of WHT bases for LBP-WHT, the LoRA rank (8), '-' for Full BP and
-    head only."""
-    method, select, r = key
-    if method in ("full_bp", "head_only"):
-        return "-"
-    if method in ("lora", "lora_all"):
-        return str(int(rank)) if as_number(rank) is not None else "8"
-    if select == "lhe":
-        return str(r)
-    if select == "lp_linf":
-        return str(r * r)
-    return str(r * (r + 1) // 2)
+def rank_cell(key: tuple, lora_rank: Any = None) -> str:
+    """The R column: number of WHT bases for LBP-WHT, the LoRA rank (8 unless given), '-' for
+    Full BP and head only (:func:`lbp_wht.experiments.vocab.rank_of`)."""
+    rank = rank_of(key, lora_rank)
+    return "-" if rank is None else str(rank)
 
 
 def as_number(v: Any) -> float | None:
@@ -386,12 +335,6 @@ EXTRA_FILTER = {
 }
 
 
-def short_model_name(model: str) -> str:
-    """``MODEL_NAMES`` without the family tag: ``EfficientFormer-L1``, ``mini EfficientFormer``."""
-    name = MODEL_NAMES.get(model, model)
-    return name.split(" (")[0] if name.endswith(")") else name
-
-
 def models_title(models: Sequence[str], default: str) -> str:
     """The model part of a table title: the models of its rows (in order), else ``default``
     (the paper's model for that table)."""
@@ -496,7 +439,7 @@ class _Inputs:
 
 
 def _paper_rank(key: tuple, paper: dict) -> str:
-    return rank_of(key, paper.get("rank") if paper else None)
+    return rank_cell(key, paper.get("rank") if paper else None)
 
 
 def _rows(
@@ -619,7 +562,7 @@ def build_segmentation(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
 
 def _table4_rank(key: tuple, paper: dict) -> str:
     """Table 4 prints the number of bases of each selection (its Rank column)."""
-    return str(paper["rank"]) if paper and paper.get("rank") is not None else rank_of(key)
+    return str(paper["rank"]) if paper and paper.get("rank") is not None else rank_cell(key)
 
 
 def build_table4(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
@@ -747,7 +690,7 @@ def build_table8(paper_dir: Path, latency_dir: Path | None) -> Table:
         for p in csv.DictReader(f):
             key = method_key(p["method"], p.get("select") or None, p.get("r"), p.get("rank"))
             cx, cy, length = int(p["cx"]), int(p["cy"]), int(p["L"])
-            row = Row(f"({cx},{cy},{length})", p["model"], key, rank_of(key))
+            row = Row(f"({cx},{cy},{length})", p["model"], key, rank_cell(key))
             for dev in ("cpu", "gpu"):
                 got = _lat_lookup(lat.get(dev), cx, cy, length, key)
                 row.ours[f"speedup_{dev}"] = Stat(got["speedup"], None, 1 if got["speedup"] else 0)
@@ -984,11 +927,9 @@ def check_datasets(datasets: Sequence[str] | None) -> list[str] | None:
     if not datasets:
         return None
     names = [norm_dataset(d) for d in datasets]
-    unknown = [d for d, n in zip(datasets, names) if n not in KNOWN_DATASETS]
+    unknown = [d for d, n in zip(datasets, names) if n not in DATASETS]
     if unknown:
-        raise ValueError(
-            f"unknown dataset(s) {unknown}; known datasets: {', '.join(KNOWN_DATASETS)}"
-        )
+        raise ValueError(f"unknown dataset(s) {unknown}; known datasets: {', '.join(DATASETS)}")
     return names
 
 
