@@ -23,16 +23,15 @@ from pathlib import Path
 
 import pytest
 
+from lbp_wht.experiments.catalog import Cell, table_cells
 from lbp_wht.records import read_record, write_record
 from lbp_wht.sweep import (
-    Cell,
     Run,
     RunLock,
     dry_run_listing,
     parse_progress,
     run_state,
     run_sweep,
-    table_cells,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,29 +360,28 @@ def _expected_ids(table: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep_cli():
+def table_lib():
     if not (ROOT / "configs" / "table2").is_dir():
         pytest.skip("generated configs missing: run tools/gen_configs.py")
-    sys.path.insert(0, str(ROOT / "tools"))
-    import sweep as cli  # tools/sweep.py
+    from lbp_wht.experiments import runs
 
-    return cli
+    return runs
 
 
 @pytest.mark.parametrize("table", ["2", "3", "4", "5", "6", "7"])
-def test_table_sweeps_are_exactly_the_papers_runs(sweep_cli, table, tmp_path):
-    runs = sweep_cli.table_runs([table], seeds=[0], work_root=tmp_path)
+def test_table_sweeps_are_exactly_the_papers_runs(table_lib, table, tmp_path):
+    runs = table_lib.table_runs([table], seeds=[0], work_root=tmp_path)
     assert {r.run_id for r in runs} == _expected_ids(table)
     for run in runs:
         config = ROOT / run.command[2]
         assert config.is_file(), run.shell()
         assert run.work_dir == tmp_path / run.run_id and run.cwd == str(ROOT)
     # Seeds multiply the runs; shared cells (Table 2 / 4 / 6 / figures) run once.
-    assert len(sweep_cli.table_runs([table], seeds=[0, 1], work_root=tmp_path)) == 2 * len(runs)
+    assert len(table_lib.table_runs([table], seeds=[0, 1], work_root=tmp_path)) == 2 * len(runs)
 
 
-def test_cells_without_a_generated_config_override_the_method(sweep_cli, tmp_path):
-    runs = sweep_cli.table_runs(
+def test_cells_without_a_generated_config_override_the_method(table_lib, tmp_path):
+    runs = table_lib.table_runs(
         ["5", "fig3", "figures", "2", "4"],
         seeds=[0],
         work_root=tmp_path,
@@ -409,7 +407,7 @@ def test_cells_without_a_generated_config_override_the_method(sweep_cli, tmp_pat
     assert "figure5" in spectrum.command[2]
 
 
-def test_reproduce_scripts_dry_run(sweep_cli, tmp_path):
+def test_reproduce_scripts_dry_run(table_lib, tmp_path):
     for name in [f"reproduce_table{n}.sh" for n in range(2, 9)] + ["reproduce_figures.sh"]:
         path = ROOT / "scripts" / name
         assert path.is_file() and os.access(path, os.X_OK), path
