@@ -16,9 +16,9 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
+from lbp_wht.experiments.catalog import Cell  # noqa: E402
 from lbp_wht.records import write_record  # noqa: E402  (after the optional-extra checks)
 from lbp_wht.reporting import figures, tables  # noqa: E402
-from lbp_wht.sweep import Cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper"

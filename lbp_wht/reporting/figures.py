@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from ..experiments.catalog import FIG5_CELL, Cell, read_paper_rows  # noqa: E402
 from ..experiments.vocab import (  # noqa: E402
     BASE_LABELS,
     DATASETS,
@@ -43,7 +44,6 @@ from ..experiments.vocab import (  # noqa: E402
     method_key,
     norm_dataset,
 )
-from ..sweep import FIG5_CELL, Cell, read_paper_rows  # noqa: E402
 from .tables import (  # noqa: E402
     as_number,
     cell_stat,

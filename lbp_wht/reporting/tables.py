@@ -42,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..experiments.catalog import read_paper_rows
 from ..experiments.vocab import (
     BASE_LABELS,
     CLS_DATASETS,
@@ -58,7 +59,6 @@ from ..experiments.vocab import (
     short_model_name,
 )
 from ..records import read_records
-from ..sweep import read_paper_rows
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
