@@ -44,8 +44,8 @@ from ..experiments.vocab import (  # noqa: E402
     method_key,
     norm_dataset,
 )
+from .render import as_number  # noqa: E402
 from .tables import (  # noqa: E402
-    as_number,
     cell_stat,
     cost_of,
     load_cost,

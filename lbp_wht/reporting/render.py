@@ -10,6 +10,7 @@ behind) and ``StrictUndefined`` (a misspelt variable is an error, not an empty s
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Sequence
 from functools import cache
@@ -93,3 +94,18 @@ def _typed(v: str | None) -> Any:
         except ValueError:
             pass
     return v
+
+
+def as_number(v: Any) -> float | None:
+    """``v`` as a float, or None for empty / NaN / non-numeric cells."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = v.strip().rstrip("x×")
+        if not v:
+            return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f

@@ -59,6 +59,7 @@ from ..experiments.vocab import (
     short_model_name,
 )
 from ..records import read_records
+from .render import as_number
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -68,21 +69,6 @@ def rank_cell(key: tuple, lora_rank: Any = None) -> str:
     Full BP and head only (:func:`lbp_wht.experiments.vocab.rank_of`)."""
     rank = rank_of(key, lora_rank)
     return "-" if rank is None else str(rank)
-
-
-def as_number(v: Any) -> float | None:
-    """``v`` as a float, or None for empty / NaN / non-numeric cells."""
-    if v is None:
-        return None
-    if isinstance(v, str):
-        v = v.strip().rstrip("x×")
-        if not v:
-            return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 # ------------------------------------------------------------------------------- run records
