@@ -42,7 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from lbp_wht.reporting import tables
-    from lbp_wht.reporting.figures import make_figures
 
     try:
         tables.check_models(args.models)
@@ -51,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     if args.spectrum and not Path(args.spectrum).is_file():
         p.error(f"--spectrum {args.spectrum} does not exist")
+    from lbp_wht.reporting.figures import make_figures  # matplotlib: after the checks
+
     try:
         written = make_figures(
             runs_roots=args.runs,
