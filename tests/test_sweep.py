@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from lbp_wht.experiments.catalog import Cell, table_cells
-from lbp_wht.records import read_record, write_record
+from lbp_wht.records import STALE_MARK, read_record, write_record
 from lbp_wht.sweep import (
     Run,
     RunLock,
@@ -155,7 +155,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 60) -> str:
 
 
 def _records(work: Path) -> dict[str, dict]:
-    return {p.parent.name: read_record(p) for p in sorted(work.glob("*/record.json"))}
+    """The records of the runs (not of earlier attempts the sweep moved aside)."""
+    paths = sorted(work.glob("*/record.json"))
+    return {p.parent.name: read_record(p) for p in paths if STALE_MARK not in p.parent.name}
 
 
 def _wait_for_complete(work: Path, n: int, timeout: float = 30) -> None:
@@ -193,6 +195,10 @@ def test_killed_sweep_restarts_to_the_same_records(fake, reference, kill_childre
     # was in flight was either awaited (its orphan finished it) or cleaned and redone.
     assert ends == Counter({f"run{i}": 1 for i in range(N_RUNS)}), ends
     assert "already complete (skipped)" in out
+    # A half-done attempt was moved aside with what it had written, not deleted.
+    for aside in (p for p in work.iterdir() if STALE_MARK in p.name):
+        run = aside.name.split(STALE_MARK)[0]
+        assert before.get(run, {}).get("status") != "complete" and str(aside) in out
 
 
 def test_two_concurrent_sweeps_never_run_the_same_run(fake, reference):
