@@ -24,6 +24,7 @@ import platform
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..experiments.vocab import lbp_options, parse_config_tag
 from ..records import read_record, read_records, write_record
@@ -174,9 +175,11 @@ def _n(x: float) -> str:
     return "n/a, one seed" if math.isinf(x) else f"{x:.2f}"
 
 
-def claims(s: Stats) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) for each claim of the paper the demo can test."""
-    out: list[tuple[str, str, str]] = []
+def claims(s: Stats) -> list[dict[str, Any]]:
+    """One dict per claim of the paper the demo can test, in the report's order: ``claim``
+    (which one: the template ``mini_claims.j2`` words it), ``verdict`` (computed from the
+    numbers with the thresholds above) and the numbers the evidence quotes."""
+    out: list[dict[str, Any]] = []
 
     # 0. Calibration: can the task tell methods apart at all?
     full, head = s.acc(FULL), s.acc(HEAD)
@@ -184,21 +187,17 @@ def claims(s: Stats) -> list[tuple[str, str, str]]:
         d = full[0] - head[0]
         ok = d >= CLEAR_MARGIN and d > _noise(full, head)
         out.append(
-            (
-                "Calibration (not a paper claim): adapting the backbone matters on this task, "
-                f"i.e. Full BP beats training the head only by at least {CLEAR_MARGIN:.0f} points",
-                "holds" if ok else "does NOT hold",
-                f"Full BP {_fmt_acc(full)} vs head only {_fmt_acc(head)}: {d:+.2f} points.",
+            dict(
+                claim="calibration",
+                verdict="holds" if ok else "does NOT hold",
+                full=full,
+                head=head,
+                diff=d,
+                margin=CLEAR_MARGIN,
             )
         )
     elif full[0] is not None:
-        out.append(
-            (
-                "Calibration: Full BP vs head only",
-                "not tested",
-                "no head-only records (lbp.method='head_only' runs missing).",
-            )
-        )
+        out.append(dict(claim="calibration_untested", verdict="not tested"))
 
     # 1. LBP-WHT vs LoRA-all at similar (or lower) cost.
     la, la_c = s.acc(LORA_ALL), s.mflops(LORA_ALL)
@@ -209,40 +208,31 @@ def claims(s: Stats) -> list[tuple[str, str, str]]:
     ]
     if la[0] is not None and la_c and cands:
         cheap = [(r, a, c) for r, a, c in cands if c <= SIMILAR_COST * la_c]
-        lines = [f"LoRA-all {_fmt_acc(la)} at {la_c:.1f} MFLOPs."]
-        for r, a, c in cheap:
-            lines.append(
-                f"LP_L1-{r}: {_fmt_acc(a)} at {c:.1f} MFLOPs ({la_c / c:.2f}x less than "
-                f"LoRA-all): {a[0] - la[0]:+.2f} points (2 SE of the difference: "
-                f"{_n(_noise(a, la))})."
-            )
+        better = [r for r, a, _ in cheap if a[0] - la[0] > _noise(a, la)]
+        worse = [r for r, a, _ in cheap if la[0] - a[0] > _noise(a, la)]
         if not cheap:
             verdict = "not tested"
-            lines.append("no LP_L1-r run costs at most LoRA-all's MFLOPs")
+        elif better and not worse:
+            verdict = "agrees"
+        elif better:
+            verdict = "partly agrees"
+        elif worse and len(worse) == len(cheap):
+            verdict = "does NOT agree"
         else:
-            better = [r for r, a, _ in cheap if a[0] - la[0] > _noise(a, la)]
-            worse = [r for r, a, _ in cheap if la[0] - a[0] > _noise(a, la)]
-            if better and not worse:
-                verdict = "agrees"
-            elif better:
-                verdict = "partly agrees"
-            elif worse and len(worse) == len(cheap):
-                verdict = "does NOT agree"
-            else:
-                verdict = "inconclusive (within noise)" if not worse else "partly disagrees"
-            lines.append(
-                "Better beyond noise: "
-                + (", ".join(f"LP_L1-{r}" for r in better) or "none")
-                + "; worse beyond noise: "
-                + (", ".join(f"LP_L1-{r}" for r in worse) or "none")
-                + "."
-            )
+            verdict = "inconclusive (within noise)" if not worse else "partly disagrees"
         out.append(
-            (
-                "LBP-WHT reaches higher accuracy than LoRA-all at similar or lower backprop "
-                f"cost (rows with at most {SIMILAR_COST:.2f}x LoRA-all's MFLOPs)",
-                verdict,
-                " ".join(lines),
+            dict(
+                claim="lbp_vs_lora_all",
+                verdict=verdict,
+                similar_cost=SIMILAR_COST,
+                lora_all=la,
+                lora_all_mflops=la_c,
+                rows=[
+                    dict(r=r, acc=a, mflops=c, diff=a[0] - la[0], noise=_noise(a, la))
+                    for r, a, c in cheap
+                ],
+                better=better,
+                worse=worse,
             )
         )
 
@@ -256,27 +246,24 @@ def claims(s: Stats) -> list[tuple[str, str, str]]:
             slope = (
                 g / ((c1 - c0) / 1e3) if c0 is not None and c1 is not None and c1 != c0 else None
             )
-            steps.append((r0, r1, g, slope, _noise(a0, a1)))
+            steps.append(dict(r0=r0, r1=r1, gain=g, slope=slope, noise=_noise(a0, a1)))
             if g < -_noise(a0, a1):
                 mono = False
-        first, last = steps[0][2], steps[-1][2]
-        diminishing = first > last
+        diminishing = steps[0]["gain"] > steps[-1]["gain"]
         verdict = (
             "agrees"
             if mono and diminishing
             else ("partly agrees" if mono or diminishing else "does NOT agree")
         )
-        ev = "; ".join(
-            f"LP_L1-{r0}->{r1}: {g:+.2f} points"
-            + (f" ({sl:+.1f} points/GFLOP)" if sl is not None else "")
-            + f" [2 SE {_n(n)}]"
-            for r0, r1, g, sl, n in steps
+        out.append(
+            dict(
+                claim="rises_with_r",
+                verdict=verdict,
+                steps=steps,
+                rising=mono,
+                diminishing=diminishing,
+            )
         )
-        ev += (
-            f". Rising (no step down beyond noise): {'yes' if mono else 'no'}; "
-            f"first gain > last gain: {'yes' if diminishing else 'no'}."
-        )
-        out.append(("Accuracy rises with r, with diminishing returns", verdict, ev))
 
     # 3. LP_L1-8 close to Full BP (accuracy), at ~80% of its computation (Sec. 4.2).
     p8 = s.acc(lp(8))
@@ -284,20 +271,23 @@ def claims(s: Stats) -> list[tuple[str, str, str]]:
         d = p8[0] - full[0]
         ok = abs(d) <= CLOSE or d > 0
         out.append(
-            (
-                f"LP_L1-8 matches Full BP's accuracy (here: within {CLOSE:.0f} point, or above)",
-                "agrees" if ok else "does NOT agree",
-                f"LP_L1-8 {_fmt_acc(p8)} vs Full BP {_fmt_acc(full)}: {d:+.2f} points.",
+            dict(
+                claim="lp8_accuracy",
+                verdict="agrees" if ok else "does NOT agree",
+                close=CLOSE,
+                lp8=p8,
+                full=full,
+                diff=d,
             )
         )
         c8, cf = s.mflops(lp(8)), s.mflops(FULL)
         if c8 and cf:
-            frac = c8 / cf
             out.append(
-                (
-                    "LP_L1-8 needs about 80% of Full BP's computation (Sec. 4.2)",
-                    "agrees" if frac <= 0.9 else "does NOT agree",
-                    f"measured {c8:.1f} vs {cf:.1f} backprop MFLOPs per image = {100 * frac:.0f}%.",
+                dict(
+                    claim="lp8_cost",
+                    verdict="agrees" if c8 / cf <= 0.9 else "does NOT agree",
+                    lp8_mflops=c8,
+                    full_mflops=cf,
                 )
             )
 
@@ -307,12 +297,18 @@ def claims(s: Stats) -> list[tuple[str, str, str]]:
         loss = full[0] - p4[0]
         faster, small = cf / c4 > 1.0, loss <= CLOSE
         out.append(
-            (
-                "LP_L1-4 trains faster than Full BP at about 1 point of accuracy "
-                "(paper, EfficientFormer-L1 on CIFAR-100: 3.5x speedup, 1% loss)",
-                "agrees" if faster and small else ("partly agrees" if faster else "does NOT agree"),
-                f"{cf / c4:.2f}x fewer backprop MFLOPs ({c4:.1f} vs {cf:.1f}); accuracy "
-                f"{_fmt_acc(p4)} vs {_fmt_acc(full)}: {-loss:+.2f} points.",
+            dict(
+                claim="lp4_speedup",
+                verdict=(
+                    "agrees"
+                    if faster and small
+                    else ("partly agrees" if faster else "does NOT agree")
+                ),
+                lp4=p4,
+                lp4_mflops=c4,
+                full=full,
+                full_mflops=cf,
+                diff=-loss,
             )
         )
 
@@ -322,13 +318,16 @@ def claims(s: Stats) -> list[tuple[str, str, str]]:
         d_inf, d_lhe = a4[0] - ainf[0], a4[0] - alhe[0]
         ok = d_inf >= -_noise(a4, ainf) and d_lhe >= -_noise(a4, alhe)
         out.append(
-            (
-                "Table 4: the cheap LP_L1 selection is as good as LP_Linf and the profiled "
-                "LHE selection (paper, CIFAR-100: 78.27 / 77.64 / 78.06)",
-                "agrees" if ok else "does NOT agree",
-                f"LP_L1-4 {_fmt_acc(a4)}, LP_Linf-3 {_fmt_acc(ainf)}, LHE {_fmt_acc(alhe)}: "
-                f"LP_L1-4 minus LP_Linf-3 {d_inf:+.2f} [2 SE {_n(_noise(a4, ainf))}], "
-                f"minus LHE {d_lhe:+.2f} [2 SE {_n(_noise(a4, alhe))}].",
+            dict(
+                claim="table4",
+                verdict="agrees" if ok else "does NOT agree",
+                lp4=a4,
+                linf3=ainf,
+                lhe=alhe,
+                diff_linf=d_inf,
+                noise_linf=_noise(a4, ainf),
+                diff_lhe=d_lhe,
+                noise_lhe=_noise(a4, alhe),
             )
         )
     return out
@@ -470,6 +469,9 @@ def write_report(
         mean_run_s=f"{sum(run_walls) / len(run_walls):.0f}" if run_walls else None,
         runs=runs,
         verdicts=claims(s),
+        acc=_fmt_acc,
+        se2=_n,
+        spec=format,
         pre_acc=f"{pre['value']:.2f}" if pre and pre.get("value") is not None else None,
         forward_mflops=f"{fwd:.1f}" if fwd else None,
         pretrain_iters=pretrain_iters,
