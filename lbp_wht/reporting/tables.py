@@ -59,7 +59,7 @@ from ..experiments.vocab import (
     short_model_name,
 )
 from ..records import read_records
-from .render import as_number
+from .render import as_number, render
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -775,15 +775,11 @@ def _headers(t: Table) -> list[str]:
 
 
 def to_markdown(t: Table) -> str:
+    """The table in Markdown (template ``paper_table.md.j2``): title, what the cells hold, one
+    line per row (a bold line per section), the notes."""
     lead = _headers(t)
     heads = lead + [x for c in t.columns for x in (c.header, f"{c.header} (paper)")]
     lines = [
-        f"# {t.title}",
-        "",
-        "Each metric: **ours** (mean ± sample std over seeds where there are several) and "
-        "**(paper)** beside it. Empty cell: no complete run / cost record (or unreadable in "
-        "the paper); never filled in.",
-        "",
         "| " + " | ".join(heads) + " |",
         "|" + "|".join(["---"] * len(lead) + ["---:"] * (2 * len(t.columns))) + "|",
     ]
@@ -796,9 +792,7 @@ def to_markdown(t: Table) -> str:
             cells += [_fmt_ours(row.ours.get(c.name, Stat()), c), _fmt(row.paper.get(c.name), c)]
         lines.append("| " + " | ".join(cells) + " |")
         prev = row
-    if t.notes:
-        lines += [""] + [f"- {n}" for n in t.notes]
-    return "\n".join(lines) + "\n"
+    return render("paper_table.md.j2", title=t.title, lines=lines, notes=t.notes)
 
 
 _TEX_ESC = {
