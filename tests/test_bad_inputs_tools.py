@@ -167,6 +167,11 @@ def test_make_figures_bad_dataset_and_missing_spectrum(tmp_path: Path) -> None:
 def test_benchmark_latency_bad_options(tmp_path: Path) -> None:
     res = _tool(str(ROOT / "tools/benchmark_latency.py"), "--batches", "0")
     assert res.returncode == 2 and "--batches must be positive, got [0]" in res.stderr
+    res = _tool(str(ROOT / "tools/benchmark_latency.py"), "--device", "gpu0")
+    assert (
+        res.returncode == 2
+        and "--device must be cpu, cuda or cuda:<index>, got 'gpu0'" in res.stderr
+    )
     res = _tool(str(ROOT / "tools/benchmark_latency.py"), "--tables-only", "--out", str(tmp_path))
     assert res.returncode == 1 and "no benchmark CSV" in res.stderr and str(tmp_path) in res.stderr
 

@@ -17,6 +17,7 @@ the Markdown and figures in ``--out`` from the CSVs and their ``.run.json``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from lbp_wht.reporting.paths import LATENCY
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         bad = [v for v in getattr(args, name) if v < 1]
         if bad:
             p.error(f"--{name.replace('_', '-')} must be positive, got {bad}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
     if args.projection and args.ablation:
         p.error("--projection and --ablation are two separate runs: choose one")
     return args

@@ -29,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--runs",
         nargs="+",
-        default=[os.environ.get("WORK_ROOT", str(REPO / "work_dirs" / "paper"))],
-        help="directories searched for <run>/record.json and spectrum.json",
+        help="directories searched for <run>/record.json and spectrum.json "
+        "(default $WORK_ROOT or work_dirs/paper)",
     )
     p.add_argument("--cost", default=str(COST))
     p.add_argument("--paper", default=str(PAPER))
@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     if args.spectrum and not Path(args.spectrum).is_file():
         p.error(f"--spectrum {args.spectrum} does not exist")
+    for name, d in [*(("runs", r) for r in args.runs or []), ("cost", args.cost)]:
+        if not Path(d).exists():
+            print(f"make_figures: warning: --{name} {d} does not exist", file=sys.stderr)
+    args.runs = args.runs or [os.environ.get("WORK_ROOT", str(REPO / "work_dirs" / "paper"))]
     from lbp_wht.reporting.figures import make_figures  # matplotlib: after the checks
 
     try:
