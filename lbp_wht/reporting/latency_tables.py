@@ -189,7 +189,8 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     for i, (label, vals) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(keys))]
         ax.bar(xs, vals, width, label=label, color=colors[i % len(colors)])
-    ax.set_xticks(range(len(keys)), [f"({cx},{cy})\nLP_L1-{r}" for cx, cy, r in keys], fontsize=7)
+    ticks = [f"({cx},{cy})\n" + method_label(("lbp_wht", "lp_l1", r)) for cx, cy, r in keys]
+    ax.set_xticks(range(len(keys)), ticks, fontsize=7)
     ax.set_ylabel("backprop speedup vs Full BP")
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.6)
