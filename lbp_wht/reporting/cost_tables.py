@@ -43,7 +43,7 @@ from ..experiments.vocab import (
     parse_config_tag,
 )
 from ..records import read_record, write_record
-from .paths import COST, PAPER, REPO
+from .paths import CONFIGS, COST, PAPER, REPO
 from .render import as_number, render, write_rows_csv, write_text
 
 #: Every table this module makes.
@@ -259,7 +259,7 @@ class CostTables:
         scope and dataset (the methods of the cost tables only)."""
         keys = []
         pat = f"{model}_{scope}_*_{dataset}.py"
-        for path in sorted(set((REPO / "configs" / f"table{table}").rglob(pat))):
+        for path in sorted(set((CONFIGS / f"table{table}").rglob(pat))):
             try:
                 key = parse_config_tag(parse_config_name(path.name)[2])
             except ValueError:
