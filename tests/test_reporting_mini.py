@@ -99,3 +99,35 @@ def test_every_claim_kind_is_worded() -> None:
         "LP_L1-2: 81.00 ± 0.50 (n=3) at 15.0 MFLOPs (2.00x less than LoRA-all): +1.00 points "
         "(2 SE of the difference: 1.50). Better beyond noise: none; worse beyond noise: none."
     )
+
+
+def test_proxy_tables_and_figure_data_regenerate_from_the_committed_runs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from lbp_wht.reporting import figures, tables
+
+    runs, cost = tables.load_runs([MINI / "runs" / "adapt"]), tables.load_cost(MINI / "cost")
+    tables.make_tables(
+        runs=runs,
+        cost=cost,
+        paper_dir=ROOT / "results" / "paper",
+        out=tmp_path,
+        tables=["2", "4"],
+        models=[mini.MODEL],
+        datasets=[mini.DATASET],
+    )
+    for name in ("table2/table2", "table4/table4"):
+        for ext in (".md", ".csv", ".tex"):
+            assert (tmp_path / (name + ext)).read_text() == (MINI / (name + ext)).read_text()
+    spectrum = next((MINI / "runs" / "spectrum").glob("*/spectrum.json"))
+    figures.make_figures(
+        runs_roots=[MINI / "runs" / "adapt"],
+        cost_dir=MINI / "cost",
+        paper_dir=ROOT / "results" / "paper",
+        out=tmp_path / "figures",
+        models=[mini.MODEL],
+        dataset=mini.DATASET,
+        spectrum=spectrum,
+    )
+    for n in (3, 4, 5):
+        data = f"figure{n}_data.csv"
+        assert (tmp_path / "figures" / data).read_text() == (MINI / "figures" / data).read_text()
