@@ -5,7 +5,7 @@ Pure data (imports only the standard library): ``get_preset(...)`` returns the `
 the qualified names of the whole OpenMMLab model (``backbone.*``, ``head.*``,
 ``decode_head.*``) built as in :func:`model_config`; ``*`` also matches dots.
 
-Layer choices follow the authors' experiment configurations (``NOTES-paper.md``):
+Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.md``):
 
 * Where LBP-WHT goes (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8):
   EfficientFormer L1/L7: Meta4D ``mlp.fc1``/``mlp.fc2`` (1x1 convs), Meta3D
@@ -133,8 +133,9 @@ class Preset:
         norm_eval: keep BatchNorm layers in eval mode (running statistics) while training:
             True wherever BatchNorm sits in the trained region (hybrid models; Segformer's
             decode head). LBP-WHT's projected gradient does not commute with batch
-            statistics (see NOTES-paper.md); the authors' classification configs used it for
-            every method, so it is on for every method here too, keeping methods comparable.
+            statistics (``docs/PAPER_NOTES.md``, "Why norm_eval matters"); the authors'
+            classification configs used it for every method, so it is on for every method
+            here too, keeping methods comparable.
         model, method, scope: the arguments this preset was made for.
     """
 
