@@ -207,6 +207,18 @@ def _task(model: str) -> str:
     return info.task if info else "cls"
 
 
+def _keep(table: str, cells: list[Cell], field: str, wanted: list[str]) -> list[Cell]:
+    """The cells whose ``field`` is one of ``wanted``; a ValueError naming any wanted value
+    the table does not have."""
+    have = {getattr(c, field) for c in cells}
+    unknown = set(wanted) - have
+    if unknown:
+        raise ValueError(
+            f"table {table} has no {field}(s) {sorted(unknown)}; its {field}s: {sorted(have)}"
+        )
+    return [c for c in cells if getattr(c, field) in wanted]
+
+
 def table_cells(
     table: str,
     paper_dir: str | os.PathLike = PAPER_DIR,
@@ -261,22 +273,9 @@ def table_cells(
                     )
                 )
     if models:
-        unknown = set(models) - {c.model for c in cells}
-        if unknown:
-            raise ValueError(
-                f"table {table} has no model(s) {sorted(unknown)}; its models: "
-                f"{sorted({c.model for c in cells})}"
-            )
-        cells = [c for c in cells if c.model in models]
+        cells = _keep(table, cells, "model", list(models))
     if datasets:
-        datasets = [norm_dataset(d) for d in datasets]
-        unknown = set(datasets) - {c.dataset for c in cells}
-        if unknown:
-            raise ValueError(
-                f"table {table} has no dataset(s) {sorted(unknown)}; its datasets: "
-                f"{sorted({c.dataset for c in cells})}"
-            )
-        cells = [c for c in cells if c.dataset in datasets]
+        cells = _keep(table, cells, "dataset", [norm_dataset(d) for d in datasets])
     return cells
 
 
