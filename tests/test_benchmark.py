@@ -105,3 +105,22 @@ def test_committed_latency_markdown_rebuilds_from_its_csvs(tmp_path: Path) -> No
     (tmp_path / "lat" / "ablation_cpu.run.json").unlink()
     with pytest.raises(FileNotFoundError, match="ablation_cpu.run.json"):
         latency_tables.rerender(tmp_path / "lat")
+
+
+def test_e2e_backward_benchmark_on_the_mini_model(tmp_path: Path) -> None:
+    pytest.importorskip("mmpretrain")
+    from lbp_wht.benchmark.e2e import run_e2e
+
+    rows = run_e2e(
+        model="mini-efficientformer", batch=2, size=28, rounds=2, num_classes=5, log=lambda s: None
+    )
+    assert [r["method"] for r in rows] == ["Full BP", "LoRA-all", "LP_L1-2", "LP_L1-4", "LP_L1-6"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["flop_speedup"] == 1.0
+    lp2, lp6 = rows[2], rows[4]
+    assert lp2["backprop_gflops"] < lp6["backprop_gflops"]  # fewer bases, fewer FLOPs
+    assert lp2["trainable_params"] == rows[0]["trainable_params"]  # LBP-WHT trains the same
+    paths = latency_tables.write_e2e(rows, tmp_path, latency_tables.run_meta("tools/x.py"))
+    assert {p.suffix for p in paths} == {".csv", ".md", ".png", ".pdf", ".json"}
+    md = (tmp_path / "e2e_backward_cpu.md").read_text()
+    assert md.startswith("# End-to-end backward time, mini-efficientformer partial training")
+    assert "| LP_L1-4 |" in md
