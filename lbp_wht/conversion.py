@@ -160,11 +160,15 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
             continue
         canon = key if key in valid else legacy.get(key, key)
         if canon not in valid:
-            hint = difflib.get_close_matches(str(key), [*valid, *legacy], n=1)
+            others = [m for m in CONVERSIONS if canon in _valid_keys(m)]
+            if others:
+                hint = f" (it applies to method {' / '.join(map(repr, others))})"
+            else:
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
                 f"rule {index} (target={target!r}, method={method!r}): unknown key {key!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; valid keys: {sorted(valid)}"
+                f"{hint}; valid keys: {sorted(valid)}"
             )
         if canon in opts:
             raise ValueError(

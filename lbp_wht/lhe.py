@@ -94,15 +94,16 @@ class LHEProfiler:
             m.record_spectrum = False
         self.active = False
 
-    def sync(self, reduce: Reduce | None = None) -> None:
-        """Add what the layers recorded since the last sync to the totals; count an iteration.
+    def sync(self, reduce: Reduce | None = None, *, count: bool = True) -> None:
+        """Add what the layers recorded since the last sync to the totals; with ``count``
+        (the default: call it once per training iteration) count one profiled iteration.
 
         ``reduce`` (e.g. a cross-process sum returning a new tensor) is applied to all new
         spectra and step counts at once, so every process ends with the same totals. The
         layers' own ``spectrum_energy`` is left as it is (a Figure 5 recording of the same
         layer keeps counting).
         """
-        self.iterations += 1
+        self.iterations += int(count)
         if not self.layers:
             return
         names = list(self.layers)
@@ -143,7 +144,7 @@ class LHEProfiler:
         chosen, silent = {}, []
         for name, energy in self.energies().items():
             m = self.layers[name]
-            if not torch.any(energy > 0):
+            if bool(torch.isfinite(energy).all()) and not torch.any(energy > 0):
                 silent.append(name)
                 continue
             try:

@@ -16,7 +16,8 @@ DT = torch.float64
 FULL = LBPConfig(radius=15, padding="zero")  # all 64 bases: exact backprop
 
 
-def _resolve(shape, geometry=MapGeometry(), conv=False, source=None):
+def _resolve(shape, geometry=None, conv=False, source=None):
+    geometry = MapGeometry() if geometry is None else geometry
     return resolve_map(torch.zeros(shape), geometry, conv=conv, what="layer X", source=source)
 
 

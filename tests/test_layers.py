@@ -364,3 +364,28 @@ def test_lbp_lora_takes_lhe_rank_separately_from_adapter_rank():
         model = nn.Sequential(nn.Linear(4, 4))
         convert(model, [rule])
         assert model[0].lbp_config.num_bases == 5 and model[0].lora_rank == 8
+
+
+# ---- prefix tokens cost nothing -------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["lbp", "lbp_lora"])
+def test_prefix_tokens_save_a_copy_not_a_view_of_the_input(kind):
+    """(8, 197, 384): 1 class token + a 14x14 map. Saving x[:, :1] as a view would keep all
+    of x (2.42 MB) alive; a copy of the prefix rows costs (P*R + 1) / 197 of it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(384, 384)
+    geo = MapGeometry(prefix_tokens=1)
+    if kind == "lbp":
+        layer = LBPLinear.from_module(lin, LBPConfig(radius=4), geometry=geo)
+    else:
+        layer = LBPLoRALinear.from_module(
+            lin, LBPConfig(radius=4), LoRAConfig(rank=8), geometry=geo
+        )
+    x = torch.randn(8, 197, 384, requires_grad=True)
+    plain = x.numel() * 4  # what nn.Linear saves for its weight gradient
+    got = saved_bytes(lambda: layer(x))
+    patches, r = 4, 10  # 14x14 padded to 16x16: 2x2 patches of 8x8, LP_L1-4 keeps 10 bases
+    assert got == 8 * (patches * r + 1) * 384 * 4  # x_hat + the copied class token
+    assert got <= plain * (patches * r + 1) / 197 + 1
+    y = layer(x)
+    y.sum().backward()  # and the gradients still flow to the prefix token
+    assert x.grad[:, 0].abs().sum() > 0

@@ -174,7 +174,8 @@ class LBPWHTHook(Hook):
     def _finish_lhe(self, runner: Any, cfg: dict) -> None:
         profiler = self._lhe
         assert profiler is not None
-        profiler.sync(_sum_over_ranks)  # anything recorded after the last iteration's sync
+        # anything recorded after the last iteration's sync (not another iteration)
+        profiler.sync(_sum_over_ranks, count=False)
         try:
             chosen = profiler.choose()
         except RuntimeError as err:
