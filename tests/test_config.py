@@ -107,3 +107,42 @@ def test_configs_are_frozen():
     cfg = LBPConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.radius = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "block,want",
+    [
+        (dict(method="lbp_wht", model="m"), LBPConfig(radius=4)),
+        (
+            dict(method="lbp_wht", model="m", select="lp_linf", r=3),
+            LBPConfig(selection="lp_linf", radius=3),
+        ),
+        (
+            dict(method="lbp_wht", model="m", select="lhe", rank=10),
+            LBPConfig(selection="lhe", num_bases=10),
+        ),
+        (
+            dict(method="lbp_wht+lora_all", model="m", r=2, padding="zero"),
+            LBPConfig(radius=2, padding="zero"),
+        ),
+        (dict(method="lora_all", model="m"), None),
+    ],
+)
+def test_mmengine_lbp_block_maps_onto_the_typed_configs(block, want):
+    """Config files keep their keys (select, r, rank, lora_rank, lora_alpha); build.py maps
+    them onto LBPConfig / LoRAConfig."""
+    pytest.importorskip("mmengine")
+    from lbp_wht.integrations.build import (
+        lbp_config_from_block,
+        lbp_rank,
+        lora_config_from_block,
+        validate_lbp_cfg,
+    )
+
+    cfg = validate_lbp_cfg(block)
+    assert lbp_config_from_block(cfg) == want
+    assert lbp_rank(cfg) == (None if want is None else want.num_bases)
+    lora = lora_config_from_block(cfg)
+    assert (lora is None) == ("lora" not in block["method"])
+    if lora is not None:
+        assert (lora.rank, lora.alpha) == (8, 8.0)
