@@ -406,11 +406,13 @@ def convert(
                 skip("task head (the model's classifier); target it explicitly to convert it")
                 continue
             adapted = plan.geometry_for(name) if plan is not None else None
+            if isinstance(adapted, str) and rule.method == "lora":
+                adapted = None  # plain LoRA needs no map
             if isinstance(adapted, str):  # the family adapter says: not a map
                 if every:
                     skip(adapted)
                     continue
-                if not rule.geometry and rule.method != "lora":
+                if not rule.geometry:
                     raise ValueError(
                         f"rule {rule.index} targets {name!r}, which cannot take LBP-WHT: "
                         f"{adapted}. Exclude it, or give its layout / prefix_tokens / hw in the "
@@ -454,10 +456,13 @@ def convert(
             if plan is not None:
                 plan.attach(name, new)
             g = new.geometry
-            src = f", hw from {new.map_source.describe}" if new.map_source is not None else ""
-            geo_text = f"layout={g.layout} prefix={g.prefix_tokens}" + (
-                f" hw={g.hw}" if g.hw else src
-            )
+            if isinstance(new, nn.Conv2d):
+                geo_text = "NCHW map"
+            else:
+                src = f", hw from {new.map_source.describe}" if new.map_source else ""
+                geo_text = f"layout={g.layout} prefix={g.prefix_tokens}" + (
+                    f" hw={g.hw}" if g.hw else src
+                )
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, new)
         report.replaced.append(

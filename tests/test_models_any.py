@@ -226,6 +226,8 @@ def test_mobilevitv2_unfolded_patches_are_skipped_or_refused():
     _assert_same_grads(_step(model, x), _step(ref, x))  # what was converted is exact
     with pytest.raises(ValueError, match=r"transformer\.0\.attn\.qkv_proj.*\(B, C, P, N\)"):
         convert(ref, [dict(target="stages.3.1.transformer.0.attn.qkv_proj", method="lbp")])
+    lora = convert(copy.deepcopy(ref), [dict(target="all-linear", method="lora")])
+    assert "stages.3.1.transformer.0.attn.qkv_proj" in lora.names()  # LoRA needs no map
 
 
 def test_coat_says_what_it_needs_then_works_exactly():

@@ -277,8 +277,3 @@ def remove_geometry_hooks(model: nn.Module) -> int:
         if MAP_SIZE_ATTR in vars(m):
             delattr(m, MAP_SIZE_ATTR)
     return removed
-
-
-def describe(model: nn.Module) -> list[str]:
-    """The families recognised in ``model`` (for reports)."""
-    return plan_geometry(model).families
