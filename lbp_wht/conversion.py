@@ -575,13 +575,9 @@ class TrainableSummary:
 
 
 def trainable_summary(model: nn.Module) -> TrainableSummary:
-    """How many parameters train (shared Parameters counted once)."""
-    seen: set[int] = set()
+    """How many parameters train (``parameters()`` counts shared Parameters once)."""
     trainable = total = tensors = 0
     for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
