@@ -107,7 +107,7 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     if lbp is None:
         raise LBPConfigError(
             "the config has no `lbp = dict(method=..., model=..., scope=...)` block; "
-            "inherit one of configs/_base_/methods/*.py"
+            "inherit configs/_base_/method.py and set lbp.method, lbp.model and lbp.scope"
         )
     lbp = dict(lbp)
     unknown = sorted(set(lbp) - set(LBP_DEFAULTS))
