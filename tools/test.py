@@ -4,19 +4,17 @@
 
 The model is built exactly as for training (same conversion; converted layers run their plain
 forward in eval mode) and the checkpoint is loaded with the same key checks. Writes
-``<work_dir>/test_record.json`` (``kind='test'``) with the metrics.
+``<work_dir>/test_record.json`` (``kind='test'``) with the metrics; non-finite metrics fail the
+run. Exit code: 0 done, 1 failed, 2 refused (missing inputs, bad config) before it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import lbp_wht.integrations  # noqa: E402,F401  (CPU shims before mmpretrain/mmseg/timm load)
+import lbp_wht.integrations  # noqa: F401  (CPU shims before mmpretrain/mmseg/timm load)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,26 +44,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from mmengine.config import Config
-    from mmengine.registry import RUNNERS
+    from lbp_wht.integrations import launch
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir") is None:
-        cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-    if "runner_type" not in cfg:
-        cfg.runner_type = "LBPWHTRunner"
-    runner = RUNNERS.build(cfg)
-    metrics = runner.test()
-    print({k: v for k, v in metrics.items()})
-    return 0
+    args = parse_args(argv)
+    return launch.main(
+        lambda: launch.effective_config(
+            args.config,
+            args.cfg_options,
+            work_dir=args.work_dir,
+            launcher=args.launcher,
+            load_from=args.checkpoint,
+        ),
+        "test",
+        launcher=args.launcher,
+    )
 
 
 if __name__ == "__main__":

@@ -166,18 +166,20 @@ def _edits(a: str, b: str) -> int:
     return d[-1][-1]
 
 
-def close_matches(name: str, candidates: Iterable[str]) -> list[str]:
+def close_matches(name: str, candidates: Iterable[str], fuzzy: bool = True) -> list[str]:
     """Candidates that ``name`` is probably a misspelling of (closest first).
 
     A candidate matches if it is within 1 edit (names up to 4 characters) or 2 edits (longer
-    names; an edit is an insertion, deletion, substitution or swap of neighbours), or if
-    ``difflib`` finds it similar.
+    names; an edit is an insertion, deletion, substitution or swap of neighbours), or, with
+    ``fuzzy``, if ``difflib`` finds it similar (ratio >= 0.75).
     """
     cands = list(dict.fromkeys(candidates))
     limit = 1 if len(name) <= 4 else 2
     scored = sorted((_edits(name, c), c) for c in cands if c != name)
     near = [c for dist, c in scored if dist <= limit]
-    return list(dict.fromkeys(near + difflib.get_close_matches(name, cands, n=3, cutoff=0.75)))
+    if fuzzy:
+        near += [c for c in difflib.get_close_matches(name, cands, n=3, cutoff=0.75) if c != name]
+    return list(dict.fromkeys(near))
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

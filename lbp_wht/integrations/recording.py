@@ -209,6 +209,10 @@ class RunRecordHook(Hook):
     def before_train(self, runner: Any) -> None:
         self._kind = "train"
         self._write(runner, "running", self.filename)
+        runner.lbp_run_started = True  # from here on a failure is recorded as such
+
+    def before_test(self, runner: Any) -> None:
+        runner.lbp_run_started = True
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, Any] | None = None) -> None:
         if metrics:
