@@ -78,3 +78,28 @@ def run_ok(*args: str, **kw) -> subprocess.CompletedProcess:
             f"{args[0]} exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def load_cfg(path: Path, options: list[str], work_dir: Path):
+    """Config as tools/train.py builds it (cfg-options merged), for in-process runners."""
+    from mmengine.config import Config, DictAction
+
+    import lbp_wht.integrations  # noqa: F401
+
+    cfg = Config.fromfile(str(path))
+    parsed = {}
+    for opt in options:
+        key, val = opt.split("=", 1)
+        parsed[key] = DictAction._parse_iterable(val)
+    cfg.merge_from_dict(parsed)
+    cfg.work_dir = str(work_dir)
+    cfg.launcher = "none"
+    return cfg
+
+
+def make_runner(cfg):
+    import torch
+    from mmengine.registry import RUNNERS
+
+    torch.set_num_threads(1)
+    return RUNNERS.build(cfg)
