@@ -22,7 +22,8 @@ Loading (:func:`load_checkpoint_file`)
 --------------------------------------
 Every checkpoint this project reads goes through ``torch.load(weights_only=True)`` with the
 allowlist of :func:`allow_mmengine_checkpoint_globals` (applied on import), and never through
-``weights_only=False``. Failures name the file: :class:`CheckpointNotFoundError` (missing),
+``weights_only=False``; zip-format files are CRC-checked first (``torch.load`` does not check
+tensor data, so a damaged copy would load as wrong weights). Failures name the file: :class:`CheckpointNotFoundError` (missing),
 :class:`CheckpointLoadError` (empty, truncated, corrupt, not a PyTorch checkpoint) and
 :class:`UnsafeCheckpointError` (the file asks for Python objects outside the allowlist, i.e. it
 could run code; refused).
@@ -47,6 +48,8 @@ import os
 import os.path as osp
 import pickle
 import re
+import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +185,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointLoadError(
             f"cannot load checkpoint {text}: the file is empty (0 bytes). {_UNREADABLE_HINT}"
         )
+    _verify_zip(p, size)
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -192,6 +196,29 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointLoadError(
             f"cannot load checkpoint {text} ({size} bytes): {_first_line(err)}. {_UNREADABLE_HINT}"
         ) from None
+
+
+def _verify_zip(path: Path, size: int) -> None:
+    """CRC-check every member of a zip-format checkpoint (torch's format since 1.6).
+
+    ``torch.load`` reads tensor data by offset without checking it, so damage inside the
+    data (a bad copy, a disk error) would load as silently wrong weights. Reading the file
+    once more costs about a second per GB (mostly from the page cache).
+    """
+    if not zipfile.is_zipfile(path):
+        return  # legacy (pre-1.6) pickle format, or not a checkpoint: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as err:
+        raise CheckpointLoadError(
+            f"cannot load checkpoint {path} ({size} bytes): {_first_line(err)}. {_UNREADABLE_HINT}"
+        ) from None
+    if bad is not None:
+        raise CheckpointLoadError(
+            f"cannot load checkpoint {path} ({size} bytes): its record {bad!r} fails the CRC "
+            f"check (the file is corrupt). {_UNREADABLE_HINT}"
+        )
 
 
 def _unpickling_error(path: str, err: pickle.UnpicklingError) -> Exception:

@@ -230,7 +230,7 @@ def check_config_keys(cfg: Config) -> None:
     for key in cfg.keys():
         if key in RUNNER_KEYS or key.startswith("_"):
             continue
-        near = [c for c in close_matches(key, RUNNER_KEYS, fuzzy=False) if c not in cfg]
+        near = close_matches(key, RUNNER_KEYS, fuzzy=False)
         if near:
             problems.append(
                 f"top-level config key `{key}` is read by nothing; did you mean "
