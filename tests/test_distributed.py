@@ -91,6 +91,9 @@ def test_two_process_training_gives_identical_weights(tmp_path):
     w0 = torch.load(wd / "weights_rank0.pt", weights_only=True)
     w1 = torch.load(wd / "weights_rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys()
+    # exact by construction: one machine, one thread, the same initial weights (DDP broadcasts
+    # rank 0's), the same all-reduced gradients (gloo sends every rank the same reduced bytes)
+    # and the same optimiser arithmetic on them
     for k in w0:
         assert torch.equal(w0[k], w1[k]), f"rank weights differ at {k}"
     # rank 0's checkpoint (loaded through the project's weights_only allowlist) holds them too

@@ -183,7 +183,7 @@ def test_load_from_unconverted_checkpoint(config, idx_root, tmp_path):
     loaded = runner.model.state_dict()
     converted = runner.model.lbp_info["report"].names()
     assert converted, "nothing converted"
-    for k, v in state.items():
+    for k, v in state.items():  # exact: loading copies tensors, no arithmetic
         assert torch.equal(loaded[k], v), k
     extra = set(loaded) - set(state)
     assert all(".lora_" in k for k in extra)  # only adapters are new
