@@ -11,41 +11,24 @@ run. Exit code: 0 done, 1 failed, 2 refused (missing inputs, bad config) before 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import lbp_wht.integrations  # noqa: F401  (CPU shims before mmpretrain/mmseg/timm load)
+from lbp_wht.integrations import launch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", help="checkpoint file")
     p.add_argument("--work-dir", help="where logs and test_record.json go")
-    p.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config entries, e.g. test_dataloader.dataset.data_root=PATH",
-    )
-    p.add_argument(
-        "--launcher",
-        choices=["none", "pytorch", "slurm", "mpi"],
-        default="none",
-        help="job launcher",
-    )
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    launch.add_common_arguments(p, "test_dataloader.dataset.data_root=PATH")
     args = p.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    launch.set_local_rank(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lbp_wht.integrations import launch
-
     args = parse_args(argv)
     return launch.main(
         lambda: launch.effective_config(

@@ -17,15 +17,13 @@ what is refused: README, "What survives a kill, what is refused".
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import lbp_wht.integrations  # noqa: F401  (CPU shims before mmpretrain/mmseg/timm load)
+from lbp_wht.integrations import launch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", help="config file")
     p.add_argument(
@@ -42,28 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="resume from CKPT, or from the newest loadable checkpoint in the work dir if no CKPT",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
-    p.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config entries, e.g. lbp.r=6 train_dataloader.batch_size=32",
-    )
-    p.add_argument(
-        "--launcher",
-        choices=["none", "pytorch", "slurm", "mpi"],
-        default="none",
-        help="job launcher",
-    )
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    launch.add_common_arguments(p, "lbp.r=6 train_dataloader.batch_size=32")
     args = p.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    launch.set_local_rank(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lbp_wht.integrations import launch
-
     args = parse_args(argv)
     return launch.main(
         lambda: launch.effective_config(

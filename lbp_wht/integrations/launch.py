@@ -70,6 +70,7 @@ __all__ = [
     "RunInterrupted",
     "WorkDirBusyError",
     "WorkDirHasRunError",
+    "add_common_arguments",
     "check_config_keys",
     "check_inputs",
     "check_override_keys",
@@ -78,6 +79,7 @@ __all__ = [
     "effective_config",
     "interruptible",
     "run",
+    "set_local_rank",
     "work_dir_lock_path",
 ]
 
@@ -548,6 +550,31 @@ def run(cfg: Config, kind: str = "train") -> dict[str, Any]:
             if isinstance(err, KeyboardInterrupt):
                 raise
             raise RunFailed(str(err)) from err
+
+
+def add_common_arguments(parser: Any, cfg_example: str) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank``: the options both tools share."""
+    from mmengine.config import DictAction
+
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help=f"override config entries, e.g. {cfg_example}",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help="job launcher",
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+
+
+def set_local_rank(args: Any) -> None:
+    """``LOCAL_RANK`` from ``--local-rank`` unless the launcher set it (as mmengine expects)."""
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
 
 
 def main(cfg_factory: Any, kind: str, *, resume: bool = False, launcher: str = "none") -> int:
