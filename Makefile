@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format demo data clean-venv
+.PHONY: setup test lint format demo data slurm clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# `data` installs Fashion-MNIST so the smoke run of the mini-reproduction runs in CI.
-test: setup lint data
+# `data` installs Fashion-MNIST so the smoke run of the mini-reproduction runs in CI; `slurm`
+# installs a real SLURM for the launcher tests (they skip, saying why, where it cannot).
+test: setup lint data slurm
 	$(BIN)/python -m pytest -q
 
 clean-venv:
@@ -56,3 +57,18 @@ data:
 # a re-run reuses the pretraining and the finished runs in work_dirs/mini).
 demo: setup data
 	FMNIST_ROOT=$(FMNIST_ROOT) PYTHON=$(BIN)/python scripts/reproduce_mini.sh --out results/mini
+
+# SLURM + munge (Debian packages) for the tests that run sweeps on a real single-node cluster
+# (tests/slurm_cluster.py starts and stops the daemons). Optional: without root or apt the
+# SLURM tests skip with a message.
+SLURM_PKGS := slurmctld slurmd slurm-client munge
+slurm:
+	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then \
+		echo "slurm: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ -n "$(SUDO)$$( [ "$$(id -u)" = 0 ] && echo root)" ]; then \
+		echo "slurm: installing $(SLURM_PKGS) (apt-get)"; \
+		{ $(SUDO) apt-get install -y -qq $(SLURM_PKGS) >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SLURM_PKGS) >/dev/null; }; } \
+		|| echo "slurm: could not install $(SLURM_PKGS); the SLURM tests will skip" >&2; \
+	else \
+		echo "slurm: not installed and no root apt-get here; the SLURM tests will skip" >&2; \
+	fi
