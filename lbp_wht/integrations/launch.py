@@ -486,6 +486,9 @@ def interruptible() -> Iterator[None]:
 
 
 def _command_hint(cfg: Config) -> str:
+    if cfg.get("launcher") == "pytorch":  # torchrun through tools/dist_train.sh
+        n = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "N"))
+        return f"tools/dist_train.sh {cfg.filename} {n} --work-dir {cfg.work_dir} --resume"
     return f"tools/train.py {cfg.filename} --work-dir {cfg.work_dir} --resume"
 
 
@@ -519,6 +522,16 @@ def _failure_record(runner: Any, kind: str, err: BaseException) -> None:
     )
 
 
+def _close_process_group() -> None:
+    """Leave the process group together: a rank that exits while another still talks to it can
+    abort in gloo's teardown ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class RunFailed(Exception):
     """Wraps the exception of a run that had started (its record says so); ``__cause__``."""
 
@@ -540,8 +553,11 @@ def run(cfg: Config, kind: str = "train") -> dict[str, Any]:
             runner = RUNNERS.build(cfg)
             if kind == "train":
                 runner.train()
-                return {}
-            return dict(runner.test())
+                metrics: dict[str, Any] = {}
+            else:
+                metrics = dict(runner.test())
+            _close_process_group()
+            return metrics
         except BaseException as err:
             if runner is None or not getattr(runner, "lbp_run_started", False):
                 raise

@@ -463,7 +463,8 @@ class LBPWHTRunner(Runner):
     ) -> dict:
         """A checkpoint of this run (resume): check it, then load it as mmengine does."""
         meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-        if not isinstance(meta, dict) or "iter" not in meta or "state_dict" not in checkpoint:
+        complete = isinstance(meta, dict) and {"iter", "epoch"} <= set(meta)
+        if not complete or "state_dict" not in checkpoint or "message_hub" not in checkpoint:
             raise CheckpointLoadError(
                 f"{filename} is not a training checkpoint of this pipeline (no meta / iteration "
                 "count): --resume needs a checkpoint written by tools/train.py. To start a new run "
