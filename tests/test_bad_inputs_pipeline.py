@@ -361,6 +361,11 @@ CASES = [
          ds.DatasetNotFoundError, ("/no/fm", "dataset-fashion-mnist")),
     Case("empty_load_from", inputs(load_from="EMPTY"), ds.MissingInputsError,
          ("empty_for_inputs.pth", "empty (0 bytes)")),
+    Case("no_weights", inputs("lbp.allow_random_init=False"), ds.MissingInputsError,
+         ("load_from is None", "lbp.allow_random_init=True")),
+    Case("no_weights_runner", lambda c: make_runner(
+        c.cfg("lbp.allow_random_init=False", work="nw")).train(), rn.NoWeightsError,
+         ("load_from is None",)),
     # -- work dir, non-finite values, saving --------------------------------------------------------
     Case("fresh_start_over_complete_run", complete_record, launch.WorkDirHasRunError,
          ("done", "complete run", "--resume")),

@@ -62,7 +62,13 @@ from .datasets import (
     MissingInputsError,
     dataset_problems,
 )
-from .runner import CheckpointMismatchError, NonFiniteCheckpointError, ResumeMismatchError
+from .runner import (
+    NO_WEIGHTS_MESSAGE,
+    CheckpointMismatchError,
+    NonFiniteCheckpointError,
+    NoWeightsError,
+    ResumeMismatchError,
+)
 
 __all__ = [
     "RUNNER_KEYS",
@@ -164,6 +170,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnsafeCheckpointError,
     CheckpointMismatchError,
     NonFiniteCheckpointError,
+    NoWeightsError,
     ResumeMismatchError,
     CheckpointSaveError,
     NonFiniteWeightsError,
@@ -425,7 +432,8 @@ def check_inputs(cfg: Config, mode: str = "train") -> None:
     """Raise one error listing every missing input of a ``train`` or ``test`` run.
 
     Train: the checkpoint to resume (``resume=<path>``), ``load_from`` (unless an automatic
-    resume has a checkpoint to take), the train and val datasets. Test: ``load_from`` and the
+    resume has a checkpoint to take; None is refused unless ``lbp.allow_random_init``), the
+    train and val datasets. Test: ``load_from`` and the
     test dataset.
 
     Raises:
@@ -443,6 +451,8 @@ def check_inputs(cfg: Config, mode: str = "train") -> None:
             problems.append(_checkpoint_problem("resume", explicit))
         elif not (auto and checkpoint_candidates(cfg.work_dir)):
             problems.append(_checkpoint_problem("load_from", load_from))
+            if not load_from and not validate_lbp_cfg(cfg.get("lbp"))["allow_random_init"]:
+                problems.append(f"  load_from: {NO_WEIGHTS_MESSAGE}")
         loaders = {k: cfg.get(k) for k in ("train_dataloader", "val_dataloader")}
     else:
         problems.append(_checkpoint_problem("load_from", load_from))

@@ -74,6 +74,7 @@ from .datasets import check_dataloader_paths
 __all__ = [
     "LBPWHTRunner",
     "CheckpointMismatchError",
+    "NoWeightsError",
     "NonFiniteCheckpointError",
     "ResumeMismatchError",
     "allow_mmengine_checkpoint_globals",
@@ -91,6 +92,18 @@ class CheckpointMismatchError(RuntimeError):
 
 class NonFiniteCheckpointError(ValueError):
     """A checkpoint holds NaN weights (training on it gives NaN losses throughout)."""
+
+
+class NoWeightsError(RuntimeError):
+    """``load_from=None`` and nothing to resume, without ``lbp.allow_random_init=True``."""
+
+
+NO_WEIGHTS_MESSAGE = (
+    "load_from is None (and nothing to resume): this run would fine-tune a randomly initialised "
+    "model. Set load_from to the pretrained checkpoint (tools/fetch_checkpoints.py, "
+    "data/README.md 'Pretrained checkpoints'), or set lbp.allow_random_init=True if that is "
+    "intended."
+)
 
 
 class ResumeMismatchError(RuntimeError):
@@ -322,12 +335,7 @@ class LBPWHTRunner(Runner):
             and not (self.auto_resume and checkpoint_candidates(self.work_dir))
         )
         if no_weights and not lbp["allow_random_init"]:
-            raise RuntimeError(
-                "load_from is None (and nothing to resume): this run would fine-tune a randomly "
-                "initialised model. Set load_from to the pretrained checkpoint "
-                "(tools/fetch_checkpoints.py, data/README.md 'Pretrained checkpoints'), or set "
-                "lbp.allow_random_init=True if that is intended."
-            )
+            raise NoWeightsError(NO_WEIGHTS_MESSAGE)
         self._check_checkpoint_exists()
         check_dataloader_paths(
             {"train_dataloader": self._train_dataloader, "val_dataloader": self._val_dataloader}
