@@ -281,6 +281,14 @@ def test_missing_file_inside_dataset_root(tmp_path):
         check_dataloader_paths({"train_dataloader": dl})
 
 
+def test_every_lbp_key_has_a_type_schema():
+    from lbp_wht.integrations.build import LBP_DEFAULTS, LBP_SCHEMA, validate_lbp_cfg
+
+    assert set(LBP_SCHEMA) == set(LBP_DEFAULTS)
+    # the defaults themselves pass the schema
+    validate_lbp_cfg(dict(method="lbp_wht", model="mini-efficientformer"))
+
+
 def test_unknown_lbp_key_is_an_error(idx_root, tmp_path):
     from lbp_wht.integrations.build import LBPConfigError
 
