@@ -474,3 +474,24 @@ def test_committed_configs_pass_the_key_checks():
         cfg = Config.fromfile(str(path))
         check_config_keys(cfg)
         validate_lbp_cfg(cfg.get("lbp"))
+
+
+def test_resuming_a_finished_run_keeps_or_completes_its_record(idx_root, tmp_path):
+    """--resume after the last iteration trains nothing and evaluates nothing: a complete
+    record (with its metric) stays as it was; an incomplete one gets the final evaluation."""
+    opts = cls_options(idx_root, iters=2)
+    make_runner(load_cfg(MINI_CLS, opts, tmp_path)).train()
+    first = (tmp_path / "record.json").read_text()
+    assert json.loads(first)["value"] is not None
+
+    def resume() -> dict:
+        cfg = load_cfg(MINI_CLS, opts, tmp_path)
+        cfg.resume = "auto"
+        make_runner(cfg).train()
+        return json.loads((tmp_path / "record.json").read_text())
+
+    resume()
+    assert (tmp_path / "record.json").read_text() == first
+    (tmp_path / "record.json").write_text(first.replace('"complete"', '"interrupted"'))
+    rec = resume()
+    assert rec["status"] == "complete" and rec["value"] == json.loads(first)["value"]

@@ -34,7 +34,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
-from lbp_wht.records import config_digest, write_record
+from lbp_wht.records import config_digest, read_record, write_record
 
 from .build import lbp_rank, uses_lora, validate_lbp_cfg
 
@@ -181,6 +181,8 @@ class RunRecordHook(Hook):
         self._t0: float | None = None
         self._kind: str | None = None
         self._metrics: dict[str, Any] = {}
+        self._schedule_done = False
+        self._keep = False
 
     def _write(self, runner: Any, status: str, filename: str, **extra: Any) -> None:
         if not is_main_process():
@@ -208,7 +210,22 @@ class RunRecordHook(Hook):
 
     def before_train(self, runner: Any) -> None:
         self._kind = "train"
-        self._write(runner, "running", self.filename)
+        # Resumed at the end of its schedule (nothing left to train, so no evaluation either):
+        # a complete record stays as it is; otherwise after_run evaluates the final weights.
+        self._schedule_done = runner.iter >= runner.max_iters
+        previous = read_record(osp.join(runner.work_dir, self.filename))
+        self._keep = (
+            self._schedule_done
+            and isinstance(previous, dict)
+            and (previous.get("status") == "complete")
+        )
+        if self._keep:
+            runner.logger.info(
+                f"the run had finished its {runner.max_iters} iterations before this resume; "
+                f"{self.filename} (complete) is left as it was"
+            )
+        else:
+            self._write(runner, "running", self.filename)
         runner.lbp_run_started = True  # from here on a failure is recorded as such
 
     def before_test(self, runner: Any) -> None:
@@ -226,6 +243,10 @@ class RunRecordHook(Hook):
 
     def after_run(self, runner: Any) -> None:
         if self._kind == "train":
+            if self._keep:
+                return
+            if self._schedule_done and not self._metrics and runner._val_loop is not None:
+                runner.val_loop.run()  # the final weights were never evaluated
             self._write(runner, "complete", self.filename)
         elif self._kind == "test":
             self._write(runner, "complete", self.test_filename, checkpoint=runner._load_from)
