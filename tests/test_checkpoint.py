@@ -5,7 +5,7 @@
 - ``DurableCheckpointHook`` in a real runner: with ``max_keep_ckpts=1`` a failing save keeps
   the previous checkpoint and ``last_checkpoint``; the old one goes only after the new one;
   a NaN weight is never saved;
-- ``checkpoint_candidates`` (newest first by step, a dangling ``last_checkpoint`` ignored),
+- ``checkpoint_candidates`` (newest file first, a dangling ``last_checkpoint`` ignored),
   stale temp files, moving unreadable files aside;
 - malicious pickles are refused on every load path and run nothing;
 - the work-dir lock is the sweep's lock file, and a lock this process holds counts as ours.
@@ -152,13 +152,16 @@ def test_hook_refuses_to_save_nan_weights(data, tmp_path):
 # finding checkpoints
 # ---------------------------------------------------------------------------------------------
 def test_candidates_newest_first_and_dangling_pointer(tmp_path):
-    for n in (2, 10, 4):
+    for age, n in enumerate((2, 10, 4)):  # iter_4 the oldest file, iter_2 the newest
         (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
+        os.utime(tmp_path / f"iter_{n}.pth", (1e9 - age, 1e9 - age))
     (tmp_path / "best_accuracy_iter_10.pth").write_bytes(b"x")  # not a resume point
     (tmp_path / ".iter_12.pth.123.tmp").write_bytes(b"x")
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_12.pth"))  # deleted
     names = [Path(p).name for p in ck.checkpoint_candidates(str(tmp_path))]
-    assert names == ["iter_10.pth", "iter_4.pth", "iter_2.pth"]
+    assert names == ["iter_2.pth", "iter_10.pth", "iter_4.pth"]
+    os.utime(tmp_path / "iter_4.pth", (1e9, 1e9))  # same time as iter_2: the larger N first
+    assert Path(ck.checkpoint_candidates(str(tmp_path))[0]).name == "iter_4.pth"
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):

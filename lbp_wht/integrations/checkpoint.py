@@ -36,9 +36,9 @@ pickled under that name only resolves ``HistoryBuffer`` statistics methods.
 
 Finding (:func:`checkpoint_candidates`)
 ---------------------------------------
-The checkpoints of a work dir, newest first (by the step in the name, ``iter_N.pth`` /
-``epoch_N.pth``, plus whatever ``last_checkpoint`` names), for a resume that falls back to the
-newest *loadable* one (:meth:`LBPWHTRunner.load_or_resume
+The checkpoints of a work dir, newest first (``iter_N.pth`` / ``epoch_N.pth`` and whatever
+``last_checkpoint`` names, by modification time), for a resume that falls back to the newest
+*loadable* one (:meth:`LBPWHTRunner.load_or_resume
 <lbp_wht.integrations.runner.LBPWHTRunner.load_or_resume>`).
 """
 
@@ -370,12 +370,14 @@ def checkpoint_candidates(work_dir: str) -> list[str]:
     """Existing checkpoints of a work dir, newest first.
 
     The files ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir`` and in the directory of the file
-    ``last_checkpoint`` names (the hook's ``out_dir`` may differ), ordered by N (then by
-    modification time); the file ``last_checkpoint`` names comes first among equals.
+    ``last_checkpoint`` names (the hook's ``out_dir`` may differ), by modification time, then
+    N. By time, not N: a fresh start in a directory that still holds an earlier attempt's
+    ``iter_100.pth`` resumes its own ``iter_20.pth``; and a file saved just before a kill, while
+    ``last_checkpoint`` still named the one before, is still the newest.
     """
     last = read_last_checkpoint(work_dir)
     dirs = [work_dir] + ([osp.dirname(last)] if last and osp.dirname(last) else [])
-    found: dict[str, tuple[int, float, int]] = {}
+    found: dict[str, tuple[float, int, int]] = {}
     for d in dict.fromkeys(osp.abspath(x) for x in dirs):
         try:
             names = os.listdir(d)
@@ -385,12 +387,12 @@ def checkpoint_candidates(work_dir: str) -> list[str]:
             m = _STEP_RE.match(name)
             path = osp.join(d, name)
             if m and osp.isfile(path):
-                found[path] = (int(m[1]), osp.getmtime(path), 0)
+                found[path] = (osp.getmtime(path), int(m[1]), 0)
     if last and osp.isfile(last):
         path = osp.abspath(last)
         m = _STEP_RE.match(osp.basename(path))
         step = int(m[1]) if m else -1
-        found[path] = (step, osp.getmtime(path), 1)
+        found[path] = (osp.getmtime(path), step, 1)
     return sorted(found, key=lambda p: found[p], reverse=True)
 
 
