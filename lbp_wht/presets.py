@@ -5,7 +5,7 @@ Pure data (imports only the standard library): ``get_preset(...)`` returns the `
 the qualified names of the whole OpenMMLab model (``backbone.*``, ``head.*``,
 ``decode_head.*``) built as in :func:`model_config`; ``*`` also matches dots.
 
-Layer choices follow the authors' experiment configurations (``NOTES-paper.md``):
+Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.md``):
 
 * Where LBP-WHT goes (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8):
   EfficientFormer L1/L7: Meta4D ``mlp.fc1``/``mlp.fc2`` (1x1 convs), Meta3D
@@ -79,6 +79,15 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from .experiments.vocab import (
+    LORA_TRAIN,
+    METHODS,
+    PRESET_MODELS,
+    SCOPES,
+    SELECTIONS,
+    check_model,
+)
+
 __all__ = [
     "Preset",
     "get_preset",
@@ -92,26 +101,6 @@ __all__ = [
     "MINI_EFFICIENTFORMER_ARCH",
 ]
 
-PRESET_MODELS: tuple[str, ...] = (
-    "efficientformer-l1",
-    "efficientformer-l7",
-    "efficientformerv2-s0",
-    "efficientformerv2-l",
-    "swinv2-small-w8",
-    "segformer-mit-b0",
-    "mini-efficientformer",
-)
-METHODS: tuple[str, ...] = (
-    "head_only",
-    "full_bp",
-    "lora",
-    "lora_all",
-    "lbp_wht",
-    "lbp_wht+lora_all",
-)
-SCOPES: tuple[str, ...] = ("partial", "full")
-#: What trains beside the adapters in the LoRA variants (``get_preset(lora_train=...)``).
-LORA_TRAIN: tuple[str, ...] = ("adapters", "scope")
 
 #: mmpretrain ``EfficientFormer`` arch for a CPU-sized model on 28x28 inputs: the stride-4 stem
 #: gives a 7x7 map (the size Meta3D's attention biases require) and no stage downsamples, so
@@ -132,8 +121,6 @@ MINI_EFFICIENTFORMER_ARCH: dict[str, Any] = {
     "vit_num": 1,
 }
 
-SELECTIONS = ("lp_l1", "lp_linf", "lhe")
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -146,8 +133,9 @@ class Preset:
         norm_eval: keep BatchNorm layers in eval mode (running statistics) while training:
             True wherever BatchNorm sits in the trained region (hybrid models; Segformer's
             decode head). LBP-WHT's projected gradient does not commute with batch
-            statistics (see NOTES-paper.md); the authors' classification configs used it for
-            every method, so it is on for every method here too, keeping methods comparable.
+            statistics (``docs/PAPER_NOTES.md``, "Why norm_eval matters"); the authors'
+            classification configs used it for every method, so it is on for every method
+            here too, keeping methods comparable.
         model, method, scope: the arguments this preset was made for.
     """
 
@@ -421,42 +409,62 @@ def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Model configs the globs above are written against (plain dicts for mmpretrain / mmseg).
 # ---------------------------------------------------------------------------------------------
-def model_config(model: str, num_classes: int = 1000) -> dict[str, Any]:
+def model_config(
+    model: str,
+    num_classes: int = 1000,
+    *,
+    training: bool = False,
+    in_channels: int | None = None,
+) -> dict[str, Any]:
     """The mmpretrain / mmseg model config whose module names the presets assume.
+
+    The one definition of every model: the experiment configs' model bases
+    (``configs/_base_/models/*.py``) are generated from ``model_config(model, training=True)``.
 
     Classification models are ``ImageClassifier``s (EfficientFormer heads without the
     distillation branch, which mmpretrain cannot train); Segformer is an ``EncoderDecoder``
-    with mit-b0 and ``SegformerHead`` (BN instead of SyncBN, so it also runs on one CPU).
-    Backbone types named ``...Convertible`` / ``TimmEfficientFormerV2`` are registered by
-    ``lbp_wht.integrations.models``. Drop path is 0 for classification (NOTES-paper.md) and
-    mmseg's 0.1 for Segformer. Returns a fresh dict each call.
-    """
-    _check("model", model, PRESET_MODELS)
+    with mit-b0 and ``SegformerHead``. Backbone types named ``...Convertible`` /
+    ``TimmEfficientFormerV2`` are registered by ``lbp_wht.integrations.models``. Drop path is
+    0 for classification (the authors' fine-tuning setting) and mmseg's 0.1 for Segformer.
 
-    def classifier(backbone: dict[str, Any], in_channels: int, neck_dim: int = 2) -> dict:
-        head: dict[str, Any] = dict(
-            type="LinearClsHead", num_classes=num_classes, in_channels=in_channels
-        )
+    Args:
+        model: a model id of :data:`lbp_wht.experiments.vocab.MODELS`.
+        num_classes: classes of the task head.
+        training: the fine-tuning definition of the experiment configs: classification heads
+            train with label smoothing 0.1; Segformer uses SyncBN (turned into BN when not
+            distributed) and takes its data preprocessor from the dataset config. Without it
+            (cost measurement, tests): the default loss, plain BN and the preprocessor in the
+            model, so it builds and runs on one CPU as it is.
+        in_channels: input channels when not 3 (the mini models' Fashion-MNIST: 1).
+
+    Returns:
+        A fresh dict each call.
+    """
+    check_model(model)
+
+    def classifier(backbone: dict[str, Any], channels: int, neck_dim: int | None = None) -> dict:
+        if in_channels is not None:
+            backbone["in_channels"] = in_channels
+        head: dict[str, Any] = dict(type="LinearClsHead", num_classes=num_classes)
         if backbone["type"] == "EfficientFormer":
-            head = dict(
-                type="EfficientFormerClsHead",
-                num_classes=num_classes,
-                in_channels=in_channels,
-                distillation=False,
-            )
-        return dict(
-            type="ImageClassifier",
-            backbone=backbone,
-            neck=dict(type="GlobalAveragePooling", dim=neck_dim),
-            head=head,
-        )
+            head = dict(type="EfficientFormerClsHead", num_classes=num_classes)
+        head["in_channels"] = channels
+        if backbone["type"] == "EfficientFormer":
+            head["distillation"] = False
+        if training:
+            head["loss"] = dict(type="LabelSmoothLoss", label_smooth_val=0.1, mode="original")
+        # GlobalAveragePooling's default dim=2 pools (B, C, H, W) maps; EfficientFormer ends in
+        # tokens (B, C, 49) after the LayerNorm of its token stage, hence 1-D pooling.
+        neck = dict(type="GlobalAveragePooling")
+        if neck_dim is not None:
+            neck["dim"] = neck_dim
+        return dict(type="ImageClassifier", backbone=backbone, neck=neck, head=head)
 
     if model in ("efficientformer-l1", "efficientformer-l7", "mini-efficientformer"):
         arch = {"efficientformer-l1": "l1", "efficientformer-l7": "l7"}.get(
             model, copy.deepcopy(MINI_EFFICIENTFORMER_ARCH)
         )
         channels = {"efficientformer-l1": 448, "efficientformer-l7": 768}.get(model, 64)
-        # out (B, C, 49) after the LayerNorm of the token stage, hence 1-D pooling
         backbone = dict(type="EfficientFormer", arch=arch, drop_path_rate=0.0)
         return classifier(backbone, channels, neck_dim=1)
     if model.startswith("efficientformerv2"):
@@ -468,48 +476,56 @@ def model_config(model: str, num_classes: int = 1000) -> dict[str, Any]:
             type="SwinTransformerV2Convertible",
             arch="small",
             img_size=256,
-            window_size=8,
+            window_size=[8, 8, 8, 8],
             drop_path_rate=0.0,
         )
         return classifier(backbone, 768)
-    # segformer-mit-b0 (mmseg configs/_base_/models/segformer_mit-b0.py)
-    return dict(
-        type="EncoderDecoder",
-        data_preprocessor=dict(
+    # Segformer (mmseg configs/_base_/models/segformer_mit-b0.py; mini: a CPU-sized MiT with
+    # four 1-block stages and the same module names).
+    mini = model == "mini-segformer"
+    cfg: dict[str, Any] = dict(type="EncoderDecoder")
+    if training:
+        cfg["pretrained"] = None
+    else:
+        cfg["data_preprocessor"] = dict(
             type="SegDataPreProcessor",
             mean=[123.675, 116.28, 103.53],
             std=[58.395, 57.12, 57.375],
             bgr_to_rgb=True,
             pad_val=0,
             seg_pad_val=255,
-        ),
-        backbone=dict(
-            type="MixVisionTransformerConvertible",
-            in_channels=3,
-            embed_dims=32,
-            num_stages=4,
-            num_layers=[2, 2, 2, 2],
-            num_heads=[1, 2, 5, 8],
-            patch_sizes=[7, 3, 3, 3],
-            sr_ratios=[8, 4, 2, 1],
-            out_indices=(0, 1, 2, 3),
-            mlp_ratio=4,
-            qkv_bias=True,
-            drop_rate=0.0,
-            attn_drop_rate=0.0,
-            drop_path_rate=0.1,
-        ),
-        decode_head=dict(
-            type="SegformerHead",
-            in_channels=[32, 64, 160, 256],
-            in_index=[0, 1, 2, 3],
-            channels=256,
-            dropout_ratio=0.1,
-            num_classes=num_classes,
-            norm_cfg=dict(type="BN", requires_grad=True),
-            align_corners=False,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-        ),
-        train_cfg=dict(),
-        test_cfg=dict(mode="whole"),
+        )
+    cfg["backbone"] = dict(
+        type="MixVisionTransformerConvertible",
+        in_channels=in_channels or 3,
+        embed_dims=8 if mini else 32,
+        num_stages=4,
+        num_layers=[1, 1, 1, 1] if mini else [2, 2, 2, 2],
+        # channels = embed_dims * num_heads
+        num_heads=[1, 2, 4, 8] if mini else [1, 2, 5, 8],
+        patch_sizes=[7, 3, 3, 3],
+        sr_ratios=[8, 4, 2, 1],
+        out_indices=(0, 1, 2, 3),
+        mlp_ratio=2 if mini else 4,
+        qkv_bias=True,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0 if mini else 0.1,
     )
+    # SyncBN for multi-GPU training, except the CPU mini model (it also trains distributed
+    # on CPU, where SyncBN cannot run).
+    norm = "SyncBN" if training and not mini else "BN"
+    cfg["decode_head"] = dict(
+        type="SegformerHead",
+        in_channels=[8, 16, 32, 64] if mini else [32, 64, 160, 256],
+        in_index=[0, 1, 2, 3],
+        channels=32 if mini else 256,
+        dropout_ratio=0.1,
+        num_classes=num_classes,
+        norm_cfg=dict(type=norm, requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+    )
+    cfg["train_cfg"] = dict()
+    cfg["test_cfg"] = dict(mode="whole")
+    return cfg

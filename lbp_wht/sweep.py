@@ -4,24 +4,33 @@ A *sweep* is a list of :class:`Run` s. Each run has a unique id, a command (argv
 directory; the command is expected to write a run record (:mod:`lbp_wht.records`) at
 ``work_dir / record.json`` with ``status == "complete"`` when, and only when, it finished.
 
-Guarantees (issue 5, "resumable and lose nothing"):
+Guarantees:
 
 * **Skip what is done.** A run whose record is complete is never started again.
-* **Re-run what is not.** A work dir without a complete record is stale (a killed or failed
-  attempt); it is deleted and the run starts from scratch, so no half-written checkpoint or
-  log of an earlier attempt leaks into the new one.
+* **Re-run what is not, losing nothing.** A work dir without a complete record (a killed or
+  failed attempt, or a record that cannot be read: truncated, not JSON, not an object, not
+  UTF-8, a directory) is stale: it is *moved aside* to ``<work_dir>.stale-<UTC time>`` (never
+  deleted; the sweep says where) and the run starts from scratch, so no half-written
+  checkpoint or log of an earlier attempt leaks into the new one.
+* **Tell a changed run from a finished one.** Given ``expected_digest`` (the
+  :func:`lbp_wht.records.config_digest` of the config the run would train now), a complete
+  record whose ``config_digest`` differs was made with other options. Such a run is *kept*
+  and reported as ``changed`` (a warning per run and in the summary), because the digest also
+  covers placement options such as the data root that do not change the result; with
+  ``rerun_changed=True`` it is moved aside and re-run. A record without ``config_digest``
+  (written before records had one) cannot be compared: it is kept and said so.
 * **One runner per run.** Before touching a run the sweep takes an exclusive ``fcntl.flock``
-  on ``<work_dir>.lock`` (a sibling file, so cleaning the work dir never removes it) and the
-  launched command *inherits* that lock. Two sweeps started at once therefore never run or
-  write the same run; and if a sweep is SIGKILLed, its still-running child keeps the lock, so a
-  restarted sweep waits for that child instead of starting a duplicate next to it. A run held
-  by someone else is revisited at the end of the pass: the sweep blocks on the lock, then
-  skips the run if its record became complete, or runs it itself.
+  on ``.<work_dir name>.lock`` (a sibling file, so moving the work dir never removes it) and
+  the launched command *inherits* that lock. Two sweeps started at once therefore never run
+  or write the same run; and if a sweep is SIGKILLed, its still-running child keeps the lock,
+  so a restarted sweep waits for that child instead of starting a duplicate next to it. A run
+  held by someone else is revisited at the end of the pass: the sweep blocks on the lock,
+  then skips the run if its record became complete, or runs it itself.
 * **Atomic records.** Records are written with :func:`lbp_wht.records.write_record` (temp file
   + ``os.replace``), so a reader sees the old record or the new one, never a partial file.
 
 Hence killing a sweep at any moment and starting it again ends with the same set of records as
-an uninterrupted sweep (``tests/test_sweep.py`` checks exactly that with SIGKILL).
+an uninterrupted sweep.
 
 Progress: the command's output goes to ``work_dir / run.log``; the sweep tails it and shows a
 per-run progress bar with the run's own ETA (mmengine's ``Iter(train) [i/n]`` / ``Epoch(train)
@@ -46,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .records import is_complete, read_record
+from .records import STALE_MARK, RecordError, load_record, read_record
 
 __all__ = [
     "Run",
@@ -54,6 +63,7 @@ __all__ = [
     "RunResult",
     "SweepReport",
     "run_state",
+    "move_aside",
     "dry_run_listing",
     "run_sweep",
     "parse_progress",
@@ -79,7 +89,7 @@ class Run:
     Attributes:
         run_id: unique, file-name-safe name (also the default work dir name).
         command: argv of the process that trains / evaluates and writes the record.
-        work_dir: the run's own directory; deleted and recreated when the run is (re)started.
+        work_dir: the run's own directory; a stale one is moved aside when the run restarts.
         meta: what the run is (table, model, dataset, method, r, seed, ...), for listings.
         record_name: file name of the record inside ``work_dir``.
         cwd: directory the command runs in (None: the sweep's own working directory).
@@ -109,8 +119,8 @@ class Run:
 
     @property
     def lock_path(self) -> Path:
-        # A sibling of the work dir: the work dir itself is deleted when a stale run restarts,
-        # and deleting a lock file others may hold open would break mutual exclusion.
+        # A sibling of the work dir: the work dir itself is moved aside when a stale run
+        # restarts, and moving a lock file others may hold open would break mutual exclusion.
         return self.work_dir.parent / f".{self.work_dir.name}.lock"
 
     @property
@@ -171,17 +181,60 @@ class RunLock:
         self.release()
 
 
-def run_state(run: Run) -> str:
-    """``"done"`` (complete record), ``"running"`` (locked by a live process), ``"stale"`` (work
-    dir without a complete record: will be cleaned and re-run) or ``"todo"``."""
-    if is_complete(run.record_path):
-        return "done"
+DigestFn = Callable[[Run], "str | None"]
+
+
+def _record_state(run: Run, expected_digest: DigestFn | None) -> tuple[str, str]:
+    """``(state, why)`` of the run's record: ``done``, ``changed`` (complete, other config
+    digest), ``unreadable``, ``incomplete`` or ``missing``."""
+    try:
+        rec = load_record(run.record_path)
+    except RecordError as err:
+        return "unreadable", str(err)
+    if rec is None:
+        return "missing", ""
+    if rec.get("status") != "complete":
+        return "incomplete", f"record status {rec.get('status')!r}"
+    have = rec.get("config_digest")
+    if not have:
+        return "done", "record complete (it has no config_digest: made before digests; kept)"
+    want = expected_digest(run) if expected_digest is not None else None
+    if want is not None and want != have:
+        return "changed", (
+            f"record complete but made with another config (config_digest {have}, this sweep's "
+            f"{want})"
+        )
+    return "done", "record complete"
+
+
+def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
+    """``"done"`` (complete record), ``"changed"`` (complete record of another config digest,
+    see the module docstring), ``"running"`` (locked by a live process), ``"stale"`` (work dir
+    without a usable complete record: moved aside and re-run) or ``"todo"``."""
+    state, _ = _record_state(run, expected_digest)
+    if state in ("done", "changed"):
+        return state
     lock = RunLock(run.lock_path)
     if run.lock_path.exists():
         if not lock.acquire():
             return "running"
         lock.release()
     return "stale" if run.work_dir.exists() else "todo"
+
+
+def move_aside(work_dir: Path) -> Path:
+    """Rename ``work_dir`` to ``<work_dir>.stale-<UTC time>`` (``-2``, ``-3``... if taken) and
+    return the new path. Records below such a directory are ignored by
+    :func:`lbp_wht.records.read_records`."""
+    work_dir = Path(work_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = work_dir.with_name(f"{work_dir.name}{STALE_MARK}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = work_dir.with_name(f"{work_dir.name}{STALE_MARK}{stamp}-{n}")
+    os.rename(work_dir, target)
+    return target
 
 
 def _check_unique(runs: Sequence[Run]) -> None:
@@ -198,13 +251,15 @@ def _check_unique(runs: Sequence[Run]) -> None:
         seen_id[run.run_id], seen_dir[wd] = run, run
 
 
-def dry_run_listing(runs: Sequence[Run], *, show_commands: bool = True) -> str:
+def dry_run_listing(
+    runs: Sequence[Run], *, show_commands: bool = True, expected_digest: DigestFn | None = None
+) -> str:
     """One block per run (state, id, work dir, command) and a count by state."""
     _check_unique(runs)
     lines = []
     counts: dict[str, int] = {}
     for i, run in enumerate(runs, 1):
-        state = run_state(run)
+        state = run_state(run, expected_digest)
         counts[state] = counts.get(state, 0) + 1
         lines.append(f"[{i}/{len(runs)}] {state:7s} {run.run_id}")
         if show_commands:
@@ -278,8 +333,9 @@ def _tail(path: Path, nbytes: int = 8192) -> str:
 @dataclass
 class RunResult:
     """Outcome of one run in a sweep: ``status`` is ``done`` (ran and completed), ``skipped``
-    (record already complete), ``failed``, ``interrupted`` or ``locked`` (another process holds
-    the run and the sweep was told not to wait for it)."""
+    (record already complete), ``changed`` (complete record of another config digest, kept),
+    ``failed``, ``interrupted`` or ``locked`` (another process holds the run and the sweep was
+    told not to wait for it). ``message`` says why, including where a stale work dir went."""
 
     run: Run
     status: str
@@ -298,11 +354,12 @@ class SweepReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("done", "skipped") for r in self.results)
+        return all(r.status in ("done", "skipped", "changed") for r in self.results)
 
     def summary(self) -> str:
-        states = ("done", "skipped", "failed", "interrupted", "locked")
-        parts = [f"{self.count(s)} {s}" for s in states if s != "locked" or self.count(s)]
+        states = ("done", "skipped", "changed", "failed", "interrupted", "locked")
+        optional = ("changed", "locked")
+        parts = [f"{self.count(s)} {s}" for s in states if s not in optional or self.count(s)]
         return (
             f"sweep: {len(self.results)} runs, "
             + ", ".join(parts)
@@ -347,16 +404,19 @@ class _Display:
         with self.lock:
             self.active[run.run_id] = (run, time.time(), index)
 
-    def finish(self, res: RunResult, index: int) -> None:
+    def finish(self, res: RunResult, index: int, counted: bool = True) -> None:
         with self.lock:
             self.active.pop(res.run.run_id, None)
-            self.remaining -= 1
+            self.remaining -= counted
             if res.status in ("done", "failed"):
                 self.finished += 1
                 self.failed += res.status == "failed"
             if res.status == "done":
                 self.durations.append(res.wall_s)
         if res.status == "skipped":
+            return
+        if res.status == "changed":
+            self.line(f"[{index}/{self.total}] {res.run.run_id}  CHANGED {res.message}")
             return
         rec = read_record(res.run.record_path) or {}
         if res.status == "done":
@@ -423,8 +483,12 @@ class _Sweep:
         poll_s: float,
         wait_for_locked: bool,
         max_epochs_key: str,
+        expected_digest: DigestFn | None = None,
+        rerun_changed: bool = False,
     ) -> None:
         self.runs = list(runs)
+        self.expected_digest = expected_digest
+        self.rerun_changed = rerun_changed
         self.jobs = max(1, int(jobs))
         self.slot_env = list(slot_env) if slot_env else [{}] * self.jobs
         if len(self.slot_env) < self.jobs:
@@ -458,13 +522,22 @@ class _Sweep:
             lock.acquire(blocking=True)
         try:
             # Check *after* taking the lock: another sweep may have just completed it.
-            if is_complete(run.record_path):
-                return RunResult(run, "skipped", message="record complete")
+            state, why = _record_state(run, self.expected_digest)
+            if state == "done":
+                return RunResult(run, "skipped", message=why)
+            if state == "changed" and not self.rerun_changed:
+                return RunResult(
+                    run,
+                    "changed",
+                    message=why + "; kept (--rerun-changed moves it aside and re-runs)",
+                )
             if self.stop.is_set():
                 return RunResult(run, "interrupted", message="sweep stopped")
-            stale = run.work_dir.exists()
-            if stale:
-                shutil.rmtree(run.work_dir)
+            moved = ""
+            if run.work_dir.exists():
+                target = move_aside(run.work_dir)
+                moved = f"moved the earlier work dir aside to {target} ({why or 'no record'})"
+                self.display.line(f"{run.run_id}: {moved}")
             run.work_dir.mkdir(parents=True)
             env = {**os.environ, **self.slot_env[slot], "LBP_SWEEP_RUN_ID": run.run_id}
             env_txt = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.slot_env[slot].items())
@@ -495,10 +568,14 @@ class _Sweep:
                     with self.mutex:
                         self.procs.pop(run.run_id, None)
             wall = time.time() - start
-            if self.stop.is_set() and not is_complete(run.record_path):
+            state, why = _record_state(run, self.expected_digest)
+            complete = state in ("done", "changed")
+            if self.stop.is_set() and not complete:
                 return RunResult(run, "interrupted", wall, rc, "sweep stopped")
-            if rc == 0 and is_complete(run.record_path):
-                return RunResult(run, "done", wall, rc, "cleaned stale work dir" if stale else "")
+            if rc == 0 and complete:
+                # "changed" right after the run: the sweep and the run disagree on the config.
+                note = f"; WARNING: {why}" if state == "changed" else ""
+                return RunResult(run, "done", wall, rc, moved + note)
             rec = read_record(run.record_path)
             why = (
                 f"exit code {rc}"
@@ -557,10 +634,20 @@ class _Sweep:
         t0 = time.time()
         self.results: dict[int, RunResult] = {}
         todo = []
+        changed = undigested = 0
         for i, run in enumerate(self.runs, 1):
-            if is_complete(run.record_path):
-                self.results[i] = RunResult(run, "skipped", message="record complete")
+            state, why = _record_state(run, self.expected_digest)
+            undigested += state == "done" and "no config_digest" in why
+            if state == "done" or (state == "changed" and not self.rerun_changed):
+                res = RunResult(run, "skipped", message=why)
+                if state == "changed":
+                    changed += 1
+                    res = RunResult(
+                        run, "changed", message=why + "; kept (--rerun-changed re-runs it)"
+                    )
+                self.results[i] = res
                 self.display.remaining -= 1
+                self.display.finish(res, i, counted=False)
             else:
                 todo.append((i, run))
         skipped = len(self.runs) - len(todo)
@@ -568,6 +655,17 @@ class _Sweep:
             f"sweep: {len(self.runs)} runs, {skipped} already complete (skipped), "
             f"{len(todo)} to run, {self.jobs} at a time"
         )
+        if changed:
+            self.display.line(
+                f"sweep: WARNING {changed} complete run(s) were recorded with another config "
+                "(listed above as CHANGED) and are kept; --rerun-changed moves them aside and "
+                "re-runs them"
+            )
+        if undigested and self.expected_digest is not None:
+            self.display.line(
+                f"sweep: {undigested} complete run(s) have no config digest (recorded before "
+                "records had one): kept, not compared"
+            )
         try:
             deferred = self._pass(todo, blocking=False)
             if deferred and self.wait_for_locked:
@@ -609,6 +707,8 @@ def run_sweep(
     poll_s: float = 1.0,
     wait_for_locked: bool = True,
     max_epochs_key: str = "max_epochs",
+    expected_digest: DigestFn | None = None,
+    rerun_changed: bool = False,
 ) -> SweepReport:
     """Run every run whose record is not complete; see the module docstring for guarantees.
 
@@ -623,6 +723,10 @@ def run_sweep(
         wait_for_locked: at the end, wait for runs another process holds, and run them if
             that process left them incomplete (True), or report them as ``locked`` (False).
         max_epochs_key: ``run.meta`` key with the number of epochs, for epoch-based progress.
+        expected_digest: the config digest each run would record now (None: unknown), to
+            tell complete runs of another config (see the module docstring).
+        rerun_changed: move complete runs of another config digest aside and re-run them
+            (default: keep them and report them as ``changed``).
 
     Returns:
         A :class:`SweepReport` (one :class:`RunResult` per run, in order).
@@ -636,245 +740,45 @@ def run_sweep(
         poll_s=poll_s,
         wait_for_locked=wait_for_locked,
         max_epochs_key=max_epochs_key,
+        expected_digest=expected_digest,
+        rerun_changed=rerun_changed,
     )
     return sweep.run()
 
 
-# ------------------------------------------------------------------ the paper's experiments
-# Which training runs make up each paper table. The rows are read from the typed paper
-# reference (results/paper/*.csv, one row per printed table row, unreadable ones included), so a
-# table's sweep has exactly the paper's rows; each row is trained on each of the table's
-# datasets, once per seed.
-
-CLS_DATASETS = ("cifar100", "cifar10", "cars", "flowers", "food", "pets")
-SEG_DATASETS = ("cityscapes", "voc12aug")
-TABLE_DATASETS: dict[str, tuple[str, ...]] = {
-    "2": CLS_DATASETS,
-    "3": SEG_DATASETS,
-    "4": ("cifar100", "cifar10"),
-    "5": CLS_DATASETS,
-    "6": ("cifar100", "cifar10"),
-    "7": ("places365",),
-    "fig3": ("cifar100",),
-}
-TABLE_FILES = {
-    "2": "classification.csv",
-    "3": "segmentation.csv",
-    "4": "table4.csv",
-    "5": "classification.csv",
-    "6": "table6.csv",
-    "7": "classification.csv",
-}
-#: Figure 3 / 4: LBP-WHT ranks swept on every model (partial training, CIFAR-100). The paper
-#: does not list them; its text discusses LP_L1-2 ... LP_L1-8 (Sec. 4.4), so r = 2..8.
-FIG3_RS = (2, 3, 4, 5, 6, 7, 8)
-FIG3_BASELINES = ("full_bp", "lora", "lora_all")
-#: Figure 5: the g_y spectrum of the last attention (Meta3D) block of EfficientFormer-L1,
-#: recorded during partial training on CIFAR-100 (Sec. 4.5). A run of its own (variant
-#: "spectrum", configs/figure5/): LP_L1-15 keeps all 64 bases, i.e. exact backprop through an
-#: LBP layer that records the spectrum of g_y (LBPWHTHook writes <work_dir>/spectrum.json).
-FIG5_CELL = dict(
-    model="efficientformer-l1",
-    scope="partial",
-    method="lbp_wht",
-    select="lp_l1",
-    r=15,
-    dataset="cifar100",
-    variant="spectrum",
-)
-#: Dataset names as the paper's tables / results/paper columns use them <-> as the configs and
-#: run records (``dataset_name``) use them.
-PAPER_TO_CONFIG_DATASET = {
-    "cars": "stanford-cars",
-    "flowers": "flowers102",
-    "food": "food101",
-    "pets": "oxford-pets",
-}
-DATASET_ALIASES = {
-    **{v: k for k, v in PAPER_TO_CONFIG_DATASET.items()},
-    "stanford_cars": "cars",
-    "food-101": "food",
-    "oxford_pets": "pets",
-    "cifar-100": "cifar100",
-    "cifar-10": "cifar10",
-    "voc12_aug": "voc12aug",
+#: Names that lived here before the paper's table catalogue moved to
+#: :mod:`lbp_wht.experiments.catalog` and the vocabulary to :mod:`lbp_wht.experiments.vocab`;
+#: still importable from here so that code written against the old layout keeps working.
+_MOVED = {
+    "catalog": (
+        "Cell",
+        "FIG3_BASELINES",
+        "FIG3_RS",
+        "FIG5_CELL",
+        "TABLE_DATASETS",
+        "TABLE_FILES",
+        "read_paper_rows",
+        "table_cells",
+    ),
+    "vocab": (
+        "CLS_DATASETS",
+        "DATASET_ALIASES",
+        "METHOD_ORDER",
+        "PAPER_TO_CONFIG_DATASET",
+        "SEG_DATASETS",
+        "SELECT_ORDER",
+        "method_key",
+        "method_sort_key",
+        "method_tag",
+        "norm_dataset",
+    ),
 }
 
 
-def norm_dataset(name: Any) -> str:
-    """A dataset name as the paper's tables spell it (``stanford-cars`` -> ``cars``)."""
-    name = str(name or "").strip().lower()
-    return DATASET_ALIASES.get(name, name)
+def __getattr__(name: str) -> Any:
+    import importlib
 
-
-METHOD_ORDER = ("head_only", "full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
-SELECT_ORDER = ("lp_l1", "lp_linf", "lhe")
-
-
-def _int_or_none(v: Any) -> int | None:
-    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return int(float(v))
-
-
-def method_key(
-    method: str, select: str | None = None, r: Any = None, rank: Any = None
-) -> tuple[str, str | None, int | None]:
-    """Normalised identity of a method row: ``(method, select, r)`` for LP selections,
-    ``(method, 'lhe', rank)`` for LHE, ``(method, None, None)`` for full BP / LoRA."""
-    if not str(method).startswith("lbp_wht"):
-        return (str(method), None, None)
-    select = select or "lp_l1"
-    if select == "lhe":
-        return (str(method), "lhe", _int_or_none(rank))
-    return (str(method), str(select), _int_or_none(r))
-
-
-def method_sort_key(key: tuple[str, str | None, int | None]) -> tuple:
-    method, select, r = key
-    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    s = SELECT_ORDER.index(select) if select in SELECT_ORDER else -1
-    return (m, s, r if r is not None else -1, method)
-
-
-def method_tag(key: tuple[str, str | None, int | None]) -> str:
-    """File-name tag of a method row: ``full_bp``, ``lbp_wht-lp_l1-4``, ``lbp_wht-lhe-R10``."""
-    method, select, r = key
-    if select is None:
-        return method
-    return f"{method}-{select}-{'R' if select == 'lhe' else ''}{r}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (row, dataset) of a paper table: one training run per seed."""
-
-    model: str
-    scope: str
-    method: str
-    select: str | None
-    r: int | None
-    rank: int | None
-    dataset: str
-    task: str = "cls"  # "cls" (mmpretrain) or "seg" (mmseg)
-    variant: str = ""  # a special run of the same method, e.g. "spectrum" (Figure 5)
-
-    @property
-    def key(self) -> tuple:
-        return (self.model, self.scope, self.dataset) + method_key(
-            self.method, self.select, self.r, self.rank
-        )
-
-    def run_id(self, seed: int) -> str:
-        mk = method_key(self.method, self.select, self.r, self.rank)
-        var = f"_{self.variant}" if self.variant else ""
-        return safe_id(f"{self.model}_{self.scope}_{method_tag(mk)}{var}_{self.dataset}_s{seed}")
-
-
-def read_paper_rows(table: str, paper_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of paper Table ``table`` from ``results/paper``, in the paper's order, each a
-    dict with model, scope, method, select, r, rank (normalised) plus the CSV's other columns
-    as strings (the paper's values; ``""`` where the paper's cell is unreadable)."""
-    import csv
-
-    table = str(table)
-    if table not in TABLE_FILES:
-        raise ValueError(f"no paper reference for table {table!r}; tables: {sorted(TABLE_FILES)}")
-    path = Path(paper_dir) / TABLE_FILES[table]
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: it is the typed paper reference (results/paper/), restore it"
-        )
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            if raw.get("table", table) != table:
-                continue
-            row: dict[str, Any] = dict(raw)
-            if table == "4":  # Table 4's method column holds the base selection
-                row["select"], row["method"] = raw["method"], "lbp_wht"
-            row["model"] = raw.get("model") or "efficientformer-l1"
-            row["scope"] = raw.get("scope") or "partial"
-            row["r"] = _int_or_none(raw.get("r"))
-            row["rank"] = _int_or_none(raw.get("rank"))
-            row["select"] = row.get("select") or None
-            if not str(row["method"]).startswith("lbp_wht"):
-                row["select"] = None
-            elif row["select"] is None:
-                row["select"] = "lp_l1"
-            rows.append(row)
-    return rows
-
-
-def table_cells(
-    table: str,
-    paper_dir: str | os.PathLike,
-    *,
-    models: Sequence[str] | None = None,
-    datasets: Sequence[str] | None = None,
-    fig3_rs: Sequence[int] = FIG3_RS,
-) -> list[Cell]:
-    """Every (row, dataset) cell of a paper table (``"2"`` ... ``"7"``, ``"fig3"``, ``"fig5"``),
-    optionally restricted to some models / datasets, in the paper's row order."""
-    table = str(table)
-    cells: list[Cell] = []
-    if table == "fig5":
-        c = FIG5_CELL
-        cells = [
-            Cell(
-                c["model"],
-                c["scope"],
-                c["method"],
-                c["select"],
-                c["r"],
-                None,
-                c["dataset"],
-                variant=c["variant"],
-            )
-        ]
-    elif table == "fig3":
-        seen_models = []
-        for row in read_paper_rows("2", paper_dir):
-            if row["scope"] == "partial" and row["model"] not in seen_models:
-                seen_models.append(row["model"])
-        for model in seen_models:
-            for method in FIG3_BASELINES:
-                cells.append(Cell(model, "partial", method, None, None, None, "cifar100"))
-            for r in fig3_rs:
-                cells.append(Cell(model, "partial", "lbp_wht", "lp_l1", int(r), None, "cifar100"))
-    else:
-        if table not in TABLE_DATASETS:
-            raise ValueError(f"unknown table {table!r}; choose 2-7, fig3 or fig5")
-        task = "seg" if table == "3" else "cls"
-        for row in read_paper_rows(table, paper_dir):
-            for ds in TABLE_DATASETS[table]:
-                cells.append(
-                    Cell(
-                        row["model"],
-                        row["scope"],
-                        row["method"],
-                        row["select"],
-                        row["r"],
-                        row["rank"] if row["select"] == "lhe" else None,
-                        ds,
-                        task,
-                    )
-                )
-    if models:
-        unknown = set(models) - {c.model for c in cells}
-        if unknown:
-            raise ValueError(
-                f"table {table} has no model(s) {sorted(unknown)}; its models: "
-                f"{sorted({c.model for c in cells})}"
-            )
-        cells = [c for c in cells if c.model in models]
-    if datasets:
-        datasets = [norm_dataset(d) for d in datasets]
-        unknown = set(datasets) - {c.dataset for c in cells}
-        if unknown:
-            raise ValueError(
-                f"table {table} has no dataset(s) {sorted(unknown)}; its datasets: "
-                f"{sorted({c.dataset for c in cells})}"
-            )
-        cells = [c for c in cells if c.dataset in datasets]
-    return cells
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"lbp_wht.experiments.{module}"), name)
+    raise AttributeError(f"module 'lbp_wht.sweep' has no attribute {name!r}")

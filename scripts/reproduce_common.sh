@@ -42,11 +42,9 @@ done
 # run_sweep TABLE... : the sweep (or its dry-run listing); returns the sweep's exit status.
 run_sweep() {
     if [[ $TABLES_ONLY == 1 ]]; then return 0; fi
-    if [[ $DRY_RUN == 1 ]]; then
-        "$PYTHON" tools/sweep.py table "$@" --dry-run "${SWEEP_ARGS[@]+"${SWEEP_ARGS[@]}"}"
-        return 0
-    fi
-    "$PYTHON" tools/sweep.py table "$@" "${SWEEP_ARGS[@]+"${SWEEP_ARGS[@]}"}"
+    local dry=()
+    [[ $DRY_RUN == 1 ]] && dry=(--dry-run)
+    "$PYTHON" tools/sweep.py table "$@" "${dry[@]+"${dry[@]}"}" "${SWEEP_ARGS[@]+"${SWEEP_ARGS[@]}"}"
 }
 
 # make_tables TABLE... : tables from whatever records exist (missing runs stay empty cells).
@@ -62,7 +60,8 @@ make_tables() {
 reproduce_table() {
     local table="$1" status=0
     run_sweep "$table" || status=$?
-    if [[ $DRY_RUN == 1 ]]; then return 0; fi
+    # A dry run that could not list the runs (e.g. a broken interpreter) is a failure too.
+    if [[ $DRY_RUN == 1 ]]; then return $status; fi
     make_tables "$table"
     echo "Table $table: $OUT/table$table/table$table.{md,csv,tex}"
     if [[ $status != 0 ]]; then

@@ -13,7 +13,7 @@
 source "$(dirname "$0")/reproduce_common.sh"
 status=0
 run_sweep figures || status=$?
-if [[ $DRY_RUN == 1 ]]; then exit 0; fi
+if [[ $DRY_RUN == 1 ]]; then exit $status; fi
 model_args=()
 [[ -n "$MODELS" ]] && model_args=(--models $MODELS)
 "$PYTHON" tools/make_figures.py --runs "$WORK_ROOT" --out "$OUT/figures" \

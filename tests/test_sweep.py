@@ -23,16 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from lbp_wht.records import read_record, write_record
+from lbp_wht.experiments.catalog import Cell, table_cells
+from lbp_wht.records import STALE_MARK, read_record, write_record
 from lbp_wht.sweep import (
-    Cell,
     Run,
     RunLock,
     dry_run_listing,
     parse_progress,
     run_state,
     run_sweep,
-    table_cells,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +155,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 60) -> str:
 
 
 def _records(work: Path) -> dict[str, dict]:
-    return {p.parent.name: read_record(p) for p in sorted(work.glob("*/record.json"))}
+    """The records of the runs (not of earlier attempts the sweep moved aside)."""
+    paths = sorted(work.glob("*/record.json"))
+    return {p.parent.name: read_record(p) for p in paths if STALE_MARK not in p.parent.name}
 
 
 def _wait_for_complete(work: Path, n: int, timeout: float = 30) -> None:
@@ -185,15 +186,29 @@ def test_killed_sweep_restarts_to_the_same_records(fake, reference, kill_childre
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     before = _records(work)
-    assert 2 <= sum(r["status"] == "complete" for r in before.values()) < N_RUNS
+    done_before = {k for k, r in before.items() if r["status"] == "complete"}
+    assert 2 <= len(done_before) < N_RUNS
+    log_before = log.read_text()
 
     out = _finish(_start(driver, spec))
     assert _records(work) == reference  # same set of records, same content
+    # Finished runs were skipped, not redone; a run that was in flight was either awaited (its
+    # orphan finished it) or moved aside and redone; no run finished twice. (A run killed
+    # between writing its complete record and logging "end" has a record and no "end".)
+    restarted = {
+        ln.split()[1]
+        for ln in log.read_text()[len(log_before) :].splitlines()
+        if ln.startswith("start ")
+    }
+    assert not restarted & done_before, restarted & done_before
     ends = _ends(log)
-    # Every run completed exactly once: finished runs were skipped, not redone, and a run that
-    # was in flight was either awaited (its orphan finished it) or cleaned and redone.
-    assert ends == Counter({f"run{i}": 1 for i in range(N_RUNS)}), ends
+    assert all(n == 1 for n in ends.values()), ends
+    assert set(ends) | done_before == {f"run{i}" for i in range(N_RUNS)}, ends
     assert "already complete (skipped)" in out
+    # A half-done attempt was moved aside with what it had written, not deleted.
+    for aside in (p for p in work.iterdir() if STALE_MARK in p.name):
+        run = aside.name.split(STALE_MARK)[0]
+        assert before.get(run, {}).get("status") != "complete" and str(aside) in out
 
 
 def test_two_concurrent_sweeps_never_run_the_same_run(fake, reference):
@@ -361,29 +376,28 @@ def _expected_ids(table: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep_cli():
+def table_lib():
     if not (ROOT / "configs" / "table2").is_dir():
         pytest.skip("generated configs missing: run tools/gen_configs.py")
-    sys.path.insert(0, str(ROOT / "tools"))
-    import sweep as cli  # tools/sweep.py
+    from lbp_wht.experiments import runs
 
-    return cli
+    return runs
 
 
 @pytest.mark.parametrize("table", ["2", "3", "4", "5", "6", "7"])
-def test_table_sweeps_are_exactly_the_papers_runs(sweep_cli, table, tmp_path):
-    runs = sweep_cli.table_runs([table], seeds=[0], work_root=tmp_path)
+def test_table_sweeps_are_exactly_the_papers_runs(table_lib, table, tmp_path):
+    runs = table_lib.table_runs([table], seeds=[0], work_root=tmp_path)
     assert {r.run_id for r in runs} == _expected_ids(table)
     for run in runs:
         config = ROOT / run.command[2]
         assert config.is_file(), run.shell()
         assert run.work_dir == tmp_path / run.run_id and run.cwd == str(ROOT)
     # Seeds multiply the runs; shared cells (Table 2 / 4 / 6 / figures) run once.
-    assert len(sweep_cli.table_runs([table], seeds=[0, 1], work_root=tmp_path)) == 2 * len(runs)
+    assert len(table_lib.table_runs([table], seeds=[0, 1], work_root=tmp_path)) == 2 * len(runs)
 
 
-def test_cells_without_a_generated_config_override_the_method(sweep_cli, tmp_path):
-    runs = sweep_cli.table_runs(
+def test_cells_without_a_generated_config_override_the_method(table_lib, tmp_path):
+    runs = table_lib.table_runs(
         ["5", "fig3", "figures", "2", "4"],
         seeds=[0],
         work_root=tmp_path,
@@ -409,7 +423,7 @@ def test_cells_without_a_generated_config_override_the_method(sweep_cli, tmp_pat
     assert "figure5" in spectrum.command[2]
 
 
-def test_reproduce_scripts_dry_run(sweep_cli, tmp_path):
+def test_reproduce_scripts_dry_run(table_lib, tmp_path):
     for name in [f"reproduce_table{n}.sh" for n in range(2, 9)] + ["reproduce_figures.sh"]:
         path = ROOT / "scripts" / name
         assert path.is_file() and os.access(path, os.X_OK), path

@@ -259,7 +259,7 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     if lbp is None:
         raise LBPConfigError(
             "the config has no `lbp = dict(method=..., model=..., scope=...)` block; "
-            "inherit one of configs/_base_/methods/*.py"
+            "inherit configs/_base_/method.py and set lbp.method, lbp.model and lbp.scope"
         )
     if not isinstance(lbp, Mapping):
         raise LBPConfigError(f"lbp must be a dict of settings, got {type(lbp).__name__}: {lbp!r}")

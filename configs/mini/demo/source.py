@@ -7,9 +7,9 @@
 # and reuses the checkpoint (iter_400.pth) for every adaptation run.
 _base_ = [
     "./_base_/model.py",
-    "../../_base_/datasets/fashion-mnist_mini.py",
+    "../../_base_/datasets/fashion-mnist.py",
     "../../_base_/schedules/mini_iters.py",
-    "../../_base_/methods/full_bp.py",
+    "../../_base_/method.py",
     "../../_base_/default_runtime.py",
 ]
 dataset_name = "fmnist-0to4"

@@ -11,9 +11,9 @@
 # every method), weight decay 1e-5, 20-iteration warm-up then cosine to 1%.
 _base_ = [
     "./_base_/model.py",
-    "../../_base_/datasets/fashion-mnist_mini.py",
+    "../../_base_/datasets/fashion-mnist.py",
     "../../_base_/schedules/mini_iters.py",
-    "../../_base_/methods/lbp_wht.py",
+    "../../_base_/method.py",
     "../../_base_/default_runtime.py",
 ]
 dataset_name = "fmnist-5to9"

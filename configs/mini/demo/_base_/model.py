@@ -1,4 +1,4 @@
-# The demo's mini EfficientFormer (issue 6): the 'mini-efficientformer' preset's structure
+# The demo's mini EfficientFormer: the 'mini-efficientformer' preset's structure
 # (mmpretrain EfficientFormer, 28x28 input, stride-4 stem -> 7x7 maps, so the last stage works on
 # L = 49 tokens like the paper's; no stage downsamples) at a lighter size: 48 channels, stages of
 # 1/1/1/2 blocks, the last stage = 1 Meta4D block (1x1-conv MLP) + Flat + 1 Meta3D

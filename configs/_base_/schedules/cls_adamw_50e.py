@@ -1,4 +1,4 @@
-# Classification fine-tuning (Sec. 4.1 + the authors' configs, NOTES-paper): 50 epochs, AdamW,
+# Classification fine-tuning (Sec. 4.1 + the authors' configs): 50 epochs, AdamW, lr 1e-4,
 # batch 64, weight decay 1e-5; linear warm-up from 0.001x over 1000 iterations, then cosine
 # annealing per iteration down to 0.01x. The cosine spans the whole run and overlaps the warm-up
 # (mmengine multiplies overlapping schedulers), as mmcls 0.25's warm-up did.

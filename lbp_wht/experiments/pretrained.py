@@ -1,0 +1,213 @@
+"""The pretrained checkpoints the paper's configs fine-tune from: where each comes from, the
+file the configs load, and how to fetch and verify it (behind ``tools/fetch_checkpoints.py``).
+
+Sources (Sec. 4.1: ImageNet-pretrained classifiers, ADE20K-pretrained Segformer):
+
+* EfficientFormer-L1 / L7, SwinV2-Small w8 256 px: the OpenMMLab (mmpretrain) model zoo (the
+  URLs of mmpretrain 1.2's ``configs/*/metafile.yml``; the original authors' weights converted
+  by OpenMMLab). Keys match the mmpretrain models; the 1000-class head (and EfficientFormer's
+  distillation head) is left out at load time (``lbp.reinit_keys``).
+* Segformer MiT-B0 ADE20K 512x512 160k: the mmseg model zoo. Its ``nn.MultiheadAttention``
+  keys are split into q/k/v/proj when loading
+  (``lbp_wht.integrations.models.mmseg_attention_keys_to_explicit``).
+* EfficientFormerV2-S0 / L: timm's ``efficientformerv2_<arch>.snap_dist_in1k`` (Hugging Face
+  hub, through ``timm.create_model(..., pretrained=True)``), re-keyed to this project's
+  ``TimmEfficientFormerV2`` backbone (``backbone.timm_model.<timm key>``; timm's two
+  classifier heads dropped) and saved as an mmengine-style checkpoint.
+
+Downloads are checked against the hash prefix in the file name where the zoo provides one.
+The table itself is standard library only; fetching imports torch (and timm) when called.
+"""
+
+from __future__ import annotations
+
+import os
+import os.path as osp
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Pretrained",
+    "PRETRAINED",
+    "FetchError",
+    "hash_prefix",
+    "timm_to_backbone_state",
+    "fetch",
+    "verify",
+]
+
+MMPRETRAIN = "https://download.openmmlab.com/mmclassification/v0"
+MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One pretrained checkpoint.
+
+    Attributes:
+        model: the model id it initialises.
+        file: its file name under the checkpoint directory (the configs' ``load_from`` is
+            ``checkpoints/<file>``).
+        url: direct download (OpenMMLab zoo), or "" for a timm model.
+        timm: the timm model name to convert from, or "".
+        config: a config of this model (relative to the repository), to verify keys against.
+    """
+
+    model: str
+    file: str
+    url: str = ""
+    timm: str = ""
+    config: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.url or f"timm {self.timm}"
+
+
+def _pretrained(model: str, file: str, config: str, url: str = "", timm: str = "") -> Pretrained:
+    return Pretrained(model, file, url, timm, config)
+
+
+_CLS = "configs/table2/{m}/{m}_partial_full-bp_cifar10.py"
+#: Model id -> its pretrained checkpoint.
+PRETRAINED: dict[str, Pretrained] = {
+    p.model: p
+    for p in (
+        _pretrained(
+            "efficientformer-l1",
+            "efficientformer-l1_3rdparty_in1k_20220915-cc3e1ac6.pth",
+            _CLS.format(m="efficientformer-l1"),
+            url=f"{MMPRETRAIN}/efficientformer/efficientformer-l1_3rdparty_in1k_20220915-cc3e1ac6.pth",
+        ),
+        _pretrained(
+            "efficientformer-l7",
+            "efficientformer-l7_3rdparty_in1k_20220915-185e30af.pth",
+            _CLS.format(m="efficientformer-l7"),
+            url=f"{MMPRETRAIN}/efficientformer/efficientformer-l7_3rdparty_in1k_20220915-185e30af.pth",
+        ),
+        _pretrained(
+            "efficientformerv2-s0",
+            "efficientformerv2_s0_timm_in1k.pth",
+            _CLS.format(m="efficientformerv2-s0"),
+            timm="efficientformerv2_s0.snap_dist_in1k",
+        ),
+        _pretrained(
+            "efficientformerv2-l",
+            "efficientformerv2_l_timm_in1k.pth",
+            _CLS.format(m="efficientformerv2-l"),
+            timm="efficientformerv2_l.snap_dist_in1k",
+        ),
+        _pretrained(
+            "swinv2-small-w8",
+            "swinv2-small-w8_3rdparty_in1k-256px_20220803-b01a4332.pth",
+            _CLS.format(m="swinv2-small-w8"),
+            url=f"{MMPRETRAIN}/swin-v2/swinv2-small-w8_3rdparty_in1k-256px_20220803-b01a4332.pth",
+        ),
+        _pretrained(
+            "segformer-mit-b0",
+            "segformer_mit-b0_512x512_160k_ade20k_20210726_101530-8ffa8fda.pth",
+            "configs/table3/segformer-mit-b0_partial_full-bp_cityscapes.py",
+            url=f"{MMSEG}/segformer/segformer_mit-b0_512x512_160k_ade20k/"
+            "segformer_mit-b0_512x512_160k_ade20k_20210726_101530-8ffa8fda.pth",
+        ),
+    )
+}
+
+
+class FetchError(RuntimeError):
+    """A checkpoint could not be fetched; the message names the source and what to do."""
+
+
+def hash_prefix(filename: str) -> str | None:
+    """The sha256 prefix OpenMMLab puts at the end of zoo file names (``..._<date>-<hash>.pth``)."""
+    stem = osp.splitext(filename)[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if len(tail) == 8 and all(c in "0123456789abcdef" for c in tail) else None
+
+
+def timm_to_backbone_state(state: dict) -> dict:
+    """timm EfficientFormerV2 state dict -> keys of ``TimmEfficientFormerV2`` in an
+    ``ImageClassifier`` (``backbone.timm_model.<key>``); timm's ``head`` / ``head_dist``
+    classifiers are dropped (the backbone resets its classifier; the task head is new)."""
+    return {
+        f"backbone.timm_model.{k}": v
+        for k, v in state.items()
+        if not (k.startswith("head.") or k.startswith("head_dist.") or k.startswith("dist_head."))
+    }
+
+
+def _offline_advice(spec: Pretrained, dst: str) -> str:
+    where = spec.url or f"timm.create_model({spec.timm!r}, pretrained=True) (Hugging Face hub)"
+    return (
+        f"on a machine with network access, download {where} and copy it to {dst} "
+        "(the directory is CKPT_DIR / --dir)"
+    )
+
+
+def fetch(name: str, out_dir: str | os.PathLike, force: bool = False, log=print) -> str:
+    """Download (or convert) the checkpoint of model ``name`` into ``out_dir``; returns its
+    path. An existing file is kept unless ``force``.
+
+    Raises:
+        KeyError: ``name`` is not in :data:`PRETRAINED`.
+        FetchError: the download or the timm hub failed (offline, HTTP error, hash
+            mismatch); the message names the URL and where to put a file fetched elsewhere.
+    """
+    import urllib.error
+
+    spec = PRETRAINED[name]
+    dst = osp.join(os.fspath(out_dir), spec.file)
+    if osp.exists(dst) and not force:
+        log(f"{name}: {dst} exists")
+        return dst
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        import torch
+
+        if spec.url:
+            log(f"{name}: downloading {spec.url}")
+            torch.hub.download_url_to_file(spec.url, dst, hash_prefix=hash_prefix(spec.file))
+        else:
+            import timm
+
+            log(f"{name}: timm.create_model({spec.timm!r}, pretrained=True)")
+            model = timm.create_model(spec.timm, pretrained=True)
+            state = timm_to_backbone_state(model.state_dict())
+            meta = dict(source=f"timm:{spec.timm}", converted_by="tools/fetch_checkpoints.py")
+            torch.save(dict(state_dict=state, meta=meta), dst)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise FetchError(
+            f"{name}: could not fetch {spec.source} ({type(err).__name__}: {reason}); "
+            + _offline_advice(spec, dst)
+        ) from None
+    log(f"{name}: saved {dst}")
+    return dst
+
+
+def verify(name: str, path: str | os.PathLike, repo_root: str | os.PathLike | None = None) -> dict:
+    """Build the model of the checkpoint's config and compare its keys with the file's (no
+    training). Returns ``compare_state_dicts``' dict (missing / mismatched / unexpected /
+    reinit) plus ``ok``: no missing and no mismatched tensors."""
+    import torch
+    from mmengine.config import Config
+
+    from lbp_wht.integrations.build import inject_lbp, validate_lbp_cfg
+    from lbp_wht.integrations.config_check import build_model
+    from lbp_wht.integrations.runner import compare_state_dicts
+
+    from .catalog import REPO_ROOT
+
+    root = Path(repo_root) if repo_root is not None else REPO_ROOT
+    cfg = Config.fromfile(str(root / PRETRAINED[name].config))
+    inject_lbp(cfg)
+    model = build_model(cfg)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt)
+    if any(".attn.attn.in_proj_" in k for k in state):
+        from lbp_wht.integrations.models import mmseg_attention_keys_to_explicit
+
+        state = mmseg_attention_keys_to_explicit(state)
+    diff = compare_state_dicts(model.state_dict(), state, validate_lbp_cfg(cfg.lbp)["reinit_keys"])
+    diff["ok"] = not diff["missing"] and not diff["mismatched"]
+    return diff
