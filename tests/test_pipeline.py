@@ -495,3 +495,22 @@ def test_resuming_a_finished_run_keeps_or_completes_its_record(idx_root, tmp_pat
     (tmp_path / "record.json").write_text(first.replace('"complete"', '"interrupted"'))
     rec = resume()
     assert rec["status"] == "complete" and rec["value"] == json.loads(first)["value"]
+
+
+def test_sweep_expects_the_digest_the_run_records():
+    """lbp_wht.experiments.runs.expected_digest (what a sweep compares) equals the digest of
+    the config tools/train.py builds for that run (what the record stores, see above)."""
+    from mmengine.config import DictAction
+
+    from lbp_wht.experiments.runs import expected_digest, grid_runs
+    from lbp_wht.integrations.launch import effective_config
+    from lbp_wht.records import config_digest
+
+    config = str(MINI_CLS)
+    runs = grid_runs(config, ["lbp.r=2,6"], seeds=[0, 1], work_root="/tmp/unused",
+                     extra_options=["train_cfg.max_iters=5"])  # fmt: skip
+    for run in runs:
+        opts = {k: DictAction._parse_iterable(v)
+                for k, v in (o.split("=", 1) for o in run.meta["cfg_options"])}  # fmt: skip
+        cfg = effective_config(config, opts, work_dir=str(run.work_dir), seed=run.meta["seed"])
+        assert expected_digest(run) == config_digest(cfg.to_dict()), run.run_id
