@@ -178,3 +178,19 @@ def test_sweep_launched_run_holds_the_lock_for_itself(data, tmp_path):
         os.environ.update(old)
     assert report.ok, [r.message for r in report.results]
     assert _record(wd)["status"] == "complete"
+
+
+def test_a_broken_collective_then_sigterm_counts_as_interrupted():
+    """Distributed stop: a peer that stopped first breaks this rank's all-reduce before this
+    rank's own SIGTERM arrives; the record must still say interrupted, not failed."""
+    import threading
+
+    from lbp_wht.integrations.launch import Interruptible, RunInterrupted
+
+    broken = RuntimeError("Connection closed by peer")
+    with Interruptible() as guard:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        err = guard.settle(broken, grace_s=30)
+    assert isinstance(err, RunInterrupted) and err.signum == signal.SIGTERM
+    with Interruptible() as guard:
+        assert guard.settle(broken, grace_s=0.1) is broken  # no signal: a real failure

@@ -20,8 +20,9 @@ Before anything is built (fast, so a mistake costs seconds, not a queue slot):
 - :func:`check_inputs`: every missing input (checkpoint to load or resume, dataset files) in
   one :class:`~lbp_wht.integrations.datasets.MissingInputsError`.
 
-Then :func:`run`: builds the runner and trains / tests under :func:`interruptible`
-(SIGTERM / SIGINT raise :class:`RunInterrupted`); a run that raises leaves a record with status
+Then :func:`run`: builds the runner and trains / tests under :class:`Interruptible`
+(SIGTERM / SIGINT raise :class:`RunInterrupted`; in a distributed run a rank whose peer
+stopped first waits a moment for its own signal); a run that raises leaves a record with status
 ``failed`` (the error) or ``interrupted`` (the signal and the command that continues it), and
 the tool exits non-zero: 2 when the run was refused before it started, 1 when it failed,
 128 + signal number when it was interrupted.
@@ -35,9 +36,9 @@ import os
 import os.path as osp
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from .runner import (
 __all__ = [
     "RUNNER_KEYS",
     "ConfigKeyError",
+    "Interruptible",
     "RunInterrupted",
     "WorkDirBusyError",
     "WorkDirHasRunError",
@@ -83,7 +85,6 @@ __all__ = [
     "claim_work_dir",
     "default_work_dir",
     "effective_config",
-    "interruptible",
     "run",
     "set_local_rank",
     "work_dir_lock_path",
@@ -470,29 +471,50 @@ def check_inputs(cfg: Config, mode: str = "train") -> None:
 # ---------------------------------------------------------------------------------------------
 # running
 # ---------------------------------------------------------------------------------------------
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGINT raise :class:`RunInterrupted` (once; later signals are ignored so
-    that the record of the interruption gets written). No-op outside the main thread."""
-    import threading
+class Interruptible:
+    """While active (``with``), SIGTERM and SIGINT raise :class:`RunInterrupted` in the main
+    thread, once: later signals are ignored, so that the record of the interruption gets
+    written. Inactive outside the main thread (signals can only be handled there)."""
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = []
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def handler(signum: int, frame: Any) -> None:
-        if fired:
+    def __init__(self) -> None:
+        self.fired: list[int] = []
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.fired:
             return
-        fired.append(signum)
+        self.fired.append(signum)
         raise RunInterrupted(signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
+    def __enter__(self) -> Interruptible:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
             signal.signal(s, h)
+
+    def settle(self, err: BaseException, grace_s: float = 0.0) -> BaseException:
+        """The exception to record for a run that raised ``err``: a :class:`RunInterrupted`
+        if a signal came (also during ``grace_s`` seconds of waiting for one), else ``err``.
+
+        The wait is for distributed runs: when the scheduler stops all ranks, a peer that
+        stopped first breaks this rank's collective before this rank's own SIGTERM arrives.
+        """
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        try:
+            deadline = time.monotonic() + grace_s
+            while not self.fired and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except RunInterrupted as sig:
+            return sig
+        return RunInterrupted(self.fired[0]) if self.fired else err
 
 
 def _command_hint(cfg: Config) -> str:
@@ -558,7 +580,7 @@ def run(cfg: Config, kind: str = "train") -> dict[str, Any]:
     from mmengine.registry import RUNNERS
 
     runner = None
-    with interruptible():
+    with Interruptible() as guard:
         try:
             runner = RUNNERS.build(cfg)
             if kind == "train":
@@ -568,13 +590,14 @@ def run(cfg: Config, kind: str = "train") -> dict[str, Any]:
                 metrics = dict(runner.test())
             _close_process_group()
             return metrics
-        except BaseException as err:
+        except BaseException as first:
             if runner is None or not getattr(runner, "lbp_run_started", False):
                 raise
+            err = guard.settle(first, grace_s=5.0 if runner.world_size > 1 else 0.0)
             if runner.rank == 0:
                 _failure_record(runner, kind, err)
             if isinstance(err, KeyboardInterrupt):
-                raise
+                raise err from (None if err is first else first)
             raise RunFailed(str(err)) from err
 
 
