@@ -30,7 +30,7 @@ import lbp_wht.integrations.runner as rn
 from lbp_wht.integrations import checkpoint as ck
 from lbp_wht.integrations import datasets as ds
 from lbp_wht.integrations import launch
-from lbp_wht.integrations.build import LBPConfigError, validate_lbp_cfg
+from lbp_wht.integrations.build import LBPConfigError, check_lbp_preset, validate_lbp_cfg
 from lbp_wht.integrations.recording import (
     NonFiniteGuardHook,
     NonFiniteLossError,
@@ -279,8 +279,10 @@ CASES = [
     Case("select_typo", lbp(select="lp_li"), LBPConfigError, ("lbp.select", "'lp_l1'")),
     Case("scope_typo", lbp(scope="partal"), LBPConfigError, ("lbp.scope", "'partial'")),
     Case("padding_typo", lbp(padding="zeros"), LBPConfigError, ("lbp.padding", "'zero'")),
-    Case("model_unknown", lbp(model="efficientformer-l2"), LBPConfigError,
+    Case("model_unknown", options(lbp__model="efficientformer-l2"), LBPConfigError,
          ("lbp.model", "'efficientformer-l1'")),
+    Case("preset_unknown", lambda c: check_lbp_preset({**BASE, "preset": "mini-efficientformr"}),
+         LBPConfigError, ("lbp.preset", "'mini-efficientformer'")),
     Case("lhe_without_rank", lbp(select="lhe"), LBPConfigError, ("lbp.rank",)),
     Case("lhe_iters_zero", lbp(select="lhe", rank=10, lhe_iters=0), LBPConfigError,
          ("lbp.lhe_iters",)),

@@ -461,7 +461,7 @@ def test_committed_configs_pass_the_key_checks():
     has a top-level key that looks like a misspelling, and every lbp block validates."""
     from mmengine.config import Config
 
-    from lbp_wht.integrations.build import validate_lbp_cfg
+    from lbp_wht.integrations.build import check_lbp_preset, validate_lbp_cfg
     from lbp_wht.integrations.launch import check_config_keys
 
     folders = sorted(
@@ -473,7 +473,7 @@ def test_committed_configs_pass_the_key_checks():
     for path in sample:
         cfg = Config.fromfile(str(path))
         check_config_keys(cfg)
-        validate_lbp_cfg(cfg.get("lbp"))
+        check_lbp_preset(validate_lbp_cfg(cfg.get("lbp")))
 
 
 def test_resuming_a_finished_run_keeps_or_completes_its_record(idx_root, tmp_path):

@@ -54,6 +54,7 @@ __all__ = [
     "LBPWHTModel",
     "TrainableOnlyOptimWrapperConstructor",
     "validate_lbp_cfg",
+    "check_lbp_preset",
     "close_matches",
     "did_you_mean",
     "lbp_rank",
@@ -254,7 +255,8 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check the ``lbp`` block against :data:`LBP_SCHEMA` and complete it with the defaults.
 
     Every key is checked by type (no string is converted), allowed values and range, then
-    the combinations (LHE needs ``rank``; ``r`` fits ``order``; the model has a preset).
+    the combinations (LHE needs ``rank``; ``r`` fits ``order``). Whether the model has a
+    preset is :func:`check_lbp_preset`'s question.
 
     Raises:
         LBPConfigError: naming the key: unknown keys (with a close match and the valid keys),
@@ -281,13 +283,6 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in out.items():
         if key in LBP_SCHEMA:  # a key without an entry fails tests/test_pipeline.py, not runs
             _check_lbp_value(key, value, LBP_SCHEMA[key])
-    preset = out["preset"] or out["model"]
-    if preset not in _presets.PRESET_MODELS:
-        which = "lbp.preset" if out["preset"] else "lbp.model"
-        raise LBPConfigError(
-            f"{which}={preset!r} has no preset{did_you_mean(preset, _presets.PRESET_MODELS)}; "
-            f"choose one of {list(_presets.PRESET_MODELS)} (or set lbp.preset to one of them)"
-        )
     if uses_lbp(out["method"]):
         if out["select"] == "lhe":
             if uses_lora(out["method"]):
@@ -308,6 +303,22 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     out["reinit_keys"] = tuple(out["reinit_keys"])
     out["drop_keys"] = tuple(out["drop_keys"])
     return out
+
+
+def check_lbp_preset(lbp: Mapping[str, Any]) -> None:
+    """Refuse an ``lbp`` block whose model (or ``lbp.preset``) has no preset, before anything is
+    built (the builder would refuse it too, after building the model).
+
+    Raises:
+        LBPConfigError: naming the key, with a close match and the preset names.
+    """
+    preset = lbp.get("preset") or lbp.get("model")
+    if preset not in _presets.PRESET_MODELS:
+        which = "lbp.preset" if lbp.get("preset") else "lbp.model"
+        raise LBPConfigError(
+            f"{which}={preset!r} has no preset{did_you_mean(str(preset), _presets.PRESET_MODELS)}; "
+            f"choose one of {list(_presets.PRESET_MODELS)} (or set lbp.preset to one of them)"
+        )
 
 
 def uses_lbp(method: str) -> bool:

@@ -47,7 +47,13 @@ from mmengine.config import Config
 from lbp_wht.records import read_record, write_record
 from lbp_wht.sweep import RunLock, safe_id
 
-from .build import LBPConfigError, close_matches, did_you_mean, validate_lbp_cfg
+from .build import (
+    LBPConfigError,
+    check_lbp_preset,
+    close_matches,
+    did_you_mean,
+    validate_lbp_cfg,
+)
 from .checkpoint import (
     CheckpointLoadError,
     CheckpointNotFoundError,
@@ -303,7 +309,7 @@ def effective_config(
         check_override_keys(cfg, options)
         cfg.merge_from_dict(dict(options))
     check_config_keys(cfg)
-    validate_lbp_cfg(cfg.get("lbp"))
+    check_lbp_preset(validate_lbp_cfg(cfg.get("lbp")))
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
