@@ -24,8 +24,10 @@ block's output). Carrying the correction rather than the features is what makes 
 model start *exactly* as the frozen one: ``c_1 = f_1(b_1)`` comes from the first block's
 output alone, and with the mixers' output projections at zero every ``c_i`` is exactly 0, so
 ``o' = o`` bit for bit. ``P_i`` is the identity where the width does not change and a
-bias-free linear map ``C_{i-1} -> C_i`` where it does (likewise ``P_o``, ``C_L -> C_o``); a
-bias-free linear map of zero is zero, so any initialisation keeps the start exact.
+bias-free rank-``r`` map ``C_{i-1} -> r -> C_i`` (:class:`LowRankMap`) where it does (likewise
+``P_o``, ``C_L -> C_o``); a bias-free linear map of zero is zero, so any initialisation keeps
+the start exact, and the rank keeps a change to a wide output (e.g. 320 -> 1280 channels) as
+cheap as the mixers.
 
 ``f_i`` is a low-rank mixer: a channel mixer, then a token mixer, each a rank-``r``
 bottleneck with a GELU between its two projections and a LayerNorm (over channels) before it,
@@ -44,8 +46,8 @@ projections do.
 Where the LoSA paper is silent, the choices here are (also in ``docs/PAPER_NOTES.md``,
 "Beyond the paper: LoSA"):
 the correction form above (zero start); LayerNorm before each mixer; GELU; biases in all
-four projections; one rank ``r`` for both mixers; ``P_i`` for width changes (the paper's
-ViTs have one width); taps and output given by the caller (the presets use the blocks of a
+four projections; one rank ``r`` for both mixers and for the width changes ``P_i`` (the
+paper's ViTs have one width); taps and output given by the caller (the presets use the blocks of a
 model's last stage, where the token count is constant, and the backbone's final feature as
 the output); NCHW maps flattened row-major, the correction reshaped back to the output's
 layout. The token mixer fixes ``N``, so an adapted model only takes inputs of the size it was
@@ -75,6 +77,7 @@ import torch.nn as nn
 
 __all__ = [
     "LowRankMixer",
+    "LowRankMap",
     "LoSA",
     "attach_losa",
     "detach_losa",
@@ -107,6 +110,14 @@ def _like(c: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return c
     b, ch, h, w = ref.shape
     return c.transpose(1, 2).reshape(b, ch, h, w)
+
+
+class LowRankMap(nn.Sequential):
+    """A bias-free rank-``r`` linear map ``x -> (x V^T) U^T`` with ``V (r, a)``, ``U (b, r)``
+    (``nn.Linear`` initialisation): LoSA's side state crossing a change of width ``a -> b``."""
+
+    def __init__(self, a: int, b: int, rank: int) -> None:
+        super().__init__(nn.Linear(a, rank, bias=False), nn.Linear(rank, b, bias=False))
 
 
 class LowRankMixer(nn.Module):
@@ -188,14 +199,14 @@ class LoSA(nn.Module):
         )
         widths = [tap_channels[0], *tap_channels]  # c_0 has the first tap's width
         self.transitions = nn.ModuleList(
-            nn.Identity() if a == b else nn.Linear(a, b, bias=False)
+            nn.Identity() if a == b else LowRankMap(a, b, self.rank)
             for a, b in zip(widths[:-1], widths[1:])
         )
         last = tap_channels[-1]
         self.out_transition = (
             nn.Identity()
             if last == self.out_channels
-            else nn.Linear(last, self.out_channels, False)
+            else LowRankMap(last, self.out_channels, self.rank)
         )
         # Hook state (not parameters): set by attach_losa.
         self.tap_names: list[str] = []

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from lbp_wht import freeze, keep_batchnorm_eval
-from lbp_wht.losa import LoSA, LowRankMixer, attach_losa, detach_losa, find_blocks
+from lbp_wht.losa import LoSA, LowRankMap, LowRankMixer, attach_losa, detach_losa, find_blocks
 from lbp_wht.measure import SavedTensorTracker, measure_step
 
 C, HW = 12, 7
@@ -210,8 +210,10 @@ def test_width_and_layout_changes():
     ref = net(x)
     side = attach_losa(net, ["b1", "b2"], "out", rank=3, example_inputs=x[:1])
     assert side.tap_channels == [8, 16] and side.out_channels == 32 and side.tokens == 25
-    assert isinstance(side.transitions[1], nn.Linear) and side.transitions[1].bias is None
-    assert isinstance(side.out_transition, nn.Linear)
+    for trans, (a, b) in ((side.transitions[1], (8, 16)), (side.out_transition, (16, 32))):
+        assert isinstance(trans, LowRankMap)  # bias-free, rank 3: a -> 3 -> b
+        assert [tuple(m.weight.shape) for m in trans] == [(3, a), (b, 3)]
+        assert all(m.bias is None for m in trans)
     assert torch.equal(net(x), ref)
     _perturb(side)
     assert not torch.allclose(net(x), ref)

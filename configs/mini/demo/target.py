@@ -41,7 +41,10 @@ param_scheduler = [
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
 # No checkpoint files: the record (accuracy) is the result; 34 runs x 1 MB saved for nothing.
 default_hooks = dict(
-    logger=dict(interval=20), checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)
+    logger=dict(interval=20),
+    # by_epoch=False: scripts/reproduce_fidelity.sh keeps one run's final iter_200.pth
+    # (--cfg-options default_hooks.checkpoint.interval=200 default_hooks.checkpoint.save_last=True).
+    checkpoint=dict(type="CheckpointHook", interval=-1, by_epoch=False, save_last=False),
 )
 log_processor = dict(by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend="gloo"))
