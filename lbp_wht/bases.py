@@ -7,6 +7,7 @@ low spatial frequencies, which is what the low-pass selections below rely on.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +20,7 @@ BaseIndex = tuple[int, int]
 
 
 def _check_order(order: int) -> None:
-    if not isinstance(order, int) or order < 1 or order & (order - 1):
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1 or order & (order - 1):
         raise ValueError(
             f"WHT order must be a power of two (1, 2, 4, 8, 16, ...), got {order!r}. "
             "The paper uses order 8 (8x8 patches)."
@@ -78,7 +79,7 @@ def select_bases(
     _check_order(order)
     grid = [(i, j) for i in range(order) for j in range(order)]
     if method in ("lp_l1", "lp_linf"):
-        if r is None or not isinstance(r, int) or r < 1:
+        if r is None or isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(
                 f"select_bases({method!r}) needs an integer radius r >= 1, got r={r!r}"
             )
@@ -98,11 +99,26 @@ def select_bases(
                 f"select_bases('lhe'): energy has shape {tuple(energy.shape)}, "
                 f"expected ({order}, {order})"
             )
-        if rank is None or not 1 <= rank <= order * order:
+        if (
+            rank is None
+            or isinstance(rank, bool)
+            or not isinstance(rank, int)
+            or not 1 <= rank <= order * order
+        ):
             raise ValueError(
-                f"select_bases('lhe') needs 1 <= rank <= {order * order}, got {rank!r}"
+                f"select_bases('lhe') needs an int 1 <= rank <= {order * order}, got {rank!r}"
             )
         flat = energy.detach().double().flatten().cpu()
+        bad = int((~torch.isfinite(flat)).sum())
+        if bad:
+            # NaN compares false with everything, so a sort would rank it anywhere (often
+            # first); a diverged profiling run must not silently pick bases.
+            raise ValueError(
+                f"select_bases('lhe'): the energy spectrum has {bad} non-finite entries "
+                "(NaN/inf gradients during profiling?); cannot rank the bases"
+            )
+        if bool((flat < 0).any()):
+            raise ValueError("select_bases('lhe'): energies are sums of squares, got negative ones")
         # Stable tie-break by sequency so identical spectra give identical selections.
         order_idx = sorted(range(order * order), key=lambda k: (-float(flat[k]), sum(grid[k])))
         return [grid[k] for k in order_idx[:rank]]
@@ -111,6 +127,10 @@ def select_bases(
             raise ValueError("select_bases('explicit') needs a non-empty indices=[(i, j), ...]")
         chosen = []
         for ij in indices:
+            if isinstance(ij, str | bytes) or not isinstance(ij, Sequence) or len(ij) != 2:
+                raise TypeError(f"base index {ij!r} is not a pair (i, j)")
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in ij):
+                raise TypeError(f"base index {tuple(ij)!r} must hold two ints (i, j)")
             i, j = (int(v) for v in ij)
             if not (0 <= i < order and 0 <= j < order):
                 raise ValueError(f"base index {(i, j)} is outside an order-{order} WHT")

@@ -176,7 +176,7 @@ def lbp_flops(
             of ``x`` is needed only for ``g_w``.
         bias_row: "gemm" only: the bias gradient (a sum of ``g_y`` over tokens) is computed in
             the same GEMM as ``p(g_y)`` by an extra all-ones row of the projection matrix
-            (what :meth:`WHTProjector.project_grad` does on the single-patch path), adding
+            (what :meth:`WHTProjector.project` with ``bias_sum=True`` does on the dense path), adding
             ``2 Cy L'`` counted FLOPs. Table 1 does not count bias gradients.
         convention: ``"table1"`` or ``"gemm"`` (module docstring).
     """
@@ -421,17 +421,18 @@ class LinearLayerTracer:
             geom = LayerGeometry(name, kind, method, cx, cy, tokens, nx, nw)
             if method in ("lora", "lbp_lora"):
                 geom.lora_rank = int(module.lora_rank)
-            if method in ("lbp", "lbp_lora") and module._wants_lbp(x):
-                hw = module._map_size(x)
-                if module.bases is not None:
-                    proj = module._projector(hw)
-                    geom.hw, geom.rank, geom.patches = hw, proj.rank, proj.num_patches
-                    geom.proj_tokens = hw[0] * hw[1] if proj.impl == "dense" else proj.hp * proj.wp
-                    geom.extra_tokens = int(getattr(module, "extra_tokens", 0))
-                    b = module.bias
-                    geom.bias_row = bool(
-                        proj.impl == "dense" and b is not None and b.requires_grad and grad_on
-                    )
+            # The layer's public plan: None when it runs plain (eval, no grad), no projector
+            # while LHE still profiles (costed as plain, rank None).
+            plan = module.lbp_plan(x) if method in ("lbp", "lbp_lora") else None
+            if plan is not None and plan.projector is not None:
+                proj = plan.projector
+                geom.hw, geom.rank, geom.patches = plan.map.hw, proj.rank, proj.num_patches
+                geom.proj_tokens = proj.contracted_tokens
+                geom.extra_tokens = plan.map.prefix_tokens
+                b = module.bias
+                geom.bias_row = bool(
+                    proj.impl == "dense" and b is not None and b.requires_grad and grad_on
+                )
             old = self.found.get(name)
             if old is None:
                 self.found[name] = geom

@@ -2,29 +2,67 @@
 
 Like ``loralib``'s layers they subclass the torch layer they replace and keep its parameters
 (the *same* ``Parameter`` objects when built with ``from_module``), so state-dict keys are
-unchanged and pretrained checkpoints load into converted models.
+unchanged and pretrained checkpoints load into converted models. Both share one code path
+(:class:`LBPMixin`); only the plain operation (``F.linear`` / ``F.conv2d``) differs.
+
+Each layer holds an :class:`~lbp_wht.config.LBPConfig` (what to project onto) and a
+:class:`~lbp_wht.geometry.MapGeometry` (which axes of its input are the map). Bases that were
+set after construction (LHE) are part of the state dict (key ``<layer>.lbp_bases``, an
+``(R, 2)`` int64 tensor) so that a reloaded model projects onto the same bases; the key exists
+only on such layers, so the state dict of a model converted with a low-pass selection has
+exactly the keys of the plain model.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bases import select_bases
+from .bases import BaseIndex, select_bases
+from .config import LBPConfig
 from .functional import lbp_forward
-from .projection import PADDINGS, WHTProjector
+from .geometry import MapGeometry, MapSource, ResolvedMap, resolve_map
+from .projection import WHTProjector
 
-__all__ = ["LBPLinear", "LBPConv2d", "LBPMixin", "check_conv1x1", "shell_like"]
+__all__ = [
+    "LBPLinear",
+    "LBPConv2d",
+    "LBPMixin",
+    "LBPPlan",
+    "BatchNormGuard",
+    "check_conv1x1",
+    "check_input_features",
+    "shell_like",
+    "BASES_KEY",
+]
+
+#: State-dict key suffix of bases set after construction (LHE).
+BASES_KEY = "lbp_bases"
 
 
-def check_conv1x1(conv: nn.Conv2d, what: str) -> None:
+def check_conv1x1(conv: nn.Module, what: str) -> None:
     """Raise a clear error unless ``conv`` is a plain 1x1 convolution (a per-pixel linear)."""
+    reason = conv1x1_problem(conv)
+    if reason is not None:
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{what} needs an nn.Conv2d, got {type(conv).__name__}")
+        raise ValueError(
+            f"{what} supports only 1x1 convolutions (stride 1, no padding, groups 1); "
+            f"Conv2d({conv.in_channels}, {conv.out_channels}) has {reason}. "
+            "Leave this layer unconverted (it is not a linear layer over tokens)."
+        )
+
+
+def conv1x1_problem(conv: nn.Module) -> str | None:
+    """Why ``conv`` is not a plain 1x1 convolution (``None`` if it is one)."""
     if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"{what} needs an nn.Conv2d, got {type(conv).__name__}")
+        return f"not an nn.Conv2d ({type(conv).__name__})"
     k, s, p = tuple(conv.kernel_size), tuple(conv.stride), conv.padding
     bad = []
     if k != (1, 1):
@@ -37,12 +75,7 @@ def check_conv1x1(conv: nn.Conv2d, what: str) -> None:
         bad.append(f"dilation={tuple(conv.dilation)}")
     if conv.groups != 1:
         bad.append(f"groups={conv.groups}")
-    if bad:
-        raise ValueError(
-            f"{what} supports only 1x1 convolutions (stride 1, no padding, groups 1); "
-            f"Conv2d({conv.in_channels}, {conv.out_channels}) has {', '.join(bad)}. "
-            "Leave this layer unconverted (it is not a linear layer over tokens)."
-        )
+    return ", ".join(bad) if bad else None
 
 
 _CONV_ATTRS = (
@@ -82,204 +115,382 @@ def shell_like(cls: type, module: nn.Module) -> nn.Module:
     return new
 
 
+def check_input_features(layer: nn.Module, x: torch.Tensor, what: str, channels_dim: int) -> None:
+    """A clear error when ``x`` does not carry the layer's input features/channels."""
+    expected = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+    if x.dim() <= max(channels_dim, -channels_dim - 1) or x.shape[channels_dim] != expected:
+        kind = "in_channels" if isinstance(layer, nn.Conv2d) else "in_features"
+        axis = "dim 1" if channels_dim == 1 else "the last dim"
+        raise ValueError(
+            f"{what}: input of shape {tuple(x.shape)} does not have {kind}={expected} in "
+            f"{axis}; is the layer applied to the tensor it was converted for?"
+        )
+
+
+class BatchNormGuard:
+    """Warns once, at the first LBP-WHT training step, if BatchNorm layers are in train mode.
+
+    Train-mode BatchNorm normalises with batch statistics, which do not commute with the
+    low-rank projection of the gradient; measured on EfficientNet-Lite0 this costs up to 40
+    accuracy points. The fix is BatchNorm on running statistics (``norm_eval``), e.g.
+    :func:`lbp_wht.keep_batchnorm_eval`. :func:`lbp_wht.convert` shares one guard between
+    the LBP layers of a model; it checks when the first of them trains, after the model's own
+    forward pre-hooks (which may switch BatchNorm to eval mode) have run.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.checked = False
+
+    def check(self) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        bn = [
+            n
+            for n, m in self.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+        ]
+        if bn:
+            shown = ", ".join(bn[:5]) + (f", ... ({len(bn)} in all)" if len(bn) > 5 else "")
+            warnings.warn(
+                f"LBP-WHT layers train while {len(bn)} BatchNorm layers are in train mode "
+                f"({shown}). Batch statistics do not commute with the low-rank gradient "
+                "projection (measured on EfficientNet-Lite0: up to 40 accuracy points lost). "
+                "Keep BatchNorm on its running statistics: lbp_wht.keep_batchnorm_eval(model) "
+                "(the paper's norm_eval=True).",
+                stacklevel=4,
+            )
+
+
+@dataclass(frozen=True)
+class LBPPlan:
+    """What an LBP layer does with one input: the resolved map, and the projector (``None``
+    while an LHE layer still profiles and runs exact backprop)."""
+
+    map: ResolvedMap
+    projector: WHTProjector | None
+
+
 class LBPMixin:
-    """Shared state of the LBP-WHT layers: base selection, geometry, spectrum recording.
+    """Shared state and forward of the LBP-WHT layers.
 
     Attributes:
-        bases: selected ``(i, j)``; ``None`` while an LHE selection is still profiling (the
-            layer then runs exact backprop and records the spectrum of ``g_y``).
+        lbp_config: the :class:`LBPConfig`.
+        geometry: the :class:`MapGeometry` (layout, prefix tokens, fixed map size).
+        map_source: a :class:`MapSource` for the current map size, set by model adapters.
+        bases: the selected ``(i, j)``; ``None`` while an LHE selection is still profiling
+            (the layer then runs exact backprop, recording the spectrum of ``g_y`` when asked).
         record_spectrum: when True, every backward adds the ``(order, order)`` WHT energy
             spectrum of ``g_y`` to ``spectrum_energy`` and increments ``spectrum_steps``.
         lbp_name: qualified name inside the converted model (set by ``convert``), used in
             error messages.
+        batchnorm_guard: a :class:`BatchNormGuard` shared by the model's LBP layers, or None.
     """
 
-    _layout = "tokens"
+    _conv = False
 
-    def _init_lbp(
-        self,
-        select: str = "lp_l1",
-        r: int | None = 4,
-        order: int = 8,
-        padding: str = "reflect",
-        hw: tuple[int, int] | None = None,
-        extra_tokens: int = 0,
-        rank: int | None = None,
-        indices: Sequence[Sequence[int]] | None = None,
-        impl: str = "auto",
-        lhe_rank: int | None = None,
-    ) -> None:
-        if padding not in PADDINGS:
-            raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
-        if extra_tokens < 0:
-            raise ValueError(f"extra_tokens must be >= 0, got {extra_tokens}")
-        if hw is not None:
-            hw = (int(hw[0]), int(hw[1]))
-        self.select, self.r, self.order = select, r, order
-        # Not ``padding``: nn.Conv2d already has an attribute of that name.
-        self.wht_padding = padding
-        self.hw, self.extra_tokens, self.impl = hw, int(extra_tokens), impl
+    def _init_lbp(self, config: LBPConfig | None, geometry: MapGeometry | None) -> None:
+        config = LBPConfig() if config is None else config
+        geometry = MapGeometry() if geometry is None else geometry
+        if not isinstance(config, LBPConfig):
+            raise TypeError(
+                f"{type(self).__name__}: config must be an LBPConfig, got "
+                f"{type(config).__name__} (build one with LBPConfig(**options))"
+            )
+        if not isinstance(geometry, MapGeometry):
+            raise TypeError(
+                f"{type(self).__name__}: geometry must be a MapGeometry, got "
+                f"{type(geometry).__name__}"
+            )
+        allowed = ("auto", "nchw") if self._conv else ("auto", "tokens", "nhwc")
+        if geometry.layout not in allowed:
+            raise ValueError(
+                f"{type(self).__name__} takes layout in {list(allowed)}, got {geometry.layout!r}"
+            )
+        self.lbp_config = config
+        self.geometry = geometry
+        self.map_source: MapSource | None = None
+        self.bases: tuple[BaseIndex, ...] | None = config.selected_bases
         self.lbp_name = type(self).__name__
-        # ``lhe_rank`` is the same as ``rank``; LBP+LoRA layers need it because their ``rank``
-        # argument is the adapter rank.
-        rank = lhe_rank if lhe_rank is not None else rank
-        if select == "lhe":
-            if rank is None:
-                raise ValueError("select='lhe' needs rank=R (number of bases to keep)")
-            select_bases("lp_l1", r=1, order=order)  # validates order early
-            self.bases = None  # chosen after profiling, see set_bases / LBPWHTHook
-        else:
-            self.bases = select_bases(select, r=r, order=order, indices=indices)
-        self.lhe_rank = rank
         self.record_spectrum = False
         self.spectrum_energy: torch.Tensor | None = None
         self.spectrum_steps = 0
+        self.batchnorm_guard: BatchNormGuard | None = None
         self._projectors: dict[tuple[int, int], WHTProjector] = {}
+        self._spectrum_projectors: dict[tuple[int, int], WHTProjector] = {}
+        self._warned_no_bases = False
 
-    # ---- bases ------------------------------------------------------------------------
+    # ---- configuration views (read-only; the config is frozen) ----------------------------
     @property
-    def rank(self) -> int | None:
+    def num_bases(self) -> int | None:
         """R, the number of bases (None while LHE is profiling)."""
         return None if self.bases is None else len(self.bases)
 
+    @property
+    def rank(self) -> int | None:
+        """Same as :attr:`num_bases` (the name used by earlier code and the mmengine hooks)."""
+        return self.num_bases
+
+    @property
+    def order(self) -> int:
+        return self.lbp_config.order
+
+    @property
+    def select(self) -> str:
+        """The base selection (``lbp_config.selection``)."""
+        return self.lbp_config.selection
+
+    @property
+    def prefix_tokens(self) -> int:
+        return self.geometry.prefix_tokens
+
+    @property
+    def hw(self) -> tuple[int, int] | None:
+        """The fixed map size, or None (then from ``map_source`` or the input)."""
+        return self.geometry.hw
+
+    @hw.setter
+    def hw(self, value: tuple[int, int] | None) -> None:
+        # Models that know their map size only at run time (e.g. Segformer's hw_shape) set it
+        # before each call.
+        if value != self.geometry.hw:
+            self.geometry = MapGeometry(self.geometry.layout, self.geometry.prefix_tokens, value)
+
+    # ---- bases ----------------------------------------------------------------------------
     def set_bases(self, bases: Sequence[Sequence[int]]) -> None:
-        """Fix the bases (e.g. after LHE profiling); validated like an explicit selection."""
-        self.bases = select_bases("explicit", order=self.order, indices=bases)
+        """Fix the bases (e.g. after LHE profiling); validated like an explicit selection.
+
+        Bases that differ from the config's own selection are saved in the state dict.
+        """
+        self.bases = tuple(select_bases("explicit", order=self.order, indices=bases))
+        self._projectors.clear()
+
+    def reset_bases(self) -> None:
+        """Back to the config's selection (``None`` for LHE: profile again)."""
+        self.bases = self.lbp_config.selected_bases
         self._projectors.clear()
 
     def reset_spectrum(self) -> None:
         self.spectrum_energy, self.spectrum_steps = None, 0
 
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        if self.bases is not None and self.bases != self.lbp_config.selected_bases:
+            destination[prefix + BASES_KEY] = torch.tensor(self.bases, dtype=torch.long)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        key = prefix + BASES_KEY
+        saved = state_dict.get(key)
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if saved is not None:
+            try:
+                if not isinstance(saved, torch.Tensor) or saved.dim() != 2 or saved.shape[1] != 2:
+                    raise ValueError(f"expected an (R, 2) tensor, got {saved!r}")
+                self.set_bases([tuple(int(v) for v in row) for row in saved.tolist()])
+            except (TypeError, ValueError) as err:
+                error_msgs.append(f"{key}: {err}")
+
     def lbp_extra_repr(self) -> str:
-        sel = f"{self.select}-{self.r}" if self.select in ("lp_l1", "lp_linf") else self.select
+        g = self.geometry
         return (
-            f"lbp={sel}, R={self.rank}, order={self.order}, padding={self.wht_padding}, "
-            f"hw={self.hw}, extra_tokens={self.extra_tokens}"
+            f"lbp={self.lbp_config.describe()}, R={self.num_bases}, order={self.order}, "
+            f"padding={self.lbp_config.padding}, layout={g.layout}, prefix_tokens="
+            f"{g.prefix_tokens}, hw={g.hw}"
         )
 
-    # ---- geometry ---------------------------------------------------------------------
-    def _map_size(self, x: torch.Tensor) -> tuple[int, int]:
-        what = f"{self.lbp_name} ({type(self).__name__}, weight {tuple(self.weight.shape)})"
-        if self._layout == "nchw":
-            if x.dim() != 4:
-                raise ValueError(f"{what} expects NCHW input, got shape {tuple(x.shape)}")
-            return int(x.shape[2]), int(x.shape[3])
-        if x.dim() < 3:
-            raise ValueError(
-                f"{what} needs token input (B, L, C) to project over the token map, got shape "
-                f"{tuple(x.shape)}; convert only layers applied to feature maps"
-            )
-        tokens = int(x.shape[-2]) - self.extra_tokens
-        if self.hw is not None:
-            if self.hw[0] * self.hw[1] != tokens:
-                raise ValueError(
-                    f"{what}: input {tuple(x.shape)} has {x.shape[-2]} tokens, but hw={self.hw} "
-                    f"plus extra_tokens={self.extra_tokens} needs "
-                    f"{self.hw[0] * self.hw[1] + self.extra_tokens}"
-                )
-            return self.hw
-        side = math.isqrt(max(tokens, 0))
-        if tokens < 1 or side * side != tokens:
-            raise ValueError(
-                f"{what}: input {tuple(x.shape)} has {tokens} map tokens "
-                f"(after {self.extra_tokens} extra), not a perfect square, so the map size "
-                "cannot be inferred; pass hw=(H, W) (and extra_tokens) when converting"
-            )
-        return side, side
+    # ---- geometry and plan (the public API that cost tracing uses) -------------------------
+    def _what(self) -> str:
+        return f"{self.lbp_name} ({type(self).__name__}, weight {tuple(self.weight.shape)})"
 
-    def _projector(self, hw: tuple[int, int]) -> WHTProjector:
-        if hw not in self._projectors:
-            self._projectors[hw] = WHTProjector(
-                hw, self.bases, self.order, self.wht_padding, self.impl
-            )
-        return self._projectors[hw]
-
-    def _record(self, g_y: torch.Tensor, hw: tuple[int, int]) -> None:
-        if self._layout == "tokens":
-            g_y = g_y.reshape(-1, g_y.shape[-2], g_y.shape[-1])[:, self.extra_tokens :]
-        proj = WHTProjector(hw, [(0, 0)], self.order, self.wht_padding, "patch")
-        spec = proj.spectrum(g_y.detach(), self._layout).cpu()
-        self.spectrum_energy = spec if self.spectrum_energy is None else self.spectrum_energy + spec
-        self.spectrum_steps += 1
-
-    def _wants_lbp(self, x: torch.Tensor) -> bool:
+    def lbp_active(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` runs the LBP-WHT function: training, grad mode, and
+        something (``x`` or a parameter) needs a gradient. Otherwise the layer is plain."""
         return (
             self.training
             and torch.is_grad_enabled()
             and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         )
 
-    def _lbp_apply(self, x: torch.Tensor, plain, **lora) -> torch.Tensor:
+    def resolve_map(self, x: torch.Tensor) -> ResolvedMap:
+        """The map geometry of input ``x`` (a ``ValueError`` naming the layer if ambiguous)."""
+        return resolve_map(
+            x, self.geometry, conv=self._conv, what=self._what(), source=self.map_source
+        )
+
+    def projector_for(self, hw: tuple[int, int]) -> WHTProjector:
+        """The (cached) projector of this layer's bases for an ``(H, W)`` map."""
+        if self.bases is None:
+            raise RuntimeError(f"{self._what()}: no bases yet (LHE still profiling)")
+        if hw not in self._projectors:
+            cfg = self.lbp_config
+            self._projectors[hw] = WHTProjector(hw, self.bases, cfg.order, cfg.padding, cfg.impl)
+        return self._projectors[hw]
+
+    def lbp_plan(self, x: torch.Tensor) -> LBPPlan | None:
+        """What a call on ``x`` would do: ``None`` when the layer runs plain (see
+        :meth:`lbp_active`), else the resolved map and the projector."""
+        if not self.lbp_active(x) or x.numel() == 0:
+            return None
+        m = self.resolve_map(x)
+        return LBPPlan(m, None if self.bases is None else self.projector_for(m.hw))
+
+    # ---- forward --------------------------------------------------------------------------
+    def _check_features(self, x: torch.Tensor) -> None:
+        check_input_features(self, x, self._what(), 1 if self._conv else -1)
+
+    def _record(self, g_y: torch.Tensor, m: ResolvedMap) -> None:
+        from .functional import _as_map
+
+        if m.layout == "tokens":
+            g = g_y.reshape(-1, g_y.shape[-2], g_y.shape[-1])[:, m.prefix_tokens :]
+            layout = "tokens"
+        else:
+            g, layout = _as_map(g_y, m.layout)
+        proj = self._spectrum_projectors.get(m.hw)
+        if proj is None:
+            cfg = self.lbp_config
+            proj = WHTProjector(m.hw, [(0, 0)], cfg.order, cfg.padding, "patch")
+            self._spectrum_projectors[m.hw] = proj
+        spec = proj.spectrum(g.detach(), layout).cpu()
+        self.spectrum_energy = spec if self.spectrum_energy is None else self.spectrum_energy + spec
+        self.spectrum_steps += 1
+
+    def _lbp_apply(
+        self, x: torch.Tensor, plain: Callable[[torch.Tensor], torch.Tensor], **lora: Any
+    ) -> torch.Tensor:
         """Run ``plain(x)`` or the LBP function, with spectrum recording where asked."""
-        if not self._wants_lbp(x):
+        self._check_features(x)
+        if not self.lbp_active(x) or x.numel() == 0:  # an empty batch has nothing to project
             return plain(x)
-        hw = self._map_size(x)
-        if self.bases is None:  # LHE still profiling: exact backprop
+        m = self.resolve_map(x)
+        if self.batchnorm_guard is not None:
+            self.batchnorm_guard.check()
+        if self.bases is None:  # LHE not chosen yet: exact backprop
+            if not self.record_spectrum and not self._warned_no_bases:
+                self._warned_no_bases = True
+                warnings.warn(
+                    f"{self._what()} has selection='lhe' but no bases yet and is not "
+                    "profiling: it runs exact backprop. Profile with lbp_wht.lhe.LHEProfiler "
+                    "or load a state dict that holds its lbp_bases.",
+                    stacklevel=3,
+                )
             y = plain(x)
         else:
-            lead = x.shape[:-2] if self._layout == "tokens" else None
-            x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if lead is not None else x
+            x3 = x.reshape(-1, *x.shape[-2:]) if m.layout == "tokens" and x.dim() != 3 else x
             y = lbp_forward(
                 x3,
                 self.weight,
                 self.bias,
-                self._projector(hw),
-                self._layout,
-                self.extra_tokens,
+                self.projector_for(m.hw),
+                m.layout,
+                m.prefix_tokens,
                 **lora,
             )
-            if lead is not None:
-                y = y.reshape(*lead, *y.shape[-2:])
+            if y.dim() != x.dim():
+                y = y.reshape(*m.lead, *y.shape[-2:])
         if self.record_spectrum and y.requires_grad:
-            y.register_hook(lambda g: self._record(g, hw))
+            y.register_hook(lambda g: self._record(g, m))
         return y
 
 
-class LBPLinear(nn.Linear, LBPMixin):
+class LBPLinear(LBPMixin, nn.Linear):
     """``nn.Linear`` over a token map whose backward uses LBP-WHT.
 
-    Input ``(..., E + H*W, in_features)``; leading dims are flattened into the batch (so
-    Swin's ``(B * windows, 64, C)`` works with ``hw=(8, 8)`` or inferred).
+    Input ``(B, E + H*W, in_features)`` tokens (``E`` prefix tokens, see ``geometry``),
+    ``(B, H, W, in_features)`` with ``layout="nhwc"``, or ``(..., L, in_features)`` with
+    ``layout="tokens"`` (leading dims flattened into the batch, e.g. Swin's windows).
     """
 
-    _layout = "tokens"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **lbp) -> None:
-        nn.Linear.__init__(self, in_features, out_features, bias=bias)
-        self._init_lbp(**lbp)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: LBPConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_lbp(config, geometry)
 
     @classmethod
-    def from_module(cls, module: nn.Linear, **lbp) -> LBPLinear:
+    def from_module(
+        cls,
+        module: nn.Linear,
+        config: LBPConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
+    ) -> LBPLinear:
         """Wrap ``module`` sharing its weight and bias (same state-dict keys)."""
         new = shell_like(cls, module)
-        new._init_lbp(**lbp)
+        new._init_lbp(config, geometry)
         return new
 
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lbp_apply(x, lambda t: F.linear(t, self.weight, self.bias))
+        return self._lbp_apply(x, self._plain)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self.lbp_extra_repr()}"
 
 
-class LBPConv2d(nn.Conv2d, LBPMixin):
+class LBPConv2d(LBPMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` (NCHW) whose backward uses LBP-WHT; any other kernel is an error."""
 
-    _layout = "nchw"
+    _conv = True
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, **lbp) -> None:
-        nn.Conv2d.__init__(self, in_channels, out_channels, 1, bias=bias)
-        self._init_lbp(**lbp)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        config: LBPConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        nn.Conv2d.__init__(
+            self, in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype
+        )
+        self._init_lbp(config, geometry)
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, **lbp) -> LBPConv2d:
+    def from_module(
+        cls,
+        module: nn.Conv2d,
+        config: LBPConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
+    ) -> LBPConv2d:
         """Wrap the 1x1 conv ``module`` sharing its weight and bias (same state-dict keys)."""
         new = shell_like(cls, module)
-        new._init_lbp(**lbp)
+        new._init_lbp(config, geometry)
         return new
 
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lbp_apply(x, lambda t: F.conv2d(t, self.weight, self.bias))
+        return self._lbp_apply(x, self._plain)
 
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

@@ -1,8 +1,14 @@
 """LoRA baselines (Hu et al. 2022, the paper's "LoRA" / "LoRA-all") and LBP-WHT + LoRA (Table 6).
 
-``y = x w^T + b + (alpha / r) (x A^T) B^T`` with ``A`` (r, in) Kaiming-initialised and ``B``
-(out, r) zero-initialised, so a freshly converted layer computes exactly the original output.
-The base weight and bias are frozen; only ``lora_A`` and ``lora_B`` train.
+``y = x w^T + b + (alpha / k) (dropout(x) A^T) B^T`` with ``A`` (k, in) Kaiming-initialised and
+``B`` (out, k) zero-initialised, so a freshly converted layer computes exactly the original
+output. The base weight and bias are frozen; only ``lora_A`` and ``lora_B`` train. The options
+are a :class:`~lbp_wht.config.LoRAConfig` (``rank`` k, ``alpha``, ``dropout``).
+
+Merging folds ``(alpha / k) B A`` into ``weight`` for inference. A merged layer's state dict
+carries ``<layer>.lora_merged`` (a bool tensor), so loading it into a fresh layer does not add
+the adapters a second time; loading any state dict first un-merges, so partial loads (adapters
+only) always combine with the pure base weight.
 """
 
 from __future__ import annotations
@@ -13,23 +19,42 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import LBPMixin, shell_like
+from .config import LBPConfig, LoRAConfig
+from .geometry import MapGeometry
+from .layers import LBPMixin, check_input_features, shell_like
 
-__all__ = ["LoRALinear", "LoRAConv2d", "LBPLoRALinear", "LBPLoRAConv2d", "LoRAMixin"]
+__all__ = [
+    "LoRALinear",
+    "LoRAConv2d",
+    "LBPLoRALinear",
+    "LBPLoRAConv2d",
+    "LoRAMixin",
+    "MERGED_KEY",
+]
+
+#: State-dict key suffix present (True) only on merged LoRA layers.
+MERGED_KEY = "lora_merged"
 
 
 class LoRAMixin:
-    """Adapter parameters and merging, shared by the linear and the 1x1-conv variant."""
+    """Adapter parameters, dropout and merging, shared by the linear and the 1x1-conv variant."""
 
-    def _init_lora(self, rank: int = 8, alpha: float = 8.0) -> None:
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    _conv = False
+
+    def _init_lora(self, config: LoRAConfig | None) -> None:
+        config = LoRAConfig() if config is None else config
+        if not isinstance(config, LoRAConfig):
+            raise TypeError(
+                f"{type(self).__name__}: LoRA options must be a LoRAConfig, got "
+                f"{type(config).__name__} (build one with LoRAConfig(rank=..., alpha=...))"
+            )
         cy, cx = self.weight.shape[0], self.weight.shape[1]
-        self.lora_rank, self.lora_alpha = rank, float(alpha)
-        self.scaling = float(alpha) / rank
+        self.lora_config = config
+        self.lora_rank, self.lora_alpha = config.rank, config.alpha
+        self.scaling = config.scaling
         w = self.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, cx, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(cy, rank, device=w.device, dtype=w.dtype))
+        self.lora_A = nn.Parameter(torch.empty(config.rank, cx, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(cy, config.rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.weight.requires_grad_(False)
         if self.bias is not None:
@@ -37,7 +62,7 @@ class LoRAMixin:
         self.merged = False
 
     def delta_weight(self) -> torch.Tensor:
-        """``(alpha / r) B A`` in the shape of ``weight``."""
+        """``(alpha / k) B A`` in the shape of ``weight``."""
         return (self.lora_B @ self.lora_A * self.scaling).view_as(self.weight)
 
     @torch.no_grad()
@@ -53,11 +78,69 @@ class LoRAMixin:
             self.weight.sub_(self.delta_weight().to(self.weight.dtype))
             self.merged = False
 
+    def _adapter(self, x: torch.Tensor) -> torch.Tensor:
+        """``s B A dropout(x)`` through the layer's own operation (linear or 1x1 conv)."""
+        p = self.lora_config.dropout
+        if p:
+            x = F.dropout(x, p, self.training)
+        if self._conv:
+            k, cx, cy = self.lora_rank, self.in_channels, self.out_channels
+            t = F.conv2d(x, self.lora_A.view(k, cx, 1, 1))
+            return self.scaling * F.conv2d(t, self.lora_B.view(cy, k, 1, 1))
+        return self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self._conv:
+            return F.conv2d(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def _lora_forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._base(x)
+        return y if self.merged else y + self._adapter(x)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        if self.merged:
+            destination[prefix + MERGED_KEY] = torch.tensor(True)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        key = prefix + MERGED_KEY
+        names = ("weight", "bias", "lora_A", "lora_B", MERGED_KEY)
+        if not any(prefix + n in state_dict for n in names):  # nothing for this layer
+            super()._load_from_state_dict(  # type: ignore[misc]
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                error_msgs,
+            )  # fmt: skip
+            return
+        incoming_merged = bool(state_dict[key]) if key in state_dict else False
+        was_merged = self.merged
+        self.unmerge()  # so that what is loaded combines with the pure base weight
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        has_weight = prefix + "weight" in state_dict
+        if incoming_merged and has_weight:
+            self.merged = True  # the loaded weight already holds the adapters
+        elif incoming_merged or (was_merged and not has_weight):
+            self.merge()  # adapters loaded onto a pure weight: merge as before
+
     def lora_extra_repr(self) -> str:
-        return f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha:g}, merged={self.merged}"
+        c = self.lora_config
+        return f"lora_rank={c.rank}, lora_alpha={c.alpha:g}, dropout={c.dropout:g}, merged={self.merged}"
 
 
-class LoRALinear(nn.Linear, LoRAMixin):
+class LoRALinear(LoRAMixin, nn.Linear):
     """``nn.Linear`` with a trainable low-rank adapter; backward is ordinary autograd."""
 
     def __init__(
@@ -65,62 +148,80 @@ class LoRALinear(nn.Linear, LoRAMixin):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        rank: int = 8,
-        alpha: float = 8.0,
+        config: LoRAConfig | None = None,
+        *,
+        device: object = None,
+        dtype: object = None,
     ) -> None:
-        nn.Linear.__init__(self, in_features, out_features, bias=bias)
-        self._init_lora(rank, alpha)
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_lora(config)
 
     @classmethod
-    def from_module(cls, module: nn.Linear, rank: int = 8, alpha: float = 8.0) -> LoRALinear:
+    def from_module(cls, module: nn.Linear, config: LoRAConfig | None = None) -> LoRALinear:
         """Wrap ``module`` (sharing weight and bias) and add adapters ``lora_A``/``lora_B``."""
         new = shell_like(cls, module)
-        new._init_lora(rank, alpha)
+        new._init_lora(config)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        if self.merged:
-            return y
-        return y + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+        check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", -1)
+        return self._lora_forward(x)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self.lora_extra_repr()}"
 
 
-class LoRAConv2d(nn.Conv2d, LoRAMixin):
+class LoRAConv2d(LoRAMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` with a trainable low-rank adapter (the hybrid models' "linear" layers)."""
+
+    _conv = True
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
         bias: bool = True,
-        rank: int = 8,
-        alpha: float = 8.0,
+        config: LoRAConfig | None = None,
+        *,
+        device: object = None,
+        dtype: object = None,
     ) -> None:
-        nn.Conv2d.__init__(self, in_channels, out_channels, 1, bias=bias)
-        self._init_lora(rank, alpha)
+        nn.Conv2d.__init__(
+            self, in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype
+        )
+        self._init_lora(config)
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, rank: int = 8, alpha: float = 8.0) -> LoRAConv2d:
+    def from_module(cls, module: nn.Conv2d, config: LoRAConfig | None = None) -> LoRAConv2d:
         new = shell_like(cls, module)
-        new._init_lora(rank, alpha)
+        new._init_lora(config)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x, self.weight, self.bias)
-        if self.merged:
-            return y
-        r, cx, cy = self.lora_rank, self.in_channels, self.out_channels
-        t = F.conv2d(x, self.lora_A.view(r, cx, 1, 1))
-        return y + self.scaling * F.conv2d(t, self.lora_B.view(cy, r, 1, 1))
+        check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", 1)
+        return self._lora_forward(x)
 
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {self.lora_extra_repr()}"
 
 
-class LBPLoRALinear(LoRALinear, LBPMixin):
+def _init_lbp_lora(
+    layer: nn.Module,
+    config: LBPConfig | None,
+    lora: LoRAConfig | None,
+    geometry: MapGeometry | None,
+) -> None:
+    layer._init_lora(lora)
+    if layer.lora_config.dropout:
+        raise ValueError(
+            f"{type(layer).__name__}: LoRA dropout={layer.lora_config.dropout} cannot be "
+            "combined with LBP-WHT backward (the elementwise dropout mask has no low-rank "
+            "form); use dropout=0 (as in the paper's Table 6) or method='lora'"
+        )
+    layer._init_lbp(config, geometry)
+
+
+class LBPLoRALinear(LBPMixin, LoRALinear):
     """LoRA adapters trained with LBP-WHT backward (paper Table 6, "LP_L1-r + LoRA-all").
 
     The frozen weight is never updated; ``g_x`` and the adapters' gradients are computed from
@@ -128,45 +229,55 @@ class LBPLoRALinear(LoRALinear, LBPMixin):
     """
 
     @classmethod
-    def from_module(
-        cls, module: nn.Linear, rank: int = 8, alpha: float = 8.0, **lbp
+    def from_module(  # type: ignore[override]
+        cls,
+        module: nn.Linear,
+        config: LBPConfig | None = None,
+        lora: LoRAConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
     ) -> LBPLoRALinear:
         new = shell_like(cls, module)
-        new._init_lora(rank, alpha)
-        new._init_lbp(**lbp)
+        _init_lbp_lora(new, config, lora, geometry)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
-            return F.linear(x, self.weight, self.bias)
+            self._check_features(x)
+            return self._base(x)
         return self._lbp_apply(
-            x, super().forward, lora_a=self.lora_A, lora_b=self.lora_B, scaling=self.scaling
+            x, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B, scaling=self.scaling
         )
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.lbp_extra_repr()}"
+        return f"{LoRALinear.extra_repr(self)}, {self.lbp_extra_repr()}"
 
 
-class LBPLoRAConv2d(LoRAConv2d, LBPMixin):
+class LBPLoRAConv2d(LBPMixin, LoRAConv2d):
     """1x1-conv variant of :class:`LBPLoRALinear`."""
 
-    _layout = "nchw"
+    _conv = True
 
     @classmethod
-    def from_module(
-        cls, module: nn.Conv2d, rank: int = 8, alpha: float = 8.0, **lbp
+    def from_module(  # type: ignore[override]
+        cls,
+        module: nn.Conv2d,
+        config: LBPConfig | None = None,
+        lora: LoRAConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
     ) -> LBPLoRAConv2d:
         new = shell_like(cls, module)
-        new._init_lora(rank, alpha)
-        new._init_lbp(**lbp)
+        _init_lbp_lora(new, config, lora, geometry)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
-            return F.conv2d(x, self.weight, self.bias)
+            self._check_features(x)
+            return self._base(x)
         return self._lbp_apply(
-            x, super().forward, lora_a=self.lora_A, lora_b=self.lora_B, scaling=self.scaling
+            x, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B, scaling=self.scaling
         )
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.lbp_extra_repr()}"
+        return f"{LoRAConv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

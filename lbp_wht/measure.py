@@ -129,14 +129,10 @@ def default_loss(output: Any) -> torch.Tensor:
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(number of trainable parameter elements, number of trainable tensors), deduplicated."""
-    seen: set[int] = set()
-    n = t = 0
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-            t += 1
-    return n, t
+    from .conversion import trainable_summary
+
+    s = trainable_summary(model)
+    return s.trainable, s.tensors
 
 
 # ------------------------------------------------------------------------------------------

@@ -322,9 +322,10 @@ def get_preset(
     _check("lora_train", lora_train, LORA_TRAIN)
     if select == "lhe" and method == "lbp_wht+lora_all":
         raise ValueError(
-            "select='lhe' cannot be combined with LoRA here: LBPLoRA layers take `rank` as the "
-            "LoRA rank, so the LHE rank has no keyword; use an LP selection, or convert with "
-            "method='lbp_wht+lora_all' and call set_bases() on the layers after profiling"
+            "select='lhe' is not offered with LoRA by the presets (the paper has no such "
+            "row); use an LP selection, or convert with the library directly: "
+            "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
+            "lbp_wht.lhe.LHEProfiler"
         )
     layer_fn, partial_trainable, head, norm_eval = _MODELS[model]
     layers: list[_Layer] = layer_fn(scope)

@@ -21,13 +21,14 @@ backward code.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 
 from .bases import basis_matrix
 
-__all__ = ["WHTProjector", "PADDINGS", "LAYOUTS"]
+__all__ = ["WHTProjector", "PADDINGS", "LAYOUTS", "DENSE_WARN_BYTES"]
 
 PADDINGS = ("reflect", "zero")
 #: ``tokens``: ``(B, L, C)`` with ``L = H * W`` row-major; ``nchw``: ``(B, C, H, W)``.
@@ -64,6 +65,11 @@ def _axis_source(size: int, order: int, padding: str) -> torch.Tensor:
     return torch.tensor(src, dtype=torch.long)
 
 
+#: Above this many bytes of float64 construction temporaries, an explicit ``impl="dense"`` on
+#: a multi-patch map warns (the matrices grow with the square of the map size).
+DENSE_WARN_BYTES = 256 * 2**20
+
+
 class WHTProjector:
     """Projection onto ``R`` WHT bases per ``order x order`` patch of an ``(H, W)`` map.
 
@@ -74,10 +80,13 @@ class WHTProjector:
         padding: ``"reflect"`` (the paper's experiments) or ``"zero"`` (with all ``n * n``
             bases this reproduces exact backprop, since the bases are complete and orthogonal).
         impl: ``"auto"`` (``dense`` for a single patch, else ``patch``), ``"dense"`` or
-            ``"patch"``; both give the same result and exist for speed.
+            ``"patch"``; both give the same result and exist for speed. ``dense`` on a map of
+            many patches builds ``(P*R, H*W)`` matrices and warns when they get large.
 
-    Normalisation (so that the full basis with zero padding is exact): ``x_hat = sum x * B``
-    and ``g_hat = sum g * B / n^2``; see :meth:`project` and :meth:`reverse`.
+    The public API is one pair of maps, :meth:`project` (Eq. 3 / 6) and :meth:`project_back`
+    (Eq. 5 / 7), plus :meth:`spectrum` for LHE. Normalisation (so that the full basis with zero
+    padding is exact): ``x_hat = p(x) = sum x * B`` and ``g_hat = p(g) / n^2``
+    (``project(g, grad=True)``); then ``project_back(project(x, grad=True)) == x``.
     """
 
     def __init__(
@@ -102,6 +111,16 @@ class WHTProjector:
         self.wp, self.left, _ = _pad_amounts(w, order)
         self.num_patches = (self.hp // order) * (self.wp // order)
         self.impl = ("dense" if self.num_patches == 1 else "patch") if impl == "auto" else impl
+        if self.impl == "dense" and self.num_patches > 1:
+            need = 8 * self.low_rank_tokens * (self.hp * self.wp + 2 * h * w)
+            if need > DENSE_WARN_BYTES:
+                warnings.warn(
+                    f"WHTProjector: impl='dense' on a {h}x{w} map ({self.num_patches} patches) "
+                    f"builds (P*R, H*W) = ({self.low_rank_tokens}, {h * w}) matrices, about "
+                    f"{need / 2**20:.0f} MiB while building (and a copy per dtype); "
+                    "impl='patch' (what 'auto' picks for maps of several patches) needs none",
+                    stacklevel=2,
+                )
         self._src_h = _axis_source(h, order, padding)
         self._src_w = _axis_source(w, order, padding)
         self._basis = basis_matrix(self.bases, order)  # (n*n, R), float64
@@ -112,6 +131,12 @@ class WHTProjector:
         """``P * R``: the token count of the low-rank space."""
         return self.num_patches * self.rank
 
+    @property
+    def contracted_tokens(self) -> int:
+        """Tokens a projection GEMM contracts over: ``H * W`` on the dense path (padding folded
+        into the matrix), the padded ``Hp * Wp`` on the patch path."""
+        return self.h * self.w if self.impl == "dense" else self.hp * self.wp
+
     def __repr__(self) -> str:
         return (
             f"WHTProjector(hw=({self.h}, {self.w}), order={self.order}, R={self.rank}, "
@@ -119,61 +144,59 @@ class WHTProjector:
         )
 
     # ---- constant matrices -------------------------------------------------------------
-    def _axis_pad_matrix(self, src: torch.Tensor, size: int) -> torch.Tensor:
-        mat = torch.zeros(len(src), size, dtype=torch.float64)
-        valid = src >= 0
-        mat[torch.arange(len(src))[valid], src[valid]] = 1.0
-        return mat
-
     def _dense_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P*R, L)`` projection (padding folded in) and ``(L, P*R)`` reverse (crop folded in)."""
-        n = self.order
+        """``(P*R, L)`` projection (padding folded in) and ``(L, P*R)`` reverse (crop folded in).
+
+        Low-rank row ``(a, b, k)`` sees only padded pixel ``(u, v)`` of patch ``(a, b)``, with
+        weight ``B_k[u, v]``. Padding maps each padded pixel to a source pixel (or to nothing
+        for zero padding), so the projection adds the padded columns into their sources; the
+        reverse keeps only the rows of real pixels (the crop). Entries are sums of a few +-1,
+        exact in float64.
+        """
+        n, r = self.order, self.rank
         ph, pw = self.hp // n, self.wp // n
-        basis = self._basis.reshape(n, n, self.rank)
-        # Block structure: low-rank row (a, b, k) sees only padded pixels of patch (a, b).
-        full = torch.einsum(
-            "ac,bd,uvk->abkcudv",
-            torch.eye(ph, dtype=torch.float64),
-            torch.eye(pw, dtype=torch.float64),
-            basis,
-        ).reshape(ph * pw * self.rank, self.hp * self.wp)
-        pad = torch.kron(
-            self._axis_pad_matrix(self._src_h, self.h), self._axis_pad_matrix(self._src_w, self.w)
-        )  # (Hp*Wp, L)
-        crop_h = torch.zeros(self.h, self.hp, dtype=torch.float64)
-        crop_h[torch.arange(self.h), torch.arange(self.h) + self.top] = 1.0
-        crop_w = torch.zeros(self.w, self.wp, dtype=torch.float64)
-        crop_w[torch.arange(self.w), torch.arange(self.w) + self.left] = 1.0
-        crop = torch.kron(crop_h, crop_w)  # (L, Hp*Wp)
-        return full @ pad, crop @ full.T
+        basis = self._basis.reshape(n, n, r)
+        # full[(a, b, k), (a*n + u, b*n + v)] = basis[u, v, k]: (P*R, Hp*Wp)
+        full = torch.zeros(ph, pw, r, ph, n, pw, n, dtype=torch.float64)
+        blocks = basis.permute(2, 0, 1)  # (R, n, n)
+        for a in range(ph):
+            for b in range(pw):
+                full[a, b, :, a, :, b, :] = blocks
+        full = full.reshape(ph * pw * r, self.hp * self.wp)
+        src = (self._src_h[:, None] * self.w + self._src_w[None, :]).flatten()  # per padded px
+        valid = ((self._src_h[:, None] >= 0) & (self._src_w[None, :] >= 0)).flatten()
+        proj = torch.zeros(ph * pw * r, self.h * self.w, dtype=torch.float64)
+        proj.index_add_(1, src[valid], full[:, valid])
+        rows = torch.arange(self.h)[:, None] + self.top
+        cols = torch.arange(self.w)[None, :] + self.left
+        rev = full.T[(rows * self.wp + cols).flatten()].contiguous()  # (L, P*R)
+        return proj, rev
 
     def _const(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (name, dtype, device)
         if key not in self._cache:
-            if name in ("proj", "rev", "proj_g", "proj_gb"):
+            if name in ("proj", "rev", "proj_g", "proj_b", "proj_gb"):
                 proj, rev = self._dense_matrices()
                 n2 = float(self.order * self.order)
                 # ``proj_g`` folds the 1/n^2 of g_hat into the matrix (no extra pass over the
-                # result); ``proj_gb`` appends a row of ones, so the same GEMM that reads g_y
-                # also yields the bias gradient (one pass over the largest tensor, not two).
+                # result); the ``*_b`` variants append a row of ones, so the same GEMM that
+                # reads g_y also yields the bias gradient (one pass over the largest tensor).
                 ones = torch.ones(1, proj.shape[1], dtype=torch.float64)
                 mats = {
                     "proj": proj,
                     "rev": rev,
                     "proj_g": proj / n2,
+                    "proj_b": torch.cat([proj, ones], 0),
                     "proj_gb": torch.cat([proj / n2, ones], 0),
                 }
                 for k, v in mats.items():
                     self._cache[(k, dtype, device)] = v.to(device=device, dtype=dtype)
-            elif name == "basis_g":
+            elif name in ("basis", "basis_g"):
                 n = self.order
-                basis = self._basis.reshape(n, n, self.rank) / float(n * n)
+                basis = self._basis.reshape(n, n, self.rank)
+                if name == "basis_g":
+                    basis = basis / float(n * n)
                 self._cache[key] = basis.to(device, dtype)
-            elif name == "basis":
-                n = self.order
-                self._cache[key] = self._basis.reshape(n, n, self.rank).to(device, dtype)
-            elif name in ("src_h", "src_w"):
-                self._cache[key] = getattr(self, "_" + name).to(device)
             elif name == "src_flat":  # reflect padding as one index into the flattened map
                 flat = self._src_h[:, None] * self.w + self._src_w[None, :]
                 self._cache[key] = flat.flatten().to(device)
@@ -217,54 +240,6 @@ class WHTProjector:
         out = x.reshape(b, c, self.h * self.w).index_select(2, flat)
         return out.view(b, c, self.hp, self.wp).permute(0, 2, 3, 1)
 
-    # ---- the two maps ------------------------------------------------------------------
-    def project(self, x: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
-        """Eq. 6: ``(B, L, C)`` tokens or ``(B, C, H, W)`` -> ``(B, P*R, C)``, unnormalised.
-
-        Multiply by ``1 / order**2`` for the gradient projection ``g_hat`` (see class doc).
-        """
-        self._check(x, layout)
-        if self.impl == "dense":
-            proj = self._const("proj", x.dtype, x.device)  # (P*R, L)
-            if layout == "tokens":
-                return torch.matmul(proj, x)
-            b, c = x.shape[:2]
-            # (B*C, L) @ (L, P*R): one GEMM, then a transpose of the small result.
-            return (x.reshape(b * c, -1) @ proj.T).view(b, c, -1).transpose(1, 2)
-        n = self.order
-        xp = self._padded_bhwc(x, layout)
-        b, c = xp.shape[0], xp.shape[-1]
-        patches = xp.reshape(b, self.hp // n, n, self.wp // n, n, c)
-        basis = self._const("basis", x.dtype, x.device)
-        out = torch.einsum("bpuqvc,uvk->bpqkc", patches, basis)
-        return out.reshape(b, self.low_rank_tokens, c)
-
-    def reverse(self, g_hat: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
-        """Eq. 7 then crop: ``(B, P*R, C)`` -> ``(B, L, C)`` tokens or ``(B, C, H, W)``."""
-        if g_hat.dim() != 3 or g_hat.shape[1] != self.low_rank_tokens:
-            raise ValueError(
-                f"expected low-rank tokens (B, {self.low_rank_tokens}, C), got {tuple(g_hat.shape)}"
-            )
-        b, _, c = g_hat.shape
-        if self.impl == "dense":
-            rev = self._const("rev", g_hat.dtype, g_hat.device)  # (L, P*R)
-            if layout == "tokens":
-                return torch.matmul(rev, g_hat)
-            out = torch.matmul(g_hat.transpose(1, 2), rev.T)  # (B, C, L)
-            return out.reshape(b, c, self.h, self.w)
-        n = self.order
-        basis = self._const("basis", g_hat.dtype, g_hat.device)
-        lr = g_hat.view(b, self.hp // n, self.wp // n, self.rank, c)
-        full = torch.einsum("bpqkc,uvk->bpuqvc", lr, basis).reshape(b, self.hp, self.wp, c)
-        full = full[:, self.top : self.top + self.h, self.left : self.left + self.w]
-        if layout == "tokens":
-            return full.reshape(b, self.h * self.w, c)
-        return full.permute(0, 3, 1, 2).contiguous()
-
-    # ---- fast path for the autograd function (lbp_wht.functional) --------------------------
-    # Low-rank tensors here are 2D "rows" ``(B * P * R, C)``, contiguous, ordered like the
-    # ``(B, P*R, C)`` low-rank tokens, so the two low-rank products of Eq. 4 are single GEMMs
-    # over the whole batch (``K = B * P * R``) with no further reshapes or copies.
     @staticmethod
     def _tokens_view(x: torch.Tensor, layout: str) -> torch.Tensor:
         """``(B, L, C)`` view of ``x`` without a copy: NCHW becomes a transposed view (BLAS
@@ -280,68 +255,79 @@ class WHTProjector:
             return torch.mm(mat, t[0]).unsqueeze(0)
         return torch.matmul(mat, t)
 
-    def project_rows(self, x: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
-        """Eq. 6 for the saved activation: ``x_hat`` as contiguous rows ``(B * P * R, C)``.
+    # ---- the two maps ------------------------------------------------------------------
+    def project(
+        self,
+        x: torch.Tensor,
+        layout: str = "tokens",
+        *,
+        grad: bool = False,
+        bias_sum: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 6: ``(B, L, C)`` tokens or ``(B, C, H, W)`` -> low-rank tokens ``(B, P*R, C)``.
 
-        Same values as ``project(x, layout).reshape(-1, C)``; the dense path reads ``x`` once
-        in one (batched) GEMM whatever the layout.
+        Args:
+            x: the map (``x`` of Eq. 3 or the output gradient ``g_y``).
+            layout: ``"tokens"`` or ``"nchw"``.
+            grad: divide by ``n^2`` (``g_hat`` of Eq. 3; folded into the GEMM).
+            bias_sum: also return ``x`` summed over batch and map, ``(C,)`` (the exact bias
+                gradient when ``x`` is ``g_y``); on the dense path it comes out of the same GEMM
+                (an extra all-ones row), so the largest tensor of the backward is read once.
+
+        Returns:
+            ``(B, P*R, C)`` (contiguous on the dense path), or ``((B, P*R, C), (C,))`` with
+            ``bias_sum``.
         """
         self._check(x, layout)
         c = x.shape[-1] if layout == "tokens" else x.shape[1]
-        if self.impl == "dense":
-            proj = self._const("proj", x.dtype, x.device)
-            out = self._left_mm(proj, self._tokens_view(x, layout))
-        else:
-            out = self.project(x, layout)
-        return out.reshape(-1, c)
-
-    def project_grad(
-        self, g: torch.Tensor, layout: str = "tokens", with_sum: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``g_hat = p(g) / n^2`` as contiguous rows ``(B * P * R, C)`` (Eq. 3 for ``g_y``).
-
-        With ``with_sum`` also returns ``g.sum`` over batch and map, ``(C,)`` (the exact bias
-        gradient); on the dense path it comes out of the same GEMM (an extra all-ones row in the
-        projection matrix), so ``g_y``, the largest tensor of the backward, is read once.
-        """
-        self._check(g, layout)
-        c = g.shape[-1] if layout == "tokens" else g.shape[1]
-        if self.impl == "dense":
-            mat = self._const("proj_gb" if with_sum else "proj_g", g.dtype, g.device)
-            out = self._left_mm(mat, self._tokens_view(g, layout))  # (B, P*R (+1), C)
-            if not with_sum:
-                return out.reshape(-1, c), None
-            total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
-            return out[:, :-1].reshape(-1, c), total
-        n = self.order
-        xp = self._padded_bhwc(g, layout)
-        b = xp.shape[0]
-        patches = xp.reshape(b, self.hp // n, n, self.wp // n, n, c)
-        basis = self._const("basis_g", g.dtype, g.device)
-        g_hat = torch.einsum("bpuqvc,uvk->bpqkc", patches, basis).reshape(-1, c)
         total = None
-        if with_sum:
-            total = g.sum(dim=(0, 1)) if layout == "tokens" else g.sum(dim=(0, 2, 3))
-        return g_hat, total
-
-    def reverse_rows(self, rows: torch.Tensor, batch: int, layout: str = "tokens") -> torch.Tensor:
-        """Eq. 7 then crop, from rows ``(B * P * R, C)`` to ``(B, L, C)`` tokens or contiguous
-        ``(B, C, H, W)``; same values as ``reverse(rows.view(B, P*R, C), layout)``."""
-        c = rows.shape[-1]
-        if self.impl != "dense":
-            return self.reverse(rows.view(batch, self.low_rank_tokens, c), layout)
-        rev = self._const("rev", rows.dtype, rows.device)  # (L, P*R)
-        if layout == "tokens":
-            if batch == 1:
-                return torch.mm(rev, rows).unsqueeze(0)
-            return torch.matmul(rev, rows.view(batch, self.low_rank_tokens, c))
-        # NCHW: (C, P*R) @ (P*R, L) per image, both as transposed operands: the output is
-        # written directly in contiguous NCHW order.
-        if batch == 1:
-            out = torch.mm(rows.t(), rev.t())
+        if self.impl == "dense":
+            name = ("proj_g" if grad else "proj") + ("b" if bias_sum else "")
+            mat = self._const(name, x.dtype, x.device)  # (P*R (+1), L)
+            out = self._left_mm(mat, self._tokens_view(x, layout))  # (B, P*R (+1), C)
+            if bias_sum:
+                total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
+                out = out[:, :-1]
         else:
-            out = torch.matmul(rows.view(batch, self.low_rank_tokens, c).transpose(1, 2), rev.t())
-        return out.reshape(batch, c, self.h, self.w)
+            n = self.order
+            xp = self._padded_bhwc(x, layout)
+            b = xp.shape[0]
+            patches = xp.reshape(b, self.hp // n, n, self.wp // n, n, c)
+            basis = self._const("basis_g" if grad else "basis", x.dtype, x.device)
+            out = torch.einsum("bpuqvc,uvk->bpqkc", patches, basis)
+            out = out.reshape(b, self.low_rank_tokens, c)
+            if bias_sum:
+                total = x.sum(dim=(0, 1)) if layout == "tokens" else x.sum(dim=(0, 2, 3))
+        return (out, total) if bias_sum else out
+
+    def project_back(self, z: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
+        """Eq. 7 then crop: low-rank tokens ``(B, P*R, C)`` -> ``(B, L, C)`` tokens or a
+        contiguous ``(B, C, H, W)`` map (Eq. 5 applies it to ``g_hat w``)."""
+        if z.dim() != 3 or z.shape[1] != self.low_rank_tokens:
+            raise ValueError(
+                f"expected low-rank tokens (B, {self.low_rank_tokens}, C), got {tuple(z.shape)}"
+            )
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        b, _, c = z.shape
+        if self.impl == "dense":
+            rev = self._const("rev", z.dtype, z.device)  # (L, P*R)
+            if layout == "tokens":
+                return torch.mm(rev, z[0]).unsqueeze(0) if b == 1 else torch.matmul(rev, z)
+            # NCHW: (C, P*R) @ (P*R, L) per image, both as transposed operands: the output is
+            # written directly in contiguous NCHW order.
+            out = (
+                torch.mm(z[0].t(), rev.t()) if b == 1 else torch.matmul(z.transpose(1, 2), rev.t())
+            )
+            return out.reshape(b, c, self.h, self.w)
+        n = self.order
+        basis = self._const("basis", z.dtype, z.device)
+        lr = z.reshape(b, self.hp // n, self.wp // n, self.rank, c)
+        full = torch.einsum("bpqkc,uvk->bpuqvc", lr, basis).reshape(b, self.hp, self.wp, c)
+        full = full[:, self.top : self.top + self.h, self.left : self.left + self.w]
+        if layout == "tokens":
+            return full.reshape(b, self.h * self.w, c)
+        return full.permute(0, 3, 1, 2).contiguous()
 
     def spectrum(self, g: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
         """Energy of ``g`` on every one of the ``n x n`` bases, summed over batch, patches and

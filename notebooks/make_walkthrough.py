@@ -54,7 +54,7 @@ ROOT = Path.cwd() if (Path.cwd() / "lbp_wht").is_dir() else Path.cwd().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from lbp_wht import LBPLinear, WHTProjector, select_bases, walsh_matrix
+from lbp_wht import LBPConfig, LBPLinear, WHTProjector, select_bases, walsh_matrix
 from lbp_wht.cost import lbp_flops, table1, vanilla_bp_flops
 
 torch.manual_seed(0)
@@ -128,7 +128,7 @@ axes[0].imshow(g[0, :, 0].reshape(H, Wd), cmap="coolwarm")
 axes[0].set_title("g_y (one channel)")
 for ax, r in zip(axes[1:], (1, 2, 4, 8)):
     proj = WHTProjector((H, Wd), select_bases("lp_l1", r=r), order=8, padding="reflect")
-    rec = proj.reverse(proj.project(g) / 64.0)
+    rec = proj.project_back(proj.project(g, grad=True))
     err = (rec - g).norm() / g.norm()
     ax.imshow(rec[0, :, 0].reshape(H, Wd), cmap="coolwarm")
     ax.set_title(f"LP_L1-{r} (R={proj.rank})\\nrel. error {err:.2f}")
@@ -166,7 +166,7 @@ def grads(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 gx_ref, gw_ref = grads(layer)
 
-exact = LBPLinear.from_module(layer, select="lp_l1", r=15, order=8, padding="zero")
+exact = LBPLinear.from_module(layer, LBPConfig(radius=15, padding="zero"))
 gx, gw = grads(exact)
 assert torch.allclose(gw, gw_ref, rtol=1e-4, atol=1e-6), "all 64 bases must be exact"
 print("all 64 bases + zero padding: identical to exact backprop")
@@ -174,7 +174,7 @@ print("all 64 bases + zero padding: identical to exact backprop")
 rows = []
 vanilla = vanilla_bp_flops(CX, CY, H * Wd).total
 for r in range(1, 16):
-    lbp = LBPLinear.from_module(layer, select="lp_l1", r=r, order=8, padding="reflect")
+    lbp = LBPLinear.from_module(layer, LBPConfig(radius=r, padding="reflect"))
     lbp.record_spectrum = r == 8
     gx, gw = grads(lbp)
     rank = len(select_bases("lp_l1", r=r))

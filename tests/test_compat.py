@@ -125,3 +125,26 @@ def test_point_sample_matches_direct_bilinear():
     # pixel centres reproduce the pixels exactly
     centre = torch.tensor([[[(2 + 0.5) / 7, (3 + 0.5) / 5]]], dtype=torch.float64)
     torch.testing.assert_close(compat.point_sample(img[:1], centre)[0, :, 0], img[0, :, 3, 2])
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import lbp_wht, timm",
+        "import lbp_wht; import mmseg.models; import mmpretrain.models; import timm",
+    ],
+)
+def test_import_lbp_wht_first_then_anything(imports):
+    """``import lbp_wht`` alone puts the shims in force (fresh interpreter each time)."""
+    code = f"{imports}; import lbp_wht.integrations.compat as c; print(c.apply())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_shims_are_noops_where_the_libraries_load(monkeypatch):
+    """Where torchvision is loaded or its operators are registered, no schema is defined."""
+    monkeypatch.setattr(compat, "_TORCHVISION_LIB", None)
+    monkeypatch.setattr(compat, "_torch_op_exists", lambda ns, name: True)
+    assert compat._apply_torchvision_shim() is False and compat._TORCHVISION_LIB is None

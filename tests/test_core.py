@@ -6,7 +6,15 @@ import torch
 import torch.nn as nn
 from reference import lbp_backward_reference, walsh_sequency
 
-from lbp_wht import LBPConv2d, LBPLinear, WHTProjector, select_bases, walsh_matrix
+from lbp_wht import (
+    LBPConfig,
+    LBPConv2d,
+    LBPLinear,
+    MapGeometry,
+    WHTProjector,
+    select_bases,
+    walsh_matrix,
+)
 
 ALL_64 = [(i, j) for i in range(8) for j in range(8)]
 
@@ -65,10 +73,10 @@ def test_full_basis_zero_padding_projection_roundtrip(hw, impl):
     """Complete orthogonal bases: reverse(project(x)) / n^2 == x exactly."""
     proj = WHTProjector(hw, ALL_64, order=8, padding="zero", impl=impl)
     x = torch.randn(2, hw[0] * hw[1], 3, dtype=torch.float64)
-    back = proj.reverse(proj.project(x) / 64)
+    back = proj.project_back(proj.project(x, grad=True))
     torch.testing.assert_close(back, x)
     xc = torch.randn(2, 3, *hw, dtype=torch.float64)
-    torch.testing.assert_close(proj.reverse(proj.project(xc, "nchw") / 64, "nchw"), xc)
+    torch.testing.assert_close(proj.project_back(proj.project(xc, "nchw") / 64, "nchw"), xc)
 
 
 def test_spectrum_parseval_with_zero_padding():
@@ -93,7 +101,7 @@ def test_lbp_linear_full_basis_zero_padding_is_exact(hw, extra):
     ref = nn.Linear(6, 5).double()
     ref.load_state_dict(lin.state_dict())
     lbp = LBPLinear.from_module(
-        lin, select="lp_l1", r=15, padding="zero", hw=hw, extra_tokens=extra
+        lin, LBPConfig(radius=15, padding="zero"), geometry=MapGeometry(prefix_tokens=extra, hw=hw)
     )
     x = torch.randn(3, extra + hw[0] * hw[1], 6, dtype=torch.float64)
     g = torch.randn(3, extra + hw[0] * hw[1], 5, dtype=torch.float64)
@@ -107,7 +115,7 @@ def test_lbp_conv_full_basis_zero_padding_is_exact(hw):
     conv = nn.Conv2d(4, 6, 1).double()
     ref = nn.Conv2d(4, 6, 1).double()
     ref.load_state_dict(conv.state_dict())
-    lbp = LBPConv2d.from_module(conv, select="lp_l1", r=15, padding="zero")
+    lbp = LBPConv2d.from_module(conv, LBPConfig(radius=15, padding="zero"))
     x = torch.randn(2, 4, *hw, dtype=torch.float64)
     g = torch.randn(2, 6, *hw, dtype=torch.float64)
     for got, want in zip(_grads(lbp, x, g), _grads(ref, x, g)):
@@ -122,7 +130,7 @@ SELECTIONS = [("lp_l1", 2), ("lp_l1", 4), ("lp_l1", 6), ("lp_l1", 8), ("lp_linf"
 def test_lbp_linear_matches_algorithm1_reference(select, r, hw):
     torch.manual_seed(1)
     lin = nn.Linear(5, 7).double()
-    lbp = LBPLinear.from_module(lin, select=select, r=r, padding="reflect")
+    lbp = LBPLinear.from_module(lin, LBPConfig(selection=select, radius=r))
     lbp.hw = hw  # explicit geometry (12x10 is not square)
     L = hw[0] * hw[1]
     x = torch.randn(2, L, 5, dtype=torch.float64)
@@ -141,7 +149,7 @@ def test_lbp_linear_matches_algorithm1_reference(select, r, hw):
 def test_lbp_conv_matches_algorithm1_reference(select, r, hw):
     torch.manual_seed(2)
     conv = nn.Conv2d(5, 3, 1).double()
-    lbp = LBPConv2d.from_module(conv, select=select, r=r, padding="reflect")
+    lbp = LBPConv2d.from_module(conv, LBPConfig(selection=select, radius=r))
     x = torch.randn(2, 5, *hw, dtype=torch.float64)
     g = torch.randn(2, 3, *hw, dtype=torch.float64)
     gx, gw, _ = _grads(lbp, x, g)
@@ -168,7 +176,7 @@ def test_lp_l1_gradient_error_shrinks_with_rank():
     ref_w = g[0].T @ x[0]
     errs = []
     for r in (2, 4, 6, 8, 15):
-        layer = LBPLinear.from_module(lin, select="lp_l1", r=r, padding="zero")
+        layer = LBPLinear.from_module(lin, LBPConfig(radius=r, padding="zero"))
         _, gw, _ = _grads(layer, x, g)
         errs.append(((gw - ref_w).norm() / ref_w.norm()).item())
     assert errs[-1] < 1e-12

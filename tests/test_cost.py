@@ -18,7 +18,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lbp_wht import LBPConv2d, LBPLinear, convert, cost, freeze, select_bases
+from lbp_wht import (
+    LBPConfig,
+    LBPConv2d,
+    LBPLinear,
+    MapGeometry,
+    convert,
+    cost,
+    freeze,
+    select_bases,
+)
 from lbp_wht.measure import measure_step
 
 torch.set_num_threads(1)
@@ -27,7 +36,9 @@ torch.set_num_threads(1)
 def _lbp_linear(cx: int, cy: int, bases, bias: bool = True, hw=(7, 7)) -> LBPLinear:
     torch.manual_seed(0)
     return LBPLinear.from_module(
-        nn.Linear(cx, cy, bias=bias), select="explicit", indices=bases, hw=hw
+        nn.Linear(cx, cy, bias=bias),
+        LBPConfig(selection="explicit", bases=tuple(bases)),
+        geometry=MapGeometry(hw=hw),
     )
 
 
@@ -74,7 +85,7 @@ def test_counted_equals_analytic_single_lbp_linear(bias: bool, need_x: bool):
 def test_counted_equals_analytic_lbp_conv_multipatch():
     """1x1 conv on a 12x12 map: reflect-padded to 16x16 = 4 patches, R per patch."""
     torch.manual_seed(0)
-    conv = LBPConv2d.from_module(nn.Conv2d(24, 32, 1), select="lp_l1", r=2)
+    conv = LBPConv2d.from_module(nn.Conv2d(24, 32, 1), LBPConfig(radius=2))
     x = torch.randn(1, 24, 12, 12, requires_grad=True)
     m = measure_step(conv, x, elementwise=False)
     cx, cy, R, P, Lp = 24, 32, 3, 4, 16 * 16

@@ -2,9 +2,9 @@
 
 Three implementations of the same maps are compared:
 
-* the optimised path the autograd function runs (``WHTProjector.project_rows`` /
-  ``project_grad`` / ``reverse_rows``: padding folded into GEMM matrices, 1/n^2 and the bias
-  row fused into the projection, low-rank tensors as contiguous rows);
+* the optimised path the autograd function runs (``WHTProjector.project`` / ``project_back``
+  on the dense path: padding folded into GEMM matrices, 1/n^2 and the bias row fused into the
+  projection, low-rank tensors as contiguous rows);
 * the ``patch`` implementation (explicit padding, per-patch contraction with the basis);
 * a naive reference written here from the paper's equations (Eq. 3-7): pad the map, loop over
   patches, project every patch onto each selected basis, multiply in the low-rank space,
@@ -129,27 +129,48 @@ def test_fast_path_matches_naive_reference_nchw(hw, padding, channels_last):
 
 @pytest.mark.parametrize("layout", ["tokens", "nchw"])
 @pytest.mark.parametrize("hw", [(7, 7), (12, 10)])
-def test_row_helpers_match_public_maps(layout, hw):
-    """project_rows / project_grad / reverse_rows == project / project / n^2 / reverse."""
+def test_projector_options_and_implementations_agree(layout, hw):
+    """project(grad=True) == project / n^2; bias_sum is the plain sum; dense == patch."""
     torch.manual_seed(2)
     bsz, c = 3, 5
     shape = (bsz, hw[0] * hw[1], c) if layout == "tokens" else (bsz, c, *hw)
     x = torch.randn(*shape, dtype=DT)
+    dims = (0, 1) if layout == "tokens" else (0, 2, 3)
+    outs = {}
+    low = None
     for impl in ("dense", "patch"):
         p = WHTProjector(hw, select_bases("lp_l1", r=4), 8, "reflect", impl)
         ref = p.project(x, layout)
-        torch.testing.assert_close(p.project_rows(x, layout), ref.reshape(-1, c))
-        rows, total = p.project_grad(x, layout, with_sum=True)
-        torch.testing.assert_close(rows, (ref / 64).reshape(-1, c))
-        dims = (0, 1) if layout == "tokens" else (0, 2, 3)
+        assert ref.shape == (bsz, p.low_rank_tokens, c)
+        assert ref.is_contiguous() or impl == "patch"
+        g_hat, total = p.project(x, layout, grad=True, bias_sum=True)
+        torch.testing.assert_close(g_hat, ref / 64)
         torch.testing.assert_close(total, x.sum(dims))
-        assert p.project_grad(x, layout)[1] is None
-        assert rows.is_contiguous()
-        low = torch.randn(bsz * p.low_rank_tokens, c, dtype=DT)
-        back = p.reverse_rows(low, bsz, layout)
-        torch.testing.assert_close(back, p.reverse(low.view(bsz, -1, c), layout))
-        if layout == "nchw":
-            assert back.is_contiguous()
+        torch.testing.assert_close(p.project(x, layout, grad=True), ref / 64)
+        if low is None:
+            low = torch.randn(bsz, p.low_rank_tokens, c, dtype=DT)
+        back = p.project_back(low, layout)
+        assert back.shape == x.shape and back.is_contiguous()
+        outs[impl] = (ref, back)
+    for a, b in zip(outs["dense"], outs["patch"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_projector_has_one_public_api_pair():
+    public = {
+        n for n in dir(WHTProjector) if not n.startswith("_") and callable(getattr(WHTProjector, n))
+    }
+    assert public == {"project", "project_back", "spectrum"}
+
+
+def test_dense_on_a_large_map_warns_and_auto_does_not():
+    with pytest.warns(UserWarning, match=r"impl='dense' on a 112x112 map.*impl='patch'"):
+        WHTProjector((112, 112), select_bases("lp_l1", r=4), 8, "reflect", "dense")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert WHTProjector((112, 112), select_bases("lp_l1", r=4)).impl == "patch"
 
 
 def test_expanded_output_gradient():

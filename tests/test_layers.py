@@ -9,12 +9,15 @@ import torch.nn as nn
 from reference import lbp_backward_reference
 
 from lbp_wht import (
+    LBPConfig,
     LBPConv2d,
     LBPLinear,
     LBPLoRAConv2d,
     LBPLoRALinear,
+    LoRAConfig,
     LoRAConv2d,
     LoRALinear,
+    MapGeometry,
     convert,
     freeze,
     select_bases,
@@ -38,11 +41,11 @@ def saved_bytes(fn) -> int:
 # ---- LBP layers ---------------------------------------------------------------------------
 def test_from_module_shares_parameters_and_state_dict_keys():
     lin = nn.Linear(8, 4)
-    lbp = LBPLinear.from_module(lin, r=4)
+    lbp = LBPLinear.from_module(lin, LBPConfig(radius=4))
     assert lbp.weight is lin.weight and lbp.bias is lin.bias
     assert list(lbp.state_dict()) == list(lin.state_dict())
     conv = nn.Conv2d(8, 4, 1, bias=False)
-    lbpc = LBPConv2d.from_module(conv, r=2)
+    lbpc = LBPConv2d.from_module(conv, LBPConfig(radius=2))
     assert lbpc.weight is conv.weight and lbpc.bias is None
     assert list(lbpc.state_dict()) == ["weight"]
     torch.testing.assert_close(lbpc(torch.ones(1, 8, 7, 7)), conv(torch.ones(1, 8, 7, 7)))
@@ -54,13 +57,13 @@ def test_saved_activation_is_a_small_fraction():
     x = torch.randn(8, 49, 64, requires_grad=True)
     plain = saved_bytes(lambda: lin(x))
     for r, rank in [(2, 3), (4, 10)]:
-        lbp = LBPLinear.from_module(lin, r=r)
+        lbp = LBPLinear.from_module(lin, LBPConfig(radius=r))
         got = saved_bytes(lambda lbp=lbp: lbp(x))
         assert got == 8 * rank * 64 * 4  # exactly x_hat, float32
         assert got <= plain * rank / 49 + 1
     conv = nn.Conv2d(64, 64, 1)
     xc = torch.randn(4, 64, 14, 14, requires_grad=True)
-    lbpc = LBPConv2d.from_module(conv, r=2)  # 4 patches x 3 bases
+    lbpc = LBPConv2d.from_module(conv, LBPConfig(radius=2))  # 4 patches x 3 bases
     assert saved_bytes(lambda: lbpc(xc)) == 4 * 4 * 3 * 64 * 4
     assert saved_bytes(lambda: lbpc(xc)) < saved_bytes(lambda: conv(xc)) / 10
 
@@ -69,7 +72,7 @@ def test_frozen_weight_saves_nothing_and_skips_weight_grad():
     lin = nn.Linear(16, 16)
     lin.weight.requires_grad_(False)
     lin.bias.requires_grad_(False)
-    lbp = LBPLinear.from_module(lin, r=2)
+    lbp = LBPLinear.from_module(lin, LBPConfig(radius=2))
     x = torch.randn(2, 49, 16, requires_grad=True)
     assert saved_bytes(lambda: lbp(x)) == 0
     lbp(x).sum().backward()
@@ -80,7 +83,7 @@ def test_eval_and_no_grad_run_the_plain_layer():
     torch.manual_seed(0)
     lin = nn.Linear(6, 6)
     ref = copy.deepcopy(lin)
-    lbp = LBPLinear.from_module(lin, r=2).eval()
+    lbp = LBPLinear.from_module(lin, LBPConfig(radius=2)).eval()
     x = torch.randn(2, 49, 6, requires_grad=True)
     lbp(x).square().sum().backward()
     ref(x.detach()).square().sum().backward()
@@ -94,7 +97,7 @@ def test_eval_and_no_grad_run_the_plain_layer():
 def test_leading_dims_are_batch_like_swin_windows():
     torch.manual_seed(0)
     lin = nn.Linear(4, 4).double()
-    lbp = LBPLinear.from_module(lin, r=4)
+    lbp = LBPLinear.from_module(lin, LBPConfig(radius=4), geometry=MapGeometry("tokens"))
     x = torch.randn(2, 3, 64, 4, dtype=torch.float64, requires_grad=True)  # (B, windows, 8*8, C)
     g = torch.randn(2, 3, 64, 4, dtype=torch.float64)
     lbp(x).backward(g)
@@ -112,8 +115,8 @@ def test_leading_dims_are_batch_like_swin_windows():
 def test_low_precision_dtypes(dtype):
     torch.manual_seed(0)
     lin = nn.Linear(32, 16)
-    lbp32 = LBPLinear.from_module(copy.deepcopy(lin), r=4)
-    lbp_lp = LBPLinear.from_module(copy.deepcopy(lin).to(dtype), r=4)
+    lbp32 = LBPLinear.from_module(copy.deepcopy(lin), LBPConfig(radius=4))
+    lbp_lp = LBPLinear.from_module(copy.deepcopy(lin).to(dtype), LBPConfig(radius=4))
     x = torch.randn(2, 49, 32)
     x32, xlp = x.clone().requires_grad_(), x.to(dtype).requires_grad_()
     lbp32(x32).sum().backward()
@@ -126,7 +129,7 @@ def test_low_precision_dtypes(dtype):
 def test_spectrum_recording_and_lhe_profiling():
     torch.manual_seed(0)
     lin = nn.Linear(4, 4)
-    layer = LBPLinear.from_module(lin, select="lhe", rank=5)
+    layer = LBPLinear.from_module(lin, LBPConfig(selection="lhe", num_bases=5))
     assert layer.bases is None and layer.rank is None
     layer.record_spectrum = True
     x = torch.randn(2, 49, 4, requires_grad=True)
@@ -158,8 +161,8 @@ def test_token_count_mismatch_names_layer_and_shapes():
     convert(model, [dict(target="0", method="lbp", r=2, hw=(7, 7))])
     with pytest.raises(ValueError, match=r"'?0'? .*\(2, 50, 4\).*hw=\(7, 7\)"):
         model(torch.randn(2, 50, 4, requires_grad=True))
-    lbp = LBPLinear.from_module(nn.Linear(4, 4), r=2)
-    with pytest.raises(ValueError, match="not a perfect square.*pass hw"):
+    lbp = LBPLinear.from_module(nn.Linear(4, 4), LBPConfig(radius=2))
+    with pytest.raises(ValueError, match="not a square map.*prefix_tokens=E.*hw=\\(H, W\\)"):
         lbp(torch.randn(2, 50, 4, requires_grad=True))
     with pytest.raises(ValueError, match="token input"):
         lbp(torch.randn(2, 4, requires_grad=True))
@@ -169,14 +172,14 @@ def test_token_count_mismatch_names_layer_and_shapes():
     "kwargs,match",
     [
         (dict(order=6), "power of two"),
-        (dict(r=20), "at most 15"),
+        (dict(radius=20), "at most 15"),
         (dict(padding="circular"), "unknown padding"),
-        (dict(select="lhe"), "rank"),
+        (dict(selection="lhe"), "num_bases"),
     ],
 )
 def test_bad_lbp_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        LBPLinear.from_module(nn.Linear(4, 4), **kwargs)
+        LBPConfig(**kwargs)
 
 
 # ---- LoRA ---------------------------------------------------------------------------------
@@ -188,7 +191,7 @@ def test_lora_init_unchanged_frozen_base_and_merge(kind):
     else:
         base, x, cls = nn.Conv2d(12, 6, 1), torch.randn(3, 12, 5, 5), LoRAConv2d
     ref = copy.deepcopy(base)
-    lora = cls.from_module(base, rank=4, alpha=8)
+    lora = cls.from_module(base, LoRAConfig(rank=4, alpha=8))
     torch.testing.assert_close(lora(x), ref(x))  # B = 0 at init
     assert not lora.weight.requires_grad and not lora.bias.requires_grad
     assert [n for n, p in lora.named_parameters() if p.requires_grad] == ["lora_A", "lora_B"]
@@ -207,7 +210,7 @@ def test_lora_init_unchanged_frozen_base_and_merge(kind):
 
 def test_lora_gradients_are_the_adapter_gradients():
     torch.manual_seed(0)
-    lora = LoRALinear.from_module(nn.Linear(5, 3).double(), rank=2, alpha=4)
+    lora = LoRALinear.from_module(nn.Linear(5, 3).double(), LoRAConfig(rank=2, alpha=4))
     with torch.no_grad():
         lora.lora_B.normal_()
     x = torch.randn(2, 7, 5, dtype=torch.float64)
@@ -224,7 +227,9 @@ def test_lbp_lora_linear_matches_reference(padding, select, r):
     """Table 6: adapter and input gradients in the low-rank space (exact at full rank)."""
     torch.manual_seed(0)
     base = nn.Linear(6, 5).double()
-    layer = LBPLoRALinear.from_module(base, rank=3, alpha=6, select=select, r=r, padding=padding)
+    layer = LBPLoRALinear.from_module(
+        base, LBPConfig(selection=select, radius=r, padding=padding), LoRAConfig(rank=3, alpha=6)
+    )
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(2, 49, 6, dtype=torch.float64, requires_grad=True)
@@ -245,7 +250,7 @@ def test_lbp_lora_linear_matches_reference(padding, select, r):
     np.testing.assert_allclose(layer.lora_A.grad.numpy(), ref["g_A"], atol=1e-10)
     np.testing.assert_allclose(layer.lora_B.grad.numpy(), ref["g_B"], atol=1e-10)
     if padding == "zero":  # full basis: identical to plain LoRA autograd
-        plain = LoRALinear.from_module(copy.deepcopy(base), rank=3, alpha=6)
+        plain = LoRALinear.from_module(copy.deepcopy(base), LoRAConfig(rank=3, alpha=6))
         plain.load_state_dict(layer.state_dict())
         x2 = x.detach().clone().requires_grad_()
         plain(x2).backward(g)
@@ -256,8 +261,10 @@ def test_lbp_lora_linear_matches_reference(padding, select, r):
 def test_lbp_lora_conv_full_basis_equals_lora_conv():
     torch.manual_seed(0)
     base = nn.Conv2d(4, 6, 1).double()
-    layer = LBPLoRAConv2d.from_module(base, rank=2, alpha=2, r=15, padding="zero")
-    plain = LoRAConv2d.from_module(copy.deepcopy(base), rank=2, alpha=2)
+    layer = LBPLoRAConv2d.from_module(
+        base, LBPConfig(radius=15, padding="zero"), LoRAConfig(rank=2, alpha=2)
+    )
+    plain = LoRAConv2d.from_module(copy.deepcopy(base), LoRAConfig(rank=2, alpha=2))
     with torch.no_grad():
         layer.lora_B.normal_()
     plain.load_state_dict(layer.state_dict())
@@ -345,5 +352,40 @@ def test_convert_errors_name_the_problem():
 
 
 def test_lbp_lora_takes_lhe_rank_separately_from_adapter_rank():
-    layer = LBPLoRALinear.from_module(nn.Linear(4, 4), rank=8, alpha=8, select="lhe", lhe_rank=5)
-    assert layer.bases is None and layer.lhe_rank == 5 and layer.lora_rank == 8
+    layer = LBPLoRALinear.from_module(
+        nn.Linear(4, 4), LBPConfig(selection="lhe", num_bases=5), LoRAConfig(rank=8, alpha=8)
+    )
+    assert layer.bases is None and layer.lbp_config.num_bases == 5 and layer.lora_rank == 8
+    # the same through rules, in the presets' spelling and in the canonical one
+    for rule in (
+        dict(target="0", method="lbp_lora", select="lhe", lhe_rank=5, rank=8, alpha=8),
+        dict(target="0", method="lbp_lora", selection="lhe", num_bases=5, lora_rank=8),
+    ):
+        model = nn.Sequential(nn.Linear(4, 4))
+        convert(model, [rule])
+        assert model[0].lbp_config.num_bases == 5 and model[0].lora_rank == 8
+
+
+# ---- prefix tokens cost nothing -------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["lbp", "lbp_lora"])
+def test_prefix_tokens_save_a_copy_not_a_view_of_the_input(kind):
+    """(8, 197, 384): 1 class token + a 14x14 map. Saving x[:, :1] as a view would keep all
+    of x (2.42 MB) alive; a copy of the prefix rows costs (P*R + 1) / 197 of it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(384, 384)
+    geo = MapGeometry(prefix_tokens=1)
+    if kind == "lbp":
+        layer = LBPLinear.from_module(lin, LBPConfig(radius=4), geometry=geo)
+    else:
+        layer = LBPLoRALinear.from_module(
+            lin, LBPConfig(radius=4), LoRAConfig(rank=8), geometry=geo
+        )
+    x = torch.randn(8, 197, 384, requires_grad=True)
+    plain = x.numel() * 4  # what nn.Linear saves for its weight gradient
+    got = saved_bytes(lambda: layer(x))
+    patches, r = 4, 10  # 14x14 padded to 16x16: 2x2 patches of 8x8, LP_L1-4 keeps 10 bases
+    assert got == 8 * (patches * r + 1) * 384 * 4  # x_hat + the copied class token
+    assert got <= plain * (patches * r + 1) / 197 + 1
+    y = layer(x)
+    y.sum().backward()  # and the gradients still flow to the prefix token
+    assert x.grad[:, 0].abs().sum() > 0

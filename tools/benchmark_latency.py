@@ -306,7 +306,7 @@ def bench_shape(
         proj = WHTProjector((side, side), select_bases("lp_l1", r=r, order=order), order, padding)
         y = lbp_forward(x, w, b, proj)
         fns[f"lbp_r{r}"] = _grad_call(y, [x, w, b], g)
-        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project_rows(xd.view(batch, tokens, cx)))(proj)
+        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(xd.view(batch, tokens, cx)))(proj)
         y_naive = _StraightforwardLBP.apply(x, w, b, proj)
         fns[f"naive_r{r}"] = _grad_call(y_naive, [x, w, b], g)
     return fns
@@ -317,7 +317,7 @@ class _StraightforwardLBP(torch.autograd.Function):
     kept here as the "before" of the optimisation log): ``g_hat = project(g) / n^2`` as a
     separate scaling pass, the bias gradient as a separate reduction over ``g_y``, low-rank
     tensors as ``(B, P*R, C)`` reshaped per use, broadcast batched matmuls also at batch 1.
-    Tokens layout, no extra tokens. Uses only the public ``project`` / ``reverse`` maps."""
+    Tokens layout, no extra tokens. Uses only the public ``project`` / ``project_back`` maps."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, projector):
@@ -334,7 +334,7 @@ class _StraightforwardLBP(torch.autograd.Function):
         g_hat2, x_hat2 = g_hat.reshape(-1, cy), x_hat.reshape(-1, cx)
         grad_b = g_y.sum(dim=(0, 1))
         grad_w = g_hat2.T @ x_hat2
-        grad_x = proj.reverse((g_hat2 @ weight).view(g_hat.shape[0], -1, cx))
+        grad_x = proj.project_back((g_hat2 @ weight).view(g_hat.shape[0], -1, cx))
         return grad_x, grad_w, grad_b, None
 
 
@@ -692,11 +692,11 @@ def run_projection(args: argparse.Namespace) -> list[dict]:
             torch.testing.assert_close(fwht_project(p_p, g), p_p.project(g), rtol=1e-4, atol=1e-3)
             low = torch.randn(bsz * p_d.low_rank_tokens, c)
             fns = {
-                "dense_proj": lambda p=p_d, g=g: p.project_grad(g, "tokens", with_sum=True),
-                "patch_proj": lambda p=p_p, g=g: p.project_grad(g, "tokens", with_sum=True),
+                "dense_proj": lambda p=p_d, g=g: p.project(g, "tokens", grad=True, bias_sum=True),
+                "patch_proj": lambda p=p_p, g=g: p.project(g, "tokens", grad=True, bias_sum=True),
                 "fwht_proj": lambda p=p_p, g=g: (fwht_project(p, g), g.sum((0, 1))),
-                "dense_rev": lambda p=p_d, lo=low: p.reverse_rows(lo, bsz),
-                "patch_rev": lambda p=p_p, lo=low: p.reverse_rows(lo, bsz),
+                "dense_rev": lambda p=p_d, lo=low: p.project_back(lo.view(bsz, -1, c)),
+                "patch_rev": lambda p=p_p, lo=low: p.project_back(lo.view(bsz, -1, c)),
             }
             rounds = 3 if args.quick else max(5, args.rounds or 15)
             t = interleaved_timings(fns, rounds, warmup=2)
@@ -772,7 +772,7 @@ def ablation_pairs(batch: int, cx: int = 448, cy: int = 1792, r: int = 4) -> lis
             "bias gradient fused into the projection GEMM (ones row)",
             "tokens",
             lambda: (torch.matmul(pg, g_t), g_t.sum(dim=(0, 1))),
-            lambda: p.project_grad(g_t, "tokens", with_sum=True),
+            lambda: p.project(g_t, "tokens", grad=True, bias_sum=True),
         ),
         (
             "1/n^2 folded into the projection matrix",
@@ -784,19 +784,19 @@ def ablation_pairs(batch: int, cx: int = 448, cy: int = 1792, r: int = 4) -> lis
             "projection of g (scale + bias + layout), all changes",
             "nchw",
             lambda: ((p.project(g_c, "nchw") * n2).reshape(-1, cy), g_c.sum(dim=(0, 2, 3))),
-            lambda: p.project_grad(g_c, "nchw", with_sum=True),
+            lambda: p.project(g_c, "nchw", grad=True, bias_sum=True),
         ),
         (
             "x_hat saved as contiguous rows (no copy when backward reads it)",
             "nchw",
             lambda: p.project(x_c, "nchw").reshape(-1, cx),
-            lambda: p.project_rows(x_c, "nchw"),
+            lambda: p.project(x_c, "nchw").reshape(-1, cx),
         ),
         (
             "reverse projection written directly in NCHW order",
             "nchw",
-            lambda: p.reverse(low.view(batch, -1, cx), "nchw"),
-            lambda: p.reverse_rows(low, batch, "nchw"),
+            lambda: p.project_back(low.view(batch, -1, cx), "nchw"),
+            lambda: p.project_back(low.view(batch, -1, cx), "nchw"),
         ),
     ]
     if batch == 1:

@@ -421,7 +421,7 @@ def table1_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import torch
     import torch.nn as nn
 
-    from lbp_wht import LBPLinear, cost, select_bases
+    from lbp_wht import LBPConfig, LBPLinear, MapGeometry, cost, select_bases
     from lbp_wht.measure import flop_counter, measure_step
     from lbp_wht.projection import WHTProjector
 
@@ -433,10 +433,16 @@ def table1_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     plain = nn.Linear(cx, cy)
     x_req = x.clone().requires_grad_(True)
     m_plain = measure_step(plain, x_req, elementwise=False)
-    lbp = LBPLinear.from_module(nn.Linear(cx, cy), select="explicit", indices=bases, hw=(7, 7))
+    lbp = LBPLinear.from_module(
+        nn.Linear(cx, cy),
+        LBPConfig(selection="explicit", bases=bases),
+        geometry=MapGeometry(hw=(7, 7)),
+    )
     m_lbp = measure_step(lbp, x_req, elementwise=False)
     lbp_nb = LBPLinear.from_module(
-        nn.Linear(cx, cy, bias=False), select="explicit", indices=bases, hw=(7, 7)
+        nn.Linear(cx, cy, bias=False),
+        LBPConfig(selection="explicit", bases=bases),
+        geometry=MapGeometry(hw=(7, 7)),
     )
     m_lbp_nb = measure_step(lbp_nb, x_req, elementwise=False)
     # Components, counted one by one on the projector the layer uses.
@@ -449,14 +455,14 @@ def table1_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return int(c.get_total_flops())
 
     proj.project(x)  # build the cached matrices outside the counter
-    c_px = count(lambda: proj.project_rows(x))
-    c_pg = count(lambda: proj.project_grad(g))
-    xh = proj.project_rows(x)
-    gh, _ = proj.project_grad(g)
+    c_px = count(lambda: proj.project(x))
+    c_pg = count(lambda: proj.project(g, grad=True))
+    xh = proj.project(x).reshape(-1, cx)
+    gh = proj.project(g, grad=True).reshape(-1, cy)
     w = plain.weight.detach()
     c_mm = count(lambda: (gh.t() @ xh, gh @ w))
     gxh = gh @ w
-    c_rev = count(lambda: proj.reverse_rows(gxh, 1))
+    c_rev = count(lambda: proj.project_back(gxh.view(1, -1, gxh.shape[-1])))
     t1 = cost.table1(cx, cy, L, R, convention="table1")
     tg = cost.table1(cx, cy, L, R, convention="gemm")
     paper = {r["component"]: fnum(r["mflops"]) for r in read_csv(osp.join(PAPER, "table1.csv"))}

@@ -35,7 +35,9 @@ from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lbp_wht import presets as _presets
-from lbp_wht.bases import lp_l1_rank, select_bases
+from lbp_wht.bases import select_bases
+from lbp_wht.config import LBPConfig, LoRAConfig
+from lbp_wht.conversion import keep_batchnorm_eval
 
 __all__ = [
     "LBP_DEFAULTS",
@@ -47,6 +49,8 @@ __all__ = [
     "TrainableOnlyOptimWrapperConstructor",
     "validate_lbp_cfg",
     "lbp_rank",
+    "lbp_config_from_block",
+    "lora_config_from_block",
     "inject_lbp",
     "enable_norm_eval",
     "lbp_layers",
@@ -157,15 +161,32 @@ def uses_lora(method: str) -> bool:
     return "lora" in method
 
 
-def lbp_rank(lbp: Mapping[str, Any]) -> int | None:
-    """R, the number of WHT bases of the method (None for full BP and plain LoRA)."""
+def lbp_config_from_block(lbp: Mapping[str, Any]) -> LBPConfig | None:
+    """The typed :class:`~lbp_wht.config.LBPConfig` of a validated ``lbp`` block (None for
+    methods without LBP-WHT). Block keys map as ``select`` -> selection, ``r`` -> radius,
+    ``rank`` -> num_bases (LHE), ``order``, ``padding``."""
     if not uses_lbp(lbp["method"]):
         return None
     if lbp["select"] == "lhe":
-        return int(lbp["rank"])
-    if lbp["select"] == "lp_l1":
-        return lp_l1_rank(lbp["r"], lbp["order"])
-    return len(select_bases(lbp["select"], r=lbp["r"], order=lbp["order"]))
+        return LBPConfig(selection="lhe", num_bases=lbp["rank"], order=lbp["order"],
+                         padding=lbp["padding"])  # fmt: skip
+    return LBPConfig(
+        selection=lbp["select"], radius=lbp["r"], order=lbp["order"], padding=lbp["padding"]
+    )
+
+
+def lora_config_from_block(lbp: Mapping[str, Any]) -> LoRAConfig | None:
+    """The per-projection :class:`~lbp_wht.config.LoRAConfig` of an ``lbp`` block (fused qkv
+    layers get rank and alpha times 3 in the presets)."""
+    if not uses_lora(lbp["method"]):
+        return None
+    return LoRAConfig(rank=lbp["lora_rank"], alpha=lbp["lora_alpha"])
+
+
+def lbp_rank(lbp: Mapping[str, Any]) -> int | None:
+    """R, the number of WHT bases of the method (None for full BP and plain LoRA)."""
+    config = lbp_config_from_block(lbp)
+    return None if config is None else config.num_bases
 
 
 def lbp_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -179,28 +200,17 @@ def lbp_layers(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def _norm_eval_pre_hook(module: nn.Module, args: Any) -> None:
-    # Uses the hooked module (not a closure), so deep copies (e.g. EMA models) stay correct.
-    for m in module.modules():
-        if isinstance(m, _BatchNorm):
-            m.training = False
-
-
 def enable_norm_eval(model: nn.Module) -> None:
     """Keep every BatchNorm of ``model`` on running statistics, whatever ``train()`` says.
 
-    ``norm_eval=True`` of the authors' configs (NOTES-paper): BatchNorm in train mode does not
-    commute with the low-rank projection of the gradient. Implemented as a forward pre-hook on
-    the *top-level* model that sets ``training=False`` on all ``_BatchNorm`` modules before
-    every forward, so it survives ``model.train()`` calls of any training loop and mmengine's
-    ``revert_sync_batchnorm`` (which replaces SyncBN children but not the root), and needs no
-    subclassing of the model. LayerNorm is unaffected; BN affine parameters still train where
-    the preset makes them trainable.
+    ``norm_eval=True`` of the authors' configs: BatchNorm in train mode does not commute with
+    the low-rank projection of the gradient. This is :func:`lbp_wht.keep_batchnorm_eval`: a
+    forward pre-hook on the *top-level* model that sets ``training=False`` on all
+    ``_BatchNorm`` modules before every forward, so it survives ``model.train()`` calls of any
+    training loop and mmengine's ``revert_sync_batchnorm`` (which replaces SyncBN children but
+    not the root), and needs no subclassing of the model.
     """
-    if getattr(model, "_lbp_norm_eval", False):
-        return
-    model._lbp_norm_eval = True  # type: ignore[assignment]
-    model.register_forward_pre_hook(_norm_eval_pre_hook)
+    keep_batchnorm_eval(model)
 
 
 def LBPWHTModel(  # noqa: N802 - registry type name
@@ -248,7 +258,8 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         assert_convertible = None
     if assert_convertible is not None and preset.rules:
         assert_convertible(net)
-    report = convert(net, preset.rules)
+    # This builder warns about train-mode BatchNorm itself (below, also into the log).
+    report = convert(net, preset.rules, batchnorm_guard=False)
     trainable = freeze(net, preset.trainable)
     norm_eval = preset.norm_eval if cfg["norm_eval"] is None else bool(cfg["norm_eval"])
     if norm_eval:
@@ -266,6 +277,8 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         print_log(msg, logger="current", level=30)
     net.lbp_info = dict(  # type: ignore[assignment]
         cfg=cfg,
+        lbp_config=lbp_config_from_block(cfg),
+        lora_config=lora_config_from_block(cfg),
         preset=preset_name,
         rank=lbp_rank(cfg),
         norm_eval=norm_eval,

@@ -1,8 +1,8 @@
 """Compatibility shims for CPU-only machines (the single place where such shims live).
 
 Each shim is a no-op where it is not needed and is safe to apply more than once. They exist
-because the pinned working set (see ``requirements.txt`` and ``NOTES-env.md``) cannot be made
-consistent on a CPU-only machine through the package registry alone:
+because the pinned working set (see ``requirements.txt``) cannot be made consistent on a CPU-only
+machine through the package registry alone:
 
 (a) ``torchvision``: the registry has no CPU build of ``torchvision==0.28.0``; the CUDA wheel's
     compiled extension ``_C`` cannot load against CPU torch, and then ``import torchvision``
@@ -22,8 +22,8 @@ consistent on a CPU-only machine through the package registry alone:
     ``softmax_focal_loss``, which ``focal_loss.py`` imports at module level but only *calls*
     for CUDA tensors: they are stubs that raise when called.
 
-Call :func:`apply` (``import lbp_wht.integrations`` does) before the first import of
-torchvision / timm / mmpretrain.models / mmseg.models. OpenMMLab configs do this with
+Call :func:`apply` (``import lbp_wht`` and ``import lbp_wht.integrations`` do) before the first
+import of torchvision / timm / mmpretrain.models / mmseg.models. OpenMMLab configs do this with
 ``custom_imports=dict(imports=['lbp_wht.integrations'])``, which runs inside
 ``Config.fromfile`` before the registries import the model code.
 

@@ -3,12 +3,15 @@
 - logs the conversion report (what was converted, what trains) and writes it to
   ``<work_dir>/lbp_conversion.txt``; checks that the optimizer holds exactly the trainable
   parameters;
-- LHE base selection (Sec. 4.5, Table 4): with ``lbp.select='lhe'`` the LBP layers start with no
-  bases and run exact backprop while recording the WHT energy spectrum of ``g_y``; after
-  ``lbp.lhe_iters`` iterations the hook sums the spectra over ranks, keeps the ``lbp.rank``
-  strongest bases of every layer (``select_bases('lhe', energy=..., rank=R)``) and fixes them
-  with ``set_bases``; the chosen bases go to ``<work_dir>/lhe_bases.json`` and into checkpoints
-  (``lbp_bases``) so a resumed run and ``tools/test.py`` see the same layers;
+- LHE base selection (Sec. 4.5, Table 4), through :class:`lbp_wht.lhe.LHEProfiler`: with
+  ``lbp.select='lhe'`` the LBP layers start with no bases and run exact backprop while
+  recording the WHT energy spectrum of ``g_y``; after every iteration the spectra are summed
+  over ranks into the profiler's totals; after ``lbp.lhe_iters`` iterations the ``lbp.rank``
+  strongest bases of every layer are fixed. The chosen bases go to
+  ``<work_dir>/lhe_bases.json`` and into checkpoints (``lbp_bases``, and the layers' state
+  dicts) so a resumed run and ``tools/test.py`` see the same layers. A checkpoint saved while
+  profiling also holds the totals so far (``lbp_lhe_profile``): a run killed during profiling
+  resumes with all the spectra it had and profiles only the iterations that remain;
 - Figure 5: with ``lbp.spectrum_layer='<module name>'`` the ``g_y`` spectrum of that LBP layer
   is recorded for ``lbp.spectrum_iters`` iterations (or the whole run) and saved to
   ``<work_dir>/spectrum.json`` (``energy``: order x order, ``steps``, ``layer``).
@@ -28,7 +31,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS
 
-from lbp_wht.bases import select_bases
+from lbp_wht.lhe import LHEProfiler
 
 from .build import lbp_layers
 
@@ -39,6 +42,13 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if get_world_size() > 1:
+        t = t.clone()
+        all_reduce(t, op="sum")
+    return t
+
+
 @HOOKS.register_module()
 class LBPWHTHook(Hook):
     """Training-time side of LBP-WHT (see module docstring). Added by ``inject_lbp``."""
@@ -46,7 +56,8 @@ class LBPWHTHook(Hook):
     priority = "NORMAL"
 
     def __init__(self) -> None:
-        self._lhe_pending = False
+        self._lhe: LHEProfiler | None = None
+        self._lhe_resumed: dict | None = None
         self._spectrum_open = False
 
     # ---- helpers ------------------------------------------------------------------------
@@ -99,15 +110,30 @@ class LBPWHTHook(Hook):
         cfg = info["cfg"]
         layers = lbp_layers(runner.model)
         if cfg["select"] == "lhe" and layers:
-            pending = [m for m in layers.values() if m.bases is None]
-            if pending and runner.iter < cfg["lhe_iters"]:
-                for m in pending:
-                    m.reset_spectrum()
-                    m.record_spectrum = True
-                self._lhe_pending = True
+            pending = [n for n, m in layers.items() if m.bases is None]
+            start = runner.iter
+            if pending and start < cfg["lhe_iters"]:
+                self._lhe = LHEProfiler(runner.model, pending)
+                self._lhe.start()
+                restored = ""
+                if self._lhe_resumed is not None:
+                    self._lhe.load_state_dict(self._lhe_resumed)
+                    restored = (
+                        f"; resumed with the spectra of {self._lhe.iterations} profiled "
+                        "iterations from the checkpoint"
+                    )
+                elif start > 0:
+                    runner.logger.warning(
+                        f"LHE: resuming at iteration {start} without saved spectra (checkpoint "
+                        f"from an older version?): the bases are chosen from the remaining "
+                        f"{cfg['lhe_iters'] - start} iterations only"
+                    )
+                self._lhe_resumed = None
                 runner.logger.info(
                     f"LHE: profiling g_y spectra of {len(pending)} layers for "
-                    f"{cfg['lhe_iters']} iterations (exact backprop meanwhile)"
+                    f"{cfg['lhe_iters'] - start} iterations (iterations {start + 1}-"
+                    f"{cfg['lhe_iters']} of lbp.lhe_iters={cfg['lhe_iters']}; exact backprop "
+                    f"meanwhile){restored}"
                 )
             elif pending:
                 raise RuntimeError(
@@ -130,45 +156,51 @@ class LBPWHTHook(Hook):
     ) -> None:
         cfg = self._info(runner)["cfg"]
         done = runner.iter + 1  # the loop increments runner.iter after this hook
-        if self._lhe_pending and done >= cfg["lhe_iters"]:
-            self._finish_lhe(runner, cfg)
+        if self._lhe is not None:
+            self._lhe.sync(_sum_over_ranks)  # all ranks hold the same totals from here on
+            if done >= cfg["lhe_iters"]:
+                self._finish_lhe(runner, cfg)
         if self._spectrum_open and cfg["spectrum_iters"] and done >= cfg["spectrum_iters"]:
             self._save_spectrum(runner, cfg)
 
     def after_train(self, runner: Any) -> None:
         cfg = self._info(runner)["cfg"]
-        if self._lhe_pending:  # fewer iterations than lhe_iters: select with what we have
+        if self._lhe is not None:  # fewer iterations than lhe_iters: select with what we have
             self._finish_lhe(runner, cfg)
         if self._spectrum_open:
             self._save_spectrum(runner, cfg)
 
     # ---- LHE ----------------------------------------------------------------------------
     def _finish_lhe(self, runner: Any, cfg: dict) -> None:
-        chosen: dict[str, list] = {}
-        for name, m in lbp_layers(runner.model).items():
-            if m.bases is not None:
-                continue
-            energy = m.spectrum_energy
-            if energy is None:
-                energy = torch.zeros(m.order, m.order, dtype=torch.float64)
-            energy = energy.clone()
-            if get_world_size() > 1:
-                all_reduce(energy, op="sum")  # same bases on every rank
-            if not torch.any(energy > 0):
-                raise RuntimeError(
-                    f"LHE: layer {name!r} recorded no g_y spectrum in {cfg['lhe_iters']} "
-                    "iterations (does it receive gradients?)"
-                )
-            bases = select_bases("lhe", order=m.order, rank=cfg["rank"], energy=energy)
-            m.set_bases(bases)
+        profiler = self._lhe
+        assert profiler is not None
+        # anything recorded after the last iteration's sync (not another iteration)
+        profiler.sync(_sum_over_ranks, count=False)
+        try:
+            chosen = profiler.choose()
+        except RuntimeError as err:
+            raise RuntimeError(f"{err} in {profiler.iterations} iterations") from err
+        for name, bases in chosen.items():
+            profiler.layers[name].set_bases(bases)
+        for name, m in profiler.layers.items():
             if name != cfg["spectrum_layer"]:
                 m.record_spectrum = False
-            chosen[name] = [list(b) for b in bases]
-        self._lhe_pending = False
-        runner.logger.info(f"LHE: fixed {cfg['rank']} bases in {len(chosen)} layers")
+        self._lhe = None
+        runner.logger.info(
+            f"LHE: fixed {cfg['rank']} bases in {len(chosen)} layers from the g_y spectra of "
+            f"{profiler.iterations} iterations"
+        )
         if is_main_process():
             with open(osp.join(runner.work_dir, "lhe_bases.json"), "w") as f:
-                json.dump(dict(iterations=runner.iter + 1, rank=cfg["rank"], bases=chosen), f)
+                json.dump(
+                    dict(
+                        iterations=runner.iter + 1,
+                        profiled_iterations=profiler.iterations,
+                        rank=cfg["rank"],
+                        bases={n: [list(b) for b in v] for n, v in chosen.items()},
+                    ),
+                    f,
+                )
 
     # ---- Figure 5 spectrum --------------------------------------------------------------
     def _save_spectrum(self, runner: Any, cfg: dict) -> None:
@@ -209,9 +241,16 @@ class LBPWHTHook(Hook):
         }
         if bases:
             checkpoint["lbp_bases"] = bases
+        if self._lhe is not None:  # profiling: keep the totals so far (synced every iteration)
+            checkpoint["lbp_lhe_profile"] = self._lhe.state_dict()
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        saved = checkpoint.get("lbp_bases") if isinstance(checkpoint, dict) else None
+        if not isinstance(checkpoint, dict):
+            return
+        profile = checkpoint.get("lbp_lhe_profile")
+        if isinstance(profile, dict):
+            self._lhe_resumed = profile
+        saved = checkpoint.get("lbp_bases")
         if not saved:
             return
         layers = lbp_layers(runner.model)

@@ -319,7 +319,7 @@ class ExplicitEfficientMultiheadAttention(nn.Module):
 
     def _set_hw(self, layer: nn.Module, hw: tuple[int, int]) -> None:
         # LBP-WHT layers need the token map size; Segformer knows it only at run time.
-        if isinstance(layer, LBPMixin) and layer.extra_tokens == 0:
+        if isinstance(layer, LBPMixin) and layer.prefix_tokens == 0:
             layer.hw = hw
 
     def forward(

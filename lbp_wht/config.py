@@ -1,0 +1,240 @@
+"""Typed, validated configuration of LBP-WHT layers and of LoRA adapters.
+
+Three numbers that the paper and earlier code all called "r" or "rank" have distinct names here:
+
+* ``radius``: the ``r`` of the low-pass selections, LP_L1-r (Eq. 8, bases with ``i + j < r``)
+  and LP_Linf-r (Eq. 9, ``max(i, j) < r``);
+* ``num_bases``: ``R``, how many WHT bases span the low-rank space (LP_L1-4 keeps R = 10 of
+  the 64 bases of an order-8 WHT; LHE keeps the ``R`` strongest);
+* LoRA's ``rank``: the inner dimension ``k`` of the adapters ``A (k, Cx)``, ``B (Cy, k)``.
+
+Both configs are frozen dataclasses, checked once in ``__post_init__`` (types included: a bool
+or a float where an int is meant is an error), so a layer never meets an invalid value. The
+selected bases of a low-pass or explicit selection are computed once, at construction.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .bases import SELECTIONS, BaseIndex, select_bases
+
+__all__ = ["LBPConfig", "LoRAConfig", "IMPLS", "check_int"]
+
+#: Implementations of the projection (same values, different speed; see ``WHTProjector``).
+IMPLS = ("auto", "dense", "patch")
+
+
+def check_int(value: Any, what: str, minimum: int | None = None) -> int:
+    """``value`` as an int, or a ``TypeError`` / ``ValueError`` naming ``what``.
+
+    Booleans and floats are refused (``True`` is an int to Python, ``1.5`` would be truncated).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_real(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    return value
+
+
+def _check_choice(value: Any, what: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {list(choices)}")
+    return value
+
+
+def _bases_tuple(bases: Any, order: int) -> tuple[BaseIndex, ...]:
+    if isinstance(bases, str | bytes) or not isinstance(bases, Sequence):
+        raise TypeError(
+            f"bases must be a sequence of (i, j) pairs, got {bases!r} ({type(bases).__name__})"
+        )
+    out = []
+    for k, ij in enumerate(bases):
+        if isinstance(ij, str | bytes) or not isinstance(ij, Sequence) or len(ij) != 2:
+            raise TypeError(f"bases[{k}]={ij!r}: each base is a pair of ints (i, j)")
+        out.append((check_int(ij[0], f"bases[{k}][0]"), check_int(ij[1], f"bases[{k}][1]")))
+    # select_bases checks the range and duplicates with its own messages.
+    return tuple(select_bases("explicit", order=order, indices=out))
+
+
+@dataclass(frozen=True)
+class LBPConfig:
+    """How an LBP-WHT layer projects: base selection, patch order, padding, implementation.
+
+    Examples::
+
+        LBPConfig()                                   # LP_L1-4: R = 10 bases (the paper's default)
+        LBPConfig(selection="lp_linf", radius=3)      # LP_Linf-3: R = 9
+        LBPConfig(selection="lhe", num_bases=10)      # 10 strongest bases, chosen by profiling
+        LBPConfig(selection="explicit", bases=((0, 0), (0, 1)))
+        LBPConfig(radius=15, padding="zero")          # all 64 bases: exactly plain backprop
+    """
+
+    selection: str = field(
+        default="lp_l1",
+        metadata={
+            "help": "Which 2D WHT bases span the low-rank space: 'lp_l1' (Eq. 8, i + j < "
+            "radius), 'lp_linf' (Eq. 9, max(i, j) < radius), 'lhe' (the num_bases bases "
+            "with the largest gradient energy, chosen after profiling; see lbp_wht.lhe) or "
+            "'explicit' (the given bases)."
+        },
+    )
+    radius: int | None = field(
+        default=None,
+        metadata={
+            "help": "r of LP_L1-r / LP_Linf-r (default 4 for those selections; LP_L1 r = 2, "
+            "4, 6, 8 keep R = 3, 10, 21, 36 bases, r = 2*order - 1 keeps all). Only for "
+            "'lp_l1' and 'lp_linf'."
+        },
+    )
+    num_bases: int | None = field(
+        default=None,
+        metadata={
+            "help": "R, the number of bases. Required for 'lhe'; for the other selections "
+            "it is derived (giving it anyway checks it)."
+        },
+    )
+    bases: tuple[BaseIndex, ...] | None = field(
+        default=None,
+        metadata={"help": "The (i, j) bases of an 'explicit' selection, in sequency order."},
+    )
+    order: int = field(
+        default=8,
+        metadata={"help": "WHT order n: the map is cut into n x n patches (8 in the paper)."},
+    )
+    padding: str = field(
+        default="reflect",
+        metadata={
+            "help": "How a map is padded to whole patches: 'reflect' (the paper's "
+            "experiments) or 'zero' (with all order**2 bases this is exact backprop)."
+        },
+    )
+    impl: str = field(
+        default="auto",
+        metadata={
+            "help": "Projection implementation: 'dense' (one matrix over the whole map), "
+            "'patch' (per-patch contraction) or 'auto' (dense for a single patch). Same values."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from .bases import _check_order
+
+        set_ = object.__setattr__  # frozen: normalised values are written once, here
+        _check_choice(self.selection, "selection", SELECTIONS)
+        set_(self, "order", check_int(self.order, "order", 1))
+        _check_order(self.order)
+        _check_choice(self.padding, "padding", ("reflect", "zero"))
+        _check_choice(self.impl, "impl", IMPLS)
+        low_pass = self.selection in ("lp_l1", "lp_linf")
+        if self.radius is not None and not low_pass:
+            raise ValueError(
+                f"radius applies only to selection 'lp_l1' / 'lp_linf', not {self.selection!r}"
+            )
+        if self.bases is not None and self.selection != "explicit":
+            raise ValueError(
+                f"bases are used only with selection='explicit' (got selection={self.selection!r})"
+            )
+        n2 = self.order * self.order
+        if self.num_bases is not None:
+            set_(self, "num_bases", check_int(self.num_bases, "num_bases", 1))
+            if self.num_bases > n2:
+                raise ValueError(
+                    f"num_bases={self.num_bases} exceeds the {n2} bases of order {self.order}"
+                )
+        if low_pass:
+            radius = 4 if self.radius is None else check_int(self.radius, "radius", 1)
+            set_(self, "radius", radius)
+            chosen: tuple[BaseIndex, ...] | None = tuple(
+                select_bases(self.selection, r=radius, order=self.order)
+            )
+        elif self.selection == "explicit":
+            if self.bases is None:
+                raise ValueError("selection='explicit' needs bases=((i, j), ...)")
+            chosen = _bases_tuple(self.bases, self.order)
+            set_(self, "bases", chosen)
+        else:  # lhe: chosen after profiling
+            if self.num_bases is None:
+                raise ValueError("selection='lhe' needs num_bases=R (how many bases to keep)")
+            chosen = None
+        if chosen is not None:
+            if self.num_bases is not None and self.num_bases != len(chosen):
+                raise ValueError(
+                    f"num_bases={self.num_bases} does not match selection {self.describe()} "
+                    f"(which keeps {len(chosen)} bases); leave num_bases out"
+                )
+            set_(self, "num_bases", len(chosen))
+        set_(self, "_selected", chosen)
+
+    @property
+    def selected_bases(self) -> tuple[BaseIndex, ...] | None:
+        """The selected ``(i, j)`` (sequency order); ``None`` for LHE (chosen by profiling)."""
+        return self._selected  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        """Short name, e.g. ``LP_L1-4``, ``LP_Linf-3``, ``LHE-10``, ``explicit-2``."""
+        if self.selection == "lp_l1":
+            return f"LP_L1-{self.radius}"
+        if self.selection == "lp_linf":
+            return f"LP_Linf-{self.radius}"
+        if self.selection == "lhe":
+            return f"LHE-{self.num_bases}"
+        return f"explicit-{len(self.bases or ())}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; ``LBPConfig(**d)`` rebuilds the same config."""
+        d = asdict(self)
+        if d["bases"] is not None:
+            d["bases"] = [list(b) for b in d["bases"]]
+        return d
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA adapters ``y = x w^T + b + (alpha / rank) B A dropout(x)`` (Hu et al. 2022)."""
+
+    rank: int = field(
+        default=8,
+        metadata={"help": "Inner dimension k of the adapters A (k, in) and B (out, k)."},
+    )
+    alpha: float = field(
+        default=8.0,
+        metadata={"help": "Scaling numerator: the adapter output is multiplied by alpha / rank."},
+    )
+    dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout probability on the adapter's input (training only). Must be 0 "
+            "with LBP-WHT backward (an elementwise mask has no low-rank form)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", check_int(self.rank, "LoRA rank", 1))
+        object.__setattr__(self, "alpha", _check_real(self.alpha, "LoRA alpha"))
+        p = _check_real(self.dropout, "LoRA dropout")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {p}")
+        object.__setattr__(self, "dropout", p)
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / rank``."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

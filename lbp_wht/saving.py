@@ -1,0 +1,168 @@
+"""Save what an adaptation trained, with the conversion rules beside it; rebuild it later.
+
+``save_adapted(model, "vit_lbp.pt")`` writes two files:
+
+* ``vit_lbp.pt``: the *trainable-only* state dict (``torch.save`` of a dict of tensors: the
+  parameters with ``requires_grad``, plus the LHE-chosen bases ``<layer>.lbp_bases``), loadable
+  with ``torch.load(..., weights_only=True)``;
+* ``vit_lbp.rules.json``: the conversion rules (canonical keys, see
+  :mod:`lbp_wht.conversion`), the trainable parameter names and the format version.
+
+``load_adapted(fresh_base_model, "vit_lbp.pt")`` converts the fresh model with the saved rules,
+restores which parameters train, and loads the tensors, so that it computes what the saved
+model computed. Buffers (e.g. BatchNorm running statistics) are not saved: with BatchNorm in
+eval mode, as LBP-WHT needs, they do not change during adaptation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .conversion import ConversionReport, convert
+from .layers import BASES_KEY, LBPMixin
+from .lora import LoRAMixin
+
+__all__ = ["trainable_state_dict", "save_adapted", "load_adapted", "rules_path", "FORMAT"]
+
+FORMAT = "lbp_wht.adapted/1"
+
+
+def rules_path(path: str | os.PathLike) -> Path:
+    """``x/name.pt`` -> ``x/name.rules.json`` (where :func:`save_adapted` puts the rules)."""
+    p = Path(path)
+    return p.with_name(p.stem + ".rules.json")
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict entries of trainable parameters, plus LHE-chosen bases (``lbp_bases``)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = model.state_dict()
+    return {
+        k: v
+        for k, v in state.items()
+        if k in names or k == BASES_KEY or k.endswith("." + BASES_KEY)
+    }
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_adapted(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    rules: list[dict[str, Any]] | None = None,
+) -> tuple[Path, Path]:
+    """Write the trainable state dict to ``path`` and the rules to :func:`rules_path`.
+
+    Args:
+        model: a model converted with :func:`lbp_wht.convert` (which records its rules on
+            the model as ``model.lbp_rules``), or any model with ``rules`` given.
+        path: the tensor file, e.g. ``"runs/vit_lbp.pt"``.
+        rules: the conversion rules, if not recorded on the model.
+
+    Returns:
+        ``(tensor file, rules file)``. Both are written to a temporary file first and moved
+        into place, so an interrupted save never leaves a truncated file under either name.
+    """
+    if rules is None:
+        rules = getattr(model, "lbp_rules", None)
+    if rules is None:
+        raise ValueError(
+            "save_adapted: the model records no conversion rules (was it converted with "
+            "lbp_wht.convert?); pass rules=[...]"
+        )
+    if any(isinstance(m, LoRAMixin) and m.merged for m in model.modules()):
+        raise ValueError(
+            "save_adapted: some LoRA layers are merged; unmerge them (layer.unmerge()) first so "
+            "that the saved adapters apply to the pure base weights"
+        )
+    path = Path(path)
+    state = trainable_state_dict(model)
+    meta = dict(
+        format=FORMAT,
+        rules=json.loads(json.dumps(rules)),  # fails here, not at load time, if not JSON
+        trainable=[n for n, p in model.named_parameters() if p.requires_grad],
+        tensors=sorted(state),
+        model=type(model).__qualname__,
+    )
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    meta_path = rules_path(path)
+    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    return path, meta_path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_path = rules_path(path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"load_adapted: {meta_path} not found; it is written by save_adapted beside {path}"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"load_adapted: {meta_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(
+            f"load_adapted: {meta_path} is not an lbp_wht rules file (format "
+            f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}, "
+            f"expected {FORMAT!r})"
+        )
+    return meta
+
+
+def load_adapted(
+    model: nn.Module, path: str | os.PathLike, *, map_location: Any = "cpu"
+) -> ConversionReport:
+    """Convert a fresh (unconverted) ``model`` with the rules saved beside ``path`` and load
+    the saved tensors into it; returns the conversion report.
+
+    Errors: a missing or foreign rules file, an already converted model, tensors that do not
+    fit the converted model (name and shape), or a file that is not a plain dict of tensors
+    (``torch.load`` runs with ``weights_only=True``: no pickled code is executed).
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    if any(isinstance(m, LBPMixin | LoRAMixin) for m in model.modules()):
+        raise ValueError("load_adapted: the model is already converted; pass a fresh base model")
+    if not path.is_file():
+        raise FileNotFoundError(f"load_adapted: tensor file {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ValueError(f"load_adapted: cannot read {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"load_adapted: {path} does not hold a dict of tensors")
+    report = convert(model, meta["rules"])
+    trainable = set(meta.get("trainable", []))
+    params = dict(model.named_parameters())
+    unknown = sorted(trainable - set(params))
+    if unknown:
+        raise ValueError(f"load_adapted: trainable parameters {unknown[:10]} are not in the model")
+    for name, p in params.items():
+        p.requires_grad_(name in trainable)
+    own = model.state_dict()
+    extra = sorted(k for k in state if k not in own and not k.endswith(BASES_KEY))
+    if extra:
+        raise ValueError(
+            f"load_adapted: {len(extra)} saved tensors do not exist in the converted model: "
+            f"{extra[:10]} (is this the same base architecture?)"
+        )
+    model.load_state_dict(state, strict=False)
+    return report

@@ -1,0 +1,32 @@
+"""The examples a researcher copies run as shipped (random init, small input, no download)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_timm_vit_example_runs_and_lbp_costs_less():
+    pytest.importorskip("timm")
+    script = ROOT / "examples" / "timm_vit_lbp.py"
+    assert len(script.read_text().splitlines()) < 40
+    env = dict(os.environ, LBP_EXAMPLE_SMOKE="1")
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "48 modules replaced: LBPLinear x48" in out.stdout
+    assert "skipped head: task head" in out.stdout and "trainable params:" in out.stdout
+    rows = dict(
+        re.findall(
+            r"^(plain backprop|LBP-WHT LP_L1-4)\s+backprop\s+([\d.]+) GFLOPs", out.stdout, re.M
+        )
+    )
+    assert float(rows["LBP-WHT LP_L1-4"]) < float(rows["plain backprop"])
