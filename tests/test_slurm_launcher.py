@@ -26,6 +26,9 @@ from pathlib import Path
 import pytest
 from slurm_cluster import LocalSlurm, unavailable_reason
 
+from lbp_wht.slurm import SlurmClient, SlurmOptions, submit_sweep
+from lbp_wht.sweep import Run
+
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "configs/mini/mini-efficientformer_partial_lp-l1-r4_fashion-mnist.py"
 FMNIST = Path(os.environ.get("FMNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
@@ -40,8 +43,8 @@ _NO_DATA = (
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
-    pytest.mark.skipif(_NO_DATA is not None, reason=str(_NO_DATA)),
 ]
+needs_data = pytest.mark.skipif(_NO_DATA is not None, reason=str(_NO_DATA))
 
 # Three runs of the mini smoke sweep (scripts/reproduce_mini.sh --smoke's methods).
 METHODS = ("full_bp", "lora_all", "lbp_wht")
@@ -195,6 +198,7 @@ def _train_iters(text: str) -> list[int]:
     return [int(i) for i in re.findall(r"Iter\(train\)\s*\[\s*(\d+)/\d+\]", text)]
 
 
+@needs_data
 def test_slurm_sweep_matches_the_local_sweep(cluster, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "slurm"
     _ok(_sweep(cluster, local, "--jobs", "2"), cluster, local)
@@ -216,6 +220,7 @@ def test_slurm_sweep_matches_the_local_sweep(cluster, tmp_path):
     assert cluster.queue() == queued  # nothing new on the cluster
 
 
+@needs_data
 def test_cancelled_job_resumes_and_preempted_job_requeues(cluster, tmp_path, paced_config):
     config, hooks = paced_config
     root = tmp_path / "work"
@@ -264,6 +269,7 @@ def test_cancelled_job_resumes_and_preempted_job_requeues(cluster, tmp_path, pac
     assert sum(str(root) in n for n in names) == 4, names
 
 
+@needs_data
 def test_reinvoked_or_concurrent_sweeps_submit_nothing_twice(cluster, tmp_path):
     root = tmp_path / "work"
     held = (*SLURM_FLAGS, "--sbatch-args=--hold")  # queued until released: never runs here
@@ -283,3 +289,37 @@ def test_reinvoked_or_concurrent_sweeps_submit_nothing_twice(cluster, tmp_path):
     dry = _ok(_sweep(cluster, root, *held, "--dry-run"), cluster, root)
     assert "#!/bin/bash" not in dry and dry.count("queued") >= 3, dry
     cluster.run("scancel", *[j[0] for j in jobs.values()])
+
+
+# Stands in for the interpreter of a multi-process run: each process says who it is; rank 0
+# writes the complete record (what tools/train.py --launcher slurm would do after training).
+FAKE_PYTHON = """#!/bin/bash
+wd=""
+for a in "$@"; do case "$a" in --work-dir=*) wd="${a#--work-dir=}" ;; esac; done
+echo "rank $SLURM_PROCID of $SLURM_NTASKS port $MASTER_PORT args $*" >> "$wd/ranks.txt"
+if [ "$SLURM_PROCID" = 0 ]; then
+    sleep 1
+    echo '{"status": "complete", "metric": "acc", "value": 1.0}' > "$wd/record.json"
+fi
+"""
+
+
+def test_multi_process_run_goes_through_slurm_train(cluster, tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    wd = tmp_path / "work" / "dist"
+    cmd = (str(fake), str(ROOT / "tools/train.py"), "configs/x.py", "--work-dir", str(wd),
+           "--seed", "1")  # fmt: skip
+    run = Run("dist", cmd, wd, cwd=str(ROOT))
+    opts = SlurmOptions(gpus_per_run=0, tasks_per_run=2, cpus_per_task=1)
+    report = submit_sweep([run], opts, client=SlurmClient(env=cluster.env),
+                          resume_args=("--resume",), wait=True, poll_s=0.5)  # fmt: skip
+    assert report.ok, [r.message for r in report.results] + [_diagnose(cluster, wd.parent)]
+    ranks = sorted((wd / "ranks.txt").read_text().splitlines())
+    job = report.results[0].job_id
+    port = 20000 + int(job) % 20000
+    args = (
+        f"-u {ROOT}/tools/train.py configs/x.py --work-dir={wd} --launcher=slurm --seed 1 --resume"
+    )
+    assert ranks == [f"rank {i} of 2 port {port} args {args}" for i in (0, 1)]
