@@ -52,7 +52,6 @@ from IPython.display import Image, Markdown, display
 # The repository root, whether the notebook runs from notebooks/ or from the root.
 ROOT = Path.cwd() if (Path.cwd() / "lbp_wht").is_dir() else Path.cwd().parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 from lbp_wht import LBPConfig, LBPLinear, WHTProjector, select_bases, walsh_matrix
 from lbp_wht.cost import lbp_flops, table1, vanilla_bp_flops
@@ -282,24 +281,23 @@ print(f"{shown} result files shown" if shown else "no cost / mini / table result
         "md",
         """### Tables and figures in the paper's layout
 
-`tools/make_tables.py` and `tools/make_figures.py` turn run records, cost records and the
-paper's numbers into the paper's tables and figures (our value beside the paper's, empty cells
+`lbp_wht.reporting.tables` and `lbp_wht.reporting.figures` (behind `tools/make_tables.py` and
+`tools/make_figures.py`) turn run records, cost records and the paper's numbers into the paper's tables and figures (our value beside the paper's, empty cells
 where no run exists). Here they run on the committed results: with no full-scale run records
 in this checkout, the accuracy cells are empty and Figure 3 shows the paper's points (dashed)
 and ours wherever records exist; committed figures are shown as they are.""",
     ),
     (
         "code",
-        """import make_figures
-import make_tables
+        """from lbp_wht.reporting import figures, tables
 
-runs = make_tables.load_runs([ROOT / "work_dirs" / "paper"])
-cost = make_tables.load_cost(ROOT / "results" / "cost")
-t7 = make_tables.build_table("7", runs=runs, cost=cost, paper_dir=ROOT / "results" / "paper")
-display(Markdown(make_tables.to_markdown(t7)))
+runs = tables.load_runs([ROOT / "work_dirs" / "paper"])
+cost = tables.load_cost(ROOT / "results" / "cost")
+t7 = tables.build_table("7", runs=runs, cost=cost, paper_dir=ROOT / "results" / "paper")
+display(Markdown(tables.to_markdown(t7)))
 
 out = Path(tempfile.mkdtemp())
-written = make_figures.make_figures(
+written = figures.make_figures(
     runs_roots=[ROOT / "work_dirs" / "paper"],
     cost_dir=ROOT / "results" / "cost",
     paper_dir=ROOT / "results" / "paper",

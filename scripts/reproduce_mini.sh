@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The CPU mini-reproduction behind `make demo` (issue 6): pretrain a mini EfficientFormer on
+# The CPU mini-reproduction behind `make demo`: pretrain a mini EfficientFormer on
 # Fashion-MNIST classes 0-4, adapt it to classes 5-9 with every method (head only, Full BP, LoRA,
 # LoRA-all, LBP-WHT LP_L1-2/4/6/8, LP_Linf-3, LHE R=10; 3 seeds), measure the backprop MFLOPs of
 # each method, and build proxy Tables 2 and 4, Figures 3-5 and RESULTS.md under the output folder.
 # Everything goes through the full-scale path: configs/mini/demo/*.py, tools/sweep.py (resumable
-# sweeps of tools/train.py runs, one record.json each), tools/analyze_cost.py's measurement,
-# tools/make_tables.py and tools/make_figures.py.
+# sweeps of tools/train.py runs, one record.json each), the cost record of tools/analyze_cost.py
+# (lbp_wht.integrations.cost_record), tools/make_tables.py, tools/make_figures.py and
+# scripts/mini_report.py (lbp_wht.reporting.mini; RESULTS.md from a template).
 #
 #   scripts/reproduce_mini.sh [--smoke] [--out DIR] [--work DIR] [--jobs N] [--seeds "0 1 2"]
 #
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
         --work) WORK="$2"; shift ;;
         --jobs) JOBS="$2"; shift ;;
         --seeds) SEEDS="$2"; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "reproduce_mini.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -94,7 +95,7 @@ if [ "$SMOKE" = 1 ]; then
     PRE_OPTS=("train_dataloader.batch_size=64" "val_dataloader.dataset.max_per_class=100")
     ADAPT_OPTS=("val_dataloader.dataset.max_per_class=100" "lbp.lhe_iters=5")
     METHOD_GRIDS=("lbp.method=full_bp,lora_all" "lbp.method=lbp_wht lbp.select=lp_l1 lbp.r=2,8")
-    COST_METHODS=(full_bp lora_all lp_l1-2 lp_l1-8)
+    COST_METHODS=(full-bp lora-all lp-l1-r2 lp-l1-r8)
 else
     PRE_ITERS=400
     ADAPT_ITERS=200
@@ -106,11 +107,11 @@ else
     )
     # Run in parallel with each other (3 runs each), one at a time within each.
     SIDE_GRIDS=("lbp.method=lbp_wht lbp.select=lp_linf lbp.r=3" "lbp.method=lbp_wht lbp.select=lhe lbp.rank=10")
-    COST_METHODS=(full_bp lora lora_all lp_l1-2 lp_l1-4 lp_l1-6 lp_l1-8 lp_linf-3)
+    COST_METHODS=(full-bp lora lora-all lp-l1-r2 lp-l1-r4 lp-l1-r6 lp-l1-r8 lp-linf-r3)
 fi
 # Head only (linear probe, lbp.method='head_only': only the new head trains), in both modes.
 METHOD_GRIDS[0]="${METHOD_GRIDS[0]/lbp.method=/lbp.method=head_only,}"
-COST_METHODS=(head_only "${COST_METHODS[@]}")
+COST_METHODS=(head-only "${COST_METHODS[@]}")
 SCHED_OPTS() {  # schedule of a run of $1 iterations (warm-up 20 or 10% of it, cosine to the end)
     local it="$1" warm=$(( $1 < 200 ? ($1 / 10 > 1 ? $1 / 10 : 1) : 20 ))
     echo "train_cfg.max_iters=$it train_cfg.val_interval=$it param_scheduler.0.end=$warm param_scheduler.1.end=$it"
@@ -176,7 +177,7 @@ stage adapt "$t"
 
 # ------------------------------------------------------------------------------- 3. cost
 t=$(date +%s)
-echo "== [3/5] backprop MFLOPs per method (tools/analyze_cost.py measurement)"
+echo "== [3/5] backprop MFLOPs per method (the cost record of tools/analyze_cost.py)"
 rm -rf "$OUT/cost"
 "$PY" scripts/mini_report.py cost --config "$TARGET_CFG" --out "$OUT/cost" --methods "${COST_METHODS[@]}"
 stage cost "$t"

@@ -8,8 +8,15 @@
 #        THREADS=1 (CPU threads) DEVICES="cpu cuda" (default: cpu, plus cuda if torch sees one)
 # Writes results/latency/table8_<device>.{csv,md} (tools/benchmark_latency.py) and then
 # $OUT/table8/table8.{md,csv,tex} in the paper's layout with the paper's values beside ours.
+# --tables-only times nothing: it builds $OUT/table8 from the CSVs in results/latency
+# (`tools/benchmark_latency.py --tables-only` rebuilds their Markdown and figures).
 source "$(dirname "$0")/reproduce_common.sh"
 THREADS="${THREADS:-1}"
+# Fail now (also for --dry-run) when the interpreter cannot run the benchmark at all.
+if ! "$PYTHON" -c "import torch, lbp_wht.benchmark.latency" 2>/dev/null; then
+    echo "reproduce_table8.sh: $PYTHON cannot import torch and lbp_wht (run \`make setup\`, or set PYTHON to the project's interpreter)" >&2
+    exit 1
+fi
 if [[ -z "${DEVICES:-}" ]]; then
     DEVICES=cpu
     if "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then

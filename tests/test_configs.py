@@ -173,10 +173,9 @@ def test_unknown_method_names_the_valid_ones():
 
 
 def test_cost_analysis_feeds_the_models_input_channels():
-    """tools/analyze_cost.py costs the 1-channel Fashion-MNIST demo model with a 1-channel input
+    """The cost record costs the 1-channel Fashion-MNIST demo model with a 1-channel input
     (it used to feed 3 channels, which the mini model's stem refuses)."""
-    sys.path.insert(0, str(ROOT / "tools"))  # until analyze_cost moves into the library
-    from analyze_cost import analyze, input_channels, load_config
+    from lbp_wht.integrations.cost_record import analyze, input_channels, load_config
 
     cfg = load_config(str(ROOT / "configs/mini/demo/target.py"), {"lbp.method": "head_only"})
     assert input_channels(cfg) == 1

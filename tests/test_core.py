@@ -26,6 +26,7 @@ def test_walsh_matrix_sequency_order_and_orthogonality(order):
     assert set(w.unique().tolist()) <= {-1.0, 1.0}
     changes = [int((row[1:] != row[:-1]).sum()) for row in w]
     assert changes == list(range(order))  # row k has k sign changes
+    # exact on any BLAS: +-1 entries, every partial sum an integer below 2**24
     assert torch.equal(w @ w.T, order * torch.eye(order))
     np.testing.assert_array_equal(w.numpy(), walsh_sequency(order))
 

@@ -2,7 +2,9 @@
 
 The mini LBP-WHT config trains for 2 iterations on 2 processes without DDP errors (converted
 layers and frozen parameters inside DDP), and both ranks end with identical weights (DDP
-averaged the low-rank gradients and every rank applied the same update).
+averaged the low-rank gradients and every rank applied the same update). A SIGTERM to
+``tools/dist_train.sh`` (a scheduler's preemption) reaches every rank and the record says
+``interrupted``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ def test_two_process_training_gives_identical_weights(tmp_path):
     w0 = torch.load(wd / "weights_rank0.pt", weights_only=True)
     w1 = torch.load(wd / "weights_rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys()
+    # exact by construction: one machine, one thread, the same initial weights (DDP broadcasts
+    # rank 0's), the same all-reduced gradients (gloo sends every rank the same reduced bytes)
+    # and the same optimiser arithmetic on them
     for k in w0:
         assert torch.equal(w0[k], w1[k]), f"rank weights differ at {k}"
     # rank 0's checkpoint (loaded through the project's weights_only allowlist) holds them too
@@ -100,3 +105,42 @@ def test_two_process_training_gives_identical_weights(tmp_path):
     assert all(torch.equal(saved[k], w0[k]) for k in w0)
     rec = json.loads((wd / "record.json").read_text())
     assert rec["status"] == "complete" and rec["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_to_dist_train_sh_records_interrupted(tmp_path):
+    import signal
+    import time
+
+    import lbp_wht.integrations  # noqa: F401
+    from lbp_wht.integrations.datasets import write_idx_classification
+
+    data = write_idx_classification(tmp_path / "data", n_train=32, n_test=8)
+    wd, log = tmp_path / "work", tmp_path / "log.txt"
+    options = [
+        "train_cfg.max_iters=1000",
+        "default_hooks.checkpoint.interval=5",
+        "default_hooks.logger.interval=1",
+        "train_dataloader.batch_size=4",
+        f"train_dataloader.dataset.dataset.data_root={data}",
+        f"val_dataloader.dataset.dataset.data_root={data}",
+        f"test_dataloader.dataset.dataset.data_root={data}",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHON=sys.executable,
+               PORT=str(_free_port()))  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["bash", str(ROOT / "tools/dist_train.sh"), str(MINI_CLS), "2", "--work-dir", str(wd),
+             "--cfg-options", *options],  # fmt: skip
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.time() + 240
+        while "Iter(train) [   7/1000]" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the script exec'd torchrun: it gets the signal
+        assert proc.wait(timeout=120) != 0
+    rec = json.loads((wd / "record.json").read_text())
+    assert rec["status"] == "interrupted" and "SIGTERM" in rec["error"], rec
+    assert "tools/dist_train.sh" in rec["error"] and "--resume" in rec["error"]
+    assert (wd / "iter_5.pth").exists() or (wd / "iter_10.pth").exists()

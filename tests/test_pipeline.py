@@ -14,20 +14,16 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from minirun import ROOT, cls_options, load_cfg, make_runner, run_ok
 
-ROOT = Path(__file__).resolve().parent.parent
 MINI_CLS = ROOT / "configs/mini/mini-efficientformer_partial_lp-l1-r4_fashion-mnist.py"
 MINI_CLS_LORA = ROOT / "configs/mini/mini-efficientformer_partial_lora-all_fashion-mnist.py"
 MINI_CLS_LHE = ROOT / "configs/mini/mini-efficientformer_partial_lhe-rank10_fashion-mnist.py"
 MINI_SEG = ROOT / "configs/mini/mini-segformer_partial_lp-l1-r4_mini-seg.py"
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 @pytest.fixture(scope="session")
@@ -46,19 +42,6 @@ def seg_root(tmp_path_factory) -> str:
     return write_seg_folder(tmp_path_factory.mktemp("seg"), n_train=4, n_val=2)
 
 
-def cls_options(root: str, iters: int = 2) -> list[str]:
-    return [
-        f"train_cfg.max_iters={iters}",
-        f"train_cfg.val_interval={iters}",
-        f"default_hooks.checkpoint.interval={iters}",
-        "default_hooks.logger.interval=1",
-        "train_dataloader.batch_size=8",
-        f"train_dataloader.dataset.dataset.data_root={root}",
-        f"val_dataloader.dataset.dataset.data_root={root}",
-        f"test_dataloader.dataset.dataset.data_root={root}",
-    ]
-
-
 def seg_options(root: str, iters: int = 2) -> list[str]:
     return [
         f"train_cfg.max_iters={iters}",
@@ -71,53 +54,14 @@ def seg_options(root: str, iters: int = 2) -> list[str]:
     ]
 
 
-def run_tool(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def load_cfg(path: Path, options: list[str], work_dir: Path):
-    """Config as tools/train.py builds it (cfg-options merged)."""
-    from mmengine.config import Config, DictAction
-
-    import lbp_wht.integrations  # noqa: F401
-
-    cfg = Config.fromfile(str(path))
-    parsed = {}
-    for opt in options:
-        key, val = opt.split("=", 1)
-        parsed[key] = DictAction._parse_iterable(val)
-    cfg.merge_from_dict(parsed)
-    cfg.work_dir = str(work_dir)
-    cfg.launcher = "none"
-    return cfg
-
-
-def make_runner(cfg):
-    from mmengine.registry import RUNNERS
-
-    torch.set_num_threads(1)
-    return RUNNERS.build(cfg)
-
-
 # ---------------------------------------------------------------------------------------------
 # train -> checkpoint -> test, through the command-line tools
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_mini_classification_train_and_test(idx_root, tmp_path):
     wd = tmp_path / "cls"
-    run_tool(
-        "tools/train.py",
-        str(MINI_CLS),
-        "--work-dir",
-        str(wd),
-        "--cfg-options",
-        *cls_options(idx_root),
-    )
+    options = cls_options(idx_root)
+    run_ok("tools/train.py", str(MINI_CLS), "--work-dir", str(wd), "--cfg-options", *options)
     assert (wd / "iter_2.pth").exists()
     rec = json.loads((wd / "record.json").read_text())
     assert rec["status"] == "complete" and rec["kind"] == "train"
@@ -127,9 +71,20 @@ def test_mini_classification_train_and_test(idx_root, tmp_path):
     assert rec["model"] == "mini-efficientformer" and rec["scope"] == "partial"
     assert rec["wall_time_s"] > 0 and rec["seed"] == 0
     assert "LBPConv2d" in (wd / "lbp_conversion.txt").read_text()
+    # the digest of the effective config, reproducible from the same command line
+    from mmengine.config import DictAction
+
+    from lbp_wht.integrations.launch import effective_config
+    from lbp_wht.records import config_digest
+
+    opts = {k: DictAction._parse_iterable(v) for k, v in (o.split("=", 1) for o in options)}
+    again = effective_config(str(MINI_CLS), opts, work_dir=str(tmp_path / "elsewhere"))
+    assert rec["config_digest"] == config_digest(again.to_dict())
+    changed = effective_config(str(MINI_CLS), {**opts, "lbp.r": 6}, work_dir=str(wd))
+    assert config_digest(changed.to_dict()) != rec["config_digest"]
 
     twd = tmp_path / "cls_test"
-    out = run_tool(
+    out = run_ok(
         "tools/test.py",
         str(MINI_CLS),
         str(wd / "iter_2.pth"),
@@ -148,7 +103,7 @@ def test_mini_classification_train_and_test(idx_root, tmp_path):
 @pytest.mark.slow
 def test_mini_segmentation_train_and_test(seg_root, tmp_path):
     wd = tmp_path / "seg"
-    run_tool(
+    run_ok(
         "tools/train.py",
         str(MINI_SEG),
         "--work-dir",
@@ -161,7 +116,7 @@ def test_mini_segmentation_train_and_test(seg_root, tmp_path):
     assert rec["status"] == "complete" and rec["metric"] == "mIoU"
     assert rec["model"] == "mini-segformer" and rec["rank"] == 10
     twd = tmp_path / "seg_test"
-    run_tool(
+    run_ok(
         "tools/test.py",
         str(MINI_SEG),
         str(wd / "iter_2.pth"),
@@ -228,7 +183,7 @@ def test_load_from_unconverted_checkpoint(config, idx_root, tmp_path):
     loaded = runner.model.state_dict()
     converted = runner.model.lbp_info["report"].names()
     assert converted, "nothing converted"
-    for k, v in state.items():
+    for k, v in state.items():  # exact: loading copies tensors, no arithmetic
         assert torch.equal(loaded[k], v), k
     extra = set(loaded) - set(state)
     assert all(".lora_" in k for k in extra)  # only adapters are new
@@ -324,6 +279,14 @@ def test_missing_file_inside_dataset_root(tmp_path):
     dl = dict(dataset=dict(type="CIFAR100", data_root=str(tmp_path / "cifar"), split="train"))
     with pytest.raises(DatasetNotFoundError, match="cifar-100-python/train"):
         check_dataloader_paths({"train_dataloader": dl})
+
+
+def test_every_lbp_key_has_a_type_schema():
+    from lbp_wht.integrations.build import LBP_DEFAULTS, LBP_SCHEMA, validate_lbp_cfg
+
+    assert set(LBP_SCHEMA) == set(LBP_DEFAULTS)
+    # the defaults themselves pass the schema
+    validate_lbp_cfg(dict(method="lbp_wht", model="mini-efficientformer"))
 
 
 def test_unknown_lbp_key_is_an_error(idx_root, tmp_path):
@@ -477,3 +440,77 @@ def test_places365_reads_the_official_lists(tmp_path):
     assert train[0]["img"].shape == (8, 8, 3) and int(train.get_data_info(0)["gt_label"]) == 0
     val = Places365(str(tmp_path), split="val")
     assert osp.basename(val.get_data_info(0)["img_path"]) == "Places365_val_00000001.jpg"
+
+
+# ---------------------------------------------------------------------------------------------
+# config key checks
+# ---------------------------------------------------------------------------------------------
+def test_runner_keys_cover_what_the_runner_reads():
+    import inspect
+
+    from mmengine.runner import Runner
+
+    from lbp_wht.integrations.launch import RUNNER_KEYS
+
+    params = set(inspect.signature(Runner.__init__).parameters) - {"self", "cfg"}
+    assert params <= RUNNER_KEYS, params - RUNNER_KEYS
+
+
+def test_committed_configs_pass_the_key_checks():
+    """A sample (every mini config, the first of each paper-table folder): no committed config
+    has a top-level key that looks like a misspelling, and every lbp block validates."""
+    from mmengine.config import Config
+
+    from lbp_wht.integrations.build import check_lbp_preset, validate_lbp_cfg
+    from lbp_wht.integrations.launch import check_config_keys
+
+    folders = sorted(
+        p for p in (ROOT / "configs").glob("*/*") if p.is_dir() and "_base_" not in p.parts
+    )
+    sample = sorted((ROOT / "configs/mini").glob("*.py"))
+    sample += [min(f.glob("*.py")) for f in folders if list(f.glob("*.py"))]
+    assert len(sample) > 10
+    for path in sample:
+        cfg = Config.fromfile(str(path))
+        check_config_keys(cfg)
+        check_lbp_preset(validate_lbp_cfg(cfg.get("lbp")))
+
+
+def test_resuming_a_finished_run_keeps_or_completes_its_record(idx_root, tmp_path):
+    """--resume after the last iteration trains nothing and evaluates nothing: a complete
+    record (with its metric) stays as it was; an incomplete one gets the final evaluation."""
+    opts = cls_options(idx_root, iters=2)
+    make_runner(load_cfg(MINI_CLS, opts, tmp_path)).train()
+    first = (tmp_path / "record.json").read_text()
+    assert json.loads(first)["value"] is not None
+
+    def resume() -> dict:
+        cfg = load_cfg(MINI_CLS, opts, tmp_path)
+        cfg.resume = "auto"
+        make_runner(cfg).train()
+        return json.loads((tmp_path / "record.json").read_text())
+
+    resume()
+    assert (tmp_path / "record.json").read_text() == first
+    (tmp_path / "record.json").write_text(first.replace('"complete"', '"interrupted"'))
+    rec = resume()
+    assert rec["status"] == "complete" and rec["value"] == json.loads(first)["value"]
+
+
+def test_sweep_expects_the_digest_the_run_records():
+    """lbp_wht.experiments.runs.expected_digest (what a sweep compares) equals the digest of
+    the config tools/train.py builds for that run (what the record stores, see above)."""
+    from mmengine.config import DictAction
+
+    from lbp_wht.experiments.runs import expected_digest, grid_runs
+    from lbp_wht.integrations.launch import effective_config
+    from lbp_wht.records import config_digest
+
+    config = str(MINI_CLS)
+    runs = grid_runs(config, ["lbp.r=2,6"], seeds=[0, 1], work_root="/tmp/unused",
+                     extra_options=["train_cfg.max_iters=5"])  # fmt: skip
+    for run in runs:
+        opts = {k: DictAction._parse_iterable(v)
+                for k, v in (o.split("=", 1) for o in run.meta["cfg_options"])}  # fmt: skip
+        cfg = effective_config(config, opts, work_dir=str(run.work_dir), seed=run.meta["seed"])
+        assert expected_digest(run) == config_digest(cfg.to_dict()), run.run_id

@@ -515,19 +515,23 @@ def test_segformer_explicit_attention_is_exact_and_loads_mmseg_checkpoints():
     wrappers.assert_convertible(plain)
     with torch.no_grad():
         for a, r in zip(plain(x), ref):
-            torch.testing.assert_close(a, r, rtol=0, atol=1e-6)
+            # Not bit-identical: q/k/v as three matmuls vs one fused in_proj matmul round
+            # differently, by BLAS kernel (3e-6 at stage 4 on AMD EPYC, outputs |x| <= 4 after
+            # LayerNorm). A wrong head split or scale differs by O(0.1).
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=2e-5)
 
     # mmseg-format checkpoint -> converted backbone: strict load, same outputs
     conv = _mit_b0("MixVisionTransformerConvertible").eval()
     conv.load_state_dict(state, strict=True)
     with torch.no_grad():
         for a, r in zip(conv(x), ref):
-            torch.testing.assert_close(a, r, rtol=0, atol=1e-6)
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=2e-5)  # as above
     # the offline key mapping gives exactly the converted model's keys and tensors
     mapped = wrappers.mmseg_attention_keys_to_explicit(state)
     assert set(mapped) == set(conv.state_dict())
     c = 256  # stage-4 width of mit-b0
     w = state["layers.3.1.0.attn.attn.in_proj_weight"]
+    # exact: the mapping only slices and copies tensors, no arithmetic
     assert torch.equal(mapped["layers.3.1.0.attn.k.weight"], w[c : 2 * c])
     assert torch.equal(
         mapped["layers.3.1.0.attn.proj.bias"], state["layers.3.1.0.attn.attn.out_proj.bias"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,11 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
+from lbp_wht.experiments.catalog import Cell  # noqa: E402
+from lbp_wht.records import write_record  # noqa: E402  (after the optional-extra checks)
+from lbp_wht.reporting import figures, tables  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import make_figures  # noqa: E402
-import make_tables  # noqa: E402
-
-from lbp_wht.records import write_record  # noqa: E402
-from lbp_wht.sweep import Cell  # noqa: E402
-
 PAPER = ROOT / "results" / "paper"
 L1 = "efficientformer-l1"
 DATASETS = ["cifar100", "cifar10", "cars", "flowers", "food", "pets"]
@@ -130,22 +125,14 @@ def synthetic(tmp_path_factory):
         w.writerow(["cpu", L1, 448, 1792, 49, 1, "lbp_wht", 2, 250.0, 4.0])
         w.writerow(["cpu", L1, 448, 1792, 49, 64, "lbp_wht", 2, 9999.0, 9.0])  # not batch 1
     out = tmp / "results"
-    rc = make_tables.main(
-        [
-            "--runs",
-            str(runs),
-            "--cost",
-            str(cost),
-            "--latency",
-            str(lat),
-            "--paper",
-            str(PAPER),
-            "--out",
-            str(out),
-        ]
+    tables.make_tables(
+        runs=tables.load_runs([runs]),
+        cost=tables.load_cost(cost),
+        paper_dir=PAPER,
+        out=out,
+        latency_dir=lat,
     )
-    assert rc == 0
-    written = make_figures.make_figures(
+    written = figures.make_figures(
         runs_roots=[runs], cost_dir=cost, paper_dir=PAPER, out=out / "figures"
     )
     return out, written
@@ -182,7 +169,7 @@ def test_table2_cells_ours_paper_and_empty(synthetic):
     t2 = _table(out, 2)
     # The paper's rows, in its order: 30 partial + 5 full-training rows.
     assert len(t2) == 35
-    full = _row(t2, model=L1, method="full_bp", section=make_tables.SECTION_TITLES["2"]["partial"])
+    full = _row(t2, model=L1, method="full_bp", section=tables.SECTION_TITLES["2"]["partial"])
     assert full["cifar100"] == pytest.approx(80.5) and full["cifar100_n"] == 2
     assert full["cifar100_std"] == pytest.approx(math.sqrt(0.5))
     assert _empty(full["cifar100_paper"])  # unreadable in the paper: empty, not filled
@@ -274,11 +261,11 @@ def test_spectrum_share_and_validation(tmp_path):
 
     e = np.zeros((8, 8))
     e[0, 0], e[0, 1], e[7, 7] = 3.0, 1.0, 4.0
-    assert make_figures.lp_l1_share(e, 2) == pytest.approx(0.5)
+    assert figures.lp_l1_share(e, 2) == pytest.approx(0.5)
     bad = tmp_path / "spectrum.json"
     bad.write_text(json.dumps(dict(energy=[[0.0] * 8] * 8)))
     with pytest.raises(ValueError, match="not all zero"):
-        make_figures.load_spectrum(bad)
+        figures.load_spectrum(bad)
 
 
 MINI = "mini-efficientformer"
@@ -304,10 +291,16 @@ def mini(tmp_path_factory):
         for r in (2, 4):
             w.writerow([MINI, "partial", "lbp_wht", "lp_l1", r, "", 10.0 * r])
     out = tmp / "results"
-    args = ["--runs", str(runs), "--cost", str(cost), "--paper", str(PAPER), "--out", str(out)]
-    args += ["--tables", "2", "4", "--models", MINI, "--datasets", "fmnist-5to9"]
-    assert make_tables.main(args) == 0
-    written = make_figures.make_figures(
+    tables.make_tables(
+        runs=tables.load_runs([runs]),
+        cost=tables.load_cost(cost),
+        paper_dir=PAPER,
+        out=out,
+        tables=["2", "4"],
+        models=[MINI],
+        datasets=["fmnist-5to9"],
+    )
+    written = figures.make_figures(
         runs_roots=[runs],
         cost_dir=cost,
         paper_dir=PAPER,
@@ -343,11 +336,11 @@ def test_table4_title_names_the_models_of_its_rows(mini, synthetic):
 
 
 def test_macc_note_follows_the_datasets():
-    runs = make_tables.load_runs([])
-    cost = make_tables.load_cost(None)
+    runs = tables.load_runs([])
+    cost = tables.load_cost(None)
 
     def table2(ds):
-        return make_tables.build_table(
+        return tables.build_table(
             "2", runs=runs, cost=cost, paper_dir=PAPER, models=[L1], datasets=ds
         )
 
@@ -368,15 +361,13 @@ def test_extra_rows_admit_head_only(tmp_path):
     runs = tmp_path / "runs"
     _rec(runs, _cell("head_only"), 0, 60.0)
     _rec(runs, _cell("full_bp"), 0, 80.0)
-    df = make_tables.load_runs([runs])
-    cost = make_tables.load_cost(None)
-    t = make_tables.build_table(
-        "2", runs=df, cost=cost, paper_dir=PAPER, models=[L1], extra_rows=True
-    )
+    df = tables.load_runs([runs])
+    cost = tables.load_cost(None)
+    t = tables.build_table("2", runs=df, cost=cost, paper_dir=PAPER, models=[L1], extra_rows=True)
     head = [r for r in t.rows if r.key[0] == "head_only"]
     assert len(head) == 1 and head[0].extra and head[0].rank == "-"
-    assert "Head only (extra)" in make_tables.to_markdown(t)
-    t = make_tables.build_table("2", runs=df, cost=cost, paper_dir=PAPER, models=[L1])
+    assert "Head only (extra)" in tables.to_markdown(t)
+    t = tables.build_table("2", runs=df, cost=cost, paper_dir=PAPER, models=[L1])
     assert not any(r.key[0] == "head_only" for r in t.rows)  # paper layout by default
 
 

@@ -5,473 +5,23 @@
                                  [--figures 3 4 5] [--out results/figures]
                                  [--models M ...] [--dataset cifar100]
 
-* Figure 3: CIFAR-100 accuracy [%] vs backprop computation [MFLOPs] per model, partial
-  training (last stage). LBP-WHT LP_L1-r for every r with records is one curve (points
-  labelled with r, error bars = std over seeds); Full BP, LoRA and LoRA-all (and head only,
-  where there are records) are single markers.
-  Our points use our measured MFLOPs (``results/cost``); the paper's values (Table 2) are drawn
-  dashed / hollow where the paper's table has both the accuracy and the MFLOPs.
-* Figure 4: marginal accuracy, the slope of Figure 3's LBP-WHT curve between consecutive
-  ranks, in accuracy percentage points per GFLOP of backprop.
-* Figure 5: the 8x8 WHT energy spectrum of g_y (share of the total energy per base B_ij,
-  log colour scale) of the layer saved in ``spectrum.json`` by ``LBPWHTHook`` (by default the
-  last attention block of EfficientFormer-L1), with the LP_L1-4 selection outlined.
-
-Each figure is written as PNG (200 dpi) and PDF, sized for a paper column / page, plus a CSV of
-the plotted numbers. Missing data are left out of the plot (never interpolated).
+Figure 3: accuracy vs backprop MFLOPs per model (LBP-WHT LP_L1-r curve, baselines as
+markers, the paper's points dashed); Figure 4: its marginal accuracy; Figure 5: the WHT
+spectrum of g_y saved by the Figure 5 run. PNG + PDF + the plotted numbers as CSV each
+(``lbp_wht.reporting.figures``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import matplotlib
+from lbp_wht.reporting.paths import COST, PAPER, REPO, RESULTS
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from make_tables import (  # noqa: E402
-    BASE_LABELS,
-    MODEL_NAMES,
-    _num,
-    cell_stat,
-    cost_of,
-    load_cost,
-    load_runs,
-)
-
-from lbp_wht.sweep import FIG5_CELL, Cell, method_key, norm_dataset, read_paper_rows  # noqa: E402
-
-#: Methods drawn as single markers (label, marker, colour). ``head_only`` (the linear probe of
-#: the CPU mini-reproduction; not in the paper) sits at the head's own, near-zero backprop cost.
-BASELINES = {
-    m: (BASE_LABELS[m], marker, color)
-    for m, marker, color in (
-        ("head_only", "D", "tab:gray"),
-        ("full_bp", "*", "tab:red"),
-        ("lora", "s", "tab:green"),
-        ("lora_all", "^", "tab:purple"),
-    )
-}
-LBP_COLOR = "tab:blue"
-DATASET_LABELS = {
-    "cifar100": "CIFAR-100",
-    "cifar10": "CIFAR-10",
-    "places365": "Places365",
-    "fmnist-5to9": "Fashion-MNIST 5-9",
-}
-
-
-def _style() -> None:
-    plt.rcParams.update(
-        {
-            "font.size": 8,
-            "axes.titlesize": 8,
-            "axes.labelsize": 8,
-            "legend.fontsize": 7,
-            "xtick.labelsize": 7,
-            "ytick.labelsize": 7,
-            "lines.markersize": 4,
-        }
-    )
-
-
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
-
-
-# ------------------------------------------------------------------------------ Figure 3/4
-def fig3_models(paper_dir: Path) -> list[str]:
-    """The models of Table 2's partial-training block, in the paper's order."""
-    out: list[str] = []
-    for row in read_paper_rows("2", paper_dir):
-        if row["scope"] == "partial" and row["model"] not in out:
-            out.append(row["model"])
-    return out
-
-
-def fig3_data(
-    runs: pd.DataFrame,
-    cost: pd.DataFrame,
-    paper_dir: Path,
-    models: Sequence[str],
-    dataset: str = "cifar100",
-    scope: str = "partial",
-) -> pd.DataFrame:
-    """One row per (model, source, method, r): mflops, acc, acc_std, n.
-
-    ``source`` is ``ours`` (records + our cost; a point needs both) or ``paper`` (Table 2; a
-    point needs both the paper's accuracy and MFLOPs).
-    """
-    rows: list[dict[str, Any]] = []
-    for model in models:
-        keys: set[tuple] = {(m, None, None) for m in BASELINES}
-        if not runs.empty:
-            sel = runs[
-                (runs["model"] == model) & (runs["scope"] == scope) & (runs["dataset"] == dataset)
-            ]
-            for _, r in sel.iterrows():
-                k = method_key(r["method"], r["select"], r["r"], r["r"])
-                if k[0] in BASELINES or k[:2] == ("lbp_wht", "lp_l1"):
-                    keys.add(k)
-        for key in keys:
-            stat = cell_stat(runs, model, scope, key, dataset)
-            mflops = cost_of(cost, model, scope, key)["mflops"]
-            if stat.mean is not None and mflops is not None:
-                rows.append(
-                    dict(
-                        model=model,
-                        source="ours",
-                        method=key[0],
-                        r=key[2],
-                        mflops=mflops,
-                        acc=stat.mean,
-                        acc_std=stat.std,
-                        n=stat.n,
-                    )
-                )
-        for p in read_paper_rows("2", paper_dir):
-            if p["model"] != model or p["scope"] != scope:
-                continue
-            key = method_key(p["method"], p["select"], p["r"], p["rank"])
-            if not (key[0] in BASELINES or key[:2] == ("lbp_wht", "lp_l1")):
-                continue
-            acc, mflops = _num(p.get(dataset)), _num(p.get("mflops"))
-            if acc is not None and mflops is not None:
-                rows.append(
-                    dict(
-                        model=model,
-                        source="paper",
-                        method=key[0],
-                        r=key[2],
-                        mflops=mflops,
-                        acc=acc,
-                        acc_std=None,
-                        n=None,
-                    )
-                )
-    cols = ["model", "source", "method", "r", "mflops", "acc", "acc_std", "n"]
-    df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["model", "source", "method", "r"], na_position="first").reset_index(
-        drop=True
-    )
-
-
-def marginal_data(fig3: pd.DataFrame) -> pd.DataFrame:
-    """Slopes of the LBP-WHT curve between consecutive available ranks, per model and source:
-    ``(acc_b - acc_a) / (mflops_b - mflops_a)`` in percentage points per GFLOP."""
-    rows = []
-    lbp = fig3[fig3["method"] == "lbp_wht"]
-    for (model, source), g in lbp.groupby(["model", "source"], sort=False):
-        g = g.sort_values("r")
-        pts = list(zip(g["r"], g["mflops"], g["acc"]))
-        for (ra, fa, aa), (rb, fb, ab) in zip(pts, pts[1:]):
-            if fb == fa:
-                continue
-            rows.append(
-                dict(
-                    model=model,
-                    source=source,
-                    r_from=int(ra),
-                    r_to=int(rb),
-                    r_mid=(ra + rb) / 2,
-                    slope_pp_per_gflop=(ab - aa) / ((fb - fa) / 1000.0),
-                )
-            )
-    cols = ["model", "source", "r_from", "r_to", "r_mid", "slope_pp_per_gflop"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _model_colors(models: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(models)}
-
-
-def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path) -> list[Path]:
-    """One panel per model (up to 3 per row). Constrained layout places the title, the shared
-    y-label and the legend (below the panels) outside the axes; the figure is at least 4.2 in
-    wide and the title and legend wrap to its width, so a single panel (the mini run) is not
-    clipped."""
-    _style()
-    n = max(len(models), 1)
-    ncols = min(3, n)
-    nrows = int(np.ceil(n / ncols))
-    width = max(2.4 * ncols, 4.2)
-    has_paper = bool((data["source"] == "paper").any()) if not data.empty else False
-    # Legend entries: LBP-WHT + every baseline drawn, per source present.
-    n_entries = sum(
-        1
-        for src in ("paper", "ours")
-        for m in ("lbp_wht", *BASELINES)
-        if not data[(data["source"] == src) & (data["method"] == m)].empty
-    )
-    leg_cols = 4 if ncols > 1 else 2
-    leg_rows = math.ceil(n_entries / leg_cols) if n_entries else 0
-    title = "Figure 3: accuracy vs computation, training the last stage" + (
-        " (solid: ours, dashed/hollow: paper)" if has_paper else ""
-    )
-    title = textwrap.fill(title, width=int(width * 15))  # ~15 characters per inch at 8 pt
-    height = 2.0 * nrows + 0.25 + 0.15 * title.count("\n") + 0.17 * leg_rows
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained"
-    )
-    for ax, model in zip(axes.flat, models):
-        d = data[data["model"] == model]
-        for source, ls, fill in (("paper", "--", "none"), ("ours", "-", None)):
-            s = d[d["source"] == source]
-            lbp = s[s["method"] == "lbp_wht"].sort_values("r")
-            if not lbp.empty:
-                ax.errorbar(
-                    lbp["mflops"],
-                    lbp["acc"],
-                    yerr=lbp["acc_std"].astype(float).fillna(0.0) if source == "ours" else None,
-                    color=LBP_COLOR,
-                    ls=ls,
-                    marker="o",
-                    mfc=fill or LBP_COLOR,
-                    capsize=2,
-                    lw=1,
-                    label=f"LBP-WHT LP_L1-r ({source})",
-                )
-                if source == "ours":
-                    for _, p in lbp.iterrows():
-                        ax.annotate(
-                            f"{int(p['r'])}",
-                            (p["mflops"], p["acc"]),
-                            textcoords="offset points",
-                            xytext=(3, -8),
-                            fontsize=6,
-                            color=LBP_COLOR,
-                        )
-            for method, (label, marker, color) in BASELINES.items():
-                b = s[s["method"] == method]
-                if b.empty:
-                    continue
-                ax.errorbar(
-                    b["mflops"],
-                    b["acc"],
-                    yerr=b["acc_std"].astype(float).fillna(0.0) if source == "ours" else None,
-                    ls="none",
-                    marker=marker,
-                    color=color,
-                    mfc=fill or color,
-                    ms=6 if marker == "*" else 4,
-                    capsize=2,
-                    label=f"{label} ({source})",
-                )
-        ax.set_title(MODEL_NAMES.get(model, model))
-        ax.margins(x=0.06, y=0.1)  # room for the r labels below the lowest / last points
-        ax.set_xlabel("Backprop computation [MFLOPs]")
-        ax.grid(alpha=0.3)
-        if d.empty:
-            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles, labels = {}, {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-            labels.setdefault(lab, lab)
-    if handles:
-        fig.legend(
-            handles.values(),
-            labels.values(),
-            loc="outside lower center",
-            ncol=leg_cols,
-            frameon=False,
-        )
-    fig.suptitle(title, fontsize=8)
-    # Wrapped to the panels' height (~13 characters per inch), so that it cannot run into the
-    # legend below a single row of panels.
-    ylabel = f"{DATASET_LABELS.get(dataset, dataset)} top-1 accuracy [%]"
-    fig.supylabel(textwrap.fill(ylabel, width=int(2.0 * nrows * 13)), fontsize=8)
-    return _save(fig, out, "figure3")
-
-
-def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path]:
-    _style()
-    colors = _model_colors(models)
-    present = [
-        (m, src)
-        for m in models
-        for src in ("ours", "paper")
-        if not marg[(marg["model"] == m) & (marg["source"] == src)].empty
-    ]
-    legend_rows = math.ceil(len(present) / 2)
-    height = 2.6 + 0.15 * legend_rows
-    fig, ax = plt.subplots(figsize=(4.6, height))
-    for model, source in present:
-        g = marg[(marg["model"] == model) & (marg["source"] == source)]
-        ax.plot(
-            g["r_mid"],
-            g["slope_pp_per_gflop"],
-            ls="-" if source == "ours" else "--",
-            marker="o",
-            color=colors[model],
-            mfc=colors[model] if source == "ours" else "none",
-            lw=1,
-            label=f"{MODEL_NAMES.get(model, model)} ({source})",
-        )
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlabel("LP$_{L_1}$-r, between consecutive r (segment midpoint)")
-    ax.set_ylabel("Marginal accuracy [pp / GFLOP]")
-    ax.set_title("Figure 4: marginal accuracy, the slope of Figure 3's LBP-WHT curve")
-    ax.grid(alpha=0.3)
-    if not present:
-        ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
-    else:  # legend below the axes, inside the figure (no bbox="tight": one draw per format)
-        fig.legend(loc="lower center", ncol=2, fontsize=6, frameon=False)
-    fig.tight_layout(rect=(0, (0.15 * legend_rows + 0.03) / height, 1, 1))
-    return _save(fig, out, "figure4")
-
-
-# --------------------------------------------------------------------------------- Figure 5
-def find_spectrum(roots: Sequence[str | os.PathLike]) -> Path | None:
-    """The Figure 5 run's ``spectrum.json`` (EfficientFormer-L1 partial on CIFAR-100, variant
-    ``spectrum``, lowest seed) under ``roots``; else the first ``spectrum.json`` found; else
-    None."""
-    stem = Cell(**{**FIG5_CELL, "rank": None}).run_id(0)[: -len("0")]
-    found: list[Path] = []
-    for root in roots:
-        if Path(root).exists():
-            found += sorted(Path(root).rglob("spectrum.json"))
-    preferred = [p for p in found if any(part.startswith(stem) for part in p.parts)]
-    return (preferred or found or [None])[0]
-
-
-def load_spectrum(path: str | os.PathLike) -> dict[str, Any]:
-    """``spectrum.json`` -> dict with ``energy`` as an (n, n) float array (checked)."""
-    with open(path) as f:
-        spec = json.load(f)
-    energy = np.asarray(spec.get("energy"), dtype=float)
-    if energy.ndim != 2 or energy.shape[0] != energy.shape[1]:
-        raise ValueError(f"{path}: 'energy' must be a square (order, order) array")
-    if not np.isfinite(energy).all() or (energy < 0).any() or energy.sum() <= 0:
-        raise ValueError(f"{path}: 'energy' must be finite, non-negative and not all zero")
-    spec["energy"] = energy
-    return spec
-
-
-def lp_l1_share(energy: np.ndarray, r: int) -> float:
-    """Fraction of the g_y energy kept by the LP_L1-r bases (i + j < r)."""
-    n = energy.shape[0]
-    i, j = np.indices((n, n))
-    return float(energy[(i + j) < r].sum() / energy.sum())
-
-
-def plot_fig5(spec: dict[str, Any], out: Path, outline_r: int = 4) -> list[Path]:
-    _style()
-    energy = spec["energy"]
-    share = 100.0 * energy / energy.sum()
-    n = share.shape[0]
-    fig, ax = plt.subplots(figsize=(3.6, 3.0))
-    positive = share[share > 0]
-    vmin = max(positive.min(), share.max() * 1e-4) if positive.size else 1e-4
-    im = ax.imshow(
-        np.clip(share, vmin, None),
-        cmap="magma",
-        norm=LogNorm(vmin=vmin, vmax=share.max()),
-        origin="upper",
-    )
-    # LP_L1-r outline: the staircase between cells with i + j < r and the rest.
-    xs, ys = [-0.5], [min(outline_r, n) - 0.5]
-    for j in range(min(outline_r, n)):
-        i_max = min(outline_r - j, n)  # rows 0 .. i_max-1 are selected in column j
-        xs += [j - 0.5, j + 0.5]
-        ys += [i_max - 0.5, i_max - 0.5]
-    xs += [min(outline_r, n) - 0.5]
-    ys += [-0.5]
-    ax.plot(xs, ys, color="cyan", lw=1.2, label=f"LP$_{{L_1}}$-{outline_r}")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xlabel("WHT base index j (horizontal sequency)")
-    ax.set_ylabel("WHT base index i (vertical sequency)")
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cb.set_label("share of g_y energy [%] (log scale)")
-    kept = ", ".join(f"LP$_{{L_1}}$-{r}: {100 * lp_l1_share(energy, r):.1f}%" for r in (2, 4, 8))
-    layer = spec.get("layer", "?")
-    ax.set_title(
-        f"Figure 5: WHT spectrum of g_y, {layer}\nenergy kept: {kept} "
-        f"({spec.get('steps', '?')} steps)",
-        fontsize=6,
-    )
-    ax.legend(loc="lower right", fontsize=6, framealpha=0.6)
-    fig.tight_layout()
-    return _save(fig, out, "figure5")
-
-
-# -------------------------------------------------------------------------------------- CLI
-def make_figures(
-    *,
-    runs_roots: Sequence[str | os.PathLike],
-    cost_dir: str | os.PathLike | None,
-    paper_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    figures: Sequence[str] = ("3", "4", "5"),
-    models: Sequence[str] | None = None,
-    dataset: str = "cifar100",
-    spectrum: str | os.PathLike | None = None,
-) -> dict[str, list[Path]]:
-    """Build the requested figures; returns ``{figure: [written paths]}``."""
-    out, paper_dir = Path(out), Path(paper_dir)
-    written: dict[str, list[Path]] = {}
-    figures = [str(f).removeprefix("fig").removeprefix("ure") for f in figures]
-    if {"3", "4"} & set(figures):
-        runs = load_runs(runs_roots)
-        cost = load_cost(cost_dir)
-        models = list(models or fig3_models(paper_dir))
-        ds = norm_dataset(dataset)
-        data = fig3_data(runs, cost, paper_dir, models, ds)
-        marg = marginal_data(data)
-        out.mkdir(parents=True, exist_ok=True)
-        if "3" in figures:
-            written["3"] = plot_fig3(data, models, ds, out)
-            data.to_csv(out / "figure3_data.csv", index=False)
-            written["3"].append(out / "figure3_data.csv")
-        if "4" in figures:
-            written["4"] = plot_fig4(marg, models, out)
-            marg.to_csv(out / "figure4_data.csv", index=False)
-            written["4"].append(out / "figure4_data.csv")
-    if "5" in figures:
-        path = Path(spectrum) if spectrum else find_spectrum(runs_roots)
-        if path is None:
-            print(
-                "figure 5: no spectrum.json under "
-                f"{list(map(str, runs_roots))}; run the Figure 5 sweep "
-                "(scripts/reproduce_figures.sh) or pass --spectrum PATH. Skipped.",
-                file=sys.stderr,
-            )
-        else:
-            spec = load_spectrum(path)
-            written["5"] = plot_fig5(spec, out)
-            pd.DataFrame(
-                spec["energy"],
-                index=[f"i={i}" for i in range(spec["energy"].shape[0])],
-                columns=[f"j={j}" for j in range(spec["energy"].shape[1])],
-            ).to_csv(out / "figure5_data.csv")
-            written["5"].append(out / "figure5_data.csv")
-            print(f"figure 5: spectrum from {path}")
-    return written
+FIGURES = ("3", "4", "5")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -479,27 +29,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--runs",
         nargs="+",
-        default=[os.environ.get("WORK_ROOT", str(ROOT / "work_dirs" / "paper"))],
-        help="directories searched for <run>/record.json and spectrum.json",
+        help="directories searched for <run>/record.json and spectrum.json "
+        "(default $WORK_ROOT or work_dirs/paper)",
     )
-    p.add_argument("--cost", default=str(ROOT / "results" / "cost"))
-    p.add_argument("--paper", default=str(ROOT / "results" / "paper"))
+    p.add_argument("--cost", default=str(COST))
+    p.add_argument("--paper", default=str(PAPER))
     p.add_argument("--spectrum", help="spectrum.json for Figure 5 (default: found under --runs)")
-    p.add_argument("--figures", nargs="+", default=["3", "4", "5"])
-    p.add_argument("--out", default=str(ROOT / "results" / "figures"))
+    p.add_argument("--figures", nargs="+", default=list(FIGURES), choices=FIGURES, metavar="N")
+    p.add_argument("--out", default=str(RESULTS / "figures"))
     p.add_argument("--models", nargs="+", help="models of Figures 3/4 (default: Table 2's)")
     p.add_argument("--dataset", default="cifar100", help="accuracy of Figures 3/4")
     args = p.parse_args(argv)
-    written = make_figures(
-        runs_roots=args.runs,
-        cost_dir=args.cost,
-        paper_dir=args.paper,
-        out=args.out,
-        figures=args.figures,
-        models=args.models,
-        dataset=args.dataset,
-        spectrum=args.spectrum,
-    )
+
+    from lbp_wht.reporting import tables
+
+    try:
+        tables.check_models(args.models)
+        (dataset,) = tables.check_datasets([args.dataset])
+    except ValueError as e:
+        p.error(str(e))
+    if args.spectrum and not Path(args.spectrum).is_file():
+        p.error(f"--spectrum {args.spectrum} does not exist")
+    for name, d in [*(("runs", r) for r in args.runs or []), ("cost", args.cost)]:
+        if not Path(d).exists():
+            print(f"make_figures: warning: --{name} {d} does not exist", file=sys.stderr)
+    args.runs = args.runs or [os.environ.get("WORK_ROOT", str(REPO / "work_dirs" / "paper"))]
+    from lbp_wht.reporting.figures import make_figures  # matplotlib: after the checks
+
+    try:
+        written = make_figures(
+            runs_roots=args.runs,
+            cost_dir=args.cost,
+            paper_dir=args.paper,
+            out=args.out,
+            figures=args.figures,
+            models=args.models,
+            dataset=dataset,
+            spectrum=args.spectrum,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"make_figures: {e}") from None
     for fig, paths in written.items():
         print(f"figure {fig}: " + ", ".join(str(p) for p in paths))
     return 0

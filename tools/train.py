@@ -4,113 +4,64 @@
                           [--launcher {none,pytorch,slurm,mpi}] [--resume [CKPT]] [--amp]
 
 A sweep is ``--cfg-options``: ``lbp.r=6``, ``lbp.select=lp_linf``, ``lbp.method=lora_all``...
+Without ``--work-dir`` each option set gets its own directory (``work_dirs/CONFIG__lbp.r=6``).
 Each run writes ``<work_dir>/record.json`` (``lbp_wht.records`` format; status ``running`` ->
-``complete``, or ``failed`` with the error). Multi-GPU / multi-node: ``tools/dist_train.sh``.
+``complete``, ``failed`` with the error, or ``interrupted`` on SIGTERM / Ctrl-C).
+``--resume`` continues from the newest loadable checkpoint of the work dir (refused if the
+checkpoint was trained with another method, model, data or optimiser). One run per work dir
+at a time (a lock). Exit code: 0 done, 1 failed, 2 refused before it started, 128 + signal
+when interrupted. Multi-GPU / multi-node: ``tools/dist_train.sh``. What survives a kill and
+what is refused: README, "What survives a kill, what is refused".
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import os.path as osp
 import sys
-import traceback
 
-# The repository root on sys.path, so `python tools/train.py` works without installing.
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import lbp_wht.integrations  # noqa: E402,F401  (CPU shims before mmpretrain/mmseg/timm load)
+import lbp_wht.integrations  # noqa: F401  (CPU shims before mmpretrain/mmseg/timm load)
+from lbp_wht.integrations import launch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", help="config file")
-    p.add_argument("--work-dir", help="where logs, checkpoints and record.json go")
+    p.add_argument(
+        "--work-dir",
+        help="where logs, checkpoints and record.json go (default: derived from the config "
+        "and the options)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (cfg.randomness.seed)")
     p.add_argument(
         "--resume",
         nargs="?",
         type=str,
         const="auto",
-        help="resume from CKPT, or from the latest checkpoint in the work dir if no CKPT",
+        help="resume from CKPT, or from the newest loadable checkpoint in the work dir if no CKPT",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
-    p.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config entries, e.g. lbp.r=6 train_dataloader.batch_size=32",
-    )
-    p.add_argument(
-        "--launcher",
-        choices=["none", "pytorch", "slurm", "mpi"],
-        default="none",
-        help="job launcher",
-    )
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    launch.add_common_arguments(p, "lbp.r=6 train_dataloader.batch_size=32")
     args = p.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    launch.set_local_rank(args)
     return args
-
-
-def build_cfg(args: argparse.Namespace):
-    from mmengine.config import Config
-
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir") is None:
-        cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
-    if args.seed is not None:
-        cfg.randomness = dict(cfg.get("randomness") or {}, seed=args.seed)
-    if args.resume == "auto":
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    if args.amp:
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = build_cfg(args)
-
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import BaseLoop
-
-    from lbp_wht.integrations.recording import build_record
-    from lbp_wht.records import write_record
-
-    if "runner_type" not in cfg:
-        cfg.runner_type = "LBPWHTRunner"
-    runner = RUNNERS.build(cfg)
-    try:
-        runner.train()
-    except BaseException as err:  # a failed run still leaves a record saying so
-        if runner.rank == 0:
-            write_record(
-                osp.join(runner.work_dir, "record.json"),
-                build_record(
-                    runner.cfg,
-                    kind="train",
-                    status="failed",
-                    # runner.iter would build the train loop (and its dataset) if not built yet
-                    iterations=runner.iter if isinstance(runner._train_loop, BaseLoop) else 0,
-                    seed=runner.seed,
-                    work_dir=runner.work_dir,
-                    error="".join(traceback.format_exception_only(type(err), err)).strip(),
-                ),
-            )
-        raise
-    return 0
+    return launch.main(
+        lambda: launch.effective_config(
+            args.config,
+            args.cfg_options,
+            work_dir=args.work_dir,
+            seed=args.seed,
+            resume=args.resume,
+            amp=args.amp,
+            launcher=args.launcher,
+        ),
+        "train",
+        resume=args.resume is not None,
+        launcher=args.launcher,
+    )
 
 
 if __name__ == "__main__":

@@ -283,6 +283,14 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("cityscapes", "cityscapes", "Cityscapes", "seg", 19, "City"),
         DatasetInfo("voc12aug", "voc12aug", "Pascal VOC 2012 + SBD", "seg", 21, "VOC12A"),
         DatasetInfo("fashion-mnist", "fashion-mnist", "Fashion-MNIST", "cls", 10, "FMNIST", False),
+        # The CPU mini-reproduction's two tasks (configs/mini/demo): pretraining on classes
+        # 0-4, adaptation to classes 5-9.
+        DatasetInfo(
+            "fmnist-0to4", "fmnist-0to4", "Fashion-MNIST 0-4", "cls", 5, "FMNIST 0-4", False
+        ),
+        DatasetInfo(
+            "fmnist-5to9", "fmnist-5to9", "Fashion-MNIST 5-9", "cls", 5, "FMNIST 5-9", False
+        ),
         DatasetInfo(
             "mini-seg", "mini-seg", "generated 64x64 segmentation", "seg", 4, "mIoU", False
         ),

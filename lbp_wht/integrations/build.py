@@ -24,8 +24,11 @@ after the command-line options are merged, and adds the training-time hooks.
 from __future__ import annotations
 
 import copy
+import difflib
+import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch.nn as nn
@@ -38,9 +41,12 @@ from lbp_wht import presets as _presets
 from lbp_wht.bases import select_bases
 from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import keep_batchnorm_eval
+from lbp_wht.projection import PADDINGS
 
 __all__ = [
     "LBP_DEFAULTS",
+    "LBP_SCHEMA",
+    "LBPKey",
     "METHODS",
     "SCOPES",
     "SELECTS",
@@ -48,6 +54,9 @@ __all__ = [
     "LBPWHTModel",
     "TrainableOnlyOptimWrapperConstructor",
     "validate_lbp_cfg",
+    "check_lbp_preset",
+    "close_matches",
+    "did_you_mean",
     "lbp_rank",
     "lbp_config_from_block",
     "lora_config_from_block",
@@ -98,58 +107,218 @@ class LBPConfigError(ValueError):
     """The ``lbp`` block of a config is invalid."""
 
 
+@dataclass(frozen=True)
+class LBPKey:
+    """Type schema of one ``lbp`` key.
+
+    Attributes:
+        kind: ``"str"``, ``"int"``, ``"number"`` (int or float), ``"bool"`` or ``"patterns"``
+            (a list / tuple of glob strings). ``bool`` is never accepted as an int or a number,
+            and no string is converted: ``"False"`` is not False, ``"8"`` is not 8.
+        help: what the key means (shown in errors).
+        choices: allowed values (None: any value of the kind).
+        nullable: None is allowed.
+        minimum: smallest allowed value for ``int`` / ``number``.
+        positive: the value must be above ``minimum`` (not equal to it).
+    """
+
+    kind: str
+    help: str
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    minimum: float | None = None
+    positive: bool = False
+
+
+#: key -> type, allowed values, help. Every key of :data:`LBP_DEFAULTS` has an entry.
+LBP_SCHEMA: dict[str, LBPKey] = dict(
+    method=LBPKey("str", "training method", choices=METHODS),
+    model=LBPKey("str", "model name, a preset name unless lbp.preset is set"),
+    preset=LBPKey("str", "preset name when it differs from lbp.model", nullable=True),
+    scope=LBPKey("str", "trained part: 'partial' (last stage + head) or 'full'", choices=SCOPES),
+    select=LBPKey("str", "WHT base selection, Sec. 3.2", choices=SELECTS),
+    r=LBPKey("int", "LP radius; lp_l1 r=2,4,6,8 keeps R=3,10,21,36 bases", minimum=1),
+    rank=LBPKey("int", "number of bases for select='lhe'", nullable=True, minimum=1),
+    order=LBPKey("int", "WHT order, the patch side, a power of two", minimum=1),
+    padding=LBPKey("str", "how maps are padded to whole patches", choices=PADDINGS),
+    lora_rank=LBPKey("int", "LoRA rank", minimum=1),
+    lora_alpha=LBPKey(
+        "number", "LoRA alpha; the adapter scaling is alpha / rank", minimum=0, positive=True
+    ),
+    lora_train=LBPKey("str", "what trains beside the LoRA adapters", choices=LORA_TRAIN),
+    norm_eval=LBPKey(
+        "bool", "BatchNorm on running statistics; None: as the preset says", nullable=True
+    ),
+    lhe_iters=LBPKey("int", "LHE: iterations of spectrum profiling", minimum=1),
+    spectrum_layer=LBPKey("str", "module whose g_y spectrum is recorded", nullable=True),
+    spectrum_iters=LBPKey("int", "iterations of spectrum recording", nullable=True, minimum=1),
+    allow_random_init=LBPKey("bool", "permit load_from=None, a randomly initialised model"),
+    strict_load=LBPKey("bool", "load_from: missing non-adapter keys are an error"),
+    reinit_keys=LBPKey("patterns", "load_from: head keys left at initialisation"),
+    drop_keys=LBPKey("patterns", "load_from: checkpoint keys never loaded"),
+)
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance (edits incl. transpositions) between ``a`` and ``b``."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def close_matches(name: str, candidates: Iterable[str], fuzzy: bool = True) -> list[str]:
+    """Candidates that ``name`` is probably a misspelling of (closest first).
+
+    A candidate matches if it is within 1 edit (names up to 4 characters) or 2 edits (longer
+    names; an edit is an insertion, deletion, substitution or swap of neighbours), or, with
+    ``fuzzy``, if ``difflib`` finds it similar (ratio >= 0.75).
+    """
+    cands = list(dict.fromkeys(candidates))
+    limit = 1 if len(name) <= 4 else 2
+    scored = sorted((_edits(name, c), c) for c in cands if c != name)
+    near = [c for dist, c in scored if dist <= limit]
+    if fuzzy:
+        near += [c for c in difflib.get_close_matches(name, cands, n=3, cutoff=0.75) if c != name]
+    return list(dict.fromkeys(near))
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` or ``""``."""
+    near = close_matches(name, candidates)
+    return f" (did you mean {' or '.join(repr(c) for c in near[:2])}?)" if near else ""
+
+
+_KIND_TEXT = {
+    "str": "a string",
+    "int": "an integer",
+    "number": "a number",
+    "bool": "True or False",
+    "patterns": "a list of glob patterns, e.g. ['head.*']",
+}
+
+
+def _unquoted_hint(key: str, value: Any, kind: str) -> str:
+    """How to write a quoted value the schema wants unquoted (``'False'``, ``'8'``, a glob)."""
+    if not isinstance(value, str) or kind == "str":
+        return ""
+    if kind == "patterns":
+        return f" Write a single pattern as a list: lbp.{key}=['{value}']."
+    text = value.strip()
+    meant = {"true": "True", "false": "False"}.get(text.lower()) if kind == "bool" else None
+    if kind in ("int", "number"):
+        try:
+            meant = str(int(text)) if kind == "int" else str(float(text)).removesuffix(".0")
+        except ValueError:
+            meant = None
+    if meant is None:
+        return ""
+    return f" Write lbp.{key}={meant} (no quotes)."
+
+
+def _check_lbp_value(key: str, value: Any, spec: LBPKey) -> None:
+    if value is None:
+        if spec.nullable:
+            return
+        raise LBPConfigError(f"lbp.{key}=None: expected {_KIND_TEXT[spec.kind]} ({spec.help})")
+    kind = spec.kind
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "patterns": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        expected = _KIND_TEXT[kind] + (" or None" if spec.nullable else "")
+        raise LBPConfigError(
+            f"lbp.{key}={value!r} is a {type(value).__name__}, expected {expected} "
+            f"(lbp.{key}: {spec.help}).{_unquoted_hint(key, value, kind)}"
+        )
+    if spec.choices is not None and value not in spec.choices:
+        raise LBPConfigError(
+            f"lbp.{key}={value!r}{did_you_mean(str(value), map(str, spec.choices))}; choose "
+            f"one of {list(spec.choices)}"
+        )
+    if spec.minimum is not None:
+        low = value <= spec.minimum if spec.positive else value < spec.minimum
+        if low or not math.isfinite(value):
+            bound = f"{'>' if spec.positive else '>='} {spec.minimum}"
+            raise LBPConfigError(f"lbp.{key}={value!r}: must be finite and {bound} ({spec.help})")
+
+
 def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check the ``lbp`` block and return it completed with :data:`LBP_DEFAULTS`.
+    """Check the ``lbp`` block against :data:`LBP_SCHEMA` and complete it with the defaults.
+
+    Every key is checked by type (no string is converted), allowed values and range, then
+    the combinations (LHE needs ``rank``; ``r`` fits ``order``). Whether the model has a
+    preset is :func:`check_lbp_preset`'s question.
 
     Raises:
-        LBPConfigError: unknown keys, unknown method / scope / select, or missing fields.
+        LBPConfigError: naming the key: unknown keys (with a close match and the valid keys),
+            wrong types, unknown values, missing fields.
     """
     if lbp is None:
         raise LBPConfigError(
             "the config has no `lbp = dict(method=..., model=..., scope=...)` block; "
             "inherit configs/_base_/method.py and set lbp.method, lbp.model and lbp.scope"
         )
+    if not isinstance(lbp, Mapping):
+        raise LBPConfigError(f"lbp must be a dict of settings, got {type(lbp).__name__}: {lbp!r}")
     lbp = dict(lbp)
     unknown = sorted(set(lbp) - set(LBP_DEFAULTS))
     if unknown:
+        hints = "; ".join(f"lbp.{k}{did_you_mean(str(k), LBP_DEFAULTS)}" for k in unknown)
         raise LBPConfigError(
-            f"unknown key(s) {unknown} in the `lbp` block; valid keys: {sorted(LBP_DEFAULTS)}"
+            f"unknown key(s) in the `lbp` block: {hints}. Valid keys: {sorted(LBP_DEFAULTS)}"
         )
     out = {**copy.deepcopy(LBP_DEFAULTS), **lbp}
-    if out["method"] not in METHODS:
-        raise LBPConfigError(f"lbp.method={out['method']!r}; choose one of {list(METHODS)}")
-    if out["scope"] not in SCOPES:
-        raise LBPConfigError(f"lbp.scope={out['scope']!r}; choose one of {list(SCOPES)}")
-    if out["lora_train"] not in LORA_TRAIN:
-        raise LBPConfigError(
-            f"lbp.lora_train={out['lora_train']!r}; choose one of {list(LORA_TRAIN)}"
-        )
-    if not out["model"]:
-        raise LBPConfigError("lbp.model is required (the preset name, e.g. 'efficientformer-l1')")
+    for key in ("method", "model"):
+        if out[key] is None:
+            raise LBPConfigError(f"lbp.{key} is required ({LBP_SCHEMA[key].help})")
+    for key, value in out.items():
+        if key in LBP_SCHEMA:  # a key without an entry fails tests/test_pipeline.py, not runs
+            _check_lbp_value(key, value, LBP_SCHEMA[key])
     if uses_lbp(out["method"]):
-        if out["select"] not in SELECTS:
-            raise LBPConfigError(f"lbp.select={out['select']!r}; choose one of {list(SELECTS)}")
         if out["select"] == "lhe":
             if uses_lora(out["method"]):
                 raise LBPConfigError(
                     "lbp.select='lhe' is not available with lbp.method='lbp_wht+lora_all' "
                     "(use an LP selection)"
                 )
-            if not isinstance(out["rank"], int) or not 1 <= out["rank"] <= out["order"] ** 2:
+            if out["rank"] is None or not 1 <= out["rank"] <= out["order"] ** 2:
                 raise LBPConfigError(
                     f"lbp.select='lhe' needs lbp.rank, an int in [1, {out['order'] ** 2}]; "
                     f"got {out['rank']!r}"
                 )
-            if not isinstance(out["lhe_iters"], int) or out["lhe_iters"] < 1:
-                raise LBPConfigError(f"lbp.lhe_iters must be an int >= 1, got {out['lhe_iters']!r}")
         else:
             try:  # validates r against order with the core's message
                 select_bases(out["select"], r=out["r"], order=out["order"])
             except ValueError as err:
                 raise LBPConfigError(f"lbp.select/r/order: {err}") from err
-    out["reinit_keys"] = tuple(out["reinit_keys"] or ())
-    out["drop_keys"] = tuple(out["drop_keys"] or ())
+    out["reinit_keys"] = tuple(out["reinit_keys"])
+    out["drop_keys"] = tuple(out["drop_keys"])
     return out
+
+
+def check_lbp_preset(lbp: Mapping[str, Any]) -> None:
+    """Refuse an ``lbp`` block whose model (or ``lbp.preset``) has no preset, before anything is
+    built (the builder would refuse it too, after building the model).
+
+    Raises:
+        LBPConfigError: naming the key, with a close match and the preset names.
+    """
+    preset = lbp.get("preset") or lbp.get("model")
+    if preset not in _presets.PRESET_MODELS:
+        which = "lbp.preset" if lbp.get("preset") else "lbp.model"
+        raise LBPConfigError(
+            f"{which}={preset!r} has no preset{did_you_mean(str(preset), _presets.PRESET_MODELS)}; "
+            f"choose one of {list(_presets.PRESET_MODELS)} (or set lbp.preset to one of them)"
+        )
 
 
 def uses_lbp(method: str) -> bool:

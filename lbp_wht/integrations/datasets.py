@@ -21,6 +21,7 @@ import gzip
 import os
 import os.path as osp
 import struct
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,8 +32,11 @@ from mmpretrain.datasets import FashionMNIST
 from mmpretrain.registry import DATASETS as CLS_DATASETS
 
 __all__ = [
+    "DatasetFileError",
     "DatasetNotFoundError",
+    "MissingInputsError",
     "DATASET_HINTS",
+    "dataset_problems",
     "GzFashionMNIST",
     "ClassSubsetDataset",
     "Places365",
@@ -45,8 +49,16 @@ __all__ = [
 README = "data/README.md"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class MissingInputsError(FileNotFoundError):
+    """Files a run needs (datasets, checkpoints) are missing; the message lists all of them."""
+
+
+class DatasetNotFoundError(MissingInputsError):
     """A dataset the config needs is not where the config says."""
+
+
+class DatasetFileError(ValueError):
+    """A dataset file exists but cannot be read (truncated, corrupt, wrong format)."""
 
 
 # type -> (paths under data_root that must exist (each entry: alternatives), how to obtain it)
@@ -148,8 +160,8 @@ def missing_dataset_paths(dataset_cfg: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(missing))
 
 
-def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
-    """Raise one :class:`DatasetNotFoundError` for all missing dataset paths.
+def dataset_problems(dataloaders: Mapping[str, Any]) -> list[str]:
+    """One paragraph per missing dataset (what, where, how to get it); empty if none.
 
     Args:
         dataloaders: name -> dataloader config (dict) or already built DataLoader (skipped).
@@ -165,13 +177,26 @@ def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
                     f"  {name}: {kind} at data_root={ds.get('data_root')!r} is missing "
                     f"{', '.join(miss)}\n    how to get it: {hint}"
                 )
+    return list(dict.fromkeys(problems))
+
+
+#: What to do about missing datasets (the last line of the error).
+DATASET_HELP = (
+    f"See {README} for where each dataset goes; point the config at another location with e.g. "
+    "--cfg-options train_dataloader.dataset.data_root=PATH (and the same for val/test)."
+)
+
+
+def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
+    """Raise one :class:`DatasetNotFoundError` for all missing dataset paths.
+
+    Args:
+        dataloaders: name -> dataloader config (dict) or already built DataLoader (skipped).
+    """
+    problems = dataset_problems(dataloaders)
     if problems:
         raise DatasetNotFoundError(
-            "dataset not found:\n"
-            + "\n".join(dict.fromkeys(problems))
-            + f"\nSee {README} for where each dataset goes; point the config at another "
-            "location with e.g. --cfg-options train_dataloader.dataset.data_root=PATH "
-            "(and the same for val/test)."
+            "dataset not found:\n" + "\n".join(problems) + "\n" + DATASET_HELP
         )
 
 
@@ -180,17 +205,36 @@ def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 def _read_idx(path: str, ndim: int) -> np.ndarray:
     """A uint8 idx array (LeCun's MNIST format: magic 0x0000 08 <ndim>, big-endian int32 sizes,
-    then the data) from ``path``, gunzipping ``*.gz`` on the fly."""
+    then the data) from ``path``, gunzipping ``*.gz`` on the fly.
+
+    Raises:
+        DatasetFileError: naming ``path``: truncated / corrupt gzip, wrong header, wrong size.
+    """
+    hint = f"Re-install or re-download it ({DATASET_HINTS['GzFashionMNIST'][1]})."
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DatasetFileError(
+            f"dataset file {path} cannot be read ({type(err).__name__}: {err or 'ends early'}): "
+            f"it is truncated or corrupt. {hint}"
+        ) from None
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetFileError(f"dataset file {path} is truncated ({len(data)} bytes). {hint}")
     zero, dtype, nd = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08 or nd != ndim:
-        raise ValueError(f"{path}: not a {ndim}-d uint8 idx file (header {data[:4].hex()})")
+        raise DatasetFileError(
+            f"dataset file {path} is not a {ndim}-d uint8 idx file (header {data[:4].hex()}). "
+            + hint
+        )
     shape = struct.unpack(f">{nd}I", data[4 : 4 + 4 * nd])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * nd)
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: {arr.size} values for shape {shape}")
+        raise DatasetFileError(
+            f"dataset file {path} holds {arr.size} values, its header says {shape} "
+            f"({int(np.prod(shape))}): it is truncated or corrupt. {hint}"
+        )
     return arr.reshape(shape).copy()
 
 

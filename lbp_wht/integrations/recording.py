@@ -2,19 +2,26 @@
 
 A training run writes ``<work_dir>/record.json``: ``status='running'`` when training starts,
 ``'complete'`` with the final validation metric when it ends (``tools/train.py`` writes
-``'failed'`` with the error if it raises). ``tools/test.py`` runs write
+``'failed'`` with the error if it raises, ``'interrupted'`` on SIGTERM / SIGINT). A run is never
+``'complete'`` with a non-finite result: a NaN / Inf training loss stops it at that iteration
+(:class:`NonFiniteLossError`; checked on every rank, so distributed runs stop together) and a
+NaN / Inf evaluation metric fails it (:class:`NonFiniteMetricError`). ``tools/test.py`` runs write
 ``<work_dir>/test_record.json`` (``kind='test'``). Later tools turn the records into the
 paper's tables (``lbp_wht.records.read_records``).
 
 Record fields: kind, status, config, work_dir, model, dataset, method, select, r, rank (number of
 WHT bases; None for full BP / plain LoRA), lora_rank, scope, seed, iterations, epochs,
 max_iters, metric (name), value, metrics (all of the last evaluation), wall_time_s, timestamp
-(UTC ISO 8601), git_commit, git_dirty, machine, world_size, torch, lbp (the whole block).
+(UTC ISO 8601), git_commit, git_dirty, machine, world_size, torch, lbp (the whole block),
+config_digest (:func:`lbp_wht.records.config_digest` of the effective config), and ``error``
+when the run failed or was interrupted.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import numbers
 import os.path as osp
 import platform
 import subprocess
@@ -22,16 +29,34 @@ import time
 from typing import Any
 
 import torch
-from mmengine.dist import get_world_size, is_main_process
+from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
-from lbp_wht.records import write_record
+from lbp_wht.records import config_digest, read_record, write_record
 
 from .build import lbp_rank, uses_lora, validate_lbp_cfg
 
-__all__ = ["RunRecordHook", "build_record", "git_state", "machine_description", "PRIMARY_METRICS"]
+__all__ = [
+    "NonFiniteLossError",
+    "NonFiniteMetricError",
+    "PRIMARY_METRICS",
+    "NonFiniteGuardHook",
+    "RunRecordHook",
+    "build_record",
+    "git_state",
+    "machine_description",
+]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class NonFiniteMetricError(FloatingPointError):
+    """An evaluation metric is NaN or infinite."""
+
 
 #: Metric reported as ``value``: the first of these present in the evaluation results.
 PRIMARY_METRICS = ("accuracy/top1", "mIoU", "accuracy")
@@ -91,8 +116,13 @@ def build_record(
     work_dir: str | None = None,
     error: str | None = None,
     checkpoint: str | None = None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
-    """Assemble one run record from a config (with an ``lbp`` block) and run facts."""
+    """Assemble one run record from a config (with an ``lbp`` block) and run facts.
+
+    ``digest``: the effective config's digest (default: :func:`~lbp_wht.records.config_digest`
+    of ``cfg``; the runner passes the digest of the config before its model injection).
+    """
     lbp = validate_lbp_cfg(cfg.get("lbp"))
     metrics = {
         k: (float(v) if isinstance(v, (int, float)) else v) for k, v in (metrics or {}).items()
@@ -130,6 +160,7 @@ def build_record(
         world_size=world_size,
         torch=torch.__version__,
         lbp={k: (list(v) if isinstance(v, tuple) else v) for k, v in lbp.items()},
+        config_digest=digest or config_digest(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg),
     )
     if checkpoint is not None:
         rec["checkpoint"] = checkpoint
@@ -150,6 +181,8 @@ class RunRecordHook(Hook):
         self._t0: float | None = None
         self._kind: str | None = None
         self._metrics: dict[str, Any] = {}
+        self._schedule_done = False
+        self._keep = False
 
     def _write(self, runner: Any, status: str, filename: str, **extra: Any) -> None:
         if not is_main_process():
@@ -167,6 +200,7 @@ class RunRecordHook(Hook):
             seed=runner.seed,
             world_size=get_world_size(),
             work_dir=runner.work_dir,
+            digest=getattr(runner, "config_digest", None),
             **extra,
         )
         write_record(osp.join(runner.work_dir, filename), rec)
@@ -176,7 +210,26 @@ class RunRecordHook(Hook):
 
     def before_train(self, runner: Any) -> None:
         self._kind = "train"
-        self._write(runner, "running", self.filename)
+        # Resumed at the end of its schedule (nothing left to train, so no evaluation either):
+        # a complete record stays as it is; otherwise after_run evaluates the final weights.
+        self._schedule_done = runner.iter >= runner.max_iters
+        previous = read_record(osp.join(runner.work_dir, self.filename))
+        self._keep = (
+            self._schedule_done
+            and isinstance(previous, dict)
+            and (previous.get("status") == "complete")
+        )
+        if self._keep:
+            runner.logger.info(
+                f"the run had finished its {runner.max_iters} iterations before this resume; "
+                f"{self.filename} (complete) is left as it was"
+            )
+        else:
+            self._write(runner, "running", self.filename)
+        runner.lbp_run_started = True  # from here on a failure is recorded as such
+
+    def before_test(self, runner: Any) -> None:
+        runner.lbp_run_started = True
 
     def after_val_epoch(self, runner: Any, metrics: dict[str, Any] | None = None) -> None:
         if metrics:
@@ -190,6 +243,65 @@ class RunRecordHook(Hook):
 
     def after_run(self, runner: Any) -> None:
         if self._kind == "train":
+            if self._keep:
+                return
+            if self._schedule_done and not self._metrics and runner._val_loop is not None:
+                runner.val_loop.run()  # the final weights were never evaluated
             self._write(runner, "complete", self.filename)
         elif self._kind == "test":
             self._write(runner, "complete", self.test_filename, checkpoint=runner._load_from)
+
+
+@HOOKS.register_module()
+class NonFiniteGuardHook(Hook):
+    """Fails a run whose training loss or evaluation metrics are NaN / Inf (module docstring).
+
+    Priority ``NORMAL``: it runs after the optimiser step and before the checkpoint hook
+    (``VERY_LOW``), so a diverged iteration is never saved over an intact checkpoint nor kept
+    as the best one. Added by ``LBPWHTRunner``.
+    """
+
+    priority = "NORMAL"
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else None
+        if loss is None:
+            return
+        if torch.is_tensor(loss):
+            value = loss.detach().float().reshape(-1)[:1]
+        else:
+            value = torch.tensor([float(loss)])
+        bad = (~torch.isfinite(value)).float()
+        world = get_world_size()
+        if world > 1:  # every rank stops at the same iteration (none hangs in an all-reduce)
+            all_reduce(bad, op="sum")
+        if bad.item() > 0:
+            ranks = f" on {int(bad.item())} of {world} ranks" if world > 1 else ""
+            raise NonFiniteLossError(
+                f"training loss is not finite at iteration {runner.iter + 1} of "
+                f"{runner.max_iters}{ranks} (loss={value.item()}): the run diverged or started "
+                f"from non-finite weights (load_from={runner.cfg.get('load_from')!r}). Check "
+                "the checkpoint, lower the learning rate (optim_wrapper.optimizer.lr) or clip "
+                "gradients (optim_wrapper.clip_grad)."
+            )
+
+    def after_val_epoch(self, runner: Any, metrics: dict[str, Any] | None = None) -> None:
+        self._check_metrics(metrics, "validation")
+
+    def after_test_epoch(self, runner: Any, metrics: dict[str, Any] | None = None) -> None:
+        self._check_metrics(metrics, "test")
+
+    @staticmethod
+    def _check_metrics(metrics: dict[str, Any] | None, what: str) -> None:
+        bad = {
+            k: v
+            for k, v in (metrics or {}).items()
+            if isinstance(v, numbers.Real) and not math.isfinite(float(v))
+        }
+        if bad:
+            raise NonFiniteMetricError(
+                f"{what} metric(s) {bad} are not finite: the model's outputs are NaN / Inf "
+                "(diverged training or a non-finite checkpoint). The run is marked failed."
+            )

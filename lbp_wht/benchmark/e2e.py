@@ -1,0 +1,155 @@
+"""End-to-end backward time of one partial-training step of a whole model.
+
+Partial training (the paper's main setting): the last stage and the head train, everything
+else is frozen, BatchNorm on running statistics (``norm_eval``). Every method is built by the
+project's presets (``lbp_wht.presets.get_preset`` via ``lbp_wht.integrations.build.LBPWHTModel``)
+exactly as training builds it.
+
+What is timed: ``torch.autograd.grad(loss, trainable_params, retain_graph=True)`` on a graph
+built once per method, i.e. the backward of the step only (the forward, which every method runs
+alike through the frozen stages, is excluded). Methods are interleaved round by round
+(:func:`lbp_wht.benchmark.timing.interleaved_timings`). Beside the measured speedup, the FLOP
+speedup of the same step is counted with ``torch.utils.flop_counter.FlopCounterMode``
+(:func:`lbp_wht.measure.measure_step`: backward matmul/conv FLOPs plus the forward-side
+projection of ``x``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
+from ..experiments.vocab import method_key, method_label
+from .stats import loadavg, paired_ratio, quartiles, say
+from .timing import interleaved_timings
+
+#: The methods compared, as ``(preset method, LP_L1 radius or None)``; the first one is the
+#: baseline of the speedups. Rows are labelled with :func:`lbp_wht.experiments.vocab.method_label`.
+E2E_METHODS: tuple[tuple[str, int | None], ...] = (
+    ("full_bp", None),
+    ("lora_all", None),
+    ("lbp_wht", 2),
+    ("lbp_wht", 4),
+    ("lbp_wht", 6),
+)
+
+
+def _label(method: str, r: int | None) -> str:
+    return method_label(method_key(method, "lp_l1", r))
+
+
+def build(model: str, method: str, r: int | None, num_classes: int) -> torch.nn.Module:
+    """The converted, frozen model exactly as training builds it (presets + LBPWHTModel),
+    partial training, in train mode."""
+    from mmengine.registry import init_default_scope
+
+    import lbp_wht.integrations.models  # noqa: F401  (registers the project's model types)
+    from lbp_wht.integrations.build import LBPWHTModel
+    from lbp_wht.presets import model_config
+
+    init_default_scope("mmpretrain")
+    lbp = dict(method=method, model=model, scope="partial")
+    if r is not None:
+        lbp.update(select="lp_l1", r=r)
+    net = LBPWHTModel(model_config(model, num_classes=num_classes), lbp)
+    return net.train()
+
+
+def run_e2e(
+    *,
+    model: str = "efficientformer-l1",
+    batch: int = 8,
+    size: int = 224,
+    rounds: int = 30,
+    num_classes: int = 100,
+    threads: int = 1,
+    allocator: str = "",
+    methods: Sequence[tuple[str, int | None]] = E2E_METHODS,
+    log: Callable[[str], None] = say,
+) -> list[dict]:
+    """Build every method, count its backprop FLOPs, time the backward of all methods
+    interleaved; one row per method (``batch`` images of ``3 x size x size``, random labels).
+
+    ``threads`` and ``allocator`` are copied into the rows (the caller sets them up).
+    """
+    from lbp_wht.measure import measure_step
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, num_classes, (batch,))
+    fns, flops, info = {}, {}, {}
+    for method, r in methods:
+        label = _label(method, r)
+        torch.manual_seed(0)  # same initial weights for every method
+        net = build(model, method, r, num_classes)
+        params = [p for p in net.parameters() if p.requires_grad]
+
+        def loss_of(out):
+            return F.cross_entropy(out, labels)
+
+        m = measure_step(
+            net,
+            x,
+            forward=lambda mod, inp: mod(inp, mode="tensor"),
+            loss_fn=loss_of,
+            elementwise=False,
+        )
+        flops[label] = m.backprop_flops
+        info[label] = dict(trainable_params=m.trainable_params, saved=m.saved_activation_bytes)
+        loss = loss_of(net(x, mode="tensor"))  # graph kept for repeated backward calls
+        fns[label] = (lambda lo, ps: lambda: torch.autograd.grad(lo, ps, retain_graph=True))(
+            loss, params
+        )
+        log(
+            f"built {label}: {len(params)} trainable tensors, {m.backprop_flops / 1e9:.3f} "
+            f"GFLOPs backprop"
+        )
+    load0 = loadavg()
+    t = interleaved_timings(fns, rounds, warmup=2)
+    load1 = loadavg()
+    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    base = _label(*methods[0])
+    rows = []
+    for method, r in methods:
+        label = _label(method, r)
+        q1, med, q3 = quartiles(t[label]["wall"])
+        s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
+        _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
+        rows.append(
+            dict(
+                model=model,
+                method=label,
+                preset_method=method,
+                r=r if r is not None else "",
+                batch=batch,
+                size=size,
+                threads=threads,
+                allocator=allocator,
+                backward_ms=med * 1e3,
+                backward_q1_ms=q1 * 1e3,
+                backward_q3_ms=q3 * 1e3,
+                speedup=s_med,
+                speedup_q1=s_q1,
+                speedup_q3=s_q3,
+                speedup_cputime=c_med,
+                backprop_gflops=flops[label] / 1e9,
+                flop_speedup=flops[base] / flops[label],
+                trainable_params=info[label]["trainable_params"],
+                saved_activation_mb=info[label]["saved"] / 2**20,
+                rounds=rounds,
+                loadavg_1m_start=round(load0[0], 2),
+                loadavg_1m_end=round(load1[0], 2),
+                torch=torch.__version__,
+                date=date,
+            )
+        )
+        log(
+            f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
+            f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)  "
+            f"FLOP speedup {flops[base] / flops[label]:.2f}x"
+        )
+    return rows

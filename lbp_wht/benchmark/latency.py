@@ -1,0 +1,537 @@
+"""The per-layer benchmarks: paper Table 8, projection implementations, the ablation.
+
+What is timed (the layer's forward is excluded): ``torch.autograd.grad(y, [x, w, b], g_y,
+retain_graph=True)`` on a graph built once, i.e. exactly the backward a training step runs:
+
+* ``full_bp``: ``y = F.linear(x, w, b)``; PyTorch's backward is the two GEMMs of Eq. 2
+  (``g_x = g_y w``, ``g_w = g_y^T x``) plus the bias sum.
+* ``lbp_wht``: ``y = lbp_forward(x, w, b, projector)``: projection of ``g_y`` (Eq. 3/6), the
+  two low-rank GEMMs (Eq. 4) and the reverse projection (Eq. 5/7).
+
+Both go through the same autograd engine call, so the per-call overhead is the same on both
+sides: that is the fair comparison. The paper's baseline ("the two GEMMs" in OpenBLAS) is also
+timed as ``gemm`` (two bare ``torch.mm`` plus the bias sum, no autograd) and reported as a second
+speedup column; it is the stricter baseline by the size of the autograd call overhead.
+
+LBP-WHT projects ``x`` in the *forward* pass (it saves ``x_hat`` instead of ``x``). That cost is
+timed separately (``x_proj``) and added in the ``speedup_incl_xproj`` column, so the reader can
+see the speedup with all of Table 1's overhead charged to backprop.
+
+Timing: all methods of one ``(shape, batch)`` are interleaved round by round in a shuffled order
+(machine drift and other processes' load hit every method alike); the speedup is the median of
+the per-round ratios ``t_full / t_lbp`` (paired), with its interquartile range
+(:func:`lbp_wht.benchmark.timing.interleaved_timings`).
+
+Every ``run_*`` function returns plain rows (dicts); :mod:`lbp_wht.reporting.latency_tables`
+writes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import math
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import WHTProjector, cost, lbp_forward, select_bases
+from ..reporting.paths import PAPER
+from .stats import loadavg, paired_ratio, quartiles, say
+from .timing import interleaved_timings
+
+#: Table 8 shapes (Cx, Cy, L): the last two linear layers (MLP fc1, fc2) of the Meta3D block.
+TABLE8_SHAPES = {
+    "efficientformer-l1": [(448, 1792, 49), (1792, 448, 49)],
+    "efficientformer-l7": [(768, 3072, 49), (3072, 768, 49)],
+}
+
+#: The paper's Table 8 (appendix D), typed once from the paper.
+PAPER_TABLE8 = PAPER / "table8.csv"
+
+#: ``flop_bound_source`` of the rows: where the FLOP bound comes from.
+FLOP_BOUND_SOURCE = "lbp_wht.cost (table1)"
+
+
+def paper_table8(
+    path: str | os.PathLike = PAPER_TABLE8,
+) -> dict[tuple[int, int, int | None], tuple[float | None, float | None, float | None]]:
+    """``(cx, cy, r) -> (cpu_speedup, gpu_speedup, cpu_latency_us)`` of the paper's Table 8
+    (``r`` None for Full BP), read from ``results/paper/table8.csv``.
+
+    Raises:
+        FileNotFoundError: the reference CSV is missing (it is part of the repository).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: it is the typed paper reference (results/paper/); restore it "
+            "with `git checkout -- results/paper`"
+        )
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            r = int(row["r"]) if row.get("r") else None
+            vals = [row.get(k) for k in ("speedup_cpu", "speedup_gpu", "latency_cpu_us")]
+            out[(int(row["cx"]), int(row["cy"]), r)] = tuple(float(v) if v else None for v in vals)
+    return out
+
+
+def flop_bound(cx: int, cy: int, tokens: int, rank: int, batch: int) -> float:
+    """Table 1 FLOP ratio ``4 Cx Cy L / (4 Cx Cy R + (Cx + Cy) L R + Cx L R)`` (batch cancels),
+    from :mod:`lbp_wht.cost` in the paper's convention."""
+    van = cost.vanilla_bp_flops(cx, cy, tokens * batch).total
+    lbp = cost.lbp_flops(cx, cy, tokens, rank, convention="table1").total * batch
+    return van / lbp
+
+
+def roofline_bound(
+    full: list[float],
+    gemm: list[float],
+    stream: list[float],
+    lowrank_fraction: float,
+    weight_fraction: float,
+) -> float:
+    """Speedup a perfect implementation of LBP-WHT's backward could reach on this machine.
+
+    A roofline model built from three timings of the same round: the low-rank GEMMs take the
+    longer of their FLOPs at the rate the machine just ran Full BP's GEMMs (``gemm``) and their
+    weight-sized traffic (read ``w``, write ``g_w``); the projections add one streaming pass
+    over ``g_y`` in and ``g_x`` out (``stream``: a copy of as many bytes). Table 1 counts those
+    passes as ``(2Cx + Cy) L R`` FLOPs, almost free; on a CPU they cost memory bandwidth, which
+    is what separates this bound from the FLOP bound. Median of the per-round values.
+
+    Args:
+        lowrank_fraction: low-rank GEMM FLOPs / Full BP GEMM FLOPs ``= P * R / L``.
+        weight_fraction: weight-sized bytes / streamed bytes ``= 2 Cx Cy / (B L (Cx + Cy))``.
+    """
+    return statistics.median(
+        f / (max(g * lowrank_fraction, m * weight_fraction) + m)
+        for f, g, m in zip(full, gemm, stream)
+    )
+
+
+def _grad_call(y: torch.Tensor, inputs: list[torch.Tensor], g: torch.Tensor):
+    def call():
+        return torch.autograd.grad(y, inputs, g, retain_graph=True)
+
+    return call
+
+
+def bench_shape(
+    cx: int,
+    cy: int,
+    tokens: int,
+    batch: int,
+    rs: list[int],
+    device: str,
+    rounds: int,
+    dtype: torch.dtype = torch.float32,
+    order: int = 8,
+    padding: str = "reflect",
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Interleaved timings for Full BP (autograd and bare GEMMs), LBP-WHT LP_L1-r backward and
+    LBP-WHT's forward-side projection of ``x`` at one ``(Cx, Cy, L, batch)``."""
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"tokens={tokens} is not a square map (Table 8 uses L=49, 7x7)")
+    gen = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    x = mk(batch, tokens, cx).requires_grad_(True)
+    w = (mk(cy, cx) / math.sqrt(cx)).requires_grad_(True)
+    b = mk(cy).requires_grad_(True)
+    g = mk(batch, tokens, cy)
+    fns: dict[str, Callable[[], object]] = {}
+    y_full = F.linear(x, w, b)
+    fns["full_bp"] = _grad_call(y_full, [x, w, b], g)
+    xd, wd, g2 = x.detach().reshape(-1, cx), w.detach(), g.reshape(-1, cy)
+
+    def gemm():  # the paper's baseline: the two GEMMs of Eq. 2 (+ the bias sum)
+        return torch.mm(g2.t(), xd), torch.mm(g2, wd), g2.sum(0)
+
+    fns["gemm"] = gemm
+    # One streaming pass over as many bytes as LBP-WHT's two unavoidable full-size passes (read
+    # g_y, write g_x): the memory half of the roofline bound (see ``roofline_bound``).
+    src = torch.empty(batch * tokens * (cx + cy) // 2, dtype=dtype, device=device).normal_()
+    dst = torch.empty_like(src)
+    fns["stream"] = lambda: dst.copy_(src)
+    for r in rs:
+        proj = WHTProjector((side, side), select_bases("lp_l1", r=r, order=order), order, padding)
+        y = lbp_forward(x, w, b, proj)
+        fns[f"lbp_r{r}"] = _grad_call(y, [x, w, b], g)
+        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(xd.view(batch, tokens, cx)))(proj)
+        y_naive = _StraightforwardLBP.apply(x, w, b, proj)
+        fns[f"naive_r{r}"] = _grad_call(y_naive, [x, w, b], g)
+    return fns
+
+
+class _StraightforwardLBP(torch.autograd.Function):
+    """The same LBP-WHT backward written the direct way (the project's first implementation,
+    kept here as the "before" of the optimisation log): ``g_hat = project(g) / n^2`` as a
+    separate scaling pass, the bias gradient as a separate reduction over ``g_y``, low-rank
+    tensors as ``(B, P*R, C)`` reshaped per use, broadcast batched matmuls also at batch 1.
+    Tokens layout, no extra tokens. Uses only the public ``project`` / ``project_back`` maps."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, projector):
+        ctx.projector = projector
+        ctx.save_for_backward(projector.project(x), weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g_y):
+        x_hat, weight = ctx.saved_tensors
+        proj = ctx.projector
+        cy, cx = weight.shape
+        g_hat = proj.project(g_y) * (1.0 / proj.order**2)
+        g_hat2, x_hat2 = g_hat.reshape(-1, cy), x_hat.reshape(-1, cx)
+        grad_b = g_y.sum(dim=(0, 1))
+        grad_w = g_hat2.T @ x_hat2
+        grad_x = proj.project_back((g_hat2 @ weight).view(g_hat.shape[0], -1, cx))
+        return grad_x, grad_w, grad_b, None
+
+
+def run_table8(
+    *,
+    batches: Sequence[int] = (1, 64),
+    rs: Sequence[int] = (2, 4, 6),
+    device: str = "cpu",
+    rounds: int = 0,
+    quick: bool = False,
+    allocator: str = "",
+    log: Callable[[str], None] = say,
+) -> list[dict]:
+    """Time Full BP, the bare GEMMs and LP_L1-r (every ``r`` of ``rs``) on the four Table 8
+    shapes at each batch; one row per (shape, batch, method) with the latency quartiles, the
+    paired speedups on wall and CPU time, the FLOP and roofline bounds and the paper's value.
+
+    Args:
+        rounds: interleaved rounds (0: 200 at batch 1, else 15); ``quick``: 3 rounds.
+        allocator: description of the allocator setting, copied into every row.
+        log: where the per-row progress line goes.
+    """
+    paper = paper_table8()
+    rows: list[dict] = []
+    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    n_rounds = rounds
+    for batch in batches:
+        rounds = n_rounds if n_rounds else (200 if batch == 1 else 15)
+        if quick:
+            rounds = 3
+        for model, shapes in TABLE8_SHAPES.items():
+            for cx, cy, tokens in shapes:
+                load0 = loadavg()
+                fns = bench_shape(cx, cy, tokens, batch, list(rs), device, rounds)
+                t = interleaved_timings(fns, rounds, warmup=2 if quick else 5, device=device)
+                load1 = loadavg()
+                common = dict(
+                    device=device,
+                    threads=torch.get_num_threads() if device == "cpu" else "",
+                    allocator=allocator,
+                    model=model,
+                    cx=cx,
+                    cy=cy,
+                    L=tokens,
+                    batch=batch,
+                    rounds=rounds,
+                    loadavg_1m_start=round(load0[0], 2),
+                    loadavg_1m_end=round(load1[0], 2),
+                    torch=torch.__version__,
+                    date=date,
+                )
+                paper_full = paper.get((cx, cy, None), (None, None, None))
+                for name in ("full_bp", "gemm"):
+                    q1, med, q3 = quartiles(t[name]["wall"])
+                    rows.append(
+                        dict(
+                            common,
+                            method=name,
+                            select="",
+                            r="",
+                            R="",
+                            latency_us=med * 1e6,
+                            latency_q1_us=q1 * 1e6,
+                            latency_q3_us=q3 * 1e6,
+                            cpu_latency_us=statistics.median(t[name]["cpu"]) * 1e6,
+                            latency_min_us=min(t[name]["wall"]) * 1e6,
+                            speedup=1.0 if name == "full_bp" else "",
+                            paper_latency_cpu_us=paper_full[2] if batch == 1 else "",
+                        )
+                    )
+                for r in rs:
+                    name = f"lbp_r{r}"
+                    proj = WHTProjector((math.isqrt(tokens),) * 2, select_bases("lp_l1", r=r))
+                    rank = proj.rank
+                    tw, tc = t[name]["wall"], t[name]["cpu"]
+                    q1, med, q3 = quartiles(tw)
+                    s_q1, s_med, s_q3 = paired_ratio(t["full_bp"]["wall"], tw)
+                    c_q1, c_med, c_q3 = paired_ratio(t["full_bp"]["cpu"], tc)
+                    # Least-disturbed estimate: on a shared machine the fastest sample of each
+                    # method is the one least hit by other processes (timeit's advice).
+                    s_min = min(t["full_bp"]["wall"]) / min(tw)
+                    _, s_gemm, _ = paired_ratio(t["gemm"]["wall"], tw)
+                    _, s_naive, _ = paired_ratio(t["full_bp"]["wall"], t[f"naive_r{r}"]["wall"])
+                    _, c_naive, _ = paired_ratio(t["full_bp"]["cpu"], t[f"naive_r{r}"]["cpu"])
+                    with_x = [a + c for a, c in zip(tw, t[f"xproj_r{r}"]["wall"])]
+                    _, s_incl, _ = paired_ratio(t["full_bp"]["wall"], with_x)
+                    xp_med = statistics.median(t[f"xproj_r{r}"]["wall"])
+                    bound = flop_bound(cx, cy, tokens, rank, batch)
+                    roof = roofline_bound(
+                        t["full_bp"]["wall"],
+                        t["gemm"]["wall"],
+                        t["stream"]["wall"],
+                        proj.low_rank_tokens / tokens,
+                        2.0 * cx * cy / (batch * tokens * (cx + cy)),
+                    )
+                    pap = paper.get((cx, cy, r), (None, None, None))
+                    rows.append(
+                        dict(
+                            common,
+                            method="lbp_wht",
+                            select="lp_l1",
+                            r=r,
+                            R=rank,
+                            latency_us=med * 1e6,
+                            latency_q1_us=q1 * 1e6,
+                            latency_q3_us=q3 * 1e6,
+                            cpu_latency_us=statistics.median(tc) * 1e6,
+                            speedup=s_med,
+                            speedup_q1=s_q1,
+                            speedup_q3=s_q3,
+                            speedup_cputime=c_med,
+                            speedup_min=s_min,
+                            latency_min_us=min(tw) * 1e6,
+                            speedup_cputime_q1=c_q1,
+                            speedup_cputime_q3=c_q3,
+                            speedup_vs_gemm=s_gemm,
+                            naive_latency_us=statistics.median(t[f"naive_r{r}"]["wall"]) * 1e6,
+                            speedup_straightforward=s_naive,
+                            speedup_straightforward_cputime=c_naive,
+                            xproj_us=xp_med * 1e6,
+                            speedup_incl_xproj=s_incl,
+                            paper_speedup_cpu=pap[0] if (batch == 1 and pap[0]) else "",
+                            paper_latency_cpu_us=pap[2] if (batch == 1 and pap[2]) else "",
+                            flop_bound=bound,
+                            flop_bound_source=FLOP_BOUND_SOURCE,
+                            pct_of_bound=100.0 * s_med / bound,
+                            pct_of_bound_cputime=100.0 * c_med / bound,
+                            roofline_bound=roof,
+                            pct_of_roofline=100.0 * s_med / roof,
+                            stream_us=statistics.median(t["stream"]["wall"]) * 1e6,
+                        )
+                    )
+                    log(
+                        f"[{device} b={batch}] ({cx},{cy},{tokens}) LP_L1-{r} R={rank}: "
+                        f"{med * 1e6:8.0f} us vs full "
+                        f"{statistics.median(t['full_bp']['wall']) * 1e6:8.0f} us  "
+                        f"speedup wall {s_med:5.2f}x [{s_q1:.2f}, {s_q3:.2f}] "
+                        f"cpu-time {c_med:5.2f}x [{c_q1:.2f}, {c_q3:.2f}] min {s_min:5.2f}x "
+                        f"(vs gemm {s_gemm:.2f}x, incl x-proj {s_incl:.2f}x, straightforward "
+                        f"{s_naive:.2f}x)  "
+                        f"bound {bound:5.2f}x ({100 * s_med / bound:3.0f}%) "
+                        f"roofline {roof:5.2f}x ({100 * s_med / roof:3.0f}%)  "
+                        f"paper {pap[0] if batch == 1 else '-'}  load {load0[0]:.2f}->"
+                        f"{load1[0]:.2f}"
+                    )
+    return rows
+
+
+# ---- projection alternatives: GEMM against the basis vs a fast WHT -----------------------------
+def _fwht_axis(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Unnormalised natural-order (Sylvester) Hadamard transform along ``dim`` by butterflies:
+    log2(n) stages of ``(a, b) -> (a + b, a - b)``, each one pass over the tensor."""
+    n, shape, h = t.shape[dim], t.shape, 1
+    while h < n:
+        v = t.reshape(*shape[:dim], n // (2 * h), 2, h, *shape[dim + 1 :])
+        a, b = v.select(dim + 1, 0), v.select(dim + 1, 1)
+        t = torch.stack((a + b, a - b), dim=dim + 1).reshape(shape)
+        h *= 2
+    return t
+
+
+def fwht_project(proj: WHTProjector, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 via the fast WHT: pad, 2D butterfly transform of every patch, keep the selected
+    coefficients. ``x`` tokens ``(B, L, C)`` -> ``(B, P*R, C)`` (same values as ``project``).
+
+    The sequency-k Walsh row is the natural-order Hadamard row ``bitrev(gray(k))``, so basis
+    ``(i, j)`` is coefficient ``(perm[i], perm[j])`` of the natural-order 2D transform.
+    """
+    n = proj.order
+    bits = n.bit_length() - 1
+    perm = [int(format(k ^ (k >> 1), f"0{bits}b")[::-1], 2) if bits else 0 for k in range(n)]
+    idx = torch.tensor([perm[i] * n + perm[j] for i, j in proj.bases], device=x.device)
+    xp = proj._padded_bhwc(x, "tokens")
+    b, c = xp.shape[0], xp.shape[-1]
+    t = xp.reshape(b, proj.hp // n, n, proj.wp // n, n, c)
+    t = _fwht_axis(_fwht_axis(t, 2), 4)
+    t = t.permute(0, 1, 3, 2, 4, 5).reshape(b, proj.num_patches, n * n, c)
+    return t.index_select(2, idx).reshape(b, proj.low_rank_tokens, c)
+
+
+def run_projection(
+    *,
+    sizes: Sequence[int] = (7, 14, 28, 56),
+    rs: Sequence[int] = (2, 4, 6),
+    channels: int = 256,
+    batch: int = 8,
+    rounds: int = 0,
+    quick: bool = False,
+    log: Callable[[str], None] = say,
+) -> list[dict]:
+    """Time the projection of g (with the fused bias sum) and the reverse projection for the
+    ``dense`` GEMM (padding folded into one (P*R+1, L) matrix), the ``patch`` GEMM (pad, then
+    contract each patch with the (n, n, R) basis) and the butterfly fast WHT, on square maps of
+    side ``sizes`` (tokens layout, ``(batch, side*side, channels)``), LP_L1-r for each ``rs``.
+    ``rounds`` 0: 15 (at least 5); ``quick``: 3."""
+    rows = []
+    c, bsz = channels, batch
+    for side in sizes:
+        for r in rs:
+            bases = select_bases("lp_l1", r=r)
+            g = torch.randn(bsz, side * side, c)
+            p_d = WHTProjector((side, side), bases, 8, "reflect", "dense")
+            p_p = WHTProjector((side, side), bases, 8, "reflect", "patch")
+            torch.testing.assert_close(fwht_project(p_p, g), p_p.project(g), rtol=1e-4, atol=1e-3)
+            low = torch.randn(bsz * p_d.low_rank_tokens, c)
+            fns = {
+                "dense_proj": lambda p=p_d, g=g: p.project(g, "tokens", grad=True, bias_sum=True),
+                "patch_proj": lambda p=p_p, g=g: p.project(g, "tokens", grad=True, bias_sum=True),
+                "fwht_proj": lambda p=p_p, g=g: (fwht_project(p, g), g.sum((0, 1))),
+                "dense_rev": lambda p=p_d, lo=low: p.project_back(lo.view(bsz, -1, c)),
+                "patch_rev": lambda p=p_p, lo=low: p.project_back(lo.view(bsz, -1, c)),
+            }
+            n_rounds = 3 if quick else max(5, rounds or 15)
+            t = interleaved_timings(fns, n_rounds, warmup=2)
+            med = {k: statistics.median(v["wall"]) * 1e6 for k, v in t.items()}
+            cmed = {k: statistics.median(v["cpu"]) * 1e6 for k, v in t.items()}
+            row = dict(
+                hw=f"{side}x{side}",
+                patches=p_d.num_patches,
+                r=r,
+                R=len(bases),
+                batch=bsz,
+                channels=c,
+                **{f"{k}_us": v for k, v in med.items()},
+                **{f"{k}_cpu_us": v for k, v in cmed.items()},
+                auto_impl=WHTProjector((side, side), bases).impl,
+                loadavg_1m=round(loadavg()[0], 2),
+            )
+            rows.append(row)
+            log(
+                f"{side}x{side} P={p_d.num_patches} R={len(bases)}: project g "
+                f"dense {med['dense_proj']:.0f} / patch {med['patch_proj']:.0f} / fwht "
+                f"{med['fwht_proj']:.0f} us; reverse dense {med['dense_rev']:.0f} / patch "
+                f"{med['patch_rev']:.0f} us (auto: {row['auto_impl']})"
+            )
+    return rows
+
+
+# ---- ablation: what each optimisation of the backward buys -----------------------------------
+def ablation_pairs(batch: int, cx: int = 448, cy: int = 1792, r: int = 4) -> list[tuple]:
+    """``(change, layout, before_fn, after_fn)``: each pair computes the same values the way the
+    first implementation did (before) and the way the optimised path does (after)."""
+    bases = select_bases("lp_l1", r=r)
+    p = WHTProjector((7, 7), bases, 8, "reflect")
+    n2 = 1.0 / 64
+    g_t = torch.randn(batch, 49, cy)
+    g_c, x_c = torch.randn(batch, cy, 7, 7), torch.randn(batch, cx, 7, 7)
+    low = torch.randn(batch * p.rank, cx)
+    pg = p._const("proj_g", g_t.dtype, g_t.device)
+    pr = p._const("proj", g_t.dtype, g_t.device)
+    pairs = [
+        (
+            "bias gradient fused into the projection GEMM (ones row)",
+            "tokens",
+            lambda: (torch.matmul(pg, g_t), g_t.sum(dim=(0, 1))),
+            lambda: p.project(g_t, "tokens", grad=True, bias_sum=True),
+        ),
+        (
+            "1/n^2 folded into the projection matrix",
+            "tokens",
+            lambda: torch.matmul(pr, g_t) * n2,
+            lambda: torch.matmul(pg, g_t),
+        ),
+        (
+            "projection of g (scale + bias + layout), all changes",
+            "nchw",
+            lambda: ((p.project(g_c, "nchw") * n2).reshape(-1, cy), g_c.sum(dim=(0, 2, 3))),
+            lambda: p.project(g_c, "nchw", grad=True, bias_sum=True),
+        ),
+        (
+            "x_hat saved as contiguous rows (no copy when backward reads it)",
+            "nchw",
+            lambda: p.project(x_c, "nchw").reshape(-1, cx),
+            lambda: p.project(x_c, "nchw").reshape(-1, cx),
+        ),
+        (
+            "reverse projection written directly in NCHW order",
+            "nchw",
+            lambda: p.project_back(low.view(batch, -1, cx), "nchw"),
+            lambda: p.project_back(low.view(batch, -1, cx), "nchw"),
+        ),
+    ]
+    if batch == 1:
+        pairs.append(
+            (
+                "batch 1: one GEMM instead of a broadcast batched GEMM",
+                "tokens",
+                lambda: torch.matmul(pg, g_t),
+                lambda: torch.mm(pg, g_t[0]),
+            )
+        )
+    pp = WHTProjector((14, 14), bases, 8, "reflect", "patch")
+    g14 = torch.randn(batch, 196, 64)
+    sh, sw = pp._src_h, pp._src_w
+    pairs.append(
+        (
+            "reflect padding as one gather (patch path, 14x14, C=64)",
+            "tokens",
+            lambda: g14.view(batch, 14, 14, 64).index_select(1, sh).index_select(2, sw),
+            lambda: pp._padded_bhwc(g14, "tokens"),
+        )
+    )
+    return pairs
+
+
+def run_ablation(
+    *,
+    batches: Sequence[int] = (1, 64),
+    rounds: int = 0,
+    quick: bool = False,
+    log: Callable[[str], None] = say,
+) -> list[dict]:
+    """Time each pair of :func:`ablation_pairs` (before vs after, interleaved) at each batch;
+    one row per (batch, change) with the medians, the fastest samples and the paired ratio.
+    ``rounds`` 0: 100 at batch 1, else 20; ``quick``: 3."""
+    rows = []
+    for batch in batches:
+        pairs = ablation_pairs(batch)
+        fns = {}
+        for i, (_, _, before, after) in enumerate(pairs):
+            fns[f"{i}_before"], fns[f"{i}_after"] = before, after
+        n_rounds = 3 if quick else (rounds or (100 if batch == 1 else 20))
+        t = interleaved_timings(fns, n_rounds, warmup=3)
+        for i, (change, layout, _, _) in enumerate(pairs):
+            b, a = t[f"{i}_before"]["wall"], t[f"{i}_after"]["wall"]
+            row = dict(
+                batch=batch,
+                change=change,
+                layout=layout,
+                before_us=statistics.median(b) * 1e6,
+                after_us=statistics.median(a) * 1e6,
+                before_min_us=min(b) * 1e6,
+                after_min_us=min(a) * 1e6,
+                ratio_median=paired_ratio(b, a)[1],
+                loadavg_1m=round(loadavg()[0], 2),
+            )
+            rows.append(row)
+            log(
+                f"b={batch} {change} [{layout}]: {row['before_us']:.0f} -> {row['after_us']:.0f} "
+                f"us (min {row['before_min_us']:.0f} -> {row['after_min_us']:.0f})"
+            )
+    return rows

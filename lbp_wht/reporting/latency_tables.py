@@ -1,0 +1,399 @@
+"""``results/latency/``: the benchmark rows of :mod:`lbp_wht.benchmark` as CSV, Markdown and
+figures, and the same Markdown and figures again from the CSVs alone.
+
+Each output ``<stem>`` (``table8_<device>``, ``ablation_cpu``, ``projection_cpu``,
+``e2e_backward_cpu``) is written as ``<stem>.csv`` (floats to 4 significant digits), ``<stem>.md``
+(a template under ``templates/``) and, for Table 8 and the end-to-end benchmark, ``<stem>.png``
+/ ``.pdf``. The facts about the run that the rows do not hold (command, torch version, threads,
+machine) go to ``<stem>.run.json`` beside them, so :func:`rerender` can rebuild the Markdown and
+figures from the committed files without timing anything again. Rendered from the CSV, a cell
+shows the CSV's 4-digit value (e.g. ``12.680`` where the run printed ``12.677``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..experiments.vocab import method_key, method_label
+from .render import read_rows_csv, render, write_rows_csv, write_text
+
+#: The CSV columns of a Table 8 benchmark run, in order.
+TABLE8_COLUMNS = [
+    "device",
+    "threads",
+    "model",
+    "cx",
+    "cy",
+    "L",
+    "batch",
+    "method",
+    "select",
+    "r",
+    "R",
+    "latency_us",
+    "latency_q1_us",
+    "latency_q3_us",
+    "speedup",
+    "speedup_q1",
+    "speedup_q3",
+    "cpu_latency_us",
+    "speedup_cputime",
+    "speedup_cputime_q1",
+    "speedup_cputime_q3",
+    "latency_min_us",
+    "speedup_min",
+    "speedup_vs_gemm",
+    "naive_latency_us",
+    "speedup_straightforward",
+    "speedup_straightforward_cputime",
+    "xproj_us",
+    "speedup_incl_xproj",
+    "paper_speedup_cpu",
+    "paper_latency_cpu_us",
+    "flop_bound",
+    "pct_of_bound",
+    "pct_of_bound_cputime",
+    "flop_bound_source",
+    "roofline_bound",
+    "pct_of_roofline",
+    "stream_us",
+    "allocator",
+    "rounds",
+    "loadavg_1m_start",
+    "loadavg_1m_end",
+    "torch",
+    "date",
+]
+FLOAT_FORMAT = "{:.4g}"
+
+
+def run_meta(command: str) -> dict[str, Any]:
+    """The facts of this process the reports print beside the rows: ``command`` (the tool and
+    its arguments, without ``python``), torch version, intra-op threads, processor, architecture
+    and logical CPU count."""
+    import torch
+
+    return dict(
+        command=command,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.processor() or platform.machine(),
+        arch=platform.machine(),
+        logical_cpus=os.cpu_count(),
+    )
+
+
+def _write_meta(stem: Path, meta: dict[str, Any]) -> Path:
+    path = stem.with_name(stem.name + ".run.json")
+    return write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
+    """``<stem>.run.json``.
+
+    Raises:
+        FileNotFoundError: it is missing (the rows alone do not say how they were made).
+        ValueError: it is not a JSON object.
+    """
+    path = Path(str(stem) + ".run.json")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: it holds the command and machine of {Path(stem).name}.csv; "
+            "re-run the benchmark, or write it with the keys command, torch, threads, machine, "
+            "arch, logical_cpus"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+    return meta
+
+
+# ---------------------------------------------------------------------------------- Table 8
+def _label(row: dict[str, Any]) -> str:
+    return method_label(method_key(row["method"], row.get("select") or None, row.get("r")))
+
+
+def _table8_cells(r: dict[str, Any]) -> list[str]:
+    shape = f"({r['cx']}, {r['cy']}, {r['L']})"
+    lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
+    if r["method"] == "full_bp":
+        return (
+            [shape, "Full BP", "-", lat, "1.00", "1.00", "1.00"]
+            + ["-"] * 8
+            + [f"{r['loadavg_1m_start']:.1f}"]
+        )
+    pap = f"{r['paper_speedup_cpu']:.1f}x" if r.get("paper_speedup_cpu") else "-"
+    return [
+        shape,
+        _label(r),
+        str(r["R"]),
+        lat,
+        f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+        f"{r['speedup_cputime']:.2f}x",
+        f"{r['speedup_min']:.2f}x",
+        f"{r['speedup_vs_gemm']:.2f}x",
+        f"{r['speedup_incl_xproj']:.2f}x",
+        f"{r['speedup_straightforward']:.2f}x",
+        pap,
+        f"{r['flop_bound']:.2f}x",
+        f"{r['pct_of_bound']:.0f}%",
+        f"{r['roofline_bound']:.2f}x",
+        f"{r['pct_of_roofline']:.0f}%",
+        f"{r['loadavg_1m_start']:.1f}",
+    ]
+
+
+def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str, Any]) -> str:
+    """The Markdown of a Table 8 benchmark run (one table per batch; the bare-GEMM rows are in
+    the CSV only)."""
+    batches = sorted({r["batch"] for r in rows})
+    return render(
+        "latency_table8.md.j2",
+        device=device,
+        meta=meta,
+        date=rows[0]["date"],
+        threads=rows[0]["threads"] or "-",
+        load_min=f"{min(r['loadavg_1m_start'] for r in rows):.2f}",
+        load_max=f"{max(r['loadavg_1m_end'] for r in rows):.2f}",
+        allocator=rows[0]["allocator"],
+        batches=[
+            (b, [_table8_cells(r) for r in rows if r["batch"] == b and r["method"] != "gemm"])
+            for b in batches
+        ],
+    )
+
+
+def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """Grouped bars per Table 8 row: our speedup per batch, the paper's CPU speedup, the bound."""
+    plt = _pyplot()
+    lbp = [r for r in rows if r["method"] == "lbp_wht"]
+    keys = list(dict.fromkeys((r["cx"], r["cy"], r["r"]) for r in lbp))
+    batches = sorted({r["batch"] for r in lbp})
+    get = {(r["cx"], r["cy"], r["r"], r["batch"]): r for r in lbp}
+    series = [(f"ours, batch {b}", [get[k + (b,)]["speedup"] for k in keys]) for b in batches]
+    b0 = batches[0]
+    paper = [get[k + (b0,)].get("paper_speedup_cpu") or 0.0 for k in keys]
+    series.append(("paper (Jetson Nano CPU, batch 1)", paper))
+    series.append(("FLOP bound (Table 1)", [get[k + (b0,)]["flop_bound"] for k in keys]))
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / len(series)
+    colors = ["tab:blue", "tab:cyan", "tab:orange", "0.75", "tab:green"]
+    for i, (label, vals) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(keys))]
+        ax.bar(xs, vals, width, label=label, color=colors[i % len(colors)])
+    ticks = [f"({cx},{cy})\n" + method_label(("lbp_wht", "lp_l1", r)) for cx, cy, r in keys]
+    ax.set_xticks(range(len(keys)), ticks, fontsize=7)
+    ax.set_ylabel("backprop speedup vs Full BP")
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_title(
+        f"Table 8 shapes (L=49): LBP-WHT backward speedup, {rows[0]['device']}, "
+        f"{rows[0]['threads']} thread(s)"
+    )
+    ax.legend(fontsize=8, ncol=len(series))
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def write_table8(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, device: str, meta: dict[str, Any]
+) -> list[Path]:
+    """``table8_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``; returns the paths."""
+    stem = Path(out_dir) / f"table8_{device.split(':')[0]}"
+    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, TABLE8_COLUMNS, FLOAT_FORMAT)]
+    paths.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
+    return paths + plot_table8(rows, stem) + [_write_meta(stem, meta)]
+
+
+# ------------------------------------------------------------------- ablation and projection
+def ablation_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        [
+            r["batch"],
+            r["change"],
+            r["layout"],
+            f"{r['before_us']:.0f} [{r['before_min_us']:.0f}]",
+            f"{r['after_us']:.0f} [{r['after_min_us']:.0f}]",
+            f"{r['ratio_median']:.2f}x",
+            f"{r['loadavg_1m']:.1f}",
+        ]
+        for r in rows
+    ]
+    return render("latency_ablation.md.j2", meta=meta, lines=lines)
+
+
+def projection_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    def cell(r: dict[str, Any], k: str) -> str:
+        return f"{r[k + '_us']:.0f} ({r[k + '_cpu_us']:.0f})"
+
+    impls = ("dense_proj", "patch_proj", "fwht_proj", "dense_rev", "patch_rev")
+    lines = [
+        [r["hw"], r["patches"], r["R"], *(cell(r, k) for k in impls), r["auto_impl"]]
+        + [f"{r['loadavg_1m']:.1f}"]
+        for r in rows
+    ]
+    return render(
+        "latency_projection.md.j2",
+        meta=meta,
+        batch=rows[0]["batch"],
+        channels=rows[0]["channels"],
+        lines=lines,
+    )
+
+
+def write_component_table(
+    kind: str, rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
+) -> list[Path]:
+    """``<kind>_cpu.{csv,md,run.json}`` for ``kind`` ``"ablation"`` or ``"projection"``."""
+    stem = Path(out_dir) / f"{kind}_cpu"
+    markdown = {"ablation": ablation_markdown, "projection": projection_markdown}[kind]
+    return [
+        write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT),
+        write_text(stem.with_suffix(".md"), markdown(rows, meta)),
+        _write_meta(stem, meta),
+    ]
+
+
+# -------------------------------------------------------------------------------- end to end
+def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    r0 = rows[0]
+    lines = [
+        [
+            r["method"],
+            f"{r['backward_ms']:.1f} [{r['backward_q1_ms']:.1f}, {r['backward_q3_ms']:.1f}]",
+            f"{r['speedup']:.2f}x [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+            f"{r['speedup_cputime']:.2f}x",
+            f"{r['backprop_gflops']:.3f}",
+            f"{r['flop_speedup']:.2f}x",
+            f"{r['trainable_params']:,}",
+        ]
+        for r in rows
+    ]
+    return render(
+        "latency_e2e.md.j2",
+        meta=meta,
+        model=r0["model"],
+        date=r0["date"],
+        threads=r0["threads"],
+        batch=r0["batch"],
+        size=r0["size"],
+        load0=f"{r0['loadavg_1m_start']:.2f}",
+        load1=f"{r0['loadavg_1m_end']:.2f}",
+        allocator=r0["allocator"],
+        lines=lines,
+    )
+
+
+def plot_e2e(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """Backward time per method, and measured vs FLOP speedup."""
+    plt = _pyplot()
+    r0 = rows[0]
+    labels = [r["method"] for r in rows]
+    med = [r["backward_ms"] for r in rows]
+    err = [
+        [r["backward_ms"] - r["backward_q1_ms"] for r in rows],
+        [r["backward_q3_ms"] - r["backward_ms"] for r in rows],
+    ]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.bar(labels, med, yerr=err, capsize=3, color=["0.5", "tab:orange"] + ["tab:blue"] * 3)
+    ax1.set_ylabel("backward time per step [ms]")
+    ax1.set_title(f"{r0['model']}, partial training, batch {r0['batch']}, CPU {r0['threads']} thr")
+    for i, v in enumerate(med):
+        ax1.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+    xs = range(len(rows))
+    w = 0.38
+    meas = [r["speedup"] for r in rows]
+    flop = [r["flop_speedup"] for r in rows]
+    ax2.bar([i - w / 2 for i in xs], meas, w, label="measured (wall time)", color="tab:blue")
+    ax2.bar([i + w / 2 for i in xs], flop, w, label="FLOP ratio (FlopCounterMode)", color="0.7")
+    ax2.axhline(1.0, color="k", lw=0.6)
+    ax2.set_xticks(list(xs), labels)
+    ax2.set_ylabel("speedup vs Full BP")
+    ax2.set_title("backward speedup: measured vs FLOPs")
+    ax2.legend(fontsize=8)
+    for i, (a, b) in enumerate(zip(meas, flop)):
+        ax2.text(i - w / 2, a, f"{a:.1f}", ha="center", va="bottom", fontsize=7)
+        ax2.text(i + w / 2, b, f"{b:.1f}", ha="center", va="bottom", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def write_e2e(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
+) -> list[Path]:
+    """``e2e_backward_cpu.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
+    stem = Path(out_dir) / "e2e_backward_cpu"
+    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
+    paths.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
+    return paths + plot_e2e(rows, stem) + [_write_meta(stem, meta)]
+
+
+# ----------------------------------------------------------------------------------- shared
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    _pyplot().close(fig)
+    return paths
+
+
+def rerender(out_dir: str | os.PathLike) -> list[Path]:
+    """Rebuild every Markdown file and figure under ``out_dir`` from its CSV and
+    ``.run.json`` (nothing is timed); returns the paths written.
+
+    Raises:
+        FileNotFoundError: ``out_dir`` holds no benchmark CSV, or a CSV's ``.run.json`` is
+            missing.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    found = sorted(out.glob("table8_*.csv")) + [
+        p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()
+    ]
+    e2e = out / "e2e_backward_cpu.csv"
+    if not found and not e2e.exists():
+        raise FileNotFoundError(
+            f"no benchmark CSV (table8_<device>.csv, ablation_cpu.csv, projection_cpu.csv, "
+            f"e2e_backward_cpu.csv) in {out}"
+        )
+    for csv_path in found:
+        stem = csv_path.with_suffix("")
+        meta, rows = read_meta(stem), _read_rows(csv_path)
+        if stem.name.startswith("table8_"):
+            device = str(rows[0]["device"])
+            written.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
+            written += plot_table8(rows, stem)
+        else:
+            kind = stem.name.removesuffix("_cpu")
+            markdown = ablation_markdown if kind == "ablation" else projection_markdown
+            written.append(write_text(stem.with_suffix(".md"), markdown(rows, meta)))
+    if e2e.exists():
+        stem = e2e.with_suffix("")
+        meta, rows = read_meta(stem), _read_rows(e2e)
+        written.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
+        written += plot_e2e(rows, stem)
+    return written
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    rows = read_rows_csv(path)
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    return rows

@@ -1,0 +1,425 @@
+"""Bad-input catalogue of the training pipeline: each case must raise one exact error type whose
+message names the offending key, file or layer (and never suggests turning off the
+weights-only loader).
+
+Areas: the typed ``lbp`` block, config keys nothing reads, unreadable / unsafe / unfitting
+checkpoints (``load_from`` and ``--resume``), dataset files, missing inputs (all at once), the
+work dir, non-finite losses and metrics, failed saves, and two cases through the tools
+(refused before anything is built, exit code 2). The faults that must lose nothing (kills, a
+full disk, two runs on one dir, SIGTERM) run as whole trainings in ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from minirun import MINI_CLS, ROOT, cls_options, load_cfg, make_runner, tool, write_mini_data
+
+import lbp_wht.integrations.runner as rn
+from lbp_wht.integrations import checkpoint as ck
+from lbp_wht.integrations import datasets as ds
+from lbp_wht.integrations import launch
+from lbp_wht.integrations.build import LBPConfigError, check_lbp_preset, validate_lbp_cfg
+from lbp_wht.integrations.recording import (
+    NonFiniteGuardHook,
+    NonFiniteLossError,
+    NonFiniteMetricError,
+)
+
+BASE = dict(method="lbp_wht", model="mini-efficientformer")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared material (built once)
+# ---------------------------------------------------------------------------------------------
+class Ctx:
+    """Lazily built material the cases share: data, a runner, a training checkpoint."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def data(self) -> str:
+        return self._once("data", lambda: write_mini_data(self.root / "data"))
+
+    def cfg(self, *extra: str, work: str = "work"):
+        return load_cfg(MINI_CLS, cls_options(self.data, iters=2) + list(extra), self.root / work)
+
+    @property
+    def runner(self):
+        return self._once("runner", lambda: make_runner(self.cfg(work="shared")))
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.runner.model.state_dict()
+
+    @property
+    def train_ckpt(self) -> Path:
+        def make() -> Path:
+            runner = make_runner(self.cfg(work="trained"))
+            runner.train()
+            return self.root / "trained" / "iter_2.pth"
+
+        return self._once("train_ckpt", make)
+
+    def file(self, name: str, content: bytes | str | None = None, obj: Any = None) -> Path:
+        path = self.root / "files" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if obj is not None:
+            torch.save(obj, path)
+        elif isinstance(content, str):
+            path.write_text(content)
+        elif content is not None:
+            path.write_bytes(content)
+        return path
+
+    def valid_ckpt_bytes(self) -> bytes:
+        return self._once(
+            "ckpt_bytes",
+            lambda: self.file("valid.pth", obj={"state_dict": self.state}).read_bytes(),
+        )
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> Ctx:
+    return Ctx(tmp_path_factory.mktemp("bad_inputs"))
+
+
+# ---------------------------------------------------------------------------------------------
+# case builders
+# ---------------------------------------------------------------------------------------------
+def lbp(**values: Any) -> Callable[[Ctx], Any]:
+    return lambda c: validate_lbp_cfg({**BASE, **values})
+
+
+def options(**opts: Any) -> Callable[[Ctx], Any]:
+    return lambda c: launch.effective_config(
+        str(MINI_CLS), {k.replace("__", "."): v for k, v in opts.items()}, work_dir="unused"
+    )
+
+
+def load_file(name: str, content: Any = None, obj: Any = None) -> Callable[[Ctx], Any]:
+    return lambda c: ck.load_checkpoint_file(c.file(name, content, obj))
+
+
+def truncated(c: Ctx) -> Any:
+    blob = c.valid_ckpt_bytes()
+    return ck.load_checkpoint_file(c.file("truncated.pth", blob[: len(blob) // 2]))
+
+
+def corrupt_middle(c: Ctx) -> Any:
+    blob = bytearray(c.valid_ckpt_bytes())
+    blob[len(blob) // 2 : len(blob) // 2 + 4096] = b"\0" * 4096
+    return ck.load_checkpoint_file(c.file("corrupt.pth", bytes(blob)))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def load_from(make_obj: Callable[[Ctx], Any], name: str) -> Callable[[Ctx], Any]:
+    """``load_from`` of a file holding ``make_obj(ctx)`` into the mini runner."""
+    return lambda c: c.runner.load_checkpoint(str(c.file(name, obj=make_obj(c))))
+
+
+def resume_with(*extra: str, ckpt: Callable[[Ctx], Path] | None = None) -> Callable[[Ctx], Any]:
+    """``--resume`` of the mini training checkpoint by a runner with ``extra`` options."""
+
+    def run(c: Ctx) -> Any:
+        path = ckpt(c) if ckpt else c.train_ckpt
+        runner = make_runner(c.cfg(*extra, work=f"resume_{len(extra)}_{path.stem}"))
+        return runner.resume(str(path))
+
+    return run
+
+
+def nan_training_ckpt(c: Ctx) -> Path:
+    ckpt = torch.load(c.train_ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], float("nan"))
+    return c.file("nan_train.pth", obj=ckpt)
+
+
+def all_unreadable(c: Ctx) -> Any:
+    work = c.root / "all_bad"
+    work.mkdir(exist_ok=True)
+    (work / "iter_2.pth").write_bytes(b"PK\x03\x04 cut")
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    cfg = c.cfg(work="all_bad")
+    cfg.resume = "auto"
+    return make_runner(cfg).load_or_resume()
+
+
+def idx_file(c: Ctx, name: str, mutate: Callable[[bytes], bytes]) -> Any:
+    root = c.root / name
+    write_mini_data(root, n_train=8, n_test=4)
+    path = root / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(mutate(gzip.compress(raw)) if name == "cut_gz" else gzip.compress(mutate(raw)))
+    return ds.GzFashionMNIST(data_root=str(root), split="train", pipeline=[]).full_init()
+
+
+def inputs(*extra: str, load_from: str | None = None) -> Callable[[Ctx], Any]:
+    def run(c: Ctx) -> Any:
+        cfg = c.cfg(*extra)
+        if load_from is not None:
+            cfg.load_from = (
+                str(c.root / load_from)
+                if load_from != "EMPTY"
+                else str(c.file("empty_for_inputs.pth", b""))
+            )
+        return launch.check_inputs(cfg, "train")
+
+    return run
+
+
+def complete_record(c: Ctx) -> Any:
+    work = c.root / "done"
+    work.mkdir(exist_ok=True)
+    (work / "record.json").write_text(json.dumps(dict(status="complete", metric="m", value=1)))
+    return launch.claim_work_dir(str(work), resume=False)
+
+
+def nonfinite_loss(c: Ctx) -> Any:
+    runner = SimpleNamespace(iter=4, max_iters=10, cfg=dict(load_from="ckpt/nan.pth"))
+    NonFiniteGuardHook().after_train_iter(runner, 0, outputs={"loss": torch.tensor(float("nan"))})
+
+
+def nonfinite_metric(c: Ctx) -> Any:
+    NonFiniteGuardHook().after_val_epoch(None, {"accuracy/top1": float("nan"), "loss": 1.0})
+
+
+def save_into_missing_dir(c: Ctx) -> Any:
+    final = c.root / "no_such_dir" / "iter_2.pth"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(b"x")
+
+    return ck.save_durably(write, str(final))
+
+
+def disk_full(c: Ctx) -> Any:
+    def write(tmp: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return ck.save_durably(write, str(c.root / "iter_8.pth"), intact="/w/iter_6.pth")
+
+
+def config_file_typo(c: Ctx) -> Any:
+    path = c.file("typo_cfg.py", f"_base_ = ['{MINI_CLS}']\nlpb = dict(r=6)\n")
+    return launch.effective_config(str(path), work_dir="unused")
+
+
+def prefixed(c: Ctx) -> dict:
+    return {"state_dict": {f"model.{k}": v for k, v in c.state.items()}}
+
+
+def with_nan(c: Ctx) -> dict:
+    state = dict(c.state)
+    state["backbone.network.3.1.mlp.fc1.weight"] = torch.full_like(
+        state["backbone.network.3.1.mlp.fc1.weight"], float("nan")
+    )
+    return {"state_dict": state}
+
+
+# ---------------------------------------------------------------------------------------------
+# the catalogue
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    id: str
+    run: Callable[[Ctx], Any]
+    error: type[BaseException]
+    names: tuple[str, ...]
+
+
+CASES = [
+    # -- the lbp block: every key by type, no string converted --------------------------------
+    Case("norm_eval_str", lbp(norm_eval="False"), LBPConfigError, ("lbp.norm_eval", "'False'")),
+    Case("allow_random_init_str", lbp(allow_random_init="False"), LBPConfigError,
+         ("lbp.allow_random_init", "True or False")),
+    Case("strict_load_str", lbp(strict_load="false"), LBPConfigError,
+         ("lbp.strict_load", "lbp.strict_load=False")),
+    Case("lora_alpha_str", lbp(lora_alpha="8"), LBPConfigError, ("lbp.lora_alpha", "=8 (no quotes")),
+    Case("lora_alpha_abc", lbp(lora_alpha="abc"), LBPConfigError, ("lbp.lora_alpha", "'abc'")),
+    Case("lora_alpha_zero", lbp(lora_alpha=0), LBPConfigError, ("lbp.lora_alpha", "> 0")),
+    Case("lora_alpha_nan", lbp(lora_alpha=float("nan")), LBPConfigError, ("lbp.lora_alpha", "nan")),
+    Case("lora_rank_zero", lbp(lora_rank=0), LBPConfigError, ("lbp.lora_rank", ">= 1")),
+    Case("reinit_keys_str", lbp(reinit_keys="head.*"), LBPConfigError,
+         ("lbp.reinit_keys", "['head.*']")),
+    Case("drop_keys_str", lbp(drop_keys="head.*"), LBPConfigError, ("lbp.drop_keys",)),
+    Case("drop_keys_ints", lbp(drop_keys=[1, 2]), LBPConfigError, ("lbp.drop_keys", "glob")),
+    Case("r_float", lbp(r=6.0), LBPConfigError, ("lbp.r", "6.0", "integer")),
+    Case("r_bool", lbp(r=True), LBPConfigError, ("lbp.r", "True")),
+    Case("r_str", lbp(r="6"), LBPConfigError, ("lbp.r", "lbp.r=6")),
+    Case("r_too_big", lbp(r=16), LBPConfigError, ("lbp.select/r/order", "r=16")),
+    Case("order_not_pow2", lbp(order=6), LBPConfigError, ("lbp.select/r/order",)),
+    Case("unknown_key", lbp(rr=6), LBPConfigError, ("lbp.rr", "did you mean 'r'")),
+    Case("unknown_key_swap", lbp(lora_alhpa=4), LBPConfigError, ("lbp.lora_alhpa", "'lora_alpha'")),
+    Case("method_typo", lbp(method="lbp-wht"), LBPConfigError, ("lbp.method", "'lbp_wht'")),
+    Case("select_typo", lbp(select="lp_li"), LBPConfigError, ("lbp.select", "'lp_l1'")),
+    Case("scope_typo", lbp(scope="partal"), LBPConfigError, ("lbp.scope", "'partial'")),
+    Case("padding_typo", lbp(padding="zeros"), LBPConfigError, ("lbp.padding", "'zero'")),
+    Case("model_unknown", options(lbp__model="efficientformer-l2"), LBPConfigError,
+         ("lbp.model", "'efficientformer-l1'")),
+    Case("preset_unknown", lambda c: check_lbp_preset({**BASE, "preset": "mini-efficientformr"}),
+         LBPConfigError, ("lbp.preset", "'mini-efficientformer'")),
+    Case("lhe_without_rank", lbp(select="lhe"), LBPConfigError, ("lbp.rank",)),
+    Case("lhe_iters_zero", lbp(select="lhe", rank=10, lhe_iters=0), LBPConfigError,
+         ("lbp.lhe_iters",)),
+    Case("spectrum_iters_str", lbp(spectrum_iters="10"), LBPConfigError, ("lbp.spectrum_iters",)),
+    Case("method_missing", lambda c: validate_lbp_cfg({"model": "mini-efficientformer"}),
+         LBPConfigError, ("lbp.method is required",)),
+    Case("lbp_not_a_dict", lambda c: validate_lbp_cfg("lbp_wht"), LBPConfigError, ("lbp must be",)),
+    # -- config keys that nothing reads ---------------------------------------------------------
+    Case("block_typo_option", options(lpb__r=6), launch.ConfigKeyError, ("lpb.r", "'lbp'")),
+    Case("top_typo_option", options(optim_wraper__optimizer__lr=1.0), launch.ConfigKeyError,
+         ("optim_wraper", "'optim_wrapper'")),
+    Case("loader_typo_option", options(train_dataloder__batch_size=4), launch.ConfigKeyError,
+         ("train_dataloder", "'train_dataloader'")),
+    Case("file_variable_option", options(data_root="/elsewhere"), launch.ConfigKeyError,
+         ("data_root", "train_dataloader.dataset.dataset.data_root")),
+    Case("lbp_value_option", options(lbp__lora_alpha="abc"), LBPConfigError, ("lbp.lora_alpha",)),
+    Case("config_file_typo", config_file_typo, launch.ConfigKeyError, ("`lpb`", "'lbp'")),
+    # -- checkpoint files -----------------------------------------------------------------------
+    Case("ckpt_missing", lambda c: ck.load_checkpoint_file(c.root / "nope.pth"),
+         ck.CheckpointNotFoundError, ("nope.pth",)),
+    Case("ckpt_empty", load_file("empty.pth", b""), ck.CheckpointLoadError,
+         ("empty.pth", "empty (0 bytes)")),
+    Case("ckpt_truncated", truncated, ck.CheckpointLoadError, ("truncated.pth", "truncated")),
+    Case("ckpt_corrupt_middle", corrupt_middle, ck.CheckpointLoadError, ("corrupt.pth",)),
+    Case("ckpt_text", load_file("notes.pth", "these are not weights\n"), ck.CheckpointLoadError,
+         ("notes.pth", "not a PyTorch checkpoint")),
+    Case("ckpt_html", load_file("page.pth", "<html><body>404</body></html>"),
+         ck.CheckpointLoadError, ("page.pth",)),
+    Case("ckpt_random_bytes", load_file("noise.pth", bytes(range(256)) * 64),
+         ck.CheckpointLoadError, ("noise.pth",)),
+    Case("ckpt_directory", lambda c: ck.load_checkpoint_file(c.root), ck.CheckpointLoadError,
+         ("is a directory",)),
+    Case("ckpt_malicious_legacy",
+         load_file("legacy.pth", pickle.dumps({"x": _Evil()}, protocol=2)),
+         ck.UnsafeCheckpointError, ("legacy.pth", "(print)")),
+    Case("ckpt_malicious_zip", load_file("evil.pth", obj={"x": _Evil()}),
+         ck.UnsafeCheckpointError, ("evil.pth", "(print)", "allowlist")),
+    # -- load_from that does not fit -------------------------------------------------------------
+    Case("load_from_no_tensor_fits", load_from(prefixed, "prefixed.pth"),
+         rn.CheckpointMismatchError, ("prefixed.pth", "none of its", "model.backbone")),
+    Case("load_from_nan", load_from(with_nan, "nan.pth"), rn.NonFiniteCheckpointError,
+         ("nan.pth", "backbone.network.3.1.mlp.fc1.weight")),
+    Case("load_from_a_list", load_from(lambda c: [torch.ones(2)], "list.pth"),
+         rn.CheckpointMismatchError, ("list.pth", "no state_dict")),
+    Case("load_from_wrong_shapes",
+         load_from(lambda c: {"state_dict": {k: v[..., :1] if v.ndim else v
+                                             for k, v in c.state.items()}}, "shapes.pth"),
+         rn.CheckpointMismatchError, ("shapes.pth", "shape mismatch")),
+    # -- --resume ---------------------------------------------------------------------------------
+    Case("resume_other_r", resume_with("lbp.r=6"), rn.ResumeMismatchError,
+         ("iter_2.pth", "lbp.r: checkpoint 4, now 6")),
+    Case("resume_other_method", resume_with("lbp.method=lora_all"), rn.ResumeMismatchError,
+         ('lbp.method: checkpoint "lbp_wht", now "lora_all"',)),
+    Case("resume_other_batch", resume_with("train_dataloader.batch_size=4"),
+         rn.ResumeMismatchError, ("train_dataloader.batch_size: checkpoint 8, now 4",)),
+    Case("resume_other_lr", resume_with("optim_wrapper.optimizer.lr=0.5"),
+         rn.ResumeMismatchError, ("optim_wrapper.optimizer.lr",)),
+    Case("resume_plain_state_dict", lambda c: c.runner.resume(
+        str(c.file("plain.pth", obj={"state_dict": c.state}))), ck.CheckpointLoadError,
+         ("plain.pth", "not a training checkpoint", "load_from=")),
+    Case("resume_nan", resume_with(ckpt=nan_training_ckpt), rn.NonFiniteCheckpointError,
+         ("nan_train.pth", "--resume")),
+    Case("resume_nothing_loadable", all_unreadable, ck.CheckpointLoadError,
+         ("iter_2.pth", "No loadable checkpoint", "iter_2.pth.unreadable")),
+    # -- dataset files ----------------------------------------------------------------------------
+    Case("idx_gzip_cut", lambda c: idx_file(c, "cut_gz", lambda b: b[: len(b) // 2]),
+         ds.DatasetFileError, ("train-images-idx3-ubyte.gz", "truncated")),
+    Case("idx_short_data", lambda c: idx_file(c, "short", lambda b: b[:-100]),
+         ds.DatasetFileError, ("train-images-idx3-ubyte.gz", "header says")),
+    Case("idx_bad_header", lambda c: idx_file(c, "header", lambda b: b"\1\2\3\4" + b[4:]),
+         ds.DatasetFileError, ("train-images-idx3-ubyte.gz", "not a 3-d uint8 idx file")),
+    # -- missing inputs, all at once --------------------------------------------------------------
+    Case("missing_ckpt_and_data",
+         inputs(*[f"{k}.dataset.dataset.data_root=/no/fmnist"
+                  for k in ("train_dataloader", "val_dataloader")], load_from="gone.pth"),
+         ds.MissingInputsError, ("gone.pth", "/no/fmnist", "train_dataloader", "val_dataloader")),
+    Case("missing_data_only", inputs("train_dataloader.dataset.dataset.data_root=/no/fm"),
+         ds.DatasetNotFoundError, ("/no/fm", "dataset-fashion-mnist")),
+    Case("empty_load_from", inputs(load_from="EMPTY"), ds.MissingInputsError,
+         ("empty_for_inputs.pth", "empty (0 bytes)")),
+    Case("no_weights", inputs("lbp.allow_random_init=False"), ds.MissingInputsError,
+         ("load_from is None", "lbp.allow_random_init=True")),
+    Case("no_weights_runner", lambda c: make_runner(
+        c.cfg("lbp.allow_random_init=False", work="nw")).train(), rn.NoWeightsError,
+         ("load_from is None",)),
+    # -- work dir, non-finite values, saving --------------------------------------------------------
+    Case("fresh_start_over_complete_run", complete_record, launch.WorkDirHasRunError,
+         ("done", "complete run", "--resume")),
+    Case("nan_loss", nonfinite_loss, NonFiniteLossError, ("iteration 5 of 10", "ckpt/nan.pth")),
+    Case("nan_metric", nonfinite_metric, NonFiniteMetricError, ("accuracy/top1",)),
+    Case("save_into_missing_dir", save_into_missing_dir, ck.CheckpointSaveError,
+         ("no_such_dir/iter_2.pth",)),
+    Case("disk_full", disk_full, ck.CheckpointSaveError,
+         ("iter_8.pth", "No space left on device", "/w/iter_6.pth is intact")),
+]  # fmt: skip
+
+
+def test_catalogue_size():
+    assert len(CASES) >= 35 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, ctx: Ctx):
+    with pytest.raises(BaseException) as info:
+        case.run(ctx)
+    err = info.value
+    assert type(err) is case.error, f"{type(err).__name__}: {err}"
+    msg = str(err)
+    for name in case.names:
+        assert name in msg, f"{name!r} not in: {msg}"
+    assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# through the tools: refused before anything is built
+# ---------------------------------------------------------------------------------------------
+def test_train_reports_all_missing_inputs_at_once_and_fast(tmp_path):
+    opts = cls_options(str(tmp_path / "no_data"), iters=1) + ["load_from=/no/ckpt.pth"]
+    t0 = time.time()
+    proc = tool("tools/train.py", str(MINI_CLS), "--work-dir", str(tmp_path / "w"),
+                "--cfg-options", *opts)  # fmt: skip
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "/no/ckpt.pth" in err and str(tmp_path / "no_data") in err
+    assert "train_dataloader" in err and "val_dataloader" in err
+    assert len(proc.stdout.splitlines()) < 5 and not (tmp_path / "w").exists()
+    assert time.time() - t0 < 60  # no runner, no model, no dataloader was built
+
+
+def test_test_tool_names_a_truncated_checkpoint(tmp_path):
+    data = write_mini_data(tmp_path / "data", n_train=8, n_test=4)
+    bad = tmp_path / "cut.pth"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:500])
+    proc = tool("tools/test.py", str(MINI_CLS), str(bad), "--work-dir", str(tmp_path / "w"),
+                "--cfg-options", f"test_dataloader.dataset.dataset.data_root={data}")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: cannot load checkpoint {bad}" in proc.stderr
+    assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
+    assert (ROOT / "tools/test.py").exists()

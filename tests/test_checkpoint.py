@@ -1,0 +1,249 @@
+"""Durable checkpoint saving, loadable-checkpoint search and the weights-only loading rules.
+
+- ``save_durably``: the file appears complete or not at all; a failed write (disk full, a real
+  ``RLIMIT_FSIZE``) names the file and leaves the previous one intact; Ctrl-C leaves no temp;
+- ``DurableCheckpointHook`` in a real runner: with ``max_keep_ckpts=1`` a failing save keeps
+  the previous checkpoint and ``last_checkpoint``; the old one goes only after the new one;
+  a NaN weight is never saved;
+- ``checkpoint_candidates`` (newest file first, a dangling ``last_checkpoint`` ignored),
+  stale temp files, moving unreadable files aside;
+- malicious pickles are refused on every load path and run nothing;
+- the work-dir lock is the sweep's lock file, and a lock this process holds counts as ours.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from minirun import ENV, MINI_CLS, cls_options, load_cfg, make_runner, write_mini_data
+
+import lbp_wht.integrations.runner  # noqa: F401  (allowlist, registrations)
+from lbp_wht.integrations import checkpoint as ck
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return write_mini_data(tmp_path_factory.mktemp("fmnist"))
+
+
+# ---------------------------------------------------------------------------------------------
+# save_durably
+# ---------------------------------------------------------------------------------------------
+def _writer(payload: bytes, fail_after: int | None = None, exc: BaseException | None = None):
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(payload if fail_after is None else payload[:fail_after])
+        if exc is not None:
+            raise exc
+
+    return write
+
+
+def test_save_durably_publishes_the_complete_file(tmp_path):
+    final = tmp_path / "iter_2.pth"
+    ck.save_durably(_writer(b"x" * 1000), str(final))
+    assert final.read_bytes() == b"x" * 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth"]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EFBIG, "File too large")],
+)
+def test_failed_save_names_the_file_and_keeps_the_old_one(tmp_path, exc):
+    final = tmp_path / "iter_4.pth"
+    final.write_bytes(b"old complete checkpoint")
+    with pytest.raises(ck.CheckpointSaveError) as err:
+        ck.save_durably(_writer(b"new" * 100, 50, exc), str(final), intact=str(final))
+    msg = str(err.value)
+    assert str(final) in msg and exc.strerror in msg and "--resume" in msg
+    assert final.read_bytes() == b"old complete checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_4.pth"]  # no temp file left
+
+
+def test_ctrl_c_during_a_save_leaves_no_temp_file(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_durably(_writer(b"y" * 100, 10, KeyboardInterrupt()), str(tmp_path / "a.pth"))
+    assert list(tmp_path.iterdir()) == []
+
+
+FSIZE_SCRIPT = """
+import resource, sys
+from lbp_wht.integrations.checkpoint import CheckpointSaveError, save_durably
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+def write(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"z" * (2 << 20))
+try:
+    save_durably(write, sys.argv[1], intact=sys.argv[2])
+except CheckpointSaveError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_a_real_file_size_limit_is_reported_with_the_file(tmp_path):
+    """As on a full disk: the kernel refuses the write (EFBIG); nothing half-written stays."""
+    final, old = tmp_path / "iter_6.pth", tmp_path / "iter_4.pth"
+    old.write_bytes(b"intact")
+    proc = subprocess.run(
+        [sys.executable, "-c", FSIZE_SCRIPT, str(final), str(old)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"could not save checkpoint {final}: File too large" in proc.stdout
+    assert f"The previous checkpoint {old} is intact" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_4.pth"]
+
+
+def test_atomic_write_text_replaces_whole(tmp_path):
+    path = tmp_path / "last_checkpoint"
+    path.write_text("old")
+    ck.atomic_write_text(str(path), "/w/iter_4.pth")
+    assert path.read_text() == "/w/iter_4.pth" and len(list(tmp_path.iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the hook in a real runner
+# ---------------------------------------------------------------------------------------------
+def test_hook_keeps_the_previous_checkpoint_when_a_save_fails(data, tmp_path, monkeypatch):
+    cfg = load_cfg(MINI_CLS, cls_options(data, iters=4, ckpt_every=2), tmp_path)
+    runner = make_runner(cfg)
+    hook = next(h for h in runner.hooks if type(h).__name__ == "DurableCheckpointHook")
+    assert hook.max_keep_ckpts == 1
+    real = ck._publish
+
+    def publish(tmp: str, final: str) -> None:
+        if final.endswith("iter_4.pth"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tmp, final)
+
+    monkeypatch.setattr(ck, "_publish", publish)
+    with pytest.raises(ck.CheckpointSaveError, match="iter_4.pth: No space left on device"):
+        runner.train()
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
+    assert ck.load_checkpoint_file(tmp_path / "iter_2.pth")["meta"]["iter"] == 2
+    assert not (tmp_path / "iter_4.pth").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_hook_refuses_to_save_nan_weights(data, tmp_path):
+    cfg = load_cfg(MINI_CLS, cls_options(data, iters=1), tmp_path)
+    runner = make_runner(cfg)
+    hook = next(h for h in runner.hooks if isinstance(h, ck.DurableCheckpointHook))
+    hook.before_train(runner)
+    name, param = next((n, p) for n, p in runner.model.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        param.fill_(float("nan"))
+    with pytest.raises(ck.NonFiniteWeightsError, match=name):
+        hook._save_checkpoint(runner)
+    assert not list(tmp_path.glob("*.pth"))
+
+
+# ---------------------------------------------------------------------------------------------
+# finding checkpoints
+# ---------------------------------------------------------------------------------------------
+def test_candidates_newest_first_and_dangling_pointer(tmp_path):
+    for age, n in enumerate((2, 10, 4)):  # iter_4 the oldest file, iter_2 the newest
+        (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
+        os.utime(tmp_path / f"iter_{n}.pth", (1e9 - age, 1e9 - age))
+    (tmp_path / "best_accuracy_iter_10.pth").write_bytes(b"x")  # not a resume point
+    (tmp_path / ".iter_12.pth.123.tmp").write_bytes(b"x")
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_12.pth"))  # deleted
+    names = [Path(p).name for p in ck.checkpoint_candidates(str(tmp_path))]
+    assert names == ["iter_2.pth", "iter_10.pth", "iter_4.pth"]
+    os.utime(tmp_path / "iter_4.pth", (1e9, 1e9))  # same time as iter_2: the larger N first
+    assert Path(ck.checkpoint_candidates(str(tmp_path))[0]).name == "iter_4.pth"
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (tmp_path / f".iter_4.pth.{dead}.tmp").write_bytes(b"half")
+    (tmp_path / f".iter_6.pth.{os.getppid()}.tmp").write_bytes(b"alive")
+    assert ck.remove_stale_temp_files(str(tmp_path)) == [f".iter_4.pth.{dead}.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == [f".iter_6.pth.{os.getppid()}.tmp"]
+
+
+def test_move_aside_never_overwrites(tmp_path):
+    for _ in range(3):
+        (tmp_path / "iter_4.pth").write_bytes(b"bad")
+        ck.move_aside(str(tmp_path / "iter_4.pth"))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["iter_4.pth.unreadable", "iter_4.pth.unreadable.1", "iter_4.pth.unreadable.2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# malicious pickles, on every load path
+# ---------------------------------------------------------------------------------------------
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def evil(tmp_path) -> tuple[Path, Path]:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save(
+        {"state_dict": {"w": torch.ones(1)}, "meta": {"iter": 1}, "x": _Payload(marker)}, path
+    )
+    return path, marker
+
+
+def test_malicious_pickle_refused_by_the_loader(evil):
+    path, marker = evil
+    with pytest.raises(ck.UnsafeCheckpointError) as err:
+        ck.load_checkpoint_file(path)
+    assert str(path) in str(err.value) and "posix.system" in str(err.value)
+    assert "weights_only=False" not in str(err.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("path_kind", ["load_from", "resume", "test"])
+def test_malicious_pickle_refused_on_runner_paths(data, tmp_path, evil, path_kind):
+    path, marker = evil
+    cfg = load_cfg(MINI_CLS, cls_options(data, iters=1), tmp_path / "work")
+    if path_kind == "resume":
+        cfg.resume = str(path)
+    else:
+        cfg.load_from = str(path)
+    runner = make_runner(cfg)
+    with pytest.raises(ck.UnsafeCheckpointError, match="evil.pth"):
+        runner.test() if path_kind == "test" else runner.load_or_resume()
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the work-dir lock
+# ---------------------------------------------------------------------------------------------
+def test_work_dir_lock_is_the_sweeps_lock_file(tmp_path):
+    from lbp_wht.integrations.launch import work_dir_lock_path
+    from lbp_wht.sweep import Run
+
+    wd = tmp_path / "root" / "run_s0"
+    assert work_dir_lock_path(wd) == Run("run_s0", ("true",), wd).lock_path
+
+
+def test_a_lock_held_by_this_process_is_ours(tmp_path):
+    """What a sweep child sees: the lock's descriptor is inherited, so the claim proceeds."""
+    from lbp_wht.integrations.launch import claim_work_dir, work_dir_lock_path
+    from lbp_wht.sweep import RunLock
+
+    wd = tmp_path / "run"
+    with RunLock(work_dir_lock_path(wd)) as held:
+        assert held.acquire()
+        assert claim_work_dir(str(wd), resume=False) is None  # held for us; not re-taken
+    lock = claim_work_dir(str(wd), resume=False)
+    assert lock is not None and lock.fd is not None
+    lock.release()

@@ -1,0 +1,72 @@
+"""results/cost regenerates from its committed records; a partial run keeps the provenance of
+what it did not regenerate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jinja2")
+
+from lbp_wht.reporting import cost_tables as ct  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COST = ROOT / "results" / "cost"
+
+
+@pytest.fixture
+def cost_copy(tmp_path: Path) -> Path:
+    """The committed results/cost without its records (those are read in place)."""
+    out = tmp_path / "cost"
+    shutil.copytree(COST, out, ignore=shutil.ignore_patterns("records"))
+    return out
+
+
+def test_readme_regenerates_byte_for_byte_from_the_committed_files(cost_copy: Path) -> None:
+    ct.CostTables(cost_copy, records=COST / "records").write_readme()
+    assert (cost_copy / "README.md").read_text() == (COST / "README.md").read_text()
+
+
+@pytest.mark.parametrize("table", [2, 7])
+def test_tables_regenerate_from_the_committed_records(cost_copy: Path, table: int) -> None:
+    cost = ct.CostTables(cost_copy, records=COST / "records")
+    name = f"table{table}"
+    (cost_copy / f"{name}.csv").unlink()
+    cost.write_table(table, cost.build_rows(table, cost.paper_rows("classification.csv", table)))
+    assert (cost_copy / f"{name}.csv").read_text() == (COST / f"{name}.csv").read_text()
+    assert (cost_copy / f"{name}.md").read_text() == (COST / f"{name}.md").read_text()
+    assert not cost.records.joinpath("x").exists()  # nothing new measured
+
+
+def test_table1_is_measured_again_with_the_same_numbers(cost_copy: Path) -> None:
+    extra = ct.CostTables(cost_copy).write_table1()
+    assert (cost_copy / "table1.csv").read_text() == (COST / "table1.csv").read_text()
+    assert (cost_copy / "table1.md").read_text() == (COST / "table1.md").read_text()
+    assert extra["speedup_table1"] == pytest.approx(462.422 / 78.207, rel=1e-4)
+
+
+def test_a_partial_run_does_not_clobber_the_full_runs_provenance(cost_copy: Path) -> None:
+    before = {p.name: p.read_bytes() for p in cost_copy.glob("table[2-7].*")}
+    old_info = json.loads((cost_copy / "run_info.json").read_text())
+    cost = ct.CostTables(cost_copy, records=COST / "records")
+    meta = cost.run([1], hypotheses=False, command="python tools/make_cost_tables.py --tables 1")
+    info = json.loads((cost_copy / "run_info.json").read_text())
+    assert {k: v for k, v in info.items() if k != "partial_runs"} == old_info
+    assert info["partial_runs"] == [meta] and meta["tables"] == [1]
+    assert {p.name: p.read_bytes() for p in cost_copy.glob("table[2-7].*")} == before
+    readme = (cost_copy / "README.md").read_text()
+    assert f"Last run: `{old_info['command']}`" in readme
+    assert "* `python tools/make_cost_tables.py --tables 1` (tables 1) on" in readme
+    # the same partial run again replaces its entry; a full run replaces everything
+    again = ct.merge_run_info(info, dict(meta, date="later"), full=False)
+    assert [p["date"] for p in again["partial_runs"]] == ["later"]
+    assert ct.merge_run_info(again, {"command": "full"}, full=True) == {"command": "full"}
+
+
+def test_unknown_table_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no cost table \[4\]"):
+        ct.CostTables(tmp_path).run([1, 4])
+    assert not any(tmp_path.iterdir())

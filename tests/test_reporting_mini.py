@@ -1,0 +1,133 @@
+"""The mini-reproduction's RESULTS.md regenerates from the committed runs: only the facts of
+the machine that writes it (date, machine and load, git revision) may differ."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pandas")
+pytest.importorskip("jinja2")
+
+from lbp_wht.reporting import mini  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "results" / "mini"
+
+
+def test_results_md_regenerates_from_the_committed_runs(tmp_path: Path) -> None:
+    out = tmp_path / "mini"
+    shutil.copytree(MINI, out, ignore=shutil.ignore_patterns("figures"))
+    timing = json.loads((MINI / "timing.json").read_text())
+    old = (MINI / "RESULTS.md").read_text().splitlines()
+    load_start = next(ln for ln in old if ln.startswith("- **Machine:**"))
+    load_start = load_start.split("load average ")[1].split(" at the start")[0]
+    mini.write_report(
+        out,
+        stages=timing["stages_s"],
+        command=timing["command"],
+        jobs=2,
+        pretrain_iters=400,
+        adapt_iters=200,
+        seeds=[0, 1, 2],
+        start=0.0,  # every record is newer: "all run by this invocation"
+        load_start=load_start,
+    )
+    new = (out / "RESULTS.md").read_text().splitlines()
+    assert len(new) == len(old)
+    differ = [a.split(":**")[0] for a, b in zip(old, new) if a != b]
+    assert set(differ) <= {"- **Date", "- **Machine", "- **Code"}, differ
+    assert next(ln for ln in new if ln.startswith("**In short:**")) == next(
+        ln for ln in old if ln.startswith("**In short:**")
+    )
+    assert json.loads((out / "timing.json").read_text())["stages_s"] == timing["stages_s"]
+
+
+def test_claims_of_the_committed_runs() -> None:
+    s = mini.Stats(MINI / "runs" / "adapt", MINI / "cost")
+    verdicts = {c["claim"]: c["verdict"] for c in mini.claims(s)}
+    assert verdicts == {
+        "calibration": "holds",
+        "lbp_vs_lora_all": "partly agrees",
+        "rises_with_r": "agrees",
+        "lp8_accuracy": "agrees",
+        "lp8_cost": "does NOT agree",
+        "lp4_speedup": "partly agrees",
+        "table4": "agrees",
+    }
+
+
+def test_cost_tags_are_the_vocabularys_config_tags() -> None:
+    from lbp_wht.experiments.vocab import config_tag, parse_config_tag
+
+    assert all(config_tag(parse_config_tag(t)) == t for t in mini.DEMO_METHODS)
+    with pytest.raises(ValueError, match="'lp_l1-4'.*lp-l1-r4"):
+        mini.measure_costs(ROOT / "configs/mini/demo/target.py", Path("unused"), ["lp_l1-4"])
+
+
+def test_every_claim_kind_is_worded() -> None:
+    """The branches the committed run does not reach still render (the template is strict
+    about missing numbers)."""
+    from lbp_wht.reporting.render import _env
+
+    words = (
+        _env()
+        .get_template("mini_claims.j2")
+        .make_module(dict(acc=mini._fmt_acc, se2=mini._n, spec=format))
+    )
+    untested = dict(claim="calibration_untested", verdict="not tested")
+    assert str(words.title(untested)) == "Calibration: Full BP vs head only"
+    assert "no head-only records" in str(words.evidence(untested))
+    cheap_none = dict(
+        claim="lbp_vs_lora_all",
+        verdict="not tested",
+        similar_cost=1.1,
+        lora_all=(80.0, None, 1),
+        lora_all_mflops=30.0,
+        rows=[],
+        better=[],
+        worse=[],
+    )
+    assert str(words.evidence(cheap_none)) == (
+        "LoRA-all 80.00 (n=1) at 30.0 MFLOPs. no LP_L1-r run costs at most LoRA-all's MFLOPs"
+    )
+    one = dict(cheap_none, rows=[dict(r=2, acc=(81.0, 0.5, 3), mflops=15.0, diff=1.0, noise=1.5)])
+    assert str(words.evidence(one)).endswith(
+        "LP_L1-2: 81.00 ± 0.50 (n=3) at 15.0 MFLOPs (2.00x less than LoRA-all): +1.00 points "
+        "(2 SE of the difference: 1.50). Better beyond noise: none; worse beyond noise: none."
+    )
+
+
+def test_proxy_tables_and_figure_data_regenerate_from_the_committed_runs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from lbp_wht.reporting import figures, tables
+
+    runs, cost = tables.load_runs([MINI / "runs" / "adapt"]), tables.load_cost(MINI / "cost")
+    tables.make_tables(
+        runs=runs,
+        cost=cost,
+        paper_dir=ROOT / "results" / "paper",
+        out=tmp_path,
+        tables=["2", "4"],
+        models=[mini.MODEL],
+        datasets=[mini.DATASET],
+    )
+    for name in ("table2/table2", "table4/table4"):
+        for ext in (".md", ".csv", ".tex"):
+            assert (tmp_path / (name + ext)).read_text() == (MINI / (name + ext)).read_text()
+    spectrum = next((MINI / "runs" / "spectrum").glob("*/spectrum.json"))
+    figures.make_figures(
+        runs_roots=[MINI / "runs" / "adapt"],
+        cost_dir=MINI / "cost",
+        paper_dir=ROOT / "results" / "paper",
+        out=tmp_path / "figures",
+        models=[mini.MODEL],
+        dataset=mini.DATASET,
+        spectrum=spectrum,
+    )
+    for n in (3, 4, 5):
+        data = f"figure{n}_data.csv"
+        assert (tmp_path / "figures" / data).read_text() == (MINI / "figures" / data).read_text()
