@@ -209,6 +209,7 @@ def test_slurm_sweep_matches_the_local_sweep(cluster, tmp_path):
         assert b["status"] == "complete" and b["iterations"] == 4, b
         # Same command, seed, thread count and machine: the same computation, bit for bit.
         assert (a["metric"], a["value"]) == (b["metric"], b["value"]), (rid, a["value"], b["value"])
+        assert a["config_digest"] == b["config_digest"]  # the same config, wherever it ran
         jobs = _jobs(remote / rid)
         assert len(jobs) == 1
         out = (remote / rid / f"slurm-{jobs[0]}.out").read_text()
@@ -254,7 +255,7 @@ def test_cancelled_job_resumes_and_preempted_job_requeues(cluster, tmp_path, pac
     before = (cancel / f"slurm-{first}.out").read_text()
     after = (cancel / f"slurm-{_jobs(cancel)[1]}.out").read_text()
     done_before = max(_train_iters(before))
-    assert done_before >= 6 and "resumes from: " + str(cancel / "iter_") in after
+    assert done_before >= 6 and f"resumed from {cancel / 'iter_'}" in after
     resumed = _train_iters(after)
     assert resumed[0] > 1 and resumed[0] <= done_before + 1 and resumed[-1] == 12, resumed
     # The preempted run: one job, run twice (restart 1), the second attempt resumed.
