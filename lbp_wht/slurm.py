@@ -177,7 +177,8 @@ OPTION_HELP: dict[str, str] = {
     "gpu_type": "GPU type in the request, --gres=gpu:TYPE:N (e.g. a100)",
     "constraint": "node features (--constraint)",
     "sbatch_args": "more sbatch options, verbatim (a list, or one string split like a shell)",
-    "setup": "shell lines the job runs first (module load ..., source venv/bin/activate)",
+    "setup": "shell lines the job runs first, in the repository (module load ..., source "
+    ".venv/bin/activate)",
     "requeue": "requeue a job stopped by preemption or the time limit (default true)",
     "signal_lead_s": "seconds before the time limit at which a job stops and requeues itself "
     "(default 120)",
@@ -732,16 +733,17 @@ def job_script(run: Run, options: SlurmOptions, *, resume_args: Sequence[str] = 
     last = shlex.quote(f"{wd}/{LAST_CHECKPOINT}")
     lines = ["#!/bin/bash", *_sbatch_lines(run, options)]
     lines += [
-        f"# Run {run.run_id} of an lbp_wht sweep (written by lbp_wht.slurm). Submit it again by",
-        f"# hand with: sbatch {shlex.quote(wd + '/' + SCRIPT_NAME)}",
+        f"# Job of run {run.run_id} of an lbp_wht sweep (written by lbp_wht.slurm).",
+        f"# Submit it again by hand with: sbatch {shlex.quote(wd + '/' + SCRIPT_NAME)}",
         "# Every attempt continues from the newest checkpoint in the work dir (the first finds",
         "# none and starts from the config's weights). Near the time limit (USR1) the training",
         "# is stopped and the job requeues itself if this attempt saved a checkpoint.",
         "set -u",
-        *options.setup,
         f"cd {shlex.quote(cwd)} || exit 1",
+        *options.setup,
         f"export LBP_SWEEP_RUN_ID={shlex.quote(run.run_id)}",
-        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
+        # The job's CPUs, not what the submitting shell had.
+        'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}"',
         f"last_ckpt() {{ cat {last} 2>/dev/null; }}",
         'start_ckpt="$(last_ckpt)"',
         "stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }",
