@@ -198,26 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _slurm(args: argparse.Namespace, runs: list) -> int:
     try:
         options = slurm.options_from_args(args)
-        if args.dry_run:
-            text = slurm.dry_run_scripts(
-                runs,
-                options,
-                expected_digest=expected_digest,
-                rerun_changed=args.rerun_changed,
-                resume_args=RESUME_ARGS,
-                show_scripts=not args.quiet_commands,
-            )
-            print(text)
-            return 0
-        report = slurm.submit_sweep(
-            runs,
-            options,
+        how = dict(
             expected_digest=expected_digest,
             rerun_changed=args.rerun_changed,
             resume_args=RESUME_ARGS,
-            wait=args.wait,
-            poll_s=args.poll,
         )
+        if args.dry_run:
+            print(slurm.dry_run_scripts(runs, options, show_scripts=not args.quiet_commands, **how))
+            return 0
+        report = slurm.submit_sweep(runs, options, wait=args.wait, poll_s=args.poll, **how)
     except (slurm.SlurmConfigError, slurm.SchedulerError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
