@@ -906,8 +906,17 @@ class _SlurmSweep:
         return self.queue
 
     def _active_count(self) -> int:
-        return sum(r.status in ("submitted", "resubmitted", "queued", "running")
-                   for r in self.results.values())  # fmt: skip
+        """The sweep's jobs that are queued or running: those ``squeue`` listed, and those this
+        invocation submitted since."""
+        assert self.queue is not None
+        dirs = {str(r.work_dir) for r in self.runs}
+        listed = {j.work_dir for j in self.queue.jobs if j.active and j.work_dir in dirs}
+        new = {
+            str(r.run.work_dir)
+            for r in self.results.values()
+            if r.status in ("submitted", "resubmitted") and r.job_id not in self.queue.by_id
+        }
+        return len(listed | new)
 
     def _status_under_lock(self, run: Run) -> RunStatus:
         jobs = read_jobs(run)

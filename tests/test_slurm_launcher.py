@@ -15,6 +15,7 @@ Fashion-MNIST is missing (``make data``). The node has 2 CPUs: one per job.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -324,3 +325,24 @@ def test_multi_process_run_goes_through_slurm_train(cluster, tmp_path):
         f"-u {ROOT}/tools/train.py configs/x.py --work-dir={wd} --launcher=slurm --seed 1 --resume"
     )
     assert ranks == [f"rank {i} of 2 port {port} args {args}" for i in (0, 1)]
+
+
+def test_max_jobs_keeps_the_queue_short(cluster, tmp_path):
+    runs = [Run(f"r{i}", ("true",), tmp_path / f"r{i}") for i in range(3)]
+    opts = SlurmOptions(gpus_per_run=0, cpus_per_task=1, sbatch_args=("--hold",), max_jobs=2)
+    client = SlurmClient(env=cluster.env)
+
+    def statuses():
+        report = submit_sweep(runs, opts, client=client, out=io.StringIO())
+        return [r.status for r in report.results], report
+
+    assert statuses()[0] == ["submitted", "submitted", "deferred"]
+    got, report = statuses()
+    assert got == ["queued", "queued", "deferred"] and report.ok
+    cluster.run("scancel", report.results[0].job_id)
+    _wait(lambda: _job_state(cluster, report.results[0].job_id) == "CANCELLED", "the cancel",
+          cluster, tmp_path)  # fmt: skip
+    assert statuses()[0] == ["resubmitted", "queued", "deferred"]
+    ids = [_jobs(r.work_dir) for r in runs[:2]]
+    assert len(ids[0]) == 2 and len(ids[1]) == 1 and not runs[2].work_dir.exists()
+    cluster.run("scancel", ids[0][-1], ids[1][0])
