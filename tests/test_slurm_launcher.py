@@ -5,7 +5,7 @@ Real trainings (the mini EfficientFormer on Fashion-MNIST, a few iterations each
 ``tests/slurm_cluster.py``, and what the scheduler and the run's files say afterwards is
 checked: the records of a SLURM sweep equal those of the same sweep run locally; a cancelled
 job is the only one resubmitted and it resumes from its checkpoint; a preempted (requeued) job
-resumes in the same job; a sweep re-invoked while its jobs are queued, or two sweeps started at
+and one warned of its time limit resume in the same job; a sweep re-invoked while its jobs are queued, or two sweeps started at
 once, submit nothing twice. Accounting is not configured (as on many small clusters): states come
 from ``squeue`` and the runs' own files.
 
@@ -223,7 +223,7 @@ def test_slurm_sweep_matches_the_local_sweep(cluster, tmp_path):
 
 
 @needs_data
-def test_cancelled_job_resumes_and_preempted_job_requeues(cluster, tmp_path, paced_config):
+def test_cancelled_preempted_and_timed_out_jobs_resume(cluster, tmp_path, paced_config):
     config, hooks = paced_config
     root = tmp_path / "work"
     run = dict(config=config, iters=12, ckpt_every=3, env_path=hooks)
@@ -243,9 +243,16 @@ def test_cancelled_job_resumes_and_preempted_job_requeues(cluster, tmp_path, pac
     assert re.search(r"smoke_method=full_bp_s0\s+RESUBMITTED\s+resubmitted as job \d+ \(job "
                      rf"{first} CANCELLED.*resumes from iter_\d+\.pth", text), text  # fmt: skip
     assert " SUBMITTED " not in text and text.count("RESUBMITTED") == 1, text
-    # SLURM holds a requeued job back for about two minutes; let it start now.
-    _wait(lambda: _job_state(cluster, job_p) == "PENDING", "the requeued job", cluster, root)
-    cluster.run("scontrol", "update", f"JobId={job_p}", "StartTime=now")
+    # The time-limit warning (what --signal=B:USR1@<lead> sends to the job script): the job
+    # stops its training and requeues itself, as it saved a checkpoint in this attempt.
+    _wait(lambda: _ckpt_iter(other) >= 3, "a checkpoint of the third run", cluster, root)
+    job_o = _jobs(other)[0]
+    cluster.run("scancel", "--signal=USR1", "--batch", job_o)
+    # SLURM holds a requeued job back for about two minutes; let them start now.
+    for job in (job_p, job_o):
+        pending = lambda job=job: _job_state(cluster, job) == "PENDING"  # noqa: E731
+        _wait(pending, f"requeued job {job}", cluster, root)
+        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     text = _ok(_sweep(cluster, root, *SLURM_FLAGS, "--wait", "--poll", "1", **run), cluster, root)
     assert "RESUBMITTED" not in text and " SUBMITTED " not in text, text
     for wd in (cancel, preempt, other):
@@ -265,7 +272,13 @@ def test_cancelled_job_resumes_and_preempted_job_requeues(cluster, tmp_path, pac
     attempts = out.split("== lbp_wht sweep: run ")
     assert len(attempts) == 3 and "(restart 1)" in attempts[2], out[-3000:]
     assert _train_iters(attempts[2])[0] > 1 and _train_iters(attempts[2])[-1] == 12
-    assert len(_jobs(other)) == 1
+    # The run stopped near its time limit: one job, requeued by itself, resumed.
+    assert _jobs(other) == [job_o]
+    out = (other / f"slurm-{job_o}.out").read_text()
+    attempts = out.split("== lbp_wht sweep: run ")
+    assert len(attempts) == 3 and "(stopped by SIGUSR1)" in attempts[1], out[-3000:]
+    assert f"time limit near: requeueing job {job_o}" in attempts[1]
+    assert _train_iters(attempts[2])[0] > 1 and _train_iters(attempts[2])[-1] == 12
     # 4 jobs for 3 runs in all: nothing ran twice at once, nothing was submitted twice.
     names = cluster.run("squeue", "-h", "-t", "all", "-o", "%j %Z").stdout.split("\n")
     assert sum(str(root) in n for n in names) == 4, names
