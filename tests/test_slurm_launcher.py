@@ -290,7 +290,10 @@ def test_reinvoked_or_concurrent_sweeps_submit_nothing_twice(cluster, tmp_path):
     held = (*SLURM_FLAGS, "--sbatch-args=--hold")  # queued until released: never runs here
     # Two sweeps at once on a fresh work root, then a third while the jobs are queued.
     procs = [_sweep(cluster, root, *held, background=True) for _ in range(2)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"sweep timed out: {err}\n{_diagnose(cluster, root)}") from None
     assert all(p.returncode == 0 for p in procs), outs
     assert sum(o.count(" SUBMITTED ") for o in outs) == 3, outs
     text = _ok(_sweep(cluster, root, *held), cluster, root)
@@ -359,3 +362,24 @@ def test_max_jobs_keeps_the_queue_short(cluster, tmp_path):
     ids = [_jobs(r.work_dir) for r in runs[:2]]
     assert len(ids[0]) == 2 and len(ids[1]) == 1 and not runs[2].work_dir.exists()
     cluster.run("scancel", ids[0][-1], ids[1][0])
+
+
+@needs_data
+def test_two_process_training_through_the_sweep(cluster, tmp_path):
+    """A real run of 2 processes (srun, --launcher slurm, gloo on CPU) from the SLURM sweep."""
+    root = tmp_path / "work"
+    cmd = [
+        sys.executable, str(ROOT / "tools/sweep.py"), "grid", str(MINI), "--set",
+        "lbp.method=lbp_wht", "--name", "dist", "--seeds", "0", "--work-root", str(root),
+        "--cfg-options", *_options(4, 4), "--launcher", "slurm", "--gpus-per-run", "0",
+        "--tasks-per-run", "2", "--cpus-per-task", "1", "--wait", "--poll", "1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(cluster), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    _ok(proc, cluster, root)
+    wd = root / "dist_method=lbp_wht_s0"
+    rec = _record(wd)
+    assert rec["status"] == "complete" and rec["iterations"] == 4 and rec["world_size"] == 2
+    assert "tools/slurm_train.sh" in (wd / "slurm_job.sh").read_text()
+    out = (wd / f"slurm-{_jobs(wd)[0]}.out").read_text()
+    assert "Distributed launcher: slurm" in out and "Distributed training: True" in out
