@@ -45,9 +45,10 @@ states, and to resubmit what ended without finishing).
 ``.<name>.submit.lock``; not the run lock, which the training takes on the node). Under it the
 state is decided again, with a fresh ``squeue`` whenever the work dir records a job the earlier
 query did not list or an unfinished submission; a marker is written before ``sbatch`` and the
-job id right after it (atomic writes). A failed ``sbatch`` (say, a time-out after the controller
-had accepted the job) is followed by a query by work dir, and nothing more is submitted by that
-invocation. If ``squeue`` cannot answer, nothing is submitted.
+job id right after it (atomic writes). A failed ``sbatch`` is followed by a query by work dir
+(the controller may have accepted the job before the error, say a time-out): a job found there
+is recorded; otherwise nothing more is submitted by that invocation. If ``squeue`` cannot
+answer, nothing is submitted; a waiting sweep rides out a few failed ``squeue`` calls.
 
 **Time limits and preemption.** Jobs are submitted with ``--requeue`` and
 ``--signal=B:USR1@<signal_lead_s>``: that long before the time limit the job script stops the
@@ -147,6 +148,8 @@ ACTIVE_STATES = frozenset(
         "RESV_DEL_HOLD",
     }
 )
+#: ``squeue`` failures in a row after which a waiting sweep gives up (the jobs go on).
+_MAX_POLL_FAILURES = 10
 _QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT"})
 
 
@@ -1015,34 +1018,49 @@ class _SlurmSweep:
         mine = {i for i, r in self.results.items()
                 if r.status in ("submitted", "resubmitted", "queued", "running", "deferred")}  # fmt: skip
         last_print = 0.0
+        failures = 0
         while mine:
             time.sleep(poll_s)
-            self.refresh()
-            for i in sorted(mine):
-                run, res = self.runs[i - 1], self.results[i]
-                if res.status == "deferred":
-                    new = self.submit(i, run)
-                    if new.status != "deferred":
-                        self.results[i] = new
-                        self.line(i, new)
-                        if new.status in ("failed", "skipped", "changed"):
-                            mine.discard(i)
-                    continue
-                st = run_status(run, self.queue, self.expected_digest)
-                if st.state in ("queued", "running", "locked"):
-                    if st.state != res.status:
-                        self.results[i] = replace(res, status=st.state, message=st.detail)
-                    continue
-                mine.discard(i)
-                if st.state in ("done", "changed"):
-                    final = self._finished(run, res)
-                else:
-                    final = self._ended(run, res, st)
-                self.results[i] = final
-                self.line(i, final)
+            try:
+                self._poll(mine)
+                failures = 0
+            except SchedulerError as err:
+                # A busy controller times out now and then; the jobs go on meanwhile.
+                failures += 1
+                if failures >= _MAX_POLL_FAILURES:
+                    raise
+                self.say(f"slurm: {err}; asking again in {format_duration(poll_s)}")
             if time.time() - last_print >= progress_every_s and mine:
                 last_print = time.time()
                 self.progress(mine)
+
+    def _poll(self, mine: set[int]) -> None:
+        """One look at the queue: record what finished, submit what was deferred."""
+        self.refresh()
+        for i in sorted(mine):
+            run, res = self.runs[i - 1], self.results[i]
+            if res.status == "deferred":
+                new = self.submit(i, run)
+                if new.status != "deferred":
+                    self.results[i] = new
+                    self.line(i, new)
+                if new.status in ("failed", "skipped", "changed") or (
+                    new.status == "deferred" and self.blocked
+                ):
+                    mine.discard(i)
+                continue
+            st = run_status(run, self.queue, self.expected_digest)
+            if st.state in ("queued", "running", "locked"):
+                if st.state != res.status:
+                    self.results[i] = replace(res, status=st.state, message=st.detail)
+                continue
+            mine.discard(i)
+            if st.state in ("done", "changed"):
+                final = self._finished(run, res)
+            else:
+                final = self._ended(run, res, st)
+            self.results[i] = final
+            self.line(i, final)
 
     def _finished(self, run: Run, res: SlurmResult) -> SlurmResult:
         rec = load_record(run.record_path) or {}

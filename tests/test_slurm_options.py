@@ -7,6 +7,7 @@ What a real scheduler does with the scripts is tested in ``tests/test_slurm_laun
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -242,3 +243,77 @@ def test_table2_dry_run_lists_210_job_scripts(tmp_path):
     assert out.count("#SBATCH --partition=gpu\n") == 210 and "#SBATCH --gres=gpu:1\n" in out
     assert out.rstrip().endswith("210 runs (210 todo); 210 job scripts to submit")
     assert not (tmp_path / "work").exists()  # a dry run creates nothing
+
+
+# ------------------------------------------------- failure paths of the scheduler (a stand-in)
+class FlakyScheduler(slurm.SlurmClient):
+    """A scheduler stand-in for the paths a real one takes rarely: ``sbatch`` failing after
+    (or before) the controller accepted the job, ``squeue`` timing out. Jobs finish when told."""
+
+    def __init__(self, accept_on_error: bool = False, fail_submits=(), fail_queues=()):
+        super().__init__(env={"PATH": "/nonexistent"})
+        self.jobs: dict[str, Job] = {}
+        self.calls = {"submit": 0, "queue": 0}
+        self.accept_on_error = accept_on_error
+        self.fail_submits, self.fail_queues = set(fail_submits), set(fail_queues)
+
+    def unavailable(self):
+        return None
+
+    def queue(self):
+        self.calls["queue"] += 1
+        if self.calls["queue"] in self.fail_queues:
+            raise slurm.SchedulerError("squeue: Socket timed out on send/recv operation")
+        return Queue(list(self.jobs.values()))
+
+    def submit(self, script):
+        self.calls["submit"] += 1
+        wd = str(script.parent)
+        job = Job(str(100 + self.calls["submit"]), "PENDING", "None", script.parent.name, wd)
+        if self.calls["submit"] in self.fail_submits:
+            if self.accept_on_error:
+                self.jobs[job.job_id] = job
+            raise slurm.SchedulerError("sbatch: Socket timed out on send/recv operation")
+        self.jobs[job.job_id] = job
+        return job.job_id
+
+    def describe(self, job_id):
+        return None
+
+
+def test_a_failed_sbatch_stops_submitting_and_an_accepted_one_is_found(tmp_path):
+    runs = [_run(tmp_path, f"r{i}") for i in range(3)]
+    flaky = FlakyScheduler(fail_submits={2})
+    report = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, out=io.StringIO())
+    assert [r.status for r in report.results] == ["submitted", "failed", "deferred"]
+    assert "sbatch failed" in report.results[1].message and not report.ok
+    assert flaky.calls["submit"] == 2 and not runs[2].work_dir.exists()
+    assert slurm.read_jobs(runs[1]) == {  # no marker left, no job recorded
+        "run_id": "r1", "work_dir": str(runs[1].work_dir), "jobs": []
+    }  # fmt: skip
+    # The controller took the job although sbatch reported an error: found by its work dir.
+    runs = [_run(tmp_path / "b", f"r{i}") for i in range(2)]
+    flaky = FlakyScheduler(accept_on_error=True, fail_submits={1})
+    report = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, out=io.StringIO())
+    assert [r.status for r in report.results] == ["submitted", "submitted"]
+    assert "sbatch: Socket timed out" in report.results[0].message
+    assert [j["job_id"] for j in slurm.read_jobs(runs[0])["jobs"]] == ["101"]
+    again = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, out=io.StringIO())
+    assert [r.status for r in again.results] == ["queued", "queued"]
+    assert flaky.calls["submit"] == 2  # never a second job for r0
+
+
+def test_waiting_sweep_rides_out_squeue_time_outs(tmp_path, monkeypatch):
+    runs = [_run(tmp_path, f"r{i}") for i in range(2)]
+    flaky = FlakyScheduler(fail_queues={2, 3})
+    out = io.StringIO()
+
+    def finish_jobs(seconds):  # what the cluster does between two polls
+        for run in runs:
+            write_record(run.record_path, {"status": "complete", "metric": "acc", "value": 1.0})
+        flaky.jobs.clear()
+
+    monkeypatch.setattr(slurm.time, "sleep", finish_jobs)
+    report = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, wait=True, out=out)
+    assert [r.status for r in report.results] == ["done", "done"] and report.ok
+    assert out.getvalue().count("Socket timed out") == 2

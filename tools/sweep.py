@@ -207,6 +207,10 @@ def _slurm(args: argparse.Namespace, runs: list) -> int:
             print(slurm.dry_run_scripts(runs, options, show_scripts=not args.quiet_commands, **how))
             return 0
         report = slurm.submit_sweep(runs, options, wait=args.wait, poll_s=args.poll, **how)
+    except KeyboardInterrupt:
+        print("sweep: stopped following; the jobs go on (run the same command to see them)",
+              file=sys.stderr)  # fmt: skip
+        return 130
     except (slurm.SlurmConfigError, slurm.SchedulerError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
