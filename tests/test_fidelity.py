@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +168,53 @@ def test_selections_and_errors():
         Selection("lp_l1", 16)
     with pytest.raises(ValueError, match="no layer"):
         gradient_fidelity(nn.Linear(2, 2), ["nope"], lambda m: m.weight.sum())
+
+
+FMNIST = Path(os.environ.get("FMNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.mark.skipif(
+    not any((FMNIST / f).exists() for f in ("t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz")),
+    reason=f"Fashion-MNIST not in {FMNIST} (make data)",
+)
+def test_the_demo_config_path(tmp_path):
+    """``analyze_config`` on the CPU demo's config: its six converted layers, a real batch,
+    exact at the full basis, a checkpoint state, the README and figures written."""
+    pytest.importorskip("mmpretrain")
+    import pandas as pd
+
+    import lbp_wht.integrations  # noqa: F401
+    from lbp_wht.integrations.cost_record import build_model, load_config
+    from lbp_wht.integrations.fidelity import analyze_config
+    from lbp_wht.reporting import fidelity as report
+
+    root = Path(__file__).resolve().parents[1]
+    opts = {
+        f"{s}_dataloader.dataset.dataset.data_root": str(FMNIST) for s in ("train", "val", "test")
+    }
+    cfg = load_config(root / "configs/mini/demo/target.py", {**opts, "load_from": None})
+    torch.manual_seed(5)
+    ckpt = tmp_path / "end.pth"
+    torch.save({"state_dict": build_model(load_config(root / "configs/mini/demo/target.py",
+                                                      {"lbp.method": "full_bp"})).state_dict()},
+               ckpt)  # fmt: skip
+    sels = [Selection("lp_l1", 4), Selection("lp_l1", 15, "zero")]
+    rows = analyze_config(cfg, {"end": str(ckpt)}, batch_size=8, selections=sels)
+    layers = sorted({r["layer"] for r in rows})
+    assert len(layers) == 6 and all(n.startswith("backbone.network.3.") for n in layers)
+    assert len(rows) == 2 * 2 * 6 and {r["state"] for r in rows} == {"start", "end"}
+    for r in rows:
+        if r["num_bases"] == 64:
+            # float32 through six layers: direction exact to 1e-5, size to 1e-3
+            assert r["cos_gw"] == pytest.approx(1.0, abs=1e-5) and r["relerr_gw"] < 1e-3
+    start = [r for r in rows if r["state"] == "start" and r["num_bases"] == 10]
+    end = [r for r in rows if r["state"] == "end" and r["num_bases"] == 10]
+    assert [r["cos_gw"] for r in start] != [r["cos_gw"] for r in end]  # other weights
+    df = pd.DataFrame(rows)
+    report.write_csvs(rows, tmp_path)
+    report.plot_layers(df, tmp_path), report.plot_selections(df, tmp_path)
+    meta = dict(config="target.py", batch=8, seed=0, layers=layers,
+                states={"start": "init", "end": "ckpt"})  # fmt: skip
+    text = report.write_readme(tmp_path, df, command="`x`", machine="m", seconds=1.0, meta=meta)
+    assert "## Does gradient fidelity predict accuracy?" in text.read_text()
+    assert (tmp_path / "fidelity_layers.png").stat().st_size > 0

@@ -123,3 +123,45 @@ def test_smoke_mode_writes_every_file(tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert "SMOKE RUN" in text and "## Reading the numbers" in text
     assert json.loads((out / "timing.json").read_text())["total_s"] < 120
+
+
+def test_report_of_a_full_run_reads_every_claim(tmp_path):
+    """RESULTS.md of a run with every method and three seeds (made-up numbers, so that each
+    verdict is known): the demo's claims on the BatchNorm-eval rows and the BatchNorm claim."""
+    from lbp_wht.reporting.transfer import write_report
+
+    acc = {"head-only": 85.0, "full-bp": 88.0, "lora-all": 86.0, "losa": 86.9, "lp-l1-r2": 86.5,
+           "lp-l1-r4": 87.2, "lp-l1-r8": 87.8, "full-bp-bntrain": 87.9, "lp-l1-r2-bntrain": 60.0,
+           "lp-l1-r4-bntrain": 70.0}  # fmt: skip
+    mf = {"head-only": 0.03, "full-bp": 450.0, "lora-all": 235.0, "losa": 9.0, "lp-l1-r2": 51.0,
+          "lp-l1-r4": 90.0, "lp-l1-r8": 260.0}  # fmt: skip
+    records = [
+        dict(
+            tag=m.tag,
+            label=m.label,
+            method=m.method,
+            r=m.r,
+            norm_eval=m.norm_eval,
+            seed=s,
+            accuracy=acc[m.tag] + 0.1 * s,
+            train_s=10.0,
+            eval_s=1.0,
+            trainable_params=1,
+            status="complete",
+        )  # fmt: skip
+        for m in transfer.METHODS
+        for s in (0, 1, 2)
+    ]
+    costs = [dict(tag=m.tag, mflops=mf.get(m.tag.replace("-bntrain", "")), activation_mb=1.0,
+                  trainable_params=1) for m in transfer.METHODS]  # fmt: skip
+    run = transfer.TransferRun(records, costs, {"features": 1.0, "train": 2.0, "cost": 3.0},
+                               transfer.Protocol(), list(transfer.METHODS), [0, 1, 2], 2)  # fmt: skip
+    text = write_report(tmp_path, run, command="scripts/reproduce_transfer.sh").read_text()
+    short = next(ln for ln in text.splitlines() if ln.startswith("**In short:**"))
+    assert "Calibration: *holds*" in short  # 88 vs 85
+    assert "LP_L1-8 matches Full BP's accuracy: *agrees*" in short
+    assert "LoSA costs less backprop than LBP-WHT at matching accuracy: *agrees*" in short
+    assert "BatchNorm in train mode hurts LBP-WHT but not exact backprop: *agrees*" in short
+    assert "LP_L1-2: 86.60 ± 0.10 (n=3) with running statistics, 60.10 ± 0.10 (n=3)" in text
+    assert "| LoSA | running stats | 8 | 9.00 | 50.0× |" in text
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 30

@@ -126,7 +126,7 @@ class Protocol:
 
     train_per_class: int = 100
     test_per_class: int = 100
-    steps: int = 150
+    steps: int = 200
     batch: int = 16
     lr: float = 1e-3
     head_lr_mult: float = 10.0
@@ -276,12 +276,16 @@ def to_lite0_input(images: np.ndarray) -> torch.Tensor:
 
 
 def cache_features(images: np.ndarray, batch: int = 50) -> torch.Tensor:
-    """The frozen prefix's ``(N, 192, 7, 7)`` features of ``images`` (uint8 ``(N, 28, 28)``)."""
-    prefix = Prefix(load_lite0())
+    """The frozen prefix's ``(N, 192, 7, 7)`` features of ``images`` (uint8 ``(N, 28, 28)``).
+
+    Computed channels-last (the depthwise convs run about twice as fast so on CPU), returned
+    contiguous NCHW."""
+    prefix = Prefix(load_lite0()).to(memory_format=torch.channels_last)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out.append(prefix(to_lite0_input(images[i : i + batch])))
+            x = to_lite0_input(images[i : i + batch]).contiguous(memory_format=torch.channels_last)
+            out.append(prefix(x).contiguous())
     return torch.cat(out) if out else torch.empty(0, 192, 7, 7)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..experiments.vocab import num_bases
 from ..fidelity import FIELDS
 from .render import render, write_text
 
@@ -206,9 +207,10 @@ def write_readme(
     s = summary(df)
     states = list(dict.fromkeys(s["state"]))
 
-    def pick(label: str, pad: str, state: str) -> dict[str, float] | None:
+    def pick(label: str, pad: str, state: str) -> dict[str, float]:
+        """The layer means of one selection (NaN, shown as n/a, where it was not run)."""
         hit = s[(s["selection"] == label) & (s["padding"] == pad) & (s["state"] == state)]
-        return hit.iloc[0].to_dict() if not hit.empty else None
+        return hit.iloc[0].to_dict() if not hit.empty else dict.fromkeys(METRICS, math.nan)
 
     full_r = int(s[s["family"] == "lp_l1"]["param"].max())  # LP_L1 with every base
     full = {
@@ -226,6 +228,7 @@ def write_readme(
         lp=[
             (
                 r,
+                num_bases("lp_l1", r),
                 {st: pick(f"LP_L1-{r}", "reflect", st) for st in states},
                 {st: pick(f"LP_L1-{r}", "zero", st) for st in states},
             )
