@@ -276,6 +276,7 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
                 )
         ax.set_title(MODEL_NAMES.get(model, model))
         ax.margins(x=0.06, y=0.1)  # room for the r labels below the lowest / last points
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 4
         lo, hi = ax.get_ylim()
         if hi - lo < MIN_ACC_SPAN:
             mid = (lo + hi) / 2
@@ -344,7 +345,7 @@ def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path
             mfc=colors[model] if source == "ours" else "none",
         )
     ax.axhline(0, color="k", lw=0.6)
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # no 2.5 steps
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 3
     if present:
         r_lo, r_hi = int(marg["r_from"].min()), int(marg["r_to"].max())
         ax.set_xticks(range(r_lo, r_hi + 1))
