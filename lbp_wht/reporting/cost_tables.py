@@ -896,7 +896,12 @@ class CostTables:
             v2=_v2_facts(
                 csvs["hypotheses_efficientformerv2"], self.paper_rows("classification.csv")
             ),
-            seg=_seg_facts(hseg),
+            seg=dict(
+                _seg_facts(hseg),
+                config=(find_row(tables[3], scope="partial", method="lbp_wht", r="2") or {}).get(
+                    "config"
+                ),
+            ),
             gx_effect=_gx_effect(tables),
             hindex=[typed(r) for r in csvs["hypotheses_index"]],
             v2_full_ratios=_v2_full_ratios(tables),
