@@ -2,7 +2,7 @@
 figures, and the same Markdown and figures again from the CSVs alone.
 
 Each output ``<stem>`` (``table8_<device>``, ``ablation_cpu``, ``projection_cpu``,
-``e2e_backward_cpu``) is written as ``<stem>.csv`` (floats to 4 significant digits), ``<stem>.md``
+``e2e_backward_cpu``, ``step_<device>``) is written as ``<stem>.csv`` (floats to 4 significant digits), ``<stem>.md``
 (a template under ``templates/``) and, for Table 8 and the end-to-end benchmark, ``<stem>.png``
 / ``.pdf``. The facts about the run that the rows do not hold (command, torch version, threads,
 machine) go to ``<stem>.run.json`` beside them, so :func:`rerender` can rebuild the Markdown and
@@ -78,14 +78,31 @@ def run_meta(command: str) -> dict[str, Any]:
     and logical CPU count."""
     import torch
 
-    return dict(
+    meta = dict(
         command=command,
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         machine=platform.processor() or platform.machine(),
         arch=platform.machine(),
         logical_cpus=os.cpu_count(),
+        cpu_model=cpu_model(),
     )
+    if torch.cuda.is_available():
+        meta["gpu"] = torch.cuda.get_device_name()
+        meta["cuda"] = torch.version.cuda
+    return meta
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), ``""`` where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _write_meta(stem: Path, meta: dict[str, Any]) -> Path:
@@ -336,6 +353,95 @@ def write_e2e(
     return paths + plot_e2e(rows, stem) + [_write_meta(stem, meta)]
 
 
+# ----------------------------------------------------------------------------- training step
+def _step_cells(r: dict[str, Any], cuda: bool) -> list[str]:
+    cells = [
+        r["method"],
+        f"{r['step_ms']:.1f} [{r['step_q1_ms']:.1f}, {r['step_q3_ms']:.1f}]",
+        f"{r['forward_ms']:.1f}",
+        f"{r['backward_ms']:.1f}",
+        f"{r['optimizer_ms']:.1f}",
+        f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+        f"{r['backward_speedup']:.2f}x",
+        f"{r['step_gflops']:.2f}",
+        f"{r['flop_bound']:.2f}x",
+        f"{r['pct_of_bound']:.0f}%",
+        f"{r['saved_activation_mb']:.1f}",
+    ]
+    if cuda:
+        cells.append(f"{r['cuda_peak_mb']:.0f}" if r.get("cuda_peak_mb") not in ("", None) else "-")
+    return cells + [f"{int(r['trainable_params']):,}"]
+
+
+def step_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The Markdown of a training-step benchmark run (one table per scope)."""
+    r0 = rows[0]
+    cuda = str(r0["device"]).startswith("cuda")
+    scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    return render(
+        "latency_step.md.j2",
+        meta=meta,
+        model=r0["model"],
+        device=r0["device"],
+        date=r0["date"],
+        threads=r0["threads"] or "-",
+        batch=r0["batch"],
+        size=r0["size"],
+        amp=r0["amp"],
+        optimizer=r0["optimizer"],
+        rounds=r0["rounds"],
+        load0=f"{r0['loadavg_1m_start']:.2f}",
+        load1=f"{r0['loadavg_1m_end']:.2f}",
+        allocator=r0["allocator"] or "-",
+        cuda=cuda,
+        scopes=[(s, [_step_cells(r, cuda) for r in rows if r["scope"] == s]) for s in scopes],
+    )
+
+
+def plot_step(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """Per scope: stacked phase times per method, and measured step speedup vs FLOP bound."""
+    plt = _pyplot()
+    scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    fig, axes = plt.subplots(len(scopes), 2, figsize=(10, 3.6 * len(scopes)), squeeze=False)
+    r0 = rows[0]
+    for (ax1, ax2), scope in zip(axes, scopes):
+        sub = [r for r in rows if r["scope"] == scope]
+        labels = [r["method"] for r in sub]
+        bottom = [0.0] * len(sub)
+        for phase, color in (
+            ("forward", "0.6"),
+            ("backward", "tab:blue"),
+            ("optimizer", "tab:orange"),
+        ):
+            vals = [r[f"{phase}_ms"] for r in sub]
+            ax1.bar(labels, vals, bottom=bottom, label=phase, color=color)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax1.set_ylabel("time per step [ms]")
+        ax1.set_title(f"{r0['model']}, {scope} training, batch {r0['batch']}, {r0['device']}")
+        ax1.legend(fontsize=8)
+        xs = range(len(sub))
+        w = 0.38
+        ax2.bar([i - w / 2 for i in xs], [r["speedup"] for r in sub], w, label="measured step")
+        ax2.bar([i + w / 2 for i in xs], [r["flop_bound"] for r in sub], w, color="0.7",
+                label="FLOP bound (fwd + bwd)")  # fmt: skip
+        ax2.axhline(1.0, color="k", lw=0.6)
+        ax2.set_xticks(list(xs), labels)
+        ax2.set_ylabel("step speedup vs Full BP")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def write_step(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
+) -> list[Path]:
+    """``step_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
+    stem = Path(out_dir) / f"step_{str(rows[0]['device']).split(':')[0]}"
+    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
+    paths.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
+    return paths + plot_step(rows, stem) + [_write_meta(stem, meta)]
+
+
 # ----------------------------------------------------------------------------------- shared
 def _pyplot():
     import matplotlib
@@ -368,7 +474,8 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
         p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()
     ]
     e2e = out / "e2e_backward_cpu.csv"
-    if not found and not e2e.exists():
+    steps = sorted(out.glob("step_*.csv"))
+    if not found and not e2e.exists() and not steps:
         raise FileNotFoundError(
             f"no benchmark CSV (table8_<device>.csv, ablation_cpu.csv, projection_cpu.csv, "
             f"e2e_backward_cpu.csv) in {out}"
@@ -389,6 +496,11 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
         meta, rows = read_meta(stem), _read_rows(e2e)
         written.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
         written += plot_e2e(rows, stem)
+    for csv_path in steps:
+        stem = csv_path.with_suffix("")
+        meta, rows = read_meta(stem), _read_rows(csv_path)
+        written.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
+        written += plot_step(rows, stem)
     return written
 
 
