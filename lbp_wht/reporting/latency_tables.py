@@ -30,8 +30,10 @@ TABLE8_COLUMNS = [
     "cx",
     "cy",
     "L",
+    "prefix",
     "batch",
     "method",
+    "variant",
     "select",
     "r",
     "R",
@@ -54,6 +56,7 @@ TABLE8_COLUMNS = [
     "xproj_us",
     "speedup_incl_xproj",
     "paper_speedup_cpu",
+    "paper_speedup_gpu",
     "paper_latency_cpu_us",
     "flop_bound",
     "pct_of_bound",
@@ -135,31 +138,42 @@ def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- Table 8
 def _label(row: dict[str, Any]) -> str:
-    return method_label(method_key(row["method"], row.get("select") or None, row.get("r")))
+    label = method_label(method_key(row["method"], row.get("select") or None, row.get("r")))
+    variant = row.get("variant") or "eager"
+    return label if variant == "eager" else f"{label} ({variant})"
+
+
+def _x(row: dict[str, Any], key: str, digits: int = 2) -> str:
+    """``row[key]`` as ``1.23x``, ``-`` where the run has no such value."""
+    v = row.get(key)
+    return f"{v:.{digits}f}x" if isinstance(v, int | float) else "-"
 
 
 def _table8_cells(r: dict[str, Any]) -> list[str]:
     shape = f"({r['cx']}, {r['cy']}, {r['L']})"
     lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
     if r["method"] == "full_bp":
+        name = (
+            "Full BP" if (r.get("variant") or "eager") == "eager" else f"Full BP ({r['variant']})"
+        )
         return (
-            [shape, "Full BP", "-", lat, "1.00", "1.00", "1.00"]
+            [shape, name, "-", lat, "1.00", "1.00", "1.00"]
             + ["-"] * 8
             + [f"{r['loadavg_1m_start']:.1f}"]
         )
-    pap = f"{r['paper_speedup_cpu']:.1f}x" if r.get("paper_speedup_cpu") else "-"
+    pap = r.get("paper_speedup_gpu") or r.get("paper_speedup_cpu")
     return [
         shape,
         _label(r),
         str(r["R"]),
         lat,
         f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
-        f"{r['speedup_cputime']:.2f}x",
-        f"{r['speedup_min']:.2f}x",
-        f"{r['speedup_vs_gemm']:.2f}x",
-        f"{r['speedup_incl_xproj']:.2f}x",
-        f"{r['speedup_straightforward']:.2f}x",
-        pap,
+        _x(r, "speedup_cputime"),
+        _x(r, "speedup_min"),
+        _x(r, "speedup_vs_gemm"),
+        _x(r, "speedup_incl_xproj"),
+        _x(r, "speedup_straightforward"),
+        f"{pap:.1f}x" if pap else "-",
         f"{r['flop_bound']:.2f}x",
         f"{r['pct_of_bound']:.0f}%",
         f"{r['roofline_bound']:.2f}x",
@@ -172,10 +186,14 @@ def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str,
     """The Markdown of a Table 8 benchmark run (one table per batch; the bare-GEMM rows are in
     the CSV only)."""
     batches = sorted({r["batch"] for r in rows})
+    runs = meta.get("batch_runs") or {}
     return render(
         "latency_table8.md.j2",
         device=device,
         meta=meta,
+        runs={b: runs.get(str(b)) for b in batches},
+        dates={b: next(r["date"] for r in rows if r["batch"] == b) for b in batches},
+        paper_device="GPU" if str(device).startswith("cuda") else "CPU",
         date=rows[0]["date"],
         threads=rows[0]["threads"] or "-",
         load_min=f"{min(r['loadavg_1m_start'] for r in rows):.2f}",
@@ -221,13 +239,47 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
 
 
 def write_table8(
-    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, device: str, meta: dict[str, Any]
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    device: str,
+    meta: dict[str, Any],
+    *,
+    name: str = "table8",
+    merge: bool = False,
 ) -> list[Path]:
-    """``table8_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``; returns the paths."""
-    stem = Path(out_dir) / f"table8_{device.split(':')[0]}"
+    """``<name>_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``; returns the paths.
+
+    With ``merge``, the rows of the batches measured here replace those batches' rows of the
+    existing files, and the other batches' rows stay; ``run.json`` then records, per batch,
+    the command, processor and torch version that measured it (``batch_runs``), which the
+    Markdown prints under each batch heading.
+    """
+    stem = Path(out_dir) / f"{name}_{device.split(':')[0]}"
+    if merge and stem.with_suffix(".csv").exists():
+        rows, meta = _merged(stem, rows, meta)
     paths = [write_rows_csv(stem.with_suffix(".csv"), rows, TABLE8_COLUMNS, FLOAT_FORMAT)]
     paths.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
     return paths + plot_table8(rows, stem) + [_write_meta(stem, meta)]
+
+
+def _merged(
+    stem: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    old_rows, old_meta = _read_rows(stem.with_suffix(".csv")), read_meta(stem)
+    new_batches = {int(r["batch"]) for r in rows}
+    kept = [r for r in old_rows if int(r["batch"]) not in new_batches]
+
+    def run_of(m: dict[str, Any]) -> dict[str, Any]:
+        keys = ("command", "cpu_model", "machine", "torch", "threads")
+        return {k: m[k] for k in keys if k in m}
+
+    runs = dict(old_meta.get("batch_runs") or {})
+    for b in {int(r["batch"]) for r in kept}:
+        runs.setdefault(str(b), run_of(old_meta))
+    for b in new_batches:
+        runs[str(b)] = run_of(meta)
+    merged = sorted([*kept, *rows], key=lambda r: int(r["batch"]))
+    return merged, dict(meta, batch_runs=dict(sorted(runs.items(), key=lambda kv: int(kv[0]))))
 
 
 # ------------------------------------------------------------------- ablation and projection
