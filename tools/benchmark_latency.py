@@ -78,10 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--shapes",
         nargs="+",
-        choices=["table8", "vit-b"],
+        choices=["table8", "vit-b", "tiny"],
         default=["table8"],
         help="table8: the paper's four shapes (L=49); vit-b: fc1, fc2, proj at L=197 with a "
-        "class token",
+        "class token; tiny: two small shapes (smoke tests)",
     )
     p.add_argument("--name", default="table8", help="output stem: <name>_<device>.*")
     p.add_argument(
@@ -160,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         shapes = {}
+        named = {
+            "table8": latency.TABLE8_SHAPES,
+            "vit-b": latency.VIT_B_SHAPES,
+            "tiny": latency.TINY_SHAPES,
+        }
         for name in args.shapes:
-            shapes.update(latency.TABLE8_SHAPES if name == "table8" else latency.VIT_B_SHAPES)
+            shapes.update(named[name])
         rows = latency.run_table8(
             batches=args.batches,
             rs=args.r,
