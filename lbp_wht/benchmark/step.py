@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import gc
 import random
 import statistics
 import time
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 
 from .e2e import E2E_METHODS, build, method_name
 from .stats import loadavg, paired_ratio, quartiles, say
+from .timing import gc_paused
 
 #: ``--amp`` spellings -> autocast dtype (None: float32).
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -218,9 +218,7 @@ def run_step(
     load0 = loadavg()
     rng = random.Random(seed)
     order = list(range(len(cases)))
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for k in range(rounds):
             rng.shuffle(order)
             for i in order:
@@ -233,9 +231,6 @@ def run_step(
                 if cuda:
                     case.cuda_peak.append(torch.cuda.max_memory_allocated())
             log(f"round {k + 1}/{rounds} done (load {loadavg()[0]:.2f})")
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     load1 = loadavg()
     date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return _rows(
