@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from devices import DEVICES, HAS_CUDA, NO_CUDA
 from reference import lbp_backward_reference
 
 from lbp_wht import (
@@ -36,17 +37,6 @@ from lbp_wht import (
     select_bases,
 )
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device (torch.cuda.is_available())"),
-        ],
-    ),
-]
 F32 = dict(rtol=2e-4, atol=2e-4)
 
 
@@ -259,7 +249,7 @@ def test_saved_activation_is_the_low_rank_input(device):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device (torch.cuda.is_available())")
+@pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA)
 def test_peak_memory_of_a_training_step_is_lower_on_cuda():
     """``torch.cuda.max_memory_allocated`` over forward + backward of a stack of MLP layers:
     the LBP-WHT peak is below the plain one by at least most of the saved inputs."""

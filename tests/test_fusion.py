@@ -7,14 +7,12 @@ import shutil
 
 import pytest
 import torch
+from devices import DEVICES
 
 from lbp_wht import WHTProjector, lbp_forward, select_bases
 from lbp_wht.functional import FUSIONS, backward_fusion, set_backward_fusion
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None,
-    reason="torch.compile on the CPU needs a C++ compiler",
-)
+NO_CXX = shutil.which("g++") is None and shutil.which("c++") is None
 
 
 def _grads(x, w, b, proj, layout, g):
@@ -24,8 +22,12 @@ def _grads(x, w, b, proj, layout, g):
     return torch.autograd.grad(y, inputs, g)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["tokens", "nchw"])
-def test_compiled_passes_match_eager(layout):
+def test_compiled_passes_match_eager(device, layout):
+    """On CUDA the kernels are Triton's; on the CPU, C++ (skipped without a compiler)."""
+    if device == "cpu" and NO_CXX:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
     torch.manual_seed(0)
     proj = WHTProjector((7, 7), select_bases("lp_l1", r=4))
     cx, cy, bsz = 16, 24, 3
@@ -34,6 +36,8 @@ def test_compiled_passes_match_eager(layout):
     else:
         x, g, bias = torch.randn(bsz, cx, 7, 7), torch.randn(bsz, cy, 7, 7), None
     w = torch.randn(cy, cx)
+    x, g, w = x.to(device), g.to(device), w.to(device)
+    bias = bias.to(device) if bias is not None else None
     want = _grads(x, w, bias, proj, layout, g)
     with backward_fusion("compiled"):
         got = _grads(x, w, bias, proj, layout, g)
