@@ -152,20 +152,35 @@ def _with_fusion(mode: str, fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
-def cuda_graphed(fn: Callable[[], object], warmup: int = 3) -> Callable[[], object]:
-    """``fn`` captured once in a CUDA graph; the returned callable replays it. Warm-up runs on a
-    side stream first (allocator, cuBLAS workspaces, the projector's constant matrices), as
-    ``torch.cuda.graph`` requires."""
+def cuda_graphed(
+    build: Callable[[], Callable[[], object]], warmup: int = 3
+) -> Callable[[], object]:
+    """A backward captured once in a CUDA graph; the returned callable replays it.
+
+    ``build()`` runs the forward and returns the backward callable. Both run on one side
+    stream, which is also the capture stream: autograd runs each backward op on the stream of
+    its forward op, so a forward recorded on another stream would put the backward outside the
+    capture. Warm-up calls (allocator, cuBLAS workspaces, the projector's constant matrices)
+    come first, as ``torch.cuda.graph`` requires. The replaying callable returns the captured
+    outputs (the same tensors every time, holding the latest replay's values).
+    """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
+        fn = build()
         for _ in range(warmup):
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    with torch.cuda.graph(graph, stream=side):
+        static = fn()
+    torch.cuda.synchronize()
+
+    def replay():
+        graph.replay()
+        return static  # the captured outputs, rewritten by every replay
+
+    return replay
 
 
 def _backward_body(g, x_hat, w, mat, rev):
@@ -246,7 +261,7 @@ def bench_shape(
     y_full = F.linear(x, w, b)
     fns["full_bp"] = _grad_call(y_full, [x, w, b], g)
     if "graph" in variants:
-        fns["full_bp@graph"] = cuda_graphed(fns["full_bp"])
+        fns["full_bp@graph"] = cuda_graphed(lambda: _grad_call(F.linear(x, w, b), [x, w, b], g))
     xd, wd, g2 = x.detach().reshape(-1, cx), w.detach(), g.reshape(-1, cy)
 
     def gemm():  # the paper's baseline: the two GEMMs of Eq. 2 (+ the bias sum)
@@ -272,7 +287,11 @@ def bench_shape(
                 y_c = _CompiledBackwardLBP.apply(x, w, b, proj)
                 fns[f"lbp_r{r}@compiled_bwd"] = _grad_call(y_c, [x, w, b], g)
             elif v == "graph":
-                fns[f"lbp_r{r}@graph"] = cuda_graphed(call)
+                fns[f"lbp_r{r}@graph"] = cuda_graphed(
+                    lambda p=proj: _grad_call(
+                        lbp_forward(x, w, b, p, prefix_tokens=prefix), [x, w, b], g
+                    )
+                )
         fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(map_x))(proj)
         if not prefix:
             y_naive = _StraightforwardLBP.apply(x, w, b, proj)
