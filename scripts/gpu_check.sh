@@ -7,8 +7,8 @@
 #
 #   --out DIR      where everything goes (default: $OUT, the device tool's output folder)
 #   --wheels DIR   OpenMMLab wheels (`make gpu-wheels`), installed with `pip --no-index
-#                  --target` into DIR/../gpu-site when mmpretrain does not import (default:
-#                  gpu-wheels if present)
+#                  --target` into a scratch folder under $TMPDIR when mmpretrain does not
+#                  import (default: gpu-wheels if present)
 #   --budget S     the whole run's wall-clock limit (default 470; stages get what is left)
 #   --cpu-smoke    the same stages and code paths on the CPU in about a minute: tiny shapes,
 #                  few rounds, the 28 px mini model, 2 training iterations (CI runs this)
@@ -66,7 +66,8 @@ if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$OUT_DIR/../gpu-check-inductor}"
+SCRATCH="${TMPDIR:-/tmp}/gpu-check-$$"  # installs and data: not sent back with OUT
+mkdir -p "$SCRATCH" || exit 2
 START=$(date +%s)
 STAGES="$OUT_DIR/stages.tsv"
 printf "stage\tstatus\trc\tseconds\tlimit\n" > "$STAGES"
@@ -121,7 +122,7 @@ print(json.dumps(info, indent=2))
 EOF
 }
 export -f env_info
-export PY OUT_DIR WHEELS SMOKE ROOT
+export PY OUT_DIR WHEELS SMOKE ROOT SCRATCH
 stage env 30 env_info
 [ $SMOKE = 0 ] && ! grep -q '"cuda_available": true' "$OUT_DIR/logs/env.log" \
     && echo "   warning: torch sees no CUDA device; the CUDA stages will fail"
@@ -135,14 +136,14 @@ install_wheels() {
         echo "mmpretrain does not import and no wheel folder (--wheels, make gpu-wheels)" >&2
         return 1
     fi
-    local site="$OUT_DIR/../gpu-site"
+    local site="$SCRATCH/site"
     "$PY" -m pip install -q --no-index --no-deps --target "$site" "$WHEELS"/*.whl || return 1
     echo "installed into $site: $(ls "$WHEELS" | tr '\n' ' ')"
     PYTHONPATH="$site:$PYTHONPATH" "$PY" -c "import lbp_wht.integrations, mmpretrain, mmcv, cv2; print('mmpretrain', mmpretrain.__version__, 'cv2', cv2.__version__)"
 }
 export -f install_wheels
 stage wheels 60 install_wheels
-[ -d "$OUT_DIR/../gpu-site" ] && export PYTHONPATH="$OUT_DIR/../gpu-site:$PYTHONPATH"
+[ -d "$SCRATCH/site" ] && export PYTHONPATH="$SCRATCH/site:$PYTHONPATH"
 
 # ---- CUDA tests -----------------------------------------------------------------------------
 if [ $SMOKE = 1 ]; then
@@ -178,7 +179,8 @@ train_run() {
     local n_train=6400 n_test=640 batch=64 workers=8 amp=--amp
     if [ $SMOKE = 1 ]; then n_train=4; n_test=2; batch=2; workers=0; amp=""; fi
     mkdir -p "$TRAIN"
-    "$PY" -c "from lbp_wht.benchmark.generated_data import write_cifar100 as w; print(w('$TRAIN/data', $n_train, $n_test))" || return 1
+    local data="$SCRATCH/cifar100"
+    "$PY" -c "from lbp_wht.benchmark.generated_data import write_cifar100 as w; print(w('$data', $n_train, $n_test))" || return 1
     # The paper config, unchanged but for: generated data (the MD5-relaxed loader), random
     # init, one epoch of n_train / batch iterations (100 on the GPU), no checkpoint interval.
     cat > "$TRAIN/check_config.py" <<EOF
@@ -190,14 +192,17 @@ custom_imports = dict(
 )
 load_from = None
 lbp = dict(allow_random_init=True)
-_data = dict(type="GeneratedCIFAR100", data_root="$TRAIN/data")
+_data = dict(type="GeneratedCIFAR100", data_root="$data")
 train_dataloader = dict(batch_size=$batch, num_workers=$workers, persistent_workers=False, dataset=_data)
 val_dataloader = dict(batch_size=$batch, num_workers=$workers, persistent_workers=False, dataset=_data)
 test_dataloader = val_dataloader
 train_cfg = dict(max_epochs=1, val_interval=1)
 default_hooks = dict(logger=dict(interval=10))
 EOF
-    "$PY" tools/train.py "$TRAIN/check_config.py" --work-dir "$TRAIN/work" $amp || return 1
+    "$PY" tools/train.py "$TRAIN/check_config.py" --work-dir "$TRAIN/work" $amp
+    local rc=$?
+    find "$TRAIN/work" -name "*.pth" -delete  # checkpoints stay out of what comes back
+    [ $rc = 0 ] || return $rc
     "$PY" - "$TRAIN/work/record.json" <<'EOF'
 import json, sys
 rec = json.load(open(sys.argv[1]))
@@ -234,7 +239,7 @@ from pathlib import Path
 out, smoke, seconds = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 stages = list(csv.DictReader(open(out / "stages.tsv"), delimiter="\t"))
 files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "logs" not in p.parts
-               and "data" not in p.parts and "work" not in p.parts)
+               and "work" not in p.parts)
 ok = all(s["status"] == "passed" for s in stages)
 json.dump(dict(mode="cpu-smoke" if smoke else "gpu", passed=ok, seconds=seconds, stages=stages,
                files=files), open(out / "summary.json", "w"), indent=2)
@@ -246,5 +251,6 @@ lines += ["", "Files: " + ", ".join(f"`{f}`" for f in files)]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines[:len(stages) + 4]))
 EOF
+rm -rf "$SCRATCH"
 grep -q -v -P "\tpassed\t|^stage\t" "$STAGES" && exit 1
 exit 0
