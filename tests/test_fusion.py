@@ -23,8 +23,9 @@ def _grads(x, w, b, proj, layout, g):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["tokens", "nchw"])
-def test_compiled_passes_match_eager(device, layout):
+@pytest.mark.parametrize("layout,mode", [("tokens", "compiled"), ("nchw", "compiled"),
+                                         ("tokens", "compiled_back")])  # fmt: skip
+def test_compiled_passes_match_eager(device, layout, mode):
     """On CUDA the kernels are Triton's; on the CPU, C++ (skipped without a compiler)."""
     if device == "cpu" and NO_CXX:
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
@@ -39,7 +40,7 @@ def test_compiled_passes_match_eager(device, layout):
     x, g, w = x.to(device), g.to(device), w.to(device)
     bias = bias.to(device) if bias is not None else None
     want = _grads(x, w, bias, proj, layout, g)
-    with backward_fusion("compiled"):
+    with backward_fusion(mode):
         got = _grads(x, w, bias, proj, layout, g)
     for a, e in zip(got, want):
         assert a.shape == e.shape and a.is_contiguous()
@@ -47,7 +48,7 @@ def test_compiled_passes_match_eager(device, layout):
 
 
 def test_fusion_mode_is_checked_and_restored():
-    assert FUSIONS == ("eager", "compiled")
+    assert FUSIONS == ("eager", "compiled", "compiled_back")
     with pytest.raises(ValueError, match="unknown backward fusion 'triton'"):
         set_backward_fusion("triton")
     with backward_fusion("compiled"):

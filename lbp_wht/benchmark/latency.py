@@ -137,11 +137,12 @@ def _grad_call(y: torch.Tensor, inputs: list[torch.Tensor], g: torch.Tensor):
 
 #: How an LBP-WHT backward is run in :func:`run_table8`:
 #: ``eager`` the library's default path; ``compiled`` the library's compiled memory passes
-#: (:func:`lbp_wht.functional.set_backward_fusion`); ``compiled_bwd`` the whole backward body
+#: (:func:`lbp_wht.functional.set_backward_fusion`), ``compiled_back`` only its reverse
+#: projection compiled; ``compiled_bwd`` the whole backward body
 #: (projection, both GEMMs, reverse projection) as one ``torch.compile``d function
 #: (:class:`_CompiledBackwardLBP`, single-patch maps); ``graph`` (CUDA only) the eager
 #: backward captured once in a CUDA graph and replayed (Full BP is then replayed too).
-VARIANTS = ("eager", "compiled", "compiled_bwd", "graph")
+VARIANTS = ("eager", "compiled", "compiled_back", "compiled_bwd", "graph")
 
 
 def _with_fusion(mode: str, fn: Callable[[], object]) -> Callable[[], object]:
@@ -281,8 +282,8 @@ def bench_shape(
         call = _grad_call(y, [x, w, b], g)
         fns[f"lbp_r{r}"] = call
         for v in variants:
-            if v == "compiled":
-                fns[f"lbp_r{r}@compiled"] = _with_fusion("compiled", call)
+            if v in ("compiled", "compiled_back"):
+                fns[f"lbp_r{r}@{v}"] = _with_fusion(v, call)
             elif v == "compiled_bwd" and not prefix and proj.impl == "dense":  # one-patch maps
                 y_c = _CompiledBackwardLBP.apply(x, w, b, proj)
                 fns[f"lbp_r{r}@compiled_bwd"] = _grad_call(y_c, [x, w, b], g)
