@@ -522,20 +522,22 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
     """
     out = Path(out_dir)
     written: list[Path] = []
-    found = sorted(out.glob("table8_*.csv")) + [
-        p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()
-    ]
+    found = (
+        sorted(out.glob("table8_*.csv"))
+        + sorted(out.glob("fusion_*.csv"))
+        + [p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()]
+    )
     e2e = out / "e2e_backward_cpu.csv"
     steps = sorted(out.glob("step_*.csv"))
     if not found and not e2e.exists() and not steps:
         raise FileNotFoundError(
-            f"no benchmark CSV (table8_<device>.csv, ablation_cpu.csv, projection_cpu.csv, "
-            f"e2e_backward_cpu.csv) in {out}"
+            f"no benchmark CSV (table8_<device>.csv, fusion_<device>.csv, ablation_cpu.csv, "
+            f"projection_cpu.csv, e2e_backward_cpu.csv, step_<device>.csv) in {out}"
         )
     for csv_path in found:
         stem = csv_path.with_suffix("")
         meta, rows = read_meta(stem), _read_rows(csv_path)
-        if stem.name.startswith("table8_"):
+        if stem.name.startswith(("table8_", "fusion_")):
             device = str(rows[0]["device"])
             written.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
             written += plot_table8(rows, stem)
