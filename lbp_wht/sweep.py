@@ -63,6 +63,9 @@ __all__ = [
     "RunResult",
     "SweepReport",
     "run_state",
+    "record_state",
+    "check_unique",
+    "log_tail",
     "move_aside",
     "dry_run_listing",
     "run_sweep",
@@ -184,7 +187,7 @@ class RunLock:
 DigestFn = Callable[[Run], "str | None"]
 
 
-def _record_state(run: Run, expected_digest: DigestFn | None) -> tuple[str, str]:
+def record_state(run: Run, expected_digest: DigestFn | None = None) -> tuple[str, str]:
     """``(state, why)`` of the run's record: ``done``, ``changed`` (complete, other config
     digest), ``unreadable``, ``incomplete`` or ``missing``."""
     try:
@@ -211,7 +214,7 @@ def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
     """``"done"`` (complete record), ``"changed"`` (complete record of another config digest,
     see the module docstring), ``"running"`` (locked by a live process), ``"stale"`` (work dir
     without a usable complete record: moved aside and re-run) or ``"todo"``."""
-    state, _ = _record_state(run, expected_digest)
+    state, _ = record_state(run, expected_digest)
     if state in ("done", "changed"):
         return state
     lock = RunLock(run.lock_path)
@@ -237,7 +240,8 @@ def move_aside(work_dir: Path) -> Path:
     return target
 
 
-def _check_unique(runs: Sequence[Run]) -> None:
+def check_unique(runs: Sequence[Run]) -> None:
+    """Raise ValueError if two runs share an id or a work dir."""
     seen_id: dict[str, Run] = {}
     seen_dir: dict[Path, Run] = {}
     for run in runs:
@@ -255,7 +259,7 @@ def dry_run_listing(
     runs: Sequence[Run], *, show_commands: bool = True, expected_digest: DigestFn | None = None
 ) -> str:
     """One block per run (state, id, work dir, command) and a count by state."""
-    _check_unique(runs)
+    check_unique(runs)
     lines = []
     counts: dict[str, int] = {}
     for i, run in enumerate(runs, 1):
@@ -318,7 +322,8 @@ def _bar(frac: float, width: int = 20) -> str:
     return "[" + "#" * n + "." * (width - n) + f"] {100 * frac:5.1f}%"
 
 
-def _tail(path: Path, nbytes: int = 8192) -> str:
+def log_tail(path: Path, nbytes: int = 8192) -> str:
+    """The last ``nbytes`` of a log file as text ("" if it cannot be read)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -437,7 +442,7 @@ class _Display:
         with self.lock:
             rows = []
             for run, start, index in list(self.active.values()):
-                prog = parse_progress(_tail(run.log_path), max_epochs(run))
+                prog = parse_progress(log_tail(run.log_path), max_epochs(run))
                 elapsed = format_duration(time.time() - start)
                 if prog is None:
                     rows.append(f"  [{index}/{self.total}] {run.run_id}  running {elapsed}")
@@ -522,7 +527,7 @@ class _Sweep:
             lock.acquire(blocking=True)
         try:
             # Check *after* taking the lock: another sweep may have just completed it.
-            state, why = _record_state(run, self.expected_digest)
+            state, why = record_state(run, self.expected_digest)
             if state == "done":
                 return RunResult(run, "skipped", message=why)
             if state == "changed" and not self.rerun_changed:
@@ -568,7 +573,7 @@ class _Sweep:
                     with self.mutex:
                         self.procs.pop(run.run_id, None)
             wall = time.time() - start
-            state, why = _record_state(run, self.expected_digest)
+            state, why = record_state(run, self.expected_digest)
             complete = state in ("done", "changed")
             if self.stop.is_set() and not complete:
                 return RunResult(run, "interrupted", wall, rc, "sweep stopped")
@@ -583,7 +588,7 @@ class _Sweep:
                 else f"exit code 0 but no complete record at {run.record_path}"
                 + (f" (status={rec.get('status')!r})" if rec else "")
             )
-            tail = _tail(run.log_path, 1500).strip().splitlines()[-8:]
+            tail = log_tail(run.log_path, 1500).strip().splitlines()[-8:]
             msg = f"{why}; log {run.log_path}" + (
                 "\n      " + "\n      ".join(tail) if tail else ""
             )
@@ -630,13 +635,13 @@ class _Sweep:
         return sorted(deferred, key=lambda x: x[0])
 
     def run(self) -> SweepReport:
-        _check_unique(self.runs)
+        check_unique(self.runs)
         t0 = time.time()
         self.results: dict[int, RunResult] = {}
         todo = []
         changed = undigested = 0
         for i, run in enumerate(self.runs, 1):
-            state, why = _record_state(run, self.expected_digest)
+            state, why = record_state(run, self.expected_digest)
             undigested += state == "done" and "no config_digest" in why
             if state == "done" or (state == "changed" and not self.rerun_changed):
                 res = RunResult(run, "skipped", message=why)

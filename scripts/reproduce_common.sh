@@ -11,7 +11,14 @@
 #   WORK_ROOT  one work dir per run (logs, checkpoints, record.json)    [work_dirs/paper]
 #   OUT        where the tables / figures go                            [results]
 #   PYTHON     interpreter                                              [.venv/bin/python or python]
-# Flags: --dry-run (print exactly the runs of the table and their state, run nothing),
+#   LAUNCHER   local (processes here) or slurm (one sbatch job per run)  [local]
+# With LAUNCHER=slurm (README, "On a SLURM cluster"): LAUNCHER_CONFIG (a .yaml / .json options
+#   file), PARTITION, ACCOUNT, QOS, GPUS_PER_RUN [1], CPUS_PER_TASK, MEM, TIME_LIMIT, GPU_TYPE,
+#   CONSTRAINT, SBATCH_ARGS (more sbatch options), MAX_JOBS, WAIT=1 (follow the jobs to the end,
+#   then build the table; otherwise the script submits, builds the table from the records there
+#   are, and is run again later: it skips what is done or queued and resubmits what ended).
+# Flags: --dry-run (print exactly the runs of the table and their state, with LAUNCHER=slurm the
+#        job script of each run it would submit; run nothing),
 #        --tables-only (skip the sweep, just rebuild the table from the records there are).
 # Any other flag is passed to tools/sweep.py (e.g. --cfg-options train_dataloader.batch_size=32).
 set -euo pipefail
@@ -24,6 +31,7 @@ export PYTHON
 export GPUS="${GPUS:-}" JOBS="${JOBS:-1}" DATA_ROOT="${DATA_ROOT:-data}"
 export CKPT_DIR="${CKPT_DIR:-checkpoints}" SEEDS="${SEEDS:-0}" MODELS="${MODELS:-}"
 export DATASETS="${DATASETS:-}" WORK_ROOT="${WORK_ROOT:-work_dirs/paper}" OUT="${OUT:-results}"
+export LAUNCHER="${LAUNCHER:-local}"
 
 DRY_RUN=0
 TABLES_ONLY=0
@@ -34,7 +42,7 @@ for arg in "$@"; do
         --tables-only) TABLES_ONLY=1 ;;
         -h|--help) # the calling script's header, then the settings above
                    sed -n '2,/^source/p' "${BASH_SOURCE[1]}" | grep '^#' | sed 's/^# \{0,1\}//'
-                   sed -n '3,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+                   sed -n '3,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) SWEEP_ARGS+=("$arg") ;;
     esac
 done
@@ -66,6 +74,8 @@ reproduce_table() {
     echo "Table $table: $OUT/table$table/table$table.{md,csv,tex}"
     if [[ $status != 0 ]]; then
         echo "some runs failed (see above); re-run this script to retry them" >&2
+    elif [[ $LAUNCHER == slurm && "${WAIT:-0}" != 1 ]]; then
+        echo "jobs are on the cluster: re-run this script to fill the table as they finish" >&2
     fi
     return $status
 }

@@ -57,6 +57,9 @@ TIMM = {
     # families without an adapter: square token maps, no prefix tokens
     "levit_128s": ("levit_128s", dict(img_size=112), (1, 3, 112, 112), 46),
     "pvt_v2_b0": ("pvt_v2_b0", dict(), (1, 3, 32, 32), 40),
+    # the class token joins after `blocks` (class-attention stage): blocks see no prefix
+    "cait_xxs24": ("cait_xxs24_224", dict(img_size=32, depth=2), (2, 3, 32, 32), 12),
+    "xcit_nano": ("xcit_nano_12_p16_224", dict(img_size=32, depth=2), (2, 3, 32, 32), 8),
 }
 
 

@@ -25,6 +25,20 @@ Settings (flags, or environment variables of the same name as the scripts use): 
 ``data``: the configs' ``data/<dataset>`` paths are re-rooted there), ``CKPT_DIR`` (default
 ``checkpoints``: the configs' ``load_from`` file names are looked up there), ``GPUS`` (device
 ids; one run per GPU at a time), ``JOBS`` (runs at a time without GPUS).
+
+On a SLURM cluster (``--launcher slurm``, env ``LAUNCHER=slurm``) every run is one ``sbatch``
+job instead (``lbp_wht/slurm.py``): its script and output land in the run's work dir, a
+re-invoked sweep skips complete runs and runs whose job is queued or running, and resubmits the
+others so that they resume from their last checkpoint (``--resume``)::
+
+    python tools/sweep.py table 2 --launcher slurm --partition gpu --gpus-per-run 1 \\
+        --cpus-per-task 8 --mem 32G --time 12:00:00 --account myproj
+    python tools/sweep.py table 2 --launcher slurm --slurm-config slurm.yaml --dry-run
+    python tools/sweep.py table 2 --launcher slurm --slurm-config slurm.yaml --wait
+
+The options file holds the same keys (``partition: gpu``, ``gpus_per_run: 1``, ``time:
+"12:00:00"``, ``sbatch_args: [--exclusive]``, ``setup: [module load cuda]``, ...); flags win.
+``--dry-run`` prints the job scripts it would submit.
 """
 
 from __future__ import annotations
@@ -36,10 +50,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from lbp_wht import slurm
 from lbp_wht.experiments.catalog import CONFIGS_DIR, PAPER_DIR, REPO_ROOT
 from lbp_wht.experiments.runs import SweepSpecError, expected_digest, grid_runs, table_runs
 from lbp_wht.sweep import dry_run_listing, format_duration, run_sweep
 
+#: Appended to a job's training command: every SLURM attempt continues from the newest checkpoint.
+RESUME_ARGS = ("--resume",)
 TABLE_CHOICES = ("2", "3", "4", "5", "6", "7", "fig3", "fig5", "figures")
 
 
@@ -96,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="move complete runs recorded with another config aside and re-run them "
         "(default: keep them and warn)",
     )
+    slurm.add_arguments(common)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("table", parents=[common], help="the runs of paper tables / figures")
@@ -132,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.count:
         print(len(runs))
         return 0
+    if args.launcher == "slurm":
+        return _slurm(args, runs)
     if args.dry_run:
         print(
             dry_run_listing(
@@ -171,6 +191,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.wall_s > 0 and not report.ok:
         print(
             f"re-run the same command to retry ({format_duration(report.wall_s)})", file=sys.stderr
+        )
+    return 0 if report.ok else 1
+
+
+def _slurm(args: argparse.Namespace, runs: list) -> int:
+    try:
+        options = slurm.options_from_args(args)
+        how = dict(
+            expected_digest=expected_digest,
+            rerun_changed=args.rerun_changed,
+            resume_args=RESUME_ARGS,
+        )
+        if args.dry_run:
+            print(slurm.dry_run_scripts(runs, options, show_scripts=not args.quiet_commands, **how))
+            return 0
+        report = slurm.submit_sweep(runs, options, wait=args.wait, poll_s=args.poll, **how)
+    except KeyboardInterrupt:
+        print("sweep: stopped following; the jobs go on (run the same command to see them)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except (slurm.SlurmConfigError, slurm.SchedulerError) as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
+    print(report.summary(), file=sys.stderr)
+    for r in report.results:
+        if r.status == "failed":
+            print(f"  failed: {r.run.run_id}  {r.message}", file=sys.stderr)
+    if not args.wait and any(r.status in ("submitted", "resubmitted") for r in report.results):
+        print(
+            "jobs submitted; run the same command again to see their states and resubmit what "
+            "ended unfinished (or add --wait to follow them)",
+            file=sys.stderr,
         )
     return 0 if report.ok else 1
 

@@ -14,6 +14,8 @@ timm ViT-like: any module   layers under ``blocks``: tokens with ``num_prefix_to
 with ``num_prefix_tokens``, tokens (class, distillation, register); map = the patch grid of
 ``patch_embed``, ``blocks`` each input (pre-hook on ``patch_embed``, so ``dynamic_img_size``
 (ViT, DeiT, EVA, BEiT...)   works). Other layers (head, attention pooling): not a map.
+                            CaiT / XCiT add the class token after ``blocks``: no prefix there,
+                            and their class-attention blocks are not a map.
 timm Swin (V1 / V2) block   ``attn.qkv`` / ``attn.proj``: tokens of one window, map = the
                             block's ``window_size``; ``mlp.*``: tokens of the block's NHWC
                             input map (pre-hook); ``PatchMerging.reduction``: ``nhwc``.
@@ -120,6 +122,12 @@ def _join(prefix: str, name: str) -> str:
 
 
 # ---- timm ViT-like ---------------------------------------------------------------------------
+#: Containers of models whose class token joins the sequence only *after* ``blocks`` (CaiT's
+#: class-attention stage, XCiT's ``cls_attn_blocks``): ``blocks`` then sees the bare patch grid,
+#: although the model's ``num_prefix_tokens`` counts the class token.
+_LATE_CLASS_TOKEN = ("blocks_token_only", "cls_attn_blocks")
+
+
 def _timm_vit_like(model: nn.Module, plan: GeometryPlan) -> None:
     for root, m in model.named_modules():
         if not type(m).__module__.startswith("timm."):
@@ -132,6 +140,8 @@ def _timm_vit_like(model: nn.Module, plan: GeometryPlan) -> None:
             continue
         if not hasattr(pe, "patch_size"):
             continue
+        if any(isinstance(getattr(m, a, None), nn.Module) for a in _LATE_CLASS_TOKEN):
+            prefix = 0
         pe_name = _join(root, "patch_embed")
         source = MapSource(pe, MAP_SIZE_ATTR, f"{pe_name} (patch grid of the input)")
         plan.hook(pe, _record_patch_grid)

@@ -20,9 +20,10 @@
   (:func:`resume_differences`), else :class:`ResumeMismatchError` lists the differences.
 - ``train`` refuses ``load_from=None`` (a silent from-scratch run) unless
   ``lbp.allow_random_init=True``, and checks dataset paths before any dataloader is built.
-- CPU distributed runs (``torchrun`` + gloo, used by the tests): mmengine's ``init_dist`` calls
-  ``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids=[LOCAL_RANK]``, both of
-  which fail without CUDA; both are handled here and are no-ops on GPU machines.
+- CPU distributed runs (``torchrun`` or ``srun`` + gloo, used by the tests): mmengine's
+  ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
+  ``device_ids=[LOCAL_RANK]``, both of which fail without CUDA; both are handled here and are
+  no-ops on GPU machines.
 
 Every checkpoint is read by :func:`~.checkpoint.load_checkpoint_file`
 (``torch.load(weights_only=True)`` with the project's allowlist, defined once in
@@ -236,6 +237,24 @@ def resume_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 # ---------------------------------------------------------------------------------------------
 # the runner
 # ---------------------------------------------------------------------------------------------
+def _torch_env_from_slurm() -> None:
+    """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` (the first node of the job) and
+    ``MASTER_PORT`` (kept if set, else 29500) from the variables ``srun`` gives each process."""
+    import os
+    import subprocess
+
+    env = os.environ
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodes = subprocess.run(
+            ["scontrol", "show", "hostnames", env["SLURM_NODELIST"]],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        env["MASTER_ADDR"] = nodes.stdout.split()[0]
+    env.setdefault("MASTER_PORT", "29500")
+
+
 @RUNNERS.register_module()
 class LBPWHTRunner(Runner):
     """mmengine ``Runner`` for configs with an ``lbp`` block (see module docstring)."""
@@ -282,11 +301,14 @@ class LBPWHTRunner(Runner):
     def setup_env(self, env_cfg: dict) -> None:
         if self._distributed and not is_distributed() and not torch.cuda.is_available():
             # mmengine's init_dist would call torch.cuda.set_device; on CPU use gloo directly
-            # (env:// rendezvous from torchrun's RANK / WORLD_SIZE / MASTER_ADDR variables).
-            if self._launcher != "pytorch":
+            # (env:// rendezvous from torchrun's RANK / WORLD_SIZE / MASTER_ADDR variables, or
+            # the same variables from srun's, as mmengine's slurm set-up derives them).
+            if self._launcher == "slurm":
+                _torch_env_from_slurm()
+            elif self._launcher != "pytorch":
                 raise RuntimeError(
-                    f"CPU distributed training is supported with launcher='pytorch' (torchrun), "
-                    f"got launcher={self._launcher!r}"
+                    "CPU distributed training is supported with launcher='pytorch' (torchrun) "
+                    f"or 'slurm' (srun), got launcher={self._launcher!r}"
                 )
             timeout = env_cfg.get("dist_cfg", {}).get("timeout", 1800)
             from datetime import timedelta
