@@ -17,10 +17,11 @@ Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.
   Segformer (not in the notes; chosen here): ``attn.q``/``k``/``v``/``proj`` and the MixFFN
   1x1 convs ``ffn.layers.0``/``ffn.layers.4`` of every block, plus the decode head's 1x1 convs
   ``convs.*.conv`` and ``fusion_conv.conv``; the classifier ``conv_seg`` stays exact (it is the
-  task head, like ``head.*`` in classification). Why the decode head: by our estimate its
-  1024->256 fusion conv at 128x128 alone costs ~8.6 GMAC to back-propagate, so Table 3's
-  partial-training costs (Full BP ~10 G, LP_L1-2 ~1.5 G, LoRA ~5.9 G, LoRA-all ~6.3 G) are only
-  consistent with the decoder's 1x1 convs converted (LBP / LoRA-all) or frozen (LoRA).
+  task head, like ``head.*`` in classification). Why the decode head: its 1024->256 fusion conv
+  at 128x128 alone costs ~8.6 GMAC to back-propagate, about 40% of partial training's Full BP,
+  so a method that leaves it exact cannot reach Table 3's low-rank costs. Which layers the
+  authors converted is not documented; the ``authors`` variant below is the set that fits
+  Table 3's costs.
 * Partial training trains the last stage and the head: EfficientFormer ``backbone.network.3``
   (with its downsampling conv), EfficientFormerV2 the authors' ``network.6`` = timm
   ``stages.3.blocks`` (the attention-downsampling block ``stages.3.downsample`` is the
@@ -66,6 +67,32 @@ decoder still back-propagates ``g_x`` through its fusion conv). ``lora_train="sc
 trained scope trains beside the adapters, except the LoRA layers' frozen base weights; with it
 our LoRA-all costs come within about 10% of Table 7's (``results/cost/README.md``, item 3).
 
+Variants (``variant=``, config key ``lbp.variant``): ``"corrected"`` (the default) converts
+every layer above and makes sure each converted layer really runs converted. ``"authors"``
+reproduces what the authors' code actually executed, for comparing costs with the paper:
+
+* SwinV2: ``attn.w_msa.qkv`` stays a plain, exactly trained linear layer, and gets no LoRA
+  adapter. mmcls 0.25's ``WindowMSAV2.forward`` computes ``F.linear(x, self.qkv.weight, ...)``
+  and never calls the ``qkv`` module, so a wrapper put on it never ran: in the paper's SwinV2
+  runs qkv back-propagated exactly (LBP-WHT) and carried no working adapter (LoRA, LoRA-all).
+  The qkv weight trains wherever its scope trains (LBP-WHT, Full BP, ``lora_train="scope"``)
+  and stays frozen under ``lora_train="adapters"``.
+* Segformer: only the MixFFN 1x1 convs ``ffn.layers.0``/``ffn.layers.4`` and the decode head's
+  ``fusion_conv.conv`` are converted, by LoRA and LoRA-all alike; attention and the decode
+  head's per-level 1x1 convs stay plain. This is not documented by the authors: it is the
+  layer set whose measured costs fit every Table 3 row of both scopes up to one uniform
+  factor (our counts are twice the paper's; ``results/cost/README.md``). mmseg's attention
+  keeps its projections inside ``nn.MultiheadAttention`` (an ``in_proj_weight`` Parameter and
+  an ``out_proj`` that ``F.multi_head_attention_forward`` reads without calling), so a
+  module wrapper there would not have run either.
+* Every model: LBP-WHT layers compute the input gradient ``g_x`` even when their input needs
+  none (the first trained layer of a partially trained model, e.g. EfficientFormerV2's first
+  stage-3 block behind the frozen attention downsampling): the authors' op always returned
+  it. :attr:`Preset.always_grad_x` says so; the builder makes such inputs require grad.
+
+The accuracy rows of the paper's SwinV2 experiments describe the ``authors`` model (qkv
+trained with exact gradients); the corrected variant is the method as the paper describes it.
+
 Geometry: every converted token layer sees a square map at the paper's input sizes, so
 ``hw`` is inferred at run time: EfficientFormer Meta3D tokens ``(B, 49, C)`` = 7x7; SwinV2
 window attention ``(B * windows, 64, C)`` = 8x8 and its FFN / patch merging see the full
@@ -105,8 +132,13 @@ __all__ = [
     "SCOPES",
     "SELECTIONS",
     "LORA_TRAIN",
+    "VARIANTS",
     "MINI_EFFICIENTFORMER_ARCH",
 ]
+
+#: Conversion variants (``get_preset(variant=...)``, config key ``lbp.variant``): the corrected
+#: conversion (default) and what the authors' code executed (see the module docstring).
+VARIANTS: tuple[str, ...] = ("corrected", "authors")
 
 
 #: mmpretrain ``EfficientFormer`` arch for a CPU-sized model on 28x28 inputs: the stride-4 stem
@@ -143,10 +175,13 @@ class Preset:
             statistics (``docs/PAPER_NOTES.md``, "Why norm_eval matters"); the authors'
             classification configs used it for every method, so it is on for every method
             here too, keeping methods comparable.
-        model, method, scope: the arguments this preset was made for.
+        model, method, scope, variant: the arguments this preset was made for.
         losa_containers, losa_output: ``losa`` only: the modules whose children with
             parameters are LoSA's taps (:func:`lbp_wht.losa.find_blocks`), and the module whose
             output the head reads and the side network corrects (:func:`lbp_wht.losa.attach_losa`).
+        always_grad_x: LBP-WHT layers compute ``g_x`` even when their input needs none (the
+            ``authors`` variant: the authors' op always returned it); the builder makes the
+            inputs of those layers require grad.
     """
 
     rules: list[dict[str, Any]]
@@ -158,6 +193,8 @@ class Preset:
     notes: tuple[str, ...] = field(default=())
     losa_containers: tuple[str, ...] = ()
     losa_output: str = ""
+    variant: str = "corrected"
+    always_grad_x: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +274,23 @@ def _segformer_layers(scope: str) -> list[_Layer]:
         ("decode_head.convs.*.conv", "other", 1),
         ("decode_head.fusion_conv.conv", "other", 1),
     ]
+
+
+def _authors_layers(model: str, scope: str, layers: list[_Layer]) -> list[_Layer]:
+    """The layer table of the ``authors`` variant: what the authors' code really converted."""
+    if model == "swinv2-small-w8":
+        # mmcls 0.25's WindowMSAV2 reads qkv.weight and never calls the module.
+        return [layer for layer in layers if not layer[0].endswith(".attn.w_msa.qkv")]
+    if model == "segformer-mit-b0":
+        # The set that fits Table 3. Kind "attn": LoRA converts the same layers as LoRA-all
+        # (the paper's full-training LoRA and LoRA-all rows cost the same, 11976 vs 11971).
+        p = "backbone.layers.3.1.*." if scope == "partial" else "backbone.layers.*.1.*."
+        return [
+            (p + "ffn.layers.0", "attn", 1),
+            (p + "ffn.layers.4", "attn", 1),
+            ("decode_head.fusion_conv.conv", "attn", 1),
+        ]
+    return layers
 
 
 # model -> (layer table, partial-scope trainable globs, task-head globs, norm_eval)
@@ -322,6 +376,7 @@ def get_preset(
     lora_rank: int = 8,
     lora_alpha: float = 8,
     lora_train: str = "adapters",
+    variant: str = "corrected",
 ) -> Preset:
     """The conversion rules and trainable globs for ``model`` / ``method`` / ``scope``.
 
@@ -342,6 +397,8 @@ def get_preset(
             (the task head only; LoRA's definition, our default) or ``"scope"`` (every
             parameter of the trained scope except the LoRA layers' frozen base weights: the
             freeze of the authors' configs, see ``results/cost/README.md``).
+        variant: ``"corrected"`` (default) or ``"authors"``: the conversion the authors'
+            code executed (module docstring, "Variants").
 
     Returns:
         A :class:`Preset`.
@@ -351,6 +408,7 @@ def get_preset(
     _check("scope", scope, SCOPES)
     _check("select", select, SELECTIONS)
     _check("lora_train", lora_train, LORA_TRAIN)
+    _check("variant", variant, VARIANTS)
     if select == "lhe" and method == "lbp_wht+lora_all":
         raise ValueError(
             "select='lhe' is not offered with LoRA by the presets (the paper has no such "
@@ -370,6 +428,8 @@ def get_preset(
         )
     layer_fn, partial_trainable, head, norm_eval = _MODELS[model]
     layers: list[_Layer] = layer_fn(scope)
+    if variant == "authors":
+        layers = _authors_layers(model, scope, layers)
 
     lbp_opts: dict[str, Any] = {"select": select, "order": order, "padding": padding}
     if select == "lhe":
@@ -417,6 +477,8 @@ def get_preset(
     notes: list[str] = []
     if model == "swinv2-small-w8":
         notes.append("build the backbone as SwinTransformerV2Convertible (qkv called as module)")
+        if variant == "authors":
+            notes.append("authors' variant: attn.w_msa.qkv stays plain (mmcls 0.25 bypassed it)")
     if model == "segformer-mit-b0":
         notes.append("build the backbone as MixVisionTransformerConvertible (explicit q/k/v/proj)")
     if model.startswith("efficientformerv2"):
@@ -432,13 +494,16 @@ def get_preset(
         notes=tuple(notes),
         losa_containers=containers,
         losa_output=output,
+        variant=variant,
+        always_grad_x=variant == "authors" and method.startswith("lbp_wht"),
     )
 
 
 def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
     """A readable summary of :func:`get_preset` (same arguments): rules, trainable, norm_eval."""
     p = get_preset(model, method, scope, **kwargs)
-    lines = [f"preset {model} / {method} / {scope}  (norm_eval={p.norm_eval})"]
+    extra = f", variant={p.variant}" if p.variant != "corrected" else ""
+    lines = [f"preset {model} / {method} / {scope}  (norm_eval={p.norm_eval}{extra})"]
     if p.rules:
         width = max(len(r["target"]) for r in p.rules)
         lines.append(f"  {len(p.rules)} conversion rules:")
@@ -454,6 +519,8 @@ def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
         lines.append("  no conversion (plain backprop)")
     lines.append(f"  trainable parameters ({len(p.trainable)} globs):")
     lines += [f"    {g}" for g in p.trainable]
+    if p.always_grad_x:
+        lines.append("  LBP-WHT layers compute g_x even where their input needs none")
     lines += [f"  note: {n}" for n in p.notes]
     return "\n".join(lines)
 

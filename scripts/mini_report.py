@@ -7,12 +7,15 @@
 tags such as ``full-bp``, ``lp-l1-r4``): ``DIR/records/<tag>.json`` and ``DIR/mini_cost.csv``.
 ``report``: ``DIR/RESULTS.md`` and ``DIR/timing.json`` from the run's records, cost CSV, proxy
 tables and the script's stage timings, every verdict computed from the numbers
-(``lbp_wht.reporting.mini``).
+(``lbp_wht.reporting.mini``). ``report --rerender`` rewrites ``RESULTS.md`` of a finished run
+from its committed files (after a change of the tables' format), keeping the run's own date,
+machine, load and git revision.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--smoke", action="store_true")
     r.add_argument("--start", type=float, help="script start (epoch s): runs newer ran now")
     r.add_argument("--load-start", default="n/a", help="load average when the script started")
+    r.add_argument(
+        "--rerender",
+        action="store_true",
+        help="re-render the report of the run in --out (its date, machine, load and git "
+        "revision kept; stages and command from its timing.json unless given)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "cost":
         try:
@@ -55,6 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages[name] = int(sec)
     if not args.out.is_dir():
         p.error(f"--out {args.out} is not a directory (the mini run's output folder)")
+    provenance = None
+    if args.rerender:
+        try:
+            provenance = mini.committed_provenance(args.out)
+            timing = json.loads((args.out / "timing.json").read_text())
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--rerender needs the run's timing.json and RESULTS.md in --out ({e})")
+        stages = stages or timing["stages_s"]
+        if args.command == "scripts/reproduce_mini.sh":
+            args.command = timing["command"]
     path = mini.write_report(
         args.out,
         stages=stages,
@@ -66,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         smoke=args.smoke,
         start=args.start,
         load_start=args.load_start,
+        provenance=provenance,
     )
     print(f"report: {path}")
     return 0

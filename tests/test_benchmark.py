@@ -86,8 +86,11 @@ def test_committed_latency_markdown_rebuilds_from_its_csvs(tmp_path: Path) -> No
         "ablation_cpu.md",
         "projection_cpu.md",
         "e2e_backward_cpu.md",
+        "step_cpu.md",
+        "fusion_cpu.md",
     }
-    for name in ("table8_cpu.md", "ablation_cpu.md", "projection_cpu.md", "e2e_backward_cpu.md"):
+    names = ("table8_cpu.md", "ablation_cpu.md", "projection_cpu.md", "e2e_backward_cpu.md")
+    for name in names + ("step_cpu.md", "fusion_cpu.md"):
         old = (src / name).read_text().splitlines()
         new = (tmp_path / "lat" / name).read_text().splitlines()
         assert len(old) == len(new), name

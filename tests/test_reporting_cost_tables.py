@@ -70,3 +70,60 @@ def test_unknown_table_is_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no cost table \[4\]"):
         ct.CostTables(tmp_path).run([1, 4])
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------ agreement.csv
+def _paper_cells() -> set[tuple]:
+    """Every printed cost cell of Tables 2, 3, 5, 7 read straight from the paper reference."""
+    import csv
+
+    cells = set()
+    for name in ("classification.csv", "segmentation.csv"):
+        with open(ROOT / "results" / "paper" / name, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["table"] not in ("2", "3", "5", "7"):
+                    continue
+                key = (r["table"], r["model"], r["scope"], r["method"], r["r"])
+                if r.get("mflops"):
+                    cells.add((*key, "MFLOPs"))
+                if r.get("speedup") and r["method"] != "full_bp":
+                    cells.add((*key, "speedup"))
+    return cells
+
+
+def test_agreement_has_every_printed_cell_and_its_ratios_are_ours_over_paper() -> None:
+    rows = ct.read_csv(COST / "agreement.csv")
+    keys = [(r["table"], r["model"], r["scope"], r["method"], r["r"], r["column"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 113
+    assert set(keys) == _paper_cells()
+    for r in rows:
+        paper = float(r["paper"])
+        for v in ("corrected", "authors"):
+            assert float(r[f"ratio_{v}"]) == pytest.approx(float(r[f"ours_{v}"]) / paper, abs=6e-4)
+        assert r["ours"] == r[f"ours_{r['variant']}"]
+        ratio = float(r["ratio"])
+        assert ratio == pytest.approx(float(r["ours"]) / paper, abs=6e-4)
+        assert abs(ratio - 1) <= min(
+            abs(float(r[f"ratio_{v}"]) - 1) for v in ("corrected", "authors")
+        )
+        within = abs(ratio - 1) <= 0.10 + 1e-9
+        assert r["within_10pct"] == str(within)
+        if within:
+            assert r["explanation"] == "" and r["explained_by"] == ""
+        else:  # no cell beyond 10% without an explanation naming what was tried
+            assert r["explanation"].startswith(("within 10% under ", "not explained; tried "))
+            for h in r["explained_by"].split():
+                assert f"under {h} (" in r["explanation"]
+
+
+def test_agreement_files_regenerate_from_the_committed_tables(cost_copy: Path) -> None:
+    names = ("agreement.csv", "agreement_summary.csv", "hypotheses_by_cell.csv",
+             "hypotheses_index.csv")  # fmt: skip
+    for name in names:
+        (cost_copy / name).unlink()
+    summary = ct.CostTables(cost_copy, records=COST / "records").write_agreement()
+    for name in names:
+        assert (cost_copy / name).read_text() == (COST / name).read_text(), name
+    total = summary[-1]
+    assert total["table"] == "all" and total["cells"] == 113
+    assert total["within_best"] + total["explained_by_hypothesis"] + total["not_explained"] == 113

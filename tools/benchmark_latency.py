@@ -9,6 +9,14 @@ the files. Usage (regenerates ``results/latency/table8_cpu.{csv,md,png,pdf}``)::
     python tools/benchmark_latency.py --ablation --batches 1 64     # ablation_cpu.{csv,md}
     python tools/benchmark_latency.py --projection --r 2 4 6        # projection_cpu.{csv,md}
     python tools/benchmark_latency.py --tables-only                 # Markdown + figures again
+    # the backward's memory passes, side by side (fusion_cpu.*), then batch 64 re-measured with
+    # the compiled passes, its rows replacing batch 64 in table8_cpu.* (batch 1 kept):
+    python tools/benchmark_latency.py --batches 64 --variants eager compiled compiled_bwd \
+        --name fusion
+    python tools/benchmark_latency.py --batches 64 --variants compiled --merge
+    # on a GPU: eager, compiled and CUDA-graph replay, Table 8 and ViT-B shapes (table8_cuda.*)
+    python tools/benchmark_latency.py --device cuda --variants eager compiled graph \
+        --shapes table8 vit-b
 
 ``--quick`` runs a few rounds only (smoke test). ``--tables-only`` times nothing: it rebuilds
 the Markdown and figures in ``--out`` from the CSVs and their ``.run.json``.
@@ -24,6 +32,7 @@ from lbp_wht.reporting.paths import LATENCY
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from lbp_wht.benchmark.latency import VARIANTS
     from lbp_wht.benchmark.timing import ALLOCATORS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,6 +68,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reuse: keep freed CPU memory in the process (as jemalloc/tcmalloc do); system: "
         "glibc defaults (large fresh tensors page-fault). Same for every method of a run.",
     )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=["eager"],
+        help="how the LBP-WHT backward runs (lbp_wht.benchmark.latency.VARIANTS); graph: CUDA",
+    )
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=["table8", "vit-b", "tiny"],
+        default=["table8"],
+        help="table8: the paper's four shapes (L=49); vit-b: fc1, fc2, proj at L=197 with a "
+        "class token; tiny: two small shapes (smoke tests)",
+    )
+    p.add_argument("--name", default="table8", help="output stem: <name>_<device>.*")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the measured batches' rows of the existing <name>_<device>.csv",
+    )
     p.add_argument("--proj-sizes", type=int, nargs="+", default=[7, 14, 28, 56])
     p.add_argument("--proj-batch", type=int, default=8)
     p.add_argument("--proj-channels", type=int, default=256)
@@ -72,6 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive, got {bad}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         p.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
+    if "graph" in args.variants and not args.device.startswith("cuda"):
+        p.error("--variants graph (CUDA graph replay) needs --device cuda")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        p.error(f"--name must be a plain file stem, got {args.name!r}")
     if args.projection and args.ablation:
         p.error("--projection and --ablation are two separate runs: choose one")
     return args
@@ -125,10 +159,30 @@ def main(argv: list[str] | None = None) -> int:
             [] if args.no_write else lt.write_component_table("projection", rows, args.out, meta)
         )
     else:
+        shapes = {}
+        named = {
+            "table8": latency.TABLE8_SHAPES,
+            "vit-b": latency.VIT_B_SHAPES,
+            "tiny": latency.TINY_SHAPES,
+        }
+        for name in args.shapes:
+            shapes.update(named[name])
         rows = latency.run_table8(
-            batches=args.batches, rs=args.r, device=args.device, allocator=allocator, **common
+            batches=args.batches,
+            rs=args.r,
+            device=args.device,
+            allocator=allocator,
+            variants=args.variants,
+            shapes=shapes,
+            **common,
         )
-        written = [] if args.no_write else lt.write_table8(rows, args.out, args.device, meta)
+        written = (
+            []
+            if args.no_write
+            else lt.write_table8(
+                rows, args.out, args.device, meta, name=args.name, merge=args.merge
+            )
+        )
     if written:
         print("wrote " + ", ".join(map(str, written)))
     return 0

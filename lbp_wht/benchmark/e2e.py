@@ -38,13 +38,19 @@ E2E_METHODS: tuple[tuple[str, int | None], ...] = (
 )
 
 
-def _label(method: str, r: int | None) -> str:
+def method_name(method: str, r: int | None) -> str:
+    """The display label of a preset method (``LP_L1-<r>`` for LBP-WHT with radius ``r``)."""
     return method_label(method_key(method, "lp_l1", r))
 
 
-def build(model: str, method: str, r: int | None, num_classes: int) -> torch.nn.Module:
+_label = method_name
+
+
+def build(
+    model: str, method: str, r: int | None, num_classes: int, scope: str = "partial"
+) -> torch.nn.Module:
     """The converted, frozen model exactly as training builds it (presets + LBPWHTModel),
-    partial training, in train mode."""
+    ``scope`` ``"partial"`` (last stage + head) or ``"full"``, in train mode."""
     from mmengine.registry import init_default_scope
 
     import lbp_wht.integrations.models  # noqa: F401  (registers the project's model types)
@@ -52,7 +58,7 @@ def build(model: str, method: str, r: int | None, num_classes: int) -> torch.nn.
     from lbp_wht.presets import model_config
 
     init_default_scope("mmpretrain")
-    lbp = dict(method=method, model=model, scope="partial")
+    lbp = dict(method=method, model=model, scope=scope)
     if r is not None:
         lbp.update(select="lp_l1", r=r)
     net = LBPWHTModel(model_config(model, num_classes=num_classes), lbp)

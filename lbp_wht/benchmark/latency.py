@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import WHTProjector, cost, lbp_forward, select_bases
+from ..functional import _expand_rows, _project_rows, _recompile_limit, backward_fusion
 from ..reporting.paths import PAPER
 from .stats import loadavg, paired_ratio, quartiles, say
 from .timing import interleaved_timings
@@ -49,6 +50,13 @@ TABLE8_SHAPES = {
     "efficientformer-l1": [(448, 1792, 49), (1792, 448, 49)],
     "efficientformer-l7": [(768, 3072, 49), (3072, 768, 49)],
 }
+
+#: ViT-B/16 at 224 px (HOT's per-layer table): MLP fc1, fc2 and the attention projection on
+#: L = 197 tokens, a class token (exact gradients) before the 14x14 map: (Cx, Cy, L, prefix).
+VIT_B_SHAPES = {"vit-b": [(768, 3072, 197, 1), (3072, 768, 197, 1), (768, 768, 197, 1)]}
+
+#: Small shapes for smoke tests of the same code paths (one 7x7 map; a class token + 14x14).
+TINY_SHAPES = {"tiny": [(32, 64, 49), (32, 48, 197, 1)]}
 
 #: The paper's Table 8 (appendix D), typed once from the paper.
 PAPER_TABLE8 = PAPER / "table8.csv"
@@ -81,12 +89,17 @@ def paper_table8(
     return out
 
 
-def flop_bound(cx: int, cy: int, tokens: int, rank: int, batch: int) -> float:
-    """Table 1 FLOP ratio ``4 Cx Cy L / (4 Cx Cy R + (Cx + Cy) L R + Cx L R)`` (batch cancels),
-    from :mod:`lbp_wht.cost` in the paper's convention."""
-    van = cost.vanilla_bp_flops(cx, cy, tokens * batch).total
-    lbp = cost.lbp_flops(cx, cy, tokens, rank, convention="table1").total * batch
-    return van / lbp
+def flop_bound(
+    cx: int, cy: int, tokens: int, rank: int, batch: int, patches: int = 1, prefix: int = 0
+) -> float:
+    """Table 1 FLOP ratio ``4 Cx Cy L / (4 Cx Cy P R + (Cx + Cy) L R + Cx L R)`` (batch cancels),
+    from :mod:`lbp_wht.cost` in the paper's convention; ``prefix`` class tokens (outside the
+    ``tokens``-token map) get exact gradients on both sides."""
+    van = cost.vanilla_bp_flops(cx, cy, (tokens + prefix) * batch).total
+    lbp = cost.lbp_flops(
+        cx, cy, tokens, rank, patches=patches, extra_tokens=prefix, convention="table1"
+    ).total
+    return van / (lbp * batch)
 
 
 def roofline_bound(
@@ -122,6 +135,90 @@ def _grad_call(y: torch.Tensor, inputs: list[torch.Tensor], g: torch.Tensor):
     return call
 
 
+#: How an LBP-WHT backward is run in :func:`run_table8`:
+#: ``eager`` the library's default path; ``compiled`` the library's compiled memory passes
+#: (:func:`lbp_wht.functional.set_backward_fusion`), ``compiled_back`` only its reverse
+#: projection compiled; ``compiled_bwd`` the whole backward body
+#: (projection, both GEMMs, reverse projection) as one ``torch.compile``d function
+#: (:class:`_CompiledBackwardLBP`, single-patch maps); ``graph`` (CUDA only) the eager
+#: backward captured once in a CUDA graph and replayed (Full BP is then replayed too).
+VARIANTS = ("eager", "compiled", "compiled_back", "compiled_bwd", "graph")
+
+
+def _with_fusion(mode: str, fn: Callable[[], object]) -> Callable[[], object]:
+    def call():
+        with backward_fusion(mode):
+            return fn()
+
+    return call
+
+
+def cuda_graphed(
+    build: Callable[[], Callable[[], object]], warmup: int = 3
+) -> Callable[[], object]:
+    """A backward captured once in a CUDA graph; the returned callable replays it.
+
+    ``build()`` runs the forward and returns the backward callable. Both run on one side
+    stream, which is also the capture stream: autograd runs each backward op on the stream of
+    its forward op, so a forward recorded on another stream would put the backward outside the
+    capture. Warm-up calls (allocator, cuBLAS workspaces, the projector's constant matrices)
+    come first, as ``torch.cuda.graph`` requires. The replaying callable returns the captured
+    outputs (the same tensors every time, holding the latest replay's values).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn = build()
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        static = fn()
+    torch.cuda.synchronize()
+
+    def replay():
+        graph.replay()
+        return static  # the captured outputs, rewritten by every replay
+
+    return replay
+
+
+def _backward_body(g, x_hat, w, mat, rev):
+    """The LBP-WHT backward of ``y = x w^T + b`` (tokens, one patch): ``(g_x, g_w, g_b)``."""
+    g_hat, g_sum = _project_rows(g, mat, True)
+    gw = g_hat.t() @ x_hat
+    z = (g_hat @ w).view(g.shape[0], -1, w.shape[1])
+    return _expand_rows(z, rev, False), gw, g_sum
+
+
+_compiled_body: list = []
+
+
+class _CompiledBackwardLBP(torch.autograd.Function):
+    """LBP-WHT whose whole backward body is one ``torch.compile``d function (tokens layout, one
+    patch, no prefix tokens; the benchmark's ``compiled_bwd`` variant): inductor sees the
+    projection, both GEMMs and the reverse projection at once and may fuse or reorder them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, projector):
+        ctx.projector = projector
+        ctx.save_for_backward(projector.project(x).reshape(-1, x.shape[-1]), weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g_y):
+        x_hat, weight = ctx.saved_tensors
+        p = ctx.projector
+        if not _compiled_body:
+            _compiled_body.append(torch.compile(_backward_body, dynamic=False, fullgraph=True))
+        mat = p._const("proj_g", g_y.dtype, g_y.device)
+        rev = p._const("rev", g_y.dtype, g_y.device)
+        with _recompile_limit():
+            gx, gw, gb = _compiled_body[0](g_y, x_hat, weight, mat, rev)
+        return gx, gw, gb, None
+
+
 def bench_shape(
     cx: int,
     cy: int,
@@ -134,12 +231,27 @@ def bench_shape(
     order: int = 8,
     padding: str = "reflect",
     seed: int = 0,
-) -> dict[str, list[float]]:
-    """Interleaved timings for Full BP (autograd and bare GEMMs), LBP-WHT LP_L1-r backward and
-    LBP-WHT's forward-side projection of ``x`` at one ``(Cx, Cy, L, batch)``."""
-    side = math.isqrt(tokens)
-    if side * side != tokens:
-        raise ValueError(f"tokens={tokens} is not a square map (Table 8 uses L=49, 7x7)")
+    prefix: int = 0,
+    variants: Sequence[str] = ("eager",),
+) -> dict[str, Callable[[], object]]:
+    """The callables :func:`run_table8` times at one ``(Cx, Cy, L, batch)``: Full BP (autograd,
+    and the bare GEMMs), a streaming copy (the memory roofline), and per radius ``r`` the
+    LBP-WHT LP_L1-r backward in every variant of ``variants`` (names ``lbp_r{r}`` for eager,
+    ``lbp_r{r}@{variant}`` for the others; ``compiled_bwd`` only on one-patch maps without
+    prefix tokens), the straightforward first implementation and
+    LBP-WHT's forward-side projection of ``x``. ``tokens`` counts the ``prefix`` class tokens
+    (ViT-B: L = 197 = 1 + 14 x 14); the rest must be a square map."""
+    side = math.isqrt(tokens - prefix)
+    if side * side != tokens - prefix:
+        raise ValueError(
+            f"tokens={tokens} with prefix={prefix} is not a square map (Table 8 uses L=49, 7x7)"
+        )
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
+    cuda = device.startswith("cuda")
+    if "graph" in variants and not cuda:
+        raise ValueError("the 'graph' variant (CUDA graph replay) needs a CUDA device")
     gen = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
     x = mk(batch, tokens, cx).requires_grad_(True)
@@ -149,6 +261,8 @@ def bench_shape(
     fns: dict[str, Callable[[], object]] = {}
     y_full = F.linear(x, w, b)
     fns["full_bp"] = _grad_call(y_full, [x, w, b], g)
+    if "graph" in variants:
+        fns["full_bp@graph"] = cuda_graphed(lambda: _grad_call(F.linear(x, w, b), [x, w, b], g))
     xd, wd, g2 = x.detach().reshape(-1, cx), w.detach(), g.reshape(-1, cy)
 
     def gemm():  # the paper's baseline: the two GEMMs of Eq. 2 (+ the bias sum)
@@ -160,13 +274,29 @@ def bench_shape(
     src = torch.empty(batch * tokens * (cx + cy) // 2, dtype=dtype, device=device).normal_()
     dst = torch.empty_like(src)
     fns["stream"] = lambda: dst.copy_(src)
+    map_x = xd.view(batch, tokens, cx)[:, prefix:]
     for r in rs:
-        proj = WHTProjector((side, side), select_bases("lp_l1", r=r, order=order), order, padding)
-        y = lbp_forward(x, w, b, proj)
-        fns[f"lbp_r{r}"] = _grad_call(y, [x, w, b], g)
-        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(xd.view(batch, tokens, cx)))(proj)
-        y_naive = _StraightforwardLBP.apply(x, w, b, proj)
-        fns[f"naive_r{r}"] = _grad_call(y_naive, [x, w, b], g)
+        bases = select_bases("lp_l1", r=r, order=order)
+        proj = WHTProjector((side, side), bases, order, padding)
+        y = lbp_forward(x, w, b, proj, prefix_tokens=prefix)
+        call = _grad_call(y, [x, w, b], g)
+        fns[f"lbp_r{r}"] = call
+        for v in variants:
+            if v in ("compiled", "compiled_back"):
+                fns[f"lbp_r{r}@{v}"] = _with_fusion(v, call)
+            elif v == "compiled_bwd" and not prefix and proj.impl == "dense":  # one-patch maps
+                y_c = _CompiledBackwardLBP.apply(x, w, b, proj)
+                fns[f"lbp_r{r}@compiled_bwd"] = _grad_call(y_c, [x, w, b], g)
+            elif v == "graph":
+                fns[f"lbp_r{r}@graph"] = cuda_graphed(
+                    lambda p=proj: _grad_call(
+                        lbp_forward(x, w, b, p, prefix_tokens=prefix), [x, w, b], g
+                    )
+                )
+        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(map_x))(proj)
+        if not prefix:
+            y_naive = _StraightforwardLBP.apply(x, w, b, proj)
+            fns[f"naive_r{r}"] = _grad_call(y_naive, [x, w, b], g)
     return fns
 
 
@@ -204,15 +334,20 @@ def run_table8(
     rounds: int = 0,
     quick: bool = False,
     allocator: str = "",
+    variants: Sequence[str] = ("eager",),
+    shapes: dict[str, list[tuple[int, ...]]] | None = None,
     log: Callable[[str], None] = say,
 ) -> list[dict]:
-    """Time Full BP, the bare GEMMs and LP_L1-r (every ``r`` of ``rs``) on the four Table 8
-    shapes at each batch; one row per (shape, batch, method) with the latency quartiles, the
-    paired speedups on wall and CPU time, the FLOP and roofline bounds and the paper's value.
+    """Time Full BP, the bare GEMMs and LP_L1-r (every ``r`` of ``rs``, every variant of
+    ``variants``, see :data:`VARIANTS`) on the Table 8 shapes at each batch; one row per
+    (shape, batch, method, variant) with the latency quartiles, the paired speedups on wall and
+    CPU time, the FLOP and roofline bounds and the paper's value.
 
     Args:
         rounds: interleaved rounds (0: 200 at batch 1, else 15); ``quick``: 3 rounds.
         allocator: description of the allocator setting, copied into every row.
+        shapes: ``model -> [(Cx, Cy, L) or (Cx, Cy, L, prefix tokens)]``; default
+            :data:`TABLE8_SHAPES` (add :data:`VIT_B_SHAPES` for ViT-B with its class token).
         log: where the per-row progress line goes.
     """
     paper = paper_table8()
@@ -223,121 +358,154 @@ def run_table8(
         rounds = n_rounds if n_rounds else (200 if batch == 1 else 15)
         if quick:
             rounds = 3
-        for model, shapes in TABLE8_SHAPES.items():
-            for cx, cy, tokens in shapes:
+        for model, model_shapes in (shapes or TABLE8_SHAPES).items():
+            for shape in model_shapes:
+                cx, cy, tokens = shape[:3]
+                prefix = shape[3] if len(shape) > 3 else 0
                 load0 = loadavg()
-                fns = bench_shape(cx, cy, tokens, batch, list(rs), device, rounds)
+                fns = bench_shape(
+                    cx, cy, tokens, batch, list(rs), device, rounds, prefix=prefix,
+                    variants=variants,
+                )  # fmt: skip
+                if "eager" not in variants:  # only the requested variants are timed
+                    for r in rs:
+                        fns.pop(f"lbp_r{r}")
                 t = interleaved_timings(fns, rounds, warmup=2 if quick else 5, device=device)
                 load1 = loadavg()
-                common = dict(
-                    device=device,
-                    threads=torch.get_num_threads() if device == "cpu" else "",
-                    allocator=allocator,
-                    model=model,
-                    cx=cx,
-                    cy=cy,
-                    L=tokens,
-                    batch=batch,
-                    rounds=rounds,
-                    loadavg_1m_start=round(load0[0], 2),
-                    loadavg_1m_end=round(load1[0], 2),
-                    torch=torch.__version__,
-                    date=date,
+                rows += _table8_rows(
+                    t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log,
+                    common=dict(
+                        device=device,
+                        threads=torch.get_num_threads() if device == "cpu" else "",
+                        allocator=allocator,
+                        model=model,
+                        cx=cx,
+                        cy=cy,
+                        L=tokens,
+                        prefix=prefix,
+                        batch=batch,
+                        rounds=rounds,
+                        loadavg_1m_start=round(load0[0], 2),
+                        loadavg_1m_end=round(load1[0], 2),
+                        torch=torch.__version__,
+                        date=date,
+                    ),
+                )  # fmt: skip
+    return rows
+
+
+def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log, common):
+    """The rows of one ``(shape, batch)`` from its interleaved timings ``t``."""
+    rows = []
+    cuda = str(common["device"]).startswith("cuda")
+    paper_full = paper.get((cx, cy, None), (None, None, None))
+    bases = [n for n in ("full_bp", "gemm", "full_bp@graph") if n in t]
+    for name in bases:
+        q1, med, q3 = quartiles(t[name]["wall"])
+        method, variant = (name.split("@") + ["eager"])[:2]
+        rows.append(
+            dict(
+                common,
+                method=method,
+                variant=variant,
+                select="",
+                r="",
+                R="",
+                latency_us=med * 1e6,
+                latency_q1_us=q1 * 1e6,
+                latency_q3_us=q3 * 1e6,
+                cpu_latency_us=statistics.median(t[name]["cpu"]) * 1e6,
+                latency_min_us=min(t[name]["wall"]) * 1e6,
+                speedup=1.0 if method == "full_bp" else "",
+                paper_latency_cpu_us=paper_full[2] if batch == 1 and not prefix else "",
+            )
+        )
+    side = math.isqrt(tokens - prefix)
+    full = t["full_bp"]["wall"]
+    for r in rs:
+        proj = WHTProjector((side, side), select_bases("lp_l1", r=r))
+        rank = proj.rank
+        bound = flop_bound(
+            cx, cy, tokens - prefix, rank, batch, patches=proj.num_patches, prefix=prefix
+        )
+        roof = roofline_bound(
+            full,
+            t["gemm"]["wall"],
+            t["stream"]["wall"],
+            (proj.low_rank_tokens + prefix) / tokens,
+            2.0 * cx * cy / (batch * tokens * (cx + cy)),
+        )
+        pap = paper.get((cx, cy, r), (None, None, None)) if not prefix else (None, None, None)
+        xp_med = statistics.median(t[f"xproj_r{r}"]["wall"])
+        for variant in variants:
+            name = f"lbp_r{r}" if variant == "eager" else f"lbp_r{r}@{variant}"
+            if name not in t:  # a variant this shape does not have (compiled_bwd: one patch)
+                continue
+            base = t["full_bp@graph" if variant == "graph" else "full_bp"]
+            tw, tc = t[name]["wall"], t[name]["cpu"]
+            q1, med, q3 = quartiles(tw)
+            s_q1, s_med, s_q3 = paired_ratio(base["wall"], tw)
+            c_q1, c_med, c_q3 = paired_ratio(base["cpu"], tc)
+            # Least-disturbed estimate: on a shared machine the fastest sample of each
+            # method is the one least hit by other processes (timeit's advice).
+            s_min = min(base["wall"]) / min(tw)
+            _, s_gemm, _ = paired_ratio(t["gemm"]["wall"], tw)
+            with_x = [a + c for a, c in zip(tw, t[f"xproj_r{r}"]["wall"])]
+            _, s_incl, _ = paired_ratio(base["wall"], with_x)
+            naive = {}
+            if f"naive_r{r}" in t:
+                _, s_naive, _ = paired_ratio(full, t[f"naive_r{r}"]["wall"])
+                _, c_naive, _ = paired_ratio(t["full_bp"]["cpu"], t[f"naive_r{r}"]["cpu"])
+                naive = dict(
+                    naive_latency_us=statistics.median(t[f"naive_r{r}"]["wall"]) * 1e6,
+                    speedup_straightforward=s_naive,
+                    speedup_straightforward_cputime=c_naive,
                 )
-                paper_full = paper.get((cx, cy, None), (None, None, None))
-                for name in ("full_bp", "gemm"):
-                    q1, med, q3 = quartiles(t[name]["wall"])
-                    rows.append(
-                        dict(
-                            common,
-                            method=name,
-                            select="",
-                            r="",
-                            R="",
-                            latency_us=med * 1e6,
-                            latency_q1_us=q1 * 1e6,
-                            latency_q3_us=q3 * 1e6,
-                            cpu_latency_us=statistics.median(t[name]["cpu"]) * 1e6,
-                            latency_min_us=min(t[name]["wall"]) * 1e6,
-                            speedup=1.0 if name == "full_bp" else "",
-                            paper_latency_cpu_us=paper_full[2] if batch == 1 else "",
-                        )
-                    )
-                for r in rs:
-                    name = f"lbp_r{r}"
-                    proj = WHTProjector((math.isqrt(tokens),) * 2, select_bases("lp_l1", r=r))
-                    rank = proj.rank
-                    tw, tc = t[name]["wall"], t[name]["cpu"]
-                    q1, med, q3 = quartiles(tw)
-                    s_q1, s_med, s_q3 = paired_ratio(t["full_bp"]["wall"], tw)
-                    c_q1, c_med, c_q3 = paired_ratio(t["full_bp"]["cpu"], tc)
-                    # Least-disturbed estimate: on a shared machine the fastest sample of each
-                    # method is the one least hit by other processes (timeit's advice).
-                    s_min = min(t["full_bp"]["wall"]) / min(tw)
-                    _, s_gemm, _ = paired_ratio(t["gemm"]["wall"], tw)
-                    _, s_naive, _ = paired_ratio(t["full_bp"]["wall"], t[f"naive_r{r}"]["wall"])
-                    _, c_naive, _ = paired_ratio(t["full_bp"]["cpu"], t[f"naive_r{r}"]["cpu"])
-                    with_x = [a + c for a, c in zip(tw, t[f"xproj_r{r}"]["wall"])]
-                    _, s_incl, _ = paired_ratio(t["full_bp"]["wall"], with_x)
-                    xp_med = statistics.median(t[f"xproj_r{r}"]["wall"])
-                    bound = flop_bound(cx, cy, tokens, rank, batch)
-                    roof = roofline_bound(
-                        t["full_bp"]["wall"],
-                        t["gemm"]["wall"],
-                        t["stream"]["wall"],
-                        proj.low_rank_tokens / tokens,
-                        2.0 * cx * cy / (batch * tokens * (cx + cy)),
-                    )
-                    pap = paper.get((cx, cy, r), (None, None, None))
-                    rows.append(
-                        dict(
-                            common,
-                            method="lbp_wht",
-                            select="lp_l1",
-                            r=r,
-                            R=rank,
-                            latency_us=med * 1e6,
-                            latency_q1_us=q1 * 1e6,
-                            latency_q3_us=q3 * 1e6,
-                            cpu_latency_us=statistics.median(tc) * 1e6,
-                            speedup=s_med,
-                            speedup_q1=s_q1,
-                            speedup_q3=s_q3,
-                            speedup_cputime=c_med,
-                            speedup_min=s_min,
-                            latency_min_us=min(tw) * 1e6,
-                            speedup_cputime_q1=c_q1,
-                            speedup_cputime_q3=c_q3,
-                            speedup_vs_gemm=s_gemm,
-                            naive_latency_us=statistics.median(t[f"naive_r{r}"]["wall"]) * 1e6,
-                            speedup_straightforward=s_naive,
-                            speedup_straightforward_cputime=c_naive,
-                            xproj_us=xp_med * 1e6,
-                            speedup_incl_xproj=s_incl,
-                            paper_speedup_cpu=pap[0] if (batch == 1 and pap[0]) else "",
-                            paper_latency_cpu_us=pap[2] if (batch == 1 and pap[2]) else "",
-                            flop_bound=bound,
-                            flop_bound_source=FLOP_BOUND_SOURCE,
-                            pct_of_bound=100.0 * s_med / bound,
-                            pct_of_bound_cputime=100.0 * c_med / bound,
-                            roofline_bound=roof,
-                            pct_of_roofline=100.0 * s_med / roof,
-                            stream_us=statistics.median(t["stream"]["wall"]) * 1e6,
-                        )
-                    )
-                    log(
-                        f"[{device} b={batch}] ({cx},{cy},{tokens}) LP_L1-{r} R={rank}: "
-                        f"{med * 1e6:8.0f} us vs full "
-                        f"{statistics.median(t['full_bp']['wall']) * 1e6:8.0f} us  "
-                        f"speedup wall {s_med:5.2f}x [{s_q1:.2f}, {s_q3:.2f}] "
-                        f"cpu-time {c_med:5.2f}x [{c_q1:.2f}, {c_q3:.2f}] min {s_min:5.2f}x "
-                        f"(vs gemm {s_gemm:.2f}x, incl x-proj {s_incl:.2f}x, straightforward "
-                        f"{s_naive:.2f}x)  "
-                        f"bound {bound:5.2f}x ({100 * s_med / bound:3.0f}%) "
-                        f"roofline {roof:5.2f}x ({100 * s_med / roof:3.0f}%)  "
-                        f"paper {pap[0] if batch == 1 else '-'}  load {load0[0]:.2f}->"
-                        f"{load1[0]:.2f}"
-                    )
+            rows.append(
+                dict(
+                    common,
+                    method="lbp_wht",
+                    variant=variant,
+                    select="lp_l1",
+                    r=r,
+                    R=rank,
+                    latency_us=med * 1e6,
+                    latency_q1_us=q1 * 1e6,
+                    latency_q3_us=q3 * 1e6,
+                    cpu_latency_us=statistics.median(tc) * 1e6,
+                    speedup=s_med,
+                    speedup_q1=s_q1,
+                    speedup_q3=s_q3,
+                    speedup_cputime=c_med,
+                    speedup_min=s_min,
+                    latency_min_us=min(tw) * 1e6,
+                    speedup_cputime_q1=c_q1,
+                    speedup_cputime_q3=c_q3,
+                    speedup_vs_gemm=s_gemm,
+                    **naive,
+                    xproj_us=xp_med * 1e6,
+                    speedup_incl_xproj=s_incl,
+                    paper_speedup_cpu=pap[0] if (batch == 1 and pap[0]) else "",
+                    paper_speedup_gpu=pap[1] if (batch == 1 and pap[1] and cuda) else "",
+                    paper_latency_cpu_us=pap[2] if (batch == 1 and pap[2]) else "",
+                    flop_bound=bound,
+                    flop_bound_source=FLOP_BOUND_SOURCE,
+                    pct_of_bound=100.0 * s_med / bound,
+                    pct_of_bound_cputime=100.0 * c_med / bound,
+                    roofline_bound=roof,
+                    pct_of_roofline=100.0 * s_med / roof,
+                    stream_us=statistics.median(t["stream"]["wall"]) * 1e6,
+                )
+            )
+            log(
+                f"[{common['device']} b={batch}] ({cx},{cy},{tokens}) LP_L1-{r} R={rank} "
+                f"{variant}: {med * 1e6:8.0f} us vs full {statistics.median(base['wall']) * 1e6:8.0f}"
+                f" us  speedup {s_med:5.2f}x [{s_q1:.2f}, {s_q3:.2f}] cpu-time {c_med:5.2f}x "
+                f"min {s_min:5.2f}x  bound {bound:5.2f}x ({100 * s_med / bound:3.0f}%) "
+                f"roofline {roof:5.2f}x ({100 * s_med / roof:3.0f}%)  paper "
+                f"{pap[0] if batch == 1 else '-'}  load {common['loadavg_1m_start']:.2f}->"
+                f"{common['loadavg_1m_end']:.2f}"
+            )
     return rows
 
 

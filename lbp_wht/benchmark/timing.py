@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 ALLOCATORS = ("reuse", "system")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The garbage collector off inside (a collection in a timed sample would be charged to
+    whichever method ran then), back to its previous state after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def configure_allocator(mode: str) -> str:
@@ -77,9 +91,7 @@ def interleaved_timings(
     samples: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in fns}
     rng = random.Random(seed)
     names = list(fns)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for _ in range(rounds):
             rng.shuffle(names)
             for name in names:
@@ -103,7 +115,4 @@ def interleaved_timings(
                 cpu = time.process_time() - c0
                 samples[name]["wall"].append(wall / k)
                 samples[name]["cpu"].append(cpu / k)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return samples

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
@@ -63,6 +64,7 @@ __all__ = [
     "inject_lbp",
     "attach_side_network",
     "enable_norm_eval",
+    "always_compute_input_grad",
     "lbp_layers",
     "uses_lbp",
 ]
@@ -94,6 +96,9 @@ LBP_DEFAULTS: dict[str, Any] = dict(
     # freeze: every non-LoRA parameter of the trained scope trains too)
     lora_train="adapters",
     norm_eval=None,  # None: the preset's choice (BatchNorm on running statistics)
+    # 'corrected' (every preset layer converted and run converted) or 'authors' (what the
+    # authors' code executed: SwinV2 qkv plain, Segformer's fitted layer set, g_x always)
+    variant="corrected",
     lhe_iters=100,  # LHE: profile g_y energy for this many iterations, then fix the bases
     spectrum_layer=None,  # record g_y WHT spectrum of this module (Figure 5)
     spectrum_iters=None,  # ... for this many iterations (None: the whole run)
@@ -151,6 +156,14 @@ LBP_SCHEMA: dict[str, LBPKey] = dict(
     losa_rank=LBPKey("int", "LoSA: rank of the side network's low-rank mixers", minimum=1),
     norm_eval=LBPKey(
         "bool", "BatchNorm on running statistics; None: as the preset says", nullable=True
+    ),
+    variant=LBPKey(
+        "str",
+        "conversion variant: 'corrected' (default; every preset layer runs converted) or "
+        "'authors' (what the authors' code executed, to compare costs with the paper: "
+        "SwinV2 qkv left plain, Segformer MixFFN 1x1 + fusion conv only, LBP-WHT layers "
+        "always compute g_x)",
+        choices=_presets.VARIANTS,
     ),
     lhe_iters=LBPKey("int", "LHE: iterations of spectrum profiling", minimum=1),
     spectrum_layer=LBPKey("str", "module whose g_y spectrum is recorded", nullable=True),
@@ -390,6 +403,29 @@ def enable_norm_eval(model: nn.Module) -> None:
     keep_batchnorm_eval(model)
 
 
+def _input_requires_grad(module: nn.Module, args: tuple) -> tuple | None:
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
+        if torch.is_grad_enabled():
+            return (x.detach().requires_grad_(True), *args[1:])
+    return None
+
+
+def always_compute_input_grad(modules: Iterable[nn.Module]) -> list[Any]:
+    """Make each module compute the gradient of its input in training, even where nothing
+    before it trains (``lbp.variant='authors'``: the authors' LBP-WHT op always returned
+    ``g_x``, so the first trained layer of a partially trained model paid for one).
+
+    A forward pre-hook hands the module a grad-requiring copy (``detach().requires_grad_()``)
+    of a first positional input that requires no grad, while grad mode is on; the gradient
+    it receives is discarded, training is unchanged and only the cost is the authors'.
+
+    Returns:
+        The hook handles (``.remove()`` undoes it).
+    """
+    return [m.register_forward_pre_hook(_input_requires_grad) for m in modules]
+
+
 def LBPWHTModel(  # noqa: N802 - registry type name
     model: dict, lbp: dict, data_preprocessor: dict | None = None
 ) -> nn.Module:
@@ -402,7 +438,9 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     3. ``lbp.method='losa'``: attach the LoSA side network (:func:`attach_side_network`);
        ``freeze(model, preset.trainable)`` (partial: last stage + head; LoRA: adapters; LoSA:
        the side network ``losa.*`` + head);
-    4. BatchNorm on running statistics (:func:`enable_norm_eval`) when the preset says so.
+    4. BatchNorm on running statistics (:func:`enable_norm_eval`) when the preset says so;
+    5. ``lbp.variant='authors'`` with LBP-WHT: :func:`always_compute_input_grad` on the LBP-WHT
+       layers.
 
     ``data_preprocessor``: the Runner puts a top-level ``data_preprocessor`` config on the
     outer model dict; it belongs to the inner model (``setdefault``, as the Runner does).
@@ -426,6 +464,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         lora_rank=cfg["lora_rank"],
         lora_alpha=cfg["lora_alpha"],
         lora_train=cfg["lora_train"],
+        variant=cfg["variant"],
     )
     if uses_lbp(cfg["method"]) and cfg["select"] == "lhe":
         preset_kwargs["r"] = cfg["rank"]  # get_preset takes the LHE rank as r
@@ -442,6 +481,8 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     if cfg["method"] == "losa":
         attach_side_network(net, preset, cfg, model)
     trainable = freeze(net, preset.trainable)
+    if preset.always_grad_x:
+        always_compute_input_grad(lbp_layers(net).values())
     norm_eval = preset.norm_eval if cfg["norm_eval"] is None else bool(cfg["norm_eval"])
     if norm_eval:
         enable_norm_eval(net)
@@ -461,6 +502,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         lbp_config=lbp_config_from_block(cfg),
         lora_config=lora_config_from_block(cfg),
         preset=preset_name,
+        variant=cfg["variant"],
         rank=lbp_rank(cfg),
         norm_eval=norm_eval,
         rules=list(preset.rules),

@@ -123,6 +123,7 @@ def expected_conversions(cfg, model) -> set[str]:
         padding=lbp["padding"],
         lora_rank=lbp["lora_rank"],
         lora_alpha=lbp["lora_alpha"],
+        variant=lbp["variant"],
     )
     preset = get_preset(lbp["preset"] or lbp["model"], lbp["method"], lbp["scope"], **kwargs)
     return {

@@ -192,11 +192,15 @@ def analyze(
     seed: int = 0,
     trainable: list[str] | None = None,
     input_grad: bool = False,
+    extra_rules: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Build, inject, measure. Returns a JSON-able record of per-image figures.
 
     Variants used to test accounting hypotheses (:mod:`lbp_wht.reporting.cost_tables`):
 
+    * ``extra_rules``: :func:`lbp_wht.convert` rules applied after the preset's conversion
+      (layers the preset leaves plain; under ``lbp.variant='authors'`` new LBP-WHT layers
+      also always compute ``g_x``), before ``trainable``;
     * ``trainable``: re-freeze with these globs after the preset's freeze (LoRA layers keep
       their base weights frozen, :func:`lbp_wht.freeze`);
     * ``input_grad``: every module that owns a trainable parameter receives an input that
@@ -214,7 +218,18 @@ def analyze(
     model.train()
     info = getattr(model, "lbp_info", {})
     lbp = info.get("cfg", dict(cfg.get("lbp", {})))
-    variant = {}
+    variant: dict[str, Any] = {}
+    if extra_rules:
+        from lbp_wht import convert
+
+        from .build import always_compute_input_grad, lbp_layers
+
+        before = set(lbp_layers(model))
+        convert(model, extra_rules, batchnorm_guard=False)
+        if info.get("variant") == "authors":
+            new = [m for n, m in lbp_layers(model).items() if n not in before]
+            always_compute_input_grad(new)
+        variant["extra_rules"] = [dict(r) for r in extra_rules]
     if trainable is not None:
         from lbp_wht import freeze
 
@@ -343,6 +358,7 @@ def analyze(
         rank=info.get("rank"),
         lora_rank=lbp.get("lora_rank") if "lora" in str(lbp.get("method")) else None,
         norm_eval=info.get("norm_eval"),
+        lbp_variant=info.get("variant", lbp.get("variant", "corrected")),
         resolution=[h, w],
         in_channels=channels,
         batch=batch,

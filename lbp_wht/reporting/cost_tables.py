@@ -58,6 +58,24 @@ COST_METHODS = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
 #: The paper's LoRA-all freeze in its partial-training configs (``lora_layer4``): the whole last
 #: stage and the head train beside the adapters.
 AUTHORS_FREEZE_LORA_ALL = ["backbone.network.3.*", "head.*"]
+#: The two variants every cost row is measured in: ours (the corrected conversion, the
+#: default) and the authors' (what the authors' code executed).
+VARIANT_NAMES = ("corrected", "authors")
+
+
+def authors_options(method: str) -> dict[str, Any]:
+    """``--cfg-options`` of the authors' variant of a row: the conversion their code executed
+    (``lbp.variant='authors'``: SwinV2 qkv plain, Segformer's fitted layer set, LBP-WHT layers
+    always computing ``g_x``) and, for LoRA-all, their freeze (``lbp.lora_train='scope'``: every
+    non-LoRA parameter of the trained scope trains). Their plain-LoRA configs train the adapters
+    and the head, our default; for LBP-WHT + LoRA-all their freeze is not documented and ours
+    is kept."""
+    opts: dict[str, Any] = {"lbp.variant": "authors"}
+    if method == "lora_all":
+        opts["lbp.lora_train"] = "scope"
+    return opts
+
+
 #: The accounting hypotheses tested on Table 7 (``hypotheses.csv``).
 HYPOTHESES = {
     "H0": "ours: backward + forward-for-backward, matmul/conv FLOPs only",
@@ -72,14 +90,49 @@ HYPOTHESES = {
     "H7": "H0 x 64 (per batch of 64 instead of per image)",
 }
 
-#: Columns of ``table{2,3,5,7}.csv`` (Table 6 adds its memory columns).
-CSV_FIELDS = [
-    "table",
-    "model",
+#: The columns that name a row of a cost table.
+ROW_FIELDS = ["table", "model", "scope", "method", "label", "r"]
+#: Columns of ``hypotheses_efficientformerv2.csv``: MFLOPs per hypothesis, its ratio to the
+#: paper's MFLOPs, its speedup and that speedup's ratio to the paper's.
+HYPOTHESES_V2_FIELDS = [
+    *ROW_FIELDS,
+    "paper_mflops",
+    "paper_speedup",
+    *(
+        f"{k}{suffix}"
+        for k in ("corrected", "authors", "V2-DS", "V2-FFN")
+        for suffix in ("", "_ratio", "_speedup", "_speedup_ratio")
+    ),
+]
+
+#: Columns of ``hypotheses_segmentation.csv`` (MFLOPs and their ratio to the paper's).
+HYPOTHESES_SEG_FIELDS = [
     "scope",
     "method",
     "label",
     "r",
+    "paper_mflops",
+    *(
+        f"{prefix}{k}"
+        for k in (
+            "512x512",
+            "256x512",
+            "authors_512x512",
+            "authors_half",
+            "authors_256x512",
+            "authors_scope_half",
+            "authors_decoder_half",
+        )
+        for prefix in ("" if k.startswith("authors") else "ours_", "ratio_")
+    ),
+    "paper_speedup",
+    "ours_speedup_512x512",
+    "ours_speedup_256x512",
+]
+
+#: Columns of ``table{2,3,5,7}.csv`` (Table 6 adds its memory columns).
+CSV_FIELDS = [
+    *ROW_FIELDS,
     "rank",
     "ours_mflops",
     "ours_speedup",
@@ -89,6 +142,12 @@ CSV_FIELDS = [
     "ratio_mflops",
     "ratio_speedup",
     "speedup_differs",
+    "authors_mflops",
+    "authors_speedup",
+    "authors_ratio_mflops",
+    "authors_ratio_speedup",
+    "authors_t1conv_mflops",
+    "authors_elementwise_backward_m",
     "in_paper",
     "ours_t1conv_mflops",
     "ours_t1conv_speedup",
@@ -301,6 +360,16 @@ class CostTables:
         self.cache[stem] = rec
         return rec
 
+    def authors_record(
+        self, found: tuple[Path, dict[str, Any]], method: str, rec: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The record of the authors' variant of ``found`` (:func:`authors_options`); Full BP
+        converts nothing, so its record ``rec`` stands for both variants."""
+        if method == "full_bp":
+            return rec
+        config, options = found
+        return self.record((config, {**options, **authors_options(method)}))
+
     def paper_rows(self, name: str, table: int | str | None = None) -> list[dict[str, str]]:
         """Rows of ``results/paper/<name>`` (of paper Table ``table`` only, if given)."""
         path = self.paper / name
@@ -340,8 +409,11 @@ class CostTables:
                 if (method, r) in seen:
                     continue
                 seen.add((method, r))
-                rec = self.record(self.find_config(table, model, scope, method, r, dataset))
-                rows.append(_cost_row(table, model, scope, method, r, pr, rec, full, paper_full))
+                found = self.find_config(table, model, scope, method, r, dataset)
+                rec = self.record(found)
+                authors = self.authors_record(found, method, rec)
+                row = _cost_row(table, model, scope, method, r, pr, rec, full, paper_full)
+                rows.append(dict(row, **_authors_columns(row, authors, full)))
         rows.sort(key=_sort_key)
         return rows
 
@@ -395,7 +467,16 @@ class CostTables:
         write_rows_csv(self.out / "hypotheses_summary.csv", summary)
         write_rows_csv(self.out / "hypotheses_full_bp.csv", self._hypothesis_stage_input())
         write_rows_csv(self.out / "hypotheses_lora_all.csv", self._hypothesis_lora_all())
-        write_rows_csv(self.out / "hypotheses_segmentation.csv", self._hypothesis_half_crop())
+        write_rows_csv(
+            self.out / "hypotheses_segmentation.csv",
+            self._hypothesis_half_crop(),
+            HYPOTHESES_SEG_FIELDS,
+        )
+        write_rows_csv(
+            self.out / "hypotheses_efficientformerv2.csv",
+            self._hypothesis_efficientformerv2(),
+            HYPOTHESES_V2_FIELDS,
+        )
 
     def _hypotheses_table7(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every hypothesis row by row against Table 7's MFLOPs and speedups
@@ -572,37 +653,138 @@ class CostTables:
         return la
 
     def _hypothesis_half_crop(self) -> list[dict[str, Any]]:
-        """Table 3: our figures are about twice the paper's; does a half-size crop (512 x 256
-        pixels instead of 512 x 512) reproduce them?"""
+        """Table 3: our figures are about twice the paper's. Per row: both variants at the
+        configs' 512x512 crop, our count halved (a uniform factor 1/2), and a half-size crop
+        (256 x 512 pixels); LoRA rows also with the authors' variant trained under
+        ``lora_train='scope'`` and under the authors' plain-LoRA freeze transferred to
+        Segformer (adapters + everything outside the backbone: the whole decode head)."""
         sg = []
-        fulls: dict[str, tuple[float, float, float]] = {}
+        fulls: dict[str, dict[str, float]] = {}
         for pr in self.paper_rows("segmentation.csv", 3):
             method, r, scope = pr["method"], rint(pr.get("r")), pr["scope"]
             cfg = self.find_config(3, pr["model"], scope, method, r, "cityscapes")
             base = self.record(cfg)
             half = self.record(cfg, tag="crop-256x512", size=(256, 512))
+            auth = self.authors_record(cfg, method, base)
+            auth_cfg = (cfg[0], {**cfg[1], **authors_options(method)})
+            auth_half = self.record(auth_cfg, tag="crop-256x512", size=(256, 512))
             p_mf = as_number(pr["mflops"])
-            if method == "full_bp":
-                fulls[scope] = (p_mf, base["backprop_flops"], half["backprop_flops"])
-            sg.append(
-                dict(
-                    scope=scope,
-                    method=method,
-                    label=_label(method, r),
-                    r=r,
-                    paper_mflops=p_mf,
-                    ours_512x512=_mf(base["backprop_flops"]),
-                    ours_256x512=_mf(half["backprop_flops"]),
-                    ratio_512x512=round(base["backprop_flops"] / 1e6 / p_mf, 3),
-                    ratio_256x512=round(half["backprop_flops"] / 1e6 / p_mf, 3),
-                )
+            vals = dict(
+                ours_512x512=base["backprop_flops"],
+                ours_256x512=half["backprop_flops"],
+                authors_512x512=auth["backprop_flops"],
+                authors_half=auth["backprop_flops"] / 2,
+                authors_256x512=auth_half["backprop_flops"],
             )
+            if method == "lora":
+                scope_cfg = (cfg[0], {**auth_cfg[1], "lbp.lora_train": "scope"})
+                vals["authors_scope_half"] = self.record(scope_cfg)["backprop_flops"] / 2
+                prefix = "backbone.layers.3.1.*." if scope == "partial" else "backbone.*."
+                dec = self.record(
+                    auth_cfg, tag="decoder-trains", trainable=[prefix + "lora_*", "decode_head.*"]
+                )
+                vals["authors_decoder_half"] = dec["backprop_flops"] / 2
+            if method == "full_bp":
+                fulls[scope] = dict(vals, paper=p_mf)
+            row: dict[str, Any] = dict(
+                scope=scope,
+                method=method,
+                label=_label(method, r),
+                r=r,
+                paper_mflops=p_mf,
+            )
+            for k, v in vals.items():
+                row[k] = _mf(v)
+                row[f"ratio_{k.removeprefix('ours_')}"] = round(v / 1e6 / p_mf, 3)
+            sg.append(row)
         for row in sg:
-            pf, bf, hf = fulls[row["scope"]]
-            row["paper_speedup"] = round(pf / row["paper_mflops"], 3)
-            row["ours_speedup_512x512"] = round(bf / 1e6 / row["ours_512x512"], 3)
-            row["ours_speedup_256x512"] = round(hf / 1e6 / row["ours_256x512"], 3)
+            f = fulls[row["scope"]]
+            row["paper_speedup"] = round(f["paper"] / row["paper_mflops"], 3)
+            row["ours_speedup_512x512"] = round(f["ours_512x512"] / 1e6 / row["ours_512x512"], 3)
+            row["ours_speedup_256x512"] = round(f["ours_256x512"] / 1e6 / row["ours_256x512"], 3)
         return sg
+
+    def _hypothesis_efficientformerv2(self) -> list[dict[str, Any]]:
+        """EfficientFormerV2 (Tables 2, 5): every printed row in both variants and under
+
+        * ``V2-DS`` (partial training): the attention-downsampling block into the last stage
+          (the authors' ``network.5``, timm ``stages.3.downsample``) trains too, its q / k / v
+          / proj converted as in full training (authors' variant);
+        * ``V2-FFN`` (LBP-WHT rows): only the FFN 1x1 convs converted, the attention layers
+          left plain, as a bypassed wrapper would leave them (authors' variant).
+        """
+        from ..presets import get_preset
+
+        out = []
+        for pr in self.paper_rows("classification.csv"):
+            if not pr["model"].startswith("efficientformerv2") or pr["table"] not in ("2", "5"):
+                continue
+            table, model, scope, method = int(pr["table"]), pr["model"], pr["scope"], pr["method"]
+            r = rint(pr.get("r"))
+            if not (as_number(pr["mflops"]) or as_number(pr["speedup"])):
+                continue
+            cfg = self.find_config(table, model, scope, method, r, "cifar100")
+            auth_cfg = (cfg[0], {**cfg[1], **authors_options(method)})
+            row: dict[str, Any] = dict(
+                table=table,
+                model=model,
+                scope=scope,
+                method=method,
+                label=_label(method, r),
+                r=r,
+                paper_mflops=as_number(pr["mflops"]),
+                paper_speedup=as_number(pr["speedup"]),
+                corrected=_mf(self.record(cfg)["backprop_flops"]),
+                authors=_mf(self.authors_record(cfg, method, self.record(cfg))["backprop_flops"]),
+            )
+            if scope == "partial":
+                kw: dict[str, Any] = {"r": r or 4, "variant": "authors"}
+                if method == "lora_all":
+                    kw["lora_train"] = "scope"
+                preset = get_preset(model, method, "full", **kw)
+                rules = [
+                    dict(rule, target=rule["target"].replace("stages.*.", "stages.3."))
+                    for rule in preset.rules
+                    if ".downsample." in rule["target"]
+                ]
+                part = get_preset(model, method, "partial", **kw).trainable
+                if method in ("full_bp", "lbp_wht") or kw.get("lora_train") == "scope":
+                    trainable = ["backbone.timm_model.stages.3.*", "head.*"]
+                else:
+                    trainable = list(part)
+                trainable += [f"{rule['target']}.lora_{ab}" for rule in rules
+                              if rule["method"] != "lbp" for ab in ("A", "B")]  # fmt: skip
+                rec = self.record(
+                    auth_cfg, tag="v2-ds", extra_rules=rules or None, trainable=trainable
+                )
+                row["V2-DS"] = _mf(rec["backprop_flops"])
+            if method == "lbp_wht":
+                rules = [
+                    rule
+                    for rule in get_preset(model, method, scope, r=r, variant="authors").rules
+                    if ".mlp." in rule["target"]
+                ]
+                plain = (cfg[0], {**auth_cfg[1], "lbp.method": "full_bp"})
+                row["V2-FFN"] = _mf(self.record(plain, tag="v2-ffn", extra_rules=rules)
+                                    ["backprop_flops"])  # fmt: skip
+            out.append(row)
+        for row in out:
+            full = next(
+                o for o in out
+                if (o["table"], o["model"], o["scope"], o["method"])
+                == (row["table"], row["model"], row["scope"], "full_bp")
+            )  # fmt: skip
+            for k in ("corrected", "authors", "V2-DS", "V2-FFN"):
+                if row.get(k) is None:
+                    continue
+                fk = full.get(k if k != "V2-FFN" else "authors")
+                if row["paper_mflops"]:
+                    row[f"{k}_ratio"] = round(row[k] / row["paper_mflops"], 3)
+                if fk:
+                    row[f"{k}_speedup"] = round(fk / row[k], 3)
+                    if row["paper_speedup"]:
+                        row[f"{k}_speedup_ratio"] = round(fk / row[k] / row["paper_speedup"], 3)
+        return out
 
     # ----------------------------------------------------------------------------- a run
     def run(
@@ -634,6 +816,7 @@ class CostTables:
                 self.write_table(table, self.build_rows(table, self.paper_rows(name, table)))
         if hypotheses:
             self.hypotheses()
+        self.write_agreement()
         meta = dict(
             command=command or "python tools/make_cost_tables.py ",
             host=platform.node(),
@@ -652,6 +835,15 @@ class CostTables:
         self.write_readme()
         return meta
 
+    def write_agreement(self) -> list[dict[str, Any]]:
+        """``agreement.csv`` (every printed cost cell of Tables 2, 3, 5, 7, both variants, the
+        explanation of each cell more than 10% off), ``agreement_summary.csv``,
+        ``hypotheses_by_cell.csv`` and ``agreement.{png,pdf}`` from the tables and hypothesis
+        files under ``out`` (:mod:`lbp_wht.reporting.cost_agreement`)."""
+        from .cost_agreement import write_agreement
+
+        return write_agreement(self.out, read_csv, write_rows_csv)
+
     def run_info(self) -> dict[str, Any]:
         return read_record(self.out / "run_info.json") or {}
 
@@ -662,19 +854,21 @@ class CostTables:
 
     def findings(self) -> dict[str, Any]:
         """The facts the README states, read from the files under ``out``."""
-        csvs = {
-            name: read_csv(self.out / f"{name}.csv")
-            for name in (
-                "table1",
-                *(f"table{t}" for t in (2, 3, 5, 6, 7)),
-                "hypotheses_summary",
-                "hypotheses_full_bp",
-                "hypotheses_lora_all",
-                "hypotheses_segmentation",
-            )
-        }
+        names = (
+            "table1",
+            *(f"table{t}" for t in (2, 3, 5, 6, 7)),
+            "hypotheses_summary",
+            "hypotheses_full_bp",
+            "hypotheses_lora_all",
+            "hypotheses_segmentation",
+            "hypotheses_efficientformerv2",
+            "hypotheses_index",
+            "agreement",
+            "agreement_summary",
+        )
+        csvs = {name: read_csv(self.out / f"{name}.csv") for name in names}
         tables = {t: csvs[f"table{t}"] for t in (2, 3, 5, 6, 7)}
-        t2, t6, t7 = tables[2], tables[6], tables[7]
+        t2, t5, t6, t7 = tables[2], tables[5], tables[6], tables[7]
         hla, hseg = csvs["hypotheses_lora_all"], csvs["hypotheses_segmentation"]
         l1 = dict(model="efficientformer-l1", scope="partial")
         fb6 = find_row(t6, method="full_bp")
@@ -696,15 +890,44 @@ class CostTables:
             t7_lp8=find_row(t7, **l1, method="lbp_wht", r="8"),
             hsum=[typed(r) for r in csvs["hypotheses_summary"]],
             hla=[typed(r) for r in hla],
-            hseg=bool(hseg),
+            hseg=[typed(r) for r in hseg],
             hfb=[typed(r) for r in csvs["hypotheses_full_bp"]],
+            hv2=[typed(r) for r in csvs["hypotheses_efficientformerv2"]],
+            v2=_v2_facts(
+                csvs["hypotheses_efficientformerv2"], self.paper_rows("classification.csv")
+            ),
+            seg=dict(
+                _seg_facts(hseg),
+                config=(find_row(tables[3], scope="partial", method="lbp_wht", r="2") or {}).get(
+                    "config"
+                ),
+            ),
+            gx_effect=_gx_effect(tables),
+            hindex=[typed(r) for r in csvs["hypotheses_index"]],
             v2_full_ratios=_v2_full_ratios(tables),
-            swin=_swin_example(t2),
-            seg_full_partial=find_row(hseg, scope="partial", method="full_bp"),
-            seg_full_full=find_row(hseg, scope="full", method="full_bp"),
-            flagged=_flagged(tables, hla, hseg, self.paper_rows),
+            swin=_swin_rows(t2, t5),
+            low_rank=[
+                typed(r)
+                for r in csvs["agreement"]
+                if r["method"] == "lbp_wht"
+                and r["within_10pct"] != "True"
+                and not r["model"].startswith(("efficientformerv2", "segformer"))
+            ],
+            agree=[typed(r) for r in csvs["agreement_summary"]],
+            off=[typed(r) for r in csvs["agreement"] if r["within_10pct"] != "True"],
             fb6=fb6,
             t6_la=t6_la,
+            t6=[typed(r) for r in t6],
+            t6_act_within=sum(
+                abs(
+                    as_number(r["ours_weight_layer_input_mb_batch64"])
+                    / as_number(r["paper_activation_mb"])
+                    - 1
+                )
+                <= SPEEDUP_TOLERANCE + 1e-9
+                for r in t6
+                if as_number(r.get("paper_activation_mb"))
+            ),  # fmt: skip
             t6_all_to_weight=(
                 as_number(fb6["ours_activation_mb_batch64"])
                 / as_number(fb6["ours_weight_layer_input_mb_batch64"])
@@ -835,6 +1058,29 @@ def _cost_row(
         resolution=f"{rec['resolution'][0]}x{rec['resolution'][1]}",
         config=rec["config"] + "".join(f" --cfg-options {k}={v}" for k, v in sorted(opts.items())),
         source_row=pr.get("source_row") if pr else "",
+    )
+
+
+def _authors_columns(
+    row: dict[str, Any], rec: dict[str, Any], full: dict[str, Any]
+) -> dict[str, Any]:
+    """The authors' variant of a cost row (``rec``; ``full``: Full BP, the same in both
+    variants): MFLOPs, speedup and their ratios to the paper's."""
+    mf = rec["backprop_flops"] / 1e6
+    sp = full["backprop_flops"] / rec["backprop_flops"]
+    p_mf, p_sp = row["paper_mflops"], row["paper_speedup"]
+    t1 = (
+        rec["backprop_flops"]
+        - rec["linear_layers_analytic_gemm"]
+        + rec["linear_layers_analytic_table1"]
+    )
+    return dict(
+        authors_mflops=round(mf, 2),
+        authors_speedup=round(sp, 3),
+        authors_ratio_mflops=round(mf / p_mf, 3) if p_mf else None,
+        authors_ratio_speedup=round(sp / p_sp, 3) if p_sp else None,
+        authors_t1conv_mflops=round(t1 / 1e6, 2),
+        authors_elementwise_backward_m=round(rec["backward_elementwise"] / 1e6, 2),
     )
 
 
@@ -996,74 +1242,88 @@ def _v2_full_ratios(tables: dict[int, list[dict[str, str]]]) -> list[dict[str, A
     return list(vals.values())
 
 
-def _swin_example(t2: list[dict[str, str]]) -> dict[str, str] | None:
-    """SwinV2 partial: Full BP and LP_L1-8 ours/paper, LP_L1-2's speedups."""
-    swin = dict(model="swinv2-small-w8", scope="partial")
-    fb = find_row(t2, **swin, method="full_bp")
-    lp8 = find_row(t2, **swin, method="lbp_wht", r="8")
-    lp2 = find_row(t2, **swin, method="lbp_wht", r="2")
-    if not (fb and lp8 and lp2):
-        return None
-    return dict(fb=fb, lp8=lp8, lp2=lp2)
+def _swin_rows(t2: list[dict[str, str]], t5: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """SwinV2's LBP-WHT rows with a paper cost (Table 2 partial, Table 5 full), both
+    variants."""
+    return [
+        typed(r)
+        for rows in (t2, t5)
+        for r in rows
+        if r["model"] == "swinv2-small-w8"
+        and r["method"] == "lbp_wht"
+        and r["in_paper"] == "True"
+        and (r["paper_mflops"] or r["paper_speedup_source"] == "paper")
+    ]
 
 
-def _flagged(
-    tables: dict[int, list[dict[str, str]]],
-    hla: list[dict[str, str]],
-    hseg: list[dict[str, str]],
-    paper_rows: Callable[..., list[dict[str, str]]],
-) -> list[dict[str, Any]]:
-    """The rows whose speedup is more than 10% off the paper's, with the reason
-    (:func:`reason`)."""
-    flagged = []
-    for t, rows in tables.items():
-        full_by = {
-            (r["model"], r["scope"]): as_number(r["ratio_mflops"])
-            for r in rows
-            if r["method"] == "full_bp"
-        }
-        for r in rows:
-            if r.get("speedup_differs") == "True":
-                r = dict(r, full_ratio=full_by.get((r["model"], r["scope"])))
-                flagged.append(typed(dict(r, table=t, **reason(r, hla, hseg, paper_rows))))
-    return flagged
+def _dev(v: Any) -> float | None:
+    """``|v - 1|`` in percent (None for an empty cell)."""
+    x = as_number(v)
+    return None if x is None else 100 * abs(x - 1)
 
 
-def reason(
-    row: dict[str, Any],
-    lora_all: list[dict[str, str]],
-    seg: list[dict[str, str]],
-    paper_rows: Callable[..., list[dict[str, str]]],
-) -> dict[str, Any]:
-    """Why a row's speedup is >10% off the paper's, from the hypothesis tables:
-    ``{"reason": kind, ...facts}``; the template ``cost_readme.md.j2`` words each kind."""
-    model, scope, method = row["model"], row["scope"], row["method"]
-    ours, paper = as_number(row["ours_speedup"]), as_number(row["paper_speedup"])
-    if model.startswith("segformer"):
-        h = find_row(seg, scope=scope, method=method, r=row["r"] or "")
-        if h:
-            return dict(reason="segformer", half_crop_speedup=h["ours_speedup_256x512"])
-    if str(row.get("table")) == "6" and method.startswith("lbp_wht"):
-        t2_full = next(
-            as_number(r["mflops"])
-            for r in paper_rows("classification.csv", 2)
-            if r["model"] == model and r["scope"] == scope and r["method"] == "full_bp"
-        )
-        t6_full = next(
-            as_number(r["gflops"]) for r in paper_rows("table6.csv") if r["method"] == "full_bp"
-        )
-        return dict(
-            reason="table6",
-            t6_full=t6_full,
-            t2_full=t2_full,
-            t2_speedup=t2_full / as_number(row["paper_mflops"]),
-        )
-    if method == "lora_all":
-        h = find_row(lora_all, model=model, scope=scope)
-        if h:
-            return dict(reason="lora_all", authors_freeze_speedup=h["authors_freeze_speedup"])
-    if method == "lbp_wht" and ours and paper and ours > paper:
-        return dict(reason="low_rank")
-    if method.startswith("lbp_wht") and ours and paper and ours < paper:
-        return dict(reason="narrow")
-    return dict(reason="other")
+def _v2_facts(hv2: list[dict[str, str]], paper: list[dict[str, str]]) -> dict[str, Any]:
+    """The EfficientFormerV2 findings the README words: what V2-DS and V2-FFN do to which
+    rows, S0 full LoRA-all, the paper's LoRA-all / Full BP per model."""
+    if not hv2:
+        return {}
+    part = [r for r in hv2 if r["scope"] == "partial"]
+    ds = [r for r in part if as_number(r.get("V2-DS_ratio"))]
+    la = find_row(hv2, table="2", model="efficientformerv2-s0", scope="full", method="lora_all")
+    fb = find_row(hv2, table="2", model="efficientformerv2-s0", scope="full", method="full_bp")
+
+    def paper_mf(table: str, model: str, scope: str, method: str) -> float | None:
+        row = find_row(paper, table=table, model=model, scope=scope, method=method)
+        return as_number(row["mflops"]) if row else None
+
+    la_over_fb = {}
+    for model in ("efficientformer-l1", "efficientformer-l7", "efficientformerv2-l",
+                  "swinv2-small-w8", "efficientformerv2-s0"):  # fmt: skip
+        a, b = paper_mf("5", model, "full", "lora_all"), paper_mf("5", model, "full", "full_bp")
+        if a and b:
+            la_over_fb[model] = a / b
+    t7 = (
+        paper_mf("7", "efficientformer-l1", "partial", "lora_all"),
+        paper_mf("7", "efficientformer-l1", "partial", "full_bp"),
+    )
+    return dict(
+        ds_full_bp_dev=max(_dev(r["V2-DS_ratio"]) for r in ds if r["method"] == "full_bp"),
+        ds_fits=[typed(r) for r in ds if r["method"] != "full_bp" and _dev(r["V2-DS_ratio"]) <= 10],
+        ds_misses=[typed(r) for r in ds if _dev(r["V2-DS_ratio"]) > 10],
+        ffn_lp2=[as_number(r["V2-FFN_ratio"]) for r in part
+                 if r["method"] == "lbp_wht" and r["r"] == "2" and as_number(r.get("V2-FFN_ratio"))],
+        lp2=[typed(r) for r in part if r["method"] == "lbp_wht" and r["r"] == "2"],
+        s0_la=typed(la) if la else None,
+        s0_la_over_fb=(as_number(la["authors"]) / as_number(fb["corrected"])) if la and fb else None,
+        paper_la_over_fb=la_over_fb,
+        t7_la_over_fb=(t7[0] / t7[1]) if all(t7) else None,
+    )  # fmt: skip
+
+
+def _seg_facts(hseg: list[dict[str, str]]) -> dict[str, Any]:
+    """Table 3: the largest deviation of SEG-HALF on Full BP / LBP-WHT rows, the range of the
+    half-crop deviations in full training, the LoRA rows under each freeze."""
+    if not hseg:
+        return {}
+    fit = [r for r in hseg if r["method"] in ("full_bp", "lbp_wht")]
+    crop = [_dev(r["ratio_256x512"]) for r in fit if r["scope"] == "full"]
+    return dict(
+        half_max_dev=max(_dev(r["ratio_authors_half"]) for r in fit),
+        crop_full_min=min(crop),
+        crop_full_max=max(crop),
+        lora=[typed(r) for r in hseg if r["method"] in ("lora", "lora_all")],
+    )
+
+
+def _gx_effect(tables: dict[int, list[dict[str, str]]]) -> float | None:
+    """The largest change (percent) the authors' variant makes to an LBP-WHT row of a model
+    whose conversion it leaves as it is (EfficientFormer L1 / L7 / V2): the always-computed
+    ``g_x`` alone."""
+    devs = [
+        _dev(as_number(r["authors_mflops"]) / as_number(r["ours_mflops"]))
+        for t in (2, 5, 7)
+        for r in tables.get(t, [])
+        if r["method"] == "lbp_wht" and r["model"].startswith("efficientformer")
+        and as_number(r.get("authors_mflops"))
+    ]  # fmt: skip
+    return max(devs) if devs else None

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..experiments.catalog import FIG5_CELL, Cell, read_paper_rows  # noqa: E402
 from ..experiments.vocab import (  # noqa: E402
@@ -66,6 +67,11 @@ BASELINES = {
     )
 }
 LBP_COLOR = "tab:blue"
+#: The LBP-WHT selection as every figure writes it.
+LP_L1 = "LP$_{L_1}$"
+#: Smallest accuracy range [percentage points] a Figure 3 panel spans, so that two points 0.04
+#: apart do not fill a panel as if they were far apart.
+MIN_ACC_SPAN = 2.0
 
 
 def _style() -> None:
@@ -86,7 +92,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # same bytes on a rerun
     plt.close(fig)
     return paths
 
@@ -242,7 +248,7 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
                     mfc=fill or LBP_COLOR,
                     capsize=2,
                     lw=1,
-                    label=f"LBP-WHT LP_L1-r ({source})",
+                    label=f"LBP-WHT {LP_L1}-r ({source})",
                 )
                 if source == "ours":
                     for _, p in lbp.iterrows():
@@ -272,6 +278,11 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
                 )
         ax.set_title(MODEL_NAMES.get(model, model))
         ax.margins(x=0.06, y=0.1)  # room for the r labels below the lowest / last points
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 4
+        lo, hi = ax.get_ylim()
+        if hi - lo < MIN_ACC_SPAN:
+            mid = (lo + hi) / 2
+            ax.set_ylim(mid - MIN_ACC_SPAN / 2, mid + MIN_ACC_SPAN / 2)
         ax.set_xlabel("Backprop computation [MFLOPs]")
         ax.grid(alpha=0.3)
         if d.empty:
@@ -301,6 +312,8 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
 
 
 def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path]:
+    """Each model's marginal accuracy as steps over the r it spans (a slope between r_a and
+    r_b is drawn from r_a to r_b), integer r ticks, in Figure 3's fonts and notation."""
     _style()
     colors = _model_colors(models)
     present = [
@@ -310,30 +323,44 @@ def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path
         if not marg[(marg["model"] == m) & (marg["source"] == src)].empty
     ]
     legend_rows = math.ceil(len(present) / 2)
-    height = 2.6 + 0.15 * legend_rows
+    height = 2.6 + 0.17 * legend_rows
     fig, ax = plt.subplots(figsize=(4.6, height))
     for model, source in present:
-        g = marg[(marg["model"] == model) & (marg["source"] == source)]
-        ax.plot(
-            g["r_mid"],
-            g["slope_pp_per_gflop"],
+        g = marg[(marg["model"] == model) & (marg["source"] == source)].sort_values("r_from")
+        xs = [*g["r_from"], g["r_to"].iloc[-1]]
+        ys = [*g["slope_pp_per_gflop"], g["slope_pp_per_gflop"].iloc[-1]]
+        ax.step(
+            xs,
+            ys,
+            where="post",
             ls="-" if source == "ours" else "--",
-            marker="o",
             color=colors[model],
-            mfc=colors[model] if source == "ours" else "none",
             lw=1,
             label=f"{MODEL_NAMES.get(model, model)} ({source})",
         )
+        ax.plot(
+            g["r_mid"],
+            g["slope_pp_per_gflop"],
+            ls="none",
+            marker="o",
+            color=colors[model],
+            mfc=colors[model] if source == "ours" else "none",
+        )
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlabel("LP$_{L_1}$-r, between consecutive r (segment midpoint)")
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 3
+    if present:
+        r_lo, r_hi = int(marg["r_from"].min()), int(marg["r_to"].max())
+        ax.set_xticks(range(r_lo, r_hi + 1))
+        ax.set_xlim(r_lo - 0.3, r_hi + 0.3)
+    ax.set_xlabel(f"{LP_L1}-r (each step spans the two r it compares)")
     ax.set_ylabel("Marginal accuracy [pp / GFLOP]")
     ax.set_title("Figure 4: marginal accuracy, the slope of Figure 3's LBP-WHT curve")
     ax.grid(alpha=0.3)
     if not present:
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
     else:  # legend below the axes, inside the figure (no bbox="tight": one draw per format)
-        fig.legend(loc="lower center", ncol=2, fontsize=6, frameon=False)
-    fig.tight_layout(rect=(0, (0.15 * legend_rows + 0.03) / height, 1, 1))
+        fig.legend(loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, (0.17 * legend_rows + 0.03) / height, 1, 1))
     return _save(fig, out, "figure4")
 
 
@@ -398,14 +425,14 @@ def plot_fig5(spec: dict[str, Any], out: Path, outline_r: int = 4) -> list[Path]
         ys += [i_max - 0.5, i_max - 0.5]
     xs += [min(outline_r, n) - 0.5]
     ys += [-0.5]
-    ax.plot(xs, ys, color="cyan", lw=1.2, label=f"LP$_{{L_1}}$-{outline_r}")
+    ax.plot(xs, ys, color="cyan", lw=1.2, label=f"{LP_L1}-{outline_r}")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xlabel("WHT base index j (horizontal sequency)")
     ax.set_ylabel("WHT base index i (vertical sequency)")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label("share of g_y energy [%] (log scale)")
-    kept = ", ".join(f"LP$_{{L_1}}$-{r}: {100 * lp_l1_share(energy, r):.1f}%" for r in (2, 4, 8))
+    kept = ", ".join(f"{LP_L1}-{r}: {100 * lp_l1_share(energy, r):.1f}%" for r in (2, 4, 8))
     layer = spec.get("layer", "?")
     ax.set_title(
         f"Figure 5: WHT spectrum of g_y, {layer}\nenergy kept: {kept} "

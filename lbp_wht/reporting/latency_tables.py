@@ -2,7 +2,7 @@
 figures, and the same Markdown and figures again from the CSVs alone.
 
 Each output ``<stem>`` (``table8_<device>``, ``ablation_cpu``, ``projection_cpu``,
-``e2e_backward_cpu``) is written as ``<stem>.csv`` (floats to 4 significant digits), ``<stem>.md``
+``e2e_backward_cpu``, ``step_<device>``) is written as ``<stem>.csv`` (floats to 4 significant digits), ``<stem>.md``
 (a template under ``templates/``) and, for Table 8 and the end-to-end benchmark, ``<stem>.png``
 / ``.pdf``. The facts about the run that the rows do not hold (command, torch version, threads,
 machine) go to ``<stem>.run.json`` beside them, so :func:`rerender` can rebuild the Markdown and
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiments.vocab import method_key, method_label
+from .plotting import label_log_axis
 from .render import read_rows_csv, render, write_rows_csv, write_text
 
 #: The CSV columns of a Table 8 benchmark run, in order.
@@ -30,8 +31,10 @@ TABLE8_COLUMNS = [
     "cx",
     "cy",
     "L",
+    "prefix",
     "batch",
     "method",
+    "variant",
     "select",
     "r",
     "R",
@@ -54,6 +57,7 @@ TABLE8_COLUMNS = [
     "xproj_us",
     "speedup_incl_xproj",
     "paper_speedup_cpu",
+    "paper_speedup_gpu",
     "paper_latency_cpu_us",
     "flop_bound",
     "pct_of_bound",
@@ -78,14 +82,31 @@ def run_meta(command: str) -> dict[str, Any]:
     and logical CPU count."""
     import torch
 
-    return dict(
+    meta = dict(
         command=command,
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         machine=platform.processor() or platform.machine(),
         arch=platform.machine(),
         logical_cpus=os.cpu_count(),
+        cpu_model=cpu_model(),
     )
+    if torch.cuda.is_available():
+        meta["gpu"] = torch.cuda.get_device_name()
+        meta["cuda"] = torch.version.cuda
+    return meta
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), ``""`` where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _write_meta(stem: Path, meta: dict[str, Any]) -> Path:
@@ -118,31 +139,42 @@ def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- Table 8
 def _label(row: dict[str, Any]) -> str:
-    return method_label(method_key(row["method"], row.get("select") or None, row.get("r")))
+    label = method_label(method_key(row["method"], row.get("select") or None, row.get("r")))
+    variant = row.get("variant") or "eager"
+    return label if variant == "eager" else f"{label} ({variant})"
+
+
+def _x(row: dict[str, Any], key: str, digits: int = 2) -> str:
+    """``row[key]`` as ``1.23x``, ``-`` where the run has no such value."""
+    v = row.get(key)
+    return f"{v:.{digits}f}x" if isinstance(v, int | float) else "-"
 
 
 def _table8_cells(r: dict[str, Any]) -> list[str]:
     shape = f"({r['cx']}, {r['cy']}, {r['L']})"
     lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
     if r["method"] == "full_bp":
+        name = (
+            "Full BP" if (r.get("variant") or "eager") == "eager" else f"Full BP ({r['variant']})"
+        )
         return (
-            [shape, "Full BP", "-", lat, "1.00", "1.00", "1.00"]
+            [shape, name, "-", lat, "1.00", "1.00", "1.00"]
             + ["-"] * 8
             + [f"{r['loadavg_1m_start']:.1f}"]
         )
-    pap = f"{r['paper_speedup_cpu']:.1f}x" if r.get("paper_speedup_cpu") else "-"
+    pap = r.get("paper_speedup_gpu") or r.get("paper_speedup_cpu")
     return [
         shape,
         _label(r),
         str(r["R"]),
         lat,
         f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
-        f"{r['speedup_cputime']:.2f}x",
-        f"{r['speedup_min']:.2f}x",
-        f"{r['speedup_vs_gemm']:.2f}x",
-        f"{r['speedup_incl_xproj']:.2f}x",
-        f"{r['speedup_straightforward']:.2f}x",
-        pap,
+        _x(r, "speedup_cputime"),
+        _x(r, "speedup_min"),
+        _x(r, "speedup_vs_gemm"),
+        _x(r, "speedup_incl_xproj"),
+        _x(r, "speedup_straightforward"),
+        f"{pap:.1f}x" if pap else "-",
         f"{r['flop_bound']:.2f}x",
         f"{r['pct_of_bound']:.0f}%",
         f"{r['roofline_bound']:.2f}x",
@@ -155,10 +187,14 @@ def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str,
     """The Markdown of a Table 8 benchmark run (one table per batch; the bare-GEMM rows are in
     the CSV only)."""
     batches = sorted({r["batch"] for r in rows})
+    runs = meta.get("batch_runs") or {}
     return render(
         "latency_table8.md.j2",
         device=device,
         meta=meta,
+        runs={b: runs.get(str(b)) for b in batches},
+        dates={b: next(r["date"] for r in rows if r["batch"] == b) for b in batches},
+        paper_device="GPU" if str(device).startswith("cuda") else "CPU",
         date=rows[0]["date"],
         threads=rows[0]["threads"] or "-",
         load_min=f"{min(r['loadavg_1m_start'] for r in rows):.2f}",
@@ -183,7 +219,7 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     paper = [get[k + (b0,)].get("paper_speedup_cpu") or 0.0 for k in keys]
     series.append(("paper (Jetson Nano CPU, batch 1)", paper))
     series.append(("FLOP bound (Table 1)", [get[k + (b0,)]["flop_bound"] for k in keys]))
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig, ax = plt.subplots(figsize=(12, 4.6))
     width = 0.8 / len(series)
     colors = ["tab:blue", "tab:cyan", "tab:orange", "0.75", "tab:green"]
     for i, (label, vals) in enumerate(series):
@@ -191,26 +227,68 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
         ax.bar(xs, vals, width, label=label, color=colors[i % len(colors)])
     ticks = [f"({cx},{cy})\n" + method_label(("lbp_wht", "lp_l1", r)) for cx, cy, r in keys]
     ax.set_xticks(range(len(keys)), ticks, fontsize=7)
-    ax.set_ylabel("backprop speedup vs Full BP")
+    ax.set_ylabel("backprop speedup vs Full BP (log scale)")
     ax.set_yscale("log")
+    # Labelled ticks at 1, 2, 5, 10, 20 (not only the decades) and the legend below the axes,
+    # where it covers no bar.
+    top = max(v for _, vals in series for v in vals if v)
+    lo, hi = 0.8, top * 1.15
+    ax.set_ylim(lo, hi)
+    label_log_axis(ax.yaxis, lo, hi, suffix="x")
+    ax.grid(axis="y", which="major", alpha=0.3)
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_title(
         f"Table 8 shapes (L=49): LBP-WHT backward speedup, {rows[0]['device']}, "
         f"{rows[0]['threads']} thread(s)"
     )
-    ax.legend(fontsize=8, ncol=len(series))
+    ax.legend(fontsize=8, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              frameon=False)  # fmt: skip
     fig.tight_layout()
     return _save(fig, stem)
 
 
 def write_table8(
-    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, device: str, meta: dict[str, Any]
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    device: str,
+    meta: dict[str, Any],
+    *,
+    name: str = "table8",
+    merge: bool = False,
 ) -> list[Path]:
-    """``table8_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``; returns the paths."""
-    stem = Path(out_dir) / f"table8_{device.split(':')[0]}"
+    """``<name>_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``; returns the paths.
+
+    With ``merge``, the rows of the batches measured here replace those batches' rows of the
+    existing files, and the other batches' rows stay; ``run.json`` then records, per batch,
+    the command, processor and torch version that measured it (``batch_runs``), which the
+    Markdown prints under each batch heading.
+    """
+    stem = Path(out_dir) / f"{name}_{device.split(':')[0]}"
+    if merge and stem.with_suffix(".csv").exists():
+        rows, meta = _merged(stem, rows, meta)
     paths = [write_rows_csv(stem.with_suffix(".csv"), rows, TABLE8_COLUMNS, FLOAT_FORMAT)]
     paths.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
     return paths + plot_table8(rows, stem) + [_write_meta(stem, meta)]
+
+
+def _merged(
+    stem: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    old_rows, old_meta = _read_rows(stem.with_suffix(".csv")), read_meta(stem)
+    new_batches = {int(r["batch"]) for r in rows}
+    kept = [r for r in old_rows if int(r["batch"]) not in new_batches]
+
+    def run_of(m: dict[str, Any]) -> dict[str, Any]:
+        keys = ("command", "cpu_model", "machine", "torch", "threads")
+        return {k: m[k] for k in keys if k in m}
+
+    runs = dict(old_meta.get("batch_runs") or {})
+    for b in {int(r["batch"]) for r in kept}:
+        runs.setdefault(str(b), run_of(old_meta))
+    for b in new_batches:
+        runs[str(b)] = run_of(meta)
+    merged = sorted([*kept, *rows], key=lambda r: int(r["batch"]))
+    return merged, dict(meta, batch_runs=dict(sorted(runs.items(), key=lambda kv: int(kv[0]))))
 
 
 # ------------------------------------------------------------------- ablation and projection
@@ -336,6 +414,95 @@ def write_e2e(
     return paths + plot_e2e(rows, stem) + [_write_meta(stem, meta)]
 
 
+# ----------------------------------------------------------------------------- training step
+def _step_cells(r: dict[str, Any], cuda: bool) -> list[str]:
+    cells = [
+        r["method"],
+        f"{r['step_ms']:.1f} [{r['step_q1_ms']:.1f}, {r['step_q3_ms']:.1f}]",
+        f"{r['forward_ms']:.1f}",
+        f"{r['backward_ms']:.1f}",
+        f"{r['optimizer_ms']:.1f}",
+        f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+        f"{r['backward_speedup']:.2f}x",
+        f"{r['step_gflops']:.2f}",
+        f"{r['flop_bound']:.2f}x",
+        f"{r['pct_of_bound']:.0f}%",
+        f"{r['saved_activation_mb']:.1f}",
+    ]
+    if cuda:
+        cells.append(f"{r['cuda_peak_mb']:.0f}" if r.get("cuda_peak_mb") not in ("", None) else "-")
+    return cells + [f"{int(r['trainable_params']):,}"]
+
+
+def step_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The Markdown of a training-step benchmark run (one table per scope)."""
+    r0 = rows[0]
+    cuda = str(r0["device"]).startswith("cuda")
+    scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    return render(
+        "latency_step.md.j2",
+        meta=meta,
+        model=r0["model"],
+        device=r0["device"],
+        date=r0["date"],
+        threads=r0["threads"] or "-",
+        batch=r0["batch"],
+        size=r0["size"],
+        amp=r0["amp"],
+        optimizer=r0["optimizer"],
+        rounds=r0["rounds"],
+        load0=f"{r0['loadavg_1m_start']:.2f}",
+        load1=f"{r0['loadavg_1m_end']:.2f}",
+        allocator=r0["allocator"] or "-",
+        cuda=cuda,
+        scopes=[(s, [_step_cells(r, cuda) for r in rows if r["scope"] == s]) for s in scopes],
+    )
+
+
+def plot_step(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """Per scope: stacked phase times per method, and measured step speedup vs FLOP bound."""
+    plt = _pyplot()
+    scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    fig, axes = plt.subplots(len(scopes), 2, figsize=(10, 3.6 * len(scopes)), squeeze=False)
+    r0 = rows[0]
+    for (ax1, ax2), scope in zip(axes, scopes):
+        sub = [r for r in rows if r["scope"] == scope]
+        labels = [r["method"] for r in sub]
+        bottom = [0.0] * len(sub)
+        for phase, color in (
+            ("forward", "0.6"),
+            ("backward", "tab:blue"),
+            ("optimizer", "tab:orange"),
+        ):
+            vals = [r[f"{phase}_ms"] for r in sub]
+            ax1.bar(labels, vals, bottom=bottom, label=phase, color=color)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax1.set_ylabel("time per step [ms]")
+        ax1.set_title(f"{r0['model']}, {scope} training, batch {r0['batch']}, {r0['device']}")
+        ax1.legend(fontsize=8)
+        xs = range(len(sub))
+        w = 0.38
+        ax2.bar([i - w / 2 for i in xs], [r["speedup"] for r in sub], w, label="measured step")
+        ax2.bar([i + w / 2 for i in xs], [r["flop_bound"] for r in sub], w, color="0.7",
+                label="FLOP bound (fwd + bwd)")  # fmt: skip
+        ax2.axhline(1.0, color="k", lw=0.6)
+        ax2.set_xticks(list(xs), labels)
+        ax2.set_ylabel("step speedup vs Full BP")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def write_step(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
+) -> list[Path]:
+    """``step_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
+    stem = Path(out_dir) / f"step_{str(rows[0]['device']).split(':')[0]}"
+    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
+    paths.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
+    return paths + plot_step(rows, stem) + [_write_meta(stem, meta)]
+
+
 # ----------------------------------------------------------------------------------- shared
 def _pyplot():
     import matplotlib
@@ -349,7 +516,7 @@ def _pyplot():
 def _save(fig: Any, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # same bytes on a rerun
     _pyplot().close(fig)
     return paths
 
@@ -364,19 +531,22 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
     """
     out = Path(out_dir)
     written: list[Path] = []
-    found = sorted(out.glob("table8_*.csv")) + [
-        p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()
-    ]
+    found = (
+        sorted(out.glob("table8_*.csv"))
+        + sorted(out.glob("fusion_*.csv"))
+        + [p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()]
+    )
     e2e = out / "e2e_backward_cpu.csv"
-    if not found and not e2e.exists():
+    steps = sorted(out.glob("step_*.csv"))
+    if not found and not e2e.exists() and not steps:
         raise FileNotFoundError(
-            f"no benchmark CSV (table8_<device>.csv, ablation_cpu.csv, projection_cpu.csv, "
-            f"e2e_backward_cpu.csv) in {out}"
+            f"no benchmark CSV (table8_<device>.csv, fusion_<device>.csv, ablation_cpu.csv, "
+            f"projection_cpu.csv, e2e_backward_cpu.csv, step_<device>.csv) in {out}"
         )
     for csv_path in found:
         stem = csv_path.with_suffix("")
         meta, rows = read_meta(stem), _read_rows(csv_path)
-        if stem.name.startswith("table8_"):
+        if stem.name.startswith(("table8_", "fusion_")):
             device = str(rows[0]["device"])
             written.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
             written += plot_table8(rows, stem)
@@ -389,6 +559,11 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
         meta, rows = read_meta(stem), _read_rows(e2e)
         written.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
         written += plot_e2e(rows, stem)
+    for csv_path in steps:
+        stem = csv_path.with_suffix("")
+        meta, rows = read_meta(stem), _read_rows(csv_path)
+        written.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
+        written += plot_step(rows, stem)
     return written
 
 

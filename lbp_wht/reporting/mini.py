@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -456,6 +457,20 @@ def _loadavg_text() -> str:
         return "n/a"
 
 
+def committed_provenance(out: Path) -> dict[str, str]:
+    """The provenance of the run whose report is in ``out``: ``timing.json``'s date, machine
+    and end load, the git revision its ``RESULTS.md`` names (for :func:`write_report`)."""
+    timing = json.loads((out / "timing.json").read_text())
+    text = (out / "RESULTS.md").read_text()
+    found = re.search(r"^- \*\*Code:\*\* git (\S+)", text, re.M)
+    return dict(
+        date=timing["date"],
+        machine=timing["machine"],
+        load=timing["load"],
+        git=found.group(1) if found else "?",
+    )
+
+
 def write_report(
     out: Path,
     *,
@@ -468,6 +483,7 @@ def write_report(
     smoke: bool = False,
     start: float | None = None,
     load_start: str = "n/a",
+    provenance: dict[str, str] | None = None,
 ) -> Path:
     """Write ``out/RESULTS.md`` and ``out/timing.json`` from the run's files under ``out``
     (``runs/{pretrain,adapt,spectrum}``, ``cost/mini_cost.csv``, ``table2/``, ``table4/``).
@@ -476,17 +492,24 @@ def write_report(
         stages: wall time in seconds of each stage of the script (``total`` among them).
         start: the script's start (epoch seconds): records older than it were reused.
         load_start: the load average when the script started (``"a / b / c"``).
+        provenance: re-render the report of an earlier run (:func:`committed_provenance`):
+            its ``date``, ``machine``, end-of-run ``load`` and ``git`` revision are written
+            instead of this machine's, and ``timing.json`` is left as it is.
     """
     stages = dict(stages or {})
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine, load = machine_description(), _loadavg_text()
-    (out / "timing.json").write_text(
-        json.dumps(
-            dict(stages_s=stages, command=command, date=date, machine=machine, load=load),
-            indent=2,
+    if provenance is None:
+        date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        machine, load, git = machine_description(), _loadavg_text(), git_revision()
+        (out / "timing.json").write_text(
+            json.dumps(
+                dict(stages_s=stages, command=command, date=date, machine=machine, load=load),
+                indent=2,
+            )
+            + "\n"
         )
-        + "\n"
-    )
+    else:
+        date, machine, load = provenance["date"], provenance["machine"], provenance["load"]
+        git = f"{provenance['git']} (report re-rendered from its runs at {git_revision()})"
     s = Stats(out / "runs" / "adapt", out / "cost")
     pre = next(iter(read_records(out / "runs" / "pretrain")), None)
     recs = [r for r in read_records(out / "runs" / "adapt") if r.get("status") == "complete"]
@@ -500,7 +523,8 @@ def write_report(
         pass
     cores = os.cpu_count() or 1
     try:
-        busy = max(float(load_start.split()[0]), os.getloadavg()[1]) > cores + 0.5
+        end = float(load.split(" / ")[1]) if provenance else os.getloadavg()[1]
+        busy = max(float(load_start.split()[0]), end) > cores + 0.5
     except (ValueError, IndexError, OSError):
         busy = False
     runs = None
@@ -524,7 +548,7 @@ def write_report(
         load_end=load,
         busy=busy,
         cores=cores,
-        git=git_revision(),
+        git=git,
         total=minutes(stages.get("total")),
         stages=[(k, v) for k, v in stages.items() if k != "total"],
         jobs=jobs,

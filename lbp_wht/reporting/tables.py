@@ -124,11 +124,13 @@ def _key_mask(df: pd.DataFrame, model: str, scope: str, key: tuple) -> pd.Series
 
 @dataclass
 class Stat:
-    """Our value of one cell: mean, sample std (None with one seed) and number of seeds."""
+    """Our value of one cell: mean, sample std (None with one seed) and number of seeds;
+    ``text`` stands in for a value that does not apply (printed as is, e.g. ``"-"``)."""
 
     mean: float | None = None
     std: float | None = None
     n: int = 0
+    text: str | None = None
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Stat:
@@ -395,12 +397,27 @@ def _fill(
             row.ours[name] = cell_stat(runs, row.model, scope, row.key, name)
         elif name == "macc":
             row.ours[name] = macc_stat(runs, row.model, scope, row.key, datasets)
+        elif name == "speedup" and row.key[0] == "head_only":
+            row.ours[name] = Stat(text="-")  # see _head_only_note
         elif name in c:
             v = c[name]
             row.ours[name] = Stat(v, None, 1) if v is not None else Stat()
         else:
             row.ours[name] = Stat()
         row.paper[name] = as_number(paper.get(name)) if paper else None
+
+
+def _head_only_note(rows: Sequence[Row]) -> list[str]:
+    """Why head-only rows show no speedup (a one-item list where the table has such a row)."""
+    mflops = [r.ours["mflops"].mean for r in rows if r.key[0] == "head_only" and "mflops" in r.ours]
+    if not any(v is not None for v in mflops):
+        return []
+    text = ", ".join(f"{v:.2g}" for v in mflops if v is not None)
+    return [
+        f"Head only: speedup shown as -. Its backprop is the task head's own weight gradient "
+        f"({text} MFLOPs per image), so Full BP / head only measures how small the head is, "
+        "not a saving of backpropagation through the backbone."
+    ]
 
 
 SECTION_TITLES = {
@@ -505,6 +522,7 @@ def build_classification(table: str, inp: _Inputs, datasets: Sequence[str] | Non
                 "so its paper column is left empty."
             )
     rows = _rows(table, inp, columns, scopes=scopes, datasets=ds)
+    notes += _head_only_note(rows)
     if not paper_macc:
         for row in rows:
             if "macc" in row.paper:
@@ -716,6 +734,8 @@ def _fmt(v: float | None, col: Column) -> str:
 
 
 def _fmt_ours(s: Stat, col: Column) -> str:
+    if s.text is not None:
+        return s.text
     if s.mean is None:
         return ""
     text = _fmt(s.mean, col)

@@ -1,0 +1,43 @@
+"""Small matplotlib helpers the report figures share."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: Mantissas labelled on a log axis within each decade.
+LOG_MANTISSAS = (1, 2, 5)
+
+
+def log_ticks(lo: float, hi: float, mantissas: tuple[float, ...] = LOG_MANTISSAS) -> list[float]:
+    """Tick values ``m * 10**k`` (``m`` in ``mantissas``) in ``[lo, hi]``; when that gives
+    fewer than three ticks, 1.5 / 3 / 7 are added too, so a narrow axis is labelled."""
+    if not (lo > 0 and hi > lo):
+        raise ValueError(f"log_ticks: need 0 < lo < hi, got lo={lo}, hi={hi}")
+    for ms in (mantissas, (1, 1.5, 2, 3, 5, 7)):
+        ticks = [
+            m * 10.0**k
+            for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in ms
+            if lo <= m * 10.0**k <= hi
+        ]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def _plain(v: float, suffix: str) -> str:
+    """``0.5``, ``2``, ``50``, ``500``, ``2k``, ``50k`` (+ ``suffix``)."""
+    text = f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
+    return text + suffix
+
+
+def label_log_axis(axis: Any, lo: float, hi: float, suffix: str = "") -> None:
+    """Label a log-scaled matplotlib ``axis`` (``ax.xaxis`` / ``ax.yaxis``) with plain numbers
+    at :func:`log_ticks` (``1, 2, 5, 10, 20, ..., 1k, 2k``, with ``suffix``, e.g. ``"x"``) and no
+    minor labels, instead of matplotlib's ``10^k`` labels at the decades only."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _plain(v, suffix)))
+    axis.set_minor_formatter(NullFormatter())
