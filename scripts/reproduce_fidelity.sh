@@ -14,7 +14,7 @@
 #   --batch N    training images in the analysed batch (default 128)
 #
 # Environment: PYTHON (default .venv/bin/python), FMNIST_ROOT (default
-# /usr/share/datasets/fashion-mnist). About 3 minutes on 2 CPU cores.
+# /usr/share/datasets/fashion-mnist). About a minute on 2 CPU cores (see results/fidelity/README.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

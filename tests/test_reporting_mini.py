@@ -56,6 +56,7 @@ def test_claims_of_the_committed_runs() -> None:
         "lp8_accuracy": "agrees",
         "lp8_cost": "does NOT agree",
         "lp4_speedup": "partly agrees",
+        "losa_vs_lbp": "agrees",
         "table4": "agrees",
     }
 
