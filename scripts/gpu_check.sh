@@ -89,6 +89,7 @@ if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1  # a stage stopped at its limit still leaves its progress in its log
 SCRATCH="${TMPDIR:-/tmp}/gpu-check-$$"  # installs and data: not sent back with OUT
 mkdir -p "$SCRATCH" || exit 2
 FINAL="$OUT_DIR"
