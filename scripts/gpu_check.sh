@@ -3,13 +3,21 @@
 # at most 8 minutes on one H200, every stage under its own time limit (one failing stage does
 # not lose the others), all output under one folder, a summary of what passed.
 #
-#   scripts/gpu_check.sh [--out DIR] [--wheels DIR] [--budget SECONDS] [--cpu-smoke]
+#   scripts/gpu_check.sh [--out DIR] [--pack] [--wheels DIR] [--budget SECONDS]
+#                        [--stages LIST] [--cpu-smoke]
 #
 #   --out DIR      where everything goes (default: $OUT, the device tool's output folder)
+#   --pack         DIR gets four files only: gpu_check.tar.gz (every file below, rewritten
+#                  after each stage, checkpoints left out), stages.tsv, summary.md and
+#                  summary.json; the rest is written to a scratch folder. The device tool
+#                  returns at most 8 files from $OUT, so this is the default when DIR is $OUT.
 #   --wheels DIR   OpenMMLab wheels (`make gpu-wheels`), installed with `pip --no-index
 #                  --target` into a scratch folder under $TMPDIR when mmpretrain does not
 #                  import (default: gpu-wheels if present)
 #   --budget S     the whole run's wall-clock limit (default 470; stages get what is left)
+#   --stages LIST  run only these stages (comma-separated names below; default all; env and
+#                  wheels always run), e.g. a rerun of the ones that failed on a warm machine:
+#                  --stages step,train --budget 200
 #   --cpu-smoke    the same stages and code paths on the CPU in about a minute: tiny shapes,
 #                  few rounds, the 28 px mini model, 2 training iterations (CI runs this)
 #
@@ -29,24 +37,31 @@
 #               compiles one kernel pair per shape)
 #
 # How a session with a GPU runs it (the `run` tool; carry the wheel folder):
-#   make gpu-wheels        # here, before: 57 MB into gpu-wheels/ (ignored by git)
-#   run(command="bash scripts/gpu_check.sh --out $OUT", carry=["gpu-wheels"], timeout_s=540)
-# then copy $OUT/latency/table8_cuda.* to results/latency/ and the rest to results/gpu/.
+#   make gpu-wheels        # here, before: 6.5 MB into gpu-wheels/ (ignored by git)
+#   run(command="bash scripts/gpu_check.sh --out $OUT --pack", carry=["gpu-wheels"],
+#       timeout_s=540)
+# then unpack gpu_check.tar.gz; latency/table8_cuda.* go to results/latency/, the rest to
+# results/gpu/ (results/gpu/README.md says which).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 OUT_DIR="${OUT:-}"
+PACK=""
 WHEELS=""
 BUDGET=470
 SMOKE=0
+ONLY=""
+ALL_STAGES="env wheels cuda_tests table8 step train cost fusion"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out) OUT_DIR="$2"; shift 2 ;;
+        --out) OUT_DIR="$2"; PACK="${PACK:-0}"; shift 2 ;;
+        --pack) PACK=1; shift ;;
         --wheels) WHEELS="$2"; shift 2 ;;
         --budget) BUDGET="$2"; shift 2 ;;
+        --stages) ONLY="$2"; shift 2 ;;
         --cpu-smoke) SMOKE=1; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,23 +73,47 @@ if ! [[ "$BUDGET" =~ ^[0-9]+$ ]] || [ "$BUDGET" -lt 30 ]; then
     echo "gpu_check.sh: --budget must be a whole number of seconds >= 30, got $BUDGET" >&2
     exit 2
 fi
+for name in ${ONLY//,/ }; do
+    if ! [[ " $ALL_STAGES " == *" $name "* ]]; then
+        echo "gpu_check.sh: unknown stage $name in --stages (choose from: $ALL_STAGES)" >&2
+        exit 2
+    fi
+done
+[ -n "$ONLY" ] && ONLY="env,wheels,$ONLY"
+PACK="${PACK:-1}"  # the folder came from $OUT: the device tool returns at most 8 files
 [ -z "$WHEELS" ] && [ -d gpu-wheels ] && WHEELS=gpu-wheels
-mkdir -p "$OUT_DIR/logs" || exit 2
+mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1  # a stage stopped at its limit still leaves its progress in its log
 SCRATCH="${TMPDIR:-/tmp}/gpu-check-$$"  # installs and data: not sent back with OUT
 mkdir -p "$SCRATCH" || exit 2
+FINAL="$OUT_DIR"
+if [ "$PACK" = 1 ]; then OUT_DIR="$SCRATCH/out"; fi  # packed into FINAL after every stage
+mkdir -p "$OUT_DIR/logs" || exit 2
 START=$(date +%s)
 STAGES="$OUT_DIR/stages.tsv"
 printf "stage\tstatus\trc\tseconds\tlimit\n" > "$STAGES"
 
+# pack: with --pack, FINAL gets OUT_DIR as one archive (written aside, then renamed, so a run
+# stopped mid-way still leaves the last complete one) beside the stage table and the summary.
+pack() {
+    [ "$PACK" = 1 ] || return 0
+    tar -czf "$FINAL/gpu_check.tar.gz.part" --exclude='*.pth' -C "$OUT_DIR" . \
+        && mv -f "$FINAL/gpu_check.tar.gz.part" "$FINAL/gpu_check.tar.gz"
+    cp -f "$STAGES" "$FINAL/stages.tsv"
+    for f in summary.md summary.json; do [ -f "$OUT_DIR/$f" ] && cp -f "$OUT_DIR/$f" "$FINAL/"; done
+    return 0
+}
+
 # stage NAME LIMIT CMD...: run CMD with min(LIMIT, what is left of the budget) seconds.
 stage() {
     local name=$1 limit=$2; shift 2
+    if [ -n "$ONLY" ] && ! [[ ",$ONLY," == *",$name,"* ]]; then return; fi
     local left=$(( BUDGET - ($(date +%s) - START) ))
     [ "$limit" -gt "$left" ] && limit=$left
     if [ "$limit" -lt 5 ]; then
@@ -95,6 +134,7 @@ stage() {
     printf "%s\t%s\t%s\t%s\t%s\n" "$name" "$status" "$rc" "$(( $(date +%s) - t0 ))" "$limit" >> "$STAGES"
     echo "   $status (rc $rc, $(( $(date +%s) - t0 ))s); log: $OUT_DIR/logs/$name.log"
     tail -n 3 "$OUT_DIR/logs/$name.log" | sed 's/^/   | /'
+    pack
 }
 
 if [ $SMOKE = 1 ]; then DEV=cpu; else DEV=cuda; fi
@@ -176,8 +216,15 @@ fi
 # ---- tools/train.py on a paper config -------------------------------------------------------
 TRAIN="$OUT_DIR/train"
 train_run() {
-    local n_train=6400 n_test=640 batch=64 workers=8 amp=--amp
+    local n_train=6400 n_test=640 batch=64 workers=8 amp=--amp shm
     if [ $SMOKE = 1 ]; then n_train=4; n_test=2; batch=2; workers=0; amp=""; fi
+    # Loader workers hand batches over in /dev/shm (9.6 MB each at 64 x 3 x 224 x 224 uint8, a
+    # few prefetched per worker); where it is small they would die of SIGBUS.
+    shm=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+    if [ "$workers" -gt 0 ] && [ "${shm:-0}" -lt 1048576 ]; then
+        echo "/dev/shm has ${shm:-no} kB free: data loading in the main process (0 workers)"
+        workers=0
+    fi
     mkdir -p "$TRAIN"
     local data="$SCRATCH/cifar100"
     "$PY" -c "from lbp_wht.benchmark.generated_data import write_cifar100 as w; print(w('$data', $n_train, $n_test))" || return 1
@@ -251,6 +298,9 @@ lines += ["", "Files: " + ", ".join(f"`{f}`" for f in files)]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines[:len(stages) + 4]))
 EOF
+pack
+[ "$PACK" = 1 ] && echo "packed: $FINAL/gpu_check.tar.gz (tar -xzf it to read the files)"
+rc=0
+grep -q -v -P "\tpassed\t|^stage\t" "$STAGES" && rc=1
 rm -rf "$SCRATCH"
-grep -q -v -P "\tpassed\t|^stage\t" "$STAGES" && exit 1
-exit 0
+exit $rc

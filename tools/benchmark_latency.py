@@ -10,10 +10,12 @@ the files. Usage (regenerates ``results/latency/table8_cpu.{csv,md,png,pdf}``)::
     python tools/benchmark_latency.py --projection --r 2 4 6        # projection_cpu.{csv,md}
     python tools/benchmark_latency.py --tables-only                 # Markdown + figures again
     # the backward's memory passes, side by side (fusion_cpu.*), then batch 64 re-measured with
-    # the compiled passes, its rows replacing batch 64 in table8_cpu.* (batch 1 kept):
+    # the library's backward paths side by side, its rows replacing batch 64 in table8_cpu.*
+    # (batch 1 kept):
     python tools/benchmark_latency.py --batches 64 --variants eager compiled compiled_bwd \
         --name fusion
-    python tools/benchmark_latency.py --batches 64 --variants compiled --merge
+    python tools/benchmark_latency.py --batches 64 --variants eager compiled compiled_back \
+        --rounds 45 --merge
     # on a GPU: eager, compiled and CUDA-graph replay, Table 8 and ViT-B shapes (table8_cuda.*)
     python tools/benchmark_latency.py --device cuda --variants eager compiled graph \
         --shapes table8 vit-b

@@ -194,6 +194,13 @@ def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str,
         meta=meta,
         runs={b: runs.get(str(b)) for b in batches},
         dates={b: next(r["date"] for r in rows if r["batch"] == b) for b in batches},
+        loads={
+            b: (
+                f"{min(r['loadavg_1m_start'] for r in rows if r['batch'] == b):.2f}",
+                f"{max(r['loadavg_1m_end'] for r in rows if r['batch'] == b):.2f}",
+            )
+            for b in batches
+        },
         paper_device="GPU" if str(device).startswith("cuda") else "CPU",
         date=rows[0]["date"],
         threads=rows[0]["threads"] or "-",
@@ -208,20 +215,29 @@ def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str,
 
 
 def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
-    """Grouped bars per Table 8 row: our speedup per batch, the paper's CPU speedup, the bound."""
+    """Grouped bars per Table 8 row: our speedup per batch (and per backward variant where a
+    batch was run in several), the paper's CPU speedup, the bound."""
     plt = _pyplot()
     lbp = [r for r in rows if r["method"] == "lbp_wht"]
     keys = list(dict.fromkeys((r["cx"], r["cy"], r["r"]) for r in lbp))
     batches = sorted({r["batch"] for r in lbp})
-    get = {(r["cx"], r["cy"], r["r"], r["batch"]): r for r in lbp}
-    series = [(f"ours, batch {b}", [get[k + (b,)]["speedup"] for k in keys]) for b in batches]
+    get = {(r["cx"], r["cy"], r["r"], r["batch"], r.get("variant") or "eager"): r for r in lbp}
+    series = []
+    for b in batches:
+        variants = list(dict.fromkeys(k[4] for k in get if k[3] == b))
+        for v in variants:
+            label = f"ours, batch {b}" + ("" if len(variants) == 1 else f", {v}")
+            series.append((label, [get[k + (b, v)]["speedup"] if k + (b, v) in get else 0.0
+                                   for k in keys]))  # fmt: skip
     b0 = batches[0]
-    paper = [get[k + (b0,)].get("paper_speedup_cpu") or 0.0 for k in keys]
+    first = {k[:3]: r for k, r in reversed(get.items()) if k[3] == b0}
+    paper = [first[k].get("paper_speedup_cpu") or 0.0 for k in keys]
     series.append(("paper (Jetson Nano CPU, batch 1)", paper))
-    series.append(("FLOP bound (Table 1)", [get[k + (b0,)]["flop_bound"] for k in keys]))
+    series.append(("FLOP bound (Table 1)", [first[k]["flop_bound"] for k in keys]))
     fig, ax = plt.subplots(figsize=(12, 4.6))
     width = 0.8 / len(series)
-    colors = ["tab:blue", "tab:cyan", "tab:orange", "0.75", "tab:green"]
+    colors = ["tab:blue", "tab:cyan", "tab:purple", "tab:pink", "tab:olive", "tab:brown"]
+    colors = colors[: len(series) - 2] + ["tab:orange", "tab:green"]
     for i, (label, vals) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(keys))]
         ax.bar(xs, vals, width, label=label, color=colors[i % len(colors)])
@@ -241,8 +257,8 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
         f"Table 8 shapes (L=49): LBP-WHT backward speedup, {rows[0]['device']}, "
         f"{rows[0]['threads']} thread(s)"
     )
-    ax.legend(fontsize=8, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.16),
-              frameon=False)  # fmt: skip
+    ax.legend(fontsize=8, ncol=min(len(series), 4), loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), frameon=False)  # fmt: skip
     fig.tight_layout()
     return _save(fig, stem)
 
