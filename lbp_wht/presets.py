@@ -43,8 +43,15 @@ full_bp             none                            every parameter in scope
 lbp_wht             LBP on the preset's layers      every parameter in scope
 lora                LoRA on attention projections   adapters + task head
 lora_all            LoRA on the preset's layers     adapters + task head
+losa                none (a side network, below)    side network ``losa.*`` + task head
 lbp_wht+lora_all    LBP-LoRA on the preset's layers adapters + task head
 =================== =============================== ==================================
+
+``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`; not a paper row) converts nothing: the
+builder attaches a side network whose taps are the last stage's blocks
+(``Preset.losa_containers``) and whose correction is added to the backbone's final feature
+(``Preset.losa_output``); only the side network and the task head train, and no gradient
+reaches the backbone. Classification models only, ``scope="partial"``.
 
 ``head_only`` is the linear-probe baseline (not a paper row; the CPU mini-reproduction reports
 it to show that adapting the backbone matters): nothing is converted and only the task head
@@ -169,6 +176,9 @@ class Preset:
             classification configs used it for every method, so it is on for every method
             here too, keeping methods comparable.
         model, method, scope, variant: the arguments this preset was made for.
+        losa_containers, losa_output: ``losa`` only: the modules whose children with
+            parameters are LoSA's taps (:func:`lbp_wht.losa.find_blocks`), and the module whose
+            output the head reads and the side network corrects (:func:`lbp_wht.losa.attach_losa`).
         always_grad_x: LBP-WHT layers compute ``g_x`` even when their input needs none (the
             ``authors`` variant: the authors' op always returned it); the builder makes the
             inputs of those layers require grad.
@@ -181,6 +191,8 @@ class Preset:
     method: str = ""
     scope: str = ""
     notes: tuple[str, ...] = field(default=())
+    losa_containers: tuple[str, ...] = ()
+    losa_output: str = ""
     variant: str = "corrected"
     always_grad_x: bool = False
 
@@ -328,6 +340,25 @@ _MODELS: dict[str, tuple[Any, list[str], list[str], bool]] = {
 }
 
 
+#: LoSA (``method="losa"``) per model: (containers whose parameter-holding children are the
+#: taps, the output module). The taps are the blocks of the last stage -- the partial-training
+#: scope, where the token count (and here the width) is constant, as LoSA's token mixer needs --
+#: and the output is the backbone's final norm, the feature the neck and head read, so that no
+#: backbone module runs in the backward. EfficientFormer: ``backbone.network.3`` (its
+#: downsampling embedding, Meta4D blocks and Meta3D block; the parameter-free ``Flat`` is
+#: skipped) and ``backbone.norm3`` (LayerNorm on the 49 tokens). EfficientFormerV2: timm
+#: ``stages.3.blocks`` and the final BatchNorm ``norm``. SwinV2: ``stages.3.blocks`` (after
+#: the patch merging) and ``norm3``. Segmentation (Segformer) has no LoSA preset.
+_LOSA: dict[str, tuple[tuple[str, ...], str]] = {
+    "efficientformer-l1": (("backbone.network.3",), "backbone.norm3"),
+    "efficientformer-l7": (("backbone.network.3",), "backbone.norm3"),
+    "mini-efficientformer": (("backbone.network.3",), "backbone.norm3"),
+    "efficientformerv2-s0": (("backbone.timm_model.stages.3.blocks",), "backbone.timm_model.norm"),
+    "efficientformerv2-l": (("backbone.timm_model.stages.3.blocks",), "backbone.timm_model.norm"),
+    "swinv2-small-w8": (("backbone.stages.3.blocks",), "backbone.norm3"),
+}
+
+
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
@@ -385,6 +416,16 @@ def get_preset(
             "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
             "lbp_wht.lhe.LHEProfiler"
         )
+    if method == "losa" and model not in _LOSA:
+        raise ValueError(
+            f"method 'losa' has no preset for {model!r} (segmentation); LoSA presets: "
+            f"{sorted(_LOSA)}"
+        )
+    if method == "losa" and scope != "partial":
+        raise ValueError(
+            "method 'losa' taps the blocks of the last stage (its token mixer needs one token "
+            "count), i.e. scope='partial'; scope='full' is not defined for it"
+        )
     layer_fn, partial_trainable, head, norm_eval = _MODELS[model]
     layers: list[_Layer] = layer_fn(scope)
     if variant == "authors":
@@ -400,8 +441,8 @@ def get_preset(
         return {"rank": lora_rank * fused, "alpha": lora_alpha * fused}
 
     rules: list[dict[str, Any]] = []
-    if method in ("head_only", "full_bp"):
-        pass  # plain backprop, no conversion
+    if method in ("head_only", "full_bp", "losa"):
+        pass  # no conversion (LoSA attaches a side network instead)
     elif method == "lora":
         rules = [
             dict(target=g, method="lora", **lora_opts(f)) for g, kind, f in layers if kind == "attn"
@@ -421,6 +462,8 @@ def get_preset(
 
     if method == "head_only":
         trainable = list(head)
+    elif method == "losa":
+        trainable = ["losa.*", *head]
     elif method in ("full_bp", "lbp_wht"):
         trainable = list(partial_trainable) if scope == "partial" else ["*"]
     else:  # LoRA variants (freeze() keeps LoRA base weights frozen whatever the globs)
@@ -440,6 +483,7 @@ def get_preset(
         notes.append("build the backbone as MixVisionTransformerConvertible (explicit q/k/v/proj)")
     if model.startswith("efficientformerv2"):
         notes.append("build the backbone as TimmEfficientFormerV2 (timm efficientformerv2)")
+    containers, output = _LOSA[model] if method == "losa" else ((), "")
     return Preset(
         rules=rules,
         trainable=trainable,
@@ -448,6 +492,8 @@ def get_preset(
         method=method,
         scope=scope,
         notes=tuple(notes),
+        losa_containers=containers,
+        losa_output=output,
         variant=variant,
         always_grad_x=variant == "authors" and method.startswith("lbp_wht"),
     )
@@ -464,6 +510,11 @@ def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
         for rule in p.rules:
             opts = ", ".join(f"{k}={v}" for k, v in rule.items() if k not in ("target", "method"))
             lines.append(f"    {rule['target']:<{width}}  {rule['method']:<8} {opts}")
+    elif p.losa_containers:
+        lines.append(
+            f"  no conversion; LoSA side network on the blocks of {', '.join(p.losa_containers)}"
+            f", correcting {p.losa_output}"
+        )
     else:
         lines.append("  no conversion (plain backprop)")
     lines.append(f"  trainable parameters ({len(p.trainable)} globs):")

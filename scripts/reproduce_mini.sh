@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU mini-reproduction behind `make demo`: pretrain a mini EfficientFormer on
 # Fashion-MNIST classes 0-4, adapt it to classes 5-9 with every method (head only, Full BP, LoRA,
-# LoRA-all, LBP-WHT LP_L1-2/4/6/8, LP_Linf-3, LHE R=10; 3 seeds), measure the backprop MFLOPs of
+# LoRA-all, LoSA, LBP-WHT LP_L1-2/4/6/8, LP_Linf-3, LHE R=10; 3 seeds), measure the backprop MFLOPs of
 # each method, and build proxy Tables 2 and 4, Figures 3-5 and RESULTS.md under the output folder.
 # Everything goes through the full-scale path: configs/mini/demo/*.py, tools/sweep.py (resumable
 # sweeps of tools/train.py runs, one record.json each), the cost record of tools/analyze_cost.py
@@ -94,20 +94,20 @@ if [ "$SMOKE" = 1 ]; then
     # 100 test images per class: enough to exercise evaluation, not to compare methods.
     PRE_OPTS=("train_dataloader.batch_size=64" "val_dataloader.dataset.max_per_class=100")
     ADAPT_OPTS=("val_dataloader.dataset.max_per_class=100" "lbp.lhe_iters=5")
-    METHOD_GRIDS=("lbp.method=full_bp,lora_all" "lbp.method=lbp_wht lbp.select=lp_l1 lbp.r=2,8")
-    COST_METHODS=(full-bp lora-all lp-l1-r2 lp-l1-r8)
+    METHOD_GRIDS=("lbp.method=full_bp,lora_all,losa" "lbp.method=lbp_wht lbp.select=lp_l1 lbp.r=2,8")
+    COST_METHODS=(full-bp lora-all losa lp-l1-r2 lp-l1-r8)
 else
     PRE_ITERS=400
     ADAPT_ITERS=200
     PRE_OPTS=()
     ADAPT_OPTS=()
     METHOD_GRIDS=(
-        "lbp.method=full_bp,lora,lora_all"
+        "lbp.method=full_bp,lora,lora_all,losa"
         "lbp.method=lbp_wht lbp.select=lp_l1 lbp.r=2,4,6,8"
     )
     # Run in parallel with each other (3 runs each), one at a time within each.
     SIDE_GRIDS=("lbp.method=lbp_wht lbp.select=lp_linf lbp.r=3" "lbp.method=lbp_wht lbp.select=lhe lbp.rank=10")
-    COST_METHODS=(full-bp lora lora-all lp-l1-r2 lp-l1-r4 lp-l1-r6 lp-l1-r8 lp-linf-r3)
+    COST_METHODS=(full-bp lora lora-all losa lp-l1-r2 lp-l1-r4 lp-l1-r6 lp-l1-r8 lp-linf-r3)
 fi
 # Head only (linear probe, lbp.method='head_only': only the new head trains), in both modes.
 METHOD_GRIDS[0]="${METHOD_GRIDS[0]/lbp.method=/lbp.method=head_only,}"

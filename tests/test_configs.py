@@ -41,8 +41,10 @@ def test_every_table_has_its_rows():
     counts = {
         f: sum(1 for p in ALL if p.relative_to(ROOT / "configs").parts[0] == f) for f in FOLDERS
     }
-    # Tables 2/5: 5 models x 6 datasets x 7 methods (+ Table 5's LP_L1-7 rows: L1 and V2-S0)
-    assert counts["table2"] == 5 * 6 * 7
+    # Tables 2/5: 5 models x 6 datasets x 7 methods (+ Table 5's LP_L1-7 rows: L1 and V2-S0;
+    # + Table 2's LoSA rows beyond the paper, one per model and dataset)
+    assert counts["table2"] == 5 * 6 * 7 + 5 * 6
+    assert sum(1 for p in ALL if "_losa_" in p.name) == 5 * 6 + 1  # + the mini model's
     assert counts["table5"] == 5 * 6 * 7 + 2 * 6
     assert counts["table3"] == 2 * 2 * 6  # 2 datasets x partial/full x 6 methods
     assert counts["table4"] == 2 * 3
@@ -234,5 +236,8 @@ def _is_cheap(p: Path) -> bool:
 def test_representative_config_builds_and_trains(path):
     res = config_check.check_config(str(path), batch=1)
     assert res.ok, res.error
-    if res.method != "full_bp":
+    if res.method == "losa":  # converts nothing: a side network trains beside the head
+        assert not res.converted and any(n.startswith("losa.") for n in res.with_grad)
+        assert all(n.startswith(("losa.", "head.")) for n in res.with_grad)
+    elif res.method != "full_bp":
         assert res.converted, "method converted nothing"

@@ -45,6 +45,7 @@ SMOKE_RUNS = {  # run id -> (method, select, r) of the smoke's adaptation runs
     "target_method=head_only_s0": ("head_only", None, None),
     "target_method=full_bp_s0": ("full_bp", None, None),
     "target_method=lora_all_s0": ("lora_all", None, None),
+    "target_method=losa_s0": ("losa", None, None),
     "target_method=lbp_wht_select=lp_l1_r=2_s0": ("lbp_wht", "lp_l1", 2),
     "target_method=lbp_wht_select=lp_l1_r=8_s0": ("lbp_wht", "lp_l1", 8),
 }
@@ -117,8 +118,10 @@ def test_smoke_tables_hold_measured_numbers(smoke) -> None:
     assert cost["lp-l1-r2"] < cost["lp-l1-r8"]
     # Head only back-propagates through the head alone.
     assert cost["head-only"] < 0.01 * cost["full-bp"]
+    # LoSA back-propagates through its side network and the head only.
+    assert cost["head-only"] < cost["losa"] < 0.1 * cost["lp-l1-r2"]
     md = (out / "table2" / "table2.md").read_text()
-    for label in ("Full BP", "LoRA-all", "LP_L1-2", "LP_L1-8"):
+    for label in ("Full BP", "LoRA-all", "LoSA", "LP_L1-2", "LP_L1-8"):
         line = next(ln for ln in md.splitlines() if f"| {label} |" in ln)
         cells = [c.strip() for c in line.split("|")]
         assert any(c.replace(".", "", 1).isdigit() for c in cells[4:]), line

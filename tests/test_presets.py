@@ -235,6 +235,8 @@ def _expected_trainable(b: Built, method: str, scope: str, converted: list[str])
 @pytest.mark.parametrize("model_name", PRESET_MODELS)
 def test_preset_converts_freezes_and_trains(built, model_name, method, scope):
     b = built(model_name)
+    if method == "losa":
+        return _check_losa(b, model_name, scope)
     spec, model = b.spec, b.model
     preset = get_preset(model_name, method, scope)
     assert preset.norm_eval == spec.norm_eval
@@ -307,6 +309,55 @@ def test_preset_converts_freezes_and_trains(built, model_name, method, scope):
             else:
                 assert p.grad is None, f"{name} is frozen but got a gradient"
     finally:
+        b.restore()
+
+
+#: LoSA taps per model, from the architectures: the last stage's blocks with parameters.
+#: EfficientFormer-L1 network.3 = downsampling embedding + 3 Meta4D + Flat + 1 Meta3D -> 5;
+#: L7 = embedding + Flat + 8 Meta3D -> 9; mini (no downsampling) 3 Meta4D + 1 Meta3D -> 4;
+#: EfficientFormerV2 stage-3 blocks S0 4, L 10; SwinV2-S stage-3 blocks 2.
+LOSA_TAPS = {
+    "efficientformer-l1": 5,
+    "efficientformer-l7": 9,
+    "mini-efficientformer": 4,
+    "efficientformerv2-s0": 4,
+    "efficientformerv2-l": 10,
+    "swinv2-small-w8": 2,
+}
+
+
+def _check_losa(b: Built, model_name: str, scope: str) -> None:
+    """LoSA's preset on the real model: taps, trainable set, an exact start, and (where the
+    model's training-mode reference exists) no gradient into the backbone."""
+    from lbp_wht.losa import attach_losa, detach_losa, find_blocks
+
+    if model_name not in LOSA_TAPS or scope != "partial":
+        with pytest.raises(ValueError, match="losa"):
+            get_preset(model_name, "losa", scope)
+        return
+    preset = get_preset(model_name, "losa", scope)
+    assert preset.rules == [] and preset.trainable == ["losa.*", "head.*"]
+    blocks = [n for c in preset.losa_containers for n in find_blocks(b.model, c)]
+    assert len(blocks) == LOSA_TAPS[model_name]
+    side = attach_losa(b.model, blocks, preset.losa_output, example_inputs=b.x)
+    try:
+        trainable = set(freeze(b.model, preset.trainable))
+        assert trainable == {
+            n for n, _ in b.model.named_parameters() if n.startswith(("losa.", "head."))
+        }
+        assert len(side.mixers) == len(blocks)
+        _set_mode(b.model, False, b.spec.norm_eval)
+        with torch.no_grad():
+            assert torch.equal(b.model(b.x, mode="tensor"), b.refs[False])
+        if True in b.refs:
+            _set_mode(b.model, True, b.spec.norm_eval)
+            out = b.model(b.x, mode="tensor")
+            assert torch.equal(out, b.refs[True])
+            out.float().square().mean().backward()
+            for name, p in b.model.named_parameters():
+                assert (p.grad is not None) == name.startswith(("losa.", "head.")), name
+    finally:
+        detach_losa(b.model)
         b.restore()
 
 

@@ -56,6 +56,7 @@ def test_claims_of_the_committed_runs() -> None:
         "lp8_accuracy": "agrees",
         "lp8_cost": "does NOT agree",
         "lp4_speedup": "partly agrees",
+        "losa_vs_lbp": "agrees",
         "table4": "agrees",
     }
 
@@ -131,3 +132,61 @@ def test_proxy_tables_and_figure_data_regenerate_from_the_committed_runs(tmp_pat
     for n in (3, 4, 5):
         data = f"figure{n}_data.csv"
         assert (tmp_path / "figures" / data).read_text() == (MINI / "figures" / data).read_text()
+
+
+class _FakeStats(mini.Stats):
+    """Stats from a dict: method key -> ((mean, std, n), MFLOPs)."""
+
+    def __init__(self, rows: dict) -> None:
+        self.rows = rows
+
+    def acc(self, key: tuple) -> tuple:
+        return self.rows.get(key, ((None, None, 0), None))[0]
+
+    def mflops(self, key: tuple) -> float | None:
+        return self.rows.get(key, ((None, None, 0), None))[1]
+
+
+def _losa_rows(losa_acc: float, losa_mflops: float = 0.6) -> dict:
+    return {
+        mini.HEAD: ((75.0, 0.2, 3), 0.0005),
+        mini.LOSA: ((losa_acc, 0.2, 3), losa_mflops),
+        mini.lp(2): ((84.5, 0.5, 3), 15.9),
+        mini.lp(4): ((87.0, 0.2, 3), 24.0),
+    }
+
+
+@pytest.mark.parametrize(
+    "losa_acc, losa_mflops, verdict, reason, best",
+    [
+        (87.5, 0.6, "agrees", "matched", 4),  # above LP_L1-4 at 40x less backprop
+        (84.0, 0.6, "agrees", "matched", 2),  # within 1 point of LP_L1-2 only
+        (80.0, 0.6, "does NOT agree", "less_accurate", None),  # cheaper, matches no rank
+        (88.0, 30.0, "does NOT agree", "not_cheaper", None),  # matches, but costs more
+    ],
+)
+def test_losa_claim_verdicts(losa_acc, losa_mflops, verdict, reason, best) -> None:
+    c = mini.losa_claim(_FakeStats(_losa_rows(losa_acc, losa_mflops)))
+    assert (c["verdict"], c["reason"], c["best"]) == (verdict, reason, best)
+    assert [row["r"] for row in c["rows"]] == [2, 4]
+    assert c["rows"][0]["ratio"] == pytest.approx(15.9 / losa_mflops)
+    assert c["head_diff"] == pytest.approx(losa_acc - 75.0)
+    from lbp_wht.reporting.render import _env
+
+    words = (
+        _env()
+        .get_template("mini_claims.j2")
+        .make_module(dict(acc=mini._fmt_acc, se2=mini._n, spec=format))
+    )
+    assert str(words.title(c)).startswith("LoSA costs less backprop than LBP-WHT")
+    text = str(words.evidence(c))
+    assert text.startswith(f"LoSA {losa_acc:.2f} ± 0.20 (n=3) at {losa_mflops:.2f} backprop")
+    assert ("at less backprop" in text) == (reason == "matched")
+    assert "Against head only (75.00 ± 0.20 (n=3))" in text
+
+
+def test_losa_claim_needs_losa_and_lbp_runs() -> None:
+    rows = _losa_rows(85.0)
+    assert mini.losa_claim(_FakeStats({k: v for k, v in rows.items() if k != mini.LOSA})) is None
+    only = {mini.LOSA: rows[mini.LOSA]}
+    assert mini.losa_claim(_FakeStats(only)) is None

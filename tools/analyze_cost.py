@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--method",
         default="lbp_wht",
-        help="head_only | full_bp | lora | lora_all | lbp_wht | lbp_wht+lora_all",
+        help="head_only | full_bp | lora | lora_all | losa | lbp_wht | lbp_wht+lora_all",
     )
     p.add_argument("--scope", default="partial", help="partial | full")
     p.add_argument("--select", default="lp_l1")

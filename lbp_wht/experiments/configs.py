@@ -13,7 +13,9 @@ What is written, and from what:
   are assembled in a file that inherits both.
 * ``configs/table*/``, ``configs/figure5/``, ``configs/mini/`` -- one config per experiment row:
   its ``_base_`` list (model, data, schedule, the shared ``method.py``, runtime), the head's
-  number of classes and the ``lbp`` block that selects the method.
+  number of classes and the ``lbp`` block that selects the method. Beside Table 2's
+  partial-training rows stands a LoSA config per model and dataset (``..._losa_...``, a
+  baseline beyond the paper).
 
 The hand-written bases (datasets, resolutions, schedules, ``method.py``, runtimes) and the CPU
 demo's configs (``configs/mini/demo/``) are not generated. Every generated file starts with
@@ -238,6 +240,8 @@ class _Method:
                 {
                     "lora": " (attention projections, rank 8)",
                     "lora_all": " (all converted layers, rank 8)",
+                    "losa": " (low-rank side network on the last stage's blocks, rank 8; "
+                    "a baseline beyond the paper)",
                 }.get(method, "")
             )
         label = method_label((method, select, r)).replace(" + LoRA-all", "")
@@ -253,6 +257,9 @@ def lp(r: int, select: str = "lp_l1", lora: bool = False) -> _Method:
 FULL_BP = _Method(("full_bp", None, None))
 LORA = _Method(("lora", None, None))
 LORA_ALL = _Method(("lora_all", None, None))
+#: LoSA (``lbp_wht.losa``): not a paper row; generated beside Table 2's partial-training rows
+#: (the setting it is defined for: a side network on the last stage) and for the mini model.
+LOSA = _Method(("losa", None, None))
 LHE10 = _Method(
     ("lbp_wht", "lhe", 10),
     (("lhe_iters", 100),),
@@ -325,7 +332,7 @@ def experiments() -> list[GeneratedFile]:
     # Tables 2 (partial) and 5 (full training; Table 2's full-training block is its S0 part).
     for model in CLS_MODELS:
         for dataset in cls_datasets:
-            for m in table25:
+            for m in [*table25, LOSA]:
                 out.append(_cls("Table 2", f"table2/{model}", model, dataset, "partial", m))
             # Table 5 has an LP_L1-7 row for EfficientFormer-L1 and V2-S0 (not for L7).
             with_r7 = model in ("efficientformer-l1", "efficientformerv2-s0")
@@ -393,7 +400,7 @@ def mini_experiments() -> list[GeneratedFile]:
         "default_runtime.py",
     ]
     model = "mini-efficientformer"
-    for m in (FULL_BP, LORA, LORA_ALL, lp(4), lp(4, lora=True), LHE10):
+    for m in (FULL_BP, LORA, LORA_ALL, LOSA, lp(4), lp(4, lora=True), LHE10):
         if m is LHE10:
             m = _Method(m.key, (("lhe_iters", 5),), m.text)
         title = (

@@ -4,7 +4,7 @@ Standard library only (the sweep and the table builders import it without torch)
 
 * **methods** -- ids in table order (:data:`METHODS`), which ones have WHT bases / LoRA
   adapters, and their row labels (:func:`method_label`: ``Full BP``, ``LoRA-all``,
-  ``LP_L1-4``, ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all``, ``Head only``);
+  ``LP_L1-4``, ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all``, ``Head only``, ``LoSA``);
 * **selections** of WHT bases (:data:`SELECTIONS`: LP_L1 = Eq. 8, LP_Linf = Eq. 9, LHE) and
   the number of bases R a selection keeps (:func:`num_bases`);
 * **scopes** (:data:`SCOPES`: ``partial`` = last stage + task head, ``full`` = whole model);
@@ -39,8 +39,10 @@ __all__ = [
     "LORA_METHODS",
     "BASE_LABELS",
     "METHOD_LABELS",
+    "EXTRA_METHODS",
     "LORA_TRAIN",
     "DEFAULT_LORA_RANK",
+    "DEFAULT_LOSA_RANK",
     # selections
     "SELECTIONS",
     "SELECT_ORDER",
@@ -88,20 +90,25 @@ __all__ = [
 # ------------------------------------------------------------------------------------ methods
 #: Every method id, in the order table rows use. ``head_only`` (linear probe: only the task
 #: head trains) is not a paper row; the CPU mini-reproduction reports it as a lower bound.
+#: ``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`: a side network beside the frozen
+#: backbone, no backprop through it) is not a paper row either: a baseline beyond the paper.
 METHODS: tuple[str, ...] = (
     "head_only",
     "full_bp",
     "lora",
     "lora_all",
+    "losa",
     "lbp_wht",
     "lbp_wht+lora_all",
 )
 #: Row order of the tables (the same tuple; the name says what it is used for).
 METHOD_ORDER = METHODS
 #: The methods of the paper's tables.
-PAPER_METHODS: tuple[str, ...] = METHODS[1:]
+PAPER_METHODS: tuple[str, ...] = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+#: Methods beyond the paper's tables (baselines of our own).
+EXTRA_METHODS: tuple[str, ...] = ("head_only", "losa")
 #: Methods without WHT bases: their method key has ``select = r = None``.
-BASELINE_METHODS: tuple[str, ...] = ("head_only", "full_bp", "lora", "lora_all")
+BASELINE_METHODS: tuple[str, ...] = ("head_only", "full_bp", "lora", "lora_all", "losa")
 #: Methods that project gradients onto WHT bases (they take ``select`` and ``r`` / ``rank``).
 LBP_METHODS: tuple[str, ...] = ("lbp_wht", "lbp_wht+lora_all")
 #: Methods with LoRA adapters (only the adapters and the task head train by default).
@@ -112,6 +119,7 @@ BASE_LABELS: dict[str, str] = {
     "full_bp": "Full BP",
     "lora": "LoRA",
     "lora_all": "LoRA-all",
+    "losa": "LoSA",
 }
 #: A label per method id (LBP methods without their selection; see :func:`method_label`).
 METHOD_LABELS: dict[str, str] = {
@@ -125,6 +133,8 @@ METHOD_LABELS: dict[str, str] = {
 LORA_TRAIN: tuple[str, ...] = ("adapters", "scope")
 #: LoRA rank of the paper's baselines (alpha equal to it: scaling 1).
 DEFAULT_LORA_RANK = 8
+#: Rank of LoSA's low-rank mixers (the same as the LoRA baselines').
+DEFAULT_LOSA_RANK = 8
 
 # --------------------------------------------------------------------------------- selections
 #: WHT base selections (Sec. 3.2): ``lp_l1`` keeps bases (i, j) with i + j < r (Eq. 8),
@@ -378,7 +388,8 @@ def method_tag(key: MethodKey) -> str:
 
 def method_label(key: MethodKey, latex: bool = False) -> str:
     """Row label: ``Head only``, ``Full BP``, ``LoRA``, ``LoRA-all``, ``LP_L1-4``,
-    ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all`` (LaTeX subscripts with ``latex=True``)."""
+    ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all``, ``LoSA`` (LaTeX subscripts with
+    ``latex=True``)."""
     method, select, r = key
     base = BASE_LABELS.get(method)
     if base:
@@ -391,12 +402,14 @@ def method_label(key: MethodKey, latex: bool = False) -> str:
 
 def rank_of(key: MethodKey, lora_rank: Any = None, order: int = DEFAULT_ORDER) -> int | None:
     """The "R" of a row: number of WHT bases for LBP methods, the LoRA rank for LoRA and
-    LoRA-all (``lora_rank``, default :data:`DEFAULT_LORA_RANK`), None for Full BP / head
+    LoRA-all (``lora_rank``, default :data:`DEFAULT_LORA_RANK`), the mixer rank for LoSA
+    (``lora_rank`` if given, default :data:`DEFAULT_LOSA_RANK`), None for Full BP / head
     only / an LBP row without r."""
     method, select, r = key
-    if method in ("lora", "lora_all"):
+    if method in ("lora", "lora_all", "losa"):
         rank = _int_or_none(lora_rank)
-        return DEFAULT_LORA_RANK if rank is None else rank
+        default = DEFAULT_LOSA_RANK if method == "losa" else DEFAULT_LORA_RANK
+        return default if rank is None else rank
     if select is None or r is None:
         return None
     return num_bases(select, r, order)
@@ -415,7 +428,7 @@ def lbp_options(key: MethodKey) -> dict[str, Any]:
 
 def config_tag(key: MethodKey, variant: str = "") -> str:
     """Tag of a method row in config file names: ``full-bp``, ``lora``, ``lora-all``,
-    ``head-only``, ``lp-l1-r4``, ``lp-linf-r3``, ``lhe-rank10``, ``lp-l1-r4+lora-all``.
+    ``head-only``, ``losa``, ``lp-l1-r4``, ``lp-linf-r3``, ``lhe-rank10``, ``lp-l1-r4+lora-all``.
     A ``variant`` (a special run such as Figure 5's ``spectrum``) is its own tag."""
     if variant:
         return variant

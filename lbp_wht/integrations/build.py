@@ -62,6 +62,7 @@ __all__ = [
     "lbp_config_from_block",
     "lora_config_from_block",
     "inject_lbp",
+    "attach_side_network",
     "enable_norm_eval",
     "always_compute_input_grad",
     "lbp_layers",
@@ -90,6 +91,7 @@ LBP_DEFAULTS: dict[str, Any] = dict(
     padding="reflect",  # how a 7x7 map is padded to 8x8
     lora_rank=8,
     lora_alpha=8,
+    losa_rank=8,  # method='losa': rank of the side network's low-rank mixers
     # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
     # freeze: every non-LoRA parameter of the trained scope trains too)
     lora_train="adapters",
@@ -151,6 +153,7 @@ LBP_SCHEMA: dict[str, LBPKey] = dict(
         "number", "LoRA alpha; the adapter scaling is alpha / rank", minimum=0, positive=True
     ),
     lora_train=LBPKey("str", "what trains beside the LoRA adapters", choices=LORA_TRAIN),
+    losa_rank=LBPKey("int", "LoSA: rank of the side network's low-rank mixers", minimum=1),
     norm_eval=LBPKey(
         "bool", "BatchNorm on running statistics; None: as the preset says", nullable=True
     ),
@@ -296,6 +299,11 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in out.items():
         if key in LBP_SCHEMA:  # a key without an entry fails tests/test_pipeline.py, not runs
             _check_lbp_value(key, value, LBP_SCHEMA[key])
+    if out["method"] == "losa" and out["scope"] != "partial":
+        raise LBPConfigError(
+            f"lbp.method='losa' with lbp.scope={out['scope']!r}: LoSA taps the last stage's "
+            "blocks (its token mixer needs one token count); use lbp.scope='partial'"
+        )
     if uses_lbp(out["method"]):
         if out["select"] == "lhe":
             if uses_lora(out["method"]):
@@ -427,7 +435,9 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     1. build the model from the registry of the current default scope;
     2. ``convert(model, preset.rules)`` (Linear / 1x1 Conv2d -> LBP / LoRA layers that share
        the original parameters, so state-dict keys are unchanged);
-    3. ``freeze(model, preset.trainable)`` (partial: last stage + head; LoRA: adapters);
+    3. ``lbp.method='losa'``: attach the LoSA side network (:func:`attach_side_network`);
+       ``freeze(model, preset.trainable)`` (partial: last stage + head; LoRA: adapters; LoSA:
+       the side network ``losa.*`` + head);
     4. BatchNorm on running statistics (:func:`enable_norm_eval`) when the preset says so;
     5. ``lbp.variant='authors'`` with LBP-WHT: :func:`always_compute_input_grad` on the LBP-WHT
        layers.
@@ -468,6 +478,8 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         assert_convertible(net)
     # This builder warns about train-mode BatchNorm itself (below, also into the log).
     report = convert(net, preset.rules, batchnorm_guard=False)
+    if cfg["method"] == "losa":
+        attach_side_network(net, preset, cfg, model)
     trainable = freeze(net, preset.trainable)
     if preset.always_grad_x:
         always_compute_input_grad(lbp_layers(net).values())
@@ -505,6 +517,37 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         logger="current",
     )
     return net
+
+
+def attach_side_network(
+    net: nn.Module, preset: Any, cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]
+) -> nn.Module:
+    """``lbp.method='losa'``: attach LoSA's side network to the built model (before freezing,
+    so ``losa.*`` is among the parameters the optimizer gets).
+
+    The taps are the blocks of ``preset.losa_containers`` (:func:`lbp_wht.losa.find_blocks`),
+    the corrected feature ``preset.losa_output``; the feature shapes come from one no-grad
+    forward of a zero image at the model's input size (:data:`lbp_wht.experiments.vocab.MODELS`
+    ``img_size``; channels from ``backbone.in_channels``, else 3). Returns the side network.
+    """
+    import torch
+
+    from lbp_wht.experiments.vocab import MODELS as MODEL_INFO
+    from lbp_wht.losa import attach_losa, find_blocks
+
+    info = MODEL_INFO.get(cfg["model"]) or MODEL_INFO.get(cfg["preset"] or "")
+    if info is None:
+        raise LBPConfigError(
+            f"lbp.method='losa': no input size known for lbp.model={cfg['model']!r} (the side "
+            "network's token mixer is sized from it); use a model of "
+            "lbp_wht.experiments.vocab.MODELS"
+        )
+    channels = int((model_cfg.get("backbone") or {}).get("in_channels", 3))
+    blocks = [b for c in preset.losa_containers for b in find_blocks(net, c)]
+    example = torch.zeros(1, channels, info.img_size, info.img_size)
+    return attach_losa(
+        net, blocks, preset.losa_output, rank=cfg["losa_rank"], example_inputs=example
+    )
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -111,7 +111,8 @@ class ResumeMismatchError(RuntimeError):
     """``--resume`` with a config that differs from the one the checkpoint was trained with."""
 
 
-_ADAPTER_RE = re.compile(r"(^|\.)lora_[AB]$")
+# LoRA adapters and LoSA's side network (``losa.*``) are added to the plain model.
+_ADAPTER_RE = re.compile(r"(^|\.)lora_[AB]$|^losa\.")
 
 
 def compare_state_dicts(
@@ -563,9 +564,9 @@ class LBPWHTRunner(Runner):
         diff = compare_state_dicts(own, state, lbp["reinit_keys"] + lbp["drop_keys"])
         if diff["adapters"]:
             print_log(
-                f"load_from {filename}: {len(diff['adapters'])} LoRA adapter tensors are not in "
-                "the checkpoint (expected for a checkpoint of the unconverted model; they keep "
-                "their LoRA initialisation, lora_B = 0)",
+                f"load_from {filename}: {len(diff['adapters'])} adapter tensors (LoRA / LoSA) "
+                "are not in the checkpoint (expected for a checkpoint of the unconverted model; "
+                "they keep their initialisation, lora_B = 0, LoSA's output projections = 0)",
                 logger="current",
             )
         if diff["reinit"]:

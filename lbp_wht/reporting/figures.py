@@ -54,7 +54,8 @@ from .tables import (  # noqa: E402
 )
 
 #: Methods drawn as single markers (label, marker, colour). ``head_only`` (the linear probe of
-#: the CPU mini-reproduction; not in the paper) sits at the head's own, near-zero backprop cost.
+#: the CPU mini-reproduction; not in the paper) sits at the head's own, near-zero backprop cost;
+#: ``losa`` (LoSA's side network, not in the paper) where there are records.
 BASELINES = {
     m: (BASE_LABELS[m], marker, color)
     for m, marker, color in (
@@ -62,6 +63,7 @@ BASELINES = {
         ("full_bp", "*", "tab:red"),
         ("lora", "s", "tab:green"),
         ("lora_all", "^", "tab:purple"),
+        ("losa", "P", "tab:orange"),
     )
 }
 LBP_COLOR = "tab:blue"

@@ -42,6 +42,7 @@ DEMO_METHODS = (
     "full-bp",
     "lora",
     "lora-all",
+    "losa",
     "lp-l1-r2",
     "lp-l1-r4",
     "lp-l1-r6",
@@ -110,6 +111,7 @@ HEAD = ("head_only", None, None)
 FULL = ("full_bp", None, None)
 LORA = ("lora", None, None)
 LORA_ALL = ("lora_all", None, None)
+LOSA = ("losa", None, None)
 LINF3 = ("lbp_wht", "lp_linf", 3)
 LHE10 = ("lbp_wht", "lhe", 10)
 LP_RS = (2, 4, 6, 8)
@@ -313,6 +315,11 @@ def claims(s: Stats) -> list[dict[str, Any]]:
             )
         )
 
+    # 3c. Beyond the paper: LoSA (no backprop through the backbone) against LBP-WHT.
+    c = losa_claim(s)
+    if c is not None:
+        out.append(c)
+
     # 4. Table 4: LP_L1-4 (R=10) vs LP_Linf-3 (R=9) vs LHE (R=10).
     a4, ainf, alhe = s.acc(lp(4)), s.acc(LINF3), s.acc(LHE10)
     if a4[0] is not None and ainf[0] is not None and alhe[0] is not None:
@@ -332,6 +339,61 @@ def claims(s: Stats) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def losa_claim(s: Stats) -> dict[str, Any] | None:
+    """ "LoSA costs less backprop than LBP-WHT at matching accuracy" (not a paper claim; the
+    LoSA paper's efficiency claim read against LBP-WHT), or None without LoSA or LP_L1 runs.
+
+    For each LP_L1-r with records and a cost: the cost ratio and LoSA's accuracy difference.
+    LoSA *matches* LP_L1-r when it is within :data:`CLOSE` points of it, above it, or not below
+    it beyond noise (2 SE). Verdict: ``agrees`` when LoSA is cheaper than some LP_L1-r it
+    matches (the evidence names the most accurate one); ``does NOT agree`` otherwise, saying
+    whether LoSA was cheaper but less accurate than every rank, or not cheaper at all.
+    """
+    lo, lo_c = s.acc(LOSA), s.mflops(LOSA)
+    rows = []
+    for r in LP_RS:
+        a, c = s.acc(lp(r)), s.mflops(lp(r))
+        if a[0] is None or c is None or lo[0] is None or lo_c is None:
+            continue
+        d, noise = lo[0] - a[0], _noise(lo, a)
+        rows.append(
+            dict(
+                r=r,
+                acc=a,
+                mflops=c,
+                ratio=c / lo_c,
+                diff=d,
+                noise=noise,
+                matches=d >= -CLOSE or -d <= noise,
+                cheaper=lo_c < c,
+            )  # fmt: skip
+        )
+    if not rows:
+        return None
+    matched = [row["r"] for row in rows if row["matches"] and row["cheaper"]]
+    cheaper_all = all(row["cheaper"] for row in rows)
+    if matched:
+        verdict, reason = "agrees", "matched"
+    elif cheaper_all:
+        verdict, reason = "does NOT agree", "less_accurate"
+    else:
+        verdict, reason = "does NOT agree", "not_cheaper"
+    head = s.acc(HEAD)
+    return dict(
+        claim="losa_vs_lbp",
+        verdict=verdict,
+        reason=reason,
+        close=CLOSE,
+        losa=lo,
+        losa_mflops=lo_c,
+        rows=rows,
+        best=max(matched) if matched else None,
+        head=head if head[0] is not None else None,
+        head_diff=lo[0] - head[0] if head[0] is not None else None,
+        head_noise=_noise(lo, head) if head[0] is not None else None,
+    )
 
 
 def machine_description() -> str:
@@ -508,6 +570,7 @@ def write_report(
         table2=table_body(out / "table2" / "table2.md"),
         table4=table_body(out / "table4" / "table4.md"),
         head_acc=_fmt_acc(head) if head else None,
+        losa=s.has(LOSA),
         head_mflops=f"{s.mflops(HEAD):.2g}" if head and s.mflops(HEAD) else None,
         spectrum_steps=(read_record(spec) or {}).get("steps") if spec else None,
         close=f"{CLOSE:.0f}",

@@ -1,6 +1,7 @@
 # `make demo`, step 2 ("adaptation"): one base config for every method of the demo; the method
 # is chosen on the command line (the sweep tool's --set), e.g.
 #   --cfg-options lbp.method=lbp_wht lbp.select=lp_l1 lbp.r=4 load_from=<source checkpoint>
+# (lbp.method=losa: the LoSA side network on the last stage's blocks, rank lbp.losa_rank=8).
 # Target task: Fashion-MNIST classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot), a reduced
 # training set of 200 images per class (1,000; a fixed seeded choice, the same for all runs)
 # so that adapting the backbone matters; evaluated on all 5,000 test images of classes 5-9.
@@ -38,9 +39,12 @@ param_scheduler = [
     dict(type="CosineAnnealingLR", eta_min_ratio=1e-2, by_epoch=False, begin=0, end=max_iters),
 ]
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
-# No checkpoint files: the record (accuracy) is the result; 33 runs x 1 MB saved for nothing.
+# No checkpoint files: the record (accuracy) is the result; 34 runs x 1 MB saved for nothing.
 default_hooks = dict(
-    logger=dict(interval=20), checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)
+    logger=dict(interval=20),
+    # by_epoch=False: scripts/reproduce_fidelity.sh keeps one run's final iter_200.pth
+    # (--cfg-options default_hooks.checkpoint.interval=200 default_hooks.checkpoint.save_last=True).
+    checkpoint=dict(type="CheckpointHook", interval=-1, by_epoch=False, save_last=False),
 )
 log_processor = dict(by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend="gloo"))

@@ -1,0 +1,145 @@
+"""Gradient fidelity of an experiment config: its model, a checkpoint and a batch of its data.
+
+:func:`analyze_config` builds the config's model as Full BP would train it (same scope, same
+frozen parameters, BatchNorm as the preset keeps it), finds the layers LBP-WHT converts in that
+setting (the config's preset), takes one batch of the config's training data (its pipeline,
+augmentation included, seeded) and runs :func:`lbp_wht.fidelity.gradient_fidelity` on the
+training loss of that batch, once per model *state*:
+
+* ``start``: the model as an adaptation run starts, i.e. the config's ``load_from`` with the
+  ``lbp.drop_keys`` dropped (for the CPU demo: the pretrained source checkpoint and a freshly
+  initialised head, seed ``seed``);
+* each ``NAME=PATH`` checkpoint: every tensor of that checkpoint (e.g. the end of an adaptation
+  run).
+
+Returns rows with a ``state`` column prepended to :data:`lbp_wht.fidelity.FIELDS`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+
+__all__ = ["analyze_config", "load_weights", "fidelity_layers"]
+
+
+def load_weights(model: torch.nn.Module, path: str, drop: Sequence[str] = ()) -> list[str]:
+    """Load the ``state_dict`` of checkpoint ``path`` into ``model``, except keys matching
+    ``drop``; returns the model keys left at initialisation.
+
+    Raises:
+        ValueError: the checkpoint misses model keys other than those dropped, or holds keys
+            of other shapes (names listed).
+    """
+    from .checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(path)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: no state_dict in the checkpoint")
+    state = {
+        k: v
+        for k, v in state.items()
+        if torch.is_tensor(v) and not any(fnmatchcase(k, p) for p in drop)
+    }
+    own = model.state_dict()
+    shape = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if shape:
+        raise ValueError(f"{path}: tensors of another shape than the model's: {shape[:8]}")
+    missing = [k for k in own if k not in state]
+    bad = [k for k in missing if not any(fnmatchcase(k, p) for p in drop)]
+    if bad:
+        raise ValueError(f"{path}: the checkpoint lacks model keys {bad[:8]} ({len(bad)} in all)")
+    model.load_state_dict(state, strict=False)
+    return missing
+
+
+def fidelity_layers(cfg: Any) -> list[str]:
+    """The layers LBP-WHT converts for the config's model and scope (its preset's rules)."""
+    from .build import lbp_layers
+    from .cost_record import build_model
+
+    lbp_cfg = copy.deepcopy(cfg)
+    lbp_cfg.lbp = {**dict(cfg.lbp), "method": "lbp_wht", "select": "lp_l1", "r": 4}
+    names = list(lbp_layers(build_model(lbp_cfg)))
+    if not names:
+        raise ValueError(f"the preset of lbp.model={cfg.lbp.get('model')!r} converts no layer")
+    return names
+
+
+def _batch(cfg: Any, batch_size: int, seed: int) -> dict[str, Any]:
+    from mmengine.runner import Runner
+
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg["batch_size"] = batch_size
+    loader_cfg["num_workers"] = 0
+    loader_cfg["persistent_workers"] = False
+    loader = Runner.build_dataloader(loader_cfg, seed=seed)
+    return next(iter(loader))
+
+
+def analyze_config(
+    cfg: Any,
+    checkpoints: Mapping[str, str] | None = None,
+    *,
+    start: bool = True,
+    batch_size: int = 128,
+    seed: int = 0,
+    selections: Sequence[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Fidelity rows of ``cfg`` (an mmengine ``Config`` with an ``lbp`` block) per state.
+
+    Args:
+        cfg: the experiment config (data roots and ``load_from`` as training uses them).
+        checkpoints: ``{state name: checkpoint path}`` evaluated besides ``start``.
+        start: also evaluate the start of adaptation (``load_from`` minus ``lbp.drop_keys``).
+        batch_size: images in the batch.
+        seed: seeds the fresh head and the batch (pipeline randomness included).
+        selections: :class:`lbp_wht.fidelity.Selection` list (default: all of them).
+
+    Raises:
+        ValueError: nothing to evaluate, or a checkpoint that does not fit the model.
+    """
+    from mmengine.registry import init_default_scope
+
+    import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
+    from lbp_wht.fidelity import gradient_fidelity
+
+    from .build import validate_lbp_cfg
+    from .cost_record import build_model
+
+    states: dict[str, str | None] = {"start": None} if start else {}
+    states.update(checkpoints or {})
+    if not states:
+        raise ValueError("nothing to analyze: give checkpoints or keep the start state")
+    init_default_scope(cfg.get("default_scope", "mmpretrain"))
+    lbp = validate_lbp_cfg(cfg.lbp)
+    layers = fidelity_layers(cfg)
+    exact_cfg = copy.deepcopy(cfg)
+    exact_cfg.lbp = {**dict(cfg.lbp), "method": "full_bp"}
+    torch.manual_seed(seed)
+    model = build_model(exact_cfg)
+    init = copy.deepcopy(model.state_dict())
+    data = model.data_preprocessor(_batch(cfg, batch_size, seed), True)
+    inputs, samples = data["inputs"], data["data_samples"]
+
+    def loss_fn(m: torch.nn.Module) -> torch.Tensor:
+        losses = m(inputs, samples, mode="loss")
+        return sum(v for k, v in losses.items() if "loss" in k)
+
+    rows: list[dict[str, Any]] = []
+    for name, path in states.items():
+        model.load_state_dict(init)
+        if path is None:
+            if cfg.get("load_from"):
+                load_weights(model, cfg.load_from, lbp["drop_keys"])
+        else:
+            load_weights(model, path)
+        model.train()
+        for row in gradient_fidelity(model, layers, loss_fn, selections):
+            rows.append({"state": name, **row})
+    return rows
