@@ -80,6 +80,7 @@ from typing import IO, Any
 
 from .records import RecordError, load_record, write_record
 from .sweep import (
+    LAST_CHECKPOINT,
     DigestFn,
     Run,
     RunLock,
@@ -125,9 +126,6 @@ SLURM_TRAIN = REPO_ROOT / "tools" / "slurm_train.sh"
 SCRIPT_NAME = "slurm_job.sh"
 #: The run's submissions (job ids, times) in its work dir.
 JOBS_NAME = "slurm_jobs.json"
-#: mmengine's pointer to the newest checkpoint in a work dir (the job script compares it before
-#: and after an attempt to tell whether a requeue would make progress).
-LAST_CHECKPOINT = "last_checkpoint"
 
 #: ``squeue`` states of a job that is not over (it may still run, or runs): never resubmitted.
 ACTIVE_STATES = frozenset(

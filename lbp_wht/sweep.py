@@ -9,9 +9,14 @@ Guarantees:
 * **Skip what is done.** A run whose record is complete is never started again.
 * **Re-run what is not, losing nothing.** A work dir without a complete record (a killed or
   failed attempt, or a record that cannot be read: truncated, not JSON, not an object, not
-  UTF-8, a directory) is stale: it is *moved aside* to ``<work_dir>.stale-<UTC time>`` (never
-  deleted; the sweep says where) and the run starts from scratch, so no half-written
-  checkpoint or log of an earlier attempt leaks into the new one.
+  UTF-8, a directory) is stale. Given ``resume_args`` (``("--resume",)`` for
+  ``tools/train.py``), a stale run whose record is readable (or absent), was made with the
+  config the sweep would run now (its ``config_digest`` is not known to differ) and whose work
+  dir holds a checkpoint is *resumed in place*: its command runs again with ``resume_args``
+  appended, so hours of an interrupted run are not redone (the training side checks that the
+  checkpoint is loadable and of the same config). Every other stale work dir is *moved aside*
+  to ``<work_dir>.stale-<UTC time>`` (never deleted; the sweep says where) and the run starts
+  from scratch, so nothing of an attempt of another config leaks into the new one.
 * **Tell a changed run from a finished one.** Given ``expected_digest`` (the
   :func:`lbp_wht.records.config_digest` of the config the run would train now), a complete
   record whose ``config_digest`` differs was made with other options. Such a run is *kept*
@@ -67,6 +72,7 @@ __all__ = [
     "check_unique",
     "log_tail",
     "move_aside",
+    "resume_point",
     "dry_run_listing",
     "run_sweep",
     "parse_progress",
@@ -76,6 +82,8 @@ __all__ = [
 
 RECORD_NAME = "record.json"
 LOG_NAME = "run.log"
+#: mmengine's pointer to the newest checkpoint in a work dir.
+LAST_CHECKPOINT = "last_checkpoint"
 
 _ID_OK = re.compile(r"[^A-Za-z0-9._+=-]+")
 
@@ -92,7 +100,8 @@ class Run:
     Attributes:
         run_id: unique, file-name-safe name (also the default work dir name).
         command: argv of the process that trains / evaluates and writes the record.
-        work_dir: the run's own directory; a stale one is moved aside when the run restarts.
+        work_dir: the run's own directory; a stale one is resumed in place or moved aside
+            when the run restarts (module docstring).
         meta: what the run is (table, model, dataset, method, r, seed, ...), for listings.
         record_name: file name of the record inside ``work_dir``.
         cwd: directory the command runs in (None: the sweep's own working directory).
@@ -213,7 +222,8 @@ def record_state(run: Run, expected_digest: DigestFn | None = None) -> tuple[str
 def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
     """``"done"`` (complete record), ``"changed"`` (complete record of another config digest,
     see the module docstring), ``"running"`` (locked by a live process), ``"stale"`` (work dir
-    without a usable complete record: moved aside and re-run) or ``"todo"``."""
+    without a usable complete record: resumed in place or moved aside and re-run) or
+    ``"todo"``."""
     state, _ = record_state(run, expected_digest)
     if state in ("done", "changed"):
         return state
@@ -223,6 +233,25 @@ def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
             return "running"
         lock.release()
     return "stale" if run.work_dir.exists() else "todo"
+
+
+def resume_point(work_dir: Path) -> Path | None:
+    """The checkpoint a resumed attempt in ``work_dir`` would start from: the file named by
+    ``last_checkpoint`` if it exists, else the newest ``*.pth`` in the work dir, else None.
+
+    Only a hint for the sweep's decision; the training command itself picks the newest
+    *loadable* checkpoint."""
+    work_dir = Path(work_dir)
+    try:
+        named = (work_dir / LAST_CHECKPOINT).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        named = ""
+    if named:
+        path = Path(named) if Path(named).is_absolute() else work_dir / named
+        if path.is_file():
+            return path
+    ckpts = [p for p in work_dir.glob("*.pth") if p.is_file()]
+    return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
 
 
 def move_aside(work_dir: Path) -> Path:
@@ -490,10 +519,12 @@ class _Sweep:
         max_epochs_key: str,
         expected_digest: DigestFn | None = None,
         rerun_changed: bool = False,
+        resume_args: Sequence[str] = (),
     ) -> None:
         self.runs = list(runs)
         self.expected_digest = expected_digest
         self.rerun_changed = rerun_changed
+        self.resume_args = tuple(str(a) for a in resume_args)
         self.jobs = max(1, int(jobs))
         self.slot_env = list(slot_env) if slot_env else [{}] * self.jobs
         if len(self.slot_env) < self.jobs:
@@ -509,6 +540,22 @@ class _Sweep:
     def _max_epochs(self, run: Run) -> int | None:
         v = run.meta.get(self.max_epochs_key)
         return int(v) if isinstance(v, (int, float)) and v else None
+
+    def _resume_point(self, run: Run, state: str) -> Path | None:
+        """Where a stale run resumes in place (module docstring), or None: start afresh."""
+        if not self.resume_args or state not in ("incomplete", "missing"):
+            return None
+        if not run.work_dir.is_dir():
+            return None
+        want = self.expected_digest(run) if self.expected_digest is not None else None
+        try:
+            rec = load_record(run.record_path)
+        except RecordError:
+            return None
+        have = rec.get("config_digest") if rec else None
+        if want and have and want != have:
+            return None  # an attempt of another config: its checkpoint must not be continued
+        return resume_point(run.work_dir)
 
     def execute(self, run: Run, index: int, slot: int, blocking: bool) -> RunResult:
         """Run ``run`` unless its record is complete (checked under the run's lock).
@@ -538,12 +585,17 @@ class _Sweep:
                 )
             if self.stop.is_set():
                 return RunResult(run, "interrupted", message="sweep stopped")
-            moved = ""
-            if run.work_dir.exists():
+            moved, command = "", run.command
+            point = self._resume_point(run, state)
+            if point is not None:
+                command = run.command + self.resume_args
+                moved = f"resumes in place from {point.name} ({why or 'no record'})"
+                self.display.line(f"{run.run_id}: {moved}")
+            elif run.work_dir.exists():
                 target = move_aside(run.work_dir)
                 moved = f"moved the earlier work dir aside to {target} ({why or 'no record'})"
                 self.display.line(f"{run.run_id}: {moved}")
-            run.work_dir.mkdir(parents=True)
+            run.work_dir.mkdir(parents=True, exist_ok=point is not None)
             env = {**os.environ, **self.slot_env[slot], "LBP_SWEEP_RUN_ID": run.run_id}
             env_txt = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.slot_env[slot].items())
             (run.work_dir / "command.sh").write_text(
@@ -557,7 +609,7 @@ class _Sweep:
             with open(run.log_path, "ab") as log:
                 # pass_fds: the child holds the run lock too (see module docstring).
                 proc = subprocess.Popen(
-                    run.command,
+                    command,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -714,6 +766,7 @@ def run_sweep(
     max_epochs_key: str = "max_epochs",
     expected_digest: DigestFn | None = None,
     rerun_changed: bool = False,
+    resume_args: Sequence[str] = (),
 ) -> SweepReport:
     """Run every run whose record is not complete; see the module docstring for guarantees.
 
@@ -732,6 +785,9 @@ def run_sweep(
             tell complete runs of another config (see the module docstring).
         rerun_changed: move complete runs of another config digest aside and re-run them
             (default: keep them and report them as ``changed``).
+        resume_args: appended to the command of a stale run that resumes in place (module
+            docstring; ``("--resume",)`` for ``tools/train.py``); empty: every stale run is
+            moved aside and starts afresh.
 
     Returns:
         A :class:`SweepReport` (one :class:`RunResult` per run, in order).
@@ -747,6 +803,7 @@ def run_sweep(
         max_epochs_key=max_epochs_key,
         expected_digest=expected_digest,
         rerun_changed=rerun_changed,
+        resume_args=resume_args,
     )
     return sweep.run()
 

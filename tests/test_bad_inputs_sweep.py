@@ -86,6 +86,74 @@ def test_incomplete_run_is_moved_aside_not_deleted(tmp_path):
     assert "record status 'running'" in out
 
 
+# ------------------------------------------------------------------ interrupted runs resume
+# A run that records the arguments it was started with, then completes.
+ARGV = (
+    "import json, sys; wd = sys.argv[1]; "
+    "open(wd + '/argv.log', 'a').write(' '.join(sys.argv[2:]) + '\\n'); "
+    "json.dump({'status': 'complete', 'value': 1.0}, open(wd + '/record.json', 'w'))"
+)
+
+
+def _argv_run(tmp_path: Path, name: str = "r0") -> Run:
+    wd = tmp_path / name
+    return Run(name, (sys.executable, "-c", ARGV, str(wd)), wd)
+
+
+def _interrupted(run: Run, digest: str | None = "aaaa", ckpt: bool = True, **rec) -> None:
+    """The work dir a killed training leaves: a 'running' record, a checkpoint, a log."""
+    run.work_dir.mkdir(parents=True)
+    fields = {"status": "running", **rec}
+    if digest:
+        fields["config_digest"] = digest
+    run.record_path.write_text(json.dumps(fields))
+    (run.work_dir / "run.log").write_text("earlier attempt\n")
+    if ckpt:
+        (run.work_dir / "iter_200.pth").write_bytes(b"checkpoint")
+        (run.work_dir / "last_checkpoint").write_text(str(run.work_dir / "iter_200.pth"))
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted", "failed"])
+def test_interrupted_run_of_the_same_config_resumes_in_place(status, tmp_path):
+    run = _argv_run(tmp_path)
+    _interrupted(run, status=status)
+    report, out = _sweep([run], expected_digest=lambda r: "aaaa", resume_args=("--resume",))
+    assert report.results[0].status == "done"
+    assert (run.work_dir / "argv.log").read_text() == "--resume\n"  # continued, not restarted
+    assert (run.work_dir / "iter_200.pth").read_bytes() == b"checkpoint"
+    assert (run.work_dir / "run.log").read_text().startswith("earlier attempt\n")  # appended
+    assert not [p for p in tmp_path.iterdir() if STALE_MARK in p.name]
+    assert "resumes in place from iter_200.pth" in out
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_file(tmp_path):
+    run = _argv_run(tmp_path)
+    _interrupted(run, ckpt=False)
+    (run.work_dir / "epoch_3.pth").write_bytes(b"checkpoint")  # no last_checkpoint pointer
+    report, out = _sweep([run], resume_args=("--resume",))
+    assert (run.work_dir / "argv.log").read_text() == "--resume\n"
+    assert "from epoch_3.pth" in out
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["other-config", "no-checkpoint", "unreadable-record", "no-resume-args"],
+)
+def test_stale_runs_that_cannot_resume_are_moved_aside_and_restart(case, tmp_path):
+    run = _argv_run(tmp_path)
+    _interrupted(run, digest="zzzz" if case == "other-config" else "aaaa",
+                 ckpt=case != "no-checkpoint")  # fmt: skip
+    if case == "unreadable-record":
+        run.record_path.write_text('{"status": "runn')
+    resume = () if case == "no-resume-args" else ("--resume",)
+    report, out = _sweep([run], expected_digest=lambda r: "aaaa", resume_args=resume)
+    assert report.results[0].status == "done"
+    assert (run.work_dir / "argv.log").read_text() == "\n"  # a fresh start, no --resume
+    (aside,) = [p for p in tmp_path.iterdir() if STALE_MARK in p.name]
+    assert (aside / "run.log").read_text() == "earlier attempt\n"  # nothing lost
+    assert "moved the earlier work dir aside" in out
+
+
 # ------------------------------------------------------------------------ changed config digest
 def _complete(run: Run, **fields) -> None:
     run.work_dir.mkdir(parents=True, exist_ok=True)

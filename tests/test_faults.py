@@ -180,6 +180,26 @@ def test_sweep_launched_run_holds_the_lock_for_itself(data, tmp_path):
     assert _record(wd)["status"] == "complete"
 
 
+def test_sweep_resumes_an_interrupted_run_from_its_checkpoint(data, tmp_path):
+    """``tools/sweep.py``: a run stopped by SIGTERM after its first checkpoint is continued by
+    the next sweep (``--resume`` in place, same work dir), not restarted; the config digest the
+    sweep expects equals the one the training recorded."""
+    config, work = fault_config(tmp_path), tmp_path / "sweep"
+    cmd = ("tools/sweep.py", "grid", str(config), "--work-root", str(work), "--name", "g",
+           "--cfg-options", *cls_options(data, iters=4, ckpt_every=2))  # fmt: skip
+    first = tool(*cmd, env=_fault("sigterm", 3), timeout=400)
+    assert first.returncode == 1, first.stderr[-3000:]
+    (wd,) = [p for p in work.iterdir() if p.is_dir()]
+    assert _record(wd)["status"] == "interrupted" and (wd / "iter_2.pth").exists()
+    second = tool(*cmd, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumes in place from iter_2.pth" in second.stderr
+    assert f"resumed from {wd / 'iter_2.pth'}" in (wd / "run.log").read_text()
+    rec = _record(wd)
+    assert rec["status"] == "complete" and rec["iterations"] == 4
+    assert [p.name for p in work.iterdir() if p.is_dir()] == [wd.name]  # nothing moved aside
+
+
 def test_a_broken_collective_then_sigterm_counts_as_interrupted():
     """Distributed stop: a peer that stopped first breaks this rank's all-reduce before this
     rank's own SIGTERM arrives; the record must still say interrupted, not failed."""

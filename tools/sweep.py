@@ -13,8 +13,9 @@ Every run trains with ``tools/train.py CONFIG --work-dir WORK_ROOT/<run id> --se
 writes ``WORK_ROOT/<run id>/record.json``. A run id names the experiment cell
 (``<model>_<scope>_<method>_<dataset>_s<seed>``), so a run shared by several tables (e.g.
 EfficientFormer-L1 LP_L1-4 on CIFAR-100: Table 2, Table 4, Figure 3) runs once. Re-running a
-sweep skips complete runs and restarts interrupted ones (their old work dir is moved aside to
-``<run id>.stale-<UTC time>``, never deleted); two sweeps at once never run the same run. A
+sweep skips complete runs; an interrupted run of the same config that saved a checkpoint
+continues from it (``--resume``), any other incomplete run restarts (its old work dir is moved
+aside to ``<run id>.stale-<UTC time>``, never deleted); two sweeps never run the same run. A
 complete run recorded with another config (e.g. other ``--cfg-options``) is kept and reported
 as CHANGED; ``--rerun-changed`` moves it aside and re-runs it. Unknown ``--set`` keys and
 empty axes are errors (exit 2). Then build the tables with ``tools/make_tables.py --runs
@@ -55,7 +56,8 @@ from lbp_wht.experiments.catalog import CONFIGS_DIR, PAPER_DIR, REPO_ROOT
 from lbp_wht.experiments.runs import SweepSpecError, expected_digest, grid_runs, table_runs
 from lbp_wht.sweep import dry_run_listing, format_duration, run_sweep
 
-#: Appended to a job's training command: every SLURM attempt continues from the newest checkpoint.
+#: Appended to a run's training command when it continues an interrupted attempt (locally: a
+#: stale run of the same config with a checkpoint; on SLURM: every attempt).
 RESUME_ARGS = ("--resume",)
 TABLE_CHOICES = ("2", "3", "4", "5", "6", "7", "fig3", "fig5", "figures")
 
@@ -180,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slot_env=slot_env,
             expected_digest=expected_digest,
             rerun_changed=args.rerun_changed,
+            resume_args=RESUME_ARGS,
         )
     except KeyboardInterrupt:
         print("sweep interrupted; re-run the same command to resume", file=sys.stderr)
