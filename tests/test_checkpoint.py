@@ -135,6 +135,39 @@ def test_hook_keeps_the_previous_checkpoint_when_a_save_fails(data, tmp_path, mo
     assert not (tmp_path / "iter_4.pth").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_hook_removes_the_previous_best_only_after_the_new_best_is_complete(
+    data, tmp_path, monkeypatch
+):
+    opts = [
+        "default_hooks.checkpoint.save_best=accuracy/top1",
+        "default_hooks.checkpoint.rule=greater",
+    ]
+    cfg = load_cfg(MINI_CLS, cls_options(data, iters=4) + opts, tmp_path)
+    runner = make_runner(cfg)
+    hook = next(h for h in runner.hooks if isinstance(h, ck.DurableCheckpointHook))
+    hook.before_train(runner)
+    runner.train_loop._iter = 2
+    hook._save_best_checkpoint(runner, {"accuracy/top1": 50.0})
+    first = tmp_path / "best_accuracy_top1_iter_2.pth"
+    assert ck.load_checkpoint_file(first)["meta"]["iter"] == 2
+    real = ck._publish
+
+    def publish(tmp: str, final: str) -> None:
+        if Path(final).name.startswith("best_"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tmp, final)
+
+    monkeypatch.setattr(ck, "_publish", publish)
+    runner.train_loop._iter = 4
+    with pytest.raises(ck.CheckpointSaveError, match="best_accuracy_top1_iter_4.pth"):
+        hook._save_best_checkpoint(runner, {"accuracy/top1": 60.0})
+    assert ck.load_checkpoint_file(first)["meta"]["iter"] == 2  # mmengine had deleted it first
+    monkeypatch.setattr(ck, "_publish", real)
+    hook._save_best_checkpoint(runner, {"accuracy/top1": 70.0})  # a save that works
+    assert not first.exists()  # removed once the new best was complete
+    assert ck.load_checkpoint_file(tmp_path / "best_accuracy_top1_iter_4.pth")["meta"]["iter"] == 4
+
+
 def test_hook_refuses_to_save_nan_weights(data, tmp_path):
     cfg = load_cfg(MINI_CLS, cls_options(data, iters=1), tmp_path)
     runner = make_runner(cfg)

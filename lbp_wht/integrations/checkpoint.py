@@ -10,7 +10,9 @@ that save leaves a truncated file and a ``last_checkpoint`` naming a deleted one
    so the rename below is atomic), flushed and ``fsync``-ed;
 2. ``os.replace`` puts it under its real name and the directory is ``fsync``-ed;
 3. only then ``last_checkpoint`` is rewritten (the same way, atomically);
-4. only then checkpoints beyond ``max_keep_ckpts`` are deleted.
+4. only then checkpoints beyond ``max_keep_ckpts`` are deleted; likewise the previous *best*
+   checkpoint (``save_best``) is deleted only after the new best one is complete (mmengine
+   deletes it first).
 
 A kill at any moment therefore leaves the previous checkpoints intact and ``last_checkpoint``
 naming a complete file, plus at most a stale temp file (removed when the next run starts). A
@@ -414,6 +416,43 @@ class DurableCheckpointHook(CheckpointHook):
         if is_main_process() and "://" not in str(self.out_dir):
             for name in remove_stale_temp_files(str(self.out_dir)):
                 runner.logger.info(f"removed {name}: the temp file of an interrupted save")
+
+    def _save_best_checkpoint(self, runner: Any, metrics: dict) -> None:
+        """mmengine's best-checkpoint logic, with every deletion it makes held back until it
+        returned, i.e. until the new best checkpoint (and the regular one it re-saves) is
+        complete: a failed or killed save keeps the previous best file."""
+        backend = self.file_backend
+        deferred: list[tuple[Callable[[Any], None], Any]] = []
+        for name in ("remove", "rmtree"):
+            real = getattr(backend, name)
+            setattr(backend, name, lambda path, _real=real: deferred.append((_real, path)))
+        # mmengine points its state at the new best file before writing it: after a failed
+        # save it must point at the previous, still existing one again
+        state = {
+            k: v for k, v in vars(self).items() if k in ("best_ckpt_path", "best_ckpt_path_dict")
+        }
+        state = {k: dict(v) if isinstance(v, dict) else v for k, v in state.items()}
+        hub = runner.message_hub
+        info = {
+            k: v for k, v in hub.runtime_info.items() if k.startswith(("best_ckpt", "best_score"))
+        }
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        except BaseException:
+            vars(self).update(state)
+            for key in [k for k in hub.runtime_info if k.startswith(("best_ckpt", "best_score"))]:
+                hub.runtime_info.pop(key)
+            for key, value in info.items():
+                hub.update_info(key, value)
+            raise
+        finally:
+            for name in ("remove", "rmtree"):
+                vars(backend).pop(name, None)  # back to the class's methods
+        best = getattr(self, "best_ckpt_path_dict", {}).values()  # several key indicators
+        keep = {getattr(self, "best_ckpt_path", None), self.last_ckpt, *best}
+        for delete, path in deferred:
+            if path not in keep:  # a new best file under the old name is not deleted
+                delete(path)
 
     def _save_checkpoint_with_step(self, runner: Any, step: int, meta: dict) -> None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
