@@ -226,6 +226,7 @@ def lbp_lora_flops(
     *,
     patches: int = 1,
     proj_tokens: int | None = None,
+    extra_tokens: int = 0,
     need_input_grad: bool = True,
     convention: str = "table1",
 ) -> LayerCost:
@@ -236,6 +237,11 @@ def lbp_lora_flops(
     needs a gradient also ``g_hat w`` (``2 N Cy Cx``, reported as ``low_rank_mm``),
     ``(g_hat B) A`` (``2 N k Cx``) and the reverse projection. Projections of ``x`` and ``g_y``
     as in :func:`lbp_flops`.
+
+    ``extra_tokens`` ``E`` prefix tokens (class, distillation, registers) outside the map get
+    exact gradients: the adapter gradients ``4 E k (Cx + Cy)`` and, where ``x`` needs a
+    gradient, ``g_y w`` (``2 E Cy Cx``, reported as ``vanilla``) plus ``(g_y B) A``
+    (``2 E k (Cy + Cx)``).
     """
     _check_convention(convention)
     n = patches * rank
@@ -245,7 +251,10 @@ def lbp_lora_flops(
     else:
         per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
     adapter = 2.0 * n * k * (2 * cy + 2 * cx) + (2.0 * n * k * cx if need_input_grad else 0.0)
+    e = extra_tokens
+    adapter += 4.0 * e * k * (cx + cy) + (2.0 * e * k * (cx + cy) if need_input_grad else 0.0)
     return LayerCost(
+        vanilla=2.0 * e * cy * cx if need_input_grad else 0.0,
         projection=per * (cx + cy) * lp * rank,
         low_rank_mm=2.0 * n * cy * cx if need_input_grad else 0.0,
         reverse_projection=per * cx * lp * rank if need_input_grad else 0.0,
@@ -367,6 +376,7 @@ def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
                 geom.lora_rank or 0,
                 patches=geom.patches or 1,
                 proj_tokens=geom.proj_tokens,
+                extra_tokens=geom.extra_tokens,
                 need_input_grad=nx,
                 convention=convention,
             )

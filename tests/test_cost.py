@@ -116,6 +116,31 @@ def test_counted_equals_analytic_lora_layers(method: str):
         assert costs["0"].vanilla == 0  # its input needs no gradient
 
 
+@pytest.mark.parametrize("method", ["lbp", "lbp_lora"])
+@pytest.mark.parametrize("need_x", [True, False])
+def test_counted_equals_analytic_with_a_class_token(method: str, need_x: bool):
+    """ViT-like tokens (E = 1 class token + a 7x7 map): the prefix rows' exact gradients are
+    in the analytic count as they are in the executed backward."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(48, 64), nn.GELU(), nn.Linear(64, 40))
+    opts = dict(select="lp_l1", r=2, extra_tokens=1, hw=(7, 7))
+    if method == "lbp_lora":
+        opts.update(rank=4, alpha=4)
+    convert(net, [dict(target="2", method=method, **opts)])
+    freeze(net, ["2.*"] if method == "lbp" else ["2.lora_*"])
+    x = torch.randn(2, 1 + 49, 48)
+    if need_x:  # the first layer trains too, so layer 2's input needs a gradient
+        net[0].requires_grad_(True)
+    m = measure_step(net, x, elementwise=False)
+    geom = cost.trace_linear_layers(net, lambda: net(x))
+    assert [g.extra_tokens for g in geom if g.name == "2"] == [1]
+    costs = cost.model_cost(net, geom, "gemm")
+    assert sum(c.total for c in costs.values()) == m.backprop_flops
+    # the class token's exact products, 2 images: g_w (LBP only: LoRA's w is frozen) and g_x
+    products = (method == "lbp") + need_x
+    assert costs["2"].vanilla == 2 * products * (2 * 64 * 40 * 1)
+
+
 # ---- speedups on a small model -------------------------------------------------------------
 class TinyHybrid(nn.Module):
     """A Meta4D-like 1x1-conv MLP on a 7x7 map, then a Meta3D-like token MLP (like the last
