@@ -219,7 +219,9 @@ def test_slurm_sweep_matches_the_local_sweep(cluster, tmp_path):
     queued = cluster.queue()
     again = _ok(_sweep(cluster, remote, *SLURM_FLAGS), cluster, remote)
     assert "3 skipped" in again and "SUBMITTED" not in again, again
-    assert cluster.queue() == queued  # nothing new on the cluster
+    # nothing new on the cluster (a finished job may still be listed while it completes, so
+    # compare with what was listed before rather than asking for an empty queue)
+    assert set(cluster.queue()) <= set(queued)
 
 
 @needs_data
