@@ -89,6 +89,7 @@ from .sweep import (
     log_tail,
     move_aside,
     parse_progress,
+    record_digest,
     record_state,
 )
 
@@ -583,14 +584,6 @@ class RunStatus:
     fresh: bool = False  # the work dir has to be moved aside before (re)submitting
 
 
-def _record_digest(run: Run) -> str | None:
-    try:
-        rec = load_record(run.record_path)
-    except RecordError:
-        return None
-    return rec.get("config_digest") if rec else None
-
-
 def run_status(
     run: Run,
     queue: Queue | None,
@@ -623,7 +616,7 @@ def run_status(
     if not run.work_dir.exists():
         return RunStatus("todo")
     want = expected_digest(run) if expected_digest is not None else None
-    have = _record_digest(run)
+    have = record_digest(run)
     fresh = bool(want and have and want != have)
     parts = []
     if ids:

@@ -69,6 +69,7 @@ __all__ = [
     "SweepReport",
     "run_state",
     "record_state",
+    "record_digest",
     "check_unique",
     "log_tail",
     "move_aside",
@@ -217,6 +218,15 @@ def record_state(run: Run, expected_digest: DigestFn | None = None) -> tuple[str
             f"{want})"
         )
     return "done", "record complete"
+
+
+def record_digest(run: Run) -> str | None:
+    """The ``config_digest`` of the run's record (None: no record, none recorded, or unreadable)."""
+    try:
+        rec = load_record(run.record_path)
+    except RecordError:
+        return None
+    return rec.get("config_digest") if rec else None
 
 
 def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
@@ -544,15 +554,9 @@ class _Sweep:
     def _resume_point(self, run: Run, state: str) -> Path | None:
         """Where a stale run resumes in place (module docstring), or None: start afresh."""
         if not self.resume_args or state not in ("incomplete", "missing"):
-            return None
-        if not run.work_dir.is_dir():
-            return None
+            return None  # an unreadable record is moved aside, never continued
         want = self.expected_digest(run) if self.expected_digest is not None else None
-        try:
-            rec = load_record(run.record_path)
-        except RecordError:
-            return None
-        have = rec.get("config_digest") if rec else None
+        have = record_digest(run)
         if want and have and want != have:
             return None  # an attempt of another config: its checkpoint must not be continued
         return resume_point(run.work_dir)

@@ -46,6 +46,7 @@ The checkpoints of a work dir, newest first (``iter_N.pth`` / ``epoch_N.pth`` an
 
 from __future__ import annotations
 
+import copy
 import os
 import os.path as osp
 import pickle
@@ -80,6 +81,8 @@ __all__ = [
 ]
 
 LAST_CHECKPOINT = "last_checkpoint"
+#: Message-hub keys (prefixes) of the best checkpoint: ``best_ckpt[_<key>]``, ``best_score[_<key>]``.
+_BEST_INFO = ("best_ckpt", "best_score")
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 _STEP_RE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
@@ -428,19 +431,15 @@ class DurableCheckpointHook(CheckpointHook):
             setattr(backend, name, lambda path, _real=real: deferred.append((_real, path)))
         # mmengine points its state at the new best file before writing it: after a failed
         # save it must point at the previous, still existing one again
-        state = {
-            k: v for k, v in vars(self).items() if k in ("best_ckpt_path", "best_ckpt_path_dict")
-        }
-        state = {k: dict(v) if isinstance(v, dict) else v for k, v in state.items()}
+        paths = ("best_ckpt_path", "best_ckpt_path_dict")
+        state = {k: copy.copy(v) for k, v in vars(self).items() if k in paths}
         hub = runner.message_hub
-        info = {
-            k: v for k, v in hub.runtime_info.items() if k.startswith(("best_ckpt", "best_score"))
-        }
+        info = {k: v for k, v in hub.runtime_info.items() if k.startswith(_BEST_INFO)}
         try:
             super()._save_best_checkpoint(runner, metrics)
         except BaseException:
             vars(self).update(state)
-            for key in [k for k in hub.runtime_info if k.startswith(("best_ckpt", "best_score"))]:
+            for key in [k for k in hub.runtime_info if k.startswith(_BEST_INFO)]:
                 hub.runtime_info.pop(key)
             for key, value in info.items():
                 hub.update_info(key, value)
