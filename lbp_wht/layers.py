@@ -31,6 +31,7 @@ from .geometry import MapGeometry, MapSource, ResolvedMap, resolve_map
 from .projection import WHTProjector
 
 __all__ = [
+    "ConvertedLayer",
     "LBPLinear",
     "LBPConv2d",
     "LBPMixin",
@@ -127,6 +128,32 @@ def check_input_features(layer: nn.Module, x: torch.Tensor, what: str, channels_
         )
 
 
+class ConvertedLayer:
+    """What every converted layer (LBP-WHT, LoRA, both) shares.
+
+    ``forward(x)`` is the layer's own call; :meth:`call_site` runs the same converted
+    computation for a parent module that reads the layer's weight directly
+    (``F.linear(x, self.qkv.weight, qkv_bias)``, e.g. attention with separate q / v biases), so
+    that :func:`lbp_wht.convert` can route such call sites through the layer instead of
+    silently bypassing it. ``converted_calls`` counts the calls that ran the converted path
+    (the LBP-WHT function, or the LoRA adapters): a layer reported converted that never ran
+    shows 0.
+    """
+
+    converted_calls: int = 0
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, self.bias)  # type: ignore[attr-defined]
+
+    def call_site(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The layer applied to ``x`` with ``bias`` in place of its own (a call site that
+        computed ``F.linear(x, self.weight, bias)`` / ``F.conv2d(x, self.weight, bias)``)."""
+        return self._forward(x, bias)
+
+
 class BatchNormGuard:
     """Warns once, at the first LBP-WHT training step, if BatchNorm layers are in train mode.
 
@@ -172,7 +199,7 @@ class LBPPlan:
     projector: WHTProjector | None
 
 
-class LBPMixin:
+class LBPMixin(ConvertedLayer):
     """Shared state and forward of the LBP-WHT layers.
 
     Attributes:
@@ -370,13 +397,18 @@ class LBPMixin:
         self.spectrum_steps += 1
 
     def _lbp_apply(
-        self, x: torch.Tensor, plain: Callable[[torch.Tensor], torch.Tensor], **lora: Any
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        plain: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+        **lora: Any,
     ) -> torch.Tensor:
-        """Run ``plain(x)`` or the LBP function, with spectrum recording where asked."""
+        """Run ``plain(x, bias)`` or the LBP function, with spectrum recording where asked."""
         self._check_features(x)
         if not self.lbp_active(x) or x.numel() == 0:  # an empty batch has nothing to project
-            return plain(x)
+            return plain(x, bias)
         m = self.resolve_map(x)
+        self.converted_calls += 1
         if self.batchnorm_guard is not None:
             self.batchnorm_guard.check()
         if self.bases is None:  # LHE not chosen yet: exact backprop
@@ -388,13 +420,13 @@ class LBPMixin:
                     "or load a state dict that holds its lbp_bases.",
                     stacklevel=3,
                 )
-            y = plain(x)
+            y = plain(x, bias)
         else:
             x3 = x.reshape(-1, *x.shape[-2:]) if m.layout == "tokens" and x.dim() != 3 else x
             y = lbp_forward(
                 x3,
                 self.weight,
-                self.bias,
+                bias,
                 self.projector_for(m.hw),
                 m.layout,
                 m.prefix_tokens,
@@ -442,11 +474,11 @@ class LBPLinear(LBPMixin, nn.Linear):
         new._init_lbp(config, geometry)
         return new
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, self.weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lbp_apply(x, self._plain)
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._lbp_apply(x, bias, self._plain)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self.lbp_extra_repr()}"
@@ -486,11 +518,11 @@ class LBPConv2d(LBPMixin, nn.Conv2d):
         new._init_lbp(config, geometry)
         return new
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias)
+    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, self.weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lbp_apply(x, self._plain)
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._lbp_apply(x, bias, self._plain)
 
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

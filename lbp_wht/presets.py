@@ -276,6 +276,20 @@ def _segformer_layers(scope: str) -> list[_Layer]:
     ]
 
 
+#: Layers whose map the paper's configurations declare instead of the input's positions: the
+#: talking-head 1x1 convs of EfficientFormerV2 mix the heads of the (N x N) attention-score
+#: tensor, which the authors' configs project as an N x N image (a dry forward finds no image
+#: map there and refuses them unless the rule says so).
+_DECLARED: dict[str, dict[str, Any]] = {
+    "token_mixer.talking_head1": {"layout": "nchw"},
+    "token_mixer.talking_head2": {"layout": "nchw"},
+}
+
+
+def _declared(glob: str) -> dict[str, Any]:
+    return next((v for k, v in _DECLARED.items() if glob.endswith(k)), {})
+
+
 def _authors_layers(model: str, scope: str, layers: list[_Layer]) -> list[_Layer]:
     """The layer table of the ``authors`` variant: what the authors' code really converted."""
     if model == "swinv2-small-w8":
@@ -450,10 +464,11 @@ def get_preset(
     elif method == "lora_all":
         rules = [dict(target=g, method="lora", **lora_opts(f)) for g, _, f in layers]
     elif method == "lbp_wht":
-        rules = [dict(target=g, method="lbp", **lbp_opts) for g, _, _ in layers]
+        rules = [dict(target=g, method="lbp", **lbp_opts, **_declared(g)) for g, _, _ in layers]
     elif method == "lbp_wht+lora_all":
         rules = [
-            dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts) for g, _, f in layers
+            dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts, **_declared(g))
+            for g, _, f in layers
         ]
     else:  # in METHODS but not handled here (e.g. a tuple patched from outside): never guess
         raise ValueError(
