@@ -421,9 +421,9 @@ def _decide(
         for g in geos:
             if isinstance(g, str):
                 return g
-        seen = {(g.layout, g.prefix_tokens, g.hw) for g in geos}
+        seen = {(g.layout, g.prefix_tokens, g.hw, g.order) for g in geos}
         if len(seen) > 1:
-            return f"it is called on different maps {sorted(seen)}"
+            return f"it is called on different maps {sorted(x[:3] for x in seen)}"
         g = geos[0]
         if min(g.hw) < order // 2:
             return (
@@ -435,13 +435,13 @@ def _decide(
         if g.layout == "nhwc":  # the input's shape is the map at any size
             traced, source = MapGeometry("nhwc"), None
         else:
-            traced = MapGeometry("tokens", g.prefix_tokens)
+            traced = MapGeometry("tokens", g.prefix_tokens, token_order=g.order)
             source = TracedMapSource(model, g.hw, trace.input_hw or g.hw)
         if isinstance(adapted, MapGeometry):
             same = adapted.layout in ("auto", traced.layout) and (
                 adapted.prefix_tokens == traced.prefix_tokens
             )
-            if same and adapted.hw in (None, g.hw):
+            if same and adapted.hw in (None, g.hw) and g.order is None:
                 return _Decision(adapted, "adapter", parent, "agrees with the example input")
             note = f"the family adapter said {adapted}"
             return _Decision(traced, "example input", parent, note, source)
@@ -680,7 +680,8 @@ def _geometry_text(new: nn.Module) -> str:
     if isinstance(new, nn.Conv2d):
         return "NCHW map"
     src = f", hw from {new.map_source.describe}" if new.map_source else ""
-    return f"layout={g.layout} prefix={g.prefix_tokens}" + (f" hw={g.hw}" if g.hw else src)
+    order = " unrolled order" if g.token_order is not None else ""
+    return f"layout={g.layout} prefix={g.prefix_tokens}{order}" + (f" hw={g.hw}" if g.hw else src)
 
 
 def _verify(model: nn.Module, example: Any, built: list) -> None:

@@ -60,11 +60,16 @@ class MapGeometry:
         layout: one of :data:`LAYOUTS`.
         prefix_tokens: ``E`` leading tokens outside the map (``tokens`` layout only).
         hw: a fixed map size ``(H, W)``; ``None`` to take it from a source or the input.
+        token_order: ``tokens`` layout only: the map tokens are not in row-major order;
+            ``order[k]`` is the input position (after the prefix tokens) of row-major map
+            token ``k`` (e.g. Hiera's unrolled order, found by a dry forward). The layer
+            gathers its input into row-major order and scatters its output back.
     """
 
     layout: str = "auto"
     prefix_tokens: int = 0
     hw: tuple[int, int] | None = None
+    token_order: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
@@ -80,13 +85,23 @@ class MapGeometry:
                 raise TypeError(f"hw must be a pair (H, W), got {self.hw!r}")
             hw = (check_int(self.hw[0], "hw[0]", 1), check_int(self.hw[1], "hw[1]", 1))
             object.__setattr__(self, "hw", hw)
+        if self.token_order is not None:
+            order = tuple(int(v) for v in self.token_order)
+            if sorted(order) != list(range(len(order))):
+                raise ValueError("token_order must be a permutation of 0 .. L-1")
+            if self.layout == "nhwc" or self.layout == "nchw":
+                raise ValueError(f"token_order needs token input, not layout {self.layout!r}")
+            object.__setattr__(self, "token_order", order)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(
+        d = dict(
             layout=self.layout,
             prefix_tokens=self.prefix_tokens,
             hw=None if self.hw is None else list(self.hw),
         )
+        if self.token_order is not None:
+            d["token_order"] = list(self.token_order)
+        return d
 
 
 class MapSource:
@@ -160,6 +175,7 @@ class ResolvedMap:
     prefix_tokens: int
     layout: str
     lead: tuple[int, ...] = ()
+    order: tuple[int, ...] | None = None  # see MapGeometry.token_order
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -258,4 +274,11 @@ def resolve_map(
             f"prefix_tokens={prefix} needs {hw[0] * hw[1] + prefix}; check the layer's "
             "hw / prefix_tokens"
         )
-    return ResolvedMap((int(hw[0]), int(hw[1])), prefix, "tokens", lead)
+    order = geometry.token_order
+    if order is not None and len(order) != tokens:
+        raise ValueError(
+            f"{what}: its tokens are in a non-row-major order known for {len(order)} map "
+            f"tokens (the traced input size), but input {shape} has {tokens}; convert the "
+            "model with an example input of this size"
+        )
+    return ResolvedMap((int(hw[0]), int(hw[1])), prefix, "tokens", lead, order)

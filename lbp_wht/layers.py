@@ -246,6 +246,7 @@ class LBPMixin(ConvertedLayer):
         self.batchnorm_guard: BatchNormGuard | None = None
         self._projectors: dict[tuple[int, int], WHTProjector] = {}
         self._spectrum_projectors: dict[tuple[int, int], WHTProjector] = {}
+        self._order_cache: dict[str, Any] = {}
         self._warned_no_bases = False
 
     # ---- configuration views (read-only; the config is frozen) ----------------------------
@@ -423,6 +424,9 @@ class LBPMixin(ConvertedLayer):
             y = plain(x, bias)
         else:
             x3 = x.reshape(-1, *x.shape[-2:]) if m.layout == "tokens" and x.dim() != 3 else x
+            if m.order is not None:  # tokens in another order: project them row-major
+                gather, scatter = self._order_index(m, x.device)
+                x3 = x3.index_select(-2, gather)
             y = lbp_forward(
                 x3,
                 self.weight,
@@ -432,11 +436,28 @@ class LBPMixin(ConvertedLayer):
                 m.prefix_tokens,
                 **lora,
             )
+            if self.record_spectrum and y.requires_grad:
+                y.register_hook(lambda g: self._record(g, m))
+            if m.order is not None:
+                y = y.index_select(-2, scatter)
             if y.dim() != x.dim():
                 y = y.reshape(*m.lead, *y.shape[-2:])
+            return y
         if self.record_spectrum and y.requires_grad:
             y.register_hook(lambda g: self._record(g, m))
         return y
+
+    def _order_index(
+        self, m: ResolvedMap, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token indices that read a non-row-major map in row-major order (prefix tokens
+        first, kept in place) and their inverse."""
+        key = (m.order, device)
+        if self._order_cache.get("key") != key:
+            e = m.prefix_tokens
+            gather = torch.tensor([*range(e), *(e + k for k in m.order)], device=device)
+            self._order_cache = {"key": key, "idx": (gather, torch.argsort(gather))}
+        return self._order_cache["idx"]
 
 
 class LBPLinear(LBPMixin, nn.Linear):

@@ -83,9 +83,13 @@ def _decode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 # ---- what a layer input is -------------------------------------------------------------------
-def _rows_grid(rows: torch.Tensor) -> tuple[int, tuple[int, int]] | str:
-    """``rows`` ``(N, L)`` tags of N token sequences: ``(prefix, (H, W))`` if every row is
-    ``E`` non-image tokens followed by a row-major grid of one map, else why not."""
+def _rows_grid(
+    rows: torch.Tensor,
+) -> tuple[int, tuple[int, int], tuple[int, ...] | None] | str:
+    """``rows`` ``(N, L)`` tags of N token sequences: ``(prefix, (H, W), order)`` if every row
+    is ``E`` non-image tokens followed by the tokens of one evenly spaced grid, all rows in the
+    same layout (``order``: ``None`` for row-major, else the permutation that reads the grid
+    in row-major order), else why not."""
     if (rows == MIXED).any():
         return "its tokens mix several positions (pooled or token-mixed): not a map"
     if ((rows >= 0) & ((rows & PAIR) != 0)).any():
@@ -110,12 +114,17 @@ def _rows_grid(rows: torch.Tensor) -> tuple[int, tuple[int, int]] | str:
     h, w = int(ui.numel()), int(uj.numel())
     if h * w != ii.numel():
         return f"its {ii.numel()} tokens are not a full grid ({h} rows x {w} columns)"
-    if not (bool((ii == ui.repeat_interleave(w)).all()) and bool((jj == uj.repeat(h)).all())):
-        return "its tokens are not in row-major map order (e.g. an unrolled or shuffled order)"
     for u in (ui, uj):
         if u.numel() > 2 and not bool((u.diff() == u[1] - u[0]).all()):
             return "its token positions are not evenly spaced"
-    return prefix, (h, w)
+    rank = torch.searchsorted(ui, ii) * w + torch.searchsorted(uj, jj)
+    if torch.unique(rank).numel() != rank.numel():
+        return "several of its tokens sit at the same position"
+    if bool((rank == torch.arange(rank.numel())).all()):
+        return prefix, (h, w), None
+    # A full grid in another order (e.g. Hiera's unrolled tokens): the permutation that
+    # reads it in row-major order.
+    return prefix, (h, w), tuple(int(v) for v in torch.argsort(rank))
 
 
 def _channel_problem(shadow: torch.Tensor, channel_dim: int) -> str | None:
@@ -151,8 +160,8 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
         got = _rows_grid(rows)
         if isinstance(got, str):
             return got
-        prefix, hw = got
-        if prefix or hw != shape[2:]:
+        prefix, hw, perm = got
+        if prefix or perm is not None or hw != shape[2:]:
             return f"its NCHW input {shape} is not one {shape[2]}x{shape[3]} map"
         res = ResolvedMap(hw, 0, "nchw")
     else:
@@ -165,13 +174,13 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
         res = None
         if shadow.dim() == 4:  # (B, H, W, C): both middle axes together may be the map
             got = _rows_grid(tok.reshape(shape[0], -1))
-            if not isinstance(got, str) and got[0] == 0 and got[1] == shape[1:3]:
+            if not isinstance(got, str) and got[0] == 0 and got[1] == shape[1:3] and not got[2]:
                 res = ResolvedMap(got[1], 0, "nhwc")
         if res is None:
             got = _rows_grid(tok.reshape(-1, shape[-2]))
             if isinstance(got, str):
                 return got
-            res = ResolvedMap(got[1], got[0], "tokens", shape[:-2])
+            res = ResolvedMap(got[1], got[0], "tokens", shape[:-2], got[2])
     small = order // 2
     if min(res.hw) < small:
         return (
@@ -482,8 +491,8 @@ class _Tracer(TorchFunctionMode):
         else:
             dims = sorted(((d,) if isinstance(d := dim, int) else tuple(d)), reverse=True)
             red = s
-            for d in dims:
-                red = self._mix(red, d)
+            for d in dims:  # pooling a small group of neighbours: the group's first position
+                red = _group(red.movedim(d, -1)).movedim(-1, d)
                 if not keep:
                     red = red.squeeze(d)
         for o in outs:
