@@ -228,7 +228,12 @@ _SHAPE_OPS = {
     "repeat_interleave", "view_as", "reshape_as", "unfold", "hstack", "vstack", "diagonal",
     "masked_select", "__reversed__", "T", "mT",
 }  # fmt: skip
-_KEEP_OPS = {"roll"}  # a cyclic shift keeps grid positions (Swin's shifted windows)
+#: The output's positions are the first argument's: a cyclic shift keeps grid positions
+#: (Swin's shifted windows); casts and moves keep everything.
+_KEEP_OPS = {
+    "roll", "to", "type_as", "type", "float", "double", "half", "bfloat16", "cpu", "cuda",
+    "requires_grad_", "detach_",
+}  # fmt: skip
 _REDUCE_OPS = {
     "mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod",
     "nanmean", "nansum", "median", "std_mean", "var_mean",
@@ -343,7 +348,10 @@ class _Tracer(TorchFunctionMode):
             sh[target] = base
             return
         if name in _KEEP_OPS:
-            sh[out] = self.get(args[0])
+            if isinstance(out, torch.Tensor) and isinstance(args[0], torch.Tensor):
+                s = self.get(args[0])
+                if s is not None and tuple(s.shape) == tuple(out.shape):
+                    sh[out] = s
             return
         if name in _SHAPE_OPS:
 
