@@ -41,8 +41,7 @@ from lbp_wht.records import read_record
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
-    _f,
-    _fmt,
+    cell_text,
     md_table,
     read_csv,
 )
@@ -656,19 +655,22 @@ def _v2_facts(hv2: list[dict[str, str]], paper: list[dict[str, str]]) -> dict[st
     la = find_row(hv2, table="2", model="efficientformerv2-s0", scope="full", method="lora_all")
     fb = find_row(hv2, table="2", model="efficientformerv2-s0", scope="full", method="full_bp")
 
-    def paper_mf(table: str, model: str, scope: str, method: str) -> float | None:
+    def paperto_mflops(table: str, model: str, scope: str, method: str) -> float | None:
         row = find_row(paper, table=table, model=model, scope=scope, method=method)
         return as_number(row["mflops"]) if row else None
 
     la_over_fb = {}
     for model in ("efficientformer-l1", "efficientformer-l7", "efficientformerv2-l",
                   "swinv2-small-w8", "efficientformerv2-s0"):  # fmt: skip
-        a, b = paper_mf("5", model, "full", "lora_all"), paper_mf("5", model, "full", "full_bp")
+        a, b = (
+            paperto_mflops("5", model, "full", "lora_all"),
+            paperto_mflops("5", model, "full", "full_bp"),
+        )
         if a and b:
             la_over_fb[model] = a / b
     t7 = (
-        paper_mf("7", "efficientformer-l1", "partial", "lora_all"),
-        paper_mf("7", "efficientformer-l1", "partial", "full_bp"),
+        paperto_mflops("7", "efficientformer-l1", "partial", "lora_all"),
+        paperto_mflops("7", "efficientformer-l1", "partial", "full_bp"),
     )
     return dict(
         ds_full_bp_dev=max(_dev(r["V2-DS_ratio"]) for r in ds if r["method"] == "full_bp"),
@@ -840,6 +842,12 @@ def _lbp_memory_check(ct: CostTables) -> list[dict[str, Any]]:
     return rows
 
 
+def _prose(v: Any, nd: int = 2) -> str:
+    """A number in prose: ``1,234.57``; ``n/a`` where there is none."""
+    x = as_number(v)
+    return "n/a" if x is None else f"{x:,.{nd}f}"
+
+
 def _rec(ct: CostTables, stem: str) -> dict[str, Any] | None:
     return read_record(ct.records / f"{stem}.json")
 
@@ -849,7 +857,7 @@ def write_readme(ct: CostTables) -> Path:
     text = (
         environment(HERE / "templates")
         .get_template("cost_readme.md.j2")
-        .render(md_table=md_table, fmt=_fmt, f=_f, spec=format, **findings(ct))
+        .render(md_table=md_table, fmt=cell_text, f=_prose, spec=format, **findings(ct))
     )
     return write_text(ct.out / "README.md", text)
 

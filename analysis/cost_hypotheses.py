@@ -24,10 +24,10 @@ from lbp_wht.experiments.vocab import MODEL_ORDER, MODELS
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
-    _label,
-    _mf,
     authors_options,
     rint,
+    row_label,
+    to_mflops,
 )
 from lbp_wht.reporting.render import as_number, write_rows_csv
 
@@ -160,12 +160,12 @@ class CostHypotheses(CostTables):
                 model=pr["model"],
                 scope=pr["scope"],
                 method=method,
-                label=_label(method, r),
+                label=row_label(method, r),
                 r=r,
                 paper_mflops=as_number(pr["mflops"]),
                 paper_speedup=as_number(pr["speedup"]),
             )
-            row.update({k: _mf(v) for k, v in vals.items()})
+            row.update({k: to_mflops(v) for k, v in vals.items()})
             out.append(row)
         full = next(o for o in out if o["method"] == "full_bp")
         for o in out:
@@ -222,12 +222,12 @@ class CostHypotheses(CostTables):
                     model=model,
                     paper_full_bp_mflops=round(paper_full, 2) if paper_full else None,
                     paper_source=src,
-                    H0=_mf(base["backprop_flops"]),
+                    H0=to_mflops(base["backprop_flops"]),
                     H0_ratio=ratio(base["backprop_flops"]),
-                    H3=_mf(ig["backprop_flops"]),
+                    H3=to_mflops(ig["backprop_flops"]),
                     H3_ratio=ratio(ig["backprop_flops"]),
-                    stage_input_gx=_mf(ig["backprop_flops"] - base["backprop_flops"]),
-                    elementwise_estimate=_mf(base["backward_elementwise"]),
+                    stage_input_gx=to_mflops(ig["backprop_flops"] - base["backprop_flops"]),
+                    elementwise_estimate=to_mflops(base["backward_elementwise"]),
                 )
             )
         return fb
@@ -279,9 +279,9 @@ class CostHypotheses(CostTables):
                     scope=scope,
                     paper_mflops=p_mf,
                     paper_speedup=round(p_sp, 3) if p_sp else None,
-                    ours_mflops=_mf(base["backprop_flops"]),
+                    ours_mflops=to_mflops(base["backprop_flops"]),
                     ours_speedup=round(fb_ours / base["backprop_flops"], 3),
-                    authors_freeze_mflops=_mf(af["backprop_flops"]),
+                    authors_freeze_mflops=to_mflops(af["backprop_flops"]),
                     authors_freeze_speedup=round(fb_ours / af["backprop_flops"], 3),
                     authors_freeze_trainable=" ".join(trainable),
                     ours_trainable_params=base["trainable_params"],
@@ -327,12 +327,12 @@ class CostHypotheses(CostTables):
             row: dict[str, Any] = dict(
                 scope=scope,
                 method=method,
-                label=_label(method, r),
+                label=row_label(method, r),
                 r=r,
                 paper_mflops=p_mf,
             )
             for k, v in vals.items():
-                row[k] = _mf(v)
+                row[k] = to_mflops(v)
                 row[f"ratio_{k.removeprefix('ours_')}"] = round(v / 1e6 / p_mf, 3)
             sg.append(row)
         for row in sg:
@@ -368,12 +368,14 @@ class CostHypotheses(CostTables):
                 model=model,
                 scope=scope,
                 method=method,
-                label=_label(method, r),
+                label=row_label(method, r),
                 r=r,
                 paper_mflops=as_number(pr["mflops"]),
                 paper_speedup=as_number(pr["speedup"]),
-                corrected=_mf(self.record(cfg)["backprop_flops"]),
-                authors=_mf(self.authors_record(cfg, method, self.record(cfg))["backprop_flops"]),
+                corrected=to_mflops(self.record(cfg)["backprop_flops"]),
+                authors=to_mflops(
+                    self.authors_record(cfg, method, self.record(cfg))["backprop_flops"]
+                ),
             )
             if scope == "partial":
                 kw: dict[str, Any] = {"r": r or 4, "variant": "authors"}
@@ -395,7 +397,7 @@ class CostHypotheses(CostTables):
                 rec = self.record(
                     auth_cfg, tag="v2-ds", extra_rules=rules or None, trainable=trainable
                 )
-                row["V2-DS"] = _mf(rec["backprop_flops"])
+                row["V2-DS"] = to_mflops(rec["backprop_flops"])
             if method == "lbp_wht":
                 rules = [
                     rule
@@ -403,7 +405,7 @@ class CostHypotheses(CostTables):
                     if ".mlp." in rule["target"]
                 ]
                 plain = (cfg[0], {**auth_cfg[1], "lbp.method": "full_bp"})
-                row["V2-FFN"] = _mf(self.record(plain, tag="v2-ffn", extra_rules=rules)
+                row["V2-FFN"] = to_mflops(self.record(plain, tag="v2-ffn", extra_rules=rules)
                                     ["backprop_flops"])  # fmt: skip
             out.append(row)
         for row in out:

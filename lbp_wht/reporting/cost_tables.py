@@ -64,13 +64,10 @@ SPEEDUP_TOLERANCE = 0.10
 #: The methods of the cost tables (their configs are the LP_L1 ones; no head-only rows).
 COST_METHODS = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
 #: The figures of a cost record that reach the tables (checked to be finite numbers).
-RECORD_NUMBERS = (
-    "backprop_flops", "backward_flops", "forward_extra_flops", "linear_layers_counted",
-    "other_counted", "linear_layers_analytic_gemm", "linear_layers_analytic_table1",
-    "lora_forward_extra", "backward_elementwise", "saved_activation_bytes",
-    "saved_linear_input_bytes", "saved_weight_layer_bytes", "weight_grad_bytes",
-    "trainable_params",
-)  # fmt: skip
+RECORD_NUMBERS = """backprop_flops backward_flops forward_extra_flops linear_layers_counted
+    other_counted linear_layers_analytic_gemm linear_layers_analytic_table1 lora_forward_extra
+    backward_elementwise saved_activation_bytes saved_linear_input_bytes saved_weight_layer_bytes
+    weight_grad_bytes trainable_params""".split()
 
 
 def authors_options(method: str) -> dict[str, Any]:
@@ -90,53 +87,22 @@ def authors_options(method: str) -> dict[str, Any]:
 ROW_FIELDS = ["table", "model", "scope", "method", "label", "r"]
 
 #: Columns of ``table{2,3,5,7}.csv`` (Table 6 adds its memory columns).
-CSV_FIELDS = [
-    *ROW_FIELDS,
-    "rank",
-    "ours_mflops",
-    "ours_speedup",
-    "paper_mflops",
-    "paper_speedup",
-    "paper_speedup_source",
-    "ratio_mflops",
-    "ratio_speedup",
-    "speedup_differs",
-    "authors_mflops",
-    "authors_speedup",
-    "authors_ratio_mflops",
-    "authors_ratio_speedup",
-    "authors_t1conv_mflops",
-    "authors_elementwise_backward_m",
-    "in_paper",
-    "ours_t1conv_mflops",
-    "ours_t1conv_speedup",
-    "ours_backward_mflops",
-    "ours_forward_extra_mflops",
-    "ours_linear_layers_mflops",
-    "ours_other_mflops",
-    "analytic_table1_linear_mflops",
-    "lora_forward_extra_mflops",
-    "elementwise_backward_m",
-    "saved_activation_mb",
-    "saved_linear_input_mb",
-    "weight_grad_mb",
-    "trainable_params",
-    "resolution",
-    "config",
-    "source_row",
-]
-TABLE6_FIELDS = CSV_FIELDS + [
-    "ours_gflops_batch64",
-    "paper_gflops",
-    "ours_activation_mb_batch64",
-    "ours_linear_input_mb_batch64",
-    "ours_weight_layer_input_mb_batch64",
-    "paper_activation_mb",
-    "ours_weight_grad_mb",
-    "ours_weight_grad_mb_x64",
-    "paper_gradient_mb",
-    "cuda_peak_mb",
-]
+CSV_FIELDS = (
+    ROW_FIELDS
+    + """rank ours_mflops ours_speedup paper_mflops paper_speedup
+    paper_speedup_source ratio_mflops ratio_speedup speedup_differs authors_mflops authors_speedup
+    authors_ratio_mflops authors_ratio_speedup authors_t1conv_mflops authors_elementwise_backward_m
+    in_paper ours_t1conv_mflops ours_t1conv_speedup ours_backward_mflops ours_forward_extra_mflops
+    ours_linear_layers_mflops ours_other_mflops analytic_table1_linear_mflops
+    lora_forward_extra_mflops elementwise_backward_m saved_activation_mb saved_linear_input_mb
+    weight_grad_mb trainable_params resolution config source_row""".split()
+)
+TABLE6_FIELDS = (
+    CSV_FIELDS
+    + """ours_gflops_batch64 paper_gflops ours_activation_mb_batch64
+    ours_linear_input_mb_batch64 ours_weight_layer_input_mb_batch64 paper_activation_mb
+    ours_weight_grad_mb ours_weight_grad_mb_x64 paper_gradient_mb cuda_peak_mb""".split()
+)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -155,22 +121,18 @@ def rint(v: Any) -> int | None:
 def md_table(rows: Sequence[dict[str, Any]], cols: Sequence[Sequence[Any]]) -> str:
     """A Markdown table: ``cols`` are ``(key, header, decimals)``; floats with thousands
     separators, booleans as **yes** / no, None as an empty cell."""
-    cells = [[_fmt(r.get(k), nd) for k, _, nd in cols] for r in rows]
+    cells = [[cell_text(r.get(k), nd) for k, _, nd in cols] for r in rows]
     return markdown_table([c[1] for c in cols], cells)
 
 
 def _render(template: str, **context: Any) -> str:
     """A cost template with the number formats its tables and prose use."""
-    return render(template, md_table=md_table, fmt=_fmt, f=_f, spec=format, **context)
+    return render(template, md_table=md_table, spec=format, **context)
 
 
-def _f(v: Any, nd: int = 2) -> str:
-    """A number in prose: ``1,234.57``; ``n/a`` where there is none."""
-    x = as_number(v)
-    return "n/a" if x is None else f"{x:,.{nd}f}"
-
-
-def _fmt(v: Any, nd: int = 2) -> str:
+def cell_text(v: Any, nd: int = 2) -> str:
+    """A table cell: floats with ``nd`` decimals and thousands separators, booleans as
+    **yes** / no, None and ``""`` empty."""
     if v is None or v == "":
         return ""
     if isinstance(v, bool):
@@ -180,11 +142,11 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
-def _mf(v: float) -> float:
+def to_mflops(v: float) -> float:
     return round(v / 1e6, 2)
 
 
-def _label(method: str, r: Any) -> str:
+def row_label(method: str, r: Any) -> str:
     return method_label(method_key(method, "lp_l1", r))
 
 
@@ -490,7 +452,7 @@ def _cost_row(
         model=model,
         scope=scope,
         method=method,
-        label=_label(method, r),
+        label=row_label(method, r),
         r=r,
         rank=rec.get("rank"),
         ours_mflops=round(ours, 2),
