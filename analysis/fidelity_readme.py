@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from common import machine_description, render
+from report_common import machine_description, render
 from verdicts import accuracy_reading
 
 from lbp_wht.experiments.vocab import num_bases

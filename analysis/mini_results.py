@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import git_revision, load_average, machine_description, minutes, render
+from report_common import git_revision, load_average, machine_description, minutes, render
 from verdicts import CLOSE, HEAD, LOSA, SIMILAR_COST, Stats, acc_text, claims, se2_text
 
 from lbp_wht.records import read_record, read_records

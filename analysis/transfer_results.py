@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common import git_revision, load_average, machine_description, minutes, render
+from report_common import git_revision, load_average, machine_description, minutes, render
 from verdicts import CLOSE, SIMILAR_COST, acc_text, se2_text, transfer_verdicts
 
 from lbp_wht.records import write_record
