@@ -310,7 +310,10 @@ def _is_target(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Conv2d)
 
 
-_HEAD_NAMES = ("head", "head_dist", "classifier", "fc", "lm_head", "cls_head")
+_HEAD_NAMES = (
+    "head", "head_dist", "classifier", "fc", "lm_head", "cls_head", "cls_classifier",
+    "distillation_classifier",
+)  # fmt: skip
 
 
 def _head_prefixes(model: nn.Module) -> set[str]:

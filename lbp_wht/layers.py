@@ -426,7 +426,7 @@ class LBPMixin(ConvertedLayer):
             x3 = x.reshape(-1, *x.shape[-2:]) if m.layout == "tokens" and x.dim() != 3 else x
             if m.order is not None:  # tokens in another order: project them row-major
                 gather, scatter = self._order_index(m, x.device)
-                x3 = x3.index_select(-2, gather)
+                x3 = _Permute.apply(x3, gather, scatter)
             y = lbp_forward(
                 x3,
                 self.weight,
@@ -439,7 +439,7 @@ class LBPMixin(ConvertedLayer):
             if self.record_spectrum and y.requires_grad:
                 y.register_hook(lambda g: self._record(g, m))
             if m.order is not None:
-                y = y.index_select(-2, scatter)
+                y = _Permute.apply(y, scatter, gather)
             if y.dim() != x.dim():
                 y = y.reshape(*m.lead, *y.shape[-2:])
             return y
@@ -458,6 +458,23 @@ class LBPMixin(ConvertedLayer):
             gather = torch.tensor([*range(e), *(e + k for k in m.order)], device=device)
             self._order_cache = {"key": key, "idx": (gather, torch.argsort(gather))}
         return self._order_cache["idx"]
+
+
+class _Permute(torch.autograd.Function):
+    """``x.index_select(-2, index)`` for a permutation ``index`` with inverse ``inverse``.
+
+    The indices are the layer's cached constants, kept on the context as attributes: unlike
+    ``index_select``, nothing is saved for backward per call.
+    """
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.inverse = inverse
+        return x.index_select(-2, index)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.index_select(-2, ctx.inverse), None, None
 
 
 class LBPLinear(LBPMixin, nn.Linear):

@@ -14,6 +14,8 @@ where the value came from. A tag is either
   (grids are identified by their size, so two paths that reach the same resolution agree);
 * :data:`NONE`: not from the image (class tokens, parameters, constants);
 * :data:`MIXED`: a combination of different positions (pooling over space, token mixing);
+* :data:`PAD`: padding added to fill whole windows (its gradient is discarded by plain
+  backprop, so a map that includes it is refused);
 * a position with the :data:`PAIR` flag: an entry that depends on a second position too
   (attention scores ``q k^T``; their rows stay the query's position).
 
@@ -47,6 +49,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .geometry import ResolvedMap
 
 __all__ = [
+    "PAD",
     "LayerCall",
     "LayerTrace",
     "trace_layers",
@@ -63,6 +66,7 @@ __all__ = [
 
 NONE = -1
 MIXED = -2
+PAD = -3
 PAIR = 1 << 61
 _POS = 20  # bits per coordinate
 _CMASK = (1 << _POS) - 1
@@ -92,6 +96,11 @@ def _rows_grid(
     in row-major order), else why not."""
     if (rows == MIXED).any():
         return "its tokens mix several positions (pooled or token-mixed): not a map"
+    if (rows == PAD).any():
+        return (
+            "its tokens include padding added to fill whole windows (plain backprop discards "
+            "their gradients; a projection would mix them into the map)"
+        )
     if ((rows >= 0) & ((rows & PAIR) != 0)).any():
         return "it is a pairwise token tensor (attention scores): not a map"
     on = rows >= 0
@@ -117,7 +126,7 @@ def _rows_grid(
     for u in (ui, uj):
         if u.numel() > 2 and not bool((u.diff() == u[1] - u[0]).all()):
             return "its token positions are not evenly spaced"
-    rank = torch.searchsorted(ui, ii) * w + torch.searchsorted(uj, jj)
+    rank = torch.searchsorted(ui, ii.contiguous()) * w + torch.searchsorted(uj, jj.contiguous())
     if torch.unique(rank).numel() != rank.numel():
         return "several of its tokens sit at the same position"
     if bool((rank == torch.arange(rank.numel())).all()):
@@ -298,13 +307,13 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = _name(func)
+        flat_out, _ = tree_flatten(out)
+        if not any(isinstance(t, torch.Tensor) for t in flat_out) and name != "__setitem__":
+            return out  # shape / device / dtype queries
         flat_in, _ = tree_flatten((args, kwargs))
         self._note_weights(name, args, kwargs, flat_in)
         traced = [t for t in flat_in if isinstance(t, torch.Tensor) and t in self.shadows]
         if not traced or name in _NO_SHADOW:
-            return out
-        flat_out, _ = tree_flatten(out)
-        if not any(isinstance(t, torch.Tensor) for t in flat_out) and name != "__setitem__":
             return out
         try:
             self._propagate(name, func, args, kwargs, out)
@@ -497,12 +506,15 @@ class _Tracer(TorchFunctionMode):
         if dim is None:
             red = self._mix(s.reshape(1, -1), -1).reshape(())
         else:
-            dims = sorted(((d,) if isinstance(d := dim, int) else tuple(d)), reverse=True)
-            red = s
-            for d in dims:  # pooling a small group of neighbours: the group's first position
-                red = _group(red.movedim(d, -1)).movedim(-1, d)
-                if not keep:
-                    red = red.squeeze(d)
+            dims = [d % s.dim() for d in ((dim,) if isinstance(dim, int) else tuple(dim))]
+            # All reduced axes at once: pooling a small group of neighbours keeps the group's
+            # first position, pooling more of the map mixes it.
+            rest = [d for d in range(s.dim()) if d not in dims]
+            flat = s.permute(*rest, *dims).reshape(*(s.shape[d] for d in rest), -1)
+            red = _group(flat).squeeze(-1)
+            if keep:
+                for d in sorted(dims):
+                    red = red.unsqueeze(d)
         for o in outs:
             if _is_data(o) and tuple(o.shape) == tuple(red.shape):
                 self.shadows[o] = red
@@ -540,10 +552,21 @@ def _group(s: torch.Tensor) -> torch.Tensor:
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise combination of two tag tensors (same shape)."""
-    return torch.where(
-        a == b, a, torch.where(a == NONE, b, torch.where(b == NONE, a, torch.full_like(a, MIXED)))
-    )
+    """Elementwise combination of two tag tensors (same shape).
+
+    The stronger tag wins: a position over :data:`MIXED` (an elementwise op does not move
+    data, so a map multiplied by a pooled gate, as in squeeze-excite, or added to a
+    token-mixed branch keeps its layout), MIXED over :data:`NONE` (parameters, constants),
+    NONE over :data:`PAD` (a padding zero added to a class token is that token). Two different
+    positions are MIXED.
+    """
+    ra, rb = _rank(a), _rank(b)
+    out = torch.where(ra >= rb, a, b)
+    return torch.where((ra == 3) & (rb == 3) & (a != b), torch.full_like(out, MIXED), out)
+
+
+def _rank(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t >= 0, 3, torch.where(t == MIXED, 2, torch.where(t == NONE, 1, 0)))
 
 
 def _pair(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -552,36 +575,28 @@ def _pair(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     A row on the map keeps its position: with a column on the map too the entry is a pair
     (attention scores); a column that mixes positions along the contracted axis (the values
     an attention row sums over) does not move the row. A row off the map (a class token's
-    query) stays off it, whatever it reads; a mixed row stays mixed.
+    query) stays off it, whatever it reads. A mixed row (a channel-mixing matrix computed
+    from pooled statistics, as in channel attention) takes the column's position.
     """
-    return torch.where((rows >= 0) & (cols >= 0), rows | PAIR, rows)
+    out = torch.where((rows >= 0) & (cols >= 0), rows | PAIR, rows)
+    return torch.where((rows == MIXED) & (cols >= 0), cols, out)
 
 
 def _pad(s: torch.Tensor, pad: list[int]) -> torch.Tensor:
-    """Tags after ``F.pad``: an axis along which the tags step evenly (a grid axis) is
-    extended by the same step, so padding a map to whole windows (Swin) keeps a grid and
-    cropping it again gives the original tags back; other padded entries are off the map."""
+    """Tags after ``F.pad``: new entries are :data:`PAD` (cropping them again gives the
+    original tags back); negative padding crops."""
     for k in range(len(pad) // 2):
         before, after = pad[2 * k], pad[2 * k + 1]
         d = s.dim() - 1 - k
-        if before == 0 and after == 0:
-            continue
-        if before < 0 or after < 0:  # negative padding crops
+        if before < 0 or after < 0:
             s = s.narrow(d, -min(before, 0), s.shape[d] + min(before, 0) + min(after, 0))
             before, after = max(before, 0), max(after, 0)
-        n = s.shape[d]
-        step = s.narrow(d, 1, 1) - s.narrow(d, 0, 1) if n > 1 else None
-        if step is not None and bool((s >= 0).all()) and bool((s.diff(dim=d) == step).all()):
-            first, last = s.narrow(d, 0, 1), s.narrow(d, n - 1, 1)
-            lo = [first - step * m for m in range(before, 0, -1)]
-            hi = [last + step * m for m in range(1, after + 1)]
-            s = torch.cat([*lo, s, *hi], dim=d)
-        else:
+        if before or after:
             shape = list(s.shape)
             parts = []
             for m in (before, after):
                 shape[d] = m
-                parts.append(torch.full(shape, NONE, dtype=torch.long))
+                parts.append(torch.full(shape, PAD, dtype=torch.long))
             s = torch.cat([parts[0], s, parts[1]], dim=d)
     return s
 
