@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
@@ -362,6 +363,11 @@ class _Tracer(TorchFunctionMode):
                 if s is not None and tuple(s.shape) == tuple(out.shape):
                     sh[out] = s
             return
+        if func is F.unfold or func is F.fold:  # im2col / col2im: no int64 kernels
+            rest = {k: v for k, v in kwargs.items() if k != "input"}
+            x = args[0] if args else kwargs["input"]
+            sh[out] = _by_entry(func, self.shadow_or_none(x), args[1:], rest)
+            return
         if name in _SHAPE_OPS:
 
             def swap(t):
@@ -413,7 +419,7 @@ class _Tracer(TorchFunctionMode):
             if (
                 s.dim() == 4
                 and o.dim() == 4
-                and isinstance(map_of(s, conv=True, order=0), ResolvedMap)
+                and isinstance(map_of(_crop_pad(s), conv=True, order=0), ResolvedMap)
             ):
                 sh[o] = self.grid_tags(tuple(o.shape))
             else:
@@ -520,6 +526,19 @@ class _Tracer(TorchFunctionMode):
                 self.shadows[o] = red
 
 
+def _by_entry(func: Any, s: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Tags after a data-movement op that has no int64 kernel (``F.unfold``, ``F.fold``: e.g.
+    mmpretrain's patch merging, MobileViT's patches): the op moves float64 entry numbers
+    (1-based, exact below 2**53) and the tags are gathered. Zero padding is :data:`PAD`; an
+    entry that sums several (an overlapping ``fold``) is MIXED."""
+    n = s.numel()
+    number = torch.arange(1, n + 1, dtype=torch.float64).view(s.shape)
+    moved = func(number, *args, **kwargs).round().long()
+    count = func(torch.ones_like(number), *args, **kwargs).round().long()
+    tags = torch.cat([torch.full((1,), PAD, dtype=torch.long), s.reshape(-1)])[moved.clamp(0, n)]
+    return torch.where(count > 1, torch.full_like(tags, MIXED), tags)
+
+
 def _pointwise(args: tuple, kwargs: dict) -> bool:
     """Whether a ``conv2d`` call is a 1x1 convolution with stride 1 and no padding."""
     w = args[1] if len(args) > 1 else kwargs.get("weight")
@@ -580,6 +599,18 @@ def _pair(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """
     out = torch.where((rows >= 0) & (cols >= 0), rows | PAIR, rows)
     return torch.where((rows == MIXED) & (cols >= 0), cols, out)
+
+
+def _crop_pad(s: torch.Tensor) -> torch.Tensor:
+    """An NCHW shadow without its all-:data:`PAD` border rows and columns: a convolution
+    or pooling behind explicit padding (TF "same" padding, as in EfficientNet) reads a map."""
+    if s.dim() != 4:
+        return s
+    for d in (2, 3):
+        keep = (s != PAD).movedim(d, 0).reshape(s.shape[d], -1).any(1).nonzero()
+        if keep.numel():
+            s = s.narrow(d, int(keep[0]), int(keep[-1]) - int(keep[0]) + 1)
+    return s
 
 
 def _pad(s: torch.Tensor, pad: list[int]) -> torch.Tensor:
