@@ -292,6 +292,13 @@ class _Tracer(TorchFunctionMode):
         j = torch.arange(w).view(1, w)
         return _tag(gid, i, j).expand(shape)
 
+    def grid_areas(self) -> torch.Tensor:
+        """``area[grid id]``: how many positions each grid minted so far has."""
+        area = torch.zeros(len(self._grids) + 1, dtype=torch.long)
+        for (h, w), gid in self._grids.items():
+            area[gid] = h * w
+        return area
+
     def tag_input(self, x: torch.Tensor) -> None:
         if _is_data(x) and x.dim() == 4:
             self.shadows[x] = self.grid_tags(tuple(x.shape))
@@ -442,7 +449,11 @@ class _Tracer(TorchFunctionMode):
                 except RuntimeError:
                     acc = torch.full(o.shape, MIXED, dtype=torch.long)
                     break
-                acc = s.expand(o.shape) if acc is None else _combine(acc, s.expand(o.shape))
+                acc = (
+                    s.expand(o.shape)
+                    if acc is None
+                    else _combine(acc, s.expand(o.shape), self.grid_areas())
+                )
             if acc is not None:
                 sh[o] = acc
         if name.endswith("_") and not name.startswith("__") and args and outs:
@@ -570,18 +581,25 @@ def _group(s: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, first, torch.full_like(first, MIXED))
 
 
-def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _combine(a: torch.Tensor, b: torch.Tensor, area: torch.Tensor | None = None) -> torch.Tensor:
     """Elementwise combination of two tag tensors (same shape).
 
     The stronger tag wins: a position over :data:`MIXED` (an elementwise op does not move
     data, so a map multiplied by a pooled gate, as in squeeze-excite, or added to a
     token-mixed branch keeps its layout), MIXED over :data:`NONE` (parameters, constants),
-    NONE over :data:`PAD` (a padding zero added to a class token is that token). Two different
-    positions are MIXED.
+    NONE over :data:`PAD` (a padding zero added to a class token is that token). Two
+    positions of grids with different numbers of positions (``area[grid id]``): the finer
+    grid's (a residual stream plus a branch computed from a pooled map, as GCViT's global
+    query, stays on the stream's map); two different positions otherwise are MIXED.
     """
     ra, rb = _rank(a), _rank(b)
     out = torch.where(ra >= rb, a, b)
-    return torch.where((ra == 3) & (rb == 3) & (a != b), torch.full_like(out, MIXED), out)
+    both = (ra == 3) & (rb == 3) & (a != b)
+    if area is not None and bool(both.any()):
+        sa, sb = area[_decode(a.clamp(min=0))[0]], area[_decode(b.clamp(min=0))[0]]
+        out = torch.where(both & (sa > sb), a, torch.where(both & (sb > sa), b, out))
+        both = both & (sa == sb)
+    return torch.where(both, torch.full_like(out, MIXED), out)
 
 
 def _rank(t: torch.Tensor) -> torch.Tensor:

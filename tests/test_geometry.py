@@ -486,3 +486,34 @@ def test_a_conv_behind_explicit_padding_still_reads_a_map():
     got, want = _grads_of(model, x), _grads_of(ref, x)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
+
+
+class _GlobalQueryWindows(nn.Module):
+    """GCViT's global attention in miniature: 4x4 windows of an 8x8 NHWC map plus a branch
+    computed from the map pooled to one window (a coarser grid), then a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(6, 6)
+
+    def forward(self, x):  # (B, C, 8, 8)
+        x = x.permute(0, 2, 3, 1)
+        b, c = x.shape[0], x.shape[-1]
+        win = x.view(b, 2, 4, 2, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(b * 4, 16, c)
+        q = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 4).flatten(2).transpose(1, 2)
+        return self.mix(win + q.repeat_interleave(4, dim=0))
+
+
+def test_a_branch_from_a_pooled_grid_keeps_the_stream_on_its_map():
+    """Positions of two grids of different sizes meet in an add: the finer grid's position
+    stands (regression: every GCViT layer after the first global block was skipped)."""
+    torch.manual_seed(0)
+    model = _GlobalQueryWindows().double()
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 6, 8, 8, dtype=DT)
+    report = convert(model, [dict(FULL_RULE)], example_input=x[:1])
+    assert report.names() == ["mix"], str(report)
+    assert model.mix.resolve_map(torch.zeros(8, 16, 6)).hw == (4, 4)
+    got, want = _grads_of(model, x), _grads_of(ref, x)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
