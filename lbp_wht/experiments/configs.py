@@ -477,7 +477,7 @@ def mini_experiments() -> list[GeneratedFile]:
     for m in (FULL_BP, LORA_ALL, lp(4)):
         title = (
             f"mini Segformer (CPU), partial training (last stage + decoder), {m.title()}, "
-            "generated 64x64 data"
+            "generated 128x128 data"
         )
         out.append(
             _experiment(

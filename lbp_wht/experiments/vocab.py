@@ -219,7 +219,7 @@ MODELS: dict[str, ModelInfo] = {
         _model("swinv2-small-w8", "SwinV2-Small", "ViT", "cls", True, 256),
         _model("segformer-mit-b0", "Segformer-mit-b0", "", "seg", True, 512),
         _model("mini-efficientformer", "mini EfficientFormer", "", "cls", False, 28),
-        _model("mini-segformer", "mini Segformer", "", "seg", False, 64, "segformer-mit-b0"),
+        _model("mini-segformer", "mini Segformer", "", "seg", False, 128, "segformer-mit-b0"),
     )
 }
 MODEL_ORDER: tuple[str, ...] = tuple(MODELS)
@@ -302,7 +302,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "fmnist-5to9", "fmnist-5to9", "Fashion-MNIST 5-9", "cls", 5, "FMNIST 5-9", False
         ),
         DatasetInfo(
-            "mini-seg", "mini-seg", "generated 64x64 segmentation", "seg", 4, "mIoU", False
+            "mini-seg", "mini-seg", "generated 128x128 segmentation", "seg", 4, "mIoU", False
         ),
     )
 }

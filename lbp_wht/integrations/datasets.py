@@ -501,7 +501,7 @@ def write_seg_folder(
     root: str | os.PathLike,
     n_train: int = 4,
     n_val: int = 2,
-    size: int = 64,
+    size: int = 128,
     num_classes: int = 4,
     seed: int = 0,
 ) -> str:

@@ -5,7 +5,7 @@ dataset_name = "mini-seg"
 dataset_type = "BaseSegDataset"
 data_root = "data/mini_seg"
 num_classes = 4
-crop_size = (64, 64)
+crop_size = (128, 128)
 metainfo = dict(
     classes=("background", "a", "b", "c"),
     palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]],
@@ -22,14 +22,14 @@ data_preprocessor = dict(
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations"),
-    dict(type="RandomResize", scale=(64, 64), ratio_range=(1.0, 1.5), keep_ratio=True),
+    dict(type="RandomResize", scale=(128, 128), ratio_range=(1.0, 1.5), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size),
     dict(type="RandomFlip", prob=0.5),
     dict(type="PackSegInputs"),
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=(64, 64), keep_ratio=True),
+    dict(type="Resize", scale=(128, 128), keep_ratio=True),
     dict(type="LoadAnnotations"),
     dict(type="PackSegInputs"),
 ]
