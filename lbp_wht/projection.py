@@ -4,18 +4,33 @@ A feature map of ``H x W`` tokens is padded (centred) to whole ``n x n`` patches
 is projected onto the same ``R`` selected bases, and the reverse projection maps ``R``
 coefficients per patch back to the patch and crops the padding away.
 
-Both directions are linear maps over the token axis, so they are computed as GEMMs:
+Both directions are linear maps over the token axes, computed as GEMMs on the map as it lies in
+memory (no padded or permuted copy of a full-size tensor). Two implementations:
 
-* ``dense`` path (one patch, e.g. the 7x7 / 8x8 last stages of the paper's models): padding,
-  patching and the basis are folded into one ``(R, L)`` matrix, so projecting is a single
-  matmul with no copies.
-* ``patch`` path (many patches, e.g. 56x56 maps in full training): pad by index gather, view
-  as patches and contract the ``n x n`` patch axes with the ``(n, n, R)`` basis tensor, so the
-  cost stays ``O(L * R * C)`` instead of ``O(P * L * R * C)`` for ``P`` patches.
+* ``dense``: padding, patching and the bases folded into one ``(P*R, H*W)`` matrix, so a
+  projection is one GEMM per image. Its multiply-adds grow with ``P * R`` per map token: the
+  choice for one patch (the 7x7 / 8x8 last stages of the paper's models).
+* ``patch``: the separable form. A 2D Walsh basis is an outer product, ``B_ij = w_i w_j^T``,
+  so per patch the projection is two small products, one along each axis, with the padding
+  folded into the per-axis ``(P_h * r_i, H)`` / ``(P_w * r_j, W)`` matrices (reflect padding
+  adds a padded position's weight to its source; zero padding drops it) and only
+  ``i < r_i``, ``j < r_j`` computed (LP_L1-r: ``r_i = r_j = r``). For token rows
+  ``(B, H, W, C)`` the first product contracts each patch row's window of map rows
+  (``(r_i, ~n)`` GEMMs, one per patch row), the second contracts ``(i, w)`` with a matrix
+  whose rows are the selected ``(patch column, (i, j))`` pairs, so the result comes out in the
+  low-rank layout with no gather. A channel-major map ``(B, C, H, W)`` is contracted along
+  ``W`` first (one GEMM per patch column), then along ``H``. Multiply-adds per map token are
+  about ``r_i + P_w R r_i / n`` instead of ``P R``.
 
-Low-rank tensors always use the layout ``(B, P * R, C)`` ("low-rank tokens", patch-major),
-whatever the layout of the full map, so linear layers and 1x1 convolutions share all of the
-backward code.
+``impl="auto"`` picks the one with the lower modelled cost (:func:`projection_cost`): per
+image and channel, the multiply-adds of the GEMMs plus :data:`BYTE_COST` times the elements
+they read and write, with the constant fitted to timings of both implementations on this
+project's CPU machines (see the constant). The choice is made per projector (map size,
+bases, padding), so it is deterministic and the FLOPs a run executes do not depend on timing.
+
+Low-rank tensors always use the layout ``(B, P * R, C)`` ("low-rank tokens", patch-major,
+bases in the given order), whatever the layout of the full map, so linear layers and 1x1
+convolutions share all of the backward code.
 """
 
 from __future__ import annotations
@@ -23,16 +38,32 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from .bases import basis_matrix
+from .bases import basis_matrix, walsh_matrix
 
-__all__ = ["WHTProjector", "PADDINGS", "LAYOUTS", "DENSE_WARN_BYTES"]
+__all__ = [
+    "WHTProjector",
+    "PADDINGS",
+    "LAYOUTS",
+    "DENSE_WARN_BYTES",
+    "BYTE_COST",
+    "projection_cost",
+]
 
 PADDINGS = ("reflect", "zero")
 #: ``tokens``: ``(B, L, C)`` with ``L = H * W`` row-major; ``nchw``: ``(B, C, H, W)``.
 LAYOUTS = ("tokens", "nchw")
+
+#: The cost of moving one element (read or write) in the projection GEMMs, in multiply-adds
+#: (:func:`projection_cost`). Fitted to ``tools/benchmark_latency.py --projection`` (both
+#: implementations timed on 7x7 to 56x56 maps, LP_L1-2/4/6, 2 threads; results/latency/
+#: projection_cpu.md): on the AMD EPYC machines of this project the skinny GEMMs of either
+#: implementation stream at about 1.5-3 G elements/s and multiply-add at 15-30 G/s, i.e. one
+#: element moved costs about as much time as 10 multiply-adds.
+BYTE_COST = 10.0
 
 
 def _pad_amounts(size: int, order: int) -> tuple[int, int, int]:
@@ -65,9 +96,92 @@ def _axis_source(size: int, order: int, padding: str) -> torch.Tensor:
     return torch.tensor(src, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class _Axis:
+    """One map axis cut into patches, with the first ``r`` Walsh functions of each patch.
+
+    ``proj`` ``(P * r, S)``: row ``(p, i)`` projects the axis onto ``w_i`` over patch ``p``,
+    padding folded in. ``rev`` ``(S, P * r)``: the reverse map, crop folded in (each real
+    position lies in exactly one patch). ``window[p]``: the range of positions row block ``p``
+    of ``proj`` reads (its own positions plus reflected sources). ``own[p]``: the positions
+    that lie in patch ``p`` (a partition of ``[0, S)``). Entries are sums of a few +-1.
+    """
+
+    size: int
+    patches: int
+    proj: torch.Tensor
+    rev: torch.Tensor
+    window: tuple[tuple[int, int], ...]
+    own: tuple[tuple[int, int], ...]
+
+    @staticmethod
+    def build(size: int, order: int, padding: str, r: int) -> _Axis:
+        src = _axis_source(size, order, padding)
+        _, before, _ = _pad_amounts(size, order)
+        patches = len(src) // order
+        walsh = walsh_matrix(order, torch.float64)[:r]  # (r, n)
+        proj = torch.zeros(patches * r, size, dtype=torch.float64)
+        rev = torch.zeros(size, patches * r, dtype=torch.float64)
+        window, own = [], []
+        for p in range(patches):
+            cols = []
+            for u in range(order):
+                s = int(src[p * order + u])
+                if s >= 0:
+                    proj[p * r : (p + 1) * r, s] += walsh[:, u]
+                    cols.append(s)
+            window.append((min(cols), max(cols) + 1))
+            lo, hi = max(p * order - before, 0), min((p + 1) * order - before, size)
+            own.append((lo, hi))
+            for s in range(lo, hi):
+                rev[s, p * r : (p + 1) * r] = walsh[:, s + before - p * order]
+        return _Axis(size, patches, proj, rev, tuple(window), tuple(own))
+
+
+def projection_cost(
+    hw: tuple[int, int],
+    bases: Sequence[tuple[int, int]],
+    order: int = 8,
+    padding: str = "reflect",
+    byte_cost: float = BYTE_COST,
+) -> dict[str, float]:
+    """Modelled cost of both implementations, per image and channel, of one projection with
+    the bias sum plus one reverse projection on token rows: ``multiply-adds + byte_cost *
+    elements read and written``. ``impl="auto"`` picks the cheaper; returns both by name."""
+    p = WHTProjector(hw, bases, order, padding, "patch")
+    return {impl: p._model_cost(impl, byte_cost) for impl in ("dense", "patch")}
+
+
 #: Above this many bytes of float64 construction temporaries, an explicit ``impl="dense"`` on
 #: a multi-patch map warns (the matrices grow with the square of the map size).
 DENSE_WARN_BYTES = 256 * 2**20
+
+
+def _mergeable(sizes: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether consecutive dims of these sizes and strides view as one dim (size-1 dims do
+    not count). Checked from the strides rather than by trying ``view``: under
+    ``torch.compile`` a failing view is an error of the traced graph, not an exception."""
+    dims = [(n, st) for n, st in zip(sizes, strides) if n != 1]
+    return all(dims[i][1] == dims[i + 1][0] * dims[i + 1][1] for i in range(len(dims) - 1))
+
+
+def _rows_view(t: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
+    """``t`` ``(B, L, C)`` as ``(B, H, W * C)`` without a copy (token rows of each image
+    contiguous, any batch stride, e.g. the map part after prefix tokens), or None."""
+    b, _, c = t.shape
+    if not _mergeable((w, c), (t.stride(1), t.stride(2))):
+        return None
+    return t.view(b, h, w * c)
+
+
+def _cols_view(t: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
+    """``t`` ``(B, L, C)`` whose ``(B, C, H, W)`` reading is contiguous (an NCHW map, or a
+    transposed view of one), as a ``(B * C * H, W)`` matrix without a copy, or None."""
+    b, _, c = t.shape
+    sb, sl, sc = t.stride()
+    if not _mergeable((b, c, h), (sb, sc, w * sl)):
+        return None
+    return t.transpose(1, 2).view(b * c * h, w)
 
 
 class WHTProjector:
@@ -79,9 +193,10 @@ class WHTProjector:
         order: patch side ``n`` (power of two).
         padding: ``"reflect"`` (the paper's experiments) or ``"zero"`` (with all ``n * n``
             bases this reproduces exact backprop, since the bases are complete and orthogonal).
-        impl: ``"auto"`` (``dense`` for a single patch, else ``patch``), ``"dense"`` or
-            ``"patch"``; both give the same result and exist for speed. ``dense`` on a map of
-            many patches builds ``(P*R, H*W)`` matrices and warns when they get large.
+        impl: ``"auto"`` (the cheaper of the two by :func:`projection_cost`), ``"dense"`` or
+            ``"patch"`` (module docstring); all give the same result and exist for speed.
+            ``dense`` on a map of many patches builds ``(P*R, H*W)`` matrices and warns when
+            they get large.
 
     The public API is one pair of maps, :meth:`project` (Eq. 3 / 6) and :meth:`project_back`
     (Eq. 5 / 7), plus :meth:`spectrum` for LHE. Normalisation (so that the full basis with zero
@@ -110,7 +225,18 @@ class WHTProjector:
         self.hp, self.top, _ = _pad_amounts(h, order)
         self.wp, self.left, _ = _pad_amounts(w, order)
         self.num_patches = (self.hp // order) * (self.wp // order)
-        self.impl = ("dense" if self.num_patches == 1 else "patch") if impl == "auto" else impl
+        # Walsh functions needed per axis (LP_L1-r: r each; any selection: max index + 1).
+        self._ri = 1 + max(i for i, _ in self.bases)
+        self._rj = 1 + max(j for _, j in self.bases)
+        self._axes: tuple[_Axis, _Axis] | None = None
+        self._cache: dict[tuple, object] = {}
+        if impl == "auto":
+            if self.num_patches == 1:
+                impl = "dense"  # one GEMM, no product wasted on zeros: cheaper by construction
+            else:
+                costs = {k: self._model_cost(k, BYTE_COST) for k in ("dense", "patch")}
+                impl = min(costs, key=costs.__getitem__)
+        self.impl = impl
         if self.impl == "dense" and self.num_patches > 1:
             need = 8 * self.low_rank_tokens * (self.hp * self.wp + 2 * h * w)
             if need > DENSE_WARN_BYTES:
@@ -118,13 +244,12 @@ class WHTProjector:
                     f"WHTProjector: impl='dense' on a {h}x{w} map ({self.num_patches} patches) "
                     f"builds (P*R, H*W) = ({self.low_rank_tokens}, {h * w}) matrices, about "
                     f"{need / 2**20:.0f} MiB while building (and a copy per dtype); "
-                    "impl='patch' (what 'auto' picks for maps of several patches) needs none",
+                    "impl='patch' (the separable per-patch projection) needs none",
                     stacklevel=2,
                 )
         self._src_h = _axis_source(h, order, padding)
         self._src_w = _axis_source(w, order, padding)
         self._basis = basis_matrix(self.bases, order)  # (n*n, R), float64
-        self._cache: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
     @property
     def low_rank_tokens(self) -> int:
@@ -133,9 +258,9 @@ class WHTProjector:
 
     @property
     def contracted_tokens(self) -> int:
-        """Tokens a projection GEMM contracts over: ``H * W`` on the dense path (padding folded
-        into the matrix), the padded ``Hp * Wp`` on the patch path."""
-        return self.h * self.w if self.impl == "dense" else self.hp * self.wp
+        """Kept for callers of the previous API: the map tokens ``H * W`` a projection reads.
+        The multiply-adds each implementation executes are given by :meth:`gemm_macs`."""
+        return self.h * self.w
 
     def __repr__(self) -> str:
         return (
@@ -143,36 +268,168 @@ class WHTProjector:
             f"patches={self.num_patches}, padding={self.padding!r}, impl={self.impl!r})"
         )
 
-    # ---- constant matrices -------------------------------------------------------------
-    def _dense_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P*R, L)`` projection (padding folded in) and ``(L, P*R)`` reverse (crop folded in).
+    # ---- the executed work (cost accounting) -------------------------------------------
+    def gemm_macs(self, layout: str = "tokens", *, bias: bool = False, reverse: bool = False):
+        """Multiply-adds per image and channel of one :meth:`project` (``bias``: with the
+        bias sum, ``bias_sum=True``) or :meth:`project_back` (``reverse``), as executed on a
+        map read as token rows (``"tokens"``, also a channels-last NCHW map) or channel-major
+        (``"nchw"``, also a transposed token view). ``FlopCounterMode`` counts twice this
+        times batch and channels. An ``int``."""
+        return self._macs(self.impl, layout, bias, reverse)
 
-        Low-rank row ``(a, b, k)`` sees only padded pixel ``(u, v)`` of patch ``(a, b)``, with
-        weight ``B_k[u, v]``. Padding maps each padded pixel to a source pixel (or to nothing
-        for zero padding), so the projection adds the padded columns into their sources; the
-        reverse keeps only the rows of real pixels (the crop). Entries are sums of a few +-1,
-        exact in float64.
-        """
-        n, r = self.order, self.rank
-        ph, pw = self.hp // n, self.wp // n
-        basis = self._basis.reshape(n, n, r)
-        # full[(a, b, k), (a*n + u, b*n + v)] = basis[u, v, k]: (P*R, Hp*Wp)
-        full = torch.zeros(ph, pw, r, ph, n, pw, n, dtype=torch.float64)
-        blocks = basis.permute(2, 0, 1)  # (R, n, n)
-        for a in range(ph):
-            for b in range(pw):
-                full[a, b, :, a, :, b, :] = blocks
-        full = full.reshape(ph * pw * r, self.hp * self.wp)
-        src = (self._src_h[:, None] * self.w + self._src_w[None, :]).flatten()  # per padded px
-        valid = ((self._src_h[:, None] >= 0) & (self._src_w[None, :] >= 0)).flatten()
-        proj = torch.zeros(ph * pw * r, self.h * self.w, dtype=torch.float64)
-        proj.index_add_(1, src[valid], full[:, valid])
-        rows = torch.arange(self.h)[:, None] + self.top
-        cols = torch.arange(self.w)[None, :] + self.left
-        rev = full.T[(rows * self.wp + cols).flatten()].contiguous()  # (L, P*R)
+    def _macs(self, impl: str, layout: str, bias: bool, reverse: bool) -> int:
+        ph, pw, r = self.hp // self.order, self.wp // self.order, self.rank
+        if impl == "dense":
+            return self.h * self.w * (ph * pw * r + (1 if bias and not reverse else 0))
+        ax_h, ax_w = self._axis_pair()
+        ri, rj = self._ri, self._rj
+        if layout == "tokens":
+            if reverse:
+                return ph * pw * r * ri * self.w + ri * self.h * self.w
+            nb = ri + (1 if bias else 0)
+            step1 = sum(nb * (hi - lo) for lo, hi in ax_h.window) * self.w
+            return step1 + ph * pw * r * ri * self.w
+        if reverse:
+            return pw * r * self.h * pw * rj + rj * self.h * self.w
+        nb = rj + (1 if bias else 0)
+        step1 = sum(nb * (hi - lo) for lo, hi in ax_w.window) * self.h
+        return step1 + sum(pw * r * (hi - lo) * pw * nb for lo, hi in ax_h.window)
+
+    def _model_cost(self, impl: str, byte_cost: float) -> float:
+        """:func:`projection_cost` of ``impl``: multiply-adds plus ``byte_cost`` times the
+        elements read and written, per image and channel, for one projection with the bias
+        sum plus one reverse projection on token rows."""
+        lr, full = self.low_rank_tokens, self.h * self.w
+        macs = self._macs(impl, "tokens", True, False) + self._macs(impl, "tokens", False, True)
+        if impl == "dense":
+            moved = 2 * full + 2 * lr
+        else:
+            ax_h, _ = self._axis_pair()
+            ph, ri = ax_h.patches, self._ri
+            window = sum(hi - lo for lo, hi in ax_h.window) * self.w
+            mid = ph * (ri + 1) * self.w  # the first product's output, read by the second
+            mid_rev = ph * ri * self.w
+            moved = window + 2 * mid + lr + (lr + 2 * mid_rev + full)
+        return macs + byte_cost * moved
+
+    def _separable_view(self, x: torch.Tensor, layout: str) -> tuple[str, torch.Tensor | None]:
+        """How the ``patch`` implementation addresses ``x`` (a map in ``layout``) without a copy:
+        ``("tokens", (B, H, W*C) view)``, ``("nchw", (B*C*H, W) view)`` or ``("tokens", None)``
+        (needs a copy). A layout that both readings fit (e.g. an expanded ``g_y``) is read the
+        way the layer's own output lies: channel-major for an NCHW map unless it is
+        channels-last, token rows otherwise."""
+        t = self._tokens_view(x, layout)
+        order = (_rows_view, _cols_view)
+        if layout == "nchw" and not (
+            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ):
+            order = (_cols_view, _rows_view)
+        for fn in order:
+            view = fn(t, self.h, self.w)
+            if view is not None:
+                return ("tokens" if fn is _rows_view else "nchw"), view
+        return "tokens", None
+
+    def _read_mode(self, x: torch.Tensor, layout: str) -> str:
+        """How :meth:`project` reads ``x`` (and :meth:`project_back` writes it): ``"tokens"``
+        (token rows, also after a copy) or ``"nchw"`` (channel-major), for
+        :meth:`gemm_macs`."""
+        return "tokens" if self.impl == "dense" else self._separable_view(x, layout)[0]
+
+    _write_mode = _read_mode
+
+    # ---- constant matrices -------------------------------------------------------------
+    def _axis_pair(self) -> tuple[_Axis, _Axis]:
+        if self._axes is None:
+            self._axes = (
+                _Axis.build(self.h, self.order, self.padding, self._ri),
+                _Axis.build(self.w, self.order, self.padding, self._rj),
+            )
+        return self._axes
+
+    def _dense_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P*R, L)`` projection (padding folded in) and ``(L, P*R)`` reverse (crop folded
+        in), built from the two axes: row ``(a, b, k)`` is ``outer(A_h[a, i_k], A_w[b, j_k])``.
+        Entries are sums of a few +-1, exact in float64."""
+        ax_h, ax_w = self._axis_pair()
+        ri, rj = self._ri, self._rj
+        ph, pw = ax_h.patches, ax_w.patches
+        ik = torch.tensor([i for i, _ in self.bases])
+        jk = torch.tensor([j for _, j in self.bases])
+        ah = ax_h.proj.view(ph, ri, self.h)[:, ik]  # (Ph, R, H)
+        aw = ax_w.proj.view(pw, rj, self.w)[:, jk]  # (Pw, R, W)
+        proj = torch.einsum("akh,bkw->abkhw", ah, aw).reshape(ph * pw * self.rank, -1)
+        rh = ax_h.rev.view(self.h, ph, ri)[:, :, ik]  # (H, Ph, R)
+        rw = ax_w.rev.view(self.w, pw, rj)[:, :, jk]  # (W, Pw, R)
+        rev = torch.einsum("hak,wbk->hwabk", rh, rw).reshape(self.h * self.w, -1)
         return proj, rev
 
-    def _const(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def _separable_matrices(self) -> dict[str, object]:
+        """The float64 matrices of the ``patch`` implementation (module docstring)."""
+        ax_h, ax_w = self._axis_pair()
+        ri, rj, r, n2 = self._ri, self._rj, self.rank, float(self.order**2)
+        pw, w = ax_w.patches, self.w
+        m: dict[str, object] = {}
+        # Token rows (B, H, W, C). Step 1 per patch row a: (r_i [+ ones], window) blocks.
+        blocks, blocks_b = [], []
+        for a, (lo, hi) in enumerate(ax_h.window):
+            blk = ax_h.proj[a * ri : (a + 1) * ri, lo:hi]
+            ones = torch.zeros(1, hi - lo, dtype=torch.float64)
+            o0, o1 = ax_h.own[a]
+            ones[0, o0 - lo : o1 - lo] = 1.0  # own rows only: together exactly the plain sum
+            blocks.append(blk.contiguous())
+            blocks_b.append(torch.cat([blk, ones], 0))
+        m["t1"], m["t1b"] = blocks, blocks_b
+        # Step 2: rows (b, k) of the patch row, columns (i, w): A_w[(b, j_k), w] at i = i_k.
+        s = torch.zeros(pw, r, ri, w, dtype=torch.float64)
+        srev = torch.zeros(ri, w, pw, r, dtype=torch.float64)
+        for b in range(pw):
+            for k, (i, j) in enumerate(self.bases):
+                s[b, k, i] = ax_w.proj[b * rj + j]
+                srev[i, :, b, k] = ax_w.rev[:, b * rj + j]
+        m["t2"] = s.reshape(pw * r, ri * w)
+        m["t2g"] = m["t2"] / n2
+        m["tr1"] = srev.reshape(ri * w, pw * r)
+        m["tr2"] = [ax_h.rev[o0:o1, a * ri : (a + 1) * ri].contiguous()
+                    for a, (o0, o1) in enumerate(ax_h.own)]  # fmt: skip
+        # Channel-major (B, C, H, W): step 1 along W per patch column b, blocks (window, r_j
+        # [+ ones]); the output T (B*C*H, Pw * (r_j [+ 1])).
+        for bias in (False, True):
+            nb = rj + int(bias)
+            c1 = []
+            for b, (lo, hi) in enumerate(ax_w.window):
+                blk = torch.zeros(hi - lo, nb, dtype=torch.float64)
+                blk[:, :rj] = ax_w.proj[b * rj : (b + 1) * rj, lo:hi].T
+                if bias:
+                    o0, o1 = ax_w.own[b]
+                    blk[o0 - lo : o1 - lo, rj] = 1.0
+                c1.append(blk)
+            # Step 2 per patch row a: out[:, a] (B, Pw*R, C) = M_a (Pw*R, window * Pw*nb) @ T^T
+            c2 = []
+            for a, (lo, hi) in enumerate(ax_h.window):
+                mat = torch.zeros(pw, r, hi - lo, pw, nb, dtype=torch.float64)
+                for b in range(pw):
+                    for k, (i, j) in enumerate(self.bases):
+                        mat[b, k, :, b, j] = ax_h.proj[a * ri + i, lo:hi]
+                c2.append(mat.reshape(pw * r, -1))
+            m[f"c1{'b' * bias}"] = c1
+            m[f"c2{'b' * bias}"] = c2
+            m[f"c2{'b' * bias}g"] = [t / n2 for t in c2]
+        # Channel-major reverse: per patch row a, T[:, :, own rows] from z[:, a]; then along
+        # W per patch column b into its own columns.
+        cr1 = []
+        for a, (o0, o1) in enumerate(ax_h.own):
+            mat = torch.zeros(o1 - o0, pw, rj, pw, r, dtype=torch.float64)
+            for b in range(pw):
+                for k, (i, j) in enumerate(self.bases):
+                    mat[:, b, j, b, k] = ax_h.rev[o0:o1, a * ri + i]
+            cr1.append(mat.reshape(-1, pw * r).T.contiguous())  # (Pw*R, rows * Pw*r_j)
+        m["cr1"] = cr1
+        m["cr2"] = [ax_w.rev[o0:o1, b * rj : (b + 1) * rj].T.contiguous()
+                    for b, (o0, o1) in enumerate(ax_w.own)]  # fmt: skip
+        return m
+
+    def _const(self, name: str, dtype: torch.dtype, device: torch.device):
         key = (name, dtype, device)
         if key not in self._cache:
             if name in ("proj", "rev", "proj_g", "proj_b", "proj_gb"):
@@ -200,6 +457,12 @@ class WHTProjector:
             elif name == "src_flat":  # reflect padding as one index into the flattened map
                 flat = self._src_h[:, None] * self.w + self._src_w[None, :]
                 self._cache[key] = flat.flatten().to(device)
+            else:  # the separable matrices, all of them at once
+                for k, v in self._separable_matrices().items():
+                    conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+                    self._cache[(k, dtype, device)] = (
+                        [conv(t) for t in v] if isinstance(v, list) else conv(v)
+                    )
         return self._cache[key]
 
     # ---- layout helpers ----------------------------------------------------------------
@@ -220,7 +483,7 @@ class WHTProjector:
             raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
 
     def _padded_bhwc(self, x: torch.Tensor, layout: str) -> torch.Tensor:
-        """``(B, Hp, Wp, C)`` view/copy of the padded map."""
+        """``(B, Hp, Wp, C)`` view/copy of the padded map (used by :meth:`spectrum`)."""
         b = x.shape[0]
         x4 = x.reshape(b, self.h, self.w, -1) if layout == "tokens" else x.permute(0, 2, 3, 1)
         if self.hp == self.h and self.wp == self.w:
@@ -236,7 +499,6 @@ class WHTProjector:
             return (
                 x.reshape(b, self.h * self.w, c).index_select(1, flat).view(b, self.hp, self.wp, c)
             )
-        # NCHW: gather along the contiguous last axis, then a (B, Hp, Wp, C) strided view.
         out = x.reshape(b, c, self.h * self.w).index_select(2, flat)
         return out.view(b, c, self.hp, self.wp).permute(0, 2, 3, 1)
 
@@ -255,6 +517,14 @@ class WHTProjector:
             return torch.mm(mat, t[0]).unsqueeze(0)
         return torch.matmul(mat, t)
 
+    @staticmethod
+    def _bmm_into(mat: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        """``out[b] = mat @ t[b]`` for every image, written in place (any batch strides)."""
+        if t.shape[0] == 1:
+            torch.mm(mat, t[0], out=out[0])
+        else:
+            torch.bmm(mat.expand(t.shape[0], *mat.shape), t, out=out)
+
     # ---- the two maps ------------------------------------------------------------------
     def project(
         self,
@@ -266,43 +536,98 @@ class WHTProjector:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Eq. 6: ``(B, L, C)`` tokens or ``(B, C, H, W)`` -> low-rank tokens ``(B, P*R, C)``.
 
+        Any strides are read without a copy where BLAS can take them: token rows with any batch
+        stride (e.g. the map part ``x[:, E:]`` after prefix tokens), channels-last NCHW,
+        contiguous NCHW and transposed token views of it; other layouts are copied first.
+
         Args:
             x: the map (``x`` of Eq. 3 or the output gradient ``g_y``).
             layout: ``"tokens"`` or ``"nchw"``.
-            grad: divide by ``n^2`` (``g_hat`` of Eq. 3; folded into the GEMM).
+            grad: divide by ``n^2`` (``g_hat`` of Eq. 3; folded into a GEMM matrix).
             bias_sum: also return ``x`` summed over batch and map, ``(C,)`` (the exact bias
-                gradient when ``x`` is ``g_y``); on the dense path it comes out of the same GEMM
-                (an extra all-ones row), so the largest tensor of the backward is read once.
+                gradient when ``x`` is ``g_y``); it comes out of the GEMM that reads ``x`` (an
+                extra all-ones row), so the largest tensor of the backward is read once.
 
         Returns:
-            ``(B, P*R, C)`` (contiguous on the dense path), or ``((B, P*R, C), (C,))`` with
-            ``bias_sum``.
+            ``(B, P*R, C)`` contiguous, or ``((B, P*R, C), (C,))`` with ``bias_sum``.
         """
         self._check(x, layout)
-        c = x.shape[-1] if layout == "tokens" else x.shape[1]
-        total = None
+        t = self._tokens_view(x, layout)
         if self.impl == "dense":
-            name = ("proj_g" if grad else "proj") + ("b" if bias_sum else "")
-            mat = self._const(name, x.dtype, x.device)  # (P*R (+1), L)
-            out = self._left_mm(mat, self._tokens_view(x, layout))  # (B, P*R (+1), C)
-            if bias_sum:
-                total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
-                out = out[:, :-1]
-        else:
-            n = self.order
-            xp = self._padded_bhwc(x, layout)
-            b = xp.shape[0]
-            patches = xp.reshape(b, self.hp // n, n, self.wp // n, n, c)
-            basis = self._const("basis_g" if grad else "basis", x.dtype, x.device)
-            out = torch.einsum("bpuqvc,uvk->bpqkc", patches, basis)
-            out = out.reshape(b, self.low_rank_tokens, c)
-            if bias_sum:
-                total = x.sum(dim=(0, 1)) if layout == "tokens" else x.sum(dim=(0, 2, 3))
-        return (out, total) if bias_sum else out
+            return self._project_dense(t, grad, bias_sum)
+        mode, view = self._separable_view(x, layout)
+        if mode == "nchw":
+            return self._project_cols(view, t.shape[0], t.shape[2], grad, bias_sum)
+        if view is None:
+            view = t.contiguous().view(t.shape[0], self.h, -1)
+        return self._project_rows(view, grad, bias_sum)
 
-    def project_back(self, z: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
+    def _project_dense(self, t, grad, bias_sum):
+        name = (
+            "proj"
+            + ("_" if grad or bias_sum else "")
+            + ("g" if grad else "")
+            + ("b" if bias_sum else "")
+        )
+        mat = self._const(name, t.dtype, t.device)  # (P*R (+1), L)
+        out = self._left_mm(mat, t)  # (B, P*R (+1), C)
+        if not bias_sum:
+            return out
+        total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
+        return out[:, :-1], total
+
+    def _project_rows(self, x3, grad, bias_sum):
+        """Separable projection of token rows ``x3`` ``(B, H, W*C)``."""
+        b, ph, ri = x3.shape[0], self.hp // self.order, self._ri
+        c = x3.shape[2] // self.w
+        dt, dev = x3.dtype, x3.device
+        blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
+        nb = blocks[0].shape[0]
+        mid = x3.new_empty(b, ph, nb, self.w * c)
+        ax_h, _ = self._axis_pair()
+        for a, (lo, hi) in enumerate(ax_h.window):
+            self._bmm_into(blocks[a], x3[:, lo:hi], mid[:, a])
+        s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
+        src = mid[:, :, :ri].view(b * ph, ri * self.w, c)
+        out = torch.matmul(s, src).view(b, self.low_rank_tokens, c)
+        if not bias_sum:
+            return out
+        return out, mid[:, :, ri].sum((0, 1)).view(self.w, c).sum(0)
+
+    def _project_cols(self, xm, b, c, grad, bias_sum):
+        """Separable projection of a channel-major map ``xm`` ``(B*C*H, W)``."""
+        ph, pw, rj, h = self.hp // self.order, self.wp // self.order, self._rj, self.h
+        dt, dev = xm.dtype, xm.device
+        sfx = "b" if bias_sum else ""
+        c1 = self._const("c1" + sfx, dt, dev)
+        nb = c1[0].shape[1]
+        mid = xm.new_empty(b * c * h, pw * nb)
+        ax_h, ax_w = self._axis_pair()
+        for j, (lo, hi) in enumerate(ax_w.window):
+            torch.mm(xm[:, lo:hi], c1[j], out=mid[:, j * nb : (j + 1) * nb])
+        c2 = self._const("c2" + sfx + ("g" if grad else ""), dt, dev)
+        mid4 = mid.view(b, c, h, pw * nb)
+        out = xm.new_empty(b, ph, pw * self.rank, c)
+        for a, (lo, hi) in enumerate(ax_h.window):
+            src = mid4[:, :, lo:hi].reshape(b, c, -1).transpose(1, 2)  # (B, win*Pw*nb, C)
+            self._bmm_into(c2[a], src, out[:, a])
+        out = out.view(b, self.low_rank_tokens, c)
+        if not bias_sum:
+            return out
+        total = mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))
+        return out, total
+
+    def project_back(
+        self, z: torch.Tensor, layout: str = "tokens", *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Eq. 7 then crop: low-rank tokens ``(B, P*R, C)`` -> ``(B, L, C)`` tokens or a
-        contiguous ``(B, C, H, W)`` map (Eq. 5 applies it to ``g_hat w``)."""
+        ``(B, C, H, W)`` map (Eq. 5 applies it to ``g_hat w``).
+
+        Without ``out`` the result is contiguous (tokens) or contiguous NCHW. ``out``: a tensor
+        of the result's shape to write into, in any layout (e.g. the map part ``g_x[:, E:]`` of
+        a preallocated input gradient, or a channels-last / permuted map); written in place by
+        the GEMMs where BLAS can address it, else through one copy. Returns ``out``.
+        """
         if z.dim() != 3 or z.shape[1] != self.low_rank_tokens:
             raise ValueError(
                 f"expected low-rank tokens (B, {self.low_rank_tokens}, C), got {tuple(z.shape)}"
@@ -310,24 +635,80 @@ class WHTProjector:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
         b, _, c = z.shape
+        z = z.contiguous()
+        if out is None:
+            shape = (b, self.h * self.w, c) if layout == "tokens" else (b, c, self.h, self.w)
+            out = z.new_empty(shape)
+        else:
+            self._check(out, layout)
+            if out.shape[0] != b or (out.shape[-1] if layout == "tokens" else out.shape[1]) != c:
+                raise ValueError(f"out has shape {tuple(out.shape)}, z {tuple(z.shape)}")
+        t = self._tokens_view(out, layout)  # (B, L, C) view of out
         if self.impl == "dense":
-            rev = self._const("rev", z.dtype, z.device)  # (L, P*R)
-            if layout == "tokens":
-                return torch.mm(rev, z[0]).unsqueeze(0) if b == 1 else torch.matmul(rev, z)
-            # NCHW: (C, P*R) @ (P*R, L) per image, both as transposed operands: the output is
-            # written directly in contiguous NCHW order.
-            out = (
-                torch.mm(z[0].t(), rev.t()) if b == 1 else torch.matmul(z.transpose(1, 2), rev.t())
-            )
-            return out.reshape(b, c, self.h, self.w)
-        n = self.order
-        basis = self._const("basis", z.dtype, z.device)
-        lr = z.reshape(b, self.hp // n, self.wp // n, self.rank, c)
-        full = torch.einsum("bpqkc,uvk->bpuqvc", lr, basis).reshape(b, self.hp, self.wp, c)
-        full = full[:, self.top : self.top + self.h, self.left : self.left + self.w]
-        if layout == "tokens":
-            return full.reshape(b, self.h * self.w, c)
-        return full.permute(0, 3, 1, 2).contiguous()
+            rows = _rows_view(t, self.h, self.w)
+            if rows is not None:
+                self._back_rows(z, rows)
+                return out
+            tt = t.transpose(1, 2)  # BLAS writes a (B, C, L) view with unit stride along L
+            if tt.stride(2) == 1:
+                self._back_dense_cols(z, tt)
+                return out
+        else:
+            mode, view = self._separable_view(out, layout)
+            if mode == "nchw":
+                self._back_cols(z, view)
+                return out
+            if view is not None:
+                self._back_rows(z, view)
+                return out
+        tmp = z.new_empty(b, self.h * self.w, c)
+        self._back_rows(z, tmp.view(b, self.h, -1))
+        t.copy_(tmp)
+        return out
+
+    def _back_dense_cols(self, z, tt):
+        """Dense reverse written as ``(B, C, L)`` (``tt``, unit stride along the map)."""
+        rev = self._const("rev", z.dtype, z.device)  # (L, P*R)
+        zt = z.transpose(1, 2)  # (B, C, P*R)
+        if z.shape[0] == 1:
+            torch.mm(zt[0], rev.t(), out=tt[0])
+        else:
+            torch.bmm(zt, rev.t().expand(z.shape[0], *rev.t().shape), out=tt)
+
+    def _back_rows(self, z, o3):
+        """Reverse projection of ``z`` into token rows ``o3`` ``(B, H, W*C)``."""
+        b, c = z.shape[0], z.shape[2]
+        if self.impl == "dense":
+            rev = self._const("rev", z.dtype, z.device)
+            self._bmm_into(rev, z, o3.view(b, self.h * self.w, c))
+            return
+        ph, ri = self.hp // self.order, self._ri
+        srev = self._const("tr1", z.dtype, z.device)  # (ri*W, Pw*R)
+        mid = torch.matmul(srev, z.view(b * ph, -1, c)).view(b, ph, ri, self.w * c)
+        rh = self._const("tr2", z.dtype, z.device)
+        ax_h, _ = self._axis_pair()
+        for a, (o0, o1) in enumerate(ax_h.own):
+            self._bmm_into(rh[a], mid[:, a], o3[:, o0:o1])
+
+    def _back_cols(self, z, om):
+        """Reverse projection of ``z`` into a channel-major map ``om`` ``(B*C*H, W)``."""
+        b, c = z.shape[0], z.shape[2]
+        ph, pw, rj, h = self.hp // self.order, self.wp // self.order, self._rj, self.h
+        cr1 = self._const("cr1", z.dtype, z.device)
+        cr2 = self._const("cr2", z.dtype, z.device)
+        mid = z.new_empty(b, c, h, pw * rj)
+        z4 = z.view(b, ph, pw * self.rank, c)
+        ax_h, ax_w = self._axis_pair()
+        for a, (o0, o1) in enumerate(ax_h.own):
+            dst = mid[:, :, o0:o1].view(b, c, -1)  # (B, C, rows * Pw*rj)
+            zt = z4[:, a].transpose(1, 2)  # (B, C, Pw*R)
+            if b == 1:
+                torch.mm(zt[0], cr1[a], out=dst[0])
+            else:
+                torch.bmm(zt, cr1[a].expand(b, *cr1[a].shape), out=dst)
+        mm = mid.view(b * c * h, pw * rj)
+        for j, (o0, o1) in enumerate(ax_w.own):
+            torch.mm(mm[:, j * rj : (j + 1) * rj], cr2[j], out=om[:, o0:o1])
 
     def spectrum(self, g: torch.Tensor, layout: str = "tokens") -> torch.Tensor:
         """Energy of ``g`` on every one of the ``n x n`` bases, summed over batch, patches and
