@@ -250,7 +250,7 @@ def lbp_lora_flops(
     ``extra_tokens`` ``E`` prefix tokens (class, distillation, registers) outside the map get
     exact gradients: the adapter gradients ``4 E k (Cx + Cy)`` and, where ``x`` needs a
     gradient, ``g_y w`` (``2 E Cy Cx``, reported as ``vanilla``) plus ``(g_y B) A``
-    (``2 E k (Cy + Cx)``).
+    (``2 E k Cx``; ``g_y B`` is shared with ``g_A``).
     """
     _check_convention(convention)
     n = patches * rank
@@ -264,7 +264,7 @@ def lbp_lora_flops(
         m_x, m_g, _, m_rev = proj_macs
     adapter = 2.0 * n * k * (2 * cy + 2 * cx) + (2.0 * n * k * cx if need_input_grad else 0.0)
     e = extra_tokens
-    adapter += 4.0 * e * k * (cx + cy) + (2.0 * e * k * (cx + cy) if need_input_grad else 0.0)
+    adapter += 4.0 * e * k * (cx + cy) + (2.0 * e * k * cx if need_input_grad else 0.0)
     return LayerCost(
         vanilla=2.0 * e * cy * cx if need_input_grad else 0.0,
         projection=per * (cx * m_x + cy * m_g),

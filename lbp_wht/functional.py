@@ -272,6 +272,9 @@ def executed_macs(
     :mod:`lbp_wht.cost` ("gemm" convention), which must equal what ``FlopCounterMode`` counts.
     """
     p = projector
+    if prefix_tokens and p.impl == "dense":  # identity block for the prefix (_prefixed)
+        e, lr, full = prefix_tokens, p.low_rank_tokens, p.h * p.w
+        return (e + lr) * (e + full), (e + lr) * (e + full), e + full, (e + full) * (e + lr)
     main = x[:, prefix_tokens:] if prefix_tokens else x
     src, src_layout = _as_map(main, layout)
     px = p._macs(p.impl, p._read_mode(src, src_layout), False, False)
@@ -313,14 +316,21 @@ class _LBPFunction(torch.autograd.Function):
         need_w = weight.requires_grad
         need_lora = lora_a is not None and (lora_a.requires_grad or lora_b.requires_grad)
         x_hat = x_extra = None
+        # Prefix tokens on the dense path ride in the GEMMs: the dense matrices get an
+        # identity block for them, so no slicing, no separate prefix products, and g_x is
+        # written by one GEMM (see WHTProjector._prefixed).
+        prefixed = bool(extra) and projector.impl == "dense"
         if need_w or need_lora:
-            main = x[:, extra:] if extra else x
             # Only the projected input is kept for backward, as contiguous rows (B * P * R, Cx)
             # instead of x (B, L, Cx): the saved activation shrinks by L / (P * R).
-            src, src_layout = _as_map(main, layout)
-            x_hat = projector.project(src, src_layout).reshape(-1, cx)
-            if extra:
-                x_extra = x[:, :extra].clone()  # a copy: a view would keep all of x alive
+            if prefixed:
+                x_hat = projector._project_prefixed(x, extra, False, False).reshape(-1, cx)
+            else:
+                src, src_layout = _as_map(x[:, extra:] if extra else x, layout)
+                x_hat = projector.project(src, src_layout).reshape(-1, cx)
+                if extra:
+                    x_extra = x[:, :extra].clone()  # a copy: a view would keep all of x alive
+        ctx.prefixed = prefixed
         ctx.projector, ctx.layout, ctx.extra, ctx.scaling = projector, layout, extra, scaling
         ctx.x_dtype = x.dtype
         ctx.x_shape = tuple(x.shape)
@@ -350,7 +360,8 @@ class _LBPFunction(torch.autograd.Function):
         if x_hat2 is not None:
             x_hat2 = x_hat2.to(dt)
 
-        if extra:
+        prefixed = ctx.prefixed
+        if extra and not prefixed:
             g_main, g_extra = g_y[:, extra:], g_y[:, :extra]
             ge2 = g_extra.reshape(-1, cy)
             xe2 = x_extra.reshape(-1, cx).to(dt) if x_extra is not None else None
@@ -358,16 +369,22 @@ class _LBPFunction(torch.autograd.Function):
             g_main, g_extra, ge2, xe2 = g_y, None, None, None
         # Eq. 3 (1/n^2 folded into the matrix) and, in the same GEMM, the exact bias gradient.
         g_src, g_layout = _as_map(g_main, layout)
-        fused = _fusion == "compiled" and proj.impl == "dense"
-        fused_back = _fusion in ("compiled", "compiled_back") and proj.impl == "dense"
+        fused = _fusion == "compiled" and proj.impl == "dense" and not extra
+        fused_back = _fusion in ("compiled", "compiled_back") and proj.impl == "dense" and not extra
         if fused:
             g_hat2, g_sum = _fused_project(proj, g_src, g_layout, need_b)
+        elif prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
+            g_hat, g_sum = (
+                proj._project_prefixed(g_y, extra, True, need_b)
+                if need_b
+                else (proj._project_prefixed(g_y, extra, True, False), None)
+            )
         elif need_b:
             g_hat, g_sum = proj.project(g_src, g_layout, grad=True, bias_sum=True)
         else:
             g_hat, g_sum = proj.project(g_src, g_layout, grad=True), None
         if not fused:
-            g_hat2 = g_hat.reshape(-1, cy)  # (B*P*R, Cy)
+            g_hat2 = g_hat.reshape(-1, cy)  # (B * (E +) P*R, Cy)
 
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
         if need_b:
@@ -377,13 +394,15 @@ class _LBPFunction(torch.autograd.Function):
             if ge2 is not None:
                 torch.addmm(grad_w, ge2.t(), xe2, out=grad_w)  # in place: no weight-sized copy
             grad_w = grad_w.view_as(weight).to(weight.dtype)
-        gb = None  # g_hat B, shared by g_A and g_x
+        gb = geb = None  # g_hat B (and the prefix rows' g_y B), shared by g_A and g_x
         if a is not None and (need_a or need_x):
             gb = g_hat2 @ b  # (N, r)
+            if ge2 is not None:
+                geb = ge2 @ b
         if need_a:
             grad_a = s * (gb.t() @ x_hat2)
             if ge2 is not None:
-                grad_a = grad_a + s * ((ge2 @ b).t() @ xe2)
+                grad_a = grad_a + s * (geb.t() @ xe2)
             grad_a = grad_a.to(lora_a.dtype)
         if need_bb:
             grad_bb = s * (g_hat2.t() @ (x_hat2 @ a.t()))
@@ -397,21 +416,24 @@ class _LBPFunction(torch.autograd.Function):
             # One output in the plain layer's layout, written in place: the prefix rows by
             # their exact product, the map by the reverse projection (no concatenation copy).
             grad_x = torch.empty_strided(ctx.x_shape, ctx.gx_stride, dtype=dt, device=g_y.device)
-            main = grad_x[:, extra:] if extra else grad_x
-            if layout == "nhwc":
-                main, back_layout = _nhwc_out(main)
-            else:
-                back_layout = layout
             z = gx_hat.view(bsz, -1, cx)
-            if fused_back:
-                main.copy_(_fused_back(proj, z, back_layout))
+            if prefixed:  # one GEMM writes the prefix rows and the map
+                proj._back_prefixed(z, extra, grad_x)
             else:
-                proj.project_back(z, back_layout, out=main)
-            if extra:
-                gx_extra = g_extra @ w2
+                main = grad_x[:, extra:] if extra else grad_x
+                if layout == "nhwc":
+                    main, back_layout = _nhwc_out(main)
+                else:
+                    back_layout = layout
+                if fused_back:
+                    main.copy_(_fused_back(proj, z, back_layout))
+                else:
+                    proj.project_back(z, back_layout, out=main)
+            if extra and not prefixed:
+                gx_extra = ge2 @ w2
                 if a is not None:
-                    gx_extra = gx_extra + s * ((g_extra @ b) @ a)
-                grad_x[:, :extra].copy_(gx_extra)
+                    gx_extra = torch.addmm(gx_extra, geb, a, alpha=s)
+                grad_x[:, :extra].copy_(gx_extra.view(bsz, extra, cx))
             grad_x = grad_x.to(ctx.x_dtype)  # keeps the strides
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
 

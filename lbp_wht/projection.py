@@ -285,12 +285,12 @@ class WHTProjector:
         ri, rj = self._ri, self._rj
         if layout == "tokens":
             if reverse:
-                return ph * pw * r * ri * self.w + ri * self.h * self.w
+                return ph * pw * r * ri * self.w + ph * ri * self.h * self.w
             nb = ri + (1 if bias else 0)
             step1 = sum(nb * (hi - lo) for lo, hi in ax_h.window) * self.w
             return step1 + ph * pw * r * ri * self.w
         if reverse:
-            return pw * r * self.h * pw * rj + rj * self.h * self.w
+            return ph * pw * r * self.h * pw * rj + rj * self.h * self.w
         nb = rj + (1 if bias else 0)
         step1 = sum(nb * (hi - lo) for lo, hi in ax_w.window) * self.h
         return step1 + sum(pw * r * (hi - lo) * pw * nb for lo, hi in ax_h.window)
@@ -309,7 +309,7 @@ class WHTProjector:
             window = sum(hi - lo for lo, hi in ax_h.window) * self.w
             mid = ph * (ri + 1) * self.w  # the first product's output, read by the second
             mid_rev = ph * ri * self.w
-            moved = window + 2 * mid + lr + (lr + 2 * mid_rev + full)
+            moved = window + 2 * mid + 3 * lr + (lr + 2 * mid_rev + full)  # 3 lr: reorder
         return macs + byte_cost * moved
 
     def _separable_view(self, x: torch.Tensor, layout: str) -> tuple[str, torch.Tensor | None]:
@@ -390,8 +390,7 @@ class WHTProjector:
         m["t2"] = s.reshape(pw * r, ri * w)
         m["t2g"] = m["t2"] / n2
         m["tr1"] = srev.reshape(ri * w, pw * r)
-        m["tr2"] = [ax_h.rev[o0:o1, a * ri : (a + 1) * ri].contiguous()
-                    for a, (o0, o1) in enumerate(ax_h.own)]  # fmt: skip
+        m["tr2"] = ax_h.rev  # (H, Ph*ri): all patch rows in one product
         # Channel-major (B, C, H, W): step 1 along W per patch column b, blocks (window, r_j
         # [+ ones]); the output T (B*C*H, Pw * (r_j [+ 1])).
         for bias in (False, True):
@@ -415,16 +414,16 @@ class WHTProjector:
             m[f"c1{'b' * bias}"] = c1
             m[f"c2{'b' * bias}"] = c2
             m[f"c2{'b' * bias}g"] = [t / n2 for t in c2]
-        # Channel-major reverse: per patch row a, T[:, :, own rows] from z[:, a]; then along
-        # W per patch column b into its own columns.
-        cr1 = []
-        for a, (o0, o1) in enumerate(ax_h.own):
-            mat = torch.zeros(o1 - o0, pw, rj, pw, r, dtype=torch.float64)
+        # Channel-major reverse: along H with the selection, (P*R, H * Pw*r_j) in one product
+        # (row (a, b, k) reaches H rows through R_h[:, (a, i_k)] and column (b, j_k)); then
+        # along W per patch column b into its own columns.
+        ph = ax_h.patches
+        cr1 = torch.zeros(ph, pw, r, self.h, pw, rj, dtype=torch.float64)
+        for a in range(ph):
             for b in range(pw):
                 for k, (i, j) in enumerate(self.bases):
-                    mat[:, b, j, b, k] = ax_h.rev[o0:o1, a * ri + i]
-            cr1.append(mat.reshape(-1, pw * r).T.contiguous())  # (Pw*R, rows * Pw*r_j)
-        m["cr1"] = cr1
+                    cr1[a, b, k, :, b, j] = ax_h.rev[:, a * ri + i]
+        m["cr1"] = cr1.reshape(ph * pw * r, -1)
         m["cr2"] = [ax_w.rev[o0:o1, b * rj : (b + 1) * rj].T.contiguous()
                     for b, (o0, o1) in enumerate(ax_w.own)]  # fmt: skip
         return m
@@ -519,11 +518,17 @@ class WHTProjector:
 
     @staticmethod
     def _bmm_into(mat: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
-        """``out[b] = mat @ t[b]`` for every image, written in place (any batch strides)."""
+        """``out[b] = mat @ t[b]`` for every image. PyTorch runs a batched GEMM as one MKL call
+        only into a contiguous output; into a strided one (e.g. the map rows after prefix
+        tokens) it loops over the images, one small parallel region each, which costs a
+        scheduler wake-up per image on a loaded machine. So a strided output is written through
+        one contiguous temporary and one copy."""
         if t.shape[0] == 1:
             torch.mm(mat, t[0], out=out[0])
-        else:
+        elif out.is_contiguous():
             torch.bmm(mat.expand(t.shape[0], *mat.shape), t, out=out)
+        else:
+            out.copy_(torch.matmul(mat, t))
 
     # ---- the two maps ------------------------------------------------------------------
     def project(
@@ -577,25 +582,33 @@ class WHTProjector:
         return out[:, :-1], total
 
     def _project_rows(self, x3, grad, bias_sum):
-        """Separable projection of token rows ``x3`` ``(B, H, W*C)``."""
+        """Separable projection of token rows ``x3`` ``(B, H, W*C)``.
+
+        Every batched GEMM writes a contiguous output (PyTorch hands those to MKL as one
+        batched call; a strided output becomes a loop of per-image GEMMs, each a parallel
+        region): the first product per patch row ``a`` into ``mid[a]`` ``(B, r_i + 1, W*C)``,
+        the second over all ``(a, b)`` at once; the small low-rank result is then reordered
+        from ``(a, b)`` to the ``(b, a)`` of the low-rank layout."""
         b, ph, ri = x3.shape[0], self.hp // self.order, self._ri
         c = x3.shape[2] // self.w
         dt, dev = x3.dtype, x3.device
         blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
         nb = blocks[0].shape[0]
-        mid = x3.new_empty(b, ph, nb, self.w * c)
+        mid = x3.new_empty(ph, b, nb, self.w * c)
         ax_h, _ = self._axis_pair()
         for a, (lo, hi) in enumerate(ax_h.window):
-            self._bmm_into(blocks[a], x3[:, lo:hi], mid[:, a])
+            self._bmm_into(blocks[a], x3[:, lo:hi], mid[a])
         s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
-        src = mid[:, :, :ri].view(b * ph, ri * self.w, c)
-        out = torch.matmul(s, src).view(b, self.low_rank_tokens, c)
+        low = torch.matmul(s, mid[:, :, :ri].view(ph * b, ri * self.w, c))
+        out = low.view(ph, b, -1, c).transpose(0, 1).reshape(b, self.low_rank_tokens, c)
         if not bias_sum:
             return out
-        return out, mid[:, :, ri].sum((0, 1)).view(self.w, c).sum(0)
+        return out, mid[:, :, ri].view(ph, b, self.w, c).sum((0, 1, 2))
 
     def _project_cols(self, xm, b, c, grad, bias_sum):
-        """Separable projection of a channel-major map ``xm`` ``(B*C*H, W)``."""
+        """Separable projection of a channel-major map ``xm`` ``(B*C*H, W)``: along ``W`` one
+        GEMM per patch column (written into column slices of one matrix), then along ``H``
+        per patch row into a contiguous ``(B, Pw*R, C)`` block; reordered as above."""
         ph, pw, rj, h = self.hp // self.order, self.wp // self.order, self._rj, self.h
         dt, dev = xm.dtype, xm.device
         sfx = "b" if bias_sum else ""
@@ -607,15 +620,60 @@ class WHTProjector:
             torch.mm(xm[:, lo:hi], c1[j], out=mid[:, j * nb : (j + 1) * nb])
         c2 = self._const("c2" + sfx + ("g" if grad else ""), dt, dev)
         mid4 = mid.view(b, c, h, pw * nb)
-        out = xm.new_empty(b, ph, pw * self.rank, c)
+        low = xm.new_empty(ph, b, pw * self.rank, c)
         for a, (lo, hi) in enumerate(ax_h.window):
             src = mid4[:, :, lo:hi].reshape(b, c, -1).transpose(1, 2)  # (B, win*Pw*nb, C)
-            self._bmm_into(c2[a], src, out[:, a])
-        out = out.view(b, self.low_rank_tokens, c)
+            self._bmm_into(c2[a], src, low[a])
+        out = low.transpose(0, 1).reshape(b, self.low_rank_tokens, c)
         if not bias_sum:
             return out
         total = mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))
         return out, total
+
+    # ---- prefix tokens folded into the dense matrices (private; lbp_wht.functional) -------
+    def _prefixed(self, name: str, extra: int, dtype: torch.dtype, device: torch.device):
+        """The dense matrices extended by ``extra`` leading prefix tokens that pass through
+        unchanged (an identity block): ``proj*`` ``(E + P*R (+1), E + L)`` (the bias row sums
+        all ``E + L`` tokens), ``rev`` ``(E + L, E + P*R)``. Then one GEMM over the whole token
+        axis projects ``x`` / ``g_y`` (no slicing) and one writes the whole ``g_x`` (prefix rows
+        = ``g_y w`` exactly, by the low-rank GEMMs that now carry them)."""
+        key = (name, extra, dtype, device)
+        if key not in self._cache:
+            e, lr, full = extra, self.low_rank_tokens, self.h * self.w
+            if name == "rev":
+                m = torch.zeros(e + full, e + lr, dtype=dtype, device=device)
+                m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
+                m[e:, e:] = self._const("rev", dtype, device)
+            else:
+                base = self._const(name, dtype, device)  # (P*R (+1), L)
+                m = torch.zeros(e + base.shape[0], e + full, dtype=dtype, device=device)
+                m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
+                m[e:, e:] = base
+                if name.endswith("b"):
+                    m[-1, :e] = 1.0
+            self._cache[key] = m
+        return self._cache[key]
+
+    def _project_prefixed(self, t: torch.Tensor, extra: int, grad: bool, bias_sum: bool):
+        """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (prefix rows unchanged, the map
+        projected; ``grad`` scales only the map rows), with the bias sum over all tokens."""
+        name = (
+            "proj"
+            + ("_" if grad or bias_sum else "")
+            + ("g" if grad else "")
+            + ("b" if bias_sum else "")
+        )
+        out = self._left_mm(self._prefixed(name, extra, t.dtype, t.device), t)
+        if not bias_sum:
+            return out
+        total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
+        return out[:, :-1], total
+
+    def _back_prefixed(self, z: torch.Tensor, extra: int, out: torch.Tensor) -> torch.Tensor:
+        """Dense: ``(B, E + P*R, C)`` -> ``out`` ``(B, E + L, C)`` (token rows) in one GEMM."""
+        rev = self._prefixed("rev", extra, z.dtype, z.device)
+        self._bmm_into(rev, z.contiguous(), out)
+        return out
 
     def project_back(
         self, z: torch.Tensor, layout: str = "tokens", *, out: torch.Tensor | None = None
@@ -676,37 +734,36 @@ class WHTProjector:
             torch.bmm(zt, rev.t().expand(z.shape[0], *rev.t().shape), out=tt)
 
     def _back_rows(self, z, o3):
-        """Reverse projection of ``z`` into token rows ``o3`` ``(B, H, W*C)``."""
+        """Reverse projection of ``z`` into token rows ``o3`` ``(B, H, W*C)``: along ``W`` for
+        every ``(b, a)`` at once, then along ``H`` (all patch rows in one product, so the
+        output is written by one batched GEMM)."""
         b, c = z.shape[0], z.shape[2]
         if self.impl == "dense":
             rev = self._const("rev", z.dtype, z.device)
             self._bmm_into(rev, z, o3.view(b, self.h * self.w, c))
             return
-        ph, ri = self.hp // self.order, self._ri
+        ph = self.hp // self.order
         srev = self._const("tr1", z.dtype, z.device)  # (ri*W, Pw*R)
-        mid = torch.matmul(srev, z.view(b * ph, -1, c)).view(b, ph, ri, self.w * c)
-        rh = self._const("tr2", z.dtype, z.device)
-        ax_h, _ = self._axis_pair()
-        for a, (o0, o1) in enumerate(ax_h.own):
-            self._bmm_into(rh[a], mid[:, a], o3[:, o0:o1])
+        mid = torch.matmul(srev, z.view(b * ph, -1, c)).view(b, -1, self.w * c)
+        rh = self._const("tr2", z.dtype, z.device)  # (H, Ph*ri)
+        self._bmm_into(rh, mid, o3)
 
     def _back_cols(self, z, om):
-        """Reverse projection of ``z`` into a channel-major map ``om`` ``(B*C*H, W)``."""
+        """Reverse projection of ``z`` into a channel-major map ``om`` ``(B*C*H, W)``: along
+        ``H`` (with the selection) in one batched GEMM into ``(B, C, H, Pw*r_j)``, then along
+        ``W`` per patch column into its own columns."""
         b, c = z.shape[0], z.shape[2]
-        ph, pw, rj, h = self.hp // self.order, self.wp // self.order, self._rj, self.h
-        cr1 = self._const("cr1", z.dtype, z.device)
+        pw, rj, h = self.wp // self.order, self._rj, self.h
+        cr1 = self._const("cr1", z.dtype, z.device)  # (P*R, H * Pw*rj)
         cr2 = self._const("cr2", z.dtype, z.device)
-        mid = z.new_empty(b, c, h, pw * rj)
-        z4 = z.view(b, ph, pw * self.rank, c)
-        ax_h, ax_w = self._axis_pair()
-        for a, (o0, o1) in enumerate(ax_h.own):
-            dst = mid[:, :, o0:o1].view(b, c, -1)  # (B, C, rows * Pw*rj)
-            zt = z4[:, a].transpose(1, 2)  # (B, C, Pw*R)
-            if b == 1:
-                torch.mm(zt[0], cr1[a], out=dst[0])
-            else:
-                torch.bmm(zt, cr1[a].expand(b, *cr1[a].shape), out=dst)
+        mid = z.new_empty(b, c, h * pw * rj)
+        zt = z.transpose(1, 2)  # (B, C, P*R): BLAS reads it transposed, mid is written as is
+        if b == 1:
+            torch.mm(zt[0], cr1, out=mid[0])
+        else:
+            torch.bmm(zt, cr1.expand(b, *cr1.shape), out=mid)
         mm = mid.view(b * c * h, pw * rj)
+        ax_h, ax_w = self._axis_pair()
         for j, (o0, o1) in enumerate(ax_w.own):
             torch.mm(mm[:, j * rj : (j + 1) * rj], cr2[j], out=om[:, o0:o1])
 
