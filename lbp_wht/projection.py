@@ -50,6 +50,7 @@ __all__ = [
     "LAYOUTS",
     "DENSE_WARN_BYTES",
     "BYTE_COST",
+    "UNBLOCKED_MACS",
     "projection_cost",
 ]
 
@@ -58,12 +59,22 @@ PADDINGS = ("reflect", "zero")
 LAYOUTS = ("tokens", "nchw")
 
 #: The cost of moving one element (read or write) in the projection GEMMs, in multiply-adds
-#: (:func:`projection_cost`). Fitted to ``tools/benchmark_latency.py --projection`` (both
-#: implementations timed on 7x7 to 56x56 maps, LP_L1-2/4/6, 2 threads; results/latency/
-#: projection_cpu.md): on the AMD EPYC machines of this project the skinny GEMMs of either
-#: implementation stream at about 1.5-3 G elements/s and multiply-add at 15-30 G/s, i.e. one
-#: element moved costs about as much time as 10 multiply-adds.
-BYTE_COST = 10.0
+#: (:func:`projection_cost`). Fitted on the AMD EPYC machines of this project (2 threads,
+#: batch 64, 384 channels, LP_L1-2/4/6 on 14x14 to 42x42 maps, both implementations' projection
+#: + reverse timed interleaved, fastest of 7 rounds): 20 is the value at which the model picks
+#: the faster implementation on every one of the 12 measured cases (10 and 15 pick ``patch``
+#: at 14x14 R=10 and 21, where dense was 9-16% faster; 30-40 pick ``dense`` at 21x21 R=3).
+#: ``tools/benchmark_latency.py --projection`` (results/latency/projection_cpu.md) times both
+#: implementations beside the model's choice.
+BYTE_COST = 20.0
+
+#: The ``patch`` implementation's first product along ``H`` (token rows) runs as one GEMM over
+#: all patch rows, a ``(P_h (r_i + 1), H)`` matrix with zeros outside each patch row's window,
+#: when that costs at most this many multiply-adds per map element; otherwise one GEMM per
+#: patch row (fewer multiply-adds, but ``P_h`` batched GEMMs and one more pass to reorder their
+#: small output). Measured: the single GEMM is faster on 14x14 and 28x28 maps (P_h (r_i + 1)
+#: = 6 to 20 at LP_L1-2/4), the per-row GEMMs on 56x56 maps (21 and more).
+UNBLOCKED_MACS = 20
 
 
 def _pad_amounts(size: int, order: int) -> tuple[int, int, int]:
@@ -228,6 +239,7 @@ class WHTProjector:
         # Walsh functions needed per axis (LP_L1-r: r each; any selection: max index + 1).
         self._ri = 1 + max(i for i, _ in self.bases)
         self._rj = 1 + max(j for _, j in self.bases)
+        self._unblocked = (self.hp // order) * (self._ri + 1) <= UNBLOCKED_MACS
         self._axes: tuple[_Axis, _Axis] | None = None
         self._cache: dict[tuple, object] = {}
         if impl == "auto":
@@ -287,7 +299,10 @@ class WHTProjector:
             if reverse:
                 return ph * pw * r * ri * self.w + ph * ri * self.h * self.w
             nb = ri + (1 if bias else 0)
-            step1 = sum(nb * (hi - lo) for lo, hi in ax_h.window) * self.w
+            if self._unblocked:
+                step1 = ph * nb * self.h * self.w
+            else:
+                step1 = sum(nb * (hi - lo) for lo, hi in ax_h.window) * self.w
             return step1 + ph * pw * r * ri * self.w
         if reverse:
             return ph * pw * r * self.h * pw * rj + rj * self.h * self.w
@@ -309,7 +324,10 @@ class WHTProjector:
             window = sum(hi - lo for lo, hi in ax_h.window) * self.w
             mid = ph * (ri + 1) * self.w  # the first product's output, read by the second
             mid_rev = ph * ri * self.w
-            moved = window + 2 * mid + 3 * lr + (lr + 2 * mid_rev + full)  # 3 lr: reorder
+            if self._unblocked:
+                window = full
+            reorder = 0 if self._unblocked else 2 * lr
+            moved = window + 2 * mid + lr + reorder + (lr + 2 * mid_rev + full)
         return macs + byte_cost * moved
 
     def _separable_view(self, x: torch.Tensor, layout: str) -> tuple[str, torch.Tensor | None]:
@@ -380,6 +398,13 @@ class WHTProjector:
             blocks.append(blk.contiguous())
             blocks_b.append(torch.cat([blk, ones], 0))
         m["t1"], m["t1b"] = blocks, blocks_b
+        # ... or all patch rows in one matrix, rows (a, i [, ones]) (UNBLOCKED_MACS).
+        for name, blks in (("t1u", blocks), ("t1ub", blocks_b)):
+            nb = blks[0].shape[0]
+            full = torch.zeros(len(blks), nb, self.h, dtype=torch.float64)
+            for a, (lo, hi) in enumerate(ax_h.window):
+                full[a, :, lo:hi] = blks[a]
+            m[name] = full.reshape(-1, self.h)
         # Step 2: rows (b, k) of the patch row, columns (i, w): A_w[(b, j_k), w] at i = i_k.
         s = torch.zeros(pw, r, ri, w, dtype=torch.float64)
         srev = torch.zeros(ri, w, pw, r, dtype=torch.float64)
@@ -592,13 +617,22 @@ class WHTProjector:
         b, ph, ri = x3.shape[0], self.hp // self.order, self._ri
         c = x3.shape[2] // self.w
         dt, dev = x3.dtype, x3.device
+        s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
+        if self._unblocked:  # one GEMM for all patch rows; everything stays in (b, a) order
+            a1 = self._const("t1ub" if bias_sum else "t1u", dt, dev)  # (Ph * nb, H)
+            nb = a1.shape[0] // ph
+            mid = self._left_mm(a1, x3).view(b, ph, nb, self.w * c)
+            out = torch.matmul(s, mid[:, :, :ri].reshape(b * ph, ri * self.w, c))
+            out = out.view(b, self.low_rank_tokens, c)
+            if not bias_sum:
+                return out
+            return out, mid[:, :, ri].reshape(b, ph, self.w, c).sum((0, 1, 2))
         blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
         nb = blocks[0].shape[0]
         mid = x3.new_empty(ph, b, nb, self.w * c)
         ax_h, _ = self._axis_pair()
         for a, (lo, hi) in enumerate(ax_h.window):
             self._bmm_into(blocks[a], x3[:, lo:hi], mid[a])
-        s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
         low = torch.matmul(s, mid[:, :, :ri].view(ph * b, ri * self.w, c))
         out = low.view(ph, b, -1, c).transpose(0, 1).reshape(b, self.low_rank_tokens, c)
         if not bias_sum:
