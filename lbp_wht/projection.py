@@ -149,6 +149,107 @@ class _Axis:
         return _Axis(size, patches, proj, rev, tuple(window), tuple(own))
 
 
+def _next_pow2(r: int) -> int:
+    q = 1
+    while q < r:
+        q *= 2
+    return q
+
+
+@dataclass(frozen=True)
+class _PoolAxis:
+    """One map axis for the block-sum sub-path of ``patch`` (:meth:`WHTProjector._pool`).
+
+    The first ``q`` (a power of two) sequency-ordered Walsh functions of order ``n`` are
+    constant on blocks of ``m = n / q`` positions, so along this axis a projection onto them
+    needs only the ``nb = P * q`` block sums. ``zero`` ``(nb, S)``: which real positions lie in
+    each block (what ``avg_pool2d`` with zero padding ``pad`` sums, for blocks ``k0`` to
+    ``k0 + n_out``; ``pad`` -1: pooling cannot cover the axis); ``edge``: what reflect padding
+    adds (the fold of the padded positions onto their sources; zero for zero padding), nonzero
+    only in the blocks ``edge_rows``, reading the positions ``edge_src``. ``regions``: the
+    reverse projection's runs ``(s0, s1, k0, k1, rep)``: positions ``[s0, s1)`` take the values
+    of blocks ``[k0, k1)``, each repeated ``rep`` times (whole blocks, or one cut block).
+    """
+
+    m: int
+    nb: int
+    pad: int
+    k0: int
+    n_out: int
+    zero: torch.Tensor
+    edge: torch.Tensor
+    edge_rows: tuple[int, ...]
+    edge_src: tuple[int, ...]
+    regions: tuple[tuple[int, int, int, int, int], ...]
+
+    @staticmethod
+    def build(size: int, order: int, padding: str, q: int) -> _PoolAxis:
+        m = order // q
+        src = _axis_source(size, order, padding)
+        padded, before, _ = _pad_amounts(size, order)
+        nb = padded // m
+        fold = torch.zeros(nb, size, dtype=torch.float64)
+        zero = torch.zeros(nb, size, dtype=torch.float64)
+        for u in range(padded):
+            if int(src[u]) >= 0:
+                fold[u // m, int(src[u])] += 1.0
+            if 0 <= u - before < size:
+                zero[u // m, u - before] = 1.0
+        edge = fold - zero
+        rows = tuple(k for k in range(nb) if bool(edge[k].any()))
+        cols = tuple(s for s in range(size) if bool(edge[:, s].any()))
+        pad, k0 = before % m, before // m
+        n_out = min((size + 2 * pad - m) // m + 1, nb - k0) if size + 2 * pad >= m else 0
+        ok = pad <= m // 2 and n_out >= 1 and (size - 1 + before) // m < k0 + n_out
+        regions, s = [], 0
+        while s < size:
+            k = (s + before) // m
+            start = k * m - before
+            if start == s and s + m <= size:  # a run of whole blocks
+                n = (size - s) // m
+                regions.append((s, s + n * m, k, k + n, m))
+                s += n * m
+            else:  # one block cut by the map's edge
+                end = min(start + m, size)
+                regions.append((s, end, k, k + 1, end - s))
+                s = end
+        return _PoolAxis(
+            m, nb, pad if ok else -1, k0, n_out, zero, edge, rows, cols, tuple(regions)
+        )
+
+
+@dataclass(frozen=True)
+class _PoolPlan:
+    """Both axes of the block-sum sub-path and the ``(R, q_i q_j)`` matrix ``k`` that turns
+    the ``q_i x q_j`` block sums of a patch into its ``R`` coefficients (entries +-1)."""
+
+    qi: int
+    qj: int
+    h: _PoolAxis
+    w: _PoolAxis
+    k: torch.Tensor
+    #: The per-patch product as one GEMM per patch row, ``(P_w R, q_i P_w q_j)`` with zeros
+    #: off the diagonal blocks, reading the block sums where they lie (``P_w`` times the
+    #: multiply-adds, no reordering copy); else a reordering copy and one small GEMM per patch.
+    blocked: bool
+
+    @property
+    def projects(self) -> bool:
+        """Whether ``avg_pool2d`` covers both axes (else only the reverse uses the plan)."""
+        return self.h.pad >= 0 and self.w.pad >= 0
+
+    @property
+    def aligned(self) -> bool:
+        """Whole blocks only: no reflected rows or columns, one reverse copy. Elsewhere the
+        extra small products and copies cost more than the GEMMs save (measured on 28x28
+        maps, reflect padding, 2 threads), so ``pool=True`` uses the plan only here."""
+        return all(
+            a.pad == 0 and a.k0 == 0 and a.n_out == a.nb and not a.edge_rows
+            and len(a.regions) == 1
+            for a in (self.h, self.w)
+        )  # fmt: skip
+
+
 def projection_cost(
     hw: tuple[int, int],
     bases: Sequence[tuple[int, int]],
@@ -208,6 +309,10 @@ class WHTProjector:
             ``"patch"`` (module docstring); all give the same result and exist for speed.
             ``dense`` on a map of many patches builds ``(P*R, H*W)`` matrices and warns when
             they get large.
+        pool: ``patch`` only: project by block sums where the selected Walsh functions allow
+            (:meth:`_pool`; no GEMM over the map, no copy of it). ``True``: on maps of whole
+            blocks (e.g. 56x56, 8-aligned); ``"any"``: also with padding (exact, but slower
+            than the GEMMs on the measured unaligned maps); ``False``: never.
 
     The public API is one pair of maps, :meth:`project` (Eq. 3 / 6) and :meth:`project_back`
     (Eq. 5 / 7), plus :meth:`spectrum` for LHE. Normalisation (so that the full basis with zero
@@ -222,6 +327,7 @@ class WHTProjector:
         order: int = 8,
         padding: str = "reflect",
         impl: str = "auto",
+        pool: bool | str = True,
     ) -> None:
         if padding not in PADDINGS:
             raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
@@ -242,6 +348,10 @@ class WHTProjector:
         self._unblocked = (self.hp // order) * (self._ri + 1) <= UNBLOCKED_MACS
         self._axes: tuple[_Axis, _Axis] | None = None
         self._cache: dict[tuple, object] = {}
+        if pool not in (True, False, "any"):
+            raise ValueError(f"pool must be True, False or 'any', got {pool!r}")
+        self.pool = pool
+        self._pool_plan: _PoolPlan | None | bool = False  # False: not built yet
         if impl == "auto":
             if self.num_patches == 1:
                 impl = "dense"  # one GEMM, no product wasted on zeros: cheaper by construction
@@ -291,6 +401,22 @@ class WHTProjector:
 
     def _macs(self, impl: str, layout: str, bias: bool, reverse: bool) -> int:
         ph, pw, r = self.hp // self.order, self.wp // self.order, self.rank
+        # block sums (no multiply-adds), then (R, q_i q_j) per patch
+        if layout in ("pool", "pool_nchw"):
+            plan = self._pool()
+            assert plan is not None
+            macs = self.num_patches * r * plan.qi * plan.qj * (pw if plan.blocked else 1)
+            if reverse:
+                return macs
+            ah, aw = plan.h, plan.w
+            if bias and layout == "pool":  # bias: a row of ones against the block sums
+                macs += ah.n_out * aw.n_out
+            nsh, nsw = len(ah.edge_src), len(aw.edge_src)
+            if ah.edge_rows:  # reflected rows: along W (fold), then onto their blocks
+                macs += nsh * aw.nb * self.w + len(ah.edge_rows) * nsh * aw.nb
+            if aw.edge_rows:  # reflected columns: onto their blocks, then along H
+                macs += self.h * len(aw.edge_rows) * nsw + ah.nb * self.h * len(aw.edge_rows)
+            return macs
         if impl == "dense":
             return self.h * self.w * (ph * pw * r + (1 if bias and not reverse else 0))
         ax_h, ax_w = self._axis_pair()
@@ -349,12 +475,178 @@ class WHTProjector:
         return "tokens", None
 
     def _read_mode(self, x: torch.Tensor, layout: str) -> str:
-        """How :meth:`project` reads ``x`` (and :meth:`project_back` writes it): ``"tokens"``
-        (token rows, also after a copy) or ``"nchw"`` (channel-major), for
-        :meth:`gemm_macs`."""
-        return "tokens" if self.impl == "dense" else self._separable_view(x, layout)[0]
+        """How :meth:`project` reads ``x``: ``"tokens"`` (token rows, also after a copy),
+        ``"nchw"`` (channel-major) or ``"pool"`` (block sums), for :meth:`gemm_macs`."""
+        if self.impl == "dense":
+            return "tokens"
+        x4 = self._pool_view(x, layout)
+        if x4 is not None:
+            return "pool" if self._pool_rows(x4) else "pool_nchw"
+        return self._separable_view(x, layout)[0]
 
-    _write_mode = _read_mode
+    @staticmethod
+    def _pool_rows(x4: torch.Tensor) -> bool:
+        """Whether ``x4``'s ``(B, C, H, W)`` reading is channels-last, so that the pooled block
+        sums are token rows (the bias sum is then one GEMV over them)."""
+        return x4.permute(0, 3, 1, 2).is_contiguous(memory_format=torch.channels_last)
+
+    def _write_mode(self, x: torch.Tensor, layout: str) -> str:
+        """How :meth:`project_back` writes ``x`` (modes as :meth:`_read_mode`)."""
+        if self.impl == "dense":
+            return "tokens"
+        if self.pool and self._pool() is not None:
+            return "pool"
+        return self._separable_view(x, layout)[0]
+
+    # ---- the block-sum sub-path of ``patch`` ------------------------------------------
+    def _pool(self) -> _PoolPlan | None:
+        """The block-sum plan, or None where it does not apply (``q_i`` or ``q_j`` above 4:
+        blocks of one position, no saving over the GEMMs).
+
+        With ``q = 2^ceil(log2 r)`` the first ``r`` Walsh functions of a patch are constant on
+        ``m x m'`` blocks (``m = n / q_i``), so a projection is the blocks' sums (one
+        ``avg_pool2d`` pass over a contiguous map: no GEMM, no copy of it; reflect padding adds
+        the few reflected rows and columns by small products) followed by one small
+        ``(R, q_i q_j)`` product per patch; the reverse is that product's transpose followed
+        by broadcasting copies of each block value into its positions (the crop is free)."""
+        if self._pool_plan is False:
+            qi, qj = _next_pow2(self._ri), _next_pow2(self._rj)
+            plan = None
+            if qi <= 4 and qj <= 4:
+                n = self.order
+                walsh = walsh_matrix(n, torch.float64)
+                wi = walsh[: self._ri].view(self._ri, qi, n // qi)
+                wj = walsh[: self._rj].view(self._rj, qj, n // qj)
+                assert bool((wi == wi[..., :1]).all()) and bool((wj == wj[..., :1]).all())
+                k = torch.stack(
+                    [torch.outer(wi[i, :, 0], wj[j, :, 0]).flatten() for i, j in self.bases]
+                )
+                pw = self.wp // n
+                # blocked: P_w R multiply-adds per block sum against R + a copy (2 moves)
+                blocked = pw * self.rank <= self.rank + 2 * BYTE_COST
+                plan = _PoolPlan(
+                    qi,
+                    qj,
+                    _PoolAxis.build(self.h, n, self.padding, qi),
+                    _PoolAxis.build(self.w, n, self.padding, qj),
+                    k,
+                    blocked,
+                )
+            self._pool_plan = plan
+        plan = self._pool_plan
+        if plan is None or not self.pool or (self.pool is True and not plan.aligned):
+            return None
+        return plan  # type: ignore[return-value]
+
+    def _pool_view(self, x: torch.Tensor, layout: str) -> torch.Tensor | None:
+        """``x`` as a ``(B, H, W, C)`` view that the block-sum projection reads without a copy
+        (its ``(B, C, H, W)`` reading contiguous or channels-last), or None."""
+        if self.impl != "patch" or not self.pool:
+            return None
+        plan = self._pool()
+        if plan is None or not plan.projects:
+            return None
+        x4 = x.unflatten(1, (self.h, self.w)) if layout == "tokens" else x.permute(0, 2, 3, 1)
+        xc = x4.permute(0, 3, 1, 2)
+        if xc.is_contiguous() or xc.is_contiguous(memory_format=torch.channels_last):
+            return x4
+        return None
+
+    def _pool_const(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        key = ("pool", dtype, device)
+        if key not in self._cache:
+            plan = self._pool()
+            assert plan is not None
+            ah, aw = plan.h, plan.w
+            idx = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+            conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+            rows_h, src_h = list(ah.edge_rows), list(ah.edge_src)
+            rows_w, src_w = list(aw.edge_rows), list(aw.edge_src)
+            k = plan.k
+            if plan.blocked:  # rows (b, k), columns (u, b', v): K on the diagonal blocks
+                pw, qi, qj = aw.nb // plan.qj, plan.qi, plan.qj
+                kb = torch.zeros(pw, self.rank, qi, pw, qj, dtype=torch.float64)
+                for b in range(pw):
+                    kb[b, :, :, b, :] = k.view(self.rank, qi, qj)
+                k = kb.reshape(pw * self.rank, qi * pw * qj)
+            self._cache[key] = {
+                "k": conv(k),
+                "kg": conv(k / float(self.order**2)),
+                "kt": conv(k.t().contiguous()),
+                "fold_w": conv(aw.zero + aw.edge),
+                "zero_h": conv(ah.zero),
+                "edge_h": conv(ah.edge[rows_h][:, src_h]),
+                "edge_w": conv(aw.edge[rows_w][:, src_w]),
+                "rows_h": idx(rows_h),
+                "src_h": idx(src_h),
+                "rows_w": idx(rows_w),
+                "src_w": idx(src_w),
+            }
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _project_pool(self, x4: torch.Tensor, grad: bool, bias_sum: bool):
+        """Block-sum projection of ``x4`` ``(B, H, W, C)`` (a :meth:`_pool_view`)."""
+        plan = self._pool()
+        assert plan is not None
+        ah, aw = plan.h, plan.w
+        b, h, w, c = x4.shape
+        cs = self._pool_const(x4.dtype, x4.device)
+        pooled = torch.nn.functional.avg_pool2d(
+            x4.permute(0, 3, 1, 2), (ah.m, aw.m), (ah.m, aw.m), (ah.pad, aw.pad),
+            divisor_override=1,
+        )  # fmt: skip
+        pooled = pooled[:, :, : ah.n_out, : aw.n_out].permute(0, 2, 3, 1)  # (B, nh, nw, C)
+        total = None
+        if bias_sum:  # every position once: the exact sum
+            if self._pool_rows(x4):
+                ones = torch.ones(1, pooled.shape[0] * ah.n_out * aw.n_out, dtype=x4.dtype,
+                                  device=x4.device)  # fmt: skip
+                total = torch.mm(ones, pooled.reshape(-1, c))[0]
+            else:
+                total = pooled.sum((0, 1, 2))
+        if ah.k0 == 0 and aw.k0 == 0 and ah.n_out == ah.nb and aw.n_out == aw.nb:
+            s4 = pooled
+        else:  # whole blocks of padding at the ends: only reflected positions fill them
+            s4 = x4.new_zeros(b, ah.nb, aw.nb, c)
+            s4[:, ah.k0 : ah.k0 + ah.n_out, aw.k0 : aw.k0 + aw.n_out] = pooled
+        if ah.edge_rows:  # E_h x F_w^T: the reflected rows, folded along W
+            rows = x4.index_select(1, cs["src_h"])  # (B, nsh, W, C)
+            t = torch.matmul(cs["fold_w"], rows.reshape(-1, w, c))  # (B*nsh, nbw, C)
+            t = torch.matmul(cs["edge_h"], t.view(b, len(ah.edge_src), -1))
+            s4.index_add_(1, cs["rows_h"], t.view(b, len(ah.edge_rows), aw.nb, c))
+        if aw.edge_rows:  # Z_h x E_w^T: the reflected columns, summed along H
+            cols = x4.index_select(2, cs["src_w"])  # (B, H, nsw, C)
+            t = torch.matmul(cs["edge_w"], cols.view(b * h, len(aw.edge_src), c))
+            t = torch.matmul(cs["zero_h"], t.view(b, h, -1))  # (B, nbh, new * C)
+            s4.index_add_(2, cs["rows_w"], t.view(b, ah.nb, len(aw.edge_rows), c))
+        ph, pw = ah.nb // plan.qi, aw.nb // plan.qj
+        if plan.blocked:  # one GEMM per patch row, on the block sums as they lie
+            blocks = s4.reshape(b * ph, plan.qi * aw.nb, c)
+        else:
+            blocks = s4.reshape(b, ph, plan.qi, pw, plan.qj, c).permute(0, 1, 3, 2, 4, 5)
+            blocks = blocks.reshape(b * ph * pw, plan.qi * plan.qj, c)
+        out = torch.matmul(cs["kg" if grad else "k"], blocks).view(b, self.low_rank_tokens, c)
+        return (out, total) if bias_sum else out
+
+    def _back_pool(self, z: torch.Tensor, out4: torch.Tensor) -> None:
+        """Block-sum reverse projection of ``z`` into ``out4`` ``(B, H, W, C)`` (any strides)."""
+        plan = self._pool()
+        assert plan is not None
+        ah, aw = plan.h, plan.w
+        b, c = z.shape[0], z.shape[2]
+        ph, pw = ah.nb // plan.qi, aw.nb // plan.qj
+        kt = self._pool_const(z.dtype, z.device)["kt"]
+        if plan.blocked:  # (q_i P_w q_j, P_w R) per patch row: block values where they lie
+            v = torch.matmul(kt, z.view(b * ph, pw * self.rank, c)).view(b, ah.nb, aw.nb, c)
+        else:  # (q_i q_j, R) per patch, then reordered
+            v = torch.matmul(kt, z.view(b * ph * pw, self.rank, c))
+            v = v.view(b, ph, pw, plan.qi, plan.qj, c).permute(0, 1, 3, 2, 4, 5)
+            v = v.reshape(b, ah.nb, aw.nb, c)
+        for s0, s1, k0, k1, rh in ah.regions:
+            for t0, t1, l0, l1, rw in aw.regions:
+                shape = (b, k1 - k0, rh, l1 - l0, rw, c)
+                src = v[:, k0:k1, None, l0:l1, None].expand(shape)
+                out4[:, s0:s1, t0:t1].view(shape).copy_(src)
 
     # ---- constant matrices -------------------------------------------------------------
     def _axis_pair(self) -> tuple[_Axis, _Axis]:
@@ -585,6 +877,9 @@ class WHTProjector:
         t = self._tokens_view(x, layout)
         if self.impl == "dense":
             return self._project_dense(t, grad, bias_sum)
+        x4 = self._pool_view(x, layout)
+        if x4 is not None:
+            return self._project_pool(x4, grad, bias_sum)
         mode, view = self._separable_view(x, layout)
         if mode == "nchw":
             return self._project_cols(view, t.shape[0], t.shape[2], grad, bias_sum)
@@ -745,6 +1040,9 @@ class WHTProjector:
             if tt.stride(2) == 1:
                 self._back_dense_cols(z, tt)
                 return out
+        elif self.pool and self._pool() is not None:
+            self._back_pool(z, t.unflatten(1, (self.h, self.w)))
+            return out
         else:
             mode, view = self._separable_view(out, layout)
             if mode == "nchw":

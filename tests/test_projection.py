@@ -286,3 +286,83 @@ def test_backward_with_prefix_tokens_copies_no_full_size_tensor(impl):
         assert not big, big
     else:  # the map part of g_x is strided: written once through a contiguous temporary
         assert big == [("aten::copy_", bsz * 196 * cx)], big
+
+
+def _reference_project(x4: torch.Tensor, bases, padding: str) -> torch.Tensor:
+    """Independent dense projection of ``x4`` ``(B, H, W, C)``: pad centred with
+    ``F.pad`` (reflect / zero), cut 8x8 patches, contract each with the 2D Walsh bases built
+    here from ``walsh_matrix``. Returns ``(B, P*R, C)``."""
+    import torch.nn.functional as F
+
+    from lbp_wht.bases import walsh_matrix
+
+    b, h, w, c = x4.shape
+    hp, wp = -(-h // 8) * 8, -(-w // 8) * 8
+    top, left = (hp - h + 1) // 2, (wp - w + 1) // 2
+    pad = (left, wp - w - left, top, hp - h - top)
+    xp = F.pad(x4.permute(0, 3, 1, 2), pad, mode="reflect" if padding == "reflect" else "constant")
+    wal = walsh_matrix(8, DT)
+    basis = torch.stack([torch.outer(wal[i], wal[j]) for i, j in bases], -1)  # (8, 8, R)
+    patches = xp.reshape(b, c, hp // 8, 8, wp // 8, 8)
+    coef = torch.einsum("bcpuqv,uvk->bpqkc", patches, basis)
+    return coef.reshape(b, -1, c)
+
+
+@pytest.mark.parametrize("pool", [True, "any"])
+@pytest.mark.parametrize("padding", ["reflect", "zero"])
+@pytest.mark.parametrize("hw", [(16, 24), (14, 14), (28, 28), (10, 13)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_block_sum_path_is_exact(hw, padding, pool, batch):
+    """The block-sum sub-path of ``patch`` (Walsh functions constant on blocks) against an
+    independent dense computation, on aligned and unaligned maps, token rows, a prefix-token
+    slice (falls back to the GEMMs), channels-last and NCHW maps, batch 1; the reverse
+    projection against the dense one, written into strided outputs; FLOPs as modelled."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(6)
+    h, w = hw
+    c, L = 5, h * w
+    for r in (1, 2, 3, 4):
+        bases = select_bases("lp_l1", r=r)
+        p = WHTProjector(hw, bases, 8, padding, "patch", pool=pool)
+        dense = WHTProjector(hw, bases, 8, padding, "dense")
+        nchw = torch.randn(batch, c, h, w, dtype=DT)
+        cases = [
+            ("tokens", torch.randn(batch, L, c, dtype=DT)),
+            ("tokens", torch.randn(batch, 1 + L, c, dtype=DT)[:, 1:]),
+            ("nchw", nchw),
+            ("nchw", nchw.contiguous(memory_format=torch.channels_last)),
+        ]
+        for layout, x in cases:
+            x4 = x.unflatten(1, (h, w)) if layout == "tokens" else x.permute(0, 2, 3, 1)
+            want = _reference_project(x4, bases, padding)
+            got, total = p.project(x, layout, grad=True, bias_sum=True)
+            torch.testing.assert_close(got, want / 64)
+            torch.testing.assert_close(total, x4.sum((0, 1, 2)))
+            torch.testing.assert_close(p.project(x, layout), want)
+            mode = p._read_mode(x, layout)
+            plan = p._pool()
+            if h % 8 == 0 and w % 8 == 0:  # whole blocks: always the block sums
+                assert plan is not None and plan.aligned
+            if (
+                plan is not None
+                and plan.projects
+                and x4.permute(0, 3, 1, 2).is_contiguous(memory_format=torch.channels_last)
+            ):
+                assert mode == "pool", (layout, x.stride())
+            with FlopCounterMode(display=False) as fc:
+                p.project(x, layout, bias_sum=True)
+            assert fc.get_total_flops() == 2 * batch * c * p._macs(p.impl, mode, True, False)
+        z = torch.randn(batch, p.low_rank_tokens, c, dtype=DT)
+        want = dense.project_back(z)
+        for layout, out in [
+            ("tokens", torch.zeros(batch, 2 + L, c, dtype=DT)[:, 2:]),
+            ("nchw", torch.zeros(batch, c, h, w, dtype=DT)),
+            ("nchw", torch.zeros(batch, h, w, c, dtype=DT).permute(0, 3, 1, 2)),
+        ]:
+            with FlopCounterMode(display=False) as fc:
+                p.project_back(z, layout, out=out)
+            tok = out if layout == "tokens" else out.flatten(2).transpose(1, 2)
+            torch.testing.assert_close(tok, want)
+            mode = p._write_mode(out, layout)
+            assert fc.get_total_flops() == 2 * batch * c * p._macs(p.impl, mode, False, True)
