@@ -127,7 +127,8 @@ class LBPConfig:
         default="auto",
         metadata={
             "help": "Projection implementation: 'dense' (one matrix over the whole map), "
-            "'patch' (per-patch contraction) or 'auto' (dense for a single patch). Same values."
+            "'patch' (separable per-patch projection) or 'auto' (the cheaper of the two by "
+            "lbp_wht.projection.projection_cost). Same values."
         },
     )
 

@@ -159,6 +159,7 @@ def lbp_flops(
     need_weight_grad: bool = True,
     bias_row: bool = False,
     convention: str = "table1",
+    proj_macs: tuple[int, int, int, int] | None = None,
 ) -> LayerCost:
     """Backprop FLOPs of an LBP-WHT layer (Table 1 rows 2-4; Eq. 3-5).
 
@@ -179,6 +180,9 @@ def lbp_flops(
             (what :meth:`WHTProjector.project` with ``bias_sum=True`` does on the dense path), adding
             ``2 Cy L'`` counted FLOPs. Table 1 does not count bias gradients.
         convention: ``"table1"`` or ``"gemm"`` (module docstring).
+        proj_macs: "gemm" only: the multiply-adds per image and channel of ``p(x)``,
+            ``p(g_y)``, the bias row and the reverse projection as executed
+            (:func:`lbp_wht.functional.executed_macs`); replaces the ``L' R`` estimate.
     """
     _check_convention(convention)
     if not (need_input_grad or need_weight_grad):
@@ -188,13 +192,17 @@ def lbp_flops(
         per, lp = 1.0, tokens
     else:
         per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
-    proj = per * cy * lp * rank  # p(g_y): always needed
+    m_x = m_g = m_rev = lp * rank
+    m_b = lp
+    if proj_macs is not None and convention == "gemm":
+        m_x, m_g, m_b, m_rev = proj_macs
+    proj = per * cy * m_g  # p(g_y): always needed
     if need_weight_grad:
-        proj += per * cx * lp * rank  # p(x): only for g_w
+        proj += per * cx * m_x  # p(x): only for g_w
     mm = 2.0 * cx * cy * lr * (int(need_input_grad) + int(need_weight_grad))
-    rev = per * cx * lp * rank if need_input_grad else 0.0
+    rev = per * cx * m_rev if need_input_grad else 0.0
     if bias_row and convention == "gemm":
-        proj += per * cy * lp
+        proj += per * cy * m_b
     exact = 2.0 * cx * cy * extra_tokens * (int(need_input_grad) + int(need_weight_grad))
     return LayerCost(vanilla=exact, projection=proj, low_rank_mm=mm, reverse_projection=rev)
 
@@ -229,6 +237,7 @@ def lbp_lora_flops(
     extra_tokens: int = 0,
     need_input_grad: bool = True,
     convention: str = "table1",
+    proj_macs: tuple[int, int, int, int] | None = None,
 ) -> LayerCost:
     """LBP-WHT + LoRA (Table 6): frozen ``w``; adapter grads and ``g_x`` in the low-rank space.
 
@@ -241,7 +250,7 @@ def lbp_lora_flops(
     ``extra_tokens`` ``E`` prefix tokens (class, distillation, registers) outside the map get
     exact gradients: the adapter gradients ``4 E k (Cx + Cy)`` and, where ``x`` needs a
     gradient, ``g_y w`` (``2 E Cy Cx``, reported as ``vanilla``) plus ``(g_y B) A``
-    (``2 E k (Cy + Cx)``).
+    (``2 E k Cx``; ``g_y B`` is shared with ``g_A``).
     """
     _check_convention(convention)
     n = patches * rank
@@ -250,14 +259,17 @@ def lbp_lora_flops(
         per, lp = 1.0, tokens
     else:
         per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
+    m_x = m_g = m_rev = lp * rank
+    if proj_macs is not None and convention == "gemm":  # (p(x), p(g_y), bias row, reverse)
+        m_x, m_g, _, m_rev = proj_macs
     adapter = 2.0 * n * k * (2 * cy + 2 * cx) + (2.0 * n * k * cx if need_input_grad else 0.0)
     e = extra_tokens
-    adapter += 4.0 * e * k * (cx + cy) + (2.0 * e * k * (cx + cy) if need_input_grad else 0.0)
+    adapter += 4.0 * e * k * (cx + cy) + (2.0 * e * k * cx if need_input_grad else 0.0)
     return LayerCost(
         vanilla=2.0 * e * cy * cx if need_input_grad else 0.0,
-        projection=per * (cx + cy) * lp * rank,
+        projection=per * (cx * m_x + cy * m_g),
         low_rank_mm=2.0 * n * cy * cx if need_input_grad else 0.0,
-        reverse_projection=per * cx * lp * rank if need_input_grad else 0.0,
+        reverse_projection=per * cx * m_rev if need_input_grad else 0.0,
         adapter=adapter,
         forward_extra=2.0 * k * tokens * (cx + cy),
     )
@@ -315,6 +327,7 @@ class LayerGeometry:
     extra_tokens: int = 0
     lora_rank: int | None = None
     bias_row: bool = False
+    proj_macs: tuple[int, int, int, int] | None = None
 
 
 def _method_of(module: nn.Module) -> str:
@@ -366,6 +379,7 @@ def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
                 need_weight_grad=nw,
                 bias_row=geom.bias_row,
                 convention=convention,
+                proj_macs=geom.proj_macs,
             )
         else:
             one = lbp_lora_flops(
@@ -379,6 +393,7 @@ def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
                 extra_tokens=geom.extra_tokens,
                 need_input_grad=nx,
                 convention=convention,
+                proj_macs=geom.proj_macs,
             )
         return one.scaled(images)
     if geom.method in ("lora", "lbp_lora"):
@@ -440,8 +455,16 @@ class LinearLayerTracer:
                 geom.proj_tokens = proj.contracted_tokens
                 geom.extra_tokens = plan.map.prefix_tokens
                 b = module.bias
-                geom.bias_row = bool(
-                    proj.impl == "dense" and b is not None and b.requires_grad and grad_on
+                # Both projection implementations sum the bias gradient in the GEMM that reads
+                # g_y (an all-ones row); the executed multiply-adds come from the function.
+                geom.bias_row = bool(b is not None and b.requires_grad and grad_on)
+                from .functional import executed_macs
+
+                xi = x.detach()
+                if plan.map.layout == "tokens" and xi.dim() != 3:
+                    xi = xi.reshape(-1, *xi.shape[-2:])
+                geom.proj_macs = executed_macs(
+                    proj, xi, w, b, plan.map.layout, plan.map.prefix_tokens
                 )
             old = self.found.get(name)
             if old is None:

@@ -39,6 +39,7 @@ once, tens of seconds on a CPU; it needs a working C++ compiler (CPU) or Triton 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -160,6 +161,144 @@ def _as_map(t: torch.Tensor, layout: str) -> tuple[torch.Tensor, str]:
     return t.reshape(b, h * w, c), "tokens"
 
 
+#: ``(conv, shape, strides, weight shape, weight trains, bias, bias trains, dtype)`` -> the
+#: strides of the input gradient the plain layer's autograd returns and of its output
+#: (:func:`_plain_strides`).
+_PLAIN_STRIDES: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+
+def _plain_strides(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The strides of ``g_x`` that ``F.linear`` / ``F.conv2d`` autograd returns for ``x``, and
+    of the layer's output ``y``.
+
+    The plain layer's layout contract is whatever PyTorch's backward formulas produce (e.g. a
+    linear layer whose input folds to a column-major matrix, such as a transposed NCHW view at
+    batch 1, gets a column-major ``g_x`` when its weight trains, a contiguous one otherwise;
+    a 1x1 conv keeps a channels-last input channels-last). Rather than restating those rules,
+    the plain op is run once on meta tensors of the same shape and strides, in a thread of its
+    own (no data, no FLOPs, none of the caller's dispatch modes or saved-tensor hooks), and
+    the answer is cached per shape, strides and which parameters train.
+    """
+    key = (
+        conv,
+        tuple(x.shape),
+        x.stride(),
+        tuple(weight.shape),
+        weight.requires_grad,
+        bias is not None,
+        bias is not None and bias.requires_grad,
+        x.dtype,
+    )
+    hit = _PLAIN_STRIDES.get(key)
+    if hit is not None:
+        return hit
+    hit = _probe_in_thread(key)
+    if hit is None:  # pragma: no cover - no meta kernel: fall back to the common case
+        shape = tuple(x.shape)
+        y_shape = (
+            (shape[0], weight.shape[0], *shape[2:]) if conv else (*shape[:-1], weight.shape[0])
+        )
+        cl = conv and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        hit = tuple(
+            tuple(torch.empty(s, device="meta", memory_format=fmt).stride())
+            for s in (shape, y_shape)
+        )
+    if len(_PLAIN_STRIDES) > 4096:  # bounded: shapes of one model are few
+        _PLAIN_STRIDES.clear()
+    _PLAIN_STRIDES[key] = hit
+    return hit
+
+
+def _probe(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Run the plain op's forward and backward on meta tensors: the strides of the input
+    gradient and of the output."""
+    conv, shape, stride, w_shape, w_req, has_bias, b_req, dtype = key
+    cy, cx = w_shape[0], w_shape[1]
+    meta = dict(dtype=dtype, device="meta")
+    with torch.enable_grad():
+        xm = torch.empty_strided(shape, stride, **meta).requires_grad_(True)
+        wm = torch.empty(cy, cx, 1, 1, **meta) if conv else torch.empty(cy, cx, **meta)
+        wm.requires_grad_(w_req)
+        bm = torch.empty(cy, **meta).requires_grad_(b_req) if has_bias else None
+        ym = F.conv2d(xm, wm, bm) if conv else F.linear(xm, wm, bm)
+        (gm,) = torch.autograd.grad(ym, xm, torch.empty_like(ym))
+    return tuple(gm.stride()), tuple(ym.stride())
+
+
+def _probe_in_thread(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """:func:`_probe` in a fresh thread: dispatch modes (``FlopCounterMode``), saved-tensor
+    hooks (activation checkpointing, offloading), autocast and grad mode are thread-local, so
+    none of the caller's applies to, or sees, the probe."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(_probe(key))
+        except Exception:  # pragma: no cover - reported as None
+            out.append(None)
+
+    thread = threading.Thread(target=run, name="lbp-wht-stride-probe")
+    thread.start()
+    thread.join()
+    return out[0] if out else None
+
+
+def _nhwc_out(t: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """An ``(B, H, W, C)`` output as the projector writes it: a token view if its rows allow,
+    else the ``(B, C, H, W)`` permutation (channel-major)."""
+    from .projection import _mergeable
+
+    b, h, w, c = t.shape
+    if _mergeable((h, w), t.stride()[1:3]):
+        return t.view(b, h * w, c), "tokens"
+    return t.permute(0, 3, 1, 2), "nchw"
+
+
+def executed_macs(
+    projector: WHTProjector,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: str = "tokens",
+    prefix_tokens: int = 0,
+) -> tuple[int, int, int, int]:
+    """Multiply-adds per image and channel of the projections :func:`lbp_forward` runs for
+    input ``x``: ``(p(x), p(g_y), the bias row's extra, reverse projection)``, each read or
+    written the way the function does (``x`` as given; ``g_y`` laid out like the layer's
+    output; ``g_x`` with the plain layer's strides). For the analytic cost of
+    :mod:`lbp_wht.cost` ("gemm" convention), which must equal what ``FlopCounterMode`` counts.
+    """
+    p = projector
+    if prefix_tokens and p.impl == "dense":  # identity block for the prefix (_prefixed)
+        e, lr, full = prefix_tokens, p.low_rank_tokens, p.h * p.w
+        return (e + lr) * (e + full), (e + lr) * (e + full), e + full, (e + full) * (e + lr)
+    main = x[:, prefix_tokens:] if prefix_tokens else x
+    src, src_layout = _as_map(main, layout)
+    px = p._macs(p.impl, p._read_mode(src, src_layout), False, False)
+    conv = layout == "nchw"
+    gx_stride, y_stride = _plain_strides(x, weight, bias, conv)
+    # g_y laid out like the layer's output (a 1x1 conv keeps its input's memory format).
+    shape = tuple(x.shape)
+    y_shape = (shape[0], weight.shape[0], *shape[2:]) if conv else (*shape[:-1], weight.shape[0])
+    g = torch.empty_strided(y_shape, y_stride, device="meta")
+    g_main = g[:, prefix_tokens:] if prefix_tokens else g
+    g_src, g_layout = _as_map(g_main, layout)
+    mode_g = p._read_mode(g_src, g_layout)
+    pg = p._macs(p.impl, mode_g, False, False)
+    pgb = p._macs(p.impl, mode_g, True, False) - pg
+    gx = torch.empty_strided(shape, gx_stride, device="meta")
+    gx_main = gx[:, prefix_tokens:] if prefix_tokens else gx
+    if layout == "nhwc":
+        gx_main, back = _nhwc_out(gx_main)
+    else:
+        back = layout
+    rev = p._macs(p.impl, p._write_mode(gx_main, back), False, True)
+    return px, pg, pgb, rev
+
+
 class _LBPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, projector, layout, extra, scaling):
@@ -177,17 +316,30 @@ class _LBPFunction(torch.autograd.Function):
         need_w = weight.requires_grad
         need_lora = lora_a is not None and (lora_a.requires_grad or lora_b.requires_grad)
         x_hat = x_extra = None
+        # Prefix tokens on the dense path ride in the GEMMs: the dense matrices get an
+        # identity block for them, so no slicing, no separate prefix products, and g_x is
+        # written by one GEMM (see WHTProjector._prefixed).
+        prefixed = bool(extra) and projector.impl == "dense"
         if need_w or need_lora:
-            main = x[:, extra:] if extra else x
             # Only the projected input is kept for backward, as contiguous rows (B * P * R, Cx)
             # instead of x (B, L, Cx): the saved activation shrinks by L / (P * R).
-            src, src_layout = _as_map(main, layout)
-            x_hat = projector.project(src, src_layout).reshape(-1, cx)
-            if extra:
-                x_extra = x[:, :extra].clone()  # a copy: a view would keep all of x alive
+            if prefixed:
+                x_hat = projector._project_prefixed(x, extra, False, False).reshape(-1, cx)
+            else:
+                src, src_layout = _as_map(x[:, extra:] if extra else x, layout)
+                x_hat = projector.project(src, src_layout).reshape(-1, cx)
+                if extra:
+                    x_extra = x[:, :extra].clone()  # a copy: a view would keep all of x alive
+        ctx.prefixed = prefixed
         ctx.projector, ctx.layout, ctx.extra, ctx.scaling = projector, layout, extra, scaling
         ctx.x_dtype = x.dtype
         ctx.x_shape = tuple(x.shape)
+        # g_x is returned with the strides the plain layer's backward would give it.
+        ctx.gx_stride = (
+            _plain_strides(x, weight, bias, layout == "nchw")[0]
+            if ctx.needs_input_grad[0]
+            else None
+        )
         ctx.save_for_backward(x_hat, x_extra, weight, lora_a, lora_b)
         return y
 
@@ -208,7 +360,8 @@ class _LBPFunction(torch.autograd.Function):
         if x_hat2 is not None:
             x_hat2 = x_hat2.to(dt)
 
-        if extra:
+        prefixed = ctx.prefixed
+        if extra and not prefixed:
             g_main, g_extra = g_y[:, extra:], g_y[:, :extra]
             ge2 = g_extra.reshape(-1, cy)
             xe2 = x_extra.reshape(-1, cx).to(dt) if x_extra is not None else None
@@ -216,16 +369,22 @@ class _LBPFunction(torch.autograd.Function):
             g_main, g_extra, ge2, xe2 = g_y, None, None, None
         # Eq. 3 (1/n^2 folded into the matrix) and, in the same GEMM, the exact bias gradient.
         g_src, g_layout = _as_map(g_main, layout)
-        fused = _fusion == "compiled" and proj.impl == "dense"
-        fused_back = _fusion in ("compiled", "compiled_back") and proj.impl == "dense"
+        fused = _fusion == "compiled" and proj.impl == "dense" and not extra
+        fused_back = _fusion in ("compiled", "compiled_back") and proj.impl == "dense" and not extra
         if fused:
             g_hat2, g_sum = _fused_project(proj, g_src, g_layout, need_b)
+        elif prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
+            g_hat, g_sum = (
+                proj._project_prefixed(g_y, extra, True, need_b)
+                if need_b
+                else (proj._project_prefixed(g_y, extra, True, False), None)
+            )
         elif need_b:
             g_hat, g_sum = proj.project(g_src, g_layout, grad=True, bias_sum=True)
         else:
             g_hat, g_sum = proj.project(g_src, g_layout, grad=True), None
         if not fused:
-            g_hat2 = g_hat.reshape(-1, cy)  # (B*P*R, Cy)
+            g_hat2 = g_hat.reshape(-1, cy)  # (B * (E +) P*R, Cy)
 
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
         if need_b:
@@ -233,15 +392,17 @@ class _LBPFunction(torch.autograd.Function):
         if need_w:  # Eq. 4: g_w = g_hat^T x_hat, one GEMM with K = B * P * R
             grad_w = torch.mm(g_hat2.t(), x_hat2)
             if ge2 is not None:
-                grad_w = torch.addmm(grad_w, ge2.t(), xe2)
+                torch.addmm(grad_w, ge2.t(), xe2, out=grad_w)  # in place: no weight-sized copy
             grad_w = grad_w.view_as(weight).to(weight.dtype)
-        gb = None  # g_hat B, shared by g_A and g_x
+        gb = geb = None  # g_hat B (and the prefix rows' g_y B), shared by g_A and g_x
         if a is not None and (need_a or need_x):
             gb = g_hat2 @ b  # (N, r)
+            if ge2 is not None:
+                geb = ge2 @ b
         if need_a:
             grad_a = s * (gb.t() @ x_hat2)
             if ge2 is not None:
-                grad_a = grad_a + s * ((ge2 @ b).t() @ xe2)
+                grad_a = grad_a + s * (geb.t() @ xe2)
             grad_a = grad_a.to(lora_a.dtype)
         if need_bb:
             grad_bb = s * (g_hat2.t() @ (x_hat2 @ a.t()))
@@ -252,19 +413,28 @@ class _LBPFunction(torch.autograd.Function):
             gx_hat = torch.mm(g_hat2, w2)
             if gb is not None:
                 gx_hat = torch.addmm(gx_hat, gb, a, alpha=s)
-            back_layout = "nchw" if layout == "nchw" else "tokens"
-            if fused_back:
-                grad_x = _fused_back(proj, gx_hat.view(bsz, -1, cx), back_layout)
+            # One output in the plain layer's layout, written in place: the prefix rows by
+            # their exact product, the map by the reverse projection (no concatenation copy).
+            grad_x = torch.empty_strided(ctx.x_shape, ctx.gx_stride, dtype=dt, device=g_y.device)
+            z = gx_hat.view(bsz, -1, cx)
+            if prefixed:  # one GEMM writes the prefix rows and the map
+                proj._back_prefixed(z, extra, grad_x)
             else:
-                grad_x = proj.project_back(gx_hat.view(bsz, -1, cx), back_layout)
-            if layout == "nhwc":
-                grad_x = grad_x.view(ctx.x_shape)
-            if extra:
-                gx_extra = g_extra @ w2
+                main = grad_x[:, extra:] if extra else grad_x
+                if layout == "nhwc":
+                    main, back_layout = _nhwc_out(main)
+                else:
+                    back_layout = layout
+                if fused_back:
+                    main.copy_(_fused_back(proj, z, back_layout))
+                else:
+                    proj.project_back(z, back_layout, out=main)
+            if extra and not prefixed:
+                gx_extra = ge2 @ w2
                 if a is not None:
-                    gx_extra = gx_extra + s * ((g_extra @ b) @ a)
-                grad_x = torch.cat([gx_extra, grad_x], dim=1)
-            grad_x = grad_x.to(ctx.x_dtype)
+                    gx_extra = torch.addmm(gx_extra, geb, a, alpha=s)
+                grad_x[:, :extra].copy_(gx_extra.view(bsz, extra, cx))
+            grad_x = grad_x.to(ctx.x_dtype)  # keeps the strides
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
 
 

@@ -7,9 +7,10 @@ between Table 1 and what the counter sees (module docstring of ``lbp_wht.cost``)
 
 * a projection is a GEMM with the +-1 basis matrix: 2 FLOPs per (element, basis) where Table 1
   counts 1; so counted overhead = 2 x Table 1 overhead;
-* on a single-patch map the exact bias gradient rides in the projection GEMM of g_y as one
-  all-ones row: + 2 Cy L;
-* on multi-patch maps the projection GEMM runs over the padded map (Hp x Wp tokens).
+* the exact bias gradient rides in the projection GEMM of g_y as one all-ones row: + 2 Cy L
+  on the dense path;
+* on multi-patch maps the dense path's GEMMs have P * R rows per token, the separable
+  (``patch``) path's far fewer (``WHTProjector.gemm_macs``).
 """
 
 from __future__ import annotations
@@ -82,18 +83,45 @@ def test_counted_equals_analytic_single_lbp_linear(bias: bool, need_x: bool):
     assert analytic.overhead == 2 * t1.overhead + (2 * 2 * cy * L if bias else 0)
 
 
-def test_counted_equals_analytic_lbp_conv_multipatch():
-    """1x1 conv on a 12x12 map: reflect-padded to 16x16 = 4 patches, R per patch."""
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("impl", ["dense", "patch"])
+def test_counted_equals_analytic_lbp_conv_multipatch(impl, channels_last):
+    """1x1 conv on a 12x12 map: reflect-padded to 16x16 = 4 patches, R per patch; read as a
+    channel-major map or (channels-last) as token rows."""
     torch.manual_seed(0)
-    conv = LBPConv2d.from_module(nn.Conv2d(24, 32, 1), LBPConfig(radius=2))
-    x = torch.randn(1, 24, 12, 12, requires_grad=True)
+    conv = LBPConv2d.from_module(nn.Conv2d(24, 32, 1), LBPConfig(radius=2, impl=impl))
+    x = torch.randn(2, 24, 12, 12)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     m = measure_step(conv, x, elementwise=False)
-    cx, cy, R, P, Lp = 24, 32, 3, 4, 16 * 16
-    expected = 2 * (cx + cy) * Lp * R + 4 * cx * cy * P * R + 2 * cx * Lp * R
-    assert m.backprop_flops == expected  # bias gradient is a plain sum on this path
+    cx, cy, R, P, L, B = 24, 32, 3, 4, 12 * 12, 2
+    low_rank = B * 4 * cx * cy * P * R
     geom = cost.trace_linear_layers(conv, lambda: conv(x))
-    assert geom[0].patches == P and geom[0].rank == R and geom[0].proj_tokens == Lp
-    assert cost.model_cost(conv, geom, "gemm")[""].total == expected
+    assert geom[0].patches == P and geom[0].rank == R and geom[0].proj_tokens == L
+    analytic = cost.model_cost(conv, geom, "gemm")[""]
+    assert analytic.total == m.backprop_flops
+    assert analytic.low_rank_mm == low_rank
+    if impl == "dense":  # (P*R, L) matrices; the bias sum is one more row of the g_y GEMM
+        overhead = 2 * (cx + cy) * L * P * R + 2 * cy * L + 2 * cx * L * P * R
+        assert m.backprop_flops == B * overhead + low_rank
+    else:  # the separable projection does fewer multiply-adds than P * R per token
+        assert analytic.overhead < B * 2 * (2 * cx + cy) * L * P * R
+
+
+@pytest.mark.parametrize("impl", ["dense", "patch"])
+def test_counted_equals_analytic_lbp_linear_multipatch_class_token(impl):
+    """ViT-like: a class token before a 14x14 map (four 8x8 patches after padding)."""
+    torch.manual_seed(0)
+    lin = LBPLinear.from_module(
+        nn.Linear(24, 40),
+        LBPConfig(radius=4, impl=impl),
+        geometry=MapGeometry(prefix_tokens=1, hw=(14, 14)),
+    )
+    x = torch.randn(2, 197, 24, requires_grad=True)
+    m = measure_step(lin, x, elementwise=False)
+    geom = cost.trace_linear_layers(lin, lambda: lin(x))
+    assert cost.model_cost(lin, geom, "gemm")[""].total == m.backprop_flops
 
 
 @pytest.mark.parametrize("method", ["lora", "lbp_lora"])

@@ -30,3 +30,7 @@ def test_timm_vit_example_runs_and_lbp_costs_less():
         )
     )
     assert float(rows["LBP-WHT LP_L1-4"]) < float(rows["plain backprop"])
+    # the measured backward time beside the FLOPs, and the speedup labelled as measured here
+    times = re.findall(r"GFLOPs .* backward\s+([\d.]+) ms$", out.stdout, re.M)
+    assert len(times) == 2 and all(float(t) > 0 for t in times), out.stdout
+    assert re.search(r"^measured backward speedup on this machine: [\d.]+x", out.stdout, re.M)

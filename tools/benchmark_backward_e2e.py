@@ -1,11 +1,18 @@
-"""End-to-end backward time of one partial-training step of EfficientFormer-L1 (224 x 224).
+"""End-to-end backward time of one training step: EfficientFormer-L1 partial training (preset
+methods), or a timm model with every linear layer converted.
 
-Full BP, LoRA-all (rank 8) and LBP-WHT LP_L1-2/4/6, built by the presets exactly as training
-builds them; the backward of the step is timed (forward excluded), methods interleaved, beside
-the counted FLOP speedup (see ``lbp_wht.benchmark.e2e``). Usage (regenerates
-``results/latency/e2e_backward_cpu.{csv,md,png,pdf}``)::
+Full BP, LoRA-all (rank 8) and LBP-WHT LP_L1-2/4/6 of EfficientFormer-L1 (224 x 224), built by
+the presets exactly as training builds them; or, with ``--timm NAME``, timm ``NAME``
+(``pretrained=False``, every parameter trainable) as Full BP and as LBP-WHT LP_L1-r for each
+``--r`` (``lbp_wht.convert(model, [dict(target="all-linear", method="lbp", radius=r)])``, the
+README's example). The backward of the step is timed (forward excluded), methods interleaved,
+beside the counted FLOP ratio and, for timm models, the share of the backward spent outside the
+linear layers (see ``lbp_wht.benchmark.e2e``). Usage (regenerates
+``results/latency/e2e_backward_cpu.{csv,md,png,pdf}`` and
+``results/latency/e2e_timm_<model>_cpu.{csv,md}``)::
 
     python tools/benchmark_backward_e2e.py --threads 1 --batch 8
+    python tools/benchmark_backward_e2e.py --timm vit_small_patch16_224 --batch 32 --threads 2
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="efficientformer-l1")
+    ap.add_argument(
+        "--timm",
+        default=None,
+        metavar="NAME",
+        help="instead of --model: a timm model (pretrained=False), every linear layer LBP-WHT",
+    )
+    ap.add_argument("--r", type=int, nargs="+", default=[2, 4], help="LP_L1 radii (--timm)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=1)
@@ -39,34 +53,48 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("batch", "size", "threads", "rounds", "num_classes"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if any(r < 1 for r in args.r):
+        ap.error(f"--r must be positive, got {args.r}")
     from lbp_wht.experiments.vocab import PRESET_MODELS
 
-    if args.model not in PRESET_MODELS:
+    if args.timm is None and args.model not in PRESET_MODELS:
         ap.error(f"--model {args.model!r} is not a preset model; choose one of {PRESET_MODELS}")
     if args.quick:
         args.rounds, args.batch = 3, 2
 
     import torch
 
-    from lbp_wht.benchmark.e2e import run_e2e
+    from lbp_wht.benchmark.e2e import run_e2e, run_e2e_timm
     from lbp_wht.benchmark.timing import configure_allocator
     from lbp_wht.reporting import latency_tables as lt
 
     torch.set_num_threads(args.threads)
     allocator = configure_allocator(args.allocator)
-    rows = run_e2e(
-        model=args.model,
-        batch=args.batch,
-        size=args.size,
-        rounds=args.rounds,
-        num_classes=args.num_classes,
-        threads=args.threads,
-        allocator=allocator,
-    )
+    if args.timm is not None:
+        rows = run_e2e_timm(
+            model=args.timm,
+            batch=args.batch,
+            size=args.size,
+            rounds=args.rounds,
+            threads=args.threads,
+            allocator=allocator,
+            methods=[("full_bp", None), *(("lbp_wht", r) for r in args.r)],
+        )
+    else:
+        rows = run_e2e(
+            model=args.model,
+            batch=args.batch,
+            size=args.size,
+            rounds=args.rounds,
+            num_classes=args.num_classes,
+            threads=args.threads,
+            allocator=allocator,
+        )
     if not args.no_write:
         argv_ = sys.argv[1:] if argv is None else argv
         meta = lt.run_meta(" ".join(["tools/benchmark_backward_e2e.py", *argv_]))
-        print("wrote " + ", ".join(map(str, lt.write_e2e(rows, args.out, meta))))
+        write = lt.write_e2e_timm if args.timm is not None else lt.write_e2e
+        print("wrote " + ", ".join(map(str, write(rows, args.out, meta))))
     return 0
 
 

@@ -16,6 +16,9 @@ the files. Usage (regenerates ``results/latency/table8_cpu.{csv,md,png,pdf}``)::
         --name fusion
     python tools/benchmark_latency.py --batches 64 --variants eager compiled compiled_back \
         --rounds 45 --merge
+    # multi-patch maps (ViT-B with its class token, Swin-T stages 1-2), 2 threads (multipatch_cpu.*)
+    python tools/benchmark_latency.py --threads 2 --batches 64 --r 2 4 --shapes vit-b swin-t \
+        --name multipatch
     # on a GPU: eager, compiled and CUDA-graph replay, Table 8 and ViT-B shapes (table8_cuda.*)
     python tools/benchmark_latency.py --device cuda --variants eager compiled graph \
         --shapes table8 vit-b
@@ -80,10 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--shapes",
         nargs="+",
-        choices=["table8", "vit-b", "tiny"],
+        choices=["table8", "vit-b", "swin-t", "tiny"],
         default=["table8"],
         help="table8: the paper's four shapes (L=49); vit-b: fc1, fc2, proj at L=197 with a "
-        "class token; tiny: two small shapes (smoke tests)",
+        "class token; swin-t: the stage-1 (56x56) and stage-2 (28x28) MLPs; tiny: two small "
+        "shapes (smoke tests)",
     )
     p.add_argument("--name", default="table8", help="output stem: <name>_<device>.*")
     p.add_argument(
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         named = {
             "table8": latency.TABLE8_SHAPES,
             "vit-b": latency.VIT_B_SHAPES,
+            "swin-t": latency.SWIN_T_SHAPES,
             "tiny": latency.TINY_SHAPES,
         }
         for name in args.shapes:

@@ -17,6 +17,8 @@ projection of ``x``).
 from __future__ import annotations
 
 import datetime as _dt
+import statistics
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -157,5 +159,161 @@ def run_e2e(
             f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
             f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)  "
             f"FLOP speedup {flops[base] / flops[label]:.2f}x"
+        )
+    return rows
+
+
+# ---- timm models, every linear layer converted ---------------------------------------------
+#: ``(method, LP_L1 radius)`` of :func:`run_e2e_timm`; the first is the baseline.
+TIMM_METHODS: tuple[tuple[str, int | None], ...] = (
+    ("full_bp", None),
+    ("lbp_wht", 2),
+    ("lbp_wht", 4),
+)
+
+#: Autograd nodes that are the backward of a plain ``nn.Linear`` (``F.linear`` on token input:
+#: ``addmm`` / ``mm`` on the folded rows); LBP-WHT layers are one ``_LBPFunctionBackward`` each.
+LINEAR_NODES = ("AddmmBackward0", "MmBackward0", "_LBPFunctionBackward")
+
+
+def build_timm(name: str, method: str, r: int | None, num_classes: int = 1000) -> torch.nn.Module:
+    """timm ``name`` (``pretrained=False``), everything trainable, in train mode; LBP-WHT
+    LP_L1-r on every linear layer the ``"all-linear"`` rule converts (the README's example)."""
+    import timm
+
+    import lbp_wht
+
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if method == "lbp_wht":
+        lbp_wht.convert(model, [dict(target="all-linear", method="lbp", radius=r)])
+    elif method != "full_bp":
+        raise ValueError(f"unknown method {method!r}; choose full_bp or lbp_wht")
+    model.requires_grad_(True)
+    return model.train()
+
+
+def linear_backward_share(fn: Callable[[], object], rounds: int = 2) -> tuple[float, float]:
+    """``(share, seconds)``: the fraction of one backward ``fn()`` spent in the autograd nodes of
+    linear layers (:data:`LINEAR_NODES`: plain ``nn.Linear`` or LBP-WHT), from
+    ``torch.profiler`` (CPU time of each node including its ops, on the calling thread), median
+    of ``rounds`` profiled calls, and the profiled wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shares, secs = [], []
+    for _ in range(rounds):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t0
+        inside = 0.0
+        for ev in prof.events():
+            name = ev.name
+            if name.startswith("autograd::engine::evaluate_function: "):
+                node = name.split(": ", 1)[1]
+                if node in LINEAR_NODES:
+                    inside += ev.cpu_time_total * 1e-6
+        shares.append(inside / wall)
+        secs.append(wall)
+    return statistics.median(shares), statistics.median(secs)
+
+
+def run_e2e_timm(
+    *,
+    model: str = "vit_small_patch16_224",
+    batch: int = 32,
+    size: int = 224,
+    rounds: int = 10,
+    threads: int = 2,
+    allocator: str = "",
+    methods: Sequence[tuple[str, int | None]] = TIMM_METHODS,
+    log: Callable[[str], None] = say,
+) -> list[dict]:
+    """Backward time of one training step of a timm model (random init, every parameter
+    trainable), Full BP vs LBP-WHT on every linear layer, methods interleaved; beside each the
+    counted FLOP ratio (FlopCounterMode, as :mod:`lbp_wht.measure`) and the share of the
+    backward spent outside the linear layers (:func:`linear_backward_share`)."""
+    from lbp_wht.measure import measure_step
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, 1000, (batch,))
+    fns, info = {}, {}
+    for method, r in methods:
+        label = _label(method, r)
+        torch.manual_seed(0)
+        net = build_timm(model, method, r)
+        params = [p for p in net.parameters() if p.requires_grad]
+        m = measure_step(
+            net, x, loss_fn=lambda out: F.cross_entropy(out, labels), elementwise=False
+        )
+        lbp_layers = sum(type(mod).__name__ == "LBPLinear" for mod in net.modules())
+        linears = sum(isinstance(mod, torch.nn.Linear) for mod in net.modules())
+        loss = F.cross_entropy(net(x), labels)  # graph kept for repeated backward calls
+        fn = (lambda lo, ps: lambda: torch.autograd.grad(lo, ps, retain_graph=True))(loss, params)
+        fn()  # warm-up: projector matrices, stride probes, allocator
+        share, _ = linear_backward_share(fn)
+        fns[label] = fn
+        info[label] = dict(
+            flops=m.backprop_flops,
+            trainable=m.trainable_params,
+            saved=m.saved_activation_bytes,
+            share=share,
+            lbp_layers=lbp_layers,
+            linears=linears,
+        )
+        log(
+            f"built {label}: {lbp_layers} of {linears} linear layers LBP-WHT, "
+            f"{m.backprop_flops / 1e9:.1f} GFLOPs backprop, {100 * share:.0f}% of the backward "
+            "in linear layers"
+        )
+    load0 = loadavg()
+    t = interleaved_timings(fns, rounds, warmup=1)
+    load1 = loadavg()
+    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    base = _label(*methods[0])
+    rows = []
+    for method, r in methods:
+        label = _label(method, r)
+        q1, med, q3 = quartiles(t[label]["wall"])
+        s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
+        _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
+        i = info[label]
+        rows.append(
+            dict(
+                model=model,
+                method=label,
+                preset_method=method,
+                r=r if r is not None else "",
+                batch=batch,
+                size=size,
+                threads=threads,
+                allocator=allocator,
+                backward_ms=med * 1e3,
+                backward_q1_ms=q1 * 1e3,
+                backward_q3_ms=q3 * 1e3,
+                speedup=s_med,
+                speedup_q1=s_q1,
+                speedup_q3=s_q3,
+                speedup_cputime=c_med,
+                backprop_gflops=i["flops"] / 1e9,
+                flop_speedup=info[base]["flops"] / i["flops"],
+                linear_share=i["share"],
+                outside_share=1.0 - i["share"],
+                lbp_layers=i["lbp_layers"],
+                linear_layers=i["linears"],
+                trainable_params=i["trainable"],
+                saved_activation_mb=i["saved"] / 2**20,
+                rounds=rounds,
+                loadavg_1m_start=round(load0[0], 2),
+                loadavg_1m_end=round(load1[0], 2),
+                torch=torch.__version__,
+                date=date,
+            )
+        )
+        log(
+            f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
+            f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)  "
+            f"FLOP speedup {info[base]['flops'] / i['flops']:.2f}x  outside linear layers "
+            f"{100 * (1 - i['share']):.0f}%"
         )
     return rows

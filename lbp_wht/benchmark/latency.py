@@ -55,6 +55,12 @@ TABLE8_SHAPES = {
 #: L = 197 tokens, a class token (exact gradients) before the 14x14 map: (Cx, Cy, L, prefix).
 VIT_B_SHAPES = {"vit-b": [(768, 3072, 197, 1), (3072, 768, 197, 1), (768, 768, 197, 1)]}
 
+#: Swin-T at 224 px: the MLPs of stage 1 (56x56 map, C = 96 -> 384 -> 96) and stage 2 (28x28,
+#: 192 -> 768 -> 192), no prefix tokens: (Cx, Cy, L).
+SWIN_T_SHAPES = {
+    "swin-t": [(96, 384, 3136), (384, 96, 3136), (192, 768, 784), (768, 192, 784)],
+}
+
 #: Small shapes for smoke tests of the same code paths (one 7x7 map; a class token + 14x14).
 TINY_SHAPES = {"tiny": [(32, 64, 49), (32, 48, 197, 1)]}
 
@@ -541,6 +547,20 @@ def fwht_project(proj: WHTProjector, x: torch.Tensor) -> torch.Tensor:
     return t.index_select(2, idx).reshape(b, proj.low_rank_tokens, c)
 
 
+def legacy_patch_project(proj: WHTProjector, x: torch.Tensor) -> torch.Tensor:
+    """The previous multi-patch projection (kept as the "before" of ``run_projection``): pad
+    the map by a gather (one copy), view it as patches and contract each with the
+    ``(n, n, R)`` basis in one einsum (which permutes, i.e. copies, on the way). Tokens
+    ``(B, L, C)`` -> ``(B, P*R, C)``, grad scaling, same values as ``project``."""
+    n = proj.order
+    xp = proj._padded_bhwc(x, "tokens")
+    b, c = xp.shape[0], xp.shape[-1]
+    patches = xp.reshape(b, proj.hp // n, n, proj.wp // n, n, c)
+    basis = proj._const("basis_g", x.dtype, x.device)
+    out = torch.einsum("bpuqvc,uvk->bpqkc", patches, basis)
+    return out.reshape(b, proj.low_rank_tokens, c)
+
+
 def run_projection(
     *,
     sizes: Sequence[int] = (7, 14, 28, 56),
@@ -552,10 +572,14 @@ def run_projection(
     log: Callable[[str], None] = say,
 ) -> list[dict]:
     """Time the projection of g (with the fused bias sum) and the reverse projection for the
-    ``dense`` GEMM (padding folded into one (P*R+1, L) matrix), the ``patch`` GEMM (pad, then
-    contract each patch with the (n, n, R) basis) and the butterfly fast WHT, on square maps of
-    side ``sizes`` (tokens layout, ``(batch, side*side, channels)``), LP_L1-r for each ``rs``.
+    ``dense`` GEMM (padding folded into one (P*R+1, L) matrix), the separable ``patch``
+    implementation, the previous per-patch path (:func:`legacy_patch_project`, projection only)
+    and the butterfly fast WHT, on square maps of side ``sizes`` (tokens layout,
+    ``(batch, side*side, channels)``), LP_L1-r for each ``rs``; beside them the modelled costs
+    of :func:`lbp_wht.projection.projection_cost` and what ``impl="auto"`` picks.
     ``rounds`` 0: 15 (at least 5); ``quick``: 3."""
+    from ..projection import BYTE_COST, projection_cost
+
     rows = []
     c, bsz = channels, batch
     for side in sizes:
@@ -565,10 +589,14 @@ def run_projection(
             p_d = WHTProjector((side, side), bases, 8, "reflect", "dense")
             p_p = WHTProjector((side, side), bases, 8, "reflect", "patch")
             torch.testing.assert_close(fwht_project(p_p, g), p_p.project(g), rtol=1e-4, atol=1e-3)
+            torch.testing.assert_close(
+                legacy_patch_project(p_p, g), p_p.project(g, grad=True), rtol=1e-4, atol=1e-4
+            )
             low = torch.randn(bsz * p_d.low_rank_tokens, c)
             fns = {
                 "dense_proj": lambda p=p_d, g=g: p.project(g, "tokens", grad=True, bias_sum=True),
                 "patch_proj": lambda p=p_p, g=g: p.project(g, "tokens", grad=True, bias_sum=True),
+                "legacy_proj": lambda p=p_p, g=g: (legacy_patch_project(p, g), g.sum((0, 1))),
                 "fwht_proj": lambda p=p_p, g=g: (fwht_project(p, g), g.sum((0, 1))),
                 "dense_rev": lambda p=p_d, lo=low: p.project_back(lo.view(bsz, -1, c)),
                 "patch_rev": lambda p=p_p, lo=low: p.project_back(lo.view(bsz, -1, c)),
@@ -577,6 +605,7 @@ def run_projection(
             t = interleaved_timings(fns, n_rounds, warmup=2)
             med = {k: statistics.median(v["wall"]) * 1e6 for k, v in t.items()}
             cmed = {k: statistics.median(v["cpu"]) * 1e6 for k, v in t.items()}
+            model = projection_cost((side, side), bases)
             row = dict(
                 hw=f"{side}x{side}",
                 patches=p_d.num_patches,
@@ -586,15 +615,20 @@ def run_projection(
                 channels=c,
                 **{f"{k}_us": v for k, v in med.items()},
                 **{f"{k}_cpu_us": v for k, v in cmed.items()},
+                model_dense=model["dense"],
+                model_patch=model["patch"],
+                byte_cost=BYTE_COST,
                 auto_impl=WHTProjector((side, side), bases).impl,
                 loadavg_1m=round(loadavg()[0], 2),
             )
             rows.append(row)
+            both = {k: med[f"{k}_proj"] + med[f"{k}_rev"] for k in ("dense", "patch")}
             log(
                 f"{side}x{side} P={p_d.num_patches} R={len(bases)}: project g "
-                f"dense {med['dense_proj']:.0f} / patch {med['patch_proj']:.0f} / fwht "
-                f"{med['fwht_proj']:.0f} us; reverse dense {med['dense_rev']:.0f} / patch "
-                f"{med['patch_rev']:.0f} us (auto: {row['auto_impl']})"
+                f"dense {med['dense_proj']:.0f} / patch {med['patch_proj']:.0f} / previous "
+                f"{med['legacy_proj']:.0f} / fwht {med['fwht_proj']:.0f} us; reverse dense "
+                f"{med['dense_rev']:.0f} / patch {med['patch_rev']:.0f} us; both: faster "
+                f"{min(both, key=both.__getitem__)}, auto {row['auto_impl']}"
             )
     return rows
 

@@ -326,12 +326,23 @@ def ablation_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
 
 def projection_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     def cell(r: dict[str, Any], k: str) -> str:
+        if r.get(k + "_us") in ("", None):
+            return "-"
         return f"{r[k + '_us']:.0f} ({r[k + '_cpu_us']:.0f})"
 
-    impls = ("dense_proj", "patch_proj", "fwht_proj", "dense_rev", "patch_rev")
+    def faster(r: dict[str, Any]) -> str:
+        both = {k: r[f"{k}_proj_us"] + r[f"{k}_rev_us"] for k in ("dense", "patch")}
+        return min(both, key=both.__getitem__)
+
+    def model(r: dict[str, Any]) -> str:
+        if r.get("model_dense") in ("", None):
+            return "-"
+        return f"{r['model_dense']:.0f} / {r['model_patch']:.0f}"
+
+    impls = ("dense_proj", "patch_proj", "legacy_proj", "fwht_proj", "dense_rev", "patch_rev")
     lines = [
-        [r["hw"], r["patches"], r["R"], *(cell(r, k) for k in impls), r["auto_impl"]]
-        + [f"{r['loadavg_1m']:.1f}"]
+        [r["hw"], r["patches"], r["R"], *(cell(r, k) for k in impls), faster(r), model(r)]
+        + [r["auto_impl"], f"{r['loadavg_1m']:.1f}"]
         for r in rows
     ]
     return render(
@@ -357,6 +368,40 @@ def write_component_table(
 
 
 # -------------------------------------------------------------------------------- end to end
+def e2e_timm_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The Markdown of :func:`lbp_wht.benchmark.e2e.run_e2e_timm` rows (one model)."""
+    r0 = rows[0]
+    lines = [
+        [
+            r["method"],
+            f"{int(r['lbp_layers'])} / {int(r['linear_layers'])}",
+            f"{r['backward_ms']:.0f} [{r['backward_q1_ms']:.0f}, {r['backward_q3_ms']:.0f}]",
+            f"**{r['speedup']:.2f}x** [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+            f"{r['speedup_cputime']:.2f}x",
+            f"{r['backprop_gflops']:.1f}",
+            f"{r['flop_speedup']:.2f}x",
+            f"{100 * r['linear_share']:.0f}%",
+            f"{100 * r['outside_share']:.0f}%",
+            f"{r['saved_activation_mb']:.0f}",
+        ]
+        for r in rows
+    ]
+    return render(
+        "latency_e2e_timm.md.j2",
+        meta=meta,
+        model=r0["model"],
+        date=r0["date"],
+        threads=r0["threads"],
+        batch=r0["batch"],
+        size=r0["size"],
+        rounds=r0["rounds"],
+        load0=f"{r0['loadavg_1m_start']:.2f}",
+        load1=f"{r0['loadavg_1m_end']:.2f}",
+        allocator=r0["allocator"],
+        lines=lines,
+    )
+
+
 def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     r0 = rows[0]
     lines = [
@@ -428,6 +473,18 @@ def write_e2e(
     paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
     paths.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
     return paths + plot_e2e(rows, stem) + [_write_meta(stem, meta)]
+
+
+def write_e2e_timm(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
+) -> list[Path]:
+    """``e2e_timm_<model>_cpu.{csv,md,run.json}`` under ``out_dir``."""
+    stem = Path(out_dir) / f"e2e_timm_{rows[0]['model']}_cpu"
+    return [
+        write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT),
+        write_text(stem.with_suffix(".md"), e2e_timm_markdown(rows, meta)),
+        _write_meta(stem, meta),
+    ]
 
 
 # ----------------------------------------------------------------------------- training step
@@ -550,11 +607,13 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
     found = (
         sorted(out.glob("table8_*.csv"))
         + sorted(out.glob("fusion_*.csv"))
+        + sorted(out.glob("multipatch_*.csv"))
         + [p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()]
     )
     e2e = out / "e2e_backward_cpu.csv"
     steps = sorted(out.glob("step_*.csv"))
-    if not found and not e2e.exists() and not steps:
+    timm = sorted(out.glob("e2e_timm_*_cpu.csv"))
+    if not found and not e2e.exists() and not steps and not timm:
         raise FileNotFoundError(
             f"no benchmark CSV (table8_<device>.csv, fusion_<device>.csv, ablation_cpu.csv, "
             f"projection_cpu.csv, e2e_backward_cpu.csv, step_<device>.csv) in {out}"
@@ -562,7 +621,7 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
     for csv_path in found:
         stem = csv_path.with_suffix("")
         meta, rows = read_meta(stem), _read_rows(csv_path)
-        if stem.name.startswith(("table8_", "fusion_")):
+        if stem.name.startswith(("table8_", "fusion_", "multipatch_")):
             device = str(rows[0]["device"])
             written.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
             written += plot_table8(rows, stem)
@@ -580,6 +639,10 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
         meta, rows = read_meta(stem), _read_rows(csv_path)
         written.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
         written += plot_step(rows, stem)
+    for csv_path in timm:
+        stem = csv_path.with_suffix("")
+        meta, rows = read_meta(stem), _read_rows(csv_path)
+        written.append(write_text(stem.with_suffix(".md"), e2e_timm_markdown(rows, meta)))
     return written
 
 
