@@ -2,8 +2,9 @@
 
 Each test injects one fault (``fault_hooks.FaultHook``) and checks what is on disk afterwards
 and that ``--resume`` finishes the run: a save failing on a full disk (``RLIMIT_FSIZE``), a
-kill -9 in the middle of a save, a truncated newest checkpoint, SIGTERM, a NaN weight, two
-runs on one work dir and a sweep-launched run (which holds the lock for its child).
+kill -9 in the middle of a save, a truncated newest checkpoint, SIGTERM (after which a fresh
+start in the same dir is refused, nothing replaced), a NaN weight, two runs on one work dir
+and a sweep-launched run (which holds the lock for its child).
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def test_sigterm_records_interrupted_and_resume_continues(data, tmp_path):
     rec = _record(wd)
     assert rec["status"] == "interrupted" and rec["iterations"] == 2  # counted by mmengine
     assert "SIGTERM" in rec["error"] and "--resume" in rec["error"]
+    # A fresh start (no --resume) there would replace the record and the checkpoint: refused.
+    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+    fresh = _train(config, wd, data)
+    assert fresh.returncode == 2, fresh.stderr[-3000:]
+    assert "WorkDirHasRunError" in fresh.stderr and "record status 'interrupted'" in fresh.stderr
+    assert {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()} == before
     _resume_completes(config, wd, data, from_iter=2)
 
 
