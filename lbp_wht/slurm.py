@@ -17,7 +17,6 @@ import difflib
 import json
 import math
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -139,15 +138,13 @@ def time_limit_s(text: str) -> int | None:
             f"time {text!r}: not a SLURM time limit; use minutes, H:MM:SS or D-HH:MM:SS (e.g. 12:00:00, 2-00:00:00)"
         )
     days, a, b, c = m.groups()
-    if days is not None:
+    if days is not None:  # D-H[:M[:S]]
         return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    return (
-        int(a) * 60
-        if b is None
-        else int(a) * 60 + int(b)
-        if c is None
-        else int(a) * 3600 + int(b) * 60 + int(c)
-    )
+    if b is None:  # minutes
+        return int(a) * 60
+    if c is None:  # M:S
+        return int(a) * 60 + int(b)
+    return int(a) * 3600 + int(b) * 60 + int(c)
 
 
 def _int(key: str, value: Any) -> int | None:
@@ -162,6 +159,23 @@ def _int(key: str, value: Any) -> int | None:
     if n < _INT_KEYS[key]:
         raise SlurmConfigError(f"{key}: {n} is below the smallest allowed value {_INT_KEYS[key]}")
     return n
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+        return value.lower() in ("1", "true", "yes")
+    raise SlurmConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _word(key: str, value: Any) -> str:
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not text.isprintable():
+        raise SlurmConfigError(f"{key}: {value!r} must be one word, not empty")
+    if not text or len(text.split()) != 1:
+        raise SlurmConfigError(f"{key}: {value!r} must be one word, not empty")
+    return text
 
 
 def _words(key: str, value: Any) -> tuple[str, ...]:
@@ -202,27 +216,11 @@ class SlurmOptions:
             if f.name in ("sbatch_args", "setup"):
                 v = _words(f.name, v)
             elif f.name == "requeue":
-                if not isinstance(v, bool) and str(v).lower() not in (
-                    "1",
-                    "true",
-                    "yes",
-                    "0",
-                    "false",
-                    "no",
-                ):
-                    raise SlurmConfigError(f"requeue: expected true or false, got {v!r}")
-                v = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+                v = _bool(f.name, v)
             elif f.name in _INT_KEYS:
                 v = _int(f.name, v)
             elif v is not None:
-                if (
-                    not isinstance(v, (str, int))
-                    or isinstance(v, bool)
-                    or not str(v).strip()
-                    or any(c.isspace() for c in str(v).strip())
-                ):
-                    raise SlurmConfigError(f"{f.name}: {v!r} must be one word, not empty")
-                v = str(v).strip()
+                v = _word(f.name, v)
             object.__setattr__(self, f.name, v)
         for arg in self.sbatch_args:
             if not arg.startswith("--") or len(arg) < 3:
@@ -251,9 +249,9 @@ class SlurmOptions:
 
     @property
     def tasks_per_node(self) -> int:
-        return (
-            (self.gpus_per_node or min(self.gpus_per_run, 8)) if self.gpus_per_run else self.tasks
-        )
+        if self.gpus_per_run:
+            return self.gpus_per_node or min(self.gpus_per_run, 8)
+        return self.tasks
 
     @property
     def nodes(self) -> int:
@@ -303,8 +301,11 @@ class SlurmOptions:
                 f"gpu:{self.gpu_type + ':' if self.gpu_type else ''}{self.tasks_per_node}"
             )
         for key in ("cpus_per_task", "mem", "partition", "account", "qos", "constraint"):
-            params.update({key: getattr(self, key)} if getattr(self, key) is not None else {})
-        return params | ({"comment": comment} if comment else {})
+            if getattr(self, key) is not None:
+                params[key] = getattr(self, key)
+        if comment:
+            params["comment"] = comment
+        return params
 
 
 def load_options_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -388,14 +389,10 @@ class _Executor(SlurmExecutor):
         return 2
 
     def _make_submission_file_text(self, command: str, uid: str) -> str:
-        text = super()._make_submission_file_text(command, uid)
-        keep = "time" in self.parameters.get("additional_parameters", {})
-        return (
-            "\n".join(
-                ln for ln in text.splitlines() if keep or not ln.startswith("#SBATCH --time=")
-            )
-            + "\n"
-        )
+        lines = super()._make_submission_file_text(command, uid).splitlines()
+        if "time" not in self.parameters.get("additional_parameters", {}):
+            lines = [ln for ln in lines if not ln.startswith("#SBATCH --time=")]
+        return "\n".join(lines) + "\n"
 
 
 def _folder(root: Path) -> Path:
@@ -427,28 +424,16 @@ class Scheduler:
         )
 
     def queue(self) -> Queue:
+        argv = ["squeue", "--me", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%k"]
         try:
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:
-            user = os.environ.get("USER", str(os.getuid()))
-        argv = ["squeue", "-h", "-r", "-t", "all", "-u", user, "-o", "%i|%T|%r|%k"]
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-            )
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as err:
             raise SchedulerError(f"`{shlex.join(argv)}` failed: {err}") from None
         if proc.returncode:
-            raise SchedulerError(
-                f"`{shlex.join(argv)}` exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:] or 'no message'}"
-            )
-        return Queue(
-            [
-                Job(*(p.strip() for p in ln.split("|", 3)))
-                for ln in proc.stdout.splitlines()
-                if ln.count("|") >= 3
-            ]
-        )
+            why = (proc.stderr or proc.stdout).strip()[-300:] or "no message"
+            raise SchedulerError(f"`{shlex.join(argv)}` exited {proc.returncode}: {why}")
+        lines = [ln.split("|", 3) for ln in proc.stdout.splitlines() if ln.count("|") >= 3]
+        return Queue([Job(*(p.strip() for p in parts)) for parts in lines])
 
     def submit(
         self, jobs: Sequence[TrainJob], parameters: dict[str, Any], folder: Path
@@ -679,11 +664,16 @@ def job_command(run: Run, options: SlurmOptions, resume_args: Sequence[str]) -> 
     return cmd + (["--launcher", "slurm"] if options.distributed else [])
 
 
+_LIVE = ("submitted", "resubmitted", "queued", "running", "locked")
+
+
 class _SlurmSweep:
     def __init__(
         self, runs: list[Run], options: SlurmOptions, sched: Scheduler, out: IO[str], **kw: Any
     ) -> None:
-        self.runs, self.options, self.sched, self.out, self.kw = runs, options, sched, out, kw
+        self.runs, self.options, self.sched, self.out = runs, options, sched, out
+        self.expected_digest = kw["expected_digest"]
+        self.rerun_changed, self.resume_args = kw["rerun_changed"], kw["resume_args"]
         self.results: dict[int, SlurmResult] = {}
         self.blocked = ""  # why submitting stopped (a failed sbatch)
 
@@ -692,12 +682,19 @@ class _SlurmSweep:
         self.out.flush()
 
     def line(self, i: int, res: SlurmResult) -> None:
+        width = len(str(len(self.runs)))
         self.say(
-            f"[{i:>{len(str(len(self.runs)))}}/{len(self.runs)}] {res.run.run_id}  {res.status.upper()}  {res.message}"
+            f"[{i:>{width}}/{len(self.runs)}] {res.run.run_id}  {res.status.upper()}  {res.message}"
         )
 
+    def _passive(self, run: Run, st: RunStatus) -> SlurmResult:
+        kept = "; kept (--rerun-changed re-runs)" if st.state == "changed" else ""
+        status = "skipped" if st.state == "done" else st.state
+        return SlurmResult(run, status, st.job.job_id if st.job else None, st.detail + kept)
+
     def submit_pass(self, indices: Sequence[int]) -> None:
-        """Decide and submit ``indices`` (1-based), under each work root's submission lock."""
+        """Decide on and submit ``indices`` (1-based), under each work root's submission lock,
+        with a ``squeue`` taken under it (another sweep may have submitted meanwhile)."""
         before = {i: self.results[i].status for i in indices if i in self.results}
         groups: dict[tuple[Path, str], list[int]] = {}
         for i in indices:
@@ -706,83 +703,53 @@ class _SlurmSweep:
         for (root, cwd), items in sorted(groups.items()):
             with RunLock(root / ".slurm-submit.lock") as lock:
                 lock.acquire(blocking=True)
-                queue = (
-                    self.sched.queue()
-                )  # fresh, under the lock: another sweep may have submitted
-                todo = []
+                queue, todo = self.sched.queue(), []
                 for i in items:
-                    st = run_status(self.runs[i - 1], queue, self.kw["expected_digest"])
-                    if _would_submit(st, self.kw["rerun_changed"]):
+                    st = run_status(self.runs[i - 1], queue, self.expected_digest)
+                    if _would_submit(st, self.rerun_changed):
                         todo.append((i, st))
-                        continue
-                    msg = st.detail + (
-                        "; kept (--rerun-changed re-runs)" if st.state == "changed" else ""
-                    )
-                    self.results[i] = SlurmResult(
-                        self.runs[i - 1],
-                        {"done": "skipped"}.get(st.state, st.state),
-                        st.job.job_id if st.job else None,
-                        msg,
-                    )
-                live = sum(
-                    r.status in ("queued", "running", "submitted", "resubmitted")
-                    for r in self.results.values()
-                )
-                room = max(0, self.options.max_jobs - live) if self.options.max_jobs else len(todo)
-                why = (
-                    f"not submitted: {self.blocked}"
-                    if self.blocked
-                    else f"max_jobs={self.options.max_jobs}"
-                )
-                for i, _ in todo[room:] if not self.blocked else todo:
+                    else:
+                        self.results[i] = self._passive(self.runs[i - 1], st)
+                room = len(todo)
+                if self.options.max_jobs:
+                    live = sum(r.status in _LIVE[:4] for r in self.results.values())
+                    room = max(0, self.options.max_jobs - live)
+                if self.blocked:
+                    room = 0
+                for i, _ in todo[room:]:
+                    why = self.blocked or f"max_jobs={self.options.max_jobs}"
                     self.results[i] = SlurmResult(self.runs[i - 1], "deferred", message=why)
-                if todo[:room] and not self.blocked:
+                if todo[:room]:
                     self._submit(todo[:room], root, cwd)
         for i in indices:
             if self.results[i].status != before.get(i, "skipped"):
                 self.line(i, self.results[i])
 
     def _submit(self, todo: list[tuple[int, RunStatus]], root: Path, cwd: str) -> None:
-        token, base = uuid.uuid4().hex[:12], {}
+        """One array of ``todo``: a marker in each run's job list first (so that a crash after
+        ``sbatch`` is found by the array's comment), the job ids after."""
+        token, kept, moved = uuid.uuid4().hex[:12], {}, {}
         runs = [self.runs[i - 1] for i, _ in todo]
-        jobs = [
-            TrainJob(
-                r, job_command(r, self.options, self.kw["resume_args"]), self.options.distributed
-            )
-            for r in runs
-        ]
+        commands = [job_command(r, self.options, self.resume_args) for r in runs]
         for k, (i, st) in enumerate(todo):
             run = self.runs[i - 1]
-            moved = (
-                f"moved the earlier work dir aside to {stale_aside(run.work_dir)}; "
-                if st.fresh and run.work_dir.exists()
-                else ""
-            )
+            if st.fresh and run.work_dir.exists():
+                moved[i] = f"moved the earlier work dir aside to {stale_aside(run.work_dir)}; "
             run.work_dir.mkdir(parents=True, exist_ok=True)
-            history = [] if moved else [j for j in read_jobs(run)["jobs"] if isinstance(j, dict)]
-            base[i] = (
-                {"run_id": run.run_id, "work_dir": str(run.work_dir), "jobs": history},
-                moved,
+            history = [] if i in moved else read_jobs(run)["jobs"]
+            kept[i] = {"run_id": run.run_id, "work_dir": str(run.work_dir), "jobs": history}
+            mark = dict(
+                token=token, index=k, since=utc_now(), host=socket.gethostname(), pid=os.getpid()
             )
-            mark = {
-                "token": token,
-                "index": k,
-                "since": utc_now(),
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-            write_record(run.work_dir / JOBS_NAME, {**base[i][0], "submitting": mark})
+            write_record(run.work_dir / JOBS_NAME, {**kept[i], "submitting": mark})
+        jobs = [TrainJob(r, c, self.options.distributed) for r, c in zip(runs, commands)]
         name = runs[0].run_id if len(runs) == 1 else f"lbp_wht-{len(runs)}runs"
+        params = self.options.parameters(cwd, len(jobs), _comment(token), name)
+        note = ""
         try:
-            ids, note = (
-                self.sched.submit(
-                    jobs,
-                    self.options.parameters(cwd, len(jobs), _comment(token), name),
-                    _folder(root),
-                ),
-                "",
-            )
-        except SchedulerError as err:  # the controller may have accepted the array before the error
+            ids = self.sched.submit(jobs, params, _folder(root))
+        except SchedulerError as err:  # the controller may have accepted it before the error
+            note = f" ({err})"
             try:
                 found = {
                     _task(j.job_id): j.job_id
@@ -791,31 +758,40 @@ class _SlurmSweep:
                 }
             except SchedulerError:
                 found = {}
-            ids, note = [found.get(k) for k in range(len(todo))], f" ({err})"
+            ids = [found.get(k) for k in range(len(todo))]
             if not found:
-                self.blocked = f"an earlier sbatch failed ({err})"
+                self.blocked = f"not submitted: an earlier sbatch failed ({err})"
         for (i, st), job_id in zip(todo, ids):
-            run, (rec, moved) = self.runs[i - 1], base[i]
+            run = self.runs[i - 1]
             point = st.plan.point.name if st.plan and st.plan.point else None
             entry = {"job_id": job_id, "submitted": utc_now(), "resumes_from": point}
-            write_record(
-                run.work_dir / JOBS_NAME, {**rec, "jobs": rec["jobs"] + ([entry] if job_id else [])}
-            )
+            jobs_done = kept[i]["jobs"] + ([entry] if job_id else [])
+            write_record(run.work_dir / JOBS_NAME, {**kept[i], "jobs": jobs_done})
             if job_id is None:
-                self.results[i] = SlurmResult(run, "failed", message=f"sbatch failed:{note}")
-            elif st.state in ("ended", "stale") and not moved:
-                self.results[i] = SlurmResult(
-                    run, "resubmitted", job_id, f"resubmitted as job {job_id} ({st.detail}){note}"
-                )
+                res = SlurmResult(run, "failed", message=f"sbatch failed:{note}")
+            elif st.state in ("ended", "stale") and i not in moved:
+                msg = f"resubmitted as job {job_id} ({st.detail}){note}"
+                res = SlurmResult(run, "resubmitted", job_id, msg)
             else:
-                self.results[i] = SlurmResult(
-                    run, "submitted", job_id, f"{moved}job {job_id}{note}"
-                )
+                res = SlurmResult(run, "submitted", job_id, f"{moved.get(i, '')}job {job_id}{note}")
+            self.results[i] = res
+
+    def _final(self, run: Run, res: SlurmResult, st: RunStatus) -> SlurmResult:
+        """``done``, or ``failed`` with the end of the job's output."""
+        if st.state in ("done", "changed"):
+            return SlurmResult(
+                run, "done", res.job_id, f"job {res.job_id}: {result_line(run, 'done')[8:]}"
+            )
+        if not res.job_id:
+            return SlurmResult(run, "failed", None, f"{st.detail}; log {run.work_dir}")
+        out = output_path(run, res.job_id)
+        tail = "".join(f"\n      {t}" for t in log_tail(out, 1500).strip().splitlines()[-6:])
+        return SlurmResult(run, "failed", res.job_id, f"{st.detail}; log {out}{tail}")
 
     def follow(self, poll_s: float, progress_every_s: float) -> None:
-        """Until none of the sweep's jobs is queued or running (and none is deferred)."""
-        live = ("submitted", "resubmitted", "queued", "running", "locked")
-        mine = {i for i, r in self.results.items() if r.status in live + ("deferred",)}
+        """Until none of the sweep's jobs is queued or running and none is deferred; a job that
+        ends without a complete record is ``failed`` (not resubmitted by this invocation)."""
+        mine = {i for i, r in self.results.items() if r.status in _LIVE + ("deferred",)}
         last, failures = 0.0, 0
         while mine:
             time.sleep(poll_s)
@@ -830,30 +806,17 @@ class _SlurmSweep:
                 continue
             for i in sorted(mine):
                 run, res = self.runs[i - 1], self.results[i]
-                if res.status not in live:  # deferred (tried below), or a submission that failed
-                    mine.discard(i) if res.status != "deferred" or self.blocked else None
+                if res.status not in _LIVE:  # deferred (submitted below) or a failed submission
+                    if res.status != "deferred" or self.blocked:
+                        mine.discard(i)
                     continue
-                st = run_status(run, queue, self.kw["expected_digest"])
+                st = run_status(run, queue, self.expected_digest)
                 if st.state in ("queued", "running", "locked"):
                     self.results[i] = replace(res, status=st.state, message=st.detail)
-                    continue
-                mine.discard(i)
-                if st.state in ("done", "changed"):
-                    final = SlurmResult(
-                        run, "done", res.job_id, f"job {res.job_id}: {result_line(run, 'done')[8:]}"
-                    )
                 else:
-                    out = output_path(run, res.job_id) if res.job_id else run.work_dir
-                    tail = (
-                        "".join(
-                            f"\n      {t}" for t in log_tail(out, 1500).strip().splitlines()[-6:]
-                        )
-                        if res.job_id
-                        else ""
-                    )
-                    final = SlurmResult(run, "failed", res.job_id, f"{st.detail}; log {out}{tail}")
-                self.results[i] = final
-                self.line(i, final)
+                    mine.discard(i)
+                    self.results[i] = self._final(run, res, st)
+                    self.line(i, self.results[i])
             deferred = sorted(i for i in mine if self.results[i].status == "deferred")
             if deferred and not self.blocked:
                 self.submit_pass(deferred)
@@ -868,15 +831,13 @@ class _SlurmSweep:
         self.say("slurm: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         for i in sorted(mine):
             res = self.results[i]
-            prog = (
-                parse_progress(log_tail(output_path(res.run, res.job_id)))
-                if res.status == "running" and res.job_id
-                else None
-            )
+            if res.status != "running" or not res.job_id:
+                continue
+            prog = parse_progress(log_tail(output_path(res.run, res.job_id)))
             if prog is not None:
+                eta = f", ETA {prog[1]}" if prog[1] else ""
                 self.say(
-                    f"  {res.run.run_id} job {res.job_id}: {prog[2]} {100 * prog[0]:.0f}%"
-                    + (f", ETA {prog[1]}" if prog[1] else "")
+                    f"  {res.run.run_id} job {res.job_id}: {prog[2]} {100 * prog[0]:.0f}%{eta}"
                 )
 
 

@@ -307,13 +307,9 @@ def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
     s = int(round(seconds))
-    return (
-        f"{s // 3600}h{s % 3600 // 60:02d}m"
-        if s >= 3600
-        else f"{s // 60}m{s % 60:02d}s"
-        if s >= 60
-        else f"{s}s"
-    )
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def log_tail(path: Path, nbytes: int = 8192) -> str:
@@ -332,11 +328,9 @@ def result_line(run: Run, status: str, message: str = "") -> str:
         return f"{status.upper():7s} {message}"
     rec = read_record(run.record_path) or {}
     value = rec.get("value")
-    return "done    " + (
-        f"{rec.get('metric', 'value')}={value:.2f}"
-        if isinstance(value, (int, float))
-        else "no value"
-    )
+    if not isinstance(value, (int, float)):
+        return "done    no value"
+    return f"done    {rec.get('metric', 'value')}={value:.2f}"
 
 
 class _Progress:
@@ -382,10 +376,9 @@ class _Progress:
             for run, bar, start in list(self.active.values()):
                 prog = parse_progress(log_tail(run.log_path), max_epochs(run))
                 frac, eta, phase = prog or (0.0, "", "train")
-                info = (
-                    f"{'' if phase == 'train' else phase + ' '}{format_duration(time.time() - start)}"
-                    + (f", {phase} ETA {eta}" if eta else "")
-                )
+                info = format_duration(time.time() - start)
+                info = info if phase == "train" else f"{phase} {info}"
+                info += f", {phase} ETA {eta}" if eta else ""
                 bar.n = int(frac * 1000)
                 bar.set_postfix_str(info)
                 rows.append(f"  {run.run_id}  {100 * frac:5.1f}%  {info}")
@@ -447,6 +440,13 @@ class _Sweep:
         self.stop, self.mutex = threading.Event(), threading.Lock()
         self.results: dict[int, RunResult] = {}
 
+    @staticmethod
+    def _settled(run: Run, p: Plan) -> RunResult:
+        if p.action == "changed":
+            why = p.why + "; kept (--rerun-changed moves it aside and re-runs it)"
+            return RunResult(run, "changed", message=why)
+        return RunResult(run, "skipped", message=p.why)
+
     def _max_epochs(self, run: Run) -> int | None:
         v = run.meta.get(self.kw["max_epochs_key"])
         return int(v) if isinstance(v, (int, float)) and v else None
@@ -464,14 +464,7 @@ class _Sweep:
         try:
             p = plan(run, self.kw["expected_digest"], self.kw["rerun_changed"])
             if p.action in ("skip", "changed"):
-                note = (
-                    "; kept (--rerun-changed moves it aside and re-runs)"
-                    if p.action == "changed"
-                    else ""
-                )
-                return RunResult(
-                    run, "skipped" if p.action == "skip" else "changed", message=p.why + note
-                )
+                return self._settled(run, p)
             if self.stop.is_set():
                 return RunResult(run, "interrupted", message="sweep stopped")
             resume = self.kw["resume_args"] if p.action == "resume" else ()
@@ -588,12 +581,7 @@ class _Sweep:
             if p.action in ("skip", "changed"):
                 undigested += "no config_digest" in p.why
                 changed += p.action == "changed"
-                res = RunResult(run, "skipped", message=p.why)
-                if p.action == "changed":
-                    res = RunResult(
-                        run, "changed", message=p.why + "; kept (--rerun-changed re-runs it)"
-                    )
-                self._report(i, res)
+                self._report(i, self._settled(run, p))
             else:
                 todo.append((i, run))
         self.progress.line(

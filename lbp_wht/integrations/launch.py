@@ -178,13 +178,9 @@ def check_override_keys(cfg: Config, options: Mapping[str, Any]) -> None:
                 f"--cfg-options {key}: unknown top-level key `{top}`{near}; nothing reads it."
             )
             continue
-        value = cfg[top]
-        uses = (
-            []
-            if isinstance(value, (bool, Mapping))
-            else list(_paths_with_value(cfg.to_dict(), value))
-        )
-        uses = [u for u in uses if u != top][:6]
+        value, uses = cfg[top], []
+        if not isinstance(value, (bool, Mapping)):
+            uses = [u for u in _paths_with_value(cfg.to_dict(), value) if u != top][:6]
         where = f" (its value is used at {', '.join(uses)})" if uses else ""
         problems.append(
             f"--cfg-options {key}: `{top}` is a variable of the config file, used only while the "
@@ -197,13 +193,18 @@ def check_override_keys(cfg: Config, options: Mapping[str, Any]) -> None:
 def check_config_keys(cfg: Config) -> None:
     """Refuse top-level keys that misspell one the runner reads (``lpb``); other keys are
     variables of the config file."""
-    problems = [
-        f"top-level config key `{key}` is read by nothing; did you mean {' or '.join(map(repr, near[:2]))}?"
-        for key in cfg.keys()
-        if key not in RUNNER_KEYS and not key.startswith("_")
-        for near in [close_matches(key, RUNNER_KEYS, fuzzy=False)]
-        if near
-    ]
+    problems = []
+    for key in cfg.keys():
+        near = (
+            []
+            if key in RUNNER_KEYS or key.startswith("_")
+            else close_matches(key, RUNNER_KEYS, fuzzy=False)
+        )
+        if near:
+            alternatives = " or ".join(map(repr, near[:2]))
+            problems.append(
+                f"top-level config key `{key}` is read by nothing; did you mean {alternatives}?"
+            )
     if problems:
         raise ConfigKeyError("\n".join(problems) + f"\n(config {cfg.filename})")
 

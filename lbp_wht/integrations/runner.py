@@ -112,9 +112,8 @@ def compare_state_dicts(
     reinit = lambda k: any(fnmatchcase(k, p) for p in reinit_keys)  # noqa: E731
     for k, v in model_state.items():
         if k not in ckpt_state:
-            out[
-                "adapters" if _ADAPTER_RE.search(k) else "reinit" if reinit(k) else "missing"
-            ].append(k)
+            kind = "reinit" if reinit(k) else "missing"
+            out["adapters" if _ADAPTER_RE.search(k) else kind].append(k)
         elif tuple(ckpt_state[k].shape) != tuple(v.shape):
             item = (k, tuple(ckpt_state[k].shape), tuple(v.shape))
             out["reinit" if reinit(k) else "mismatched"].append(item)
@@ -176,20 +175,17 @@ def resume_relevant(cfg: Mapping[str, Any]) -> dict[str, str]:
     optimiser wrapper and the kinds of the parameter schedulers."""
     model = _plain(cfg.get("model") or {})
     wrapped = model.get("type") == "LBPWHTModel"
-    lbp = validate_lbp_cfg(
-        cfg.get("lbp") if cfg.get("lbp") is not None else model.get("lbp") if wrapped else None
-    )
+    lbp = cfg.get("lbp")
+    lbp = validate_lbp_cfg(model.get("lbp") if lbp is None and wrapped else lbp)
     scheds = cfg.get("param_scheduler") or []
+    scheds = [scheds] if isinstance(scheds, Mapping) else scheds
     parts = {
         "lbp": {k: _plain(v) for k, v in lbp.items() if k not in _FREE_LBP},
         "model": model.get("model", {}) if wrapped else model,
         "data_preprocessor": _plain(cfg.get("data_preprocessor")),
         "train_dataloader": _plain(cfg.get("train_dataloader"), _DATA_LOCATION),
         "optim_wrapper": _plain(cfg.get("optim_wrapper")),
-        "param_scheduler": [
-            s.get("type") if isinstance(s, Mapping) else s
-            for s in ([scheds] if isinstance(scheds, Mapping) else scheds)
-        ],
+        "param_scheduler": [s.get("type") if isinstance(s, Mapping) else s for s in scheds],
     }
     out: dict[str, str] = {}
 
