@@ -646,3 +646,21 @@ def test_entry_points_refuse_bad_input(case, entry, tmp_path):
     assert last and error in last[-1] or error in err, err[-2000:]
     assert all(n in err for n in names), (names, err[-2000:])
     assert not work.exists() or not any(work.rglob("*record.json"))  # nothing was started
+
+
+def test_resume_unchecked_resumes_a_checkpoint_without_config(ctx: Ctx):
+    """``--resume-unchecked`` (``runner.resume_unchecked``) is the way past the refusal above;
+    the tool has the flag."""
+    import importlib.util
+
+    ckpt = torch.load(ctx.train_ckpt, map_location="cpu", weights_only=True)
+    ckpt["meta"].pop("cfg")
+    path = ctx.file("no_cfg_ok.pth", obj=ckpt)
+    runner = make_runner(ctx.cfg(work="resume_unchecked"))
+    runner.resume_unchecked = True
+    runner.resume(str(path))
+    assert runner.iter == 2
+    spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools/train.py")
+    train_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tool)
+    assert train_tool.parse_args([str(MINI_CLS), "--resume", "--resume-unchecked"]).resume_unchecked
