@@ -39,12 +39,24 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+import torch
 import torch.nn as nn
+from torch.utils._pytree import tree_map
 
+from .adapters import GeometryPlan, plan_geometry, remove_geometry_hooks
+from .callsite import redirect_call_sites, remove_call_sites
 from .config import LBPConfig, LoRAConfig
-from .geometry import MapGeometry
+from .geometry import MapGeometry, MapSource, TracedMapSource, record_input_size
 from .layers import BatchNormGuard, LBPConv2d, LBPLinear, LBPMixin, conv1x1_problem, shell_like
 from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear, LoRAMixin
+from .tracing import (
+    LayerTrace,
+    call_model,
+    example_from_model,
+    example_spec,
+    preserved,
+    trace_layers,
+)
 
 __all__ = [
     "convert",
@@ -224,6 +236,12 @@ class Replacement:
     shape: tuple[int, ...]
     options: dict[str, Any] = field(default_factory=dict)
     geometry: str = ""
+    #: where the map comes from: "rule", "adapter", "example input" or "nchw input" (a 1x1
+    #: conv named by a rule without a dry forward); "no map needed" for plain LoRA
+    map_source: str = ""
+    #: the module whose forward applies this layer's weight itself, routed through the layer
+    call_site: str | None = None
+    note: str = ""
 
 
 @dataclass
@@ -240,6 +258,8 @@ class ConversionReport:
     replaced: list[Replacement] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
+    #: the example input of the dry forwards (or why there was none)
+    example: str = ""
 
     def __len__(self) -> int:
         return len(self.replaced)
@@ -257,16 +277,20 @@ class ConversionReport:
         lines = []
         if self.replaced:
             width = max(len(r.name) for r in self.replaced)
-            lines.append(f"{'module':<{width}}  {'from':<8} {'to':<14} {'weight':<18} geometry")
+            lines.append(f"{'module':<{width}}  {'from':<8} {'to':<14} {'weight':<18} map (source)")
             for r in self.replaced:
+                where = r.geometry or "-"
+                extra = f"; called by {r.call_site}" if r.call_site is not None else ""
                 lines.append(
                     f"{r.name:<{width}}  {r.old_type:<8} {r.new_type:<14} "
-                    f"{str(r.shape):<18} {r.geometry}"
+                    f"{str(r.shape):<18} {where} ({r.map_source}{extra})"
                 )
         summary = ", ".join(f"{k} x{v}" for k, v in sorted(self.counts().items()))
         lines.append(f"{len(self.replaced)} modules replaced" + (f": {summary}" if summary else ""))
         for s in self.skipped:
             lines.append(f"skipped {s.name}: {s.reason}")
+        if self.example:
+            lines.append(f"example input: {self.example}")
         return "\n".join(lines)
 
 
@@ -286,7 +310,10 @@ def _is_target(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Conv2d)
 
 
-_HEAD_NAMES = ("head", "head_dist", "classifier", "fc", "lm_head", "cls_head")
+_HEAD_NAMES = (
+    "head", "head_dist", "classifier", "fc", "lm_head", "cls_head", "cls_classifier",
+    "distillation_classifier",
+)  # fmt: skip
 
 
 def _head_prefixes(model: nn.Module) -> set[str]:
@@ -311,15 +338,129 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _geometry_plan(model: nn.Module, geometry: str | None) -> Any:
+def _geometry_plan(model: nn.Module, geometry: str | None) -> GeometryPlan | None:
     if geometry is None:
         return None
     if geometry != "auto":
         raise ValueError(f"convert: geometry must be 'auto' or None, got {geometry!r}")
-    # Duck-typed adapters for timm / transformers families; they import neither library.
-    from .integrations.geometry import plan_geometry
-
     return plan_geometry(model)
+
+
+#: Where a converted layer's map comes from (``Replacement.map_source``).
+MAP_SOURCES = ("rule", "adapter", "example input", "nchw input")
+
+
+@dataclass
+class _Decision:
+    geometry: MapGeometry | None  # None: plain LoRA, no map needed
+    source: str
+    parent: str | None = None  # the module whose forward applies the weight itself
+    note: str = ""
+    map_source: MapSource | None = None  # a traced token map that follows the input size
+
+
+def _example(model: nn.Module, example_input: Any) -> tuple[Any, str, bool]:
+    """``(example or None, description, given by the user)``."""
+    if example_input is None:
+        return None, "none (example_input=None)", False
+    if isinstance(example_input, str):
+        if example_input != "auto":
+            raise ValueError(
+                f"convert: example_input must be a tensor, a tuple of arguments, a dict of "
+                f"keyword arguments, 'auto' or None, got {example_input!r}"
+            )
+        found = example_from_model(model)
+        if found is None:
+            return None, "none (the model declares no input size; pass example_input=)", False
+        ex, where = found
+        return ex, f"{_describe_example(ex)} from the model's {where}", False
+    return example_input, _describe_example(example_input), True
+
+
+def _describe_example(ex: Any) -> str:
+    if isinstance(ex, torch.Tensor):
+        return f"tensor {tuple(ex.shape)}"
+    if isinstance(ex, Mapping):
+        return "kwargs(" + ", ".join(f"{k}={_describe_example(v)}" for k, v in ex.items()) + ")"
+    if isinstance(ex, tuple):
+        return "args(" + ", ".join(_describe_example(v) for v in ex) + ")"
+    return type(ex).__name__
+
+
+def _decide(
+    model: nn.Module,
+    name: str,
+    module: nn.Module,
+    rule: Rule,
+    adapted: MapGeometry | str | None,
+    trace: LayerTrace | None,
+    have_example: bool,
+) -> _Decision | str:
+    """How ``name`` converts (its map, where the map comes from, its call site) or why not."""
+    conv = isinstance(module, nn.Conv2d)
+    parent = None
+    if trace is not None:
+        calls = trace.calls
+        if not calls:
+            return "its forward never runs on the example input (and no op reads its weight)"
+        for c in calls:
+            if c.op not in ("linear", "conv2d"):
+                return f"{c.geometry} in {c.parent!r}, where a converted layer cannot take over"
+        parents = {c.parent for c in calls if c.parent is not None}
+        if len(parents) > 1:
+            return f"its weight is applied directly by several modules ({sorted(parents)})"
+        if parents:
+            parent = parents.pop()
+            if not name.startswith(parent + ".") and parent != "":
+                return f"its weight is applied directly by {parent!r}, which does not contain it"
+    if rule.method == "lora":
+        return _Decision(None, "no map needed", parent)
+    order = rule.lbp.order if rule.lbp is not None else 8
+    if rule.geometry:
+        base = adapted if isinstance(adapted, MapGeometry) else None
+        return _Decision(rule.make_geometry(base), "rule", parent)
+    if trace is not None:
+        geos = [c.geometry for c in trace.calls]
+        for g in geos:
+            if isinstance(g, str):
+                return g
+        seen = {(g.layout, g.prefix_tokens, g.hw, g.order) for g in geos}
+        if len(seen) > 1:
+            return f"it is called on different maps {sorted(x[:3] for x in seen)}"
+        g = geos[0]
+        if min(g.hw) < order // 2:
+            return (
+                f"its map is {g.hw[0]}x{g.hw[1]}, smaller than half an {order}x{order} patch "
+                "(e.g. pooled): reflect padding would repeat its few tokens across the patch"
+            )
+        if conv:  # any map size at run time; the trace showed the input is a real map
+            return _Decision(MapGeometry(), "example input", parent)
+        if g.layout == "nhwc":  # the input's shape is the map at any size
+            traced, source = MapGeometry("nhwc"), None
+        else:
+            traced = MapGeometry("tokens", g.prefix_tokens, token_order=g.order)
+            source = TracedMapSource(model, g.hw, trace.input_hw or g.hw)
+        if isinstance(adapted, MapGeometry):
+            same = adapted.layout in ("auto", traced.layout) and (
+                adapted.prefix_tokens == traced.prefix_tokens
+            )
+            if same and adapted.hw in (None, g.hw) and g.order is None:
+                return _Decision(adapted, "adapter", parent, "agrees with the example input")
+            note = f"the family adapter said {adapted}"
+            return _Decision(traced, "example input", parent, note, source)
+        return _Decision(traced, "example input", parent, map_source=source)
+    if isinstance(adapted, str):
+        return adapted
+    if isinstance(adapted, MapGeometry):
+        return _Decision(adapted, "adapter", parent)
+    if conv and rule.target != ALL_LINEAR:
+        return _Decision(MapGeometry(), "nchw input", parent)
+    return (
+        "no example input"
+        + ("" if not have_example else " trace")
+        + ", family adapter or rule geometry establishes its map: pass example_input= to "
+        "convert() (or give layout= / prefix_tokens= / hw= in the rule)"
+    )
 
 
 def convert(
@@ -327,28 +468,43 @@ def convert(
     rules: Sequence[Mapping[str, Any]],
     strict: bool = True,
     *,
+    example_input: Any = "auto",
     geometry: str | None = "auto",
     batchnorm_guard: bool = True,
 ) -> ConversionReport:
     """Replace the ``nn.Linear`` / 1x1 ``nn.Conv2d`` modules that the rules target, in place.
 
+    Every layer's map is decided before this returns, from (in this order) the rule's own
+    ``layout`` / ``prefix_tokens`` / ``hw``, the model-family adapters of
+    :mod:`lbp_wht.adapters` (timm ViT-like, Swin, ConvNeXt, MobileViTv2, transformers ViT /
+    DeiT; they follow the input size at run time), or a dry forward on ``example_input`` that
+    follows every pixel position to each layer (:mod:`lbp_wht.tracing`). A token count is never
+    taken as evidence of a map. The dry forward also finds layers whose forward never runs
+    because their parent applies the weight itself (``F.linear(x, self.qkv.weight, b)``): such
+    call sites are routed through the converted layer (:mod:`lbp_wht.callsite`). A second dry
+    forward then checks that every converted layer really runs its converted path.
+
     Args:
-        model: any ``nn.Module``.
-        rules: a list of rule dicts (module docstring). A rule naming a module that cannot be
-            converted (a non-1x1 conv, a layer the family adapter knows is not on a map) is
-            an error; ``target="all-linear"`` skips such modules with a report line.
+        model: any ``nn.Module`` (not changed if an error is raised).
+        rules: a list of rule dicts (module docstring). ``target="all-linear"`` skips, with a
+            reason in the report, every layer whose map cannot be established or that is not
+            on an image map (pooled features, attention scores, maps under half a patch,
+            token-mixing layers, layers that never run); a rule naming such a layer is an error.
         strict: a rule that matches no convertible module raises ``ValueError`` listing the
             closest module names (set False to skip such rules).
-        geometry: ``"auto"`` lets the model-family adapters of
-            :mod:`lbp_wht.integrations.geometry` give each layer its map geometry (timm
-            ViT/DeiT/EVA/BEiT, Swin, ConvNeXt, MobileViTv2, transformers ViT); ``None`` uses
-            only the rules and the input shapes.
+        example_input: the model's input for the dry forwards: a tensor (e.g. ``(1, 3, 224,
+            224)``), a tuple of positional arguments or a dict of keyword arguments
+            (transformers: ``dict(pixel_values=x)``). ``"auto"`` (default) builds one from the
+            input size the model declares (timm ``pretrained_cfg``, transformers
+            ``config.image_size``), if any; ``None`` runs no dry forward.
+        geometry: ``"auto"`` uses the family adapters; ``None`` does not.
         batchnorm_guard: warn once, at the first LBP training step, if BatchNorm layers are
             in train mode (see :class:`~lbp_wht.layers.BatchNormGuard`).
 
     Returns:
-        A :class:`ConversionReport`. A module targeted by two rules, or already converted,
-        is an error (``all-linear`` skips it). All rules are checked before anything changes.
+        A :class:`ConversionReport`: each replaced layer with its map and the map's source,
+        each skipped layer with its reason. A module targeted by two rules, or already
+        converted, is an error (``all-linear`` skips it).
     """
     if isinstance(rules, Mapping) or not isinstance(rules, Sequence) or isinstance(rules, str):
         raise TypeError(
@@ -366,7 +522,7 @@ def convert(
     plan = _geometry_plan(model, geometry)
     heads = _head_prefixes(model)
     report = ConversionReport()
-    planned: dict[str, tuple[Rule, MapGeometry | None]] = {}
+    planned: dict[str, tuple[Rule, MapGeometry | str | None]] = {}
 
     for rule in parsed:
         every = rule.target == ALL_LINEAR
@@ -408,17 +564,9 @@ def convert(
             adapted = plan.geometry_for(name) if plan is not None else None
             if isinstance(adapted, str) and rule.method == "lora":
                 adapted = None  # plain LoRA needs no map
-            if isinstance(adapted, str):  # the family adapter says: not a map
-                if every:
-                    skip(adapted)
-                    continue
-                if not rule.geometry:
-                    raise ValueError(
-                        f"rule {rule.index} targets {name!r}, which cannot take LBP-WHT: "
-                        f"{adapted}. Exclude it, or give its layout / prefix_tokens / hw in the "
-                        "rule if you know better."
-                    )
-                adapted = None
+            if isinstance(adapted, str) and every:  # the family adapter says: not a map
+                skip(adapted)
+                continue
             planned[name] = (rule, adapted)
             found += 1
         if not found and strict:
@@ -428,43 +576,78 @@ def convert(
                 f"names: {_closest(rule.target, modules)}"
             )
 
-    # Build every replacement before touching the model, so a bad option changes nothing.
-    built: list[tuple[str, nn.Module, Rule]] = []
+    # Decide every layer's map before touching the model, so a refusal changes nothing.
+    example, report.example, given = _example(model, example_input)
+    traces: dict[str, LayerTrace] | None = None
+    if example is not None and planned:
+        try:
+            traces = trace_layers(model, example, {n: modules[n] for n in planned})
+        except RuntimeError as err:
+            if given:
+                raise ValueError(f"convert: {err}") from err
+            report.example = f"none ({report.example}: {err})"
+            example = None
+    decided: dict[str, tuple[Rule, _Decision]] = {}
     for name, (rule, adapted) in planned.items():
+        trace = traces[name] if traces is not None else None
+        decision = _decide(model, name, modules[name], rule, adapted, trace, example is not None)
+        if isinstance(decision, str):
+            if rule.target == ALL_LINEAR:
+                report.skipped.append(Skipped(name, decision, rule.index))
+                continue
+            raise ValueError(
+                f"rule {rule.index} targets {name!r}, which cannot take {rule.method}: "
+                f"{decision}. Exclude it, or give its layout / prefix_tokens / hw in the rule "
+                "if you know better."
+            )
+        decided[name] = (rule, decision)
+
+    # Build every replacement before touching the model, so a bad option changes nothing.
+    built: list[tuple[str, nn.Module, Rule, _Decision]] = []
+    for name, (rule, decision) in decided.items():
         old = modules[name]
         cls = CONVERSIONS[rule.method][0 if isinstance(old, nn.Linear) else 1]
         try:
             if rule.method == "lora":
                 new = cls.from_module(old, rule.lora)
+            elif rule.method == "lbp":
+                new = cls.from_module(old, rule.lbp, geometry=decision.geometry)
             else:
-                geo = rule.make_geometry(adapted)
-                if rule.method == "lbp":
-                    new = cls.from_module(old, rule.lbp, geometry=geo)
-                else:
-                    new = cls.from_module(old, rule.lbp, rule.lora, geometry=geo)
+                new = cls.from_module(old, rule.lbp, rule.lora, geometry=decision.geometry)
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting {name!r} with method={rule.method!r}: {err}") from err
-        built.append((name, new, rule))
+        built.append((name, new, rule, decision))
 
     guard = BatchNormGuard(model) if batchnorm_guard else None
-    for name, new, rule in built:
-        old = modules[name]
-        geo_text = ""
+    for name, new, _rule, decision in built:
         if isinstance(new, LBPMixin):
             new.lbp_name = name
             new.batchnorm_guard = guard
-            if plan is not None:
+            if plan is not None and decision.source == "adapter":
                 plan.attach(name, new)
-            g = new.geometry
-            if isinstance(new, nn.Conv2d):
-                geo_text = "NCHW map"
-            else:
-                src = f", hw from {new.map_source.describe}" if new.map_source else ""
-                geo_text = f"layout={g.layout} prefix={g.prefix_tokens}" + (
-                    f" hw={g.hw}" if g.hw else src
-                )
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, new)
+            if decision.map_source is not None:
+                new.map_source = decision.map_source
+                if record_input_size not in model._forward_pre_hooks.values():
+                    model.register_forward_pre_hook(record_input_size, with_kwargs=True)
+        _swap(model, modules, name, new)
+    sites: dict[str, list[str]] = {}
+    for name, _new, _rule, decision in built:
+        if decision.parent is not None:
+            sites.setdefault(decision.parent, []).append(name[len(decision.parent) + 1 :])
+    for parent, names in sites.items():
+        redirect_call_sites(modules[parent] if parent else model, names)
+    if plan is not None and built:
+        plan.install()
+    if example is not None and built:
+        try:
+            _verify(model, example, built)
+        except Exception:
+            for name, _new, _rule, _decision in built:
+                _swap(model, modules, name, modules[name])
+            remove_call_sites(model)
+            raise
+    for name, new, rule, decision in built:
+        old = modules[name]
         report.replaced.append(
             Replacement(
                 name,
@@ -473,16 +656,79 @@ def convert(
                 rule.method,
                 tuple(old.weight.shape),
                 rule.to_dict(),
-                geo_text,
+                _geometry_text(new),
+                decision.source,
+                decision.parent,
+                decision.note,
             )
         )
-    if plan is not None and built:
-        plan.install()
     report.rules = [r.to_dict() for r in parsed]
     if built:
         recorded = list(getattr(model, "lbp_rules", []))
         model.lbp_rules = recorded + report.rules  # type: ignore[assignment]
+        if example is not None:  # what load_adapted re-traces a fresh model on
+            model.lbp_example = example_spec(example)  # type: ignore[assignment]
     return report
+
+
+def _swap(model: nn.Module, modules: Mapping[str, nn.Module], name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(modules[parent_name] if parent_name else model, child, new)
+
+
+def _geometry_text(new: nn.Module) -> str:
+    if not isinstance(new, LBPMixin):
+        return ""
+    g = new.geometry
+    if isinstance(new, nn.Conv2d):
+        return "NCHW map"
+    src = f", hw from {new.map_source.describe}" if new.map_source else ""
+    order = " unrolled order" if g.token_order is not None else ""
+    return f"layout={g.layout} prefix={g.prefix_tokens}{order}" + (f" hw={g.hw}" if g.hw else src)
+
+
+def _verify(model: nn.Module, example: Any, built: list) -> None:
+    """A dry forward on ``example`` with the converted layers in training mode (the rest in
+    eval mode, so BatchNorm uses running statistics even at batch 1): every converted layer
+    must run its converted path (``converted_calls``), else the conversion is refused."""
+    guards = {}
+    for name, new, _rule, _decision in built:
+        new.converted_calls = 0
+        guards[name] = getattr(new, "batchnorm_guard", None)
+        if guards[name] is not None:
+            new.batchnorm_guard = None  # the warning belongs to the first real training step
+    with preserved(model), torch.enable_grad():
+        model.eval()
+        for _name, new, _rule, _decision in built:
+            new.train()
+        ex = tree_map(
+            lambda t: (
+                t.detach().clone().requires_grad_(True)
+                if isinstance(t, torch.Tensor) and t.is_floating_point()
+                else t
+            ),
+            example,
+        )
+        try:
+            call_model(model, ex)
+        except Exception as err:
+            raise RuntimeError(
+                f"convert: the converted {type(model).__name__} fails on the example input: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        finally:
+            for name, new, _rule, _decision in built:
+                if guards[name] is not None:
+                    new.batchnorm_guard = guards[name]
+    idle = [name for name, new, _r, _d in built if new.converted_calls == 0]
+    for _name, new, _rule, _decision in built:
+        new.converted_calls = 0
+    if idle:
+        raise RuntimeError(
+            f"convert: {len(idle)} converted layers did not run their converted path on the "
+            f"example input: {idle[:10]}. This is a bug in lbp_wht's call-site detection; "
+            "please report it with the model. Exclude these layers to go on."
+        )
 
 
 def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
@@ -512,11 +758,11 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         restored.append(name)
-    from .integrations.geometry import remove_geometry_hooks
-
     remove_geometry_hooks(model)
-    if "lbp_rules" in vars(model):
-        del model.lbp_rules
+    remove_call_sites(model)
+    for attr in ("lbp_rules", "lbp_example"):
+        if attr in vars(model):
+            delattr(model, attr)
     return restored
 
 

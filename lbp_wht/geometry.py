@@ -13,11 +13,12 @@ nhwc      ``(B, H, W, C)``        linears on channels-last maps (ConvNeXt MLP, S
 nchw      ``(B, C, H, W)``        1x1 convolutions
 ========  ======================  ==========================================================
 
-The geometry is never guessed from an ambiguous shape. A 1x1 convolution's input is a map by
-construction. A linear layer's 3-D input is tokens; its map size comes, in this order, from a
-fixed ``hw``, from a :class:`MapSource` (set by the model-family adapters of
-:mod:`lbp_wht.integrations.geometry`, which follow variable input sizes), or from a square
-token count. A 4-D input to a linear layer is an error unless the layer was declared
+:func:`lbp_wht.convert` decides each layer's geometry before it returns (from the rule, a
+model-family adapter of :mod:`lbp_wht.adapters`, or a dry forward, :mod:`lbp_wht.tracing`), so
+a converted layer's map size comes from a fixed ``hw`` or a :class:`MapSource` that follows the
+input size. A 1x1 convolution's input is a map by construction. Only a layer built by hand with
+neither ``hw`` nor a source reads a square token count as a square map (the caller declared it
+a map; give ``hw`` for anything else). A 4-D input to a linear layer is an error unless the layer was declared
 ``layout="nhwc"`` (channels-last map) or ``layout="tokens"`` (leading dims are batch-like,
 e.g. ``(B, windows, tokens, C)``); a token count that fits no map is an error. Every error names
 the layer, the shape and the option that fixes it.
@@ -33,7 +34,19 @@ import torch
 
 from .config import check_int
 
-__all__ = ["LAYOUTS", "MapGeometry", "MapSource", "ResolvedMap", "resolve_map"]
+__all__ = [
+    "LAYOUTS",
+    "MapGeometry",
+    "MapSource",
+    "TracedMapSource",
+    "ResolvedMap",
+    "resolve_map",
+    "record_input_size",
+    "INPUT_SIZE_ATTR",
+]
+
+#: Attribute of a converted model's root module: the ``(H, W)`` of its latest image input.
+INPUT_SIZE_ATTR = "_lbp_input_size"
 
 #: ``auto``: a 1x1 conv reads NCHW, a linear layer 3-D tokens (4-D input is an error).
 LAYOUTS = ("auto", "tokens", "nhwc", "nchw")
@@ -47,11 +60,16 @@ class MapGeometry:
         layout: one of :data:`LAYOUTS`.
         prefix_tokens: ``E`` leading tokens outside the map (``tokens`` layout only).
         hw: a fixed map size ``(H, W)``; ``None`` to take it from a source or the input.
+        token_order: ``tokens`` layout only: the map tokens are not in row-major order;
+            ``order[k]`` is the input position (after the prefix tokens) of row-major map
+            token ``k`` (e.g. Hiera's unrolled order, found by a dry forward). The layer
+            gathers its input into row-major order and scatters its output back.
     """
 
     layout: str = "auto"
     prefix_tokens: int = 0
     hw: tuple[int, int] | None = None
+    token_order: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
@@ -67,13 +85,23 @@ class MapGeometry:
                 raise TypeError(f"hw must be a pair (H, W), got {self.hw!r}")
             hw = (check_int(self.hw[0], "hw[0]", 1), check_int(self.hw[1], "hw[1]", 1))
             object.__setattr__(self, "hw", hw)
+        if self.token_order is not None:
+            order = tuple(int(v) for v in self.token_order)
+            if sorted(order) != list(range(len(order))):
+                raise ValueError("token_order must be a permutation of 0 .. L-1")
+            if self.layout == "nhwc" or self.layout == "nchw":
+                raise ValueError(f"token_order needs token input, not layout {self.layout!r}")
+            object.__setattr__(self, "token_order", order)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(
+        d = dict(
             layout=self.layout,
             prefix_tokens=self.prefix_tokens,
             hw=None if self.hw is None else list(self.hw),
         )
+        if self.token_order is not None:
+            d["token_order"] = list(self.token_order)
+        return d
 
 
 class MapSource:
@@ -96,6 +124,48 @@ class MapSource:
         return f"MapSource({self.describe})"
 
 
+def record_input_size(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook on a model: store the ``(H, W)`` of its first 4-D image input in
+    :data:`INPUT_SIZE_ATTR` (read by :class:`TracedMapSource`). A module-level function, so
+    deep copies of the model carry a working hook."""
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.dim() == 4 and v.is_floating_point():
+            setattr(module, INPUT_SIZE_ATTR, (int(v.shape[-2]), int(v.shape[-1])))
+            return
+
+
+class TracedMapSource(MapSource):
+    """The map a dry forward found (:mod:`lbp_wht.tracing`), following the input size.
+
+    At the traced input size the map is the traced ``hw``. At another size the candidates are
+    the traced ``hw`` (maps that do not scale, e.g. attention windows) and the traced ``hw``
+    scaled by the input's size ratio, rounded down or up on each axis (stage maps); the token
+    count must match exactly one of them (:func:`resolve_map`), else it is an error.
+    """
+
+    def __init__(
+        self, root: torch.nn.Module, hw: tuple[int, int], input_hw: tuple[int, int]
+    ) -> None:
+        super().__init__(
+            root,
+            INPUT_SIZE_ATTR,
+            f"the dry forward ({hw[0]}x{hw[1]} at a {input_hw[0]}x{input_hw[1]} input, "
+            "scaled with the input size)",
+        )
+        self.hw, self.input_hw = hw, input_hw
+
+    def __call__(self) -> list[tuple[int, int]]:  # type: ignore[override]
+        now = getattr(self.module, self.attr, None)
+        out = [self.hw]
+        if now is not None and tuple(now) != self.input_hw:
+            axes = []
+            for n, h, h0 in zip(now, self.hw, self.input_hw, strict=True):
+                exact = n * h / h0
+                axes.append(sorted({max(1, math.floor(exact)), max(1, math.ceil(exact))}))
+            out += [(a, b) for a in axes[0] for b in axes[1] if (a, b) != self.hw]
+        return out
+
+
 @dataclass(frozen=True)
 class ResolvedMap:
     """The geometry of one input: ``layout`` is ``tokens``, ``nhwc`` or ``nchw``; ``lead`` the
@@ -105,6 +175,7 @@ class ResolvedMap:
     prefix_tokens: int
     layout: str
     lead: tuple[int, ...] = ()
+    order: tuple[int, ...] | None = None  # see MapGeometry.token_order
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -174,6 +245,16 @@ def resolve_map(
         hw, origin = geometry.hw, f"hw={geometry.hw}"
     else:
         dynamic = source() if source is not None else None
+        if isinstance(dynamic, list):
+            fits = [c for c in dynamic if c[0] * c[1] == tokens]
+            if len(fits) != 1:
+                raise ValueError(
+                    f"{what}: input {shape} has {tokens} map tokens after prefix_tokens="
+                    f"{prefix}; the maps of {source.describe} that could hold them are "
+                    f"{dynamic} ({'none fits' if not fits else 'several fit'}). Convert the "
+                    "model with an example input of this size (convert(..., example_input=))."
+                )
+            dynamic = fits[0]
         if dynamic is not None:
             hw, origin = dynamic, f"the map size {dynamic} from {source.describe}"
         else:
@@ -182,9 +263,9 @@ def resolve_map(
                 raise ValueError(
                     f"{what}: input {shape} has {tokens} map tokens after prefix_tokens={prefix}, "
                     "which is not a square map, so its (H, W) cannot be inferred. Give the "
-                    "layer its geometry in the conversion rule: prefix_tokens=E for E class / "
-                    "distillation / register tokens and/or hw=(H, W). (convert() finds both "
-                    "itself for the model families in lbp_wht.integrations.geometry.)"
+                    "layer its geometry: prefix_tokens=E for E class / distillation / register "
+                    "tokens and/or hw=(H, W) (convert() finds both itself from an example "
+                    "input)."
                 )
             return ResolvedMap((side, side), prefix, "tokens", lead)
     if hw[0] * hw[1] != tokens:
@@ -193,4 +274,11 @@ def resolve_map(
             f"prefix_tokens={prefix} needs {hw[0] * hw[1] + prefix}; check the layer's "
             "hw / prefix_tokens"
         )
-    return ResolvedMap((int(hw[0]), int(hw[1])), prefix, "tokens", lead)
+    order = geometry.token_order
+    if order is not None and len(order) != tokens:
+        raise ValueError(
+            f"{what}: its tokens are in a non-row-major order known for {len(order)} map "
+            f"tokens (the traced input size), but input {shape} has {tokens}; convert the "
+            "model with an example input of this size"
+        )
+    return ResolvedMap((int(hw[0]), int(hw[1])), prefix, "tokens", lead, order)

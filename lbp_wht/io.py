@@ -1,10 +1,18 @@
-"""Durable file writes, the project's one date format and moving files aside.
+"""Files that appear whole or not at all, the project's one date format, moving files aside.
 
-Standard library only, so that every module (the core included) can use it. Every file the run
-lifecycle writes (records, checkpoints, ``last_checkpoint``, job lists) goes through
-:func:`atomic_write`: the content goes to ``.<name>.<pid>.tmp`` in the same directory, is
-fsynced and renamed into place, and the directory is fsynced. A reader sees the old file or the
-whole new one; a kill leaves at most a temp file (:func:`remove_stale_temps` removes those).
+Standard library only, so that every module (the core included) can use it. Every file the
+project writes (run records, checkpoints, ``last_checkpoint``, job lists, tables, figures, CSV)
+goes through :func:`atomic_path` or :func:`atomic_write`: the content goes to a temporary file
+beside the target, is fsynced and renamed over the target (``os.replace``, atomic on POSIX
+within one folder), and the folder is fsynced. A reader sees the old file or the whole new one.
+An exception or Ctrl-C mid-write removes the temporary file and leaves the target as it was; a
+kill leaves at most the temporary file, which :func:`remove_stale_temps` removes once its
+process is gone.
+
+Temporary names are ``.<name>.<pid>.<random>.tmp<suffix>``: hidden, in the target's folder
+(same file system), carrying the writer's process id (so that a stale one can be told from one
+being written) and ending in the target's own suffix so that writers that pick the format from
+it (``savefig``, ``to_csv``) still do.
 """
 
 from __future__ import annotations
@@ -12,23 +20,19 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "move_aside", "remove_stale_temps", "temp_path", "utc_now"]
+__all__ = ["atomic_path", "atomic_write", "move_aside", "remove_stale_temps", "utc_now"]
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp(\.[^.]*)?$")
 
 
 def utc_now() -> str:
     """Now in UTC, ISO 8601 to the second (``2026-12-01T13:04:52+00:00``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def temp_path(path: str | os.PathLike) -> Path:
-    """Where :func:`atomic_write` writes ``path`` before the rename."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _fsync(path: str, flags: int = os.O_RDONLY) -> None:
@@ -44,29 +48,55 @@ def _publish(tmp: str, final: str) -> None:
     _fsync(tmp)
     os.replace(tmp, final)
     try:
-        _fsync(os.path.dirname(final) or ".")
+        _fsync(os.path.dirname(final) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         pass  # some filesystems cannot fsync a directory; the rename is atomic all the same
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[str], None]) -> Path:
-    """Replace ``path`` by ``data`` (text, bytes, or a function writing the file at the path
-    it is given) atomically and durably. On any error, Ctrl-C included, the temp file is
-    removed and ``path`` is left as it was."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, make_parents: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on a clean exit it is fsynced and renamed to
+    ``path``, on an exception (Ctrl-C included) it is removed and the exception re-raised.
+
+    The folder is created if missing, unless ``make_parents=False`` (a run's checkpoints: a
+    work dir deleted under a running job is an error, not something to recreate). The file is
+    created empty (mode 0644) before the caller writes it, so a writer that only opens existing
+    files works too.
+    """
     path = Path(path)
-    tmp = temp_path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
     try:
-        if callable(data):
-            data(str(tmp))
-        elif isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
+        yield tmp
         _publish(str(tmp), str(path))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    data: str | bytes | Callable[[str], None],
+    *,
+    make_parents: bool = True,
+) -> Path:
+    """Replace ``path`` by ``data`` (text as UTF-8, bytes, or a function writing the file at the
+    path it is given) through :func:`atomic_path`; returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    with atomic_path(path, make_parents=make_parents) as tmp:
+        if callable(data):
+            data(str(tmp))
+        elif isinstance(data, str):
+            tmp.write_bytes(data.encode("utf-8"))
+        else:
+            tmp.write_bytes(bytes(data))
+    return Path(path)
 
 
 def move_aside(path: str | os.PathLike, tag: str) -> Path:
@@ -92,9 +122,10 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
-    """Delete the temp files of interrupted writes in ``directory`` (those of dead processes)."""
+    """Delete the temporary files of interrupted writes in ``directory`` (those whose process is
+    gone); returns their names."""
     removed = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         m = _TMP.match(name)
         if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
             Path(directory, name).unlink(missing_ok=True)

@@ -31,6 +31,7 @@ from .geometry import MapGeometry, MapSource, ResolvedMap, resolve_map
 from .projection import WHTProjector
 
 __all__ = [
+    "ConvertedLayer",
     "LBPLinear",
     "LBPConv2d",
     "LBPMixin",
@@ -127,6 +128,32 @@ def check_input_features(layer: nn.Module, x: torch.Tensor, what: str, channels_
         )
 
 
+class ConvertedLayer:
+    """What every converted layer (LBP-WHT, LoRA, both) shares.
+
+    ``forward(x)`` is the layer's own call; :meth:`call_site` runs the same converted
+    computation for a parent module that reads the layer's weight directly
+    (``F.linear(x, self.qkv.weight, qkv_bias)``, e.g. attention with separate q / v biases), so
+    that :func:`lbp_wht.convert` can route such call sites through the layer instead of
+    silently bypassing it. ``converted_calls`` counts the calls that ran the converted path
+    (the LBP-WHT function, or the LoRA adapters): a layer reported converted that never ran
+    shows 0.
+    """
+
+    converted_calls: int = 0
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, self.bias)  # type: ignore[attr-defined]
+
+    def call_site(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The layer applied to ``x`` with ``bias`` in place of its own (a call site that
+        computed ``F.linear(x, self.weight, bias)`` / ``F.conv2d(x, self.weight, bias)``)."""
+        return self._forward(x, bias)
+
+
 class BatchNormGuard:
     """Warns once, at the first LBP-WHT training step, if BatchNorm layers are in train mode.
 
@@ -172,7 +199,7 @@ class LBPPlan:
     projector: WHTProjector | None
 
 
-class LBPMixin:
+class LBPMixin(ConvertedLayer):
     """Shared state and forward of the LBP-WHT layers.
 
     Attributes:
@@ -219,6 +246,7 @@ class LBPMixin:
         self.batchnorm_guard: BatchNormGuard | None = None
         self._projectors: dict[tuple[int, int], WHTProjector] = {}
         self._spectrum_projectors: dict[tuple[int, int], WHTProjector] = {}
+        self._order_cache: dict[str, Any] = {}
         self._warned_no_bases = False
 
     # ---- configuration views (read-only; the config is frozen) ----------------------------
@@ -370,13 +398,18 @@ class LBPMixin:
         self.spectrum_steps += 1
 
     def _lbp_apply(
-        self, x: torch.Tensor, plain: Callable[[torch.Tensor], torch.Tensor], **lora: Any
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        plain: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+        **lora: Any,
     ) -> torch.Tensor:
-        """Run ``plain(x)`` or the LBP function, with spectrum recording where asked."""
+        """Run ``plain(x, bias)`` or the LBP function, with spectrum recording where asked."""
         self._check_features(x)
         if not self.lbp_active(x) or x.numel() == 0:  # an empty batch has nothing to project
-            return plain(x)
+            return plain(x, bias)
         m = self.resolve_map(x)
+        self.converted_calls += 1
         if self.batchnorm_guard is not None:
             self.batchnorm_guard.check()
         if self.bases is None:  # LHE not chosen yet: exact backprop
@@ -388,23 +421,60 @@ class LBPMixin:
                     "or load a state dict that holds its lbp_bases.",
                     stacklevel=3,
                 )
-            y = plain(x)
+            y = plain(x, bias)
         else:
             x3 = x.reshape(-1, *x.shape[-2:]) if m.layout == "tokens" and x.dim() != 3 else x
+            if m.order is not None:  # tokens in another order: project them row-major
+                gather, scatter = self._order_index(m, x.device)
+                x3 = _Permute.apply(x3, gather, scatter)
             y = lbp_forward(
                 x3,
                 self.weight,
-                self.bias,
+                bias,
                 self.projector_for(m.hw),
                 m.layout,
                 m.prefix_tokens,
                 **lora,
             )
+            if self.record_spectrum and y.requires_grad:
+                y.register_hook(lambda g: self._record(g, m))
+            if m.order is not None:
+                y = _Permute.apply(y, scatter, gather)
             if y.dim() != x.dim():
                 y = y.reshape(*m.lead, *y.shape[-2:])
+            return y
         if self.record_spectrum and y.requires_grad:
             y.register_hook(lambda g: self._record(g, m))
         return y
+
+    def _order_index(
+        self, m: ResolvedMap, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token indices that read a non-row-major map in row-major order (prefix tokens
+        first, kept in place) and their inverse."""
+        key = (m.order, device)
+        if self._order_cache.get("key") != key:
+            e = m.prefix_tokens
+            gather = torch.tensor([*range(e), *(e + k for k in m.order)], device=device)
+            self._order_cache = {"key": key, "idx": (gather, torch.argsort(gather))}
+        return self._order_cache["idx"]
+
+
+class _Permute(torch.autograd.Function):
+    """``x.index_select(-2, index)`` for a permutation ``index`` with inverse ``inverse``.
+
+    The indices are the layer's cached constants, kept on the context as attributes: unlike
+    ``index_select``, nothing is saved for backward per call.
+    """
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.inverse = inverse
+        return x.index_select(-2, index)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.index_select(-2, ctx.inverse), None, None
 
 
 class LBPLinear(LBPMixin, nn.Linear):
@@ -442,11 +512,11 @@ class LBPLinear(LBPMixin, nn.Linear):
         new._init_lbp(config, geometry)
         return new
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, self.weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lbp_apply(x, self._plain)
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._lbp_apply(x, bias, self._plain)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self.lbp_extra_repr()}"
@@ -486,11 +556,11 @@ class LBPConv2d(LBPMixin, nn.Conv2d):
         new._init_lbp(config, geometry)
         return new
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias)
+    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, self.weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lbp_apply(x, self._plain)
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._lbp_apply(x, bias, self._plain)
 
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .config import LBPConfig, LoRAConfig
 from .geometry import MapGeometry
-from .layers import LBPMixin, check_input_features, shell_like
+from .layers import ConvertedLayer, LBPMixin, check_input_features, shell_like
 
 __all__ = [
     "LoRALinear",
@@ -36,7 +36,7 @@ __all__ = [
 MERGED_KEY = "lora_merged"
 
 
-class LoRAMixin:
+class LoRAMixin(ConvertedLayer):
     """Adapter parameters, dropout and merging, shared by the linear and the 1x1-conv variant."""
 
     _conv = False
@@ -89,14 +89,17 @@ class LoRAMixin:
             return self.scaling * F.conv2d(t, self.lora_B.view(cy, k, 1, 1))
         return self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
-    def _base(self, x: torch.Tensor) -> torch.Tensor:
+    def _base(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self._conv:
-            return F.conv2d(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            return F.conv2d(x, self.weight, bias)
+        return F.linear(x, self.weight, bias)
 
-    def _lora_forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._base(x)
-        return y if self.merged else y + self._adapter(x)
+    def _lora_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        y = self._base(x, bias)
+        if self.merged:
+            return y
+        self.converted_calls += 1
+        return y + self._adapter(x)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
@@ -163,9 +166,9 @@ class LoRALinear(LoRAMixin, nn.Linear):
         new._init_lora(config)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", -1)
-        return self._lora_forward(x)
+        return self._lora_forward(x, bias)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self.lora_extra_repr()}"
@@ -197,9 +200,9 @@ class LoRAConv2d(LoRAMixin, nn.Conv2d):
         new._init_lora(config)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", 1)
-        return self._lora_forward(x)
+        return self._lora_forward(x, bias)
 
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {self.lora_extra_repr()}"
@@ -241,13 +244,14 @@ class LBPLoRALinear(LBPMixin, LoRALinear):
         _init_lbp_lora(new, config, lora, geometry)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.merged:
             self._check_features(x)
-            return self._base(x)
+            return self._base(x, bias)
         return self._lbp_apply(
-            x, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B, scaling=self.scaling
-        )
+            x, bias, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B,
+            scaling=self.scaling,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{LoRALinear.extra_repr(self)}, {self.lbp_extra_repr()}"
@@ -271,13 +275,14 @@ class LBPLoRAConv2d(LBPMixin, LoRAConv2d):
         _init_lbp_lora(new, config, lora, geometry)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.merged:
             self._check_features(x)
-            return self._base(x)
+            return self._base(x, bias)
         return self._lbp_apply(
-            x, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B, scaling=self.scaling
-        )
+            x, bias, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B,
+            scaling=self.scaling,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{LoRAConv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

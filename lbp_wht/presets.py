@@ -93,13 +93,16 @@ reproduces what the authors' code actually executed, for comparing costs with th
 The accuracy rows of the paper's SwinV2 experiments describe the ``authors`` model (qkv
 trained with exact gradients); the corrected variant is the method as the paper describes it.
 
-Geometry: every converted token layer sees a square map at the paper's input sizes, so
-``hw`` is inferred at run time: EfficientFormer Meta3D tokens ``(B, 49, C)`` = 7x7; SwinV2
-window attention ``(B * windows, 64, C)`` = 8x8 and its FFN / patch merging see the full
-square stage map; none of these models has extra (class) tokens. Segformer's explicit
-attention (``lbp_wht.integrations.models.ExplicitEfficientMultiheadAttention``) sets ``hw``
-of its LBP layers from ``hw_shape`` on every forward, so non-square crops work too. 1x1 convs
-(NCHW) take any map size. Non-square inputs to SwinV2 / EfficientFormer are not supported.
+Geometry: the builder converts with a zero image at the model's input size as the example
+input, so a dry forward establishes every converted layer's map (``lbp_wht.tracing``):
+EfficientFormer Meta3D tokens ``(B, 49, C)`` are the 7x7 map, SwinV2 window attention
+``(B * windows, 64, C)`` one 8x8 window, its FFN and patch merging the stage map; none of these
+models has extra (class) tokens. The talking-head 1x1 convs of EfficientFormerV2 act on the
+``(N x N)`` attention scores, which are no image map: the authors' configs project them as an
+N x N image, so their rules say ``layout="nchw"``. Segformer's explicit attention
+(``lbp_wht.integrations.models.ExplicitEfficientMultiheadAttention``) also sets ``hw`` of its
+LBP layers from ``hw_shape`` on every forward, so non-square crops work. 1x1 convs (NCHW) take
+any map size.
 
 Model prerequisites: SwinV2 must be built as ``SwinTransformerV2Convertible`` and Segformer's
 backbone as ``MixVisionTransformerConvertible`` (both registered by
@@ -276,6 +279,20 @@ def _segformer_layers(scope: str) -> list[_Layer]:
     ]
 
 
+#: Layers whose map the paper's configurations declare instead of the input's positions: the
+#: talking-head 1x1 convs of EfficientFormerV2 mix the heads of the (N x N) attention-score
+#: tensor, which the authors' configs project as an N x N image (a dry forward finds no image
+#: map there and refuses them unless the rule says so).
+_DECLARED: dict[str, dict[str, Any]] = {
+    "token_mixer.talking_head1": {"layout": "nchw"},
+    "token_mixer.talking_head2": {"layout": "nchw"},
+}
+
+
+def _declared(glob: str) -> dict[str, Any]:
+    return next((v for k, v in _DECLARED.items() if glob.endswith(k)), {})
+
+
 def _authors_layers(model: str, scope: str, layers: list[_Layer]) -> list[_Layer]:
     """The layer table of the ``authors`` variant: what the authors' code really converted."""
     if model == "swinv2-small-w8":
@@ -450,10 +467,11 @@ def get_preset(
     elif method == "lora_all":
         rules = [dict(target=g, method="lora", **lora_opts(f)) for g, _, f in layers]
     elif method == "lbp_wht":
-        rules = [dict(target=g, method="lbp", **lbp_opts) for g, _, _ in layers]
+        rules = [dict(target=g, method="lbp", **lbp_opts, **_declared(g)) for g, _, _ in layers]
     elif method == "lbp_wht+lora_all":
         rules = [
-            dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts) for g, _, f in layers
+            dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts, **_declared(g))
+            for g, _, f in layers
         ]
     else:  # in METHODS but not handled here (e.g. a tuple patched from outside): never guess
         raise ValueError(

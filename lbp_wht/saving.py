@@ -6,30 +6,43 @@
   parameters with ``requires_grad``, plus the LHE-chosen bases ``<layer>.lbp_bases``), loadable
   with ``torch.load(..., weights_only=True)``;
 * ``vit_lbp.rules.json``: the conversion rules (canonical keys, see
-  :mod:`lbp_wht.conversion`), the trainable parameter names and the format version.
+  :mod:`lbp_wht.conversion`), the shapes of the example input the maps were traced on, the
+  converted layers, the trainable parameter names, the tensor file's SHA-256 and the format
+  version.
 
-``load_adapted(fresh_base_model, "vit_lbp.pt")`` converts the fresh model with the saved rules,
-restores which parameters train, and loads the tensors, so that it computes what the saved
-model computed. Buffers (e.g. BatchNorm running statistics) are not saved: with BatchNorm in
+``load_adapted(fresh_base_model, "vit_lbp.pt")`` converts the fresh model with the saved rules
+(tracing its maps on a zero example of the saved shapes), checks that the same layers were
+converted and that the tensor file is the one the rules were written with, restores which
+parameters train, and loads the tensors, so that it computes what the saved model computed. Buffers (e.g. BatchNorm running statistics) are not saved: with BatchNorm in
 eval mode, as LBP-WHT needs, they do not change during adaptation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils._pytree import tree_map
 
 from .conversion import ConversionReport, convert
+from .io import atomic_write
 from .layers import BASES_KEY, LBPMixin
 from .lora import LoRAMixin
+from .tracing import example_from_spec
 
-__all__ = ["trainable_state_dict", "save_adapted", "load_adapted", "rules_path", "FORMAT"]
+__all__ = [
+    "trainable_state_dict",
+    "save_adapted",
+    "load_adapted",
+    "rules_path",
+    "converted_names",
+    "FORMAT",
+]
 
 FORMAT = "lbp_wht.adapted/1"
 
@@ -49,18 +62,6 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for k, v in state.items()
         if k in names or k == BASES_KEY or k.endswith("." + BASES_KEY)
     }
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_adapted(
@@ -98,14 +99,30 @@ def save_adapted(
     meta = dict(
         format=FORMAT,
         rules=json.loads(json.dumps(rules)),  # fails here, not at load time, if not JSON
+        example=getattr(model, "lbp_example", None),
+        converted=converted_names(model),
         trainable=[n for n, p in model.named_parameters() if p.requires_grad],
         tensors=sorted(state),
         model=type(model).__qualname__,
     )
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    meta["tensors_sha256"] = _sha256(path)
     meta_path = rules_path(path)
-    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(meta_path, json.dumps(meta, indent=1) + "\n")
     return path, meta_path
+
+
+def converted_names(model: nn.Module) -> list[str]:
+    """Qualified names of the converted layers of ``model``, sorted."""
+    return sorted(n for n, m in model.named_modules() if isinstance(m, LBPMixin | LoRAMixin))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -143,13 +160,37 @@ def load_adapted(
         raise ValueError("load_adapted: the model is already converted; pass a fresh base model")
     if not path.is_file():
         raise FileNotFoundError(f"load_adapted: tensor file {path} not found")
+    digest = meta.get("tensors_sha256")
+    if digest is not None and digest != _sha256(path):
+        raise ValueError(
+            f"load_adapted: {path} is not the tensor file that {rules_path(path)} was written "
+            "with (its SHA-256 differs: an interrupted or mixed-up save); save the adapted "
+            "model again"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
         raise ValueError(f"load_adapted: cannot read {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"load_adapted: {path} does not hold a dict of tensors")
-    report = convert(model, meta["rules"])
+    spec = meta.get("example")
+    example = None
+    if spec is not None:
+        p = next(iter(model.parameters()), None)
+        example = example_from_spec(spec)
+        if p is not None:
+            example = tree_map(
+                lambda t: t.to(p.device) if isinstance(t, torch.Tensor) else t, example
+            )
+    report = convert(model, meta["rules"], example_input=example)
+    saved = meta.get("converted")
+    if saved is not None and converted_names(model) != saved:
+        now = set(converted_names(model))
+        raise ValueError(
+            f"load_adapted: the fresh model converts differently from the saved one: "
+            f"saved but not converted now {sorted(set(saved) - now)[:10]}, converted now but "
+            f"not saved {sorted(now - set(saved))[:10]} (is this the same base architecture?)"
+        )
     trainable = set(meta.get("trainable", []))
     params = dict(model.named_parameters())
     unknown = sorted(trainable - set(params))

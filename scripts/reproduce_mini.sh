@@ -6,7 +6,8 @@
 # Everything goes through the full-scale path: configs/mini/demo/*.py, tools/sweep.py (resumable
 # sweeps of tools/train.py runs, one record.json each), the cost record of tools/analyze_cost.py
 # (lbp_wht.integrations.cost_record), tools/make_tables.py, tools/make_figures.py and
-# scripts/mini_report.py (lbp_wht.reporting.mini; RESULTS.md from a template).
+# scripts/mini_report.py (RESULTS.md: analysis/mini_results.py, whose verdicts follow the rules
+# of analysis/verdicts.py).
 #
 #   scripts/reproduce_mini.sh [--smoke] [--out DIR] [--work DIR] [--jobs N] [--seeds "0 1 2"]
 #

@@ -96,7 +96,7 @@ def test_latency_run_json_that_is_not_an_object(tmp_path: Path) -> None:
 
 def test_cost_tables_without_the_paper_reference(tmp_path: Path) -> None:
     cost = CostTables(tmp_path / "out", paper=tmp_path / "no-paper")
-    msg = _raises(FileNotFoundError, cost.run, [1], hypotheses=False)
+    msg = _raises(FileNotFoundError, cost.run, [1])
     assert "table1.csv" in msg and "results/paper" in msg
 
 

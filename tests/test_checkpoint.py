@@ -137,7 +137,7 @@ def test_hook_keeps_the_previous_checkpoint_when_a_save_fails(data, tmp_path, mo
         runner.train()
     assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
     assert ck.load_checkpoint_file(tmp_path / "iter_2.pth")["meta"]["iter"] == 2
-    assert not (tmp_path / "iter_4.pth").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "iter_4.pth").exists() and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_hook_removes_the_previous_best_only_after_the_new_best_is_complete(
@@ -194,7 +194,7 @@ def test_candidates_newest_first_and_dangling_pointer(tmp_path):
         (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
         os.utime(tmp_path / f"iter_{n}.pth", (1e9 - age, 1e9 - age))
     (tmp_path / "best_accuracy_iter_10.pth").write_bytes(b"x")  # not a resume point
-    (tmp_path / ".iter_12.pth.123.tmp").write_bytes(b"x")
+    (tmp_path / ".iter_12.pth.123.k3x_9q2a.tmp.pth").write_bytes(b"x")
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_12.pth"))  # deleted
     names = [Path(p).name for p in ck.checkpoint_candidates(str(tmp_path))]
     assert names == ["iter_2.pth", "iter_10.pth", "iter_4.pth"]
@@ -205,10 +205,21 @@ def test_candidates_newest_first_and_dangling_pointer(tmp_path):
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    (tmp_path / f".iter_4.pth.{dead}.tmp").write_bytes(b"half")
-    (tmp_path / f".iter_6.pth.{os.getppid()}.tmp").write_bytes(b"alive")
-    assert io.remove_stale_temps(str(tmp_path)) == [f".iter_4.pth.{dead}.tmp"]
-    assert [p.name for p in tmp_path.iterdir()] == [f".iter_6.pth.{os.getppid()}.tmp"]
+    stale, live = f".iter_4.pth.{dead}.a1b2c3d4.tmp.pth", f".iter_6.pth.{os.getppid()}.x_y.tmp.pth"
+    (tmp_path / stale).write_bytes(b"half")
+    (tmp_path / live).write_bytes(b"alive")
+    (tmp_path / f".last_checkpoint.{dead}.12345678.tmp").write_bytes(b"half")  # no suffix
+    (tmp_path / f".iter_8.pth.{dead}.tmp").write_bytes(b"not ours")  # no random part
+    assert io.remove_stale_temps(str(tmp_path)) == sorted(
+        [stale, f".last_checkpoint.{dead}.12345678.tmp"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, f".iter_8.pth.{dead}.tmp"])
+
+
+def test_atomic_temp_names_carry_pid_and_suffix(tmp_path):
+    with io.atomic_path(tmp_path / "iter_4.pth") as tmp:
+        assert tmp.name.startswith(f".iter_4.pth.{os.getpid()}.") and tmp.suffix == ".pth"
+        assert io._TMP.match(tmp.name)
 
 
 def test_move_aside_never_overwrites(tmp_path):

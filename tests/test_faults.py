@@ -60,7 +60,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(data, tmp_path):
     assert "could not save checkpoint" in err and str(wd / "iter_4.pth") in err
     assert "File too large" in err and f"previous checkpoint {wd / 'iter_2.pth'}" in err
     assert (wd / "last_checkpoint").read_text() == str(wd / "iter_2.pth")
-    assert not (wd / "iter_4.pth").exists() and not list(wd.glob(".*.tmp"))
+    assert not (wd / "iter_4.pth").exists() and not list(wd.glob(".*.tmp*"))
     load_checkpoint_file(wd / "iter_2.pth")  # complete and loadable
     rec = _record(wd)
     assert rec["status"] == "failed" and "CheckpointSaveError" in rec["error"]
@@ -73,11 +73,11 @@ def test_kill_9_in_the_middle_of_a_save(data, tmp_path):
     proc = _train(config, wd, data, env=_fault("kill_mid_save", 3))
     assert proc.returncode == -signal.SIGKILL
     assert (wd / "last_checkpoint").read_text() == str(wd / "iter_2.pth")
-    assert [p.name for p in wd.glob(".iter_4.pth.*.tmp")]  # the half-written temp file
+    assert [p.name for p in wd.glob(".iter_4.pth.*.tmp.pth")]  # the half-written temp file
     assert not (wd / "iter_4.pth").exists()
     assert _record(wd)["status"] == "running"  # kill -9 leaves no chance to say more
     _resume_completes(config, wd, data, from_iter=2)
-    assert not list(wd.glob(".*.tmp"))  # removed by the resumed run
+    assert not list(wd.glob(".*.tmp*"))  # removed by the resumed run
 
 
 @pytest.mark.slow

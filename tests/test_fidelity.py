@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +144,9 @@ def test_one_layers_figures_equal_a_hand_computation(tmp_path, padding):
         assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert (row["selection"], row["num_bases"], row["padding"]) == ("LP_L1-4", 10, padding)
 
-    from lbp_wht.reporting.fidelity import write_csvs
+    from lbp_wht.reporting.tables import write_fidelity_csvs
 
-    full, summary = write_csvs([{"state": "start", **row}], tmp_path)
+    full, summary = write_fidelity_csvs([{"state": "start", **row}], tmp_path)
     (written,) = list(csv.DictReader(open(full)))
     for key, value in hand.items():
         assert float(written[key]) == pytest.approx(value, abs=2e-6), key
@@ -186,7 +187,10 @@ def test_the_demo_config_path(tmp_path):
     import lbp_wht.integrations  # noqa: F401
     from lbp_wht.integrations.cost_record import build_model, load_config
     from lbp_wht.integrations.fidelity import analyze_config
-    from lbp_wht.reporting import fidelity as report
+    from lbp_wht.reporting import figures, tables
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+    import fidelity_readme as report
 
     root = Path(__file__).resolve().parents[1]
     opts = {
@@ -211,8 +215,8 @@ def test_the_demo_config_path(tmp_path):
     end = [r for r in rows if r["state"] == "end" and r["num_bases"] == 10]
     assert [r["cos_gw"] for r in start] != [r["cos_gw"] for r in end]  # other weights
     df = pd.DataFrame(rows)
-    report.write_csvs(rows, tmp_path)
-    report.plot_layers(df, tmp_path), report.plot_selections(df, tmp_path)
+    tables.write_fidelity_csvs(rows, tmp_path)
+    figures.plot_fidelity_layers(df, tmp_path), figures.plot_fidelity_selections(df, tmp_path)
     meta = dict(config="target.py", batch=8, seed=0, layers=layers,
                 states={"start": "init", "end": "ckpt"})  # fmt: skip
     text = report.write_readme(tmp_path, df, command="`x`", machine="m", seconds=1.0, meta=meta)

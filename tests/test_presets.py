@@ -243,7 +243,7 @@ def test_preset_converts_freezes_and_trains(built, model_name, method, scope):
     mode = "train" if spec.run is None else spec.run.get((method, scope))
     refs = b.refs
     try:
-        report = convert(model, preset.rules)
+        report = convert(model, preset.rules, example_input=b.x)
         converted = report.names()
 
         # exactly the expected layers, of the expected types, and nothing else converted

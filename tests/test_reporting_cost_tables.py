@@ -1,10 +1,14 @@
-"""results/cost regenerates from its committed records; a partial run keeps the provenance of
-what it did not regenerate."""
+"""results/cost regenerates from its committed records (the tables from the package, the
+hypotheses, agreement and README from analysis/cost_agreement.py); a partial run keeps the
+provenance of what it did not regenerate; a record's figures are checked before they reach a
+table."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +16,13 @@ import pytest
 pytest.importorskip("jinja2")
 
 from lbp_wht.reporting import cost_tables as ct  # noqa: E402
+from lbp_wht.reporting.render import RecordValueError, write_rows_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COST = ROOT / "results" / "cost"
+sys.path.insert(0, str(ROOT / "analysis"))
+import cost_agreement  # noqa: E402  (analysis/, not the package)
+from cost_hypotheses import CostHypotheses  # noqa: E402
 
 
 @pytest.fixture
@@ -26,7 +34,7 @@ def cost_copy(tmp_path: Path) -> Path:
 
 
 def test_readme_regenerates_byte_for_byte_from_the_committed_files(cost_copy: Path) -> None:
-    ct.CostTables(cost_copy, records=COST / "records").write_readme()
+    cost_agreement.write_readme(ct.CostTables(cost_copy, records=COST / "records"))
     assert (cost_copy / "README.md").read_text() == (COST / "README.md").read_text()
 
 
@@ -52,7 +60,8 @@ def test_a_partial_run_does_not_clobber_the_full_runs_provenance(cost_copy: Path
     before = {p.name: p.read_bytes() for p in cost_copy.glob("table[2-7].*")}
     old_info = json.loads((cost_copy / "run_info.json").read_text())
     cost = ct.CostTables(cost_copy, records=COST / "records")
-    meta = cost.run([1], hypotheses=False, command="python tools/make_cost_tables.py --tables 1")
+    meta = cost.run([1], command="python tools/make_cost_tables.py --tables 1")
+    cost_agreement.write_readme(cost)
     info = json.loads((cost_copy / "run_info.json").read_text())
     assert {k: v for k, v in info.items() if k != "partial_runs"} == old_info
     assert info["partial_runs"] == [meta] and meta["tables"] == [1]
@@ -121,9 +130,42 @@ def test_agreement_files_regenerate_from_the_committed_tables(cost_copy: Path) -
              "hypotheses_index.csv")  # fmt: skip
     for name in names:
         (cost_copy / name).unlink()
-    summary = ct.CostTables(cost_copy, records=COST / "records").write_agreement()
+    summary = cost_agreement.write_agreement(cost_copy, ct.read_csv, write_rows_csv)
     for name in names:
         assert (cost_copy / name).read_text() == (COST / name).read_text(), name
     total = summary[-1]
     assert total["table"] == "all" and total["cells"] == 113
     assert total["within_best"] + total["explained_by_hypothesis"] + total["not_explained"] == 113
+
+
+def test_hypotheses_regenerate_from_the_committed_records(cost_copy: Path) -> None:
+    """Every hypothesis variant is read from its committed record (none measured again) and
+    gives the committed hypotheses*.csv byte for byte."""
+    names = sorted(p.name for p in COST.glob("hypotheses*.csv") if p.name not in
+                   ("hypotheses_by_cell.csv", "hypotheses_index.csv"))  # fmt: skip
+    assert len(names) == 6
+    for name in names:
+        (cost_copy / name).unlink()
+    before = sorted(p.name for p in (COST / "records").iterdir())
+    CostHypotheses(cost_copy, records=COST / "records").hypotheses()
+    for name in names:
+        assert (cost_copy / name).read_text() == (COST / name).read_text(), name
+    assert sorted(p.name for p in (COST / "records").iterdir()) == before
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "12.5 MFLOPs", None, [1.0]])
+def test_a_record_figure_that_is_not_a_finite_number_is_refused(tmp_path: Path, bad) -> None:
+    cost = ct.CostTables(tmp_path, records=tmp_path / "records")
+    found = cost.find_config(2, "efficientformer-l1", "partial", "full_bp", None, "cifar100")
+    name = f"{Path(found[0]).stem}.json"
+    rec = json.loads((COST / "records" / name).read_text())
+    if bad is None:  # a figure that is missing altogether is not a number either
+        del rec["backprop_flops"]
+    else:
+        rec["backprop_flops"] = bad
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / name).write_text(json.dumps(rec))
+    with pytest.raises(RecordValueError) as err:
+        cost.record(found)
+    assert str(tmp_path / "records" / name) in str(err.value)
+    assert "backprop_flops" in str(err.value)

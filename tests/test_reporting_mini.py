@@ -1,10 +1,13 @@
 """The mini-reproduction's RESULTS.md regenerates from the committed runs: only the facts of
-the machine that writes it (date, machine and load, git revision) may differ."""
+the machine that writes it (date, machine and load, git revision) may differ. Its verdict rules
+(analysis/verdicts.py) and report (analysis/mini_results.py) are analyses, not package code."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,22 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("jinja2")
 
-from lbp_wht.reporting import mini  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "results" / "mini"
+sys.path.insert(0, str(ROOT / "analysis"))
+import mini_results  # noqa: E402  (analysis/, not the package)
+import verdicts  # noqa: E402
+
+
+def _claim_words():
+    """The macros of ``mini_claims.j2`` with the report's formatting functions."""
+    from lbp_wht.reporting.render import environment
+
+    return (
+        environment(ROOT / "analysis" / "templates")
+        .get_template("mini_claims.j2")
+        .make_module(dict(acc=verdicts.acc_text, se2=verdicts.se2_text, spec=format))
+    )
 
 
 def test_results_md_regenerates_from_the_committed_runs(tmp_path: Path) -> None:
@@ -25,7 +40,7 @@ def test_results_md_regenerates_from_the_committed_runs(tmp_path: Path) -> None:
     old = (MINI / "RESULTS.md").read_text().splitlines()
     load_start = next(ln for ln in old if ln.startswith("- **Machine:**"))
     load_start = load_start.split("load average ")[1].split(" at the start")[0]
-    mini.write_report(
+    mini_results.write_report(
         out,
         stages=timing["stages_s"],
         command=timing["command"],
@@ -47,9 +62,9 @@ def test_results_md_regenerates_from_the_committed_runs(tmp_path: Path) -> None:
 
 
 def test_claims_of_the_committed_runs() -> None:
-    s = mini.Stats(MINI / "runs" / "adapt", MINI / "cost")
-    verdicts = {c["claim"]: c["verdict"] for c in mini.claims(s)}
-    assert verdicts == {
+    s = verdicts.Stats(MINI / "runs" / "adapt", MINI / "cost")
+    got = {c["claim"]: c["verdict"] for c in verdicts.claims(s)}
+    assert got == {
         "calibration": "holds",
         "lbp_vs_lora_all": "partly agrees",
         "rises_with_r": "agrees",
@@ -64,21 +79,18 @@ def test_claims_of_the_committed_runs() -> None:
 def test_cost_tags_are_the_vocabularys_config_tags() -> None:
     from lbp_wht.experiments.vocab import config_tag, parse_config_tag
 
-    assert all(config_tag(parse_config_tag(t)) == t for t in mini.DEMO_METHODS)
+    spec = importlib.util.spec_from_file_location("mini_report", ROOT / "scripts/mini_report.py")
+    mini_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mini_report)
+    assert all(config_tag(parse_config_tag(t)) == t for t in mini_report.DEMO_METHODS)
     with pytest.raises(ValueError, match="'lp_l1-4'.*lp-l1-r4"):
-        mini.measure_costs(ROOT / "configs/mini/demo/target.py", Path("unused"), ["lp_l1-4"])
+        mini_report.measure(ROOT / "configs/mini/demo/target.py", Path("unused"), ["lp_l1-4"])
 
 
 def test_every_claim_kind_is_worded() -> None:
     """The branches the committed run does not reach still render (the template is strict
     about missing numbers)."""
-    from lbp_wht.reporting.render import _env
-
-    words = (
-        _env()
-        .get_template("mini_claims.j2")
-        .make_module(dict(acc=mini._fmt_acc, se2=mini._n, spec=format))
-    )
+    words = _claim_words()
     untested = dict(claim="calibration_untested", verdict="not tested")
     assert str(words.title(untested)) == "Calibration: Full BP vs head only"
     assert "no head-only records" in str(words.evidence(untested))
@@ -113,8 +125,8 @@ def test_proxy_tables_and_figure_data_regenerate_from_the_committed_runs(tmp_pat
         paper_dir=ROOT / "results" / "paper",
         out=tmp_path,
         tables=["2", "4"],
-        models=[mini.MODEL],
-        datasets=[mini.DATASET],
+        models=[verdicts.MODEL],
+        datasets=[verdicts.DATASET],
     )
     for name in ("table2/table2", "table4/table4"):
         for ext in (".md", ".csv", ".tex"):
@@ -125,8 +137,8 @@ def test_proxy_tables_and_figure_data_regenerate_from_the_committed_runs(tmp_pat
         cost_dir=MINI / "cost",
         paper_dir=ROOT / "results" / "paper",
         out=tmp_path / "figures",
-        models=[mini.MODEL],
-        dataset=mini.DATASET,
+        models=[verdicts.MODEL],
+        dataset=verdicts.DATASET,
         spectrum=spectrum,
     )
     for n in (3, 4, 5):
@@ -134,7 +146,7 @@ def test_proxy_tables_and_figure_data_regenerate_from_the_committed_runs(tmp_pat
         assert (tmp_path / "figures" / data).read_text() == (MINI / "figures" / data).read_text()
 
 
-class _FakeStats(mini.Stats):
+class _FakeStats(verdicts.Stats):
     """Stats from a dict: method key -> ((mean, std, n), MFLOPs)."""
 
     def __init__(self, rows: dict) -> None:
@@ -149,10 +161,10 @@ class _FakeStats(mini.Stats):
 
 def _losa_rows(losa_acc: float, losa_mflops: float = 0.6) -> dict:
     return {
-        mini.HEAD: ((75.0, 0.2, 3), 0.0005),
-        mini.LOSA: ((losa_acc, 0.2, 3), losa_mflops),
-        mini.lp(2): ((84.5, 0.5, 3), 15.9),
-        mini.lp(4): ((87.0, 0.2, 3), 24.0),
+        verdicts.HEAD: ((75.0, 0.2, 3), 0.0005),
+        verdicts.LOSA: ((losa_acc, 0.2, 3), losa_mflops),
+        verdicts.lp(2): ((84.5, 0.5, 3), 15.9),
+        verdicts.lp(4): ((87.0, 0.2, 3), 24.0),
     }
 
 
@@ -166,18 +178,12 @@ def _losa_rows(losa_acc: float, losa_mflops: float = 0.6) -> dict:
     ],
 )
 def test_losa_claim_verdicts(losa_acc, losa_mflops, verdict, reason, best) -> None:
-    c = mini.losa_claim(_FakeStats(_losa_rows(losa_acc, losa_mflops)))
+    c = verdicts.losa_claim(_FakeStats(_losa_rows(losa_acc, losa_mflops)))
     assert (c["verdict"], c["reason"], c["best"]) == (verdict, reason, best)
     assert [row["r"] for row in c["rows"]] == [2, 4]
     assert c["rows"][0]["ratio"] == pytest.approx(15.9 / losa_mflops)
     assert c["head_diff"] == pytest.approx(losa_acc - 75.0)
-    from lbp_wht.reporting.render import _env
-
-    words = (
-        _env()
-        .get_template("mini_claims.j2")
-        .make_module(dict(acc=mini._fmt_acc, se2=mini._n, spec=format))
-    )
+    words = _claim_words()
     assert str(words.title(c)).startswith("LoSA costs less backprop than LBP-WHT")
     text = str(words.evidence(c))
     assert text.startswith(f"LoSA {losa_acc:.2f} ± 0.20 (n=3) at {losa_mflops:.2f} backprop")
@@ -187,6 +193,7 @@ def test_losa_claim_verdicts(losa_acc, losa_mflops, verdict, reason, best) -> No
 
 def test_losa_claim_needs_losa_and_lbp_runs() -> None:
     rows = _losa_rows(85.0)
-    assert mini.losa_claim(_FakeStats({k: v for k, v in rows.items() if k != mini.LOSA})) is None
-    only = {mini.LOSA: rows[mini.LOSA]}
-    assert mini.losa_claim(_FakeStats(only)) is None
+    no_losa = {k: v for k, v in rows.items() if k != verdicts.LOSA}
+    assert verdicts.losa_claim(_FakeStats(no_losa)) is None
+    only = {verdicts.LOSA: rows[verdicts.LOSA]}
+    assert verdicts.losa_claim(_FakeStats(only)) is None

@@ -1,6 +1,7 @@
 """The table builders on the committed results (not synthetic CSVs): Table 8 from
 results/latency/table8_cpu.csv (its ``r`` and ``R`` columns), the cost columns of Tables 2-7
-from results/cost."""
+from results/cost; the numbers that reach a table are checked (one named error, naming the file
+and the key)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
+from lbp_wht.records import write_record  # noqa: E402
 from lbp_wht.reporting import tables  # noqa: E402
+from lbp_wht.reporting.render import RecordValueError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper"
@@ -73,3 +76,52 @@ def test_dataset_spellings_normalise_and_typos_do_not() -> None:
     assert tables.check_datasets(None) is None
     with pytest.raises(ValueError, match=r"\['cifar-1000'\].*cifar100"):
         tables.check_datasets(["cifar-1000"])
+
+
+def _run_record(root, value, **extra) -> Path:
+    path = root / "efficientformer-l1_partial_full_bp_cifar100_s0" / "record.json"
+    write_record(path, dict(kind="train", status="complete", model="efficientformer-l1",
+                            scope="partial", dataset="cifar100", method="full_bp", seed=0,
+                            metric="accuracy/top1", value=value, **extra))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "88.1%", [88.1], True])
+def test_a_run_value_that_is_not_a_finite_number_is_refused(tmp_path, bad) -> None:
+    path = _run_record(tmp_path, bad)
+    with pytest.raises(RecordValueError) as err:
+        tables.load_runs([tmp_path])
+    assert str(path) in str(err.value) and "value" in str(err.value)
+
+
+def test_a_run_without_a_value_is_left_out_and_a_good_one_is_read(tmp_path) -> None:
+    _run_record(tmp_path, None)
+    assert tables.load_runs([tmp_path]).empty
+    _run_record(tmp_path, "88.5")  # a number written as text is still a number
+    assert tables.load_runs([tmp_path])["value"].tolist() == [88.5]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity", "fast"])
+def test_a_cost_cell_that_is_not_a_finite_number_is_refused(tmp_path, bad) -> None:
+    path = tmp_path / "table2.csv"
+    path.write_text(
+        "model,scope,method,ours_mflops,ours_speedup\n"
+        "efficientformer-l1,partial,full_bp,1584.59,1.0\n"
+        f"efficientformer-l1,partial,lora,{bad},\n"
+    )
+    with pytest.raises(RecordValueError) as err:
+        tables.load_cost(tmp_path)
+    assert str(path) in str(err.value) and "ours_mflops" in str(err.value)
+    path.write_text(path.read_text().replace(bad, ""))  # an empty cell is a missing value
+    cost = tables.load_cost(tmp_path)
+    assert cost["mflops"].isna().tolist() == [False, True]
+
+
+def test_a_transfer_accuracy_that_is_not_a_number_is_refused() -> None:
+    recs = [dict(tag="full-bp", seed=s, label="Full BP", method="full_bp", r=None, norm_eval=True,
+                 accuracy=acc, train_s=1.0) for s, acc in enumerate([87.0, float("nan")])]  # fmt: skip
+    with pytest.raises(RecordValueError, match=r"runs/full-bp_s1\.json: accuracy = nan"):
+        tables.transfer_rows(recs, [dict(tag="full-bp", mflops=450.0)], ["full-bp"])
+    recs[1]["accuracy"] = 88.0
+    (row,) = tables.transfer_rows(recs, [dict(tag="full-bp", mflops=450.0)], ["full-bp"])
+    assert row["acc"] == 87.5 and row["n"] == 2 and row["speedup"] == 1.0

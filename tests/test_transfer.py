@@ -128,7 +128,8 @@ def test_smoke_mode_writes_every_file(tmp_path):
 def test_report_of_a_full_run_reads_every_claim(tmp_path):
     """RESULTS.md of a run with every method and three seeds (made-up numbers, so that each
     verdict is known): the demo's claims on the BatchNorm-eval rows and the BatchNorm claim."""
-    from lbp_wht.reporting.transfer import write_report
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+    from transfer_results import write_report
 
     acc = {"head-only": 85.0, "full-bp": 88.0, "lora-all": 86.0, "losa": 86.9, "lp-l1-r2": 86.5,
            "lp-l1-r4": 87.2, "lp-l1-r8": 87.8, "full-bp-bntrain": 87.9, "lp-l1-r2-bntrain": 60.0,

@@ -10,8 +10,9 @@ the share of g_y's WHT energy in the kept bases, for LP_L1-r (r = 2..8), LP_Linf
 LHE-R, reflect and zero padding, and all 64 bases (``lbp_wht.fidelity``). States: ``start`` (the
 config's ``load_from`` without ``lbp.drop_keys``: the start of adaptation) and each
 ``--checkpoint`` (e.g. ``end=work_dirs/.../iter_200.pth``). Writes ``OUT/fidelity.csv``,
-``OUT/summary.csv``, two figures and ``OUT/README.md``, which reads the numbers against the CPU
-demo's accuracies in ``--mini`` (``lbp_wht.reporting.fidelity``).
+``OUT/summary.csv``, two figures (``lbp_wht.reporting.tables`` / ``.figures``) and
+``OUT/README.md``, which reads the numbers against the CPU demo's accuracies in ``--mini``
+(``analysis/fidelity_readme.py``, the verdict by the rules of ``analysis/verdicts.py``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     import lbp_wht.integrations  # noqa: F401  (CPU shims before mmpretrain)
     from lbp_wht.integrations.cost_record import load_config
     from lbp_wht.integrations.fidelity import analyze_config
-    from lbp_wht.reporting import fidelity as report
-    from lbp_wht.reporting.mini import machine_description
+    from lbp_wht.reporting import figures, tables
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+    import fidelity_readme as report  # an analysis (the verdict), not package code
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    full, summary = report.write_csvs(rows, args.out)
-    figs = report.plot_layers(df, args.out) + report.plot_selections(df, args.out)
+    full, summary = tables.write_fidelity_csvs(rows, args.out)
+    figs = [*figures.plot_fidelity_layers(df, args.out)]
+    figs += figures.plot_fidelity_selections(df, args.out)
     starts = {"start": f"`{cfg.get('load_from')}` without `{list(cfg.lbp.get('drop_keys', []))}`"}
     meta = dict(
         config=args.config,
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         df,
         command=f"`{args.via}` (runs `{command}`)" if args.via else f"`{command}`",
-        machine=machine_description(),
+        machine=report.machine_description(),
         seconds=time.time() - t0,
         meta=meta,
         mini_dir=args.mini if args.mini.is_dir() else None,

@@ -1,15 +1,15 @@
 """Regenerate the paper's cost columns (Tables 1, 2, 3, 5, 6, 7) into ``results/cost/``.
 
     python tools/make_cost_tables.py [--tables 1 2 3 5 6 7] [--out results/cost] [--force]
-                                     [--device cpu] [--no-hypotheses] [--readme-only]
+                                     [--device cpu]
 
 For every row of the paper's cost tables (``results/paper/*.csv``) the row's experiment config
 is measured (random init, batch 1, figures per image; one JSON record per config in
-``<out>/records/``, reused unless ``--force``) and ``table{1,2,3,5,6,7}.{csv,md}``, the
-accounting hypotheses and ``README.md`` are written (``lbp_wht.reporting.cost_tables``).
-``run_info.json`` says how: a run of every table with the hypotheses replaces it, a partial run
-(``--tables`` a subset, or ``--no-hypotheses``) adds itself to it and leaves the other files as
-they are.
+``<out>/records/``, reused unless ``--force``) and ``table{1,2,3,5,6,7}.{csv,md}`` are written
+(``lbp_wht.reporting.cost_tables``). ``run_info.json`` says how: a run of every table replaces
+it, a partial run (``--tables`` a subset) adds itself to it and leaves the other files as they
+are. Why ours differ from the paper's (the accounting hypotheses, ``agreement.csv``,
+``README.md``): ``python analysis/cost_agreement.py`` afterwards.
 """
 
 from __future__ import annotations
@@ -33,19 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="re-measure even if a record exists")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--no-hypotheses", action="store_true", help="skip the hypothesis runs")
-    p.add_argument(
-        "--readme-only", action="store_true", help="only rewrite README.md from existing files"
-    )
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be positive, got {args.batch}")
     cost = CostTables(
         args.out, records=args.records, force=args.force, device=args.device, batch=args.batch
     )
-    if args.readme_only:
-        print(f"wrote {cost.write_readme()}")
-        return 0
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -54,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     command = "python tools/make_cost_tables.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        meta = cost.run(args.tables, hypotheses=not args.no_hypotheses, command=command)
+        meta = cost.run(args.tables, command=command)
     except FileNotFoundError as e:
         raise SystemExit(f"make_cost_tables: {e}") from None
-    what = sorted(map(str, args.tables)) + ([] if args.no_hypotheses else ["hypotheses"])
-    print(f"[cost] done in {meta['seconds']} s; tables {what} -> {args.out}")
+    print(f"[cost] done in {meta['seconds']} s; tables {sorted(args.tables)} -> {args.out}")
+    print("[cost] the hypotheses, agreement.csv and README.md: python analysis/cost_agreement.py")
     return 0
 
 

@@ -1,7 +1,8 @@
 """EfficientNet-Lite0 (ImageNet) adapted to Fashion-MNIST on CPU: its 7x7 tail with head only,
 Full BP, LoRA-all, LoSA and LBP-WHT LP_L1-2/4/8, BatchNorm on running statistics and (Full BP,
 LP_L1-2/4) in train mode, several seeds (``lbp_wht.integrations.transfer``); then the table,
-figure and RESULTS.md (``lbp_wht.reporting.transfer``).
+figure and RESULTS.md (``analysis/transfer_results.py``: the package's table and figure, the
+verdicts of ``analysis/verdicts.py``).
 
     python tools/transfer.py [--smoke] [--out results/transfer] [--work work_dirs/transfer]
         [--jobs 2] [--seeds 0 1 2] [--steps N] [--batch N] [--lr X]
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             load_start = "n/a"
     from lbp_wht.integrations import transfer
-    from lbp_wht.reporting.transfer import write_report
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+    from transfer_results import write_report  # an analysis (verdicts), not package code
 
     protocol = transfer.smoke_protocol() if args.smoke else transfer.Protocol()
     overrides = {

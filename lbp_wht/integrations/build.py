@@ -476,8 +476,10 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         assert_convertible = None
     if assert_convertible is not None and preset.rules:
         assert_convertible(net)
-    # This builder warns about train-mode BatchNorm itself (below, also into the log).
-    report = convert(net, preset.rules, batchnorm_guard=False)
+    # This builder warns about train-mode BatchNorm itself (below, also into the log). The
+    # dry forwards that establish every layer's map run on an image of the model's size.
+    example = example_image(cfg, model) if preset.rules else None
+    report = convert(net, preset.rules, batchnorm_guard=False, example_input=example)
     if cfg["method"] == "losa":
         attach_side_network(net, preset, cfg, model)
     trainable = freeze(net, preset.trainable)
@@ -530,24 +532,33 @@ def attach_side_network(
     forward of a zero image at the model's input size (:data:`lbp_wht.experiments.vocab.MODELS`
     ``img_size``; channels from ``backbone.in_channels``, else 3). Returns the side network.
     """
+    from lbp_wht.losa import attach_losa, find_blocks
+
+    blocks = [b for c in preset.losa_containers for b in find_blocks(net, c)]
+    what = "lbp.method='losa' (the side network's token mixer is sized from it)"
+    example = example_image(cfg, model_cfg, what)
+    return attach_losa(
+        net, blocks, preset.losa_output, rank=cfg["losa_rank"], example_inputs=example
+    )
+
+
+def example_image(cfg: dict, model_cfg: dict, what: str = "lbp") -> Any:
+    """A zero ``(1, C, S, S)`` image at the model's input size: side ``S`` from
+    :data:`lbp_wht.experiments.vocab.MODELS` ``img_size``, channels from the config's
+    ``backbone.in_channels`` (else 3). :func:`lbp_wht.convert` traces every layer's map on it;
+    LoSA sizes its side network from it."""
     import torch
 
     from lbp_wht.experiments.vocab import MODELS as MODEL_INFO
-    from lbp_wht.losa import attach_losa, find_blocks
 
     info = MODEL_INFO.get(cfg["model"]) or MODEL_INFO.get(cfg["preset"] or "")
     if info is None:
         raise LBPConfigError(
-            f"lbp.method='losa': no input size known for lbp.model={cfg['model']!r} (the side "
-            "network's token mixer is sized from it); use a model of "
+            f"{what}: no input size known for lbp.model={cfg['model']!r}; use a model of "
             "lbp_wht.experiments.vocab.MODELS"
         )
     channels = int((model_cfg.get("backbone") or {}).get("in_channels", 3))
-    blocks = [b for c in preset.losa_containers for b in find_blocks(net, c)]
-    example = torch.zeros(1, channels, info.img_size, info.img_size)
-    return attach_losa(
-        net, blocks, preset.losa_output, rank=cfg["losa_rank"], example_inputs=example
-    )
+    return torch.zeros(1, channels, info.img_size, info.img_size)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

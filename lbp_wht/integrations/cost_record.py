@@ -225,7 +225,8 @@ def analyze(
         from .build import always_compute_input_grad, lbp_layers
 
         before = set(lbp_layers(model))
-        convert(model, extra_rules, batchnorm_guard=False)
+        example = torch.zeros(1, input_channels(cfg, model), h, w, device=device)
+        convert(model, extra_rules, batchnorm_guard=False, example_input=example)
         if info.get("variant") == "authors":
             new = [m for n, m in lbp_layers(model).items() if n not in before]
             always_compute_input_grad(new)

@@ -1,4 +1,5 @@
-"""Figures 3, 4 and 5 of the paper from run records, cost records and a saved g_y spectrum.
+"""Every figure: the paper's Figures 3, 4 and 5 from run records, cost records and a saved g_y
+spectrum; the transfer run's accuracy vs cost; the gradient-fidelity curves.
 
 * Figure 3: accuracy [%] vs backprop computation [MFLOPs] per model, partial training (last
   stage). LBP-WHT LP_L1-r for every r with records is one curve (points labelled with r, error
@@ -11,9 +12,12 @@
 * Figure 5: the 8x8 WHT energy spectrum of g_y (share of the total energy per base B_ij,
   log colour scale) of the layer saved in ``spectrum.json`` by ``LBPWHTHook`` (by default the
   last attention block of EfficientFormer-L1), with the LP_L1-4 selection outlined.
+* :func:`plot_transfer` (``results/transfer/figure``), :func:`plot_fidelity_layers` and
+  :func:`plot_fidelity_selections` (``results/fidelity/``).
 
 Each figure is written as PNG (200 dpi) and PDF, sized for a paper column / page, plus a CSV of
-the plotted numbers (:func:`make_figures`). Missing data are left out of the plot (never
+the plotted numbers (:func:`make_figures`), every file aside and renamed
+(:func:`lbp_wht.reporting.plotting.save_figure`). Missing data are left out of the plot (never
 interpolated).
 """
 
@@ -45,13 +49,10 @@ from ..experiments.vocab import (  # noqa: E402
     method_key,
     norm_dataset,
 )
+from ..io import atomic_path  # noqa: E402
+from .plotting import save_figure  # noqa: E402
 from .render import as_number  # noqa: E402
-from .tables import (  # noqa: E402
-    cell_stat,
-    cost_of,
-    load_cost,
-    load_runs,
-)
+from .tables import cell_stat, cost_of, fidelity_summary, load_cost, load_runs  # noqa: E402
 
 #: Methods drawn as single markers (label, marker, colour). ``head_only`` (the linear probe of
 #: the CPU mini-reproduction; not in the paper) sits at the head's own, near-zero backprop cost;
@@ -88,13 +89,14 @@ def _style() -> None:
     )
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # same bytes on a rerun
-    plt.close(fig)
-    return paths
+def _save(fig: plt.Figure, out: Path, name: str, dpi: int = 200) -> list[Path]:
+    return save_figure(fig, [out / f"{name}.png", out / f"{name}.pdf"], dpi)
+
+
+def _to_csv(df: pd.DataFrame, path: Path, **kw: Any) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kw)
+    return path
 
 
 # ------------------------------------------------------------------------------ Figure 3/4
@@ -444,6 +446,106 @@ def plot_fig5(spec: dict[str, Any], out: Path, outline_r: int = 4) -> list[Path]
     return _save(fig, out, "figure5")
 
 
+# ------------------------------------------------------------ transfer and gradient fidelity
+def plot_transfer(rows: Sequence[dict], out: Path) -> list[Path]:
+    """``results/transfer/figure.{png,pdf}``: accuracy vs backprop MFLOPs of the rows of
+    :func:`lbp_wht.reporting.tables.transfer_rows`; LP_L1-r per BatchNorm mode as curves, the
+    rest as markers."""
+    plt.rcParams.update({"font.size": 7, "legend.fontsize": 6})
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(4.6, 3.4), layout="constrained")
+    marks = {"Head only": ("D", "tab:gray"), "Full BP": ("*", "tab:red"),
+             "LoRA-all": ("^", "tab:purple"), "LoSA": ("P", "tab:orange")}  # fmt: skip
+    for bn, fill, ls in (("running stats", None, "-"), ("train mode", "none", "--")):
+        d = df[df["bn"] == bn]
+        lbp = d[d["tag"].str.startswith("lp-l1")].sort_values("mflops")
+        if not lbp.empty:
+            ax.errorbar(lbp["mflops"], lbp["acc"], yerr=lbp["acc_std"].astype(float).fillna(0),
+                        color="tab:blue", ls=ls, marker="o", mfc=fill or "tab:blue", capsize=2,
+                        lw=1, label=f"LBP-WHT LP_L1-r, BN {bn}")  # fmt: skip
+            for _, p in lbp.iterrows():
+                ax.annotate(p["method"].split("-")[-1].split(" ")[0], (p["mflops"], p["acc"]),
+                            textcoords="offset points", xytext=(3, -8), fontsize=6)  # fmt: skip
+        for name, (marker, color) in marks.items():
+            b = d[d["method"].str.startswith(name)]
+            if b.empty:
+                continue
+            ax.errorbar(b["mflops"], b["acc"], yerr=b["acc_std"].astype(float).fillna(0),
+                        ls="none", marker=marker, color=color, mfc=fill or color, capsize=2,
+                        ms=6 if marker == "*" else 4, label=f"{name}, BN {bn}")  # fmt: skip
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("Backprop computation per image [MFLOPs] (symlog)")
+    ax.set_ylabel("Fashion-MNIST test accuracy [%]")
+    ax.set_title("EfficientNet-Lite0 (ImageNet) 7x7 tail adapted to Fashion-MNIST")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=2, frameon=False)
+    return _save(fig, out, "figure")
+
+
+def _fidelity_style() -> None:
+    plt.rcParams.update({"font.size": 7, "axes.titlesize": 7, "legend.fontsize": 6})
+
+
+def plot_fidelity_layers(df: pd.DataFrame, out: Path) -> list[Path]:
+    """``fidelity_layers.{png,pdf}``: cosine of g_w (top) / g_x (bottom) vs R, LP_L1-r with
+    reflect padding, one line per layer type, a column per state (rows of
+    :func:`lbp_wht.integrations.fidelity.analyze_config`)."""
+    _fidelity_style()
+    sel = df[(df["family"] == "lp_l1") & (df["padding"] == "reflect") & (df["num_bases"] < 64)]
+    states = list(dict.fromkeys(df["state"]))
+    fig, axes = plt.subplots(
+        2, len(states), figsize=(max(2.8 * len(states) + 0.6, 5.0), 4.6), squeeze=False,
+        sharey="row",
+        layout="constrained",
+    )  # fmt: skip
+    for j, state in enumerate(states):
+        d = sel[sel["state"] == state]
+        for i, (metric, what) in enumerate((("cos_gw", "g_w"), ("cos_gx", "g_x"))):
+            ax = axes[i][j]
+            for kind, g in d.groupby("layer_type", sort=False):
+                g = g.groupby("num_bases")[metric].mean()
+                ax.plot(g.index, g.values, marker="o", ms=3, lw=1, label=kind)
+            ax.set_title(f"{state}: cosine of {what} (LP_L1-r, reflect)")
+            ax.set_xlabel("number of WHT bases R")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(f"cos(LBP-WHT {what}, exact {what})")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
+    return _save(fig, out, "fidelity_layers")
+
+
+def plot_fidelity_selections(df: pd.DataFrame, out: Path) -> list[Path]:
+    """``fidelity_selections.{png,pdf}``: the layer mean of the g_w cosine vs R per selection
+    and padding, a panel per state."""
+    _fidelity_style()
+    s = fidelity_summary(df)
+    s = s[s["num_bases"] < 64]
+    states = list(dict.fromkeys(s["state"]))
+    fig, axes = plt.subplots(
+        1, len(states), figsize=(max(2.8 * len(states) + 0.6, 5.0), 3.0), squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )  # fmt: skip
+    colors = {"lp_l1": "tab:blue", "lp_linf": "tab:green", "lhe": "tab:red"}
+    names = {"lp_l1": "LP_L1", "lp_linf": "LP_Linf", "lhe": "LHE (this batch's best R)"}
+    for ax, state in zip(axes[0], states):
+        d = s[s["state"] == state]
+        for (fam, pad), g in d.groupby(["family", "padding"], sort=False):
+            g = g.sort_values("num_bases")
+            ax.plot(
+                g["num_bases"], g["cos_gw"], color=colors[fam], ls="-" if pad == "reflect" else "--",
+                marker="o", ms=3, lw=1, label=f"{names[fam]}, {pad} padding",
+            )  # fmt: skip
+        ax.set_title(f"{state}: mean cosine of g_w over layers")
+        ax.set_xlabel("number of WHT bases R")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("cos(LBP-WHT g_w, exact g_w)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+    return _save(fig, out, "fidelity_selections")
+
+
 # -------------------------------------------------------------------------------------- CLI
 def make_figures(
     *,
@@ -470,12 +572,10 @@ def make_figures(
         out.mkdir(parents=True, exist_ok=True)
         if "3" in figures:
             written["3"] = plot_fig3(data, models, ds, out)
-            data.to_csv(out / "figure3_data.csv", index=False)
-            written["3"].append(out / "figure3_data.csv")
+            written["3"].append(_to_csv(data, out / "figure3_data.csv", index=False))
         if "4" in figures:
             written["4"] = plot_fig4(marg, models, out)
-            marg.to_csv(out / "figure4_data.csv", index=False)
-            written["4"].append(out / "figure4_data.csv")
+            written["4"].append(_to_csv(marg, out / "figure4_data.csv", index=False))
     if "5" in figures:
         path = Path(spectrum) if spectrum else find_spectrum(runs_roots)
         if path is None:
@@ -488,11 +588,11 @@ def make_figures(
         else:
             spec = load_spectrum(path)
             written["5"] = plot_fig5(spec, out)
-            pd.DataFrame(
+            energy = pd.DataFrame(
                 spec["energy"],
                 index=[f"i={i}" for i in range(spec["energy"].shape[0])],
                 columns=[f"j={j}" for j in range(spec["energy"].shape[1])],
-            ).to_csv(out / "figure5_data.csv")
-            written["5"].append(out / "figure5_data.csv")
+            )
+            written["5"].append(_to_csv(energy, out / "figure5_data.csv"))
             print(f"figure 5: spectrum from {path}")
     return written

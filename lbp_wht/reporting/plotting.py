@@ -1,9 +1,14 @@
-"""Small matplotlib helpers the report figures share."""
+"""Small matplotlib helpers the report figures share: labelled log axes, atomic saving."""
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from ..io import atomic_path
 
 #: Mantissas labelled on a log axis within each decade.
 LOG_MANTISSAS = (1, 2, 5)
@@ -41,3 +46,19 @@ def label_log_axis(axis: Any, lo: float, hi: float, suffix: str = "") -> None:
     axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: _plain(v, suffix)))
     axis.set_minor_formatter(NullFormatter())
+
+
+def save_figure(fig: Any, paths: Sequence[str | os.PathLike], dpi: int = 200) -> list[Path]:
+    """Save ``fig`` to each of ``paths`` (format from the suffix; raster formats at ``dpi``, a
+    PDF without a creation date, so that a rerun writes the same bytes), each written aside and
+    renamed, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        for path in paths:
+            pdf = str(path).endswith(".pdf")
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, **({"metadata": {"CreationDate": None}} if pdf else {"dpi": dpi}))
+    finally:
+        plt.close(fig)
+    return [Path(p) for p in paths]

@@ -1,10 +1,11 @@
-"""Markdown from the Jinja2 templates in ``templates/`` and the small formatting helpers the
-reports share.
+"""Markdown and files for every report: the Jinja2 templates, one Markdown table writer, CSV
+rows in and out, the check of the numbers that reach a table.
 
-Every report is one template: its wording lives there, its facts (numbers, verdicts) are
-computed by the report's module and passed in. Templates are rendered with
+Templates (``templates/`` here; the analyses in ``analysis/`` add their own folder) render with
 ``trim_blocks``/``lstrip_blocks`` (a line holding only a ``{% ... %}`` tag leaves nothing
-behind) and ``StrictUndefined`` (a misspelt variable is an error, not an empty string).
+behind) and ``StrictUndefined`` (a misspelt variable is an error, not an empty string). Every
+file is written aside and renamed (:mod:`lbp_wht.io`): a kill leaves the old file or the new
+one, never a cut one.
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_path, atomic_write
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
+class RecordValueError(ValueError):
+    """A number that would reach a table is not one (non-numeric, NaN or infinite); the message
+    names the file and the key."""
+
+
 @cache
-def _env():
+def environment(*folders: str | os.PathLike):
+    """The Jinja2 environment that finds templates in ``folders``, then in ``templates/``."""
     try:
         import jinja2
     except ImportError as e:  # pragma: no cover - jinja2 comes with torch
@@ -29,7 +38,7 @@ def _env():
             "the reports need jinja2: pip install 'lbp_wht[reporting]' (or pip install jinja2)"
         ) from e
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.FileSystemLoader([*map(str, folders), str(TEMPLATES)]),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -40,15 +49,23 @@ def _env():
 
 def render(template: str, **context: Any) -> str:
     """``templates/<template>`` rendered with ``context``."""
-    return _env().get_template(template).render(**context)
+    return environment().get_template(template).render(**context)
+
+
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None
+) -> str:
+    """A Markdown table, cells as given (``None`` empty). The rule under the header is
+    ``| --- | --- |`` or, with ``align`` (``"---"`` / ``"---:"`` per column), ``|---|---:|``."""
+    rule = f"| {' | '.join('---' for _ in header)} |" if align is None else f"|{'|'.join(align)}|"
+    lines = [f"| {' | '.join(header)} |", rule]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` (parent folders created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    """Write ``text`` to ``path`` (parent folders created, atomically); returns the path."""
+    return atomic_write(path, text)
 
 
 def write_rows_csv(
@@ -59,15 +76,13 @@ def write_rows_csv(
 ) -> Path:
     """Rows as CSV: columns ``fields`` (default: the first row's keys; other keys are dropped),
     ``None`` as an empty cell, floats through ``float_format`` (e.g. ``"{:.4g}"``) if given."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(fields or rows[0])
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         wr.writeheader()
         for row in rows:
             wr.writerow({k: _cell(row.get(k), float_format) for k in fields if k in row})
-    return path
+    return Path(path)
 
 
 def _cell(v: Any, float_format: str | None) -> Any:
@@ -109,3 +124,18 @@ def as_number(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(f) else f
+
+
+def checked_number(v: Any, where: str | os.PathLike, key: str) -> float | None:
+    """``v`` as a finite float, None where there is no value (``None``, an empty cell).
+
+    Raises:
+        RecordValueError: ``v`` is not a number (text, a list, a boolean), NaN or infinite;
+            the message names ``where`` (the file) and ``key``.
+    """
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    f = None if isinstance(v, bool) else as_number(v)
+    if f is None or not math.isfinite(f):
+        raise RecordValueError(f"{where}: {key} = {v!r} is not a finite number")
+    return f

@@ -33,6 +33,7 @@ and 7 as an extra / proxy row.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -58,8 +59,9 @@ from ..experiments.vocab import (
     rank_of,
     short_model_name,
 )
+from ..io import atomic_path
 from ..records import read_records
-from .render import as_number, render
+from .render import as_number, checked_number, markdown_table, render, write_text
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -76,7 +78,11 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """Complete training records under ``roots`` -> one row per (cell, seed).
 
     Columns: model, scope, dataset, method, select, r (key), seed, value, metric, path.
-    Several records of the same cell and seed (e.g. two work roots): the newest wins.
+    Several records of the same cell and seed (e.g. two work roots): the newest wins. A record
+    without a value (no evaluation) is left out.
+
+    Raises:
+        RecordValueError: a record whose ``value`` is not a finite number (names the file).
     """
     rows = []
     for root in roots:
@@ -85,7 +91,7 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
         for rec in read_records(root, pattern="**/record.json"):
             if rec.get("status") != "complete" or rec.get("kind", "train") != "train":
                 continue
-            value = as_number(rec.get("value"))
+            value = checked_number(rec.get("value"), rec["_path"], "value")
             if value is None or not rec.get("model") or not rec.get("method"):
                 continue
             m, s, r = method_key(rec["method"], rec.get("select"), rec.get("r"), rec.get("rank"))
@@ -184,15 +190,22 @@ def load_cost(cost_dir: str | os.PathLike | None) -> pd.DataFrame:
     measurement in one of the :data:`COST_ALIASES` columns; columns holding the paper's values
     (``paper_*``) are ignored. The ``table`` column (else a ``table<N>`` file name) says which
     paper table a row was measured for (:func:`cost_of` prefers that table's rows). Several
-    rows of the same table and key: the first wins.
+    rows of the same table and key: the first wins. Hidden files (a writer's temporary file
+    left by a kill) are skipped.
+
+    Raises:
+        RecordValueError: a measurement cell that is not empty and not a finite number (names
+            the CSV file and the column).
     """
     out_cols = ["table", "model", "scope", "method", "select", "r", *COST_ALIASES]
     rows: list[dict] = []
     if cost_dir is None or not Path(cost_dir).exists():
         return pd.DataFrame(columns=out_cols)
     for path in sorted(Path(cost_dir).rglob("*.csv")):
-        try:
-            df = pd.read_csv(path)
+        if path.name.startswith("."):
+            continue
+        try:  # only an empty cell is missing: "nan" / "inf" in a cost column are errors
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             continue
         cols = {c.lower(): c for c in df.columns}
@@ -221,7 +234,8 @@ def load_cost(cost_dir: str | os.PathLike | None) -> pd.DataFrame:
                 r=r,
             )
             for k, c in found.items():
-                row[k] = as_number(raw[c]) if c is not None else None
+                v = None if c is None or pd.isna(raw[c]) else raw[c]
+                row[k] = checked_number(v, path, c) if c is not None else None
             rows.append(row)
     df = pd.DataFrame(rows, columns=out_cols)
     return df.drop_duplicates(["table", "model", "scope", "method", "select", "r"], keep="first")
@@ -680,8 +694,6 @@ def _lat_lookup(df: pd.DataFrame | None, cx: int, cy: int, length: int, key: tup
 
 
 def build_table8(paper_dir: Path, latency_dir: Path | None) -> Table:
-    import csv
-
     lat = load_latency(latency_dir)
     columns = [
         Column("speedup_cpu", "Speedup CPU", "{:.1f}", "×"),
@@ -794,24 +806,35 @@ def _headers(t: Table) -> list[str]:
     return h
 
 
+def _section_starts(t: Table) -> list[bool]:
+    """Per row: whether a section line goes before it (tables without a lead column)."""
+    return [
+        bool(row.section) and (i == 0 or t.rows[i - 1].section != row.section) and not t.lead
+        for i, row in enumerate(t.rows)
+    ]
+
+
+def _cells(t: Table, latex: bool) -> list[list[str]]:
+    """Every row's cells: the lead cells, then ours / paper per column."""
+    out, prev = [], None
+    for row in t.rows:
+        cells = _lead_cells(t, row, prev, latex)
+        for c in t.columns:
+            cells += [_fmt_ours(row.ours.get(c.name, Stat()), c), _fmt(row.paper.get(c.name), c)]
+        out.append(cells)
+        prev = row
+    return out
+
+
 def to_markdown(t: Table) -> str:
     """The table in Markdown (template ``paper_table.md.j2``): title, what the cells hold, one
     line per row (a bold line per section), the notes."""
     lead = _headers(t)
     heads = lead + [x for c in t.columns for x in (c.header, f"{c.header} (paper)")]
-    lines = [
-        "| " + " | ".join(heads) + " |",
-        "|" + "|".join(["---"] * len(lead) + ["---:"] * (2 * len(t.columns))) + "|",
-    ]
-    prev = None
-    for row in t.rows:
-        if row.section and (prev is None or prev.section != row.section) and not t.lead:
-            lines.append("| **" + row.section + "** |" + " |" * (len(heads) - 1))
-        cells = _lead_cells(t, row, prev, latex=False)
-        for c in t.columns:
-            cells += [_fmt_ours(row.ours.get(c.name, Stat()), c), _fmt(row.paper.get(c.name), c)]
-        lines.append("| " + " | ".join(cells) + " |")
-        prev = row
+    align = ["---"] * len(lead) + ["---:"] * (2 * len(t.columns))
+    lines = markdown_table(heads, _cells(t, latex=False), align).split("\n")
+    for i in reversed([i for i, new in enumerate(_section_starts(t)) if new]):
+        lines.insert(2 + i, f"| **{t.rows[i].section}** |" + " |" * (len(heads) - 1))
     return render("paper_table.md.j2", title=t.title, lines=lines, notes=t.notes)
 
 
@@ -833,54 +856,160 @@ def _tex(s: str) -> str:
 
 
 def to_latex(t: Table) -> str:
+    """The table as a LaTeX ``tabular`` (pandas ``DataFrame.to_latex``, booktabs rules): our
+    and the paper's value under each metric's header, a rule between models and an italic
+    line per section."""
     lead = _headers(t)
     n = len(lead) + 2 * len(t.columns)
-    spec = "l" * len(lead) + "rr" * len(t.columns)
-    top = (
-        " & ".join(_tex(h) for h in lead)
-        + " & "
-        + " & ".join(rf"\multicolumn{{2}}{{c}}{{{_tex(c.header)}}}" for c in t.columns)
+    columns = pd.MultiIndex.from_tuples(
+        [(_tex(h), "") for h in lead]
+        + [(_tex(c.header), side) for c in t.columns for side in ("ours", "paper")]
+    )
+    rows = [[_tex(c) for c in cells] for cells in _cells(t, latex=True)]
+    lines = (
+        pd.DataFrame(rows, columns=columns)
+        .to_latex(
+            index=False,
+            column_format="l" * len(lead) + "rr" * len(t.columns),
+            multicolumn_format="c",
+        )  # fmt: skip
+        .splitlines()
     )
     rules = " ".join(
         rf"\cmidrule(lr){{{len(lead) + 2 * i + 1}-{len(lead) + 2 * i + 2}}}"
         for i in range(len(t.columns))
     )
-    sub = " & " * (len(lead) - 1) + " & " + " & ".join(["ours", "paper"] * len(t.columns))
-    lines = [
-        f"% {t.title}. Generated by tools/make_tables.py; ours (mean $\\pm$ std) and paper.",
-        r"\begin{tabular}{" + spec + "}",
-        r"\toprule",
-        top + r" \\",
-        rules,
-        sub + r" \\",
-        r"\midrule",
-    ]
-    prev = None
-    for row in t.rows:
-        if prev is not None and (prev.model != row.model or prev.section != row.section):
-            lines.append(r"\midrule")
-        if row.section and (prev is None or prev.section != row.section) and not t.lead:
-            lines.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(row.section)}}}}} \\")
-        cells = [_tex(c) for c in _lead_cells(t, row, prev, latex=True)]
-        for c in t.columns:
-            cells += [
-                _tex(_fmt_ours(row.ours.get(c.name, Stat()), c)),
-                _tex(_fmt(row.paper.get(c.name), c)),
-            ]
-        lines.append(" & ".join(cells) + r" \\")
-        prev = row
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    lines.insert(3, rules)  # under the metric headers
+    body = lines[6 : 6 + len(rows)]
+    for i, new in reversed(list(enumerate(_section_starts(t)))):
+        extra = []
+        if i and (
+            t.rows[i - 1].model != t.rows[i].model or t.rows[i - 1].section != t.rows[i].section
+        ):
+            extra.append(r"\midrule")
+        if new:
+            extra.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(t.rows[i].section)}}}}} \\")
+        body[i:i] = extra
+    lines[6 : 6 + len(rows)] = body
+    title = f"% {t.title}. Generated by tools/make_tables.py; ours (mean $\\pm$ std) and paper."
+    return "\n".join([title, *lines]) + "\n"
 
 
 def write_table(t: Table, out_dir: Path) -> list[Path]:
+    """``<out_dir>/<name>/<name>.{md,csv,tex}``, each written aside and renamed."""
     d = Path(out_dir) / t.name
-    d.mkdir(parents=True, exist_ok=True)
     paths = [d / f"{t.name}.md", d / f"{t.name}.csv", d / f"{t.name}.tex"]
-    paths[0].write_text(to_markdown(t))
-    to_frame(t).to_csv(paths[1], index=False)
-    paths[2].write_text(to_latex(t))
+    write_text(paths[0], to_markdown(t))
+    with atomic_path(paths[1]) as tmp:
+        to_frame(t).to_csv(tmp, index=False)
+    write_text(paths[2], to_latex(t))
     return paths
+
+
+# ------------------------------------------------------------ transfer and gradient fidelity
+def transfer_rows(
+    records: Sequence[dict], costs: Sequence[dict], order: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The transfer table (``results/transfer/``): one row per method tag (in ``order``) with
+    label, BatchNorm mode, R, backprop MFLOPs, speedup, saved MB, trainable parameters, accuracy
+    mean / std / n over the runs, mean train seconds.
+
+    Raises:
+        RecordValueError: a run's accuracy or train seconds that is not a finite number (the
+            message names the run as ``runs/<tag>_s<seed>.json`` and the key).
+    """
+    cost = {c["tag"]: c for c in costs}
+    full = cost.get("full-bp", {}).get("mflops")
+    out = []
+    for tag in order:
+        recs = [r for r in records if r["tag"] == tag]
+        if not recs:
+            continue
+        r0, c = recs[0], cost.get(tag, {})
+
+        def values(key: str, recs: list[dict] = recs) -> pd.Series:
+            return pd.Series(
+                [checked_number(r[key], f"runs/{r['tag']}_s{r['seed']}.json", key) for r in recs]
+            )
+
+        acc = values("accuracy")
+        r = None if r0.get("r") is None or pd.isna(r0["r"]) else int(r0["r"])
+        rank = rank_of((r0["method"], "lp_l1" if r else None, r))
+        out.append(
+            dict(
+                tag=tag,
+                method=r0["label"],
+                bn="running stats" if r0["norm_eval"] else "train mode",
+                R="-" if rank is None or r0["method"] == "full_bp" else rank,
+                mflops=c.get("mflops"),
+                speedup=(full / c["mflops"]) if full and c.get("mflops") else None,
+                activation_mb=c.get("activation_mb"),
+                trainable_params=c.get("trainable_params"),
+                acc=float(acc.mean()),
+                acc_std=float(acc.std(ddof=1)) if len(acc) > 1 else None,
+                n=len(acc),
+                train_s=float(values("train_s").mean()),
+            )
+        )
+    return out
+
+
+def transfer_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The transfer table in Markdown (without a title)."""
+
+    def num(v: Any, spec: str) -> str:
+        return "" if v is None else format(v, spec)
+
+    header = ["Method", "BatchNorm", "R", "Backprop MFLOPs", "Speedup", "Saved act. MB",
+              "Trainable params", "Accuracy [%]", "Train s / run"]  # fmt: skip
+    cells = [
+        [
+            r["method"],
+            r["bn"],
+            r["R"],
+            num(r["mflops"], ".2f"),
+            "" if r["speedup"] is None else f"{r['speedup']:.1f}×",
+            num(r["activation_mb"], ".3f"),
+            num(r["trainable_params"], ","),
+            f"{r['acc']:.2f}{num(r['acc_std'], '.2f') and ' ± ' + num(r['acc_std'], '.2f')} (n={r['n']})",
+            f"{r['train_s']:.0f}",
+        ]  # fmt: skip
+        for r in rows
+    ]
+    return markdown_table(header, cells, ["---", "---"] + ["---:"] * 7)
+
+
+#: Metrics of a gradient-fidelity row averaged over layers (:func:`fidelity_summary`).
+FIDELITY_METRICS = ("cos_gw", "relerr_gw", "cos_gx", "relerr_gx", "energy_share")
+
+
+def fidelity_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Gradient-fidelity rows (:func:`lbp_wht.integrations.fidelity.analyze_config`): the mean
+    over layers per (state, selection, padding), with the number of layers."""
+    keys = ["state", "selection", "family", "param", "num_bases", "padding"]
+    g = df.groupby(keys, sort=False)
+    s = g[list(FIDELITY_METRICS)].mean().reset_index()
+    s["layers"] = g.size().values
+    return s
+
+
+def write_fidelity_csvs(rows: Sequence[dict[str, Any]], out: Path) -> tuple[Path, Path]:
+    """``out/fidelity.csv`` (every row, floats to 6 decimals) and ``out/summary.csv``
+    (:func:`fidelity_summary`)."""
+    from ..fidelity import FIELDS
+
+    full, path = out / "fidelity.csv", out / "summary.csv"
+    cols = ["state", *FIELDS]
+    with atomic_path(full) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    with atomic_path(path) as tmp:
+        fidelity_summary(pd.DataFrame(rows, columns=cols)).to_csv(
+            tmp, index=False, float_format="%.6f"
+        )
+    return full, path
 
 
 def build_table(

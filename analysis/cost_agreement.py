@@ -1,31 +1,54 @@
-"""Every printed cost cell of the paper's Tables 2, 3, 5 and 7 beside ours, and why the cells
-that stay more than 10% off do (``results/cost/agreement.csv``).
+"""Every printed cost cell of the paper's Tables 2, 3, 5 and 7 beside ours, why the cells that
+stay more than 10% off do, and ``results/cost/README.md``.
 
-A *cell* is one number the paper prints in its cost columns: a row's MFLOPs, or its speedup
-where the paper prints one (Full BP's 1.0x is 1 by definition and not a cell). Table 3 prints
-MFLOPs only. Each cell is compared with our count in the two conversion variants
-(``lbp.variant``): ``corrected`` (the default) and ``authors`` (what the authors' code
-executed; for LoRA-all also their freeze, see
-:func:`lbp_wht.reporting.cost_tables.authors_options`). The variant whose value is closer to
-the paper's is the cell's *best-matching variant*; a cell agrees when that value is within
-:data:`TOLERANCE` of the paper's.
+    python analysis/cost_agreement.py [--out results/cost] [--records DIR] [--force]
+                                      [--device cpu] [--no-measure] [--readme-only]
 
-For every other cell the explanation names the tested hypotheses (:data:`HYPOTHESES`, their
-numbers per cell in ``hypotheses_by_cell.csv``) that bring it within the tolerance, or says
-"not explained" with every hypothesis tried and the ratio each reached.
+An investigation of the cost tables ``tools/make_cost_tables.py`` writes (run that first), kept
+out of the package:
 
-Everything here is computed from the CSVs ``CostTables`` writes (no measurement), so the
-files regenerate from the committed tables.
+1. the accounting hypotheses are measured (``analysis/cost_hypotheses.py``: one cost record per
+   variant in ``records/``, reused on a rerun; ``--no-measure`` keeps the committed
+   ``hypotheses*.csv``);
+2. ``agreement.csv``: every printed cell (a row's MFLOPs, or its speedup where the paper prints
+   one; Full BP's 1.0x is not a cell; Table 3 prints MFLOPs only) compared with our count in
+   the two conversion variants (``lbp.variant``): ``corrected`` (the default) and ``authors``
+   (what the authors' code executed; for LoRA-all also their freeze, see
+   :func:`lbp_wht.reporting.cost_tables.authors_options`). The variant closer to the paper is
+   the cell's *best-matching variant*; a cell agrees when that value is within
+   :data:`TOLERANCE` of the paper's. Every other cell names the tested hypotheses
+   (:data:`HYPOTHESES`, their numbers per cell in ``hypotheses_by_cell.csv``) that bring it
+   within the tolerance, or says "not explained" with every hypothesis tried and the ratio
+   each reached; ``agreement_summary.csv``, ``hypotheses_index.csv``, ``agreement.{png,pdf}``;
+3. ``README.md`` (template ``templates/cost_readme.md.j2``): how the files were made and the
+   findings, every number read from the files (``--readme-only``: only this step).
+
+Steps 2 and 3 compute from the CSVs alone (no measurement), so they regenerate from the
+committed files.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .render import as_number
+from lbp_wht.records import read_record
+from lbp_wht.reporting.cost_tables import (
+    SPEEDUP_TOLERANCE,
+    CostTables,
+    cell_text,
+    md_table,
+    read_csv,
+)
+from lbp_wht.reporting.paths import COST
+from lbp_wht.reporting.render import as_number, environment, write_rows_csv, write_text
+
+HERE = Path(__file__).resolve().parent
 
 #: A cell agrees when ``|ours / paper - 1|`` is at most this.
 TOLERANCE = 0.10
@@ -445,7 +468,7 @@ def plot_agreement(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plotting import label_log_axis
+    from lbp_wht.reporting.plotting import label_log_axis, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.8), layout="constrained")
     for ax, column in zip(axes, ("MFLOPs", "speedup")):
@@ -508,12 +531,7 @@ def plot_agreement(
         "(Table 3: our count is about twice the paper's)",
         fontsize=9,
     )
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # same bytes on a rerun
-    plt.close(fig)
-    return paths
+    return save_figure(fig, [stem.with_suffix(".png"), stem.with_suffix(".pdf")], dpi=150)
 
 
 def write_agreement(
@@ -545,3 +563,334 @@ def write_agreement(
     }
     plot_agreement(rows, out / "agreement", seg_half)
     return summary
+
+
+# ----------------------------------------------------------------------------- README
+def typed(row: dict[str, Any]) -> dict[str, Any]:
+    """CSV strings back to numbers / booleans for display (``r``, ``rank``, ``table`` stay
+    as written)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if v in ("True", "False"):
+            out[k] = v == "True"
+        elif isinstance(v, str) and k not in ("r", "rank", "table") and as_number(v) is not None:
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out
+
+
+def find_row(rows: Sequence[dict[str, str]], **match: Any) -> dict[str, str] | None:
+    """The first row whose fields equal ``match`` (compared as text)."""
+    for r in rows:
+        if all(str(r.get(k, "")) == str(v) for k, v in match.items()):
+            return r
+    return None
+
+
+# ------------------------------------------------------------------------ README facts
+def _agreement(tables: dict[int, list[dict[str, str]]]) -> list[dict[str, Any]]:
+    """Per table: rows, how many have paper MFLOPs / speedups, the spread of ours/paper."""
+    ov = []
+    for t, rows in tables.items():
+        withp = [r for r in rows if as_number(r.get("ratio_mflops"))]
+        sp = [r for r in rows if as_number(r.get("ratio_speedup"))]
+        ratios = sorted(as_number(r["ratio_mflops"]) for r in withp)
+        ov.append(
+            dict(
+                table=t,
+                rows=len(rows),
+                with_paper_mflops=len(withp),
+                median_ratio=ratios[len(ratios) // 2] if ratios else None,
+                min_ratio=ratios[0] if ratios else None,
+                max_ratio=ratios[-1] if ratios else None,
+                with_paper_speedup=len(sp),
+                speedup_off=sum(r["speedup_differs"] == "True" for r in sp),
+            )
+        )
+    return ov
+
+
+def _v2_full_ratios(tables: dict[int, list[dict[str, str]]]) -> list[dict[str, Any]]:
+    """Our EfficientFormerV2 Full BP MFLOPs / the paper's, per model and scope."""
+    vals: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in (2, 5):
+        for r in tables.get(t, []):
+            if r["model"].startswith("efficientformerv2") and r["method"] == "full_bp":
+                x = as_number(r["ratio_mflops"])
+                if x is not None:
+                    vals.setdefault(
+                        (r["model"], r["scope"]), dict(ratio=x, model=r["model"], scope=r["scope"])
+                    )
+    return list(vals.values())
+
+
+def _swin_rows(t2: list[dict[str, str]], t5: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """SwinV2's LBP-WHT rows with a paper cost (Table 2 partial, Table 5 full), both
+    variants."""
+    return [
+        typed(r)
+        for rows in (t2, t5)
+        for r in rows
+        if r["model"] == "swinv2-small-w8"
+        and r["method"] == "lbp_wht"
+        and r["in_paper"] == "True"
+        and (r["paper_mflops"] or r["paper_speedup_source"] == "paper")
+    ]
+
+
+def _dev(v: Any) -> float | None:
+    """``|v - 1|`` in percent (None for an empty cell)."""
+    x = as_number(v)
+    return None if x is None else 100 * abs(x - 1)
+
+
+def _v2_facts(hv2: list[dict[str, str]], paper: list[dict[str, str]]) -> dict[str, Any]:
+    """The EfficientFormerV2 findings the README words: what V2-DS and V2-FFN do to which
+    rows, S0 full LoRA-all, the paper's LoRA-all / Full BP per model."""
+    if not hv2:
+        return {}
+    part = [r for r in hv2 if r["scope"] == "partial"]
+    ds = [r for r in part if as_number(r.get("V2-DS_ratio"))]
+    la = find_row(hv2, table="2", model="efficientformerv2-s0", scope="full", method="lora_all")
+    fb = find_row(hv2, table="2", model="efficientformerv2-s0", scope="full", method="full_bp")
+
+    def paperto_mflops(table: str, model: str, scope: str, method: str) -> float | None:
+        row = find_row(paper, table=table, model=model, scope=scope, method=method)
+        return as_number(row["mflops"]) if row else None
+
+    la_over_fb = {}
+    for model in ("efficientformer-l1", "efficientformer-l7", "efficientformerv2-l",
+                  "swinv2-small-w8", "efficientformerv2-s0"):  # fmt: skip
+        a, b = (
+            paperto_mflops("5", model, "full", "lora_all"),
+            paperto_mflops("5", model, "full", "full_bp"),
+        )
+        if a and b:
+            la_over_fb[model] = a / b
+    t7 = (
+        paperto_mflops("7", "efficientformer-l1", "partial", "lora_all"),
+        paperto_mflops("7", "efficientformer-l1", "partial", "full_bp"),
+    )
+    return dict(
+        ds_full_bp_dev=max(_dev(r["V2-DS_ratio"]) for r in ds if r["method"] == "full_bp"),
+        ds_fits=[typed(r) for r in ds if r["method"] != "full_bp" and _dev(r["V2-DS_ratio"]) <= 10],
+        ds_misses=[typed(r) for r in ds if _dev(r["V2-DS_ratio"]) > 10],
+        ffn_lp2=[as_number(r["V2-FFN_ratio"]) for r in part
+                 if r["method"] == "lbp_wht" and r["r"] == "2" and as_number(r.get("V2-FFN_ratio"))],
+        lp2=[typed(r) for r in part if r["method"] == "lbp_wht" and r["r"] == "2"],
+        s0_la=typed(la) if la else None,
+        s0_la_over_fb=(as_number(la["authors"]) / as_number(fb["corrected"])) if la and fb else None,
+        paper_la_over_fb=la_over_fb,
+        t7_la_over_fb=(t7[0] / t7[1]) if all(t7) else None,
+    )  # fmt: skip
+
+
+def _seg_facts(hseg: list[dict[str, str]]) -> dict[str, Any]:
+    """Table 3: the largest deviation of SEG-HALF on Full BP / LBP-WHT rows, the range of the
+    half-crop deviations in full training, the LoRA rows under each freeze."""
+    if not hseg:
+        return {}
+    fit = [r for r in hseg if r["method"] in ("full_bp", "lbp_wht")]
+    crop = [_dev(r["ratio_256x512"]) for r in fit if r["scope"] == "full"]
+    return dict(
+        half_max_dev=max(_dev(r["ratio_authors_half"]) for r in fit),
+        crop_full_min=min(crop),
+        crop_full_max=max(crop),
+        lora=[typed(r) for r in hseg if r["method"] in ("lora", "lora_all")],
+    )
+
+
+def _gx_effect(tables: dict[int, list[dict[str, str]]]) -> float | None:
+    """The largest change (percent) the authors' variant makes to an LBP-WHT row of a model
+    whose conversion it leaves as it is (EfficientFormer L1 / L7 / V2): the always-computed
+    ``g_x`` alone."""
+    devs = [
+        _dev(as_number(r["authors_mflops"]) / as_number(r["ours_mflops"]))
+        for t in (2, 5, 7)
+        for r in tables.get(t, [])
+        if r["method"] == "lbp_wht" and r["model"].startswith("efficientformer")
+        and as_number(r.get("authors_mflops"))
+    ]  # fmt: skip
+    return max(devs) if devs else None
+
+
+def findings(ct: CostTables) -> dict[str, Any]:
+    """The facts the README states, read from the files under ``out``."""
+    names = (
+        "table1",
+        *(f"table{t}" for t in (2, 3, 5, 6, 7)),
+        "hypotheses_summary",
+        "hypotheses_full_bp",
+        "hypotheses_lora_all",
+        "hypotheses_segmentation",
+        "hypotheses_efficientformerv2",
+        "hypotheses_index",
+        "agreement",
+        "agreement_summary",
+    )
+    csvs = {name: read_csv(ct.out / f"{name}.csv") for name in names}
+    tables = {t: csvs[f"table{t}"] for t in (2, 3, 5, 6, 7)}
+    t2, t5, t6, t7 = tables[2], tables[5], tables[6], tables[7]
+    hla, hseg = csvs["hypotheses_lora_all"], csvs["hypotheses_segmentation"]
+    l1 = dict(model="efficientformer-l1", scope="partial")
+    fb6 = find_row(t6, method="full_bp")
+    t6_la = find_row(t6, method="lora_all")
+    return dict(
+        info=ct.run_info(),
+        has_t2=bool(t2),
+        has_t6=bool(t6),
+        t1=[typed(r) for r in csvs["table1"]],
+        t2_partial=[
+            typed(r)
+            for r in t2
+            if r["in_paper"] == "True" and r["paper_mflops"] and r["scope"] == "partial"
+        ],
+        agreement=_agreement(tables),
+        t2_full=find_row(t2, **l1, method="full_bp"),
+        t7_full=find_row(t7, **l1, method="full_bp"),
+        t2_lp8=find_row(t2, **l1, method="lbp_wht", r="8"),
+        t7_lp8=find_row(t7, **l1, method="lbp_wht", r="8"),
+        hsum=[typed(r) for r in csvs["hypotheses_summary"]],
+        hla=[typed(r) for r in hla],
+        hseg=[typed(r) for r in hseg],
+        hfb=[typed(r) for r in csvs["hypotheses_full_bp"]],
+        hv2=[typed(r) for r in csvs["hypotheses_efficientformerv2"]],
+        v2=_v2_facts(csvs["hypotheses_efficientformerv2"], ct.paper_rows("classification.csv")),
+        seg=dict(
+            _seg_facts(hseg),
+            config=(find_row(tables[3], scope="partial", method="lbp_wht", r="2") or {}).get(
+                "config"
+            ),
+        ),
+        gx_effect=_gx_effect(tables),
+        hindex=[typed(r) for r in csvs["hypotheses_index"]],
+        v2_full_ratios=_v2_full_ratios(tables),
+        swin=_swin_rows(t2, t5),
+        low_rank=[
+            typed(r)
+            for r in csvs["agreement"]
+            if r["method"] == "lbp_wht"
+            and r["within_10pct"] != "True"
+            and not r["model"].startswith(("efficientformerv2", "segformer"))
+        ],
+        agree=[typed(r) for r in csvs["agreement_summary"]],
+        off=[typed(r) for r in csvs["agreement"] if r["within_10pct"] != "True"],
+        fb6=fb6,
+        t6_la=t6_la,
+        t6=[typed(r) for r in t6],
+        t6_act_within=sum(
+            abs(
+                as_number(r["ours_weight_layer_input_mb_batch64"])
+                / as_number(r["paper_activation_mb"])
+                - 1
+            )
+            <= SPEEDUP_TOLERANCE + 1e-9
+            for r in t6
+            if as_number(r.get("paper_activation_mb"))
+        ),  # fmt: skip
+        t6_all_to_weight=(
+            as_number(fb6["ours_activation_mb_batch64"])
+            / as_number(fb6["ours_weight_layer_input_mb_batch64"])
+            if fb6
+            else None
+        ),
+        lora_adapters=_lora_adapters_x64(ct),
+        memory=_lbp_memory_check(ct),
+    )
+
+
+def _lora_adapters_x64(ct: CostTables) -> dict[str, float] | None:
+    """64 x fp32 bytes of EfficientFormer-L1 partial LoRA-all adapters with rank 8
+    everywhere and no head (the hypothesis for Table 6's 44 MB)."""
+    rec = _rec(ct, "efficientformer-l1_partial_lora-all_cifar100")
+    if not rec:
+        return None
+    n = sum(8 * (r["cx"] + r["cy"]) for r in rec["layers"] if r["method"] == "lora")
+    return dict(params=n, mb=n * 4 * 64 / 1e6)
+
+
+def _lbp_memory_check(ct: CostTables) -> list[dict[str, Any]]:
+    """Per-layer saved bytes of plain vs LBP-WHT layers: R/49 on 7x7 maps, R/64 on whole
+    8x8 patches (EfficientFormer-L1 full training, LP_L1-4); one row per map size."""
+    plain = _rec(ct, "efficientformer-l1_full_full-bp_cifar100")
+    lbp = _rec(ct, "efficientformer-l1_full_lp-l1-r4_cifar100")
+    if not plain or not lbp:
+        return []
+    p_rows = {r["name"]: r for r in plain["layers"]}
+    rows, seen = [], set()
+    for r in lbp["layers"]:
+        if r["method"] != "lbp" or r["hw"] in seen or r["name"] not in p_rows:
+            continue
+        p = p_rows[r["name"]]
+        if not p["saved_bytes"]:
+            continue
+        seen.add(r["hw"])
+        h, w = (int(v) for v in r["hw"].split("x"))
+        rows.append(
+            dict(
+                layer=r["name"],
+                map=r["hw"],
+                R=r["rank"],
+                P=r["patches"],
+                plain_kb=p["saved_bytes"] / 1e3,
+                lbp_kb=r["saved_bytes"] / 1e3,
+                ratio=r["saved_bytes"] / p["saved_bytes"],
+                expected=r["patches"] * r["rank"] / (h * w),
+            )
+        )
+    return rows
+
+
+def _prose(v: Any, nd: int = 2) -> str:
+    """A number in prose: ``1,234.57``; ``n/a`` where there is none."""
+    x = as_number(v)
+    return "n/a" if x is None else f"{x:,.{nd}f}"
+
+
+def _rec(ct: CostTables, stem: str) -> dict[str, Any] | None:
+    return read_record(ct.records / f"{stem}.json")
+
+
+def write_readme(ct: CostTables) -> Path:
+    """``README.md`` from the files under ``ct.out`` (template ``cost_readme.md.j2``)."""
+    text = (
+        environment(HERE / "templates")
+        .get_template("cost_readme.md.j2")
+        .render(md_table=md_table, fmt=cell_text, f=_prose, spec=format, **findings(ct))
+    )
+    return write_text(ct.out / "README.md", text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=COST, help="the cost tables (default results/cost)")
+    p.add_argument("--records", help="cost records folder (default OUT/records)")
+    p.add_argument("--force", action="store_true", help="re-measure even if a record exists")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-measure", action="store_true", help="keep the hypotheses*.csv there are")
+    p.add_argument("--readme-only", action="store_true", help="only rewrite README.md")
+    args = p.parse_args(argv)
+    if not (args.out / "table2.csv").is_file():
+        p.error(f"--out {args.out} holds no table2.csv: run tools/make_cost_tables.py first")
+    from cost_hypotheses import CostHypotheses
+
+    ct = CostHypotheses(args.out, records=args.records, force=args.force, device=args.device)
+    ct.command = "python analysis/cost_agreement.py"
+    if not (args.no_measure or args.readme_only):
+        import torch
+
+        if args.device == "cpu":
+            torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        try:
+            ct.hypotheses()
+        except FileNotFoundError as e:
+            raise SystemExit(f"cost_agreement: {e}") from None
+    if not args.readme_only:
+        write_agreement(ct.out, read_csv, write_rows_csv)
+    print(f"wrote {write_readme(ct)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from lbp_wht.geometry import MapGeometry, MapSource
+from .geometry import INPUT_SIZE_ATTR, MapGeometry, MapSource, record_input_size
 
 __all__ = ["GeometryPlan", "plan_geometry", "remove_geometry_hooks", "ADAPTERS"]
 
@@ -105,7 +105,7 @@ def _record_nhwc_size(module: nn.Module, args: tuple, kwargs: dict) -> None:
         setattr(module, MAP_SIZE_ATTR, (int(x.shape[1]), int(x.shape[2])))
 
 
-_HOOKS = (_record_patch_grid, _record_nhwc_size)
+_HOOKS = (_record_patch_grid, _record_nhwc_size, record_input_size)
 
 
 def _is(module: nn.Module, package: str, *names: str) -> bool:
@@ -284,6 +284,7 @@ def remove_geometry_hooks(model: nn.Module) -> int:
                 del m._forward_pre_hooks[key]
                 m._forward_pre_hooks_with_kwargs.pop(key, None)
                 removed += 1
-        if MAP_SIZE_ATTR in vars(m):
-            delattr(m, MAP_SIZE_ATTR)
+        for attr in (MAP_SIZE_ATTR, INPUT_SIZE_ATTR):
+            if attr in vars(m):
+                delattr(m, attr)
     return removed
