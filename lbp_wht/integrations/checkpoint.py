@@ -211,10 +211,11 @@ def checkpoint_candidates(work_dir: str) -> list[str]:
 
 # ------------------------------------------------------------------------------- saving
 def save_durably(write: Callable[[str], None], final: str, intact: str | None = None) -> None:
-    """``atomic_write(final, write)``; a failed write raises :class:`CheckpointSaveError`
-    naming ``final`` and the checkpoint that is still intact (``intact``)."""
+    """``atomic_write(final, write)`` into an existing folder; a failed write raises
+    :class:`CheckpointSaveError` naming ``final`` and the checkpoint that is still intact
+    (``intact``)."""
     try:
-        atomic_write(final, write)
+        atomic_write(final, write, make_parents=False)
     except OSError as err:
         kept = (
             f"The previous checkpoint {intact} is intact; free some space and continue the run "
