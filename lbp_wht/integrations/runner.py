@@ -95,9 +95,8 @@ NO_WEIGHTS_MESSAGE = (
     "data/README.md 'Pretrained checkpoints'), or set lbp.allow_random_init=True if that is "
     "intended."
 )
-# LoRA adapters and LoSA's side network are added to the plain model; so are chosen LHE bases.
+# LoRA adapters and LoSA's side network are added to the plain model.
 _ADAPTER_RE = re.compile(r"(^|\.)lora_[AB]$|^losa\.")
-_ADDED_RE = re.compile(r"(^|\.)(lora_[AB]|lora_merged|lbp_bases)$|^losa\.")
 
 
 def compare_state_dicts(
@@ -211,21 +210,58 @@ def resume_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     ]
 
 
+def _backbone_shapes(model_cfg: dict) -> dict[str, tuple] | None:
+    """Tensor shapes of the backbone ``model_cfg`` builds (on the meta device where the model
+    allows, else on the CPU; nothing is converted); None if it has no ``backbone``."""
+    try:
+        with torch.device("meta"):
+            net = MODELS.build(copy.deepcopy(model_cfg))
+    except RuntimeError:  # a model that computes with its tensors while it is built
+        net = MODELS.build(copy.deepcopy(model_cfg))
+    backbone = getattr(net, "backbone", None)
+    if backbone is None:
+        return None
+    return {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+
+
 @functools.lru_cache(maxsize=4)
-def _reference_backbone(model: str, in_channels: int | None) -> dict[str, tuple]:
-    """Tensor shapes of ``model``'s backbone as :func:`lbp_wht.presets.model_config` defines it
-    (built on the meta device where the model allows, else on the CPU)."""
+def _reference_backbone(model: str, in_channels: int | None) -> dict[str, tuple] | None:
+    """Tensor shapes of ``model``'s backbone as :func:`lbp_wht.presets.model_config` defines it."""
     from lbp_wht.presets import model_config
 
-    cfg = model_config(model, in_channels=in_channels)
-    for device in ("meta", "cpu"):
-        try:
-            with torch.device(device):
-                net = MODELS.build(cfg)
-            break
-        except RuntimeError:
-            continue
-    return {k: tuple(v.shape) for k, v in net.backbone.state_dict().items()}
+    return _backbone_shapes(model_config(model, in_channels=in_channels))
+
+
+def _check_model_name(cfg: Any) -> None:
+    """Refuse an ``lbp.model`` (of :data:`lbp_wht.experiments.vocab.MODELS`) whose backbone is
+    not the one the config builds: its record would be filed under the wrong model. Checked
+    before the runner builds the model, whose conversion runs at ``lbp.model``'s input size."""
+    from mmengine.registry import DefaultScope
+
+    from lbp_wht.experiments.vocab import MODELS as KNOWN
+
+    name = validate_lbp_cfg(cfg.get("lbp"))["model"]
+    inner = cfg.model.get("model", cfg.model)
+    if name not in KNOWN or "backbone" not in inner:
+        return  # a name of the user's own (with lbp.preset): nothing to compare with
+    in_channels = inner["backbone"].get("in_channels")
+    with DefaultScope.overwrite_default_scope(cfg.get("default_scope")):
+        have = _backbone_shapes(inner)
+        want = _reference_backbone(name, in_channels)
+    if have is None or want is None:
+        return
+    diff = [
+        f"{k}: built {have.get(k)}, {name} has {want.get(k)}"
+        for k in sorted(set(want) | set(have))
+        if want.get(k) != have.get(k)
+    ]
+    if diff:
+        raise ModelMismatchError(
+            f"lbp.model={name!r} does not name the model this config builds "
+            f"({inner.get('type')} with backbone {inner['backbone'].get('type')}): "
+            f"{len(diff)} backbone tensors differ ({_fmt(diff, 3)}). Its record would be "
+            "filed under the wrong model; set lbp.model to the model the config builds."
+        )
 
 
 def _torch_env_from_slurm() -> None:
@@ -259,35 +295,10 @@ class LBPWHTRunner(Runner):
         digest = config_digest(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
         cfg = copy.deepcopy(cfg)
         inject_lbp(cfg)
+        _check_model_name(cfg)
         runner = super().from_cfg(cfg)
         runner.config_digest = digest
-        runner._check_model_name()
         return runner  # type: ignore[return-value]
-
-    def _check_model_name(self) -> None:
-        from lbp_wht.experiments.vocab import MODELS as KNOWN
-
-        name = self.lbp_cfg["model"]
-        backbone = getattr(self.unwrapped_model, "backbone", None)
-        inner = self.cfg.model.get("model", self.cfg.model)
-        if name not in KNOWN or backbone is None:
-            return  # a name of the user's own (with lbp.preset): nothing to compare with
-        want = _reference_backbone(name, inner.get("backbone", {}).get("in_channels"))
-        have = {
-            k: tuple(v.shape) for k, v in backbone.state_dict().items() if not _ADDED_RE.search(k)
-        }
-        diff = [
-            f"{k}: built {have.get(k)}, {name} has {want.get(k)}"
-            for k in sorted(set(want) | set(have))
-            if want.get(k) != have.get(k)
-        ]
-        if diff:
-            raise ModelMismatchError(
-                f"lbp.model={name!r} does not name the model this config builds "
-                f"({inner.get('type')} with backbone {inner.get('backbone', {}).get('type')}): "
-                f"{len(diff)} backbone tensors differ ({_fmt(diff, 3)}). Its record would be "
-                "filed under the wrong model; set lbp.model to the model the config builds."
-            )
 
     def register_default_hooks(self, hooks: dict | None = None) -> None:
         # mmengine's CheckpointHook deletes the old checkpoint before it writes the new one
