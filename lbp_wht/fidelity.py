@@ -242,6 +242,7 @@ def gradient_fidelity(
     selections: Sequence[Selection] | None = None,
     *,
     geometry: dict[str, dict[str, Any]] | None = None,
+    example_input: Any = "auto",
 ) -> list[dict[str, Any]]:
     """LBP-WHT vs exact gradients of ``layers`` for every selection (module docstring).
 
@@ -253,6 +254,9 @@ def gradient_fidelity(
         selections: default :func:`default_selections`.
         geometry: per layer, extra options of its conversion rule (``prefix_tokens``, ``hw``,
             ``layout``) where :func:`lbp_wht.convert` cannot infer the map.
+        example_input: what :func:`lbp_wht.convert` traces the layers' maps on (the model's
+            input, e.g. the batch ``loss_fn`` uses); ``"auto"`` lets it build one from the
+            model's declared input size.
 
     Returns:
         One dict per (selection, layer) with the keys of :data:`FIELDS`.
@@ -284,7 +288,10 @@ def gradient_fidelity(
 
     # The layers' map geometry (as the conversion infers it) for the spectra.
     probe = copy.deepcopy(model)
-    convert(probe, rules(Selection("lp_l1", 2), None), batchnorm_guard=False)
+    convert(
+        probe, rules(Selection("lp_l1", 2), None), batchnorm_guard=False,
+        example_input=example_input,
+    )  # fmt: skip
     probe_layers = dict(probe.named_modules())
     spectra = {
         (name, padding): _spectrum(probe_layers[name], rec["x"], rec["g_y"], padding)
@@ -297,7 +304,10 @@ def gradient_fidelity(
     for sel in selections:
         bases = {n: sel.bases(spectra[(n, sel.padding)]) for n in layers}
         conv = copy.deepcopy(model)
-        convert(conv, rules(sel, bases if sel.family == "lhe" else None), batchnorm_guard=False)
+        convert(
+            conv, rules(sel, bases if sel.family == "lhe" else None), batchnorm_guard=False,
+            example_input=example_input,
+        )  # fmt: skip
         got = capture_gradients(conv, layers, loss_fn)
         for name in layers:
             e, g = exact[name], got[name]

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
@@ -291,6 +292,13 @@ class _Tracer(TorchFunctionMode):
         j = torch.arange(w).view(1, w)
         return _tag(gid, i, j).expand(shape)
 
+    def grid_areas(self) -> torch.Tensor:
+        """``area[grid id]``: how many positions each grid minted so far has."""
+        area = torch.zeros(len(self._grids) + 1, dtype=torch.long)
+        for (h, w), gid in self._grids.items():
+            area[gid] = h * w
+        return area
+
     def tag_input(self, x: torch.Tensor) -> None:
         if _is_data(x) and x.dim() == 4:
             self.shadows[x] = self.grid_tags(tuple(x.shape))
@@ -362,6 +370,11 @@ class _Tracer(TorchFunctionMode):
                 if s is not None and tuple(s.shape) == tuple(out.shape):
                     sh[out] = s
             return
+        if func is F.unfold or func is F.fold:  # im2col / col2im: no int64 kernels
+            rest = {k: v for k, v in kwargs.items() if k != "input"}
+            x = args[0] if args else kwargs["input"]
+            sh[out] = _by_entry(func, self.shadow_or_none(x), args[1:], rest)
+            return
         if name in _SHAPE_OPS:
 
             def swap(t):
@@ -413,7 +426,7 @@ class _Tracer(TorchFunctionMode):
             if (
                 s.dim() == 4
                 and o.dim() == 4
-                and isinstance(map_of(s, conv=True, order=0), ResolvedMap)
+                and isinstance(map_of(_crop_pad(s), conv=True, order=0), ResolvedMap)
             ):
                 sh[o] = self.grid_tags(tuple(o.shape))
             else:
@@ -436,7 +449,11 @@ class _Tracer(TorchFunctionMode):
                 except RuntimeError:
                     acc = torch.full(o.shape, MIXED, dtype=torch.long)
                     break
-                acc = s.expand(o.shape) if acc is None else _combine(acc, s.expand(o.shape))
+                acc = (
+                    s.expand(o.shape)
+                    if acc is None
+                    else _combine(acc, s.expand(o.shape), self.grid_areas())
+                )
             if acc is not None:
                 sh[o] = acc
         if name.endswith("_") and not name.startswith("__") and args and outs:
@@ -520,6 +537,19 @@ class _Tracer(TorchFunctionMode):
                 self.shadows[o] = red
 
 
+def _by_entry(func: Any, s: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Tags after a data-movement op that has no int64 kernel (``F.unfold``, ``F.fold``: e.g.
+    mmpretrain's patch merging, MobileViT's patches): the op moves float64 entry numbers
+    (1-based, exact below 2**53) and the tags are gathered. Zero padding is :data:`PAD`; an
+    entry that sums several (an overlapping ``fold``) is MIXED."""
+    n = s.numel()
+    number = torch.arange(1, n + 1, dtype=torch.float64).view(s.shape)
+    moved = func(number, *args, **kwargs).round().long()
+    count = func(torch.ones_like(number), *args, **kwargs).round().long()
+    tags = torch.cat([torch.full((1,), PAD, dtype=torch.long), s.reshape(-1)])[moved.clamp(0, n)]
+    return torch.where(count > 1, torch.full_like(tags, MIXED), tags)
+
+
 def _pointwise(args: tuple, kwargs: dict) -> bool:
     """Whether a ``conv2d`` call is a 1x1 convolution with stride 1 and no padding."""
     w = args[1] if len(args) > 1 else kwargs.get("weight")
@@ -551,18 +581,25 @@ def _group(s: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, first, torch.full_like(first, MIXED))
 
 
-def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _combine(a: torch.Tensor, b: torch.Tensor, area: torch.Tensor | None = None) -> torch.Tensor:
     """Elementwise combination of two tag tensors (same shape).
 
     The stronger tag wins: a position over :data:`MIXED` (an elementwise op does not move
     data, so a map multiplied by a pooled gate, as in squeeze-excite, or added to a
     token-mixed branch keeps its layout), MIXED over :data:`NONE` (parameters, constants),
-    NONE over :data:`PAD` (a padding zero added to a class token is that token). Two different
-    positions are MIXED.
+    NONE over :data:`PAD` (a padding zero added to a class token is that token). Two
+    positions of grids with different numbers of positions (``area[grid id]``): the finer
+    grid's (a residual stream plus a branch computed from a pooled map, as GCViT's global
+    query, stays on the stream's map); two different positions otherwise are MIXED.
     """
     ra, rb = _rank(a), _rank(b)
     out = torch.where(ra >= rb, a, b)
-    return torch.where((ra == 3) & (rb == 3) & (a != b), torch.full_like(out, MIXED), out)
+    both = (ra == 3) & (rb == 3) & (a != b)
+    if area is not None and bool(both.any()):
+        sa, sb = area[_decode(a.clamp(min=0))[0]], area[_decode(b.clamp(min=0))[0]]
+        out = torch.where(both & (sa > sb), a, torch.where(both & (sb > sa), b, out))
+        both = both & (sa == sb)
+    return torch.where(both, torch.full_like(out, MIXED), out)
 
 
 def _rank(t: torch.Tensor) -> torch.Tensor:
@@ -580,6 +617,18 @@ def _pair(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """
     out = torch.where((rows >= 0) & (cols >= 0), rows | PAIR, rows)
     return torch.where((rows == MIXED) & (cols >= 0), cols, out)
+
+
+def _crop_pad(s: torch.Tensor) -> torch.Tensor:
+    """An NCHW shadow without its all-:data:`PAD` border rows and columns: a convolution
+    or pooling behind explicit padding (TF "same" padding, as in EfficientNet) reads a map."""
+    if s.dim() != 4:
+        return s
+    for d in (2, 3):
+        keep = (s != PAD).movedim(d, 0).reshape(s.shape[d], -1).any(1).nonzero()
+        if keep.numel():
+            s = s.narrow(d, int(keep[0]), int(keep[-1]) - int(keep[0]) + 1)
+    return s
 
 
 def _pad(s: torch.Tensor, pad: list[int]) -> torch.Tensor:

@@ -29,8 +29,9 @@ def _seq(*mods: nn.Module) -> nn.Sequential:
 
 
 def _lbp_model() -> nn.Sequential:
+    """A lone linear on a 7x7 map of 49 tokens (no example input could show it: the rule)."""
     model = _seq(nn.Linear(4, 4))
-    convert(model, [dict(target="0", method="lbp")])
+    convert(model, [dict(target="0", method="lbp", hw=(7, 7))])
     return model
 
 
@@ -58,6 +59,9 @@ CASES = [
     ("rules a dict", lambda: convert(_seq(nn.Linear(4, 4)), dict(target="0", method="lbp")), TypeError, r"rules must be a list.*\[dict\(\.\.\.\)\]"),
     ("rules a string", lambda: convert(_seq(nn.Linear(4, 4)), "0"), TypeError, "rules must be a list"),
     ("model not a module", lambda: convert("model", []), TypeError, "model must be an nn.Module"),
+    ("rule names a linear with no map", lambda: convert(_seq(nn.Linear(4, 4)), [dict(target="0", method="lbp")]), ValueError, r"rule 0 targets '0'.*no example input.*pass example_input="),
+    ("example_input a string", lambda: convert(_seq(nn.Linear(4, 4)), [dict(target="0", method="lbp")], example_input="yes"), ValueError, r"example_input must be a tensor.*'auto' or None, got 'yes'"),
+    ("example_input the model rejects", lambda: convert(_seq(nn.Flatten(2), nn.Linear(4, 4)), [dict(target="1", method="lbp")], example_input=torch.randn(1, 3, 4, 5)), ValueError, r"convert: the dry forward of Sequential on the example input failed: RuntimeError"),
     ("target empty", lambda: convert(_seq(nn.Linear(4, 4)), [dict(target="", method="lbp")]), TypeError, "non-empty glob"),
     ("freeze a string", lambda: freeze(_seq(nn.Linear(4, 4)), "0.*"), TypeError, r"list of globs.*\(use \['0.\*'\]\)"),
     ("freeze non-str", lambda: freeze(_seq(nn.Linear(4, 4)), [0]), TypeError, "string glob"),

@@ -101,8 +101,8 @@ def test_counted_equals_analytic_lora_layers(method: str):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(48, 64), nn.GELU(), nn.Linear(64, 40))
     opts = dict(rank=4, alpha=4)
-    if method == "lbp_lora":
-        opts.update(select="lp_l1", r=2)
+    if method == "lbp_lora":  # token input of a 7x7 map (no image to trace): the rule says so
+        opts.update(select="lp_l1", r=2, hw=(7, 7))
     convert(net, [dict(target="2", method=method, **opts), dict(target="0", method=method, **opts)])
     freeze(net, ["*.lora_*"])
     x = torch.randn(1, 49, 48)
@@ -178,6 +178,7 @@ def test_full_bp_vs_lp_l1_speedup_small_model(r: int):
                     dict(target=n, method="lbp", select="lp_l1", r=r)
                     for n in ("fc1", "fc2", "mlp1", "mlp2")
                 ],
+                example_input=x,
             )
         freeze(net, ["fc*", "mlp*"])
         return net

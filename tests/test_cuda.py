@@ -303,10 +303,12 @@ def test_torch_compile_of_a_converted_model_matches_eager(device):
     C++ compile, so it stays quick."""
     torch.manual_seed(8)
     net = _TinyNet()
-    report = convert(net, [dict(target="all-linear", method="lbp", radius=4)])
+    img = torch.randn(4, 3, 28, 28)
+    report = convert(
+        net, [dict(target="all-linear", method="lbp", radius=4)], example_input=img[:1]
+    )
     assert {r.name for r in report.replaced} == {"mix", "fc1", "fc2"}
-    net = net.to(device)
-    img = torch.randn(4, 3, 28, 28, device=device)
+    net, img = net.to(device), img.to(device)
 
     def grads(model):
         model.zero_grad()

@@ -19,6 +19,9 @@ from reference import _pad, bases_matrix, lbp_backward_reference
 from lbp_wht.fidelity import Selection, default_selections, gradient_fidelity
 
 CX, CY, B, H = 6, 5, 2, 7
+#: The linear layers' map: their token input is a 7x7 map that no example input shows (the
+#: loss functions hold the inputs), so the conversion rules say so.
+MAP = {"fc": dict(hw=(H, H)), "0": dict(hw=(H, H))}
 
 
 class TwoLayers(nn.Module):
@@ -53,7 +56,7 @@ def test_full_basis_with_zero_padding_is_exact():
     x = torch.randn(B, CX, H, H, requires_grad=True)
     target = torch.randn(B, H * H, CY)
     rows = gradient_fidelity(
-        model, ["conv", "fc"], _loss(x, target), [Selection("lp_l1", 15, "zero")]
+        model, ["conv", "fc"], _loss(x, target), [Selection("lp_l1", 15, "zero")], geometry=MAP
     )
     assert len(rows) == 2 and {r["num_bases"] for r in rows} == {64}
     for r in rows:
@@ -73,7 +76,7 @@ def test_fidelity_rises_with_r_on_a_fixed_input():
     x = _smooth((B, H * H, CX), 1).requires_grad_(True)
     target = _smooth((B, H * H, CY), 2)
     sels = [Selection("lp_l1", r, "zero") for r in range(2, 9)]
-    rows = gradient_fidelity(nn.Sequential(layer), ["0"], _loss(x, target), sels)
+    rows = gradient_fidelity(nn.Sequential(layer), ["0"], _loss(x, target), sels, geometry=MAP)
     assert [r["num_bases"] for r in rows] == [3, 6, 10, 15, 21, 28, 36]
     for key in ("energy_share", "cos_gx", "cos_gw"):
         vals = [r[key] for r in rows]
@@ -90,7 +93,8 @@ def test_on_whole_patches_g_x_is_an_orthogonal_projection():
     x = torch.randn(B, 64, CX, requires_grad=True)
     target = torch.randn(B, 64, CY)
     sels = [Selection("lp_l1", r, pad) for r in range(2, 9) for pad in ("zero", "reflect")]
-    rows = gradient_fidelity(nn.Sequential(layer), ["0"], _loss(x, target), sels)
+    geometry = {"0": dict(hw=(8, 8))}
+    rows = gradient_fidelity(nn.Sequential(layer), ["0"], _loss(x, target), sels, geometry=geometry)
     for r in rows:
         assert r["relerr_gx"] == pytest.approx(math.sqrt(1 - r["cos_gx"] ** 2), rel=1e-4)
     for pad in ("zero", "reflect"):  # nothing to pad: both paddings agree
@@ -118,7 +122,7 @@ def test_one_layers_figures_equal_a_hand_computation(tmp_path, padding):
     x = torch.randn(B, H * H, CX, requires_grad=True)
     target = torch.randn(B, H * H, CY)
     sel = Selection("lp_l1", 4, padding)
-    (row,) = gradient_fidelity(nn.Sequential(layer), ["0"], _loss(x, target), [sel])
+    (row,) = gradient_fidelity(nn.Sequential(layer), ["0"], _loss(x, target), [sel], geometry=MAP)
 
     xn, gn = x.detach().double().numpy(), target.double().numpy()
     wn = layer.weight.detach().double().numpy()

@@ -307,12 +307,15 @@ def test_convert_report_forward_unchanged_and_backward_follows_rules():
         dict(target="attn.qkv", method="lora", rank=24, alpha=24),
         dict(target="attn.proj", method="lbp_lora", rank=8, alpha=8, r=4),
     ]
-    report = convert(model, rules)
+    img = torch.randn(2, 3, 28, 28)
+    report = convert(model, rules, example_input=img[:1])  # a 7x7 map
     assert report.names() == ["mix.fc1", "mix.fc2", "attn.qkv", "attn.proj"]
+    assert [r.map_source for r in report.replaced] == [
+        "example input", "example input", "no map needed", "example input"
+    ]  # fmt: skip
     assert report.counts() == {"LBPConv2d": 2, "LoRALinear": 1, "LBPLoRALinear": 1}
     assert "4 modules replaced" in str(report)
     assert model.mix["fc1"].lbp_name == "mix.fc1"
-    img = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(model(img), ref(img))
     assert set(model.state_dict()) - set(ref.state_dict()) == {
         "attn.qkv.lora_A",
@@ -357,9 +360,9 @@ def test_lbp_lora_takes_lhe_rank_separately_from_adapter_rank():
     )
     assert layer.bases is None and layer.lbp_config.num_bases == 5 and layer.lora_rank == 8
     # the same through rules, in the presets' spelling and in the canonical one
-    for rule in (
-        dict(target="0", method="lbp_lora", select="lhe", lhe_rank=5, rank=8, alpha=8),
-        dict(target="0", method="lbp_lora", selection="lhe", num_bases=5, lora_rank=8),
+    for rule in (  # hw: the map of a lone linear, which no example input could show
+        dict(target="0", method="lbp_lora", select="lhe", lhe_rank=5, rank=8, alpha=8, hw=[2, 2]),
+        dict(target="0", method="lbp_lora", selection="lhe", num_bases=5, lora_rank=8, hw=[2, 2]),
     ):
         model = nn.Sequential(nn.Linear(4, 4))
         convert(model, [rule])

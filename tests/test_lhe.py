@@ -27,7 +27,9 @@ def _pattern(bases: list[tuple[int, int]], scale: float) -> torch.Tensor:
 def _model(num_bases: int = 3) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(C, C).double())
-    convert(model, [dict(target="0", method="lbp", selection="lhe", num_bases=num_bases)])
+    # the input is the tokens of an 8x8 map (no image for a dry forward to trace): the rule
+    rule = dict(target="0", method="lbp", selection="lhe", num_bases=num_bases, hw=(8, 8))
+    convert(model, [rule])
     return model.train()
 
 
@@ -92,7 +94,7 @@ def test_lhe_with_lora_adapters():
     model = nn.Sequential(nn.Linear(C, C).double())
     convert(
         model,
-        [dict(target="0", method="lbp_lora", selection="lhe", num_bases=2, lora_rank=2)],
+        [dict(target="0", method="lbp_lora", selection="lhe", num_bases=2, lora_rank=2, hw=(8, 8))],
     )
     g = _pattern([(0, 0), (0, 2)], 1.0)
     profile_lhe(model, lambda: _step(model, g), steps=1)

@@ -5,6 +5,7 @@ in the state dict, the BatchNorm guard."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import warnings
 
@@ -14,6 +15,7 @@ import torch.nn as nn
 
 from lbp_wht import (
     LBPConfig,
+    LBPConv2d,
     LBPLinear,
     LBPLoRALinear,
     LoRAConfig,
@@ -62,7 +64,8 @@ IMG = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
 
 def test_all_linear_skips_what_it_cannot_convert_and_honours_excludes():
     model = _net()
-    report = convert(model, [dict(target="all-linear", method="lbp", exclude=["attn.proj"])])
+    rule = dict(target="all-linear", method="lbp", exclude=["attn.proj"])
+    report = convert(model, [rule], example_input=IMG[:1])
     assert report.names() == ["mix.0", "mix.3", "attn.qkv"]
     reasons = {s.name: s.reason for s in report.skipped}
     assert reasons.keys() == {"stem", "dw", "attn.proj", "head"}
@@ -70,6 +73,33 @@ def test_all_linear_skips_what_it_cannot_convert_and_honours_excludes():
     assert reasons["attn.proj"] == "excluded by rule 0" and "task head" in reasons["head"]
     text = str(report)
     assert "3 modules replaced" in text and "skipped head: task head" in text
+    assert "example input: tensor (1, 3, 28, 28)" in text
+
+
+def test_all_linear_without_an_example_skips_what_needs_a_map_with_the_reason():
+    """No example input, no adapter, no rule geometry: nothing establishes a map, so
+    all-linear converts nothing (a 1x1 conv too needs the example here) and says why; a rule
+    naming a 1x1 conv still converts it (its NCHW input is its map), one naming a linear is
+    an error at convert time and changes nothing."""
+    model = _net()
+    report = convert(model, [dict(target="all-linear", method="lbp")], example_input=None)
+    assert len(report) == 0 and report.example == "none (example_input=None)"
+    reasons = {s.name: s.reason for s in report.skipped}
+    for name in ("mix.0", "mix.3", "attn.qkv", "attn.proj"):
+        assert "pass example_input=" in reasons[name], name
+    with pytest.raises(ValueError, match=r"rule 1 targets 'attn.qkv'.*pass example_input="):
+        convert(
+            model,
+            [dict(target="mix.*", method="lbp"), dict(target="attn.qkv", method="lbp")],
+            example_input=None,
+        )
+    assert not any(isinstance(m, LBPLinear | LBPConv2d) for m in model.modules())
+    report = convert(model, [dict(target="mix.*", method="lbp")], example_input=None)
+    assert [r.map_source for r in report.replaced] == ["nchw input", "nchw input"]
+    report = convert(
+        model, [dict(target="attn.*", method="lbp", prefix_tokens=0)], example_input=None
+    )
+    assert [r.map_source for r in report.replaced] == ["rule", "rule"]
 
 
 def test_rule_keys_are_checked_by_name():
@@ -104,6 +134,7 @@ def test_unconvert_restores_plain_layers_with_or_without_the_adapters(lora):
             dict(target="attn.qkv", method="lora", lora_rank=4, lora_alpha=8),
             dict(target="attn.proj", method="lbp_lora", r=4, lora_rank=2),
         ],
+        example_input=IMG[:1],
     )
     with torch.no_grad():
         model.attn["qkv"].lora_B.normal_()
@@ -137,7 +168,7 @@ def test_saved_trainable_state_and_rules_rebuild_the_model(tmp_path):
         dict(target="mix.*", method="lbp", selection="lp_linf", radius=2),
         dict(target="attn.*", method="lbp_lora", lora_rank=4, lora_alpha=4),
     ]
-    convert(model, rules)
+    convert(model, rules, example_input=IMG[:1])
     freeze(model, ["mix.*", "attn.*", "head.*"])
     with torch.no_grad():
         for p in model.parameters():
@@ -147,13 +178,18 @@ def test_saved_trainable_state_and_rules_rebuild_the_model(tmp_path):
     assert js == rules_path(pt) == tmp_path / "run" / "adapted.rules.json"
     meta = json.loads(js.read_text())
     assert meta["rules"][0]["selection"] == "lp_linf" and meta["rules"][1]["lora_rank"] == 4
+    assert meta["example"] == dict(shape=[1, 3, 28, 28], dtype="float32")  # shapes, no values
+    assert meta["converted"] == ["attn.proj", "attn.qkv", "mix.0", "mix.3"]
+    assert meta["tensors_sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
     saved = torch.load(pt, weights_only=True)
     assert set(saved) == set(trainable_state_dict(model))
     assert "stem.weight" not in saved and "attn.qkv.weight" not in saved  # frozen: not saved
 
     fresh = _net()
-    report = load_adapted(fresh, pt)
+    report = load_adapted(fresh, pt)  # re-traced on a zero (1, 3, 28, 28) image
     assert report.names() == ["mix.0", "mix.3", "attn.qkv", "attn.proj"]
+    assert report.example == "tensor (1, 3, 28, 28)"
+    assert fresh.attn["qkv"].geometry == model.attn["qkv"].geometry
     model.eval(), fresh.eval()
     torch.testing.assert_close(fresh(IMG), model(IMG))
     assert [n for n, p in fresh.named_parameters() if p.requires_grad] == [
@@ -163,6 +199,74 @@ def test_saved_trainable_state_and_rules_rebuild_the_model(tmp_path):
         load_adapted(fresh, pt)
     with pytest.raises(FileNotFoundError, match="rules.json not found"):
         load_adapted(_net(), tmp_path / "nothing.pt")
+
+
+def _adapted(radius: int, shift: float) -> Net:
+    """A converted, "trained" Net: LBP-WHT with ``radius`` on every layer with a map."""
+    model = _net()
+    convert(model, [dict(target="all-linear", method="lbp", radius=radius)], example_input=IMG[:1])
+    freeze(model, ["mix.*", "attn.*"])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(shift)
+    return model
+
+
+def test_load_refuses_a_tensor_file_that_a_failed_save_left_beside_other_rules(
+    tmp_path, monkeypatch
+):
+    """A save that fails after writing the tensor file (here: the rules write) leaves the new
+    tensors beside the previous save's rules (radius 2, not 4). Their names and shapes fit, so
+    before the rules recorded the tensor file's SHA-256 (d1cb8e9) load_adapted accepted the
+    pair and rebuilt the model with the wrong rules; now it refuses it."""
+    pt = tmp_path / "adapted.pt"
+    save_adapted(_adapted(radius=2, shift=0.1), pt)
+    load_adapted(_net(), pt)  # the intact pair loads
+
+    import lbp_wht.saving as saving
+
+    write = saving._atomic_write
+
+    def fail_on_rules(path, fn):
+        if path.name.endswith(".rules.json"):
+            raise OSError("disk full")
+        write(path, fn)
+
+    monkeypatch.setattr(saving, "_atomic_write", fail_on_rules)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapted(_adapted(radius=4, shift=0.2), pt)
+    monkeypatch.undo()
+    assert json.loads(rules_path(pt).read_text())["rules"][0]["radius"] == 2  # the old rules
+    fresh = _net()
+    with pytest.raises(ValueError, match=r"adapted.pt is not the tensor file.*SHA-256 differs"):
+        load_adapted(fresh, pt)
+    assert not any(isinstance(m, LBPLinear | LBPConv2d) for m in fresh.modules())
+    save_adapted(_adapted(radius=4, shift=0.2), pt)  # saved again: a matching pair
+    assert load_adapted(_net(), pt).rules[0]["radius"] == 4
+
+
+class _NetWithoutProj(Net):
+    """The same modules, but attn.proj never runs (a different forward)."""
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.stem(img)
+        x = self.dw(x + self.mix(x))
+        t = x.flatten(2).transpose(1, 2)
+        q, k, v = self.attn["qkv"](t).chunk(3, -1)
+        return self.head((t + torch.softmax(q @ k.transpose(1, 2) / 4, -1) @ v).mean(1))
+
+
+def test_load_refuses_a_fresh_model_that_converts_differently(tmp_path):
+    pt = tmp_path / "adapted.pt"
+    save_adapted(_adapted(radius=2, shift=0.1), pt)
+    torch.manual_seed(0)
+    other = _NetWithoutProj()  # same parameter names and shapes; all-linear skips attn.proj
+    with pytest.raises(
+        ValueError,
+        match=r"converts differently.*saved but not converted now \['attn.proj'\]",
+    ):
+        load_adapted(other, pt)
 
 
 def test_save_refuses_unrecorded_rules_and_load_refuses_foreign_files(tmp_path):
@@ -222,18 +326,18 @@ def test_lora_dropout_on_the_adapter_input_only():
 
 
 def test_lhe_bases_travel_in_the_state_dict():
-    model = nn.Sequential(nn.Linear(4, 4))
-    convert(model, [dict(target="0", method="lbp", selection="lhe", num_bases=3)])
+    model = nn.Sequential(nn.Linear(4, 4))  # hw: a lone linear's map, no example shows it
+    convert(model, [dict(target="0", method="lbp", selection="lhe", num_bases=3, hw=(8, 8))])
     assert "0.lbp_bases" not in model.state_dict()  # not chosen yet
     model[0].set_bases([(0, 0), (2, 1), (0, 3)])
     state = model.state_dict()
     assert state["0.lbp_bases"].tolist() == [[0, 0], [2, 1], [0, 3]]
     twin = nn.Sequential(nn.Linear(4, 4))
-    convert(twin, [dict(target="0", method="lbp", selection="lhe", num_bases=3)])
+    convert(twin, [dict(target="0", method="lbp", selection="lhe", num_bases=3, hw=(8, 8))])
     twin.load_state_dict(state)  # strict: the key is known to the layer
     assert twin[0].bases == ((0, 0), (2, 1), (0, 3))
     lp = nn.Sequential(nn.Linear(4, 4))
-    convert(lp, [dict(target="0", method="lbp")])
+    convert(lp, [dict(target="0", method="lbp", hw=(8, 8))])
     assert list(lp.state_dict()) == ["0.weight", "0.bias"]  # LP selections add no key
     with pytest.raises(RuntimeError, match="lbp_bases.*outside"):
         twin.load_state_dict({**state, "0.lbp_bases": torch.tensor([[9, 0], [0, 0], [1, 1]])})

@@ -110,17 +110,20 @@ SPECS: dict[str, Spec] = {
         run={("lbp_wht+lora_all", "full"): "eval"},
     ),
     "swinv2-small-w8": Spec(
-        # 128 px instead of 256 to keep CPU time low: stage maps 32/16/8/4 (the 4x4 map is
-        # padded to one 8x8 window), every converted layer still sees square token maps.
-        (128, 128), {"full": 99, "partial": 9}, {"full": 48, "partial": 4},
+        # the real 256 px: stage maps 64/32/16/8, whole 8x8 windows (at 128 px the 4x4 map of
+        # stage 3 would be padded to one window, and padded windows are refused: plain
+        # backprop discards the padding's gradients, a projection would mix them in).
+        (256, 256), {"full": 99, "partial": 9}, {"full": 48, "partial": 4},
         ("backbone.stages.3.", "head."), ("head.",), ("w_msa.qkv",), norm_eval=False,
         # the qkv patch itself is tested on a standalone WindowMSAV2 below
         run={("lbp_wht+lora_all", "partial"): "train"},
         cfg={"backbone": {"pad_small_map": True}},
     ),
     "segformer-mit-b0": Spec(
-        # non-square on purpose: the explicit attention passes hw to its LBP layers
-        (128, 96), {"full": 53, "partial": 17}, {"full": 32, "partial": 8},
+        # non-square on purpose: the explicit attention passes hw to its LBP layers. Stage 3
+        # (stride 32) and every spatially reduced key / value map are 5x4, at least half an
+        # 8x8 patch (at 128 x 96 they would be 4x3, which convert refuses).
+        (160, 128), {"full": 53, "partial": 17}, {"full": 32, "partial": 8},
         ("backbone.layers.3.", "decode_head."), ("decode_head.conv_seg.",),
         cfg={"backbone": {"drop_path_rate": 0.0}, "decode_head": {"dropout_ratio": 0.0}},
     ),

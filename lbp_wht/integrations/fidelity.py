@@ -140,6 +140,6 @@ def analyze_config(
         else:
             load_weights(model, path)
         model.train()
-        for row in gradient_fidelity(model, layers, loss_fn, selections):
+        for row in gradient_fidelity(model, layers, loss_fn, selections, example_input=inputs[:1]):
             rows.append({"state": name, **row})
     return rows

@@ -210,7 +210,10 @@ def prepare_tail(tail: Tail, m: TransferMethod, protocol: Protocol = Protocol())
     elif m.method == "full_bp":
         freeze(tail, ["*"])
     elif m.method == "lbp_wht":
-        convert(tail, [dict(target="all-linear", method="lbp", radius=m.r)])
+        convert(
+            tail, [dict(target="all-linear", method="lbp", radius=m.r)],
+            example_input=torch.zeros(1, 192, 7, 7),
+        )  # fmt: skip
         freeze(tail, ["*"])
     elif m.method == "lora_all":
         k = protocol.lora_rank
