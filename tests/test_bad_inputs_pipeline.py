@@ -263,6 +263,12 @@ def another_model(c: Ctx) -> Any:
     return make_runner(c.cfg("lbp.model=efficientformer-l1", work="another_model"))
 
 
+def variant_of_another_type(c: Ctx) -> Any:
+    """lbp.model names a model of another backbone type, declared as a variant of it."""
+    opts = ("lbp.model=swinv2-small-w8", "lbp.model_variant=smaller")
+    return make_runner(c.cfg(*opts, work="variant"))
+
+
 def lora_checkpoint(c: Ctx) -> Path:
     """A checkpoint of the mini LoRA-all model: the backbone and trained-looking adapters."""
 
@@ -481,6 +487,8 @@ CASES = [
     # -- the model the config builds, the adapters a checkpoint holds -----------------------------
     Case("lbp_model_names_another_model", another_model, rn.ModelMismatchError,
          ("lbp.model='efficientformer-l1'", "backbone tensors differ", "wrong model")),
+    Case("lbp_model_variant_of_another_type", variant_of_another_type, rn.ModelMismatchError,
+         ("variant 'smaller'", "SwinTransformerV2Convertible", "set lbp.model")),
     Case("test_drops_the_checkpoints_adapters", run_test_of(MINI_CLS, lora_checkpoint, "t_drop"),
          rn.CheckpointMismatchError, ("lora.pth", "lora_A", "would be dropped")),
     Case("test_without_the_models_adapters", run_test_of(MINI_LORA, plain_checkpoint, "t_none"),
@@ -664,3 +672,17 @@ def test_resume_unchecked_resumes_a_checkpoint_without_config(ctx: Ctx):
     train_tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_tool)
     assert train_tool.parse_args([str(MINI_CLS), "--resume", "--resume-unchecked"]).resume_unchecked
+
+
+def test_a_declared_model_variant_passes_the_model_check():
+    """The demo pretrains a lighter mini EfficientFormer under the mini model's name: its
+    lbp.model_variant says so, and the name check accepts it (without the declaration the
+    lighter model is refused: its record would be filed as the full mini model's)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(ROOT / "configs/mini/demo/source.py"))
+    assert cfg.lbp.model_variant.startswith("demo size")
+    rn._check_model_name(cfg)
+    cfg.lbp.model_variant = None
+    with pytest.raises(rn.ModelMismatchError, match="backbone tensors differ"):
+        rn._check_model_name(cfg)

@@ -240,10 +240,22 @@ def _check_model_name(cfg: Any) -> None:
 
     from lbp_wht.experiments.vocab import MODELS as KNOWN
 
-    name = validate_lbp_cfg(cfg.get("lbp"))["model"]
+    lbp = validate_lbp_cfg(cfg.get("lbp"))
+    name = lbp["model"]
     inner = cfg.model.get("model", cfg.model)
     if name not in KNOWN or "backbone" not in inner:
         return  # a name of the user's own (with lbp.preset): nothing to compare with
+    if lbp["model_variant"] is not None:  # a declared variant: the same kind of backbone
+        from lbp_wht.presets import model_config
+
+        want_type = model_config(name)["backbone"]["type"]
+        if inner["backbone"].get("type") != want_type:
+            raise ModelMismatchError(
+                f"lbp.model={name!r} (variant {lbp['model_variant']!r}) builds a "
+                f"{want_type} backbone, this config a {inner['backbone'].get('type')}: set "
+                "lbp.model to the model the config builds."
+            )
+        return
     in_channels = inner["backbone"].get("in_channels")
     with DefaultScope.overwrite_default_scope(cfg.get("default_scope")):
         have = _backbone_shapes(inner)
