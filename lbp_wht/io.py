@@ -1,69 +1,133 @@
-"""Files that appear whole or not at all.
+"""Files that appear whole or not at all, the project's one date format, moving files aside.
 
-:func:`atomic_path` hands out a temporary path next to the target; whatever the caller writes
-there (pandas, matplotlib, ``open``) becomes the target only when the block ends without an
-exception: the temporary file is flushed to disk and renamed over the target (``os.replace``,
-atomic on POSIX within one folder). A kill or an exception mid-write leaves the old target as it
-was and, where the process could clean up, no temporary file. :func:`atomic_write` writes bytes
-or text that way.
+Standard library only, so that every module (the core included) can use it. Every file the
+project writes (run records, checkpoints, ``last_checkpoint``, job lists, tables, figures, CSV)
+goes through :func:`atomic_path` or :func:`atomic_write`: the content goes to a temporary file
+beside the target, is fsynced and renamed over the target (``os.replace``, atomic on POSIX
+within one folder), and the folder is fsynced. A reader sees the old file or the whole new one.
+An exception or Ctrl-C mid-write removes the temporary file and leaves the target as it was; a
+kill leaves at most the temporary file, which :func:`remove_stale_temps` removes once its
+process is gone.
 
-Temporary names are ``.<name>.<random>.tmp<suffix>``: hidden, in the target's folder (same file
-system), and ending in the target's own suffix so that writers that pick the format from it
-(``savefig``, ``to_csv``) still do.
+Temporary names are ``.<name>.<pid>.<random>.tmp<suffix>``: hidden, in the target's folder
+(same file system), carrying the writer's process id (so that a stale one can be told from one
+being written) and ending in the target's own suffix so that writers that pick the format from
+it (``savefig``, ``to_csv``) still do.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_write", "move_aside", "remove_stale_temps", "utc_now"]
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp(\.[^.]*)?$")
 
 
-def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+def utc_now() -> str:
+    """Now in UTC, ISO 8601 to the second (``2026-12-01T13:04:52+00:00``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync(path: str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory
-        if not directory:
-            raise
     finally:
         os.close(fd)
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder (created if missing); on a clean exit it is
-    fsynced and renamed to ``path``, on an exception it is removed and the exception re-raised.
+def _publish(tmp: str, final: str) -> None:
+    """fsync ``tmp``, rename it onto ``final`` (atomic on one filesystem), fsync the directory."""
+    _fsync(tmp)
+    os.replace(tmp, final)
+    try:
+        _fsync(os.path.dirname(final) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is atomic all the same
 
-    The file is created empty (mode 0644) before the caller writes it, so a writer that only
-    opens existing files works too.
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, make_parents: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on a clean exit it is fsynced and renamed to
+    ``path``, on an exception (Ctrl-C included) it is removed and the exception re-raised.
+
+    The folder is created if missing, unless ``make_parents=False`` (a run's checkpoints: a
+    work dir deleted under a running job is an error, not something to recreate). The file is
+    created empty (mode 0644) before the caller writes it, so a writer that only opens existing
+    files works too.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
     os.close(fd)
     tmp = Path(name)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
         yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
+        _publish(str(tmp), str(path))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(path.parent, directory=True)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (``str`` as UTF-8, newlines as given) to ``path`` through
-    :func:`atomic_path`; returns the path."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(raw)
+def atomic_write(
+    path: str | os.PathLike,
+    data: str | bytes | Callable[[str], None],
+    *,
+    make_parents: bool = True,
+) -> Path:
+    """Replace ``path`` by ``data`` (text as UTF-8, bytes, or a function writing the file at the
+    path it is given) through :func:`atomic_path`; returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    with atomic_path(path, make_parents=make_parents) as tmp:
+        if callable(data):
+            data(str(tmp))
+        elif isinstance(data, str):
+            tmp.write_bytes(data.encode("utf-8"))
+        else:
+            tmp.write_bytes(bytes(data))
     return Path(path)
+
+
+def move_aside(path: str | os.PathLike, tag: str) -> Path:
+    """Rename ``path`` to ``<path><tag>`` (``<path><tag>.1``, ``.2`` ... if taken); never
+    deletes or overwrites anything. Returns the new path."""
+    path = Path(path)
+    target, n = Path(f"{path}{tag}"), 0
+    while target.exists():
+        n += 1
+        target = Path(f"{path}{tag}.{n}")
+    os.rename(path, target)
+    return target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
+    """Delete the temporary files of interrupted writes in ``directory`` (those whose process is
+    gone); returns their names."""
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        m = _TMP.match(name)
+        if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            Path(directory, name).unlink(missing_ok=True)
+            removed.append(name)
+    return removed

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from .conversion import ConversionReport, convert
+from .io import atomic_write
 from .layers import BASES_KEY, LBPMixin
 from .lora import LoRAMixin
 from .tracing import example_from_spec
@@ -62,18 +62,6 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for k, v in state.items()
         if k in names or k == BASES_KEY or k.endswith("." + BASES_KEY)
     }
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_adapted(
@@ -117,10 +105,10 @@ def save_adapted(
         tensors=sorted(state),
         model=type(model).__qualname__,
     )
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     meta["tensors_sha256"] = _sha256(path)
     meta_path = rules_path(path)
-    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(meta_path, json.dumps(meta, indent=1) + "\n")
     return path, meta_path
 
 

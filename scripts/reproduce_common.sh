@@ -11,14 +11,14 @@
 #   WORK_ROOT  one work dir per run (logs, checkpoints, record.json)    [work_dirs/paper]
 #   OUT        where the tables / figures go                            [results]
 #   PYTHON     interpreter                                              [.venv/bin/python or python]
-#   LAUNCHER   local (processes here) or slurm (one sbatch job per run)  [local]
-# With LAUNCHER=slurm (README, "On a SLURM cluster"): LAUNCHER_CONFIG (a .yaml / .json options
+#   LAUNCHER   local (processes here) or slurm (a job array via submitit) [local]
+# With LAUNCHER=slurm (docs/RUNNING.md, "On a SLURM cluster"): LAUNCHER_CONFIG (a .yaml / .json options
 #   file), PARTITION, ACCOUNT, QOS, GPUS_PER_RUN [1], CPUS_PER_TASK, MEM, TIME_LIMIT, GPU_TYPE,
 #   CONSTRAINT, SBATCH_ARGS (more sbatch options), MAX_JOBS, WAIT=1 (follow the jobs to the end,
 #   then build the table; otherwise the script submits, builds the table from the records there
 #   are, and is run again later: it skips what is done or queued and resubmits what ended).
 # Flags: --dry-run (print exactly the runs of the table and their state, with LAUNCHER=slurm the
-#        job script of each run it would submit; run nothing),
+#        commands and the array script it would submit; run nothing),
 #        --tables-only (skip the sweep, just rebuild the table from the records there are).
 # Any other flag is passed to tools/sweep.py (e.g. --cfg-options train_dataloader.batch_size=32).
 set -euo pipefail

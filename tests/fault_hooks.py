@@ -41,9 +41,9 @@ class FaultHook(Hook):
             _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
             resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
         elif kind == "kill_mid_save":
-            from lbp_wht.integrations import checkpoint
+            from lbp_wht import io
 
-            checkpoint._publish = _kill_mid_save
+            io._publish = _kill_mid_save
         elif kind == "nan":
             model = runner.model.module if hasattr(runner.model, "module") else runner.model
             param = next(p for p in model.parameters() if p.requires_grad)

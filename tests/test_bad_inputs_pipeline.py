@@ -3,10 +3,12 @@ message names the offending key, file or layer (and never suggests turning off t
 weights-only loader).
 
 Areas: the typed ``lbp`` block, config keys nothing reads, unreadable / unsafe / unfitting
-checkpoints (``load_from`` and ``--resume``), dataset files, missing inputs (all at once), the
-work dir, non-finite losses and metrics, failed saves, and two cases through the tools
-(refused before anything is built, exit code 2). The faults that must lose nothing (kills, a
-full disk, two runs on one dir, SIGTERM) run as whole trainings in ``test_faults.py``.
+checkpoints (``load_from``, ``--resume``, ``tools/test.py``), an ``lbp.model`` that is not the
+model built, dataset files and labels, missing inputs (all at once), the work dir (an earlier
+run, read-only, full), non-finite losses and metrics, records with bad metrics, failed saves;
+and through the tools every kind of bad input that used to end in a traceback (one named
+error, exit code 2, nothing started). The faults that must lose nothing (kills, a full disk
+during a save, two runs on one dir, SIGTERM) run as whole trainings in ``test_faults.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import os
 import pickle
 import time
 from collections.abc import Callable
@@ -27,6 +30,7 @@ import torch
 from minirun import MINI_CLS, ROOT, cls_options, load_cfg, make_runner, tool, write_mini_data
 
 import lbp_wht.integrations.runner as rn
+from lbp_wht import records
 from lbp_wht.integrations import checkpoint as ck
 from lbp_wht.integrations import datasets as ds
 from lbp_wht.integrations import launch
@@ -35,7 +39,10 @@ from lbp_wht.integrations.recording import (
     NonFiniteGuardHook,
     NonFiniteLossError,
     NonFiniteMetricError,
+    build_record,
 )
+
+MINI_LORA = ROOT / "configs/mini/mini-efficientformer_partial_lora-all_fashion-mnist.py"
 
 BASE = dict(method="lbp_wht", model="mini-efficientformer")
 
@@ -241,6 +248,106 @@ def with_nan(c: Ctx) -> dict:
     return {"state_dict": state}
 
 
+def interrupted_run(c: Ctx) -> Any:
+    """A fresh start (no --resume) in a work dir a killed or stopped training left behind."""
+    work = c.root / "interrupted"
+    work.mkdir(exist_ok=True)
+    (work / "record.json").write_text(json.dumps(dict(status="interrupted", config="x.py")))
+    (work / "iter_2.pth").write_bytes(c.train_ckpt.read_bytes())
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    return launch.claim_work_dir(str(work), resume=False)
+
+
+def another_model(c: Ctx) -> Any:
+    """The mini model's config with lbp.model naming another model (and its preset)."""
+    return make_runner(c.cfg("lbp.model=efficientformer-l1", work="another_model"))
+
+
+def variant_of_another_type(c: Ctx) -> Any:
+    """lbp.model names a model of another backbone type, declared as a variant of it."""
+    opts = ("lbp.model=swinv2-small-w8", "lbp.model_variant=smaller")
+    return make_runner(c.cfg(*opts, work="variant"))
+
+
+def lora_checkpoint(c: Ctx) -> Path:
+    """A checkpoint of the mini LoRA-all model: the backbone and trained-looking adapters."""
+
+    def make() -> Path:
+        runner = make_runner(load_cfg(MINI_LORA, cls_options(c.data), c.root / "lora"))
+        state = runner.model.state_dict()
+        for k in (k for k in state if k.endswith("lora_B")):
+            state[k] = torch.full_like(state[k], 0.01)
+        return c.file("lora.pth", obj={"state_dict": state, "meta": {}})
+
+    return c._once("lora_ckpt", make)
+
+
+def run_test_of(config: Path, ckpt: Callable[[Ctx], Path], work: str) -> Callable[[Ctx], Any]:
+    """``tools/test.py config ckpt`` in-process: the runner's test with load_from."""
+
+    def run(c: Ctx) -> Any:
+        cfg = load_cfg(config, cls_options(c.data), c.root / work)
+        cfg.load_from = str(ckpt(c))
+        return make_runner(cfg).test()
+
+    return run
+
+
+def plain_checkpoint(c: Ctx) -> Path:
+    return c.file("plain_state.pth", obj={"state_dict": c.state, "meta": {}})
+
+
+def resume_no_config(c: Ctx) -> Any:
+    """``--resume`` of a training checkpoint whose meta holds no config."""
+    ckpt = torch.load(c.train_ckpt, map_location="cpu", weights_only=True)
+    ckpt["meta"].pop("cfg")
+    path = c.file("no_cfg.pth", obj=ckpt)
+    return make_runner(c.cfg(work="resume_no_cfg")).resume(str(path))
+
+
+def labels_beyond_classes(c: Ctx, wrapped: bool) -> Any:
+    """Fashion-MNIST-format files with an 11th label (10 classes in the class list)."""
+    root = c.root / "eleven"
+    c._once("eleven", lambda: ds.write_idx_classification(root, 22, 11, num_classes=11))
+    inner = dict(type="GzFashionMNIST", data_root=str(root), split="train", pipeline=[])
+    if wrapped:  # classes=None keeps "all" classes: label 10 would silently drop out
+        return ds.ClassSubsetDataset(inner)
+    return ds.GzFashionMNIST(data_root=str(root), split="train", pipeline=[]).full_init()
+
+
+def record_with(**fields: Any) -> Callable[[Ctx], Any]:
+    return lambda c: records.write_record(c.root / "bad_metric" / "record.json", fields)
+
+
+def built_record_with(metrics: dict) -> Callable[[Ctx], Any]:
+    def run(c: Ctx) -> Any:
+        rec = build_record(c.cfg(), kind="train", status="complete", metrics=metrics)
+        return records.write_record(c.root / "bad_metric2" / "record.json", rec)
+
+    return run
+
+
+def work_dir_fault(err: int) -> Callable[[Ctx], Any]:
+    """Claim a work dir on a file system that fails every write with ``err`` (a read-only or
+    a full disk): the lock file, the probe."""
+
+    def run(c: Ctx) -> Any:
+        from unittest import mock
+
+        work = c.root / f"fault_{errno.errorcode[err]}" / "run"
+        real_open = os.open
+
+        def failing_open(path: Any, flags: int, *a: Any) -> int:
+            if str(path).startswith(str(work.parent)) and flags & (os.O_WRONLY | os.O_RDWR):
+                raise OSError(err, os.strerror(err), str(path))
+            return real_open(path, flags, *a)
+
+        with mock.patch("os.open", failing_open):
+            return launch.claim_work_dir(str(work), resume=False)
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------------
 # the catalogue
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +478,35 @@ CASES = [
     # -- work dir, non-finite values, saving --------------------------------------------------------
     Case("fresh_start_over_complete_run", complete_record, launch.WorkDirHasRunError,
          ("done", "complete run", "--resume")),
+    Case("fresh_start_over_interrupted_run", interrupted_run, launch.WorkDirHasRunError,
+         ("interrupted", "record status 'interrupted'", "iter_2.pth", "--resume")),
+    Case("work_dir_read_only", work_dir_fault(errno.EROFS), launch.WorkDirError,
+         ("fault_EROFS/run", "Read-only file system")),
+    Case("work_dir_disk_full", work_dir_fault(errno.ENOSPC), launch.WorkDirError,
+         ("fault_ENOSPC/run", "No space left on device", "disk is full")),
+    # -- the model the config builds, the adapters a checkpoint holds -----------------------------
+    Case("lbp_model_names_another_model", another_model, rn.ModelMismatchError,
+         ("lbp.model='efficientformer-l1'", "backbone tensors differ", "wrong model")),
+    Case("lbp_model_variant_of_another_type", variant_of_another_type, rn.ModelMismatchError,
+         ("variant 'smaller'", "SwinTransformerV2Convertible", "set lbp.model")),
+    Case("test_drops_the_checkpoints_adapters", run_test_of(MINI_CLS, lora_checkpoint, "t_drop"),
+         rn.CheckpointMismatchError, ("lora.pth", "lora_A", "would be dropped")),
+    Case("test_without_the_models_adapters", run_test_of(MINI_LORA, plain_checkpoint, "t_none"),
+         rn.CheckpointMismatchError, ("plain_state.pth", "untrained adapters")),
+    Case("resume_checkpoint_without_config", resume_no_config, rn.ResumeMismatchError,
+         ("no_cfg.pth", "holds no config", "--resume-unchecked")),
+    # -- labels and records -------------------------------------------------------------------------
+    Case("labels_beyond_the_classes", lambda c: labels_beyond_classes(c, wrapped=False),
+         ds.DatasetFileError, ("label 10", "10 classes", "train-labels-idx1-ubyte.gz")),
+    Case("labels_beyond_the_classes_subset", lambda c: labels_beyond_classes(c, wrapped=True),
+         ds.DatasetFileError, ("label 10", "10 classes")),
+    Case("record_nan_value", record_with(status="complete", metric="acc", value=float("nan")),
+         records.RecordError, ("record.json", "nan", "not a finite number")),
+    Case("record_text_metric",
+         built_record_with({"accuracy/top1": 81.0, "single-label/f1": "n/a"}),
+         records.RecordError, ("'single-label/f1'", "'n/a'", "not a finite number")),
+    Case("record_inf_metric", built_record_with({"accuracy/top1": float("inf")}),
+         records.RecordError, ("inf", "not a finite number")),
     Case("nan_loss", nonfinite_loss, NonFiniteLossError, ("iteration 5 of 10", "ckpt/nan.pth")),
     Case("nan_metric", nonfinite_metric, NonFiniteMetricError, ("accuracy/top1",)),
     Case("save_into_missing_dir", save_into_missing_dir, ck.CheckpointSaveError,
@@ -420,6 +556,133 @@ def test_test_tool_names_a_truncated_checkpoint(tmp_path):
     proc = tool("tools/test.py", str(MINI_CLS), str(bad), "--work-dir", str(tmp_path / "w"),
                 "--cfg-options", f"test_dataloader.dataset.dataset.data_root={data}")  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"error: cannot load checkpoint {bad}" in proc.stderr
+    assert f"error: CheckpointLoadError: cannot load checkpoint {bad}" in proc.stderr
     assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
     assert (ROOT / "tools/test.py").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# every entry point: bad input is one named error and exit 2, before anything starts
+# ---------------------------------------------------------------------------------------------
+SWEEP = ("tools/sweep.py", "grid")
+#: id -> (tool arguments, the error's name, what the message names); ``{x}`` are filled in by
+#: :func:`test_entry_points_refuse_bad_input`.
+ENTRY_CASES = {
+    "train_syntax": (("tools/train.py", "{syntax}", "--work-dir", "{w}"), "ConfigFileError",
+                     ("syntax.py", "never closed")),
+    "test_syntax": (("tools/test.py", "{syntax}", "{ckpt}", "--work-dir", "{w}"),
+                    "ConfigFileError", ("syntax.py", "never closed")),
+    "sweep_syntax": ((*SWEEP, "{syntax}", "--work-root", "{w}"), "ConfigFileError",
+                     ("syntax.py",)),
+    "slurm_syntax": ((*SWEEP, "{syntax}", "--work-root", "{w}", "--launcher", "slurm",
+                      "--dry-run"), "ConfigFileError", ("syntax.py",)),
+    "train_no_base": (("tools/train.py", "{nobase}", "--work-dir", "{w}"), "ConfigFileError",
+                      ("nobase.py", "gone.py", "_base_")),
+    "test_no_base": (("tools/test.py", "{nobase}", "{ckpt}", "--work-dir", "{w}"),
+                     "ConfigFileError", ("nobase.py", "gone.py")),
+    "train_seed_negative": (("tools/train.py", "{mini}", "--work-dir", "{w}", "--seed", "-1"),
+                            "--seed", ("seed -1", "2**32 - 1")),
+    "train_seed_too_big": (("tools/train.py", "{mini}", "--work-dir", "{w}", "--seed",
+                            str(2**40)), "--seed", (str(2**40),)),
+    "sweep_seed_negative": ((*SWEEP, "{mini}", "--work-root", "{w}", "--seeds", "-3"),
+                            "--seeds", ("seed -3",)),
+    "train_batch_zero": (("tools/train.py", "{mini}", "--work-dir", "{w}", "--cfg-options",
+                          "train_dataloader.batch_size=0"), "ConfigKeyError",
+                         ("train_dataloader.batch_size=0",)),
+    "train_batch_text": (("tools/train.py", "{mini}", "--work-dir", "{w}", "--cfg-options",
+                          "train_dataloader.batch_size=many"), "ConfigKeyError",
+                         ("train_dataloader.batch_size='many'",)),
+    "test_batch_zero": (("tools/test.py", "{mini}", "{ckpt}", "--work-dir", "{w}",
+                         "--cfg-options", "test_dataloader.batch_size=0"), "ConfigKeyError",
+                        ("test_dataloader.batch_size=0",)),
+    "sweep_duplicate_seeds": ((*SWEEP, "{mini}", "--work-root", "{w}", "--seeds", "0", "0"),
+                              "SweepSpecError", ("--seeds 0 0", "twice")),
+    "table_duplicate_seeds": (("tools/sweep.py", "table", "4", "--work-root", "{w}", "--seeds",
+                               "1", "1", "--dry-run"), "SweepSpecError", ("--seeds 1 1",)),
+    "sweep_name_too_long": ((*SWEEP, "{mini}", "--work-root", "{w}", "--name", "n" * 250),
+                            "ValueError", ("at most 200", "--name")),
+    "train_work_dir_too_long": (("tools/train.py", "{mini}", "--work-dir", "{w}/" + "d" * 300),
+                                "WorkDirError", ("File name too long",)),
+    "sweep_work_root_not_writable": ((*SWEEP, "{mini}", "--work-root", "{notdir}/root"),
+                                     "SweepSpecError", ("cannot be written", "Not a directory")),
+    "test_work_dir_not_writable": (("tools/test.py", "{mini}", "{ckpt}", "--work-dir",
+                                    "{notdir}/w"), "WorkDirError", ("Not a directory",)),
+    "train_lbp_model_of_another_model": (("tools/train.py", "{mini}", "--work-dir", "{w}",
+                                          "--cfg-options", "lbp.model=efficientformer-l1"),
+                                         "ModelMismatchError", ("efficientformer-l1",)),
+    "test_drops_the_checkpoints_adapters": (("tools/test.py", "{mini}", "{lora}", "--work-dir",
+                                             "{w}"), "CheckpointMismatchError",
+                                            ("lora.pth", "would be dropped")),
+    # (h) a backbone init_cfg loads with mmengine's own torch.load: torch's message (which
+    # suggests weights_only=False) must not reach the user
+    "train_unsafe_pretrained_init": (("tools/train.py", "{unsafe_init}", "--work-dir", "{w}"),
+                                     "UnsafeCheckpointError", ("argparse.Namespace",)),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def entry(tmp_path_factory, ctx) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("entry")
+    (root / "syntax.py").write_text(f"_base_ = ['{MINI_CLS}']\nx = (\n")
+    (root / "nobase.py").write_text(f"_base_ = ['{root / 'gone.py'}']\n")
+    (root / "notdir").write_text("a file, not a directory\n")
+    import argparse
+
+    torch.save({"state_dict": ctx.state, "args": argparse.Namespace(lr=1)}, root / "old.pth")
+    (root / "unsafe_init.py").write_text(
+        f"_base_ = ['{MINI_CLS}']\n"
+        f"model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='{root / 'old.pth'}')))\n"
+        "train_cfg = dict(max_iters=1, val_interval=1)\n"
+        f"train_dataloader = dict(dataset=dict(dataset=dict(data_root='{ctx.data}')))\n"
+        f"val_dataloader = dict(dataset=dict(dataset=dict(data_root='{ctx.data}')))\n"
+    )  # fmt: skip
+    return dict(syntax=str(root / "syntax.py"), nobase=str(root / "nobase.py"),
+                mini=str(MINI_CLS), ckpt=str(ctx.train_ckpt), notdir=str(root / "notdir"),
+                unsafe_init=str(root / "unsafe_init.py"), lora=str(lora_checkpoint(ctx)))  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ENTRY_CASES, ids=list(ENTRY_CASES))
+def test_entry_points_refuse_bad_input(case, entry, tmp_path):
+    args, error, names = ENTRY_CASES[case]
+    work = tmp_path / "w"
+    argv = [a.format(w=work, **entry) for a in args]
+    proc = tool(*argv, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 2, f"exit {proc.returncode}: {err[-3000:]}"
+    assert "Traceback" not in err and "weights_only=False" not in err, err[-3000:]
+    last = [ln for ln in err.splitlines() if "error" in ln.lower()]
+    assert last and error in last[-1] or error in err, err[-2000:]
+    assert all(n in err for n in names), (names, err[-2000:])
+    assert not work.exists() or not any(work.rglob("*record.json"))  # nothing was started
+
+
+def test_resume_unchecked_resumes_a_checkpoint_without_config(ctx: Ctx):
+    """``--resume-unchecked`` (``runner.resume_unchecked``) is the way past the refusal above;
+    the tool has the flag."""
+    import importlib.util
+
+    ckpt = torch.load(ctx.train_ckpt, map_location="cpu", weights_only=True)
+    ckpt["meta"].pop("cfg")
+    path = ctx.file("no_cfg_ok.pth", obj=ckpt)
+    runner = make_runner(ctx.cfg(work="resume_unchecked"))
+    runner.resume_unchecked = True
+    runner.resume(str(path))
+    assert runner.iter == 2
+    spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools/train.py")
+    train_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tool)
+    assert train_tool.parse_args([str(MINI_CLS), "--resume", "--resume-unchecked"]).resume_unchecked
+
+
+def test_a_declared_model_variant_passes_the_model_check():
+    """The demo pretrains a lighter mini EfficientFormer under the mini model's name: its
+    lbp.model_variant says so, and the name check accepts it (without the declaration the
+    lighter model is refused: its record would be filed as the full mini model's)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(ROOT / "configs/mini/demo/source.py"))
+    assert cfg.lbp.model_variant.startswith("demo size")
+    rn._check_model_name(cfg)
+    cfg.lbp.model_variant = None
+    with pytest.raises(rn.ModelMismatchError, match="backbone tensors differ"):
+        rn._check_model_name(cfg)

@@ -1,12 +1,13 @@
 """Durable checkpoint saving, loadable-checkpoint search and the weights-only loading rules.
 
-- ``save_durably``: the file appears complete or not at all; a failed write (disk full, a real
-  ``RLIMIT_FSIZE``) names the file and leaves the previous one intact; Ctrl-C leaves no temp;
+- ``save_durably`` (``lbp_wht.io.atomic_write``): the file appears complete or not at all; a
+  failed write (disk full, a real ``RLIMIT_FSIZE``) names the file and leaves the previous one
+  intact; Ctrl-C leaves no temp;
 - ``DurableCheckpointHook`` in a real runner: with ``max_keep_ckpts=1`` a failing save keeps
   the previous checkpoint and ``last_checkpoint``; the old one goes only after the new one;
   a NaN weight is never saved;
 - ``checkpoint_candidates`` (newest file first, a dangling ``last_checkpoint`` ignored),
-  stale temp files, moving unreadable files aside;
+  stale temp files, moving unreadable files aside (``lbp_wht.io``);
 - malicious pickles are refused on every load path and run nothing;
 - the work-dir lock is the sweep's lock file, and a lock this process holds counts as ours.
 """
@@ -24,6 +25,7 @@ import torch
 from minirun import ENV, MINI_CLS, cls_options, load_cfg, make_runner, write_mini_data
 
 import lbp_wht.integrations.runner  # noqa: F401  (allowlist, registrations)
+from lbp_wht import io
 from lbp_wht.integrations import checkpoint as ck
 
 
@@ -105,11 +107,14 @@ def test_a_real_file_size_limit_is_reported_with_the_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_4.pth"]
 
 
-def test_atomic_write_text_replaces_whole(tmp_path):
+def test_atomic_write_replaces_whole(tmp_path):
     path = tmp_path / "last_checkpoint"
     path.write_text("old")
-    ck.atomic_write_text(str(path), "/w/iter_4.pth")
+    io.atomic_write(str(path), "/w/iter_4.pth")
     assert path.read_text() == "/w/iter_4.pth" and len(list(tmp_path.iterdir())) == 1
+    io.atomic_write(path, b"\x00bytes")  # bytes, or a function writing the file
+    io.atomic_write(path, lambda tmp: Path(tmp).write_text("from a writer"))
+    assert path.read_text() == "from a writer" and len(list(tmp_path.iterdir())) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,19 +125,19 @@ def test_hook_keeps_the_previous_checkpoint_when_a_save_fails(data, tmp_path, mo
     runner = make_runner(cfg)
     hook = next(h for h in runner.hooks if type(h).__name__ == "DurableCheckpointHook")
     assert hook.max_keep_ckpts == 1
-    real = ck._publish
+    real = io._publish
 
     def publish(tmp: str, final: str) -> None:
         if final.endswith("iter_4.pth"):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(tmp, final)
 
-    monkeypatch.setattr(ck, "_publish", publish)
+    monkeypatch.setattr(io, "_publish", publish)
     with pytest.raises(ck.CheckpointSaveError, match="iter_4.pth: No space left on device"):
         runner.train()
     assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
     assert ck.load_checkpoint_file(tmp_path / "iter_2.pth")["meta"]["iter"] == 2
-    assert not (tmp_path / "iter_4.pth").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "iter_4.pth").exists() and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_hook_removes_the_previous_best_only_after_the_new_best_is_complete(
@@ -150,19 +155,19 @@ def test_hook_removes_the_previous_best_only_after_the_new_best_is_complete(
     hook._save_best_checkpoint(runner, {"accuracy/top1": 50.0})
     first = tmp_path / "best_accuracy_top1_iter_2.pth"
     assert ck.load_checkpoint_file(first)["meta"]["iter"] == 2
-    real = ck._publish
+    real = io._publish
 
     def publish(tmp: str, final: str) -> None:
         if Path(final).name.startswith("best_"):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(tmp, final)
 
-    monkeypatch.setattr(ck, "_publish", publish)
+    monkeypatch.setattr(io, "_publish", publish)
     runner.train_loop._iter = 4
     with pytest.raises(ck.CheckpointSaveError, match="best_accuracy_top1_iter_4.pth"):
         hook._save_best_checkpoint(runner, {"accuracy/top1": 60.0})
     assert ck.load_checkpoint_file(first)["meta"]["iter"] == 2  # mmengine had deleted it first
-    monkeypatch.setattr(ck, "_publish", real)
+    monkeypatch.setattr(io, "_publish", real)
     hook._save_best_checkpoint(runner, {"accuracy/top1": 70.0})  # a save that works
     assert not first.exists()  # removed once the new best was complete
     assert ck.load_checkpoint_file(tmp_path / "best_accuracy_top1_iter_4.pth")["meta"]["iter"] == 4
@@ -189,7 +194,7 @@ def test_candidates_newest_first_and_dangling_pointer(tmp_path):
         (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
         os.utime(tmp_path / f"iter_{n}.pth", (1e9 - age, 1e9 - age))
     (tmp_path / "best_accuracy_iter_10.pth").write_bytes(b"x")  # not a resume point
-    (tmp_path / ".iter_12.pth.123.tmp").write_bytes(b"x")
+    (tmp_path / ".iter_12.pth.123.k3x_9q2a.tmp.pth").write_bytes(b"x")
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_12.pth"))  # deleted
     names = [Path(p).name for p in ck.checkpoint_candidates(str(tmp_path))]
     assert names == ["iter_2.pth", "iter_10.pth", "iter_4.pth"]
@@ -200,16 +205,27 @@ def test_candidates_newest_first_and_dangling_pointer(tmp_path):
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    (tmp_path / f".iter_4.pth.{dead}.tmp").write_bytes(b"half")
-    (tmp_path / f".iter_6.pth.{os.getppid()}.tmp").write_bytes(b"alive")
-    assert ck.remove_stale_temp_files(str(tmp_path)) == [f".iter_4.pth.{dead}.tmp"]
-    assert [p.name for p in tmp_path.iterdir()] == [f".iter_6.pth.{os.getppid()}.tmp"]
+    stale, live = f".iter_4.pth.{dead}.a1b2c3d4.tmp.pth", f".iter_6.pth.{os.getppid()}.x_y.tmp.pth"
+    (tmp_path / stale).write_bytes(b"half")
+    (tmp_path / live).write_bytes(b"alive")
+    (tmp_path / f".last_checkpoint.{dead}.12345678.tmp").write_bytes(b"half")  # no suffix
+    (tmp_path / f".iter_8.pth.{dead}.tmp").write_bytes(b"not ours")  # no random part
+    assert io.remove_stale_temps(str(tmp_path)) == sorted(
+        [stale, f".last_checkpoint.{dead}.12345678.tmp"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, f".iter_8.pth.{dead}.tmp"])
+
+
+def test_atomic_temp_names_carry_pid_and_suffix(tmp_path):
+    with io.atomic_path(tmp_path / "iter_4.pth") as tmp:
+        assert tmp.name.startswith(f".iter_4.pth.{os.getpid()}.") and tmp.suffix == ".pth"
+        assert io._TMP.match(tmp.name)
 
 
 def test_move_aside_never_overwrites(tmp_path):
     for _ in range(3):
         (tmp_path / "iter_4.pth").write_bytes(b"bad")
-        ck.move_aside(str(tmp_path / "iter_4.pth"))
+        io.move_aside(str(tmp_path / "iter_4.pth"), ".unreadable")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["iter_4.pth.unreadable", "iter_4.pth.unreadable.1", "iter_4.pth.unreadable.2"]
 
@@ -268,14 +284,18 @@ def test_work_dir_lock_is_the_sweeps_lock_file(tmp_path):
     assert work_dir_lock_path(wd) == Run("run_s0", ("true",), wd).lock_path
 
 
-def test_a_lock_held_by_this_process_is_ours(tmp_path):
-    """What a sweep child sees: the lock's descriptor is inherited, so the claim proceeds."""
-    from lbp_wht.integrations.launch import claim_work_dir, work_dir_lock_path
-    from lbp_wht.sweep import RunLock
+def test_a_lock_held_by_this_process_is_ours(tmp_path, monkeypatch):
+    """What a sweep child sees: the lock's descriptor is inherited (its number in
+    LBP_RUN_LOCK_FD), so the claim proceeds; without it the same lock is someone else's."""
+    from lbp_wht.integrations.launch import WorkDirBusyError, claim_work_dir, work_dir_lock_path
+    from lbp_wht.sweep import LOCK_FD_ENV, RunLock
 
     wd = tmp_path / "run"
     with RunLock(work_dir_lock_path(wd)) as held:
         assert held.acquire()
+        with pytest.raises(WorkDirBusyError, match=f"pid and start: {os.getpid()} "):
+            claim_work_dir(str(wd), resume=False)
+        monkeypatch.setenv(LOCK_FD_ENV, str(held.fd))
         assert claim_work_dir(str(wd), resume=False) is None  # held for us; not re-taken
     lock = claim_work_dir(str(wd), resume=False)
     assert lock is not None and lock.fd is not None

@@ -2,8 +2,9 @@
 
 Each test injects one fault (``fault_hooks.FaultHook``) and checks what is on disk afterwards
 and that ``--resume`` finishes the run: a save failing on a full disk (``RLIMIT_FSIZE``), a
-kill -9 in the middle of a save, a truncated newest checkpoint, SIGTERM, a NaN weight, two
-runs on one work dir and a sweep-launched run (which holds the lock for its child).
+kill -9 in the middle of a save, a truncated newest checkpoint, SIGTERM (after which a fresh
+start in the same dir is refused, nothing replaced), a NaN weight, two runs on one work dir
+and a sweep-launched run (which holds the lock for its child).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(data, tmp_path):
     assert "could not save checkpoint" in err and str(wd / "iter_4.pth") in err
     assert "File too large" in err and f"previous checkpoint {wd / 'iter_2.pth'}" in err
     assert (wd / "last_checkpoint").read_text() == str(wd / "iter_2.pth")
-    assert not (wd / "iter_4.pth").exists() and not list(wd.glob(".*.tmp"))
+    assert not (wd / "iter_4.pth").exists() and not list(wd.glob(".*.tmp*"))
     load_checkpoint_file(wd / "iter_2.pth")  # complete and loadable
     rec = _record(wd)
     assert rec["status"] == "failed" and "CheckpointSaveError" in rec["error"]
@@ -72,11 +73,11 @@ def test_kill_9_in_the_middle_of_a_save(data, tmp_path):
     proc = _train(config, wd, data, env=_fault("kill_mid_save", 3))
     assert proc.returncode == -signal.SIGKILL
     assert (wd / "last_checkpoint").read_text() == str(wd / "iter_2.pth")
-    assert [p.name for p in wd.glob(".iter_4.pth.*.tmp")]  # the half-written temp file
+    assert [p.name for p in wd.glob(".iter_4.pth.*.tmp.pth")]  # the half-written temp file
     assert not (wd / "iter_4.pth").exists()
     assert _record(wd)["status"] == "running"  # kill -9 leaves no chance to say more
     _resume_completes(config, wd, data, from_iter=2)
-    assert not list(wd.glob(".*.tmp"))  # removed by the resumed run
+    assert not list(wd.glob(".*.tmp*"))  # removed by the resumed run
 
 
 @pytest.mark.slow
@@ -105,6 +106,12 @@ def test_sigterm_records_interrupted_and_resume_continues(data, tmp_path):
     rec = _record(wd)
     assert rec["status"] == "interrupted" and rec["iterations"] == 2  # counted by mmengine
     assert "SIGTERM" in rec["error"] and "--resume" in rec["error"]
+    # A fresh start (no --resume) there would replace the record and the checkpoint: refused.
+    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+    fresh = _train(config, wd, data)
+    assert fresh.returncode == 2, fresh.stderr[-3000:]
+    assert "WorkDirHasRunError" in fresh.stderr and "record status 'interrupted'" in fresh.stderr
+    assert {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()} == before
     _resume_completes(config, wd, data, from_iter=2)
 
 

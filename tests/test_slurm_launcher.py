@@ -1,13 +1,13 @@
 """Sweeps through the SLURM launcher on a real single-node SLURM (munge + slurmctld + slurmd).
 
 Real trainings (the mini EfficientFormer on Fashion-MNIST, a few iterations each) go through
-``tools/sweep.py --launcher slurm``, ``sbatch`` and ``tools/train.py`` on the cluster of
-``tests/slurm_cluster.py``, and what the scheduler and the run's files say afterwards is
-checked: the records of a SLURM sweep equal those of the same sweep run locally; a cancelled
+``tools/sweep.py --launcher slurm`` (submitit, one job array) and ``tools/train.py`` on the
+cluster of ``tests/slurm_cluster.py``, and what the scheduler and the run's files say afterwards
+is checked: the records of a SLURM sweep equal those of the same sweep run locally; a cancelled
 job is the only one resubmitted and it resumes from its checkpoint; a preempted (requeued) job
-and one warned of its time limit resume in the same job; a sweep re-invoked while its jobs are queued, or two sweeps started at
-once, submit nothing twice. Accounting is not configured (as on many small clusters): states come
-from ``squeue`` and the runs' own files.
+and one warned of its time limit (submitit's USR2) resume in the same job; a sweep re-invoked
+while its jobs are queued, or two sweeps started at once, submit nothing twice. Accounting is
+not configured (as on many small clusters): states come from ``squeue`` and the runs' own files.
 
 Skipped, with the reason, where SLURM cannot run (no root, packages missing: ``make slurm``) or
 Fashion-MNIST is missing (``make data``). The node has 2 CPUs: one per job.
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import LocalSlurm, unavailable_reason
 
-from lbp_wht.slurm import SlurmClient, SlurmOptions, submit_sweep
+from lbp_wht.slurm import SlurmOptions, submit_sweep
 from lbp_wht.sweep import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,8 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def paced_config(tmp_path_factory) -> tuple[Path, Path]:
-    """The mini config with :data:`PACE_HOOK` (0.7 s per iteration); its module's folder."""
+    """The mini config with :data:`PACE_HOOK` (1.2 s per iteration: time to act mid-run, also
+    while the cluster starts other jobs); its module's folder."""
     d = tmp_path_factory.mktemp("paced")
     (d / "pace_hook.py").write_text(PACE_HOOK)
     cfg = d / "paced.py"
@@ -99,7 +100,7 @@ def paced_config(tmp_path_factory) -> tuple[Path, Path]:
         f"_base_ = ['{MINI}']\n"
         "custom_imports = dict(imports=['lbp_wht.integrations', 'lbp_wht.integrations.models',\n"
         "    'lbp_wht.integrations.runner', 'pace_hook'], allow_failed_imports=False)\n"
-        "custom_hooks = [dict(type='PaceHook', seconds=0.7)]\n"
+        "custom_hooks = [dict(type='PaceHook', seconds=1.2)]\n"
     )
     return cfg, d
 
@@ -181,9 +182,14 @@ def _wait(pred, what: str, cluster, work_root, timeout: float = 180.0, poll: flo
     raise AssertionError(f"timed out waiting for {what}\n{_diagnose(cluster, work_root)}")
 
 
+def _listed(cluster) -> dict[str, list[str]]:
+    """Job id (array tasks one per line) -> state, reason of every job squeue still knows."""
+    out = cluster.run("squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r").stdout
+    return {ln.split("|")[0]: ln.split("|")[1:] for ln in out.splitlines() if ln.strip()}
+
+
 def _job_state(cluster, job_id: str) -> str:
-    out = cluster.run("squeue", "-h", "-t", "all", "-o", "%i %T").stdout
-    return dict(line.split() for line in out.splitlines() if line.strip()).get(job_id, "GONE")
+    return _listed(cluster).get(job_id, ["GONE"])[0]
 
 
 def _ckpt_iter(wd: Path) -> int:
@@ -215,7 +221,10 @@ def test_slurm_sweep_matches_the_local_sweep(cluster, tmp_path):
         assert len(jobs) == 1
         out = (remote / rid / f"slurm-{jobs[0]}.out").read_text()
         assert f"run {rid}, job {jobs[0]}" in out and _train_iters(out)[0] == 1
-        assert (remote / rid / "slurm_job.sh").read_text().startswith("#!/bin/bash\n")
+    # one array for the three runs; its script is kept with submitit's files
+    (array,) = {_jobs(remote / rid)[0].split("_")[0] for rid in RUN_IDS}
+    script = remote / ".submitit" / f"{array}_submission.sh"
+    assert script.read_text().startswith("#!/bin/bash\n") and "--array=0-2%3" in script.read_text()
     queued = cluster.queue()
     again = _ok(_sweep(cluster, remote, *SLURM_FLAGS), cluster, remote)
     assert "3 skipped" in again and "SUBMITTED" not in again, again
@@ -245,11 +254,11 @@ def test_cancelled_preempted_and_timed_out_jobs_resume(cluster, tmp_path, paced_
     assert re.search(r"smoke_method=full_bp_s0\s+RESUBMITTED\s+resubmitted as job \d+ \(job "
                      rf"{first} CANCELLED.*resumes from iter_\d+\.pth", text), text  # fmt: skip
     assert " SUBMITTED " not in text and text.count("RESUBMITTED") == 1, text
-    # The time-limit warning (what --signal=B:USR1@<lead> sends to the job script): the job
+    # The time-limit warning (what --signal=USR2@<lead> sends to the job's tasks): the job
     # stops its training and requeues itself, as it saved a checkpoint in this attempt.
     _wait(lambda: _ckpt_iter(other) >= 3, "a checkpoint of the third run", cluster, root)
     job_o = _jobs(other)[0]
-    cluster.run("scancel", "--signal=USR1", "--batch", job_o)
+    cluster.run("scancel", "--signal=USR2", job_o)
     # SLURM holds a requeued job back for about two minutes; let them start now.
     for job in (job_p, job_o):
         pending = lambda job=job: _job_state(cluster, job) == "PENDING"  # noqa: E731
@@ -278,12 +287,12 @@ def test_cancelled_preempted_and_timed_out_jobs_resume(cluster, tmp_path, paced_
     assert _jobs(other) == [job_o]
     out = (other / f"slurm-{job_o}.out").read_text()
     attempts = out.split("== lbp_wht sweep: run ")
-    assert len(attempts) == 3 and "(stopped by SIGUSR1)" in attempts[1], out[-3000:]
+    assert len(attempts) == 3 and "(stopped by SIGUSR2)" in attempts[1], out[-3000:]
     assert f"time limit near: requeueing job {job_o}" in attempts[1]
     assert _train_iters(attempts[2])[0] > 1 and _train_iters(attempts[2])[-1] == 12
     # 4 jobs for 3 runs in all: nothing ran twice at once, nothing was submitted twice.
-    names = cluster.run("squeue", "-h", "-t", "all", "-o", "%j %Z").stdout.split("\n")
-    assert sum(str(root) in n for n in names) == 4, names
+    ids = [j for wd in (cancel, preempt, other) for j in _jobs(wd)]
+    assert len(ids) == len(set(ids)) == 4 and set(ids) <= set(_listed(cluster)), ids
 
 
 @needs_data
@@ -302,10 +311,9 @@ def test_reinvoked_or_concurrent_sweeps_submit_nothing_twice(cluster, tmp_path):
     assert text.count(" QUEUED ") == 3 and "SUBMITTED" not in text, text
     jobs = {rid: _jobs(root / rid) for rid in RUN_IDS}
     assert all(len(j) == 1 for j in jobs.values()), jobs
-    listed = cluster.run("squeue", "-h", "-o", "%i %T %r %Z").stdout.splitlines()
-    mine = [ln.split() for ln in listed if str(root) in ln]
-    assert sorted(m[0] for m in mine) == sorted(j[0] for j in jobs.values())
-    assert all(m[1] == "PENDING" and m[2] == "JobHeldUser" for m in mine), mine
+    listed = _listed(cluster)
+    mine = [listed[j[0]] for j in jobs.values()]
+    assert all(m == ["PENDING", "JobHeldUser"] for m in mine), mine
     dry = _ok(_sweep(cluster, root, *held, "--dry-run"), cluster, root)
     assert "#!/bin/bash" not in dry and dry.count("queued") >= 3, dry
     cluster.run("scancel", *[j[0] for j in jobs.values()])
@@ -314,8 +322,11 @@ def test_reinvoked_or_concurrent_sweeps_submit_nothing_twice(cluster, tmp_path):
 # Stands in for the interpreter of a multi-process run: each process says who it is; rank 0
 # writes the complete record (what tools/train.py --launcher slurm would do after training).
 FAKE_PYTHON = """#!/bin/bash
-wd=""
-for a in "$@"; do case "$a" in --work-dir=*) wd="${a#--work-dir=}" ;; esac; done
+wd=""; prev=""
+for a in "$@"; do
+    case "$a" in --work-dir=*) wd="${a#--work-dir=}" ;; esac
+    [ "$prev" = --work-dir ] && wd="$a"; prev="$a"
+done
 echo "rank $SLURM_PROCID of $SLURM_NTASKS port $MASTER_PORT args $*" >> "$wd/ranks.txt"
 if [ "$SLURM_PROCID" = 0 ]; then
     sleep 1
@@ -324,42 +335,60 @@ fi
 """
 
 
-def test_multi_process_run_goes_through_slurm_train(cluster, tmp_path):
+def _fake_python(tmp_path: Path) -> Path:
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
+    return fake
+
+
+def test_multi_process_run_is_one_task_per_process(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
     wd = tmp_path / "work" / "dist"
-    cmd = (str(fake), str(ROOT / "tools/train.py"), "configs/x.py", "--work-dir", str(wd),
-           "--seed", "1")  # fmt: skip
+    cmd = (str(_fake_python(tmp_path)), str(ROOT / "tools/train.py"), "configs/x.py",
+           "--work-dir", str(wd), "--seed", "1")  # fmt: skip
     run = Run("dist", cmd, wd, cwd=str(ROOT))
     opts = SlurmOptions(gpus_per_run=0, tasks_per_run=2, cpus_per_task=1)
-    report = submit_sweep([run], opts, client=SlurmClient(env=cluster.env),
-                          resume_args=("--resume",), wait=True, poll_s=0.5)  # fmt: skip
+    report = submit_sweep([run], opts, resume_args=("--resume",), wait=True, poll_s=0.5,
+                          out=io.StringIO())  # fmt: skip
     assert report.ok, [r.message for r in report.results] + [_diagnose(cluster, wd.parent)]
     ranks = sorted((wd / "ranks.txt").read_text().splitlines())
-    job = report.results[0].job_id
-    port = 20000 + int(job) % 20000
-    args = (
-        f"-u {ROOT}/tools/train.py configs/x.py --work-dir={wd} --launcher=slurm --seed 1 --resume"
-    )
+    port = 20000 + int(report.results[0].job_id) % 20000
+    args = f"{ROOT}/tools/train.py configs/x.py --work-dir {wd} --seed 1 --resume --launcher slurm"
     assert ranks == [f"rank {i} of 2 port {port} args {args}" for i in (0, 1)]
 
 
-def test_max_jobs_keeps_the_queue_short(cluster, tmp_path):
+def test_slurm_train_sh_runs_one_process_per_gpu(cluster, tmp_path):
+    """``tools/slurm_train.sh`` (the OpenMMLab script, for a run by hand): srun, one process
+    per GPU (here CPU processes: GRES empty), ``--launcher slurm``."""
+    wd = tmp_path / "work"
+    wd.mkdir()
+    env = dict(GPUS="2", GPUS_PER_NODE="2", CPUS_PER_TASK="1", GRES="",
+               PYTHON=str(_fake_python(tmp_path)))  # fmt: skip
+    cmd = ["bash", str(ROOT / "tools/slurm_train.sh"), "", "by-hand", "configs/x.py", str(wd),
+           "--seed", "1"]  # fmt: skip
+    subprocess.run(cmd, env={**cluster.env, **env}, check=True, timeout=120, capture_output=True)
+    ranks = sorted(ln.split(" port ")[0] + " args" + ln.split(" args")[1] for ln in (wd / "ranks.txt").read_text().splitlines())  # fmt: skip
+    args = f"-u {ROOT}/tools/train.py configs/x.py --work-dir={wd} --launcher=slurm --seed 1"
+    assert ranks == [f"rank {i} of 2 args {args}" for i in (0, 1)]
+
+
+def test_max_jobs_keeps_the_queue_short(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
     runs = [Run(f"r{i}", ("true",), tmp_path / f"r{i}") for i in range(3)]
     opts = SlurmOptions(gpus_per_run=0, cpus_per_task=1, sbatch_args=("--hold",), max_jobs=2)
-    client = SlurmClient(env=cluster.env)
 
     def statuses():
-        report = submit_sweep(runs, opts, client=client, out=io.StringIO())
+        report = submit_sweep(runs, opts, out=io.StringIO())
         return [r.status for r in report.results], report
 
     assert statuses()[0] == ["submitted", "submitted", "deferred"]
     got, report = statuses()
     assert got == ["queued", "queued", "deferred"] and report.ok
     cluster.run("scancel", report.results[0].job_id)
-    _wait(lambda: _job_state(cluster, report.results[0].job_id) == "CANCELLED", "the cancel",
-          cluster, tmp_path)  # fmt: skip
+    # a pending array task that is cancelled leaves the queue at once (no CANCELLED record)
+    _wait(lambda: _job_state(cluster, report.results[0].job_id) in ("CANCELLED", "GONE"),
+          "the cancel", cluster, tmp_path)  # fmt: skip
     assert statuses()[0] == ["resubmitted", "queued", "deferred"]
     ids = [_jobs(r.work_dir) for r in runs[:2]]
     assert len(ids[0]) == 2 and len(ids[1]) == 1 and not runs[2].work_dir.exists()
@@ -382,6 +411,6 @@ def test_two_process_training_through_the_sweep(cluster, tmp_path):
     wd = root / "dist_method=lbp_wht_s0"
     rec = _record(wd)
     assert rec["status"] == "complete" and rec["iterations"] == 4 and rec["world_size"] == 2
-    assert "tools/slurm_train.sh" in (wd / "slurm_job.sh").read_text()
     out = (wd / f"slurm-{_jobs(wd)[0]}.out").read_text()
+    assert "--launcher slurm" in out
     assert "Distributed launcher: slurm" in out and "Distributed training: True" in out

@@ -1,4 +1,4 @@
-"""The SLURM launcher without a cluster: options, job scripts, run states from a given queue.
+"""The SLURM launcher without a cluster: options, the array script, run states from a queue.
 
 What a real scheduler does with the scripts is tested in ``tests/test_slurm_launcher.py``
 (a real single-node SLURM); here the parts that need none, so they run everywhere.
@@ -18,7 +18,15 @@ import pytest
 
 from lbp_wht import slurm
 from lbp_wht.records import write_record
-from lbp_wht.slurm import Job, Queue, SlurmConfigError, SlurmOptions, job_script, run_status
+from lbp_wht.slurm import (
+    Job,
+    Queue,
+    SlurmConfigError,
+    SlurmOptions,
+    job_command,
+    job_script,
+    run_status,
+)
 from lbp_wht.sweep import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +59,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         ({"requeue": "maybe"}, "requeue: expected true or false"),
         ({"partition": "gpu a100"}, "must be one word"),
         ({"sbatch_args": [1, 2]}, "sbatch_args: expected a list of strings"),
+        ({"sbatch_args": ["-p", "gpu"]}, "'-p': give sbatch options as --key or --key=value"),
     ],
 )
 def test_bad_options_name_the_key(values, needle):
@@ -109,65 +118,68 @@ def test_flags_default_to_the_environment(monkeypatch):
     assert (opts.partition, opts.gpus_per_run, opts.time) == ("batch", 0, "30")
 
 
-# ----------------------------------------------------------------------------- job script
+# ---------------------------------------------------------------------------- job script
+def _sbatch(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+
+
 def test_job_script_one_gpu(tmp_path):
-    run = _run(tmp_path)
+    root = tmp_path / "work"
     opts = SlurmOptions(
         partition="gpu", time="12:00:00", mem="32G", cpus_per_task=8, account="proj",
         gpu_type="a100", sbatch_args=("--exclusive",), setup=("module load cuda/12",),
     )  # fmt: skip
-    text = job_script(run, opts, resume_args=("--resume",))
-    head = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
-    wd = run.work_dir
-    assert head == [
-        "#SBATCH --job-name=r0",
-        f"#SBATCH --chdir={wd}",
-        f"#SBATCH --output={wd}/slurm-%j.out",
-        "#SBATCH --open-mode=append",
-        "#SBATCH --requeue",
-        "#SBATCH --signal=B:USR1@120",
-        "#SBATCH --ntasks=1",
+    text = job_script(opts, root, n=3, cwd=str(ROOT))
+    assert set(_sbatch(text)) >= {
+        "#SBATCH --array=0-2%3",  # one array of the runs to submit
         "#SBATCH --gres=gpu:a100:1",
         "#SBATCH --cpus-per-task=8",
         "#SBATCH --mem=32G",
-        "#SBATCH --time=12:00:00",
+        "#SBATCH --time=12:00:00",  # the user's form; submitit's own minutes are replaced
         "#SBATCH --partition=gpu",
         "#SBATCH --account=proj",
         "#SBATCH --exclusive",
-    ]
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@120",  # submitit's time-limit warning, signal_lead_s ahead
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={root}/.submitit/%A_%a_0_log.out",
+    }
     # setup runs in the repository (relative paths such as .venv/bin/activate work)
     assert text.index(f"cd {ROOT} || exit 1\nmodule load cuda/12\n") > 0
-    assert f"cmd=({sys.executable} {ROOT}/tools/train.py configs/x.py --seed 0 --resume)" in text
-    assert not run.work_dir.exists()  # writing a script text creates nothing
+    assert "srun --unbuffered" in text and "-m submitit.core._submit" in text
+    assert not root.exists()  # writing a script text creates nothing
     proc = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert proc.returncode == 0, proc.stderr
+    # no time limit given: no --time line (the partition's default applies), one job, no array
+    plain = _sbatch(job_script(SlurmOptions(gpus_per_run=0), root))
+    assert not [ln for ln in plain if ln.startswith(("#SBATCH --time", "#SBATCH --array"))]
+    assert "#SBATCH --no-requeue" in _sbatch(job_script(SlurmOptions(requeue=False), root))
+    run = _run(tmp_path)
+    assert job_command(run, opts, ("--resume",)) == [*run.command, "--resume"]
 
 
-def test_job_script_of_a_multi_gpu_run_goes_through_slurm_train(tmp_path):
+def test_multi_gpu_run_is_one_task_per_gpu(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools/train.py"), "configs/x.py", "--work-dir",
            str(tmp_path / "work" / "r0"), "--seed", "3"]  # fmt: skip
     run = _run(tmp_path, cmd=cmd)
-    text = job_script(run, SlurmOptions(gpus_per_run=16, gpus_per_node=8, cpus_per_task=6),
-                      resume_args=("--resume",))  # fmt: skip
-    assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=8\n#SBATCH --gres=gpu:8\n" in text
-    line = next(ln for ln in text.splitlines() if ln.startswith("cmd=("))
-    assert line == (
-        f"cmd=(env GPUS=16 GPUS_PER_NODE=8 CPUS_PER_TASK=6 PYTHON={sys.executable} GRES=gpu:8 "
-        f'{ROOT}/tools/slurm_train.sh "${{SLURM_JOB_PARTITION:-}}" r0 configs/x.py '
-        f"{run.work_dir} --seed 3 --resume)"
-    )
-    # CPU processes (gloo): no GPU request, GRES empty
-    text = job_script(run, SlurmOptions(gpus_per_run=0, tasks_per_run=2))
-    assert "--gres" not in text and "GPUS=2 GPUS_PER_NODE=2" in text and "GRES= " in text
+    opts = SlurmOptions(gpus_per_run=16, gpus_per_node=8, cpus_per_task=6)
+    head = _sbatch(job_script(opts, tmp_path / "work"))
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gres=gpu:8"} <= set(head)
+    # every task (srun, one per GPU) runs the training with --launcher slurm
+    assert job_command(run, opts, ("--resume",)) == cmd + ["--resume", "--launcher", "slurm"]
+    # CPU processes (gloo): no GPU request
+    head = _sbatch(job_script(SlurmOptions(gpus_per_run=0, tasks_per_run=2), tmp_path / "work"))
+    assert "#SBATCH --ntasks-per-node=2" in head and not any("--gres" in ln for ln in head)
     other = _run(tmp_path, "r1", cmd=["bash", "-c", "true"])
     with pytest.raises(SlurmConfigError, match="needs a `python tools/train.py CONFIG"):
-        job_script(other, SlurmOptions(gpus_per_run=2))
+        job_command(other, SlurmOptions(gpus_per_run=2), ())
 
 
-def test_job_script_refuses_white_space_in_the_work_dir(tmp_path):
-    run = Run("r0", ("true",), tmp_path / "my runs" / "r0")
+def test_job_script_refuses_white_space_in_the_work_root(tmp_path):
     with pytest.raises(SlurmConfigError, match="white space"):
-        job_script(run, SlurmOptions())
+        job_script(SlurmOptions(), tmp_path / "my runs")
 
 
 # -------------------------------------------------------------------------------- states
@@ -177,51 +189,54 @@ def _queue(*jobs: Job) -> Queue:
 
 def test_states_from_the_queue_and_the_work_dir(tmp_path):
     run = _run(tmp_path)
-    wd = str(run.work_dir)
     assert run_status(run, _queue()).state == "todo"
-    # a job with the run's work dir counts even when no id was recorded (a crashed sweep)
-    pend = Job("7", "PENDING", "Priority", "r0", wd)
-    assert run_status(run, _queue(pend)).state == "queued"
-    assert run_status(run, _queue(Job("7", "RUNNING", "None", "r0", wd))).state == "running"
-    assert run_status(run, _queue(Job("7", "COMPLETING", "None", "r0", wd))).state == "running"
     run.work_dir.mkdir(parents=True)
     assert run_status(run, _queue()).state == "stale"
+    # a task of an array whose submission a crashed sweep never recorded: found by its
+    # comment and index, so it is not submitted twice
+    mark = {"token": "t0k", "index": 2}
+    write_record(run.work_dir / slurm.JOBS_NAME, {"jobs": [], "submitting": mark})
+    pend = Job("9_2", "PENDING", "Priority", "lbp_wht:t0k")
+    assert run_status(run, _queue(pend, Job("9_1", "PENDING", "", "lbp_wht:t0k"))).state == "queued"
+    assert run_status(run, _queue(Job("9_1", "PENDING", "", "lbp_wht:t0k"))).state == "stale"
     write_record(run.work_dir / slurm.JOBS_NAME, {"jobs": [{"job_id": "7"}]})
+    assert run_status(run, _queue(Job("7", "RUNNING", "None"))).state == "running"
+    assert run_status(run, _queue(Job("7", "COMPLETING", "None"))).state == "running"
+    (run.work_dir / "iter_40.pth").write_bytes(b"x")
     (run.work_dir / "last_checkpoint").write_text(str(run.work_dir / "iter_40.pth"))
-    st = run_status(run, _queue(Job("7", "CANCELLED", "None", "r0", wd)))
+    st = run_status(run, _queue(Job("7", "CANCELLED", "None")))
     assert st.state == "ended" and "job 7 CANCELLED" in st.detail
     assert "resumes from iter_40.pth" in st.detail and not st.fresh
     gone = run_status(run, _queue())  # after MinJobAge the scheduler forgets the job
     assert gone.state == "ended" and "job 7 is no longer queued" in gone.detail
     # an id recorded, its job requeued (pending again): queued, not ended
-    assert run_status(run, _queue(Job("7", "PENDING", "BeginTime", "r0", "/elsewhere"))).state == (
-        "queued"
-    )
+    assert run_status(run, _queue(Job("7", "PENDING", "BeginTime"))).state == "queued"
     # an incomplete record of another config cannot resume: fresh start
     write_record(run.record_path, {"status": "interrupted", "config_digest": "aaaa"})
     st = run_status(run, _queue(), expected_digest=lambda r: "bbbb")
     assert st.state == "ended" and st.fresh and "starts afresh" in st.detail
     write_record(run.record_path, {"status": "complete", "config_digest": "aaaa"})
-    assert run_status(run, _queue(pend)).state == "done"  # the record wins
+    assert run_status(run, _queue(Job("7", "PENDING", ""))).state == "done"  # the record wins
     assert run_status(run, _queue(), expected_digest=lambda r: "bbbb").state == "changed"
     # a dry run without a scheduler: what was submitted is said to be, nothing more
     write_record(run.record_path, {"status": "running"})
     assert run_status(run, None).state == "submitted"
 
 
-def test_dry_run_without_a_scheduler_lists_the_scripts(tmp_path):
+def test_dry_run_without_a_scheduler_lists_the_runs_and_the_script(tmp_path, monkeypatch):
     runs = [_run(tmp_path, f"r{i}") for i in range(3)]
-    client = slurm.SlurmClient(env={"PATH": str(tmp_path)})  # no SLURM commands there
-    text = slurm.dry_run_scripts(runs, SlurmOptions(), client=client, resume_args=("--resume",))
-    assert text.count("#!/bin/bash\n") == 3
-    assert "no scheduler to ask here" in text and text.endswith("3 job scripts to submit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands there
+    text = slurm.dry_run_scripts(runs, SlurmOptions(), resume_args=("--resume",))
+    assert text.count("#!/bin/bash\n") == 1 and "#SBATCH --array=0-2%3" in text
+    assert text.count("--resume\n") == 3 and text.count("-> would submit") == 3
+    assert "no scheduler to ask here" in text and text.endswith("3 runs to submit")
     assert not (tmp_path / "work").exists()
     with pytest.raises(slurm.SchedulerError, match="nothing was submitted"):
-        slurm.submit_sweep(runs, SlurmOptions(), client=client)
+        slurm.submit_sweep(runs, SlurmOptions())
 
 
-def test_table2_dry_run_lists_210_job_scripts(tmp_path):
-    """``LAUNCHER=slurm scripts/reproduce_table2.sh --dry-run``: one job script per run."""
+def test_table2_dry_run_lists_its_210_runs_and_one_array(tmp_path):
+    """``LAUNCHER=slurm scripts/reproduce_table2.sh --dry-run``: every run, one array script."""
     opts = tmp_path / "slurm.yaml"
     opts.write_text("partition: gpu\ntime: '12:00:00'\ncpus_per_task: 8\nmem: 32G\n")
     env = {
@@ -238,20 +253,19 @@ def test_table2_dry_run_lists_210_job_scripts(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert out.count("#!/bin/bash\n") == 210
-    assert out.count("#SBATCH --job-name=") == 210 and out.count("--resume)") == 210
-    assert out.count("#SBATCH --partition=gpu\n") == 210 and "#SBATCH --gres=gpu:1\n" in out
-    assert out.rstrip().endswith("210 runs (210 todo); 210 job scripts to submit")
+    assert out.count("#!/bin/bash\n") == 1 and "#SBATCH --array=0-209%210\n" in out
+    assert out.count("-> would submit") == 210 and out.count(" --resume\n") == 210
+    assert "#SBATCH --partition=gpu\n" in out and "#SBATCH --gres=gpu:1\n" in out
+    assert out.rstrip().endswith("210 runs (210 todo); 210 runs to submit")
     assert not (tmp_path / "work").exists()  # a dry run creates nothing
 
 
 # ------------------------------------------------- failure paths of the scheduler (a stand-in)
-class FlakyScheduler(slurm.SlurmClient):
+class FlakyScheduler(slurm.Scheduler):
     """A scheduler stand-in for the paths a real one takes rarely: ``sbatch`` failing after
-    (or before) the controller accepted the job, ``squeue`` timing out. Jobs finish when told."""
+    (or before) the controller accepted the array, ``squeue`` timing out. Jobs finish when told."""
 
     def __init__(self, accept_on_error: bool = False, fail_submits=(), fail_queues=()):
-        super().__init__(env={"PATH": "/nonexistent"})
         self.jobs: dict[str, Job] = {}
         self.calls = {"submit": 0, "queue": 0}
         self.accept_on_error = accept_on_error
@@ -266,41 +280,66 @@ class FlakyScheduler(slurm.SlurmClient):
             raise slurm.SchedulerError("squeue: Socket timed out on send/recv operation")
         return Queue(list(self.jobs.values()))
 
-    def submit(self, script):
+    def submit(self, jobs, parameters, folder):
         self.calls["submit"] += 1
-        wd = str(script.parent)
-        job = Job(str(100 + self.calls["submit"]), "PENDING", "None", script.parent.name, wd)
+        n = 100 + self.calls["submit"]
+        ids = [f"{n}_{k}" if len(jobs) > 1 else str(n) for k in range(len(jobs))]
+        listed = {i: Job(i, "PENDING", "None", parameters["comment"]) for i in ids}
         if self.calls["submit"] in self.fail_submits:
             if self.accept_on_error:
-                self.jobs[job.job_id] = job
+                self.jobs.update(listed)
             raise slurm.SchedulerError("sbatch: Socket timed out on send/recv operation")
-        self.jobs[job.job_id] = job
-        return job.job_id
-
-    def describe(self, job_id):
-        return None
+        self.jobs.update(listed)
+        return ids
 
 
-def test_a_failed_sbatch_stops_submitting_and_an_accepted_one_is_found(tmp_path):
+def test_a_failed_sbatch_submits_nothing_and_an_accepted_one_is_found(tmp_path):
     runs = [_run(tmp_path, f"r{i}") for i in range(3)]
-    flaky = FlakyScheduler(fail_submits={2})
-    report = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, out=io.StringIO())
-    assert [r.status for r in report.results] == ["submitted", "failed", "deferred"]
-    assert "sbatch failed" in report.results[1].message and not report.ok
-    assert flaky.calls["submit"] == 2 and not runs[2].work_dir.exists()
+    flaky = FlakyScheduler(fail_submits={1})
+    report = slurm.submit_sweep(runs, SlurmOptions(), scheduler=flaky, out=io.StringIO())
+    assert [r.status for r in report.results] == ["failed"] * 3 and not report.ok
+    assert "sbatch failed" in report.results[1].message and flaky.calls["submit"] == 1
     assert slurm.read_jobs(runs[1]) == {  # no marker left, no job recorded
         "run_id": "r1", "work_dir": str(runs[1].work_dir), "jobs": []
     }  # fmt: skip
-    # The controller took the job although sbatch reported an error: found by its work dir.
+    # The controller took the array although sbatch reported an error: found by its comment.
     runs = [_run(tmp_path / "b", f"r{i}") for i in range(2)]
     flaky = FlakyScheduler(accept_on_error=True, fail_submits={1})
-    report = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, out=io.StringIO())
+    report = slurm.submit_sweep(runs, SlurmOptions(), scheduler=flaky, out=io.StringIO())
     assert [r.status for r in report.results] == ["submitted", "submitted"]
     assert "sbatch: Socket timed out" in report.results[0].message
-    assert [j["job_id"] for j in slurm.read_jobs(runs[0])["jobs"]] == ["101"]
-    again = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, out=io.StringIO())
+    assert [j["job_id"] for j in slurm.read_jobs(runs[0])["jobs"]] == ["101_0"]
+    again = slurm.submit_sweep(runs, SlurmOptions(), scheduler=flaky, out=io.StringIO())
     assert [r.status for r in again.results] == ["queued", "queued"]
-    assert flaky.calls["submit"] == 2  # never a second job for r0
+    assert flaky.calls["submit"] == 1  # never a second job for a run
+
+
+def test_a_crash_between_sbatch_and_the_record_submits_nothing_twice(tmp_path):
+    """The sweep dies after sbatch answered and before the job ids were written: the next one
+    finds the array's tasks by the marker it left, records them and submits nothing."""
+    runs = [_run(tmp_path, f"r{i}") for i in range(2)]
+    flaky = FlakyScheduler()
+
+    class Crash(BaseException):
+        pass
+
+    real = slurm.write_record
+
+    def crash_after_sbatch(path, rec):
+        if flaky.calls["submit"] and "submitting" not in rec:
+            raise Crash
+        return real(path, rec)
+
+    slurm.write_record = crash_after_sbatch
+    try:
+        with pytest.raises(Crash):
+            slurm.submit_sweep(runs, SlurmOptions(), scheduler=flaky, out=io.StringIO())
+    finally:
+        slurm.write_record = real
+    assert all("submitting" in slurm.read_jobs(r) for r in runs)
+    again = slurm.submit_sweep(runs, SlurmOptions(), scheduler=flaky, out=io.StringIO())
+    assert [r.status for r in again.results] == ["queued", "queued"]
+    assert flaky.calls["submit"] == 1
 
 
 def test_waiting_sweep_rides_out_squeue_time_outs(tmp_path, monkeypatch):
@@ -314,6 +353,6 @@ def test_waiting_sweep_rides_out_squeue_time_outs(tmp_path, monkeypatch):
         flaky.jobs.clear()
 
     monkeypatch.setattr(slurm.time, "sleep", finish_jobs)
-    report = slurm.submit_sweep(runs, SlurmOptions(), client=flaky, wait=True, out=out)
+    report = slurm.submit_sweep(runs, SlurmOptions(), scheduler=flaky, wait=True, out=out)
     assert [r.status for r in report.results] == ["done", "done"] and report.ok
     assert out.getvalue().count("Socket timed out") == 2

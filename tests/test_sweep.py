@@ -221,7 +221,7 @@ def test_two_concurrent_sweeps_never_run_the_same_run(fake, reference):
         line.split()[1] for line in log.read_text().splitlines() if line.startswith("start ")
     )
     assert starts == Counter({f"run{i}": 1 for i in range(N_RUNS)}), starts
-    assert not list(work.glob(".*.tmp")) and not list(work.glob("*/.*.tmp"))  # no temp files
+    assert not list(work.glob(".*.tmp*")) and not list(work.glob("*/.*.tmp*"))  # no temp files
 
 
 def test_interrupted_sweep_stops_its_runs(fake):

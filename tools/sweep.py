@@ -27,10 +27,10 @@ Settings (flags, or environment variables of the same name as the scripts use): 
 ``checkpoints``: the configs' ``load_from`` file names are looked up there), ``GPUS`` (device
 ids; one run per GPU at a time), ``JOBS`` (runs at a time without GPUS).
 
-On a SLURM cluster (``--launcher slurm``, env ``LAUNCHER=slurm``) every run is one ``sbatch``
-job instead (``lbp_wht/slurm.py``): its script and output land in the run's work dir, a
-re-invoked sweep skips complete runs and runs whose job is queued or running, and resubmits the
-others so that they resume from their last checkpoint (``--resume``)::
+On a SLURM cluster (``--launcher slurm``, env ``LAUNCHER=slurm``) the runs to (re)submit go as
+one job array through submitit instead (``lbp_wht/slurm.py``): each run's output lands in its
+work dir, a re-invoked sweep skips complete runs and runs whose job is queued or running, and
+resubmits the others so that they resume from their last checkpoint (``--resume``)::
 
     python tools/sweep.py table 2 --launcher slurm --partition gpu --gpus-per-run 1 \\
         --cpus-per-task 8 --mem 32G --time 12:00:00 --account myproj
@@ -39,7 +39,9 @@ others so that they resume from their last checkpoint (``--resume``)::
 
 The options file holds the same keys (``partition: gpu``, ``gpus_per_run: 1``, ``time:
 "12:00:00"``, ``sbatch_args: [--exclusive]``, ``setup: [module load cuda]``, ...); flags win.
-``--dry-run`` prints the job scripts it would submit.
+``--dry-run`` prints the commands and the array script it would submit. Bad input (a config
+that does not load, a seed given twice or out of range, a run id too long for a file name, a
+work root that cannot be written) is one named error and exit 2 before anything starts.
 """
 
 from __future__ import annotations
@@ -54,12 +56,30 @@ from collections.abc import Sequence
 from lbp_wht import slurm
 from lbp_wht.experiments.catalog import CONFIGS_DIR, PAPER_DIR, REPO_ROOT
 from lbp_wht.experiments.runs import SweepSpecError, expected_digest, grid_runs, table_runs
-from lbp_wht.sweep import dry_run_listing, format_duration, run_sweep
+from lbp_wht.io import atomic_write
+from lbp_wht.sweep import check_unique, dry_run_listing, format_duration, run_sweep
 
 #: Appended to a run's training command when it continues an interrupted attempt (locally: a
 #: stale run of the same config with a checkpoint; on SLURM: every attempt).
 RESUME_ARGS = ("--resume",)
 TABLE_CHOICES = ("2", "3", "4", "5", "6", "7", "fig3", "fig5", "figures")
+
+
+def _seed(text: str) -> int:
+    from lbp_wht.integrations.launch import seed_value
+
+    return seed_value(text)
+
+
+def _writable(root: str) -> None:
+    """The work root can be written (a probe file), else SweepSpecError naming it."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        atomic_write(os.path.join(root, ".write_check"), "lbp_wht\n").unlink()
+    except OSError as err:
+        raise SweepSpecError(
+            f"work root {root} cannot be written ({err.strerror}); use another --work-root"
+        ) from None
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -77,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_argument(
         "--seeds",
         nargs="+",
-        type=int,
-        default=[int(s) for s in (_env_list("SEEDS") or ["0"])],
-        help="seeds (env SEEDS; default 0)",
+        type=_seed,
+        default=_env_list("SEEDS") or ["0"],
+        help="seeds, 0 ... 2**32 - 1 (env SEEDS; default 0)",
     )
     common.add_argument(
         "--work-root",
@@ -142,12 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     try:
+        args.seeds = [_seed(s) for s in args.seeds]  # the environment's too
+        if len(set(args.seeds)) != len(args.seeds):
+            raise SweepSpecError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given twice")
         runs = _runs(args)
-    except (SweepSpecError, FileNotFoundError) as err:
-        print(f"sweep: error: {err}", file=sys.stderr)
-        return 2
-    if not runs:
-        print("sweep: error: the sweep has no runs", file=sys.stderr)
+        if not runs:
+            raise SweepSpecError("the sweep has no runs")
+        check_unique(runs)
+        if not (args.count or args.dry_run):
+            from lbp_wht.integrations.launch import load_config
+
+            for config in sorted({str(r.meta["config"]) for r in runs if r.meta.get("config")}):
+                load_config(config)  # every config loads: one named error before anything starts
+            _writable(args.work_root)
+    except (ValueError, FileNotFoundError, argparse.ArgumentTypeError) as err:
+        print(f"sweep: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     if args.count:
         print(len(runs))
@@ -211,11 +240,13 @@ def _slurm(args: argparse.Namespace, runs: list) -> int:
             return 0
         report = slurm.submit_sweep(runs, options, wait=args.wait, poll_s=args.poll, **how)
     except KeyboardInterrupt:
-        print("sweep: stopped following; the jobs go on (run the same command to see them)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "sweep: stopped following; the jobs go on (run the same command to see them)",
+            file=sys.stderr,
+        )
         return 130
     except (slurm.SlurmConfigError, slurm.SchedulerError) as err:
-        print(f"sweep: error: {err}", file=sys.stderr)
+        print(f"sweep: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     print(report.summary(), file=sys.stderr)
     for r in report.results:

@@ -3,9 +3,11 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options ...] [--launcher ...]
 
 The model is built exactly as for training (same conversion; converted layers run their plain
-forward in eval mode) and the checkpoint is loaded with the same key checks. Writes
-``<work_dir>/test_record.json`` (``kind='test'``) with the metrics; non-finite metrics fail the
-run. Exit code: 0 done, 1 failed, 2 refused (missing inputs, bad config) before it started.
+forward in eval mode) and the checkpoint is loaded with the same key checks; adapters the
+checkpoint holds but the model would drop, or adapters of the model the checkpoint lacks, are
+errors. Writes ``<work_dir>/test_record.json`` (``kind='test'``) with the metrics; non-finite
+metrics fail the run. Exit code: 0 done, 1 failed, 2 refused before it started (one named
+error: missing inputs, a bad config, an unwritable work dir; docs/RUNNING.md).
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ Without ``--work-dir`` each option set gets its own directory (``work_dirs/CONFI
 Each run writes ``<work_dir>/record.json`` (``lbp_wht.records`` format; status ``running`` ->
 ``complete``, ``failed`` with the error, or ``interrupted`` on SIGTERM / Ctrl-C).
 ``--resume`` continues from the newest loadable checkpoint of the work dir (refused if the
-checkpoint was trained with another method, model, data or optimiser). One run per work dir
-at a time (a lock). Exit code: 0 done, 1 failed, 2 refused before it started, 128 + signal
-when interrupted. Multi-GPU / multi-node: ``tools/dist_train.sh``. What survives a kill and
-what is refused: README, "What survives a kill, what is refused".
+checkpoint was trained with another method, model, data or optimiser, or holds no config to
+compare unless ``--resume-unchecked``). One run per work dir at a time (a lock); a fresh start
+in a dir that holds an earlier run is refused. Exit code: 0 done, 1 failed, 2 refused before it
+started (one named error), 128 + signal when interrupted. Multi-GPU / multi-node:
+``tools/dist_train.sh``. What survives a kill and what is refused: docs/RUNNING.md.
 """
 
 from __future__ import annotations
@@ -31,13 +32,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where logs, checkpoints and record.json go (default: derived from the config "
         "and the options)",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed (cfg.randomness.seed)")
+    p.add_argument(
+        "--seed",
+        type=launch.seed_value,
+        default=None,
+        help="random seed, 0 ... 2**32 - 1 (cfg.randomness.seed)",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
         type=str,
         const="auto",
         help="resume from CKPT, or from the newest loadable checkpoint in the work dir if no CKPT",
+    )
+    p.add_argument(
+        "--resume-unchecked",
+        action="store_true",
+        help="resume a checkpoint that holds no (readable) config without comparing it with "
+        "this run's (refused otherwise)",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
     launch.add_common_arguments(p, "lbp.r=6 train_dataloader.batch_size=32")
@@ -61,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "train",
         resume=args.resume is not None,
         launcher=args.launcher,
+        resume_unchecked=args.resume_unchecked,
     )
 
 

@@ -217,11 +217,9 @@ def parse_axes(assignments: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 @lru_cache(maxsize=64)
 def _effective(config: str) -> dict[str, Any]:
-    from mmengine.config import Config
+    from lbp_wht.integrations.launch import load_config  # ConfigFileError naming the file
 
-    import lbp_wht.integrations  # noqa: F401  (custom_imports of the configs need the shims)
-
-    return Config.fromfile(config).to_dict()
+    return load_config(config).to_dict()
 
 
 def check_option_keys(config: str | os.PathLike, keys: Sequence[str], *, what: str) -> None:
@@ -231,6 +229,7 @@ def check_option_keys(config: str | os.PathLike, keys: Sequence[str], *, what: s
 
     Raises:
         SweepSpecError: naming the unknown key, the config, and the keys that exist there.
+        ConfigFileError: the config does not load (syntax error, missing ``_base_``).
     """
     from lbp_wht.integrations.build import LBP_DEFAULTS
 

@@ -103,6 +103,9 @@ LBP_DEFAULTS: dict[str, Any] = dict(
     spectrum_layer=None,  # record g_y WHT spectrum of this module (Figure 5)
     spectrum_iters=None,  # ... for this many iterations (None: the whole run)
     allow_random_init=False,  # permit load_from=None (mini / from-scratch configs only)
+    # a config that builds a declared variant of lbp.model (e.g. the demo's lighter mini
+    # model) says how it differs; the model-name check then compares backbone types only
+    model_variant=None,
     strict_load=True,  # load_from: missing non-adapter keys are an error
     # load_from: keys that may be missing / unexpected / of another shape (left at init)
     reinit_keys=("head.*", "decode_head.conv_seg.*", "auxiliary_head.*"),
@@ -169,6 +172,12 @@ LBP_SCHEMA: dict[str, LBPKey] = dict(
     spectrum_layer=LBPKey("str", "module whose g_y spectrum is recorded", nullable=True),
     spectrum_iters=LBPKey("int", "iterations of spectrum recording", nullable=True, minimum=1),
     allow_random_init=LBPKey("bool", "permit load_from=None, a randomly initialised model"),
+    model_variant=LBPKey(
+        "str",
+        "how the model this config builds differs from lbp.model's definition (a declared "
+        "variant, e.g. a lighter size); None: it is lbp.model exactly",
+        nullable=True,
+    ),
     strict_load=LBPKey("bool", "load_from: missing non-adapter keys are an error"),
     reinit_keys=LBPKey("patterns", "load_from: head keys left at initialisation"),
     drop_keys=LBPKey("patterns", "load_from: checkpoint keys never loaded"),

@@ -31,6 +31,8 @@ from mmpretrain.datasets import BaseDataset as ClsBaseDataset
 from mmpretrain.datasets import FashionMNIST
 from mmpretrain.registry import DATASETS as CLS_DATASETS
 
+from lbp_wht.io import atomic_write
+
 __all__ = [
     "DatasetFileError",
     "DatasetNotFoundError",
@@ -41,6 +43,7 @@ __all__ = [
     "ClassSubsetDataset",
     "Places365",
     "check_dataloader_paths",
+    "check_labels",
     "missing_dataset_paths",
     "write_idx_classification",
     "write_seg_folder",
@@ -187,6 +190,19 @@ DATASET_HELP = (
 )
 
 
+def check_labels(labels: Any, num_classes: int, where: str) -> None:
+    """Refuse labels outside ``0 .. num_classes - 1`` (they would silently drop out of a class
+    subset, or fail deep inside the loss), naming the first such label and the class count."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise DatasetFileError(
+            f"{where}: label {int(bad[0])} is outside the dataset's {num_classes} classes "
+            f"(0..{num_classes - 1}); {bad.size} of {labels.size} samples have such labels. "
+            "The label file and the class list do not match."
+        )
+
+
 def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
     """Raise one :class:`DatasetNotFoundError` for all missing dataset paths.
 
@@ -277,6 +293,7 @@ class GzFashionMNIST(FashionMNIST):
         labels = _read_idx(self._find(files[1][0]), ndim=1)
         if len(imgs) != len(labels):
             raise ValueError(f"{len(imgs)} images but {len(labels)} labels in {self.data_prefix}")
+        check_labels(labels, len(self.metainfo["classes"]), self._find(files[1][0]))
         return [
             {"img": img, "gt_label": np.array(int(label), dtype=np.int64)}
             for img, label in zip(imgs, labels)
@@ -349,6 +366,7 @@ class Places365(ClsBaseDataset):
                         "gt_label": int(label),
                     }
                 )
+        check_labels([d["gt_label"] for d in out], len(self.metainfo["classes"]), self.ann_file)
         return out
 
 
@@ -409,6 +427,8 @@ class ClassSubsetDataset:
         if len(set(keep)) != len(keep):
             raise ValueError(f"ClassSubsetDataset: classes listed twice in {keep}")
         labels = np.asarray([int(ds.get_data_info(i)["gt_label"]) for i in range(len(ds))])
+        if names:
+            check_labels(labels, len(names), f"ClassSubsetDataset of {type(ds).__name__}")
         rng = np.random.default_rng(self.seed)
         indices: list[int] = []
         for c in keep:
@@ -491,9 +511,7 @@ def write_idx_classification(
             (f"{split}-labels-idx1-ubyte", lab_bytes),
         ):
             path = osp.join(root, name + (".gz" if gz else ""))
-            opener = gzip.open if gz else open
-            with opener(path, "wb") as f:
-                f.write(data)
+            atomic_write(path, gzip.compress(data) if gz else data)
     return root
 
 
@@ -527,8 +545,12 @@ def write_seg_folder(
                 ann[y : y + h, x : x + w] = c
             img = rng.integers(0, 40, size=(size, size, 3)).astype(np.int64)
             img += ann[..., None].astype(np.int64) * (200 // max(num_classes - 1, 1))
-            cv2.imwrite(
-                osp.join(root, "img_dir", split, f"{k}.png"), np.clip(img, 0, 255).astype(np.uint8)
-            )
-            cv2.imwrite(osp.join(root, "ann_dir", split, f"{k}.png"), ann)
+            for folder, arr in (
+                ("img_dir", np.clip(img, 0, 255).astype(np.uint8)),
+                ("ann_dir", ann),
+            ):
+                atomic_write(
+                    osp.join(root, folder, split, f"{k}.png"),
+                    cv2.imencode(".png", arr)[1].tobytes(),
+                )
     return root

@@ -31,6 +31,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS
 
+from lbp_wht.io import atomic_write
 from lbp_wht.lhe import LHEProfiler
 
 from .build import lbp_layers
@@ -90,9 +91,9 @@ class LBPWHTHook(Hook):
         )
         runner.logger.info("\n" + text)
         if is_main_process():
-            with open(osp.join(runner.work_dir, "lbp_conversion.txt"), "w") as f:
-                f.write(text)
-                f.write("\ntrainable parameter names:\n" + "\n".join(info["trainable"]) + "\n")
+            names = "\n".join(info["trainable"])
+            path = osp.join(runner.work_dir, "lbp_conversion.txt")
+            atomic_write(path, f"{text}\ntrainable parameter names:\n{names}\n")
         optim = getattr(runner, "optim_wrapper", None)
         if isinstance(optim, OptimWrapper):
             in_optim = {id(p) for g in optim.optimizer.param_groups for p in g["params"]}
@@ -191,16 +192,13 @@ class LBPWHTHook(Hook):
             f"{profiler.iterations} iterations"
         )
         if is_main_process():
-            with open(osp.join(runner.work_dir, "lhe_bases.json"), "w") as f:
-                json.dump(
-                    dict(
-                        iterations=runner.iter + 1,
-                        profiled_iterations=profiler.iterations,
-                        rank=cfg["rank"],
-                        bases={n: [list(b) for b in v] for n, v in chosen.items()},
-                    ),
-                    f,
-                )
+            chosen_json = dict(
+                iterations=runner.iter + 1,
+                profiled_iterations=profiler.iterations,
+                rank=cfg["rank"],
+                bases={n: [list(b) for b in v] for n, v in chosen.items()},
+            )
+            atomic_write(osp.join(runner.work_dir, "lhe_bases.json"), json.dumps(chosen_json))
 
     # ---- Figure 5 spectrum --------------------------------------------------------------
     def _save_spectrum(self, runner: Any, cfg: dict) -> None:
@@ -219,17 +217,14 @@ class LBPWHTHook(Hook):
         self._spectrum_open = False
         if is_main_process():
             path = osp.join(runner.work_dir, "spectrum.json")
-            with open(path, "w") as f:
-                json.dump(
-                    dict(
-                        layer=name,
-                        order=m.order,
-                        steps=int(steps.item()),
-                        iterations=runner.iter + 1,
-                        energy=energy.tolist(),
-                    ),
-                    f,
-                )
+            spectrum = dict(
+                layer=name,
+                order=m.order,
+                steps=int(steps.item()),
+                iterations=runner.iter + 1,
+                energy=energy.tolist(),
+            )
+            atomic_write(path, json.dumps(spectrum))
             runner.logger.info(f"saved g_y WHT spectrum of {name} to {path}")
 
     # ---- checkpoints --------------------------------------------------------------------

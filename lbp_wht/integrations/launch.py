@@ -1,41 +1,26 @@
-"""What ``tools/train.py`` and ``tools/test.py`` do around the runner (the tools parse arguments).
+"""What ``tools/train.py`` and ``tools/test.py`` do around the runner (docs/RUNNING.md).
 
-Before anything is built (fast, so a mistake costs seconds, not a queue slot):
-
-- :func:`effective_config`: the config file, ``--cfg-options`` and the command-line settings
-  merged, and checked: an option whose top-level key nothing reads is an error
-  (:func:`check_override_keys`: ``lpb.r=6`` -> "did you mean 'lbp'?"; ``data_root=...``, a
-  variable of the config file that was already used while the file was parsed, names the keys
-  to set instead); a top-level key of the config that is a misspelling of one the runner reads
-  is an error (:func:`check_config_keys`); the ``lbp`` block is type-checked
-  (:func:`~lbp_wht.integrations.build.validate_lbp_cfg`).
-- :func:`default_work_dir`: without ``--work-dir`` (and no ``work_dir`` in the config) each
-  effective option set gets its own directory, ``work_dirs/<config>__lbp.r=6`` (+ ``seed=N``,
-  ``amp``), so a sweep point never overwrites another run.
-- :func:`claim_work_dir`: an exclusive lock on the work dir (the sweep's ``RunLock`` on the same
-  lock file, ``<parent>/.<name>.lock``): a second run on the same directory is refused, naming
-  the directory and the holder's pid. A run launched by ``lbp_wht.sweep`` finds the lock held
-  for it (an inherited lock descriptor or an ancestor process holding it) and proceeds. A fresh
-  (non-resume) start in a directory whose record is complete is refused too.
-- :func:`check_inputs`: every missing input (checkpoint to load or resume, dataset files) in
-  one :class:`~lbp_wht.integrations.datasets.MissingInputsError`.
-
-Then :func:`run`: builds the runner and trains / tests under :class:`Interruptible`
-(SIGTERM / SIGINT raise :class:`RunInterrupted`; in a distributed run a rank whose peer
-stopped first waits a moment for its own signal); a run that raises leaves a record with status
-``failed`` (the error) or ``interrupted`` (the signal and the command that continues it), and
-the tool exits non-zero: 2 when the run was refused before it started, 1 when it failed,
-128 + signal number when it was interrupted.
+Before anything is built, so that a mistake costs seconds: the config is loaded and checked
+(:func:`effective_config`: syntax, ``_base_`` files, keys nothing reads, the ``lbp`` block,
+seed and loader values), the work dir is claimed (:func:`claim_work_dir`: one run per dir, no
+fresh start over an earlier run, writable) and every missing input is listed at once
+(:func:`check_inputs`). Any of these is one named error and exit 2. Then :func:`run` trains or
+tests under :class:`Interruptible`; a run that fails after it started leaves a record saying
+``failed`` (exit 1) or ``interrupted`` with the command that continues it (exit 128 + signal).
 """
 
 from __future__ import annotations
 
-import fcntl
+import argparse
+import errno
 import hashlib
+import inspect
 import os
 import os.path as osp
+import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -43,17 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
+from mmengine.runner import Runner
 
-from lbp_wht.records import read_record, write_record
-from lbp_wht.sweep import RunLock, safe_id
+from lbp_wht.io import atomic_write
+from lbp_wht.records import RecordError, load_record, write_record
+from lbp_wht.sweep import LOCK_FD_ENV, RunLock, lock_path, safe_id
 
-from .build import (
-    LBPConfigError,
-    check_lbp_preset,
-    close_matches,
-    did_you_mean,
-    validate_lbp_cfg,
-)
+from .build import LBPConfigError, check_lbp_preset, close_matches, did_you_mean, validate_lbp_cfg
 from .checkpoint import (
     CheckpointLoadError,
     CheckpointNotFoundError,
@@ -61,17 +42,13 @@ from .checkpoint import (
     NonFiniteWeightsError,
     UnsafeCheckpointError,
     checkpoint_candidates,
+    unpickling_error,
 )
-from .datasets import (
-    DATASET_HELP,
-    DatasetFileError,
-    DatasetNotFoundError,
-    MissingInputsError,
-    dataset_problems,
-)
+from .datasets import DATASET_HELP, DatasetFileError, MissingInputsError, dataset_problems
 from .runner import (
     NO_WEIGHTS_MESSAGE,
     CheckpointMismatchError,
+    ModelMismatchError,
     NonFiniteCheckpointError,
     NoWeightsError,
     ResumeMismatchError,
@@ -79,10 +56,12 @@ from .runner import (
 
 __all__ = [
     "RUNNER_KEYS",
+    "ConfigFileError",
     "ConfigKeyError",
     "Interruptible",
     "RunInterrupted",
     "WorkDirBusyError",
+    "WorkDirError",
     "WorkDirHasRunError",
     "add_common_arguments",
     "check_config_keys",
@@ -91,68 +70,40 @@ __all__ = [
     "claim_work_dir",
     "default_work_dir",
     "effective_config",
+    "load_config",
+    "main",
     "run",
-    "set_local_rank",
+    "seed_value",
     "work_dir_lock_path",
 ]
 
-#: Top-level config keys something reads after the file is parsed: mmengine's Runner
-#: (``Runner.from_cfg`` and the ``cfg.get`` calls of its methods), the config machinery, and this
-#: project (``lbp``; ``dataset_name`` for the run record).
-RUNNER_KEYS = frozenset(
-    {
-        "model",
-        "work_dir",
-        "train_dataloader",
-        "val_dataloader",
-        "test_dataloader",
-        "train_cfg",
-        "val_cfg",
-        "test_cfg",
-        "auto_scale_lr",
-        "optim_wrapper",
-        "param_scheduler",
-        "val_evaluator",
-        "test_evaluator",
-        "default_hooks",
-        "custom_hooks",
-        "data_preprocessor",
-        "load_from",
-        "resume",
-        "launcher",
-        "env_cfg",
-        "log_processor",
-        "log_level",
-        "visualizer",
-        "default_scope",
-        "randomness",
-        "experiment_name",
-        "activation_checkpointing",
-        "efficient_conv_bn_eval",
-        "compile",
-        "model_wrapper_cfg",
-        "sync_bn",
-        "find_unused_parameters",
-        "gpu_ids",
-        "strategy",
-        "runner_type",
-        "custom_imports",
-        "lbp",
-        "dataset_name",
-    }
-)
+#: Top-level config keys something reads after the file is parsed: mmengine's Runner (its
+#: arguments and the ``cfg.get`` calls of its methods), the config machinery and this project.
+RUNNER_KEYS = frozenset(inspect.signature(Runner.__init__).parameters) - {"self", "cfg"} | {
+    *("activation_checkpointing", "efficient_conv_bn_eval", "compile", "model_wrapper_cfg"),
+    *("sync_bn", "find_unused_parameters", "gpu_ids", "strategy", "runner_type"),
+    *("custom_imports", "lbp", "dataset_name"),
+}
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be loaded (missing, a syntax error, a missing ``_base_``)."""
 
 
 class ConfigKeyError(ValueError):
-    """A config key that nothing reads (a typo, or a file variable set too late)."""
+    """A config key nothing reads (a typo, a file variable set too late) or a bad value."""
 
 
-class WorkDirBusyError(RuntimeError):
+class WorkDirError(RuntimeError):
+    """The work dir cannot take this run (not writable, a full disk, a name too long)."""
+
+
+class WorkDirBusyError(WorkDirError):
     """Another process is training in this work dir."""
 
 
-class WorkDirHasRunError(RuntimeError):
-    """A fresh start would overwrite the complete run in this work dir."""
+class WorkDirHasRunError(WorkDirError):
+    """A fresh start would replace the record and checkpoints of an earlier run."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -163,31 +114,44 @@ class RunInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-#: Errors that mean "refused, nothing ran" or "failed, and the message says why": the tools
-#: print their message without a traceback.
+#: Refused before anything ran, or failed with a message that says why: no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigKeyError,
-    LBPConfigError,
-    WorkDirBusyError,
-    WorkDirHasRunError,
-    MissingInputsError,
-    DatasetFileError,
-    CheckpointLoadError,
-    CheckpointNotFoundError,
-    UnsafeCheckpointError,
-    CheckpointMismatchError,
-    NonFiniteCheckpointError,
-    NoWeightsError,
-    ResumeMismatchError,
-    CheckpointSaveError,
-    NonFiniteWeightsError,
-    FloatingPointError,
+    *(ConfigFileError, ConfigKeyError, LBPConfigError, WorkDirError, MissingInputsError),
+    *(DatasetFileError, CheckpointLoadError, CheckpointNotFoundError, UnsafeCheckpointError),
+    *(CheckpointMismatchError, ModelMismatchError, NonFiniteCheckpointError, NoWeightsError),
+    *(ResumeMismatchError, CheckpointSaveError, NonFiniteWeightsError, FloatingPointError),
+    RecordError,
 )
 
 
-# ---------------------------------------------------------------------------------------------
-# the effective config
-# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------- the config
+def load_config(path: str | os.PathLike) -> Config:
+    """``Config.fromfile`` with one :class:`ConfigFileError` naming the file for a missing
+    file, a syntax error (with its line) or a missing ``_base_`` file."""
+    if not osp.isfile(path):
+        raise ConfigFileError(f"config file {path} does not exist")
+    try:
+        return Config.fromfile(str(path))
+    except SyntaxError as err:  # mmengine's message names the file (a _base_ one, maybe)
+        raise ConfigFileError(f"config file {path}: {err}") from None
+    except FileNotFoundError as err:
+        raise ConfigFileError(
+            f"config file {path}: {err.filename or err} (a _base_ file?) does not exist"
+        ) from None
+    except (OSError, ValueError, TypeError, KeyError, NameError, ImportError) as err:
+        raise ConfigFileError(f"config file {path} cannot be loaded: {err}") from None
+
+
+def seed_value(text: Any) -> int:
+    """A seed numpy and torch accept (0 ... 2**32 - 1); else an ``ArgumentTypeError`` (what
+    ``argparse`` reports as it is) naming it."""
+    if isinstance(text, bool) or not str(text).lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"seed {text!r}: expected a whole number")
+    if not 0 <= int(text) < 2**32:
+        raise argparse.ArgumentTypeError(f"seed {text}: must be between 0 and 2**32 - 1")
+    return int(text)
+
+
 def _paths_with_value(obj: Any, value: Any, prefix: str = "") -> Iterator[str]:
     if isinstance(obj, Mapping):
         for k, v in obj.items():
@@ -200,58 +164,66 @@ def _paths_with_value(obj: Any, value: Any, prefix: str = "") -> Iterator[str]:
 
 
 def check_override_keys(cfg: Config, options: Mapping[str, Any]) -> None:
-    """Refuse ``--cfg-options`` keys that nothing would read (see module docstring).
-
-    Args:
-        cfg: the config as loaded from its file (before the options are merged).
-        options: dotted key -> value, as ``mmengine.config.DictAction`` parses them.
-
-    Raises:
-        ConfigKeyError: naming each offending key, with a close match or the keys to set.
-    """
+    """Refuse ``--cfg-options`` keys whose top-level key nothing reads: a typo (with the close
+    match) or a variable of the config file, used only while it was parsed (with the keys that
+    use its value)."""
     problems = []
     for key in options:
         top = str(key).split(".", 1)[0]
         if top in RUNNER_KEYS:
             continue
-        if top in cfg:
-            value = cfg[top]
-            plain = cfg.to_dict()
-            uses = (
-                [] if isinstance(value, (bool, Mapping)) else list(_paths_with_value(plain, value))
-            )
-            uses = [u for u in uses if u != top][:6]
-            where = f" (its value is used at {', '.join(uses)})" if uses else ""
+        if top not in cfg:
+            near = did_you_mean(top, sorted(RUNNER_KEYS | set(cfg.keys())))
             problems.append(
-                f"--cfg-options {key}: `{top}` is a variable of the config file, used only while "
-                f"the file is parsed{where}; changing it now changes nothing. Set the keys that "
-                "use it instead."
+                f"--cfg-options {key}: unknown top-level key `{top}`{near}; nothing reads it."
             )
-        else:
-            problems.append(
-                f"--cfg-options {key}: unknown top-level key `{top}`"
-                f"{did_you_mean(top, sorted(RUNNER_KEYS | set(cfg.keys())))}; nothing reads it."
-            )
+            continue
+        value, uses = cfg[top], []
+        if not isinstance(value, (bool, Mapping)):
+            uses = [u for u in _paths_with_value(cfg.to_dict(), value) if u != top][:6]
+        where = f" (its value is used at {', '.join(uses)})" if uses else ""
+        problems.append(
+            f"--cfg-options {key}: `{top}` is a variable of the config file, used only while the "
+            f"file is parsed{where}; changing it now changes nothing. Set the keys that use it instead."
+        )
     if problems:
         raise ConfigKeyError("\n".join(problems))
 
 
 def check_config_keys(cfg: Config) -> None:
-    """Refuse top-level keys that are a misspelling of a key the runner reads (``lpb``).
-
-    Other top-level keys are variables of the config file (``data_root``, ``num_classes``, ...)
-    and are allowed. Misspellings: within 1 edit (keys up to 4 characters) or 2 edits.
-    """
+    """Refuse top-level keys that misspell one the runner reads (``lpb``); other keys are
+    variables of the config file."""
     problems = []
     for key in cfg.keys():
-        if key in RUNNER_KEYS or key.startswith("_"):
-            continue
-        near = close_matches(key, RUNNER_KEYS, fuzzy=False)
+        near = (
+            []
+            if key in RUNNER_KEYS or key.startswith("_")
+            else close_matches(key, RUNNER_KEYS, fuzzy=False)
+        )
         if near:
+            alternatives = " or ".join(map(repr, near[:2]))
             problems.append(
-                f"top-level config key `{key}` is read by nothing; did you mean "
-                f"{' or '.join(repr(c) for c in near[:2])}?"
+                f"top-level config key `{key}` is read by nothing; did you mean {alternatives}?"
             )
+    if problems:
+        raise ConfigKeyError("\n".join(problems) + f"\n(config {cfg.filename})")
+
+
+def check_values(cfg: Config) -> None:
+    """Seed and data-loader values that mmengine / PyTorch would reject with a traceback."""
+    problems = []
+    seed = (cfg.get("randomness") or {}).get("seed")
+    if seed is not None:
+        try:
+            seed_value(seed)
+        except argparse.ArgumentTypeError as err:
+            problems.append(f"randomness.seed: {err}")
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(name) or {}
+        for key, low in (("batch_size", 1), ("num_workers", 0)):
+            v = loader.get(key) if isinstance(loader, Mapping) else None
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                problems.append(f"{name}.{key}={v!r}: expected a whole number >= {low}")
     if problems:
         raise ConfigKeyError("\n".join(problems) + f"\n(config {cfg.filename})")
 
@@ -262,15 +234,11 @@ def default_work_dir(
     seed: int | None = None,
     amp: bool = False,
 ) -> str:
-    """``work_dirs/<config stem>`` plus ``__<key=value,...>`` of the effective options.
-
-    The options are sorted (their order does not matter), ``seed=N`` and ``amp`` are added when
-    given; a tag longer than 80 characters is shortened and made unique by a hash.
-    """
+    """``work_dirs/<config stem>[__<key=value,...,seed=N,amp>]``: one dir per option set (a tag
+    over 80 characters is shortened and made unique by a hash)."""
     stem = osp.splitext(osp.basename(config))[0]
     parts = [f"{k}={v}" for k, v in sorted((options or {}).items())]
-    parts += [f"seed={seed}"] if seed is not None else []
-    parts += ["amp"] if amp else []
+    parts += ([f"seed={seed}"] if seed is not None else []) + (["amp"] if amp else [])
     if not parts:
         return osp.join("work_dirs", stem)
     tag = safe_id(",".join(parts))
@@ -290,21 +258,8 @@ def effective_config(
     launcher: str = "none",
     load_from: str | None = None,
 ) -> Config:
-    """The config a run uses, checked (module docstring).
-
-    Args:
-        config: config file.
-        options: ``--cfg-options`` (dotted key -> value).
-        work_dir: ``--work-dir`` (default: the config's, else :func:`default_work_dir`).
-        seed: ``--seed`` (``randomness.seed``).
-        resume: ``"auto"`` (newest loadable checkpoint of the work dir) or a checkpoint path.
-        amp: mixed precision (``AmpOptimWrapper`` with dynamic loss scaling).
-        launcher: ``none`` / ``pytorch`` / ``slurm`` / ``mpi``.
-        load_from: the checkpoint to evaluate (``tools/test.py``).
-    """
-    if not osp.isfile(config):
-        raise MissingInputsError(f"config file {config} does not exist")
-    cfg = Config.fromfile(config)
+    """The config a run uses (file, ``--cfg-options``, command-line settings), checked."""
+    cfg = load_config(config)
     if options:
         check_override_keys(cfg, options)
         cfg.merge_from_dict(dict(options))
@@ -324,103 +279,119 @@ def effective_config(
     if amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
-    if "runner_type" not in cfg:
-        cfg.runner_type = "LBPWHTRunner"
+    cfg.setdefault("runner_type", "LBPWHTRunner")
+    check_values(cfg)
     return cfg
 
 
-# ---------------------------------------------------------------------------------------------
-# the work dir
-# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------- the work dir
 def work_dir_lock_path(work_dir: str | os.PathLike) -> Path:
-    """``<parent>/.<name>.lock``: the lock file ``lbp_wht.sweep.Run.lock_path`` uses too."""
-    wd = Path(work_dir).resolve()
-    return wd.parent / f".{wd.name}.lock"
+    """``<parent>/.<name>.lock``: the lock file of the sweep's :class:`~lbp_wht.sweep.Run`."""
+    return lock_path(work_dir)
 
 
 def global_rank(launcher: str) -> int:
-    """This process's rank from the launcher's environment (0 without a launcher)."""
     var = {"pytorch": "RANK", "slurm": "SLURM_PROCID", "mpi": "OMPI_COMM_WORLD_RANK"}
-    name = var.get(launcher)
-    return int(os.environ.get(name, "0")) if name else 0
+    return int(os.environ.get(var[launcher], "0")) if launcher in var else 0
 
 
-def _holds_inherited_lock(path: Path) -> bool:
-    """Whether this process inherited a descriptor that holds the lock on ``path``."""
+def _held_for_us(lock: RunLock) -> bool:
+    """The lock is held for this process: a sweep passed its descriptor (``LBP_RUN_LOCK_FD``),
+    or an ancestor (a sweep, ``torchrun``) holds it."""
     try:
-        target = os.stat(path)
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return False
-    for name in fds:
-        try:
-            fd = int(name)
-            st = os.fstat(fd)
-        except (OSError, ValueError):
-            continue
-        if (st.st_dev, st.st_ino) != (target.st_dev, target.st_ino):
-            continue
-        try:  # succeeds at once if this descriptor's open file already holds the lock
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.environ.get(LOCK_FD_ENV)
+        if fd and osp.samestat(os.fstat(int(fd)), os.stat(lock.path)):
             return True
-        except OSError:
-            continue
-    return False
-
-
-def _ancestors() -> set[int]:
-    pids, pid = set(), os.getppid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
+        holder = int(lock.holder().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    pid = os.getppid()
+    while pid > 1:
+        if pid == holder:
+            return True
         try:
             with open(f"/proc/{pid}/stat") as f:
                 pid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
-            break
-    return pids
+            return False
+    return False
 
 
-def _holder_pid(lock: RunLock) -> int | None:
+def _not_writable(work_dir: str, err: OSError) -> WorkDirError:
+    full = " (the disk is full: free some space)" if err.errno == errno.ENOSPC else ""
+    return WorkDirError(
+        f"work dir {work_dir} cannot be written: {err.strerror}{full}; use another --work-dir"
+    )
+
+
+def _writable(work_dir: str) -> None:
+    """The work dir can take files (a probe is written and removed) and its record can be
+    replaced; else :class:`WorkDirError` naming it."""
+    record = osp.join(work_dir, "record.json")
+    if osp.lexists(record) and not osp.isfile(record):
+        raise WorkDirError(f"work dir {work_dir}: {record} is not a file; move it away")
     try:
-        return int(lock.holder().split()[0])
-    except (ValueError, IndexError):
-        return None
+        os.makedirs(work_dir, exist_ok=True)
+        atomic_write(osp.join(work_dir, ".write_check"), "lbp_wht\n").unlink()
+    except OSError as err:
+        raise _not_writable(work_dir, err) from None
 
 
 def claim_work_dir(work_dir: str, *, resume: bool, launcher: str = "none") -> RunLock | None:
-    """Lock ``work_dir`` for this run (module docstring); None when the lock is held for us
-    (by the sweep that launched this process) or on a rank other than 0.
+    """Lock ``work_dir`` for this run (None when a sweep holds it for us, or on a rank other
+    than 0), refuse a fresh start over an earlier run, and check that it can be written.
 
     Raises:
         WorkDirBusyError: another process holds the lock (names the dir and its pid).
-        WorkDirHasRunError: not resuming, and the dir holds a complete record.
+        WorkDirHasRunError: not resuming, and the dir holds a record or checkpoints.
+        WorkDirError: the dir cannot be written (read-only, full disk, name too long).
     """
     if global_rank(launcher) != 0:
         return None
     lock = RunLock(work_dir_lock_path(work_dir))
-    held = lock.acquire(blocking=False)
-    if not held and not (_holds_inherited_lock(lock.path) or _holder_pid(lock) in _ancestors()):
+    try:
+        held = lock.acquire()
+    except OSError as err:  # the lock file is the first thing written
+        raise _not_writable(work_dir, err) from None
+    if not held and not _held_for_us(lock):
         raise WorkDirBusyError(
             f"work dir {work_dir} is in use: another training run holds its lock {lock.path} "
             f"(pid and start: {lock.holder()}). Wait for that run to finish (or stop it), or "
             "train in another directory with --work-dir."
         )
-    record = read_record(osp.join(work_dir, "record.json"))
-    if not resume and isinstance(record, dict) and record.get("status") == "complete":
-        if held:
-            lock.release()
-        raise WorkDirHasRunError(
-            f"work dir {work_dir} holds a complete run (record.json, config "
-            f"{record.get('config')}, {record.get('metric')}={record.get('value')}); starting "
-            "again would overwrite it. Use another --work-dir, continue it with --resume, or "
-            "move the directory away."
-        )
+    try:
+        if not resume:
+            _refuse_fresh_start(work_dir)
+        _writable(work_dir)
+    except BaseException:
+        lock.release()
+        raise
     return lock if held else None
 
 
-# ---------------------------------------------------------------------------------------------
-# inputs
-# ---------------------------------------------------------------------------------------------
+def _refuse_fresh_start(work_dir: str) -> None:
+    try:
+        rec = load_record(osp.join(work_dir, "record.json"))
+    except RecordError as err:
+        rec = {"status": f"unreadable: {err}"}
+    if rec and rec.get("status") == "complete":
+        raise WorkDirHasRunError(
+            f"work dir {work_dir} holds a complete run (record.json, config {rec.get('config')}, "
+            f"{rec.get('metric')}={rec.get('value')}); starting again would overwrite it. Use "
+            "another --work-dir, continue it with --resume, or move the directory away."
+        )
+    ckpts = [osp.basename(p) for p in checkpoint_candidates(work_dir)]
+    if rec or ckpts:
+        what = [f"record status {rec.get('status')!r}"] if rec else []
+        what += [f"checkpoints {', '.join(ckpts[:3])}"] if ckpts else []
+        raise WorkDirHasRunError(
+            f"work dir {work_dir} holds an earlier run ({'; '.join(what)}); a fresh start would "
+            "replace its record and checkpoints. Continue it with --resume, move the directory "
+            "away, or train in another --work-dir."
+        )
+
+
+# ---------------------------------------------------------------------------------- inputs
 def _checkpoint_problem(what: str, path: Any) -> str | None:
     if not path or "://" in str(path):
         return None
@@ -436,23 +407,18 @@ def _checkpoint_problem(what: str, path: Any) -> str | None:
 
 
 def check_inputs(cfg: Config, mode: str = "train") -> None:
-    """Raise one error listing every missing input of a ``train`` or ``test`` run.
+    """One error listing every missing input: for ``train`` the checkpoint to resume or load
+    (None only with ``lbp.allow_random_init``) and the train / val data; for ``test``
+    ``load_from`` and the test data. :class:`DatasetNotFoundError` if only data is missing."""
+    from .datasets import DatasetNotFoundError
 
-    Train: the checkpoint to resume (``resume=<path>``), ``load_from`` (unless an automatic
-    resume has a checkpoint to take; None is refused unless ``lbp.allow_random_init``), the
-    train and val datasets. Test: ``load_from`` and the
-    test dataset.
-
-    Raises:
-        DatasetNotFoundError: only datasets are missing.
-        MissingInputsError: a checkpoint is missing (datasets too, possibly).
-    """
-    problems: list[str] = []
     resume, load_from = cfg.get("resume"), cfg.get("load_from")
+    problems: list[str | None] = []
+    loaders = ("test_dataloader",)
     if mode == "train":
+        loaders = ("train_dataloader", "val_dataloader")
         explicit = resume if isinstance(resume, str) and resume != "auto" else None
-        if resume is True and load_from:
-            explicit = load_from
+        explicit = load_from if resume is True and load_from else explicit
         auto = resume == "auto" or (resume is True and not load_from)
         if explicit:
             problems.append(_checkpoint_problem("resume", explicit))
@@ -460,27 +426,21 @@ def check_inputs(cfg: Config, mode: str = "train") -> None:
             problems.append(_checkpoint_problem("load_from", load_from))
             if not load_from and not validate_lbp_cfg(cfg.get("lbp"))["allow_random_init"]:
                 problems.append(f"  load_from: {NO_WEIGHTS_MESSAGE}")
-        loaders = {k: cfg.get(k) for k in ("train_dataloader", "val_dataloader")}
     else:
         problems.append(_checkpoint_problem("load_from", load_from))
-        loaders = {"test_dataloader": cfg.get("test_dataloader")}
     ckpt = [p for p in problems if p]
-    data = dataset_problems({k: v for k, v in loaders.items() if v is not None})
-    if not ckpt and not data:
-        return
-    text = "missing inputs (all of them; nothing was started):\n" + "\n".join(ckpt + data)
-    if data:
-        text += "\n" + DATASET_HELP
-    raise (MissingInputsError if ckpt else DatasetNotFoundError)(text)
+    data = dataset_problems({k: cfg.get(k) for k in loaders if cfg.get(k) is not None})
+    if ckpt or data:
+        text = "missing inputs (all of them; nothing was started):\n" + "\n".join(ckpt + data)
+        raise (MissingInputsError if ckpt else DatasetNotFoundError)(
+            text + ("\n" + DATASET_HELP if data else "")
+        )
 
 
-# ---------------------------------------------------------------------------------------------
-# running
-# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------- running
 class Interruptible:
-    """While active (``with``), SIGTERM and SIGINT raise :class:`RunInterrupted` in the main
-    thread, once: later signals are ignored, so that the record of the interruption gets
-    written. Inactive outside the main thread (signals can only be handled there)."""
+    """While active, SIGTERM / SIGINT raise :class:`RunInterrupted` in the main thread, once
+    (later signals are ignored so that the record of the interruption gets written)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -489,14 +449,11 @@ class Interruptible:
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.fired:
-            return
-        self.fired.append(signum)
-        raise RunInterrupted(signum)
+        if not self.fired:
+            self.fired.append(signum)
+            raise RunInterrupted(signum)
 
     def __enter__(self) -> Interruptible:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
@@ -506,12 +463,9 @@ class Interruptible:
             signal.signal(s, h)
 
     def settle(self, err: BaseException, grace_s: float = 0.0) -> BaseException:
-        """The exception to record for a run that raised ``err``: a :class:`RunInterrupted`
-        if a signal came (also during ``grace_s`` seconds of waiting for one), else ``err``.
-
-        The wait is for distributed runs: when the scheduler stops all ranks, a peer that
-        stopped first breaks this rank's collective before this rank's own SIGTERM arrives.
-        """
+        """What to record for a run that raised ``err``: a :class:`RunInterrupted` if a signal
+        came, also during ``grace_s`` seconds of waiting (in a distributed run a peer that
+        stopped first breaks this rank's collective before its own SIGTERM arrives)."""
         if isinstance(err, KeyboardInterrupt):
             return err
         try:
@@ -523,11 +477,8 @@ class Interruptible:
         return RunInterrupted(self.fired[0]) if self.fired else err
 
 
-def _command_hint(cfg: Config) -> str:
-    if cfg.get("launcher") == "pytorch":  # torchrun through tools/dist_train.sh
-        n = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "N"))
-        return f"tools/dist_train.sh {cfg.filename} {n} --work-dir {cfg.work_dir} --resume"
-    return f"tools/train.py {cfg.filename} --work-dir {cfg.work_dir} --resume"
+class RunFailed(Exception):
+    """Wraps the exception of a run that had started (its record says so); ``__cause__``."""
 
 
 def _failure_record(runner: Any, kind: str, err: BaseException) -> None:
@@ -537,64 +488,51 @@ def _failure_record(runner: Any, kind: str, err: BaseException) -> None:
 
     if isinstance(err, KeyboardInterrupt):
         name = err.args[0] if isinstance(err, RunInterrupted) else "SIGINT"
-        status = "interrupted"
-        text = f"interrupted by {name}; continue with: {_command_hint(runner.cfg)}"
+        cfg = runner.cfg
+        tool = f"tools/train.py {cfg.filename}"
+        if cfg.get("launcher") == "pytorch":  # torchrun through tools/dist_train.sh
+            n = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "N"))
+            tool = f"tools/dist_train.sh {cfg.filename} {n}"
+        hint = f"{tool} --work-dir {cfg.work_dir} --resume"
+        status, text = "interrupted", f"interrupted by {name}; continue with: {hint}"
     else:
         status = "failed"
         text = "".join(traceback.format_exception_only(type(err), err)).strip()
     trained = isinstance(runner._train_loop, BaseLoop)  # runner.iter would build the loop
-    filename = "record.json" if kind == "train" else "test_record.json"
-    write_record(
-        osp.join(runner.work_dir, filename),
-        build_record(
-            runner.cfg,
-            kind=kind,
-            status=status,
-            iterations=runner.iter if trained else 0,
-            seed=runner.seed,
-            work_dir=runner.work_dir,
-            error=text,
-            digest=getattr(runner, "config_digest", None),
-            checkpoint=runner.cfg.get("load_from") if kind == "test" else None,
-        ),
+    name = "record.json" if kind == "train" else "test_record.json"
+    rec = build_record(
+        runner.cfg,
+        kind=kind,
+        status=status,
+        iterations=runner.iter if trained else 0,
+        seed=runner.seed,
+        work_dir=runner.work_dir,
+        error=text,
+        digest=getattr(runner, "config_digest", None),
+        checkpoint=runner.cfg.get("load_from") if kind == "test" else None,
     )
+    write_record(osp.join(runner.work_dir, name), rec)
 
 
-def _close_process_group() -> None:
-    """Leave the process group together: a rank that exits while another still talks to it can
-    abort in gloo's teardown ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-class RunFailed(Exception):
-    """Wraps the exception of a run that had started (its record says so); ``__cause__``."""
-
-
-def run(cfg: Config, kind: str = "train") -> dict[str, Any]:
-    """Build the runner and train (``kind='train'``) or test; returns the test metrics.
-
-    An exception raised once the run has started (its record says ``running``) leaves the
-    record ``failed`` (with the error) or ``interrupted`` (SIGTERM / SIGINT, with the command
-    that continues the run) and comes out as :class:`RunFailed` (the original as its cause);
-    before that (building, loading or checking the checkpoint) the record is left as it was
-    and the exception propagates unchanged.
-    """
+def run(cfg: Config, kind: str = "train", *, resume_unchecked: bool = False) -> dict[str, Any]:
+    """Build the runner and train or test; the test metrics. An exception once the run started
+    leaves its record ``failed`` / ``interrupted`` and comes out as :class:`RunFailed` (or the
+    :class:`RunInterrupted`); before that it propagates unchanged."""
     from mmengine.registry import RUNNERS
 
     runner = None
     with Interruptible() as guard:
         try:
             runner = RUNNERS.build(cfg)
+            runner.resume_unchecked = resume_unchecked
+            metrics = {} if kind == "train" else dict(runner.test())
             if kind == "train":
                 runner.train()
-                metrics: dict[str, Any] = {}
-            else:
-                metrics = dict(runner.test())
-            _close_process_group()
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():  # leave the group together
+                dist.barrier()
+                dist.destroy_process_group()
             return metrics
         except BaseException as first:
             if runner is None or not getattr(runner, "lbp_run_started", False):
@@ -628,31 +566,30 @@ def add_common_arguments(parser: Any, cfg_example: str) -> None:
 
 def set_local_rank(args: Any) -> None:
     """``LOCAL_RANK`` from ``--local-rank`` unless the launcher set it (as mmengine expects)."""
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
 
-def main(cfg_factory: Any, kind: str, *, resume: bool = False, launcher: str = "none") -> int:
-    """A tool's whole run: config, work dir claim, input check, run; the exit code.
-
-    Args:
-        cfg_factory: callable returning the :func:`effective_config` (called inside the error
-            handling, so config errors exit 2 with a message).
-        kind: ``"train"`` (locks the work dir) or ``"test"``.
-        resume: the run resumes (a complete record in the work dir is then expected).
-        launcher: for the rank that takes the lock.
-
-    Returns:
-        0 done; 1 failed after it started (the record says why); 2 refused before it started
-        (the message says why; records untouched); 128 + signal number when interrupted.
-    """
+def main(
+    cfg_factory: Any,
+    kind: str,
+    *,
+    resume: bool = False,
+    launcher: str = "none",
+    resume_unchecked: bool = False,
+) -> int:
+    """A tool's whole run: config, work dir, inputs, run. Returns the exit code: 0 done, 1
+    failed after it started (the record says why), 2 refused before it started (records
+    untouched), 128 + signal number when interrupted."""
     try:
         cfg = cfg_factory()
-        claim = kind == "train"
-        lock = claim_work_dir(cfg.work_dir, resume=resume, launcher=launcher) if claim else None
+        check_inputs(cfg, kind)
+        lock = None
+        if kind == "train":
+            lock = claim_work_dir(cfg.work_dir, resume=resume, launcher=launcher)
+        elif global_rank(launcher) == 0:
+            _writable(cfg.work_dir)
         try:
-            check_inputs(cfg, kind)
-            metrics = run(cfg, kind)
+            metrics = run(cfg, kind, resume_unchecked=resume_unchecked)
         finally:
             if lock is not None:
                 lock.release()
@@ -668,7 +605,11 @@ def main(cfg_factory: Any, kind: str, *, resume: bool = False, launcher: str = "
         print(f"error: {cause}", file=sys.stderr)
         return 1
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    except pickle.UnpicklingError as err:  # e.g. a Pretrained init_cfg: never torch's advice
+        err = unpickling_error("a checkpoint the config loads (an init_cfg?)", err)
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     if metrics:
         print(metrics)

@@ -38,6 +38,8 @@ default_hooks = dict(
 log_processor = dict(by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend="gloo"))
 lbp = dict(
+    # the lighter demo size of ./_base_/model.py, deliberately (checked against lbp.model)
+    model_variant="demo size: 48 channels, stages of 1/1/1/2 blocks",
     method="full_bp",
     model="mini-efficientformer",
     scope="full",

@@ -61,6 +61,8 @@ custom_imports = dict(
 )
 load_from = "work_dirs/mini/pretrain/source_s0/iter_400.pth"
 lbp = dict(
+    # the lighter demo size of ./_base_/model.py, deliberately (checked against lbp.model)
+    model_variant="demo size: 48 channels, stages of 1/1/1/2 blocks",
     method="lbp_wht",
     model="mini-efficientformer",
     scope="partial",
