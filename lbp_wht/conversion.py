@@ -16,8 +16,8 @@ Rule options (each has one name; see :class:`~lbp_wht.config.LBPConfig` and
 LBP-WHT              ``selection``, ``radius``, ``num_bases``, ``bases``, ``order``,
                      ``padding``, ``impl`` (or ``lbp=LBPConfig(...)``)
 LoRA                 ``lora_rank``, ``lora_alpha``, ``lora_dropout`` (or ``lora=LoRAConfig``)
-geometry             ``layout``, ``prefix_tokens``, ``hw`` (rarely needed: the adapters of
-                     :mod:`lbp_wht.integrations.geometry` and the input shape provide them)
+geometry             ``layout``, ``prefix_tokens``, ``hw`` (rarely needed: the dry forward
+                     on ``example_input`` and the adapters of :mod:`lbp_wht.adapters` find them)
 ===================  =====================================================================
 
 The spelling of the paper's presets is accepted too: ``select`` (selection), ``r`` (radius),
