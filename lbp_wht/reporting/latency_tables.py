@@ -188,8 +188,10 @@ def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str,
     the CSV only)."""
     batches = sorted({r["batch"] for r in rows})
     runs = meta.get("batch_runs") or {}
+    table8 = all(r["L"] == 49 for r in rows)  # the paper's shapes: one 7x7 map
     return render(
         "latency_table8.md.j2",
+        title="Table 8 latency" if table8 else "Per-layer latency on multi-patch maps",
         device=device,
         meta=meta,
         runs={b: runs.get(str(b)) for b in batches},
