@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiments.vocab import method_key, method_label
+from ..io import atomic_path
 from .plotting import label_log_axis
 from .render import read_rows_csv, render, write_rows_csv, write_text
 
@@ -590,8 +591,10 @@ def _pyplot():
 
 def _save(fig: Any, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # same bytes on a rerun
+    with atomic_path(paths[0]) as tmp:  # a kill leaves the old figure, never a cut one
+        fig.savefig(tmp, dpi=150, format="png")
+    with atomic_path(paths[1]) as tmp:
+        fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})  # same bytes on a rerun
     _pyplot().close(fig)
     return paths
 
