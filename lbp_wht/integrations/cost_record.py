@@ -196,7 +196,7 @@ def analyze(
 ) -> dict[str, Any]:
     """Build, inject, measure. Returns a JSON-able record of per-image figures.
 
-    Variants used to test accounting hypotheses (:mod:`lbp_wht.reporting.cost_tables`):
+    Variants used to test accounting hypotheses (`analysis/cost_hypotheses.py` in the repository):
 
     * ``extra_rules``: :func:`lbp_wht.convert` rules applied after the preset's conversion
       (layers the preset leaves plain; under ``lbp.variant='authors'`` new LBP-WHT layers
