@@ -118,49 +118,71 @@ def run_e2e(
         )
     load0 = loadavg()
     t = interleaved_timings(fns, rounds, warmup=2)
-    load1 = loadavg()
-    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    stamp = _stamp(rounds, load0)
+    run = dict(model=model, batch=batch, size=size, threads=threads, allocator=allocator)
     base = _label(*methods[0])
     rows = []
     for method, r in methods:
         label = _label(method, r)
-        q1, med, q3 = quartiles(t[label]["wall"])
-        s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
-        _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
-        rows.append(
-            dict(
-                model=model,
-                method=label,
-                preset_method=method,
-                r=r if r is not None else "",
-                batch=batch,
-                size=size,
-                threads=threads,
-                allocator=allocator,
-                backward_ms=med * 1e3,
-                backward_q1_ms=q1 * 1e3,
-                backward_q3_ms=q3 * 1e3,
-                speedup=s_med,
-                speedup_q1=s_q1,
-                speedup_q3=s_q3,
-                speedup_cputime=c_med,
-                backprop_gflops=flops[label] / 1e9,
-                flop_speedup=flops[base] / flops[label],
-                trainable_params=info[label]["trainable_params"],
-                saved_activation_mb=info[label]["saved"] / 2**20,
-                rounds=rounds,
-                loadavg_1m_start=round(load0[0], 2),
-                loadavg_1m_end=round(load1[0], 2),
-                torch=torch.__version__,
-                date=date,
-            )
+        extra = dict(
+            backprop_gflops=flops[label] / 1e9,
+            flop_speedup=flops[base] / flops[label],
+            trainable_params=info[label]["trainable_params"],
+            saved_activation_mb=info[label]["saved"] / 2**20,
         )
-        log(
-            f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
-            f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)  "
-            f"FLOP speedup {flops[base] / flops[label]:.2f}x"
-        )
+        row, line = _timed_row(t, methods, method, r, run, extra, stamp)
+        rows.append(row)
+        log(f"{line}  FLOP speedup {extra['flop_speedup']:.2f}x")
     return rows
+
+
+def _stamp(rounds: int, load0: tuple[float, ...]) -> dict:
+    """The run's provenance fields, taken once when the timing ends."""
+    return dict(
+        rounds=rounds,
+        loadavg_1m_start=round(load0[0], 2),
+        loadavg_1m_end=round(loadavg()[0], 2),
+        torch=torch.__version__,
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+
+
+def _timed_row(
+    t: dict[str, dict[str, list[float]]],
+    methods: Sequence[tuple[str, int | None]],
+    method: str,
+    r: int | None,
+    run: dict,
+    extra: dict,
+    stamp: dict,
+) -> tuple[dict, str]:
+    """One method's CSV row (``run``'s fields, its backward time and paired speedups over the
+    first method, ``extra``, then ``stamp``: the run's :func:`_stamp`) and its log line."""
+    label, base = _label(method, r), _label(*methods[0])
+    q1, med, q3 = quartiles(t[label]["wall"])
+    s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
+    _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
+    row = dict(
+        model=run["model"],
+        method=label,
+        preset_method=method,
+        r=r if r is not None else "",
+        **{k: run[k] for k in ("batch", "size", "threads", "allocator")},
+        backward_ms=med * 1e3,
+        backward_q1_ms=q1 * 1e3,
+        backward_q3_ms=q3 * 1e3,
+        speedup=s_med,
+        speedup_q1=s_q1,
+        speedup_q3=s_q3,
+        speedup_cputime=c_med,
+        **extra,
+        **stamp,
+    )
+    line = (
+        f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
+        f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)"
+    )
+    return row, line
 
 
 # ---- timm models, every linear layer converted ---------------------------------------------
@@ -268,52 +290,26 @@ def run_e2e_timm(
         )
     load0 = loadavg()
     t = interleaved_timings(fns, rounds, warmup=1)
-    load1 = loadavg()
-    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    stamp = _stamp(rounds, load0)
+    run = dict(model=model, batch=batch, size=size, threads=threads, allocator=allocator)
     base = _label(*methods[0])
     rows = []
     for method, r in methods:
-        label = _label(method, r)
-        q1, med, q3 = quartiles(t[label]["wall"])
-        s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
-        _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
-        i = info[label]
-        rows.append(
-            dict(
-                model=model,
-                method=label,
-                preset_method=method,
-                r=r if r is not None else "",
-                batch=batch,
-                size=size,
-                threads=threads,
-                allocator=allocator,
-                backward_ms=med * 1e3,
-                backward_q1_ms=q1 * 1e3,
-                backward_q3_ms=q3 * 1e3,
-                speedup=s_med,
-                speedup_q1=s_q1,
-                speedup_q3=s_q3,
-                speedup_cputime=c_med,
-                backprop_gflops=i["flops"] / 1e9,
-                flop_speedup=info[base]["flops"] / i["flops"],
-                linear_share=i["share"],
-                outside_share=1.0 - i["share"],
-                lbp_layers=i["lbp_layers"],
-                linear_layers=i["linears"],
-                trainable_params=i["trainable"],
-                saved_activation_mb=i["saved"] / 2**20,
-                rounds=rounds,
-                loadavg_1m_start=round(load0[0], 2),
-                loadavg_1m_end=round(load1[0], 2),
-                torch=torch.__version__,
-                date=date,
-            )
+        i = info[_label(method, r)]
+        extra = dict(
+            backprop_gflops=i["flops"] / 1e9,
+            flop_speedup=info[base]["flops"] / i["flops"],
+            linear_share=i["share"],
+            outside_share=1.0 - i["share"],
+            lbp_layers=i["lbp_layers"],
+            linear_layers=i["linears"],
+            trainable_params=i["trainable"],
+            saved_activation_mb=i["saved"] / 2**20,
         )
+        row, line = _timed_row(t, methods, method, r, run, extra, stamp)
+        rows.append(row)
         log(
-            f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
-            f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)  "
-            f"FLOP speedup {info[base]['flops'] / i['flops']:.2f}x  outside linear layers "
+            f"{line}  FLOP speedup {extra['flop_speedup']:.2f}x  outside linear layers "
             f"{100 * (1 - i['share']):.0f}%"
         )
     return rows
