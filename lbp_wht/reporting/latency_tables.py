@@ -389,20 +389,7 @@ def e2e_timm_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         ]
         for r in rows
     ]
-    return render(
-        "latency_e2e_timm.md.j2",
-        meta=meta,
-        model=r0["model"],
-        date=r0["date"],
-        threads=r0["threads"],
-        batch=r0["batch"],
-        size=r0["size"],
-        rounds=r0["rounds"],
-        load0=f"{r0['loadavg_1m_start']:.2f}",
-        load1=f"{r0['loadavg_1m_end']:.2f}",
-        allocator=r0["allocator"],
-        lines=lines,
-    )
+    return render("latency_e2e_timm.md.j2", meta=meta, lines=lines, **_e2e_run(r0))
 
 
 def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -419,18 +406,16 @@ def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         ]
         for r in rows
     ]
-    return render(
-        "latency_e2e.md.j2",
-        meta=meta,
-        model=r0["model"],
-        date=r0["date"],
-        threads=r0["threads"],
-        batch=r0["batch"],
-        size=r0["size"],
+    return render("latency_e2e.md.j2", meta=meta, lines=lines, **_e2e_run(r0))
+
+
+def _e2e_run(r0: dict[str, Any]) -> dict[str, Any]:
+    """The run's fields both end-to-end templates print (from its first row)."""
+    keys = ("model", "date", "threads", "batch", "size", "rounds", "allocator")
+    return dict(
+        {k: r0[k] for k in keys},
         load0=f"{r0['loadavg_1m_start']:.2f}",
         load1=f"{r0['loadavg_1m_end']:.2f}",
-        allocator=r0["allocator"],
-        lines=lines,
     )
 
 
