@@ -282,22 +282,18 @@ class _Tracer(TorchFunctionMode):
         self.stack = stack  # qualified names of the modules whose forward is running
         self.calls: dict[str, list[LayerCall]] = {}
         self._grids: dict[tuple[int, int], int] = {}
+        self.areas = torch.zeros(1, dtype=torch.long)  # area[grid id]: positions per grid
 
     # -- tags of a fresh grid
     def grid_tags(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Tags of a tensor whose last two axes are a fresh ``H x W`` grid."""
         h, w = shape[-2], shape[-1]
         gid = self._grids.setdefault((h, w), len(self._grids) + 1)
+        if gid == len(self.areas):  # a new grid
+            self.areas = torch.cat([self.areas, torch.tensor([h * w])])
         i = torch.arange(h).view(h, 1)
         j = torch.arange(w).view(1, w)
         return _tag(gid, i, j).expand(shape)
-
-    def grid_areas(self) -> torch.Tensor:
-        """``area[grid id]``: how many positions each grid minted so far has."""
-        area = torch.zeros(len(self._grids) + 1, dtype=torch.long)
-        for (h, w), gid in self._grids.items():
-            area[gid] = h * w
-        return area
 
     def tag_input(self, x: torch.Tensor) -> None:
         if _is_data(x) and x.dim() == 4:
@@ -452,7 +448,7 @@ class _Tracer(TorchFunctionMode):
                 acc = (
                     s.expand(o.shape)
                     if acc is None
-                    else _combine(acc, s.expand(o.shape), self.grid_areas())
+                    else _combine(acc, s.expand(o.shape), self.areas)
                 )
             if acc is not None:
                 sh[o] = acc
