@@ -686,3 +686,33 @@ def test_a_declared_model_variant_passes_the_model_check():
     cfg.lbp.model_variant = None
     with pytest.raises(rn.ModelMismatchError, match="backbone tensors differ"):
         rn._check_model_name(cfg)
+
+
+def test_work_root_probe_survives_sweeps_started_at_once(tmp_path):
+    """Two sweeps started at once on one work root both check it can be written; neither may
+    remove the other's probe file (a shared probe name failed the second sweep with
+    "cannot be written" though the root was fine)."""
+    import importlib.util
+    import threading
+
+    spec = importlib.util.spec_from_file_location("sweep_tool", ROOT / "tools/sweep.py")
+    sweep_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_tool)
+    root, errors, start = str(tmp_path / "root"), [], threading.Barrier(4)
+
+    def probe() -> None:
+        start.wait()
+        for _ in range(300):
+            try:
+                sweep_tool._writable(root)
+            except Exception as err:  # noqa: BLE001  (collected: the assertion names it)
+                errors.append(repr(err))
+                return
+
+    threads = [threading.Thread(target=probe) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:2]
+    assert os.listdir(root) == []  # no probe left behind

@@ -51,12 +51,12 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from lbp_wht import slurm
 from lbp_wht.experiments.catalog import CONFIGS_DIR, PAPER_DIR, REPO_ROOT
 from lbp_wht.experiments.runs import SweepSpecError, expected_digest, grid_runs, table_runs
-from lbp_wht.io import atomic_write
 from lbp_wht.sweep import check_unique, dry_run_listing, format_duration, run_sweep
 
 #: Appended to a run's training command when it continues an interrupted attempt (locally: a
@@ -75,7 +75,12 @@ def _writable(root: str) -> None:
     """The work root can be written (a probe file), else SweepSpecError naming it."""
     try:
         os.makedirs(root, exist_ok=True)
-        atomic_write(os.path.join(root, ".write_check"), "lbp_wht\n").unlink()
+        # A probe of its own per process: sweeps started at once on one root must not remove
+        # each other's probe (a shared name made the second one fail as "cannot be written").
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write_check.") as probe:
+            probe.write(b"lbp_wht\n")
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as err:
         raise SweepSpecError(
             f"work root {root} cannot be written ({err.strerror}); use another --work-root"
