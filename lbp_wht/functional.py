@@ -334,6 +334,7 @@ class _LBPFunction(torch.autograd.Function):
         ctx.projector, ctx.layout, ctx.extra, ctx.scaling = projector, layout, extra, scaling
         ctx.x_dtype = x.dtype
         ctx.x_shape = tuple(x.shape)
+        ctx.y_stride = y.stride()
         # g_x is returned with the strides the plain layer's backward would give it.
         ctx.gx_stride = (
             _plain_strides(x, weight, bias, layout == "nchw")[0]
@@ -361,6 +362,12 @@ class _LBPFunction(torch.autograd.Function):
             x_hat2 = x_hat2.to(dt)
 
         prefixed = ctx.prefixed
+        if proj.impl == "patch" and 0 in g_y.stride():
+            # An expanded g_y (a sum loss right after the layer) is materialized as the layer's
+            # output lies, so that it is read (and its multiply-adds counted, executed_macs)
+            # as a real output gradient is: the block sums need a map laid out in memory.
+            dense = torch.empty_strided(g_y.shape, ctx.y_stride, dtype=dt, device=g_y.device)
+            g_y = dense.copy_(g_y)
         if extra and not prefixed:
             g_main, g_extra = g_y[:, extra:], g_y[:, :extra]
             ge2 = g_extra.reshape(-1, cy)
