@@ -248,7 +248,6 @@ class _PoolPlan:
         return self.h.pad >= 0 and self.w.pad >= 0
 
 
-
 def projection_cost(
     hw: tuple[int, int],
     bases: Sequence[tuple[int, int]],
