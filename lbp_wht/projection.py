@@ -575,30 +575,35 @@ class WHTProjector:
         ah, aw = plan.h, plan.w
         b, h, w, c = x4.shape
         cs = self._pool_const(x4.dtype, x4.device)
+        xc = x4.permute(0, 3, 1, 2)
         pooled = torch.nn.functional.avg_pool2d(
-            x4.permute(0, 3, 1, 2), (ah.m, aw.m), (ah.m, aw.m), (ah.pad, aw.pad),
-            divisor_override=1,
-        )  # fmt: skip
+            xc, (ah.m, aw.m), (ah.m, aw.m), (ah.pad, aw.pad), divisor_override=1
+        )
         pooled = pooled[:, :, : ah.n_out, : aw.n_out].permute(0, 2, 3, 1)  # (B, nh, nw, C)
+        # The bias: every position once. Where reflect padding adds nothing and the constant
+        # basis (0, 0) is selected it comes out of the product below (that row sums each
+        # patch's blocks); else one reduction of the block sums.
+        edges = bool(ah.edge_spans or aw.edge_spans)
+        k00 = self.bases.index((0, 0)) if (0, 0) in self.bases and not edges else -1
         total = None
-        if bias_sum:  # every position once: the exact sum (one reduction over the rows)
-            if self._pool_rows(x4):
-                total = pooled.reshape(-1, c).sum(0)
-            else:
-                total = pooled.sum((0, 1, 2))
+        if bias_sum and k00 < 0:
+            rows = self._pool_rows(x4)
+            total = pooled.reshape(-1, c).sum(0) if rows else pooled.sum((0, 1, 2))
         if ah.k0 == 0 and aw.k0 == 0 and ah.n_out == ah.nb and aw.n_out == aw.nb:
             s4 = pooled
         else:  # whole blocks of padding at the ends: only reflected positions fill them
-            s4 = x4.new_zeros(b, ah.nb, aw.nb, c)
-            s4[:, ah.k0 : ah.k0 + ah.n_out, aw.k0 : aw.k0 + aw.n_out] = pooled
+            s4 = x4.new_empty(b, ah.nb, aw.nb, c)
+            h1, w1 = ah.k0 + ah.n_out, aw.k0 + aw.n_out
+            for part in (s4[:, : ah.k0], s4[:, h1:], s4[:, :, : aw.k0], s4[:, :, w1:]):
+                part.zero_()  # the padding blocks only
+            # (a copy: avg_pool2d's out= variant into this strided view measured slower)
+            s4[:, ah.k0 : h1, aw.k0 : w1] = pooled
         # Reflect padding: each edge block also holds a few reflected rows (columns), read as
         # slices and weighted-summed, then folded along W (summed along H).
         for k, lo, coefs in ah.edge_spans:  # E_h x F_w^T
-            rows = _weighted_slices(x4, 1, lo, coefs)  # (B, W, C)
-            s4[:, k] += torch.matmul(cs["fold_w"], rows)
+            s4[:, k] += torch.matmul(cs["fold_w"], _weighted_slices(x4, 1, lo, coefs))
         for k, lo, coefs in aw.edge_spans:  # Z_h x E_w^T
-            cols = _weighted_slices(x4, 2, lo, coefs)  # (B, H, C)
-            s4[:, :, k] += torch.matmul(cs["zero_h"], cols)
+            s4[:, :, k] += torch.matmul(cs["zero_h"], _weighted_slices(x4, 2, lo, coefs))
         ph, pw = ah.nb // plan.qi, aw.nb // plan.qj
         if plan.blocked:  # one GEMM per patch row, on the block sums as they lie
             blocks = s4.reshape(b * ph, plan.qi * aw.nb, c)
@@ -606,7 +611,12 @@ class WHTProjector:
             blocks = s4.reshape(b, ph, plan.qi, pw, plan.qj, c).permute(0, 1, 3, 2, 4, 5)
             blocks = blocks.reshape(b * ph * pw, plan.qi * plan.qj, c)
         out = torch.matmul(cs["kg" if grad else "k"], blocks).view(b, self.low_rank_tokens, c)
-        return (out, total) if bias_sum else out
+        if not bias_sum:
+            return out
+        if total is None:  # (0, 0) rows: sums of whole patches (divided by n^2 with grad)
+            rows = out.view(-1, self.rank * c)[:, k00 * c : (k00 + 1) * c]
+            total = rows.sum(0) * float(self.order**2 if grad else 1)
+        return out, total
 
     def _back_pool(self, z: torch.Tensor, out4: torch.Tensor) -> None:
         """Block-sum reverse projection of ``z`` into ``out4`` ``(B, H, W, C)`` (any strides)."""
@@ -1095,10 +1105,16 @@ class WHTProjector:
 
 
 def _weighted_slices(x: torch.Tensor, dim: int, lo: int, coefs: Sequence[float]) -> torch.Tensor:
-    """``sum_u coefs[u] * x.select(dim, lo + u)``, a new tensor (a few slices, any strides)."""
-    out = x.select(dim, lo) * coefs[0]
-    for u, cu in enumerate(coefs[1:], 1):
-        out.add_(x.select(dim, lo + u), alpha=cu)
+    """``sum_u coefs[u] * x.select(dim, lo + u)``, a new tensor (a few slices, any strides).
+    Written as adds of slices: one ``add`` of two slices measured 2.5x faster than a
+    ``sum`` over a narrowed dimension of two."""
+    parts = [x.select(dim, lo + u) for u in range(len(coefs))]
+    first = parts[0] if coefs[0] == 1.0 else parts[0] * coefs[0]
+    if len(parts) == 1:
+        return first.clone() if first is parts[0] else first
+    out = torch.add(first, parts[1], alpha=coefs[1])
+    for part, cu in zip(parts[2:], coefs[2:]):
+        out.add_(part, alpha=cu)
     return out
 
 
