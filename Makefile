@@ -7,11 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test lint format demo data slurm clean-venv gpu-wheels
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+# The last step puts lbp_wht_compat_hook.pth into the venv: on CPU-only machines, where the
+# registry's torchvision is a CUDA build, it applies lbp_wht's CPU shims on the first import of
+# torchvision, so `import lbp_wht, timm` works (lbp_wht/integrations/envhook.py, docs/RUNNING.md).
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml lbp_wht/integrations/envhook.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q -c constraints.txt --no-deps -e .
+	$(BIN)/python -m lbp_wht.integrations.envhook --install
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbp_wht.records import read_record
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
@@ -47,6 +46,7 @@ from lbp_wht.reporting.cost_tables import (
 )
 from lbp_wht.reporting.paths import COST
 from lbp_wht.reporting.render import as_number, environment, write_rows_csv, write_text
+from lbp_wht.runs.records import read_record
 
 HERE = Path(__file__).resolve().parent
 

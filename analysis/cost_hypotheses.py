@@ -237,7 +237,7 @@ class CostHypotheses(CostTables):
         non-LoRA parameter of the trained scope trainable (partial: the last stage; full
         training: ``freeze_layers = ['~backbone.lora']``, nothing frozen but the LoRA
         bases)."""
-        from lbp_wht.presets import get_preset
+        from lbp_wht.experiments.presets import get_preset
 
         cls = self.paper_rows("classification.csv")
         la, seen = [], set()
@@ -351,7 +351,7 @@ class CostHypotheses(CostTables):
         * ``V2-FFN`` (LBP-WHT rows): only the FFN 1x1 convs converted, the attention layers
           left plain, as a bypassed wrapper would leave them (authors' variant).
         """
-        from lbp_wht.presets import get_preset
+        from lbp_wht.experiments.presets import get_preset
 
         out = []
         for pr in self.paper_rows("classification.csv"):

@@ -30,8 +30,8 @@ from pathlib import Path
 from report_common import git_revision, load_average, machine_description, minutes, render
 from verdicts import CLOSE, HEAD, LOSA, SIMILAR_COST, Stats, acc_text, claims, se2_text
 
-from lbp_wht.records import read_record, read_records
 from lbp_wht.reporting.render import write_text
+from lbp_wht.runs.records import read_record, read_records
 
 
 def table_body(path: Path) -> str:

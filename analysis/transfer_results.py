@@ -2,7 +2,7 @@
 ``scripts/reproduce_transfer.sh``), from the run of
 :func:`lbp_wht.integrations.transfer.run_transfer`.
 
-* ``runs/<tag>_s<seed>.json``: one record per run (``lbp_wht.records`` format); ``cost.csv``:
+* ``runs/<tag>_s<seed>.json``: one record per run (``lbp_wht.runs.records`` format); ``cost.csv``:
   backprop MFLOPs, saved activations and trainable parameters per method; ``table.csv`` /
   ``table.md``: the table (:func:`lbp_wht.reporting.tables.transfer_rows`, accuracy mean ±
   sample std over seeds);
@@ -22,9 +22,9 @@ from typing import Any
 from report_common import git_revision, load_average, machine_description, minutes, render
 from verdicts import CLOSE, SIMILAR_COST, acc_text, se2_text, transfer_verdicts
 
-from lbp_wht.records import write_record
 from lbp_wht.reporting import figures, tables
 from lbp_wht.reporting.render import write_rows_csv, write_text
+from lbp_wht.runs.records import write_record
 
 
 def write_report(

@@ -4,14 +4,13 @@ time measured on this machine (mean of 5 calls, the same batch for both).
 python examples/timm_vit_lbp.py            # ImageNet weights, 224 px (downloads once)
 LBP_EXAMPLE_SMOKE=1 python examples/timm_vit_lbp.py   # random init, 64 px (CI)"""
 
-import lbp_wht  # before timm: on CPU-only machines it makes torchvision importable
-
-# isort: split
 import os
 
 import timm
 import torch
 import torch.utils.benchmark as benchmark
+
+import lbp_wht
 
 smoke = bool(os.environ.get("LBP_EXAMPLE_SMOKE"))
 size = 64 if smoke else 224

@@ -7,20 +7,21 @@ Pure PyTorch. Typical use on any vision model::
     lbp_wht.freeze(model, ["blocks.*", "head.*"])
     print(report, lbp_wht.trainable_summary(model), sep="\\n")
 
-The OpenMMLab integration lives in :mod:`lbp_wht.integrations`. Importing ``lbp_wht`` applies
-the environment shims of :mod:`lbp_wht.integrations.compat` (pure torch / standard library, no
-effect where torchvision and mmcv load normally), so timm, mmpretrain and mmseg import after it
-in any order.
+The method core (this package's top-level modules) imports only torch, numpy and the standard
+library, and ``import lbp_wht`` has no side effects: it installs no import hook and imports
+neither torchvision, timm nor any OpenMMLab package. The OpenMMLab / timm integration lives in
+:mod:`lbp_wht.integrations` (importing it applies the CPU compatibility shims of
+:mod:`lbp_wht.integrations.compat`); the experiment harness in :mod:`lbp_wht.experiments`,
+:mod:`lbp_wht.runs`, :mod:`lbp_wht.benchmark` and :mod:`lbp_wht.reporting`. On CPU-only
+machines whose torchvision cannot import by itself, the environment hook of
+:mod:`lbp_wht.integrations.envhook` (installed by ``make setup``) applies the shims on the first
+import of torchvision, so ``import lbp_wht, timm`` works there too.
 """
 
-from .integrations import compat as _compat
-
-_compat.apply()
-
-from . import lhe  # noqa: E402
-from .bases import basis_matrix, lp_l1_rank, select_bases, walsh_matrix  # noqa: E402
-from .config import LBPConfig, LoRAConfig  # noqa: E402
-from .conversion import (  # noqa: E402
+from . import lhe
+from .bases import basis_matrix, lp_l1_rank, select_bases, walsh_matrix
+from .config import LBPConfig, LoRAConfig
+from .conversion import (
     ALL_LINEAR,
     ConversionReport,
     TrainableSummary,
@@ -30,13 +31,13 @@ from .conversion import (  # noqa: E402
     trainable_summary,
     unconvert,
 )
-from .functional import lbp_forward  # noqa: E402
-from .geometry import MapGeometry  # noqa: E402
-from .layers import LBPConv2d, LBPLinear  # noqa: E402
-from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear  # noqa: E402
-from .measure import measure_step  # noqa: E402
-from .projection import WHTProjector  # noqa: E402
-from .saving import load_adapted, save_adapted, trainable_state_dict  # noqa: E402
+from .functional import lbp_forward
+from .geometry import MapGeometry
+from .layers import LBPConv2d, LBPLinear
+from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear
+from .measure import measure_step
+from .projection import WHTProjector
+from .saving import load_adapted, save_adapted, trainable_state_dict
 
 __all__ = [
     "LBPConfig",

@@ -30,7 +30,6 @@ import torch
 from minirun import MINI_CLS, ROOT, cls_options, load_cfg, make_runner, tool, write_mini_data
 
 import lbp_wht.integrations.runner as rn
-from lbp_wht import records
 from lbp_wht.integrations import checkpoint as ck
 from lbp_wht.integrations import datasets as ds
 from lbp_wht.integrations import launch
@@ -41,6 +40,7 @@ from lbp_wht.integrations.recording import (
     NonFiniteMetricError,
     build_record,
 )
+from lbp_wht.runs import records
 
 MINI_LORA = ROOT / "configs/mini/mini-efficientformer_partial_lora-all_fashion-mnist.py"
 

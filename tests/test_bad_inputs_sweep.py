@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lbp_wht.experiments.runs import SweepSpecError, grid_runs, parse_axes, table_runs
-from lbp_wht.records import STALE_MARK, RecordError, load_record, read_record, read_records
-from lbp_wht.sweep import Run, dry_run_listing, run_state, run_sweep
+from lbp_wht.runs.records import STALE_MARK, RecordError, load_record, read_record, read_records
+from lbp_wht.runs.sweep import Run, dry_run_listing, run_state, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "configs" / "mini" / "mini-efficientformer_partial_lp-l1-r4_fashion-mnist.py"

@@ -1,15 +1,16 @@
 """CPU compatibility shims (lbp_wht.integrations.compat): imports work, apply() is idempotent,
-the stand-in mmcv.ops behaves like the parts of mmcv that mmseg needs."""
+the stand-in mmcv.ops behaves like the parts of mmcv that mmseg needs. The start-up hook that
+applies them for a plain ``import timm`` is tested in test_envhook.py."""
 
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from hooked import run_python
 
 import lbp_wht.integrations  # noqa: F401  (applies the shims before the imports below)
 from lbp_wht.integrations import compat
@@ -47,9 +48,7 @@ def test_fresh_process_imports_torchvision_and_mmcv_ops():
         print(state["torchvision"], state["mmcv_ops"], I.compat.mmcv_ops_shim_installed())
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
-    )
+    out = run_python(code, timeout=300)  # the start-up hook off: the package import alone
     assert out.returncode == 0, out.stderr[-2000:]
     tv, ops, installed = out.stdout.split()[-3:]
     # Consistency: the mmcv.ops shim is in force exactly when compiled ops are missing.
@@ -125,22 +124,6 @@ def test_point_sample_matches_direct_bilinear():
     # pixel centres reproduce the pixels exactly
     centre = torch.tensor([[[(2 + 0.5) / 7, (3 + 0.5) / 5]]], dtype=torch.float64)
     torch.testing.assert_close(compat.point_sample(img[:1], centre)[0, :, 0], img[0, :, 3, 2])
-
-
-@pytest.mark.parametrize(
-    "imports",
-    [
-        "import lbp_wht, timm",
-        "import lbp_wht; import mmseg.models; import mmpretrain.models; import timm",
-    ],
-)
-def test_import_lbp_wht_first_then_anything(imports):
-    """``import lbp_wht`` alone puts the shims in force (fresh interpreter each time)."""
-    code = f"{imports}; import lbp_wht.integrations.compat as c; print(c.apply())"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_shims_are_noops_where_the_libraries_load(monkeypatch):

@@ -58,8 +58,8 @@ def test_every_config_parses_and_has_a_valid_lbp_block(folder):
     from mmengine.config import Config
 
     import lbp_wht.integrations  # noqa: F401
+    from lbp_wht.experiments.presets import PRESET_MODELS
     from lbp_wht.integrations.build import validate_lbp_cfg
-    from lbp_wht.presets import PRESET_MODELS
 
     for path in (p for p in ALL if p.relative_to(ROOT / "configs").parts[0] == folder):
         cfg = Config.fromfile(str(path))

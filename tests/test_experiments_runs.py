@@ -14,8 +14,8 @@ import pytest
 
 from lbp_wht.experiments import pretrained
 from lbp_wht.experiments.runs import expected_digest, grid_runs
-from lbp_wht.records import read_record
-from lbp_wht.sweep import run_sweep
+from lbp_wht.runs.records import read_record
+from lbp_wht.runs.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "configs" / "mini" / "mini-efficientformer_partial_lp-l1-r4_fashion-mnist.py"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lbp_wht import presets
 from lbp_wht.bases import select_bases
+from lbp_wht.experiments import presets
 from lbp_wht.experiments import vocab as v
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_vocab_imports_only_the_standard_library():
         "import sys, types\n"
         f"pkg = types.ModuleType('lbp_wht'); pkg.__path__ = [{str(ROOT / 'lbp_wht')!r}]\n"
         "sys.modules['lbp_wht'] = pkg\n"
-        "import lbp_wht.experiments.vocab, lbp_wht.presets\n"
+        "import lbp_wht.experiments.vocab, lbp_wht.experiments.presets\n"
         "bad = [m for m in ('torch', 'mmengine', 'numpy', 'pandas') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -129,7 +129,7 @@ def test_nan_weights_fail_fast_and_keep_the_finite_checkpoint(data, tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from lbp_wht.sweep import RunLock
+from lbp_wht.runs.sweep import RunLock
 lock = RunLock(sys.argv[1])
 assert lock.acquire()
 print("locked", flush=True)
@@ -171,7 +171,7 @@ def test_sweep_launched_run_holds_the_lock_for_itself(data, tmp_path):
 
     from minirun import ENV, ROOT
 
-    from lbp_wht.sweep import Run, run_sweep
+    from lbp_wht.runs.sweep import Run, run_sweep
 
     wd = tmp_path / "sweep" / "run_s0"
     cmd = [sys.executable, str(ROOT / "tools/train.py"), str(MINI_CLS), "--work-dir", str(wd),

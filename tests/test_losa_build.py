@@ -92,7 +92,7 @@ def test_bad_losa_settings_are_refused():
         validate_lbp_cfg({**base, "losa_rank": 0})
     with pytest.raises(LBPConfigError, match="losa_rank"):
         validate_lbp_cfg({**base, "losa_rank": "8"})
-    from lbp_wht.presets import get_preset
+    from lbp_wht.experiments.presets import get_preset
 
     with pytest.raises(ValueError, match="segmentation"):
         get_preset("segformer-mit-b0", "losa", "partial")

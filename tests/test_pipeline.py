@@ -75,7 +75,7 @@ def test_mini_classification_train_and_test(idx_root, tmp_path):
     from mmengine.config import DictAction
 
     from lbp_wht.integrations.launch import effective_config
-    from lbp_wht.records import config_digest
+    from lbp_wht.runs.records import config_digest
 
     opts = {k: DictAction._parse_iterable(v) for k, v in (o.split("=", 1) for o in options)}
     again = effective_config(str(MINI_CLS), opts, work_dir=str(tmp_path / "elsewhere"))
@@ -504,7 +504,7 @@ def test_sweep_expects_the_digest_the_run_records():
 
     from lbp_wht.experiments.runs import expected_digest, grid_runs
     from lbp_wht.integrations.launch import effective_config
-    from lbp_wht.records import config_digest
+    from lbp_wht.runs.records import config_digest
 
     config = str(MINI_CLS)
     runs = grid_runs(config, ["lbp.r=2,6"], seeds=[0, 1], work_root="/tmp/unused",

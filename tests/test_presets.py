@@ -2,7 +2,7 @@
 paper's configurations name, leaves the forward unchanged, and trains exactly what it should.
 
 Models are built at their real sizes with random init from the mmpretrain / mmseg registries
-(``lbp_wht.presets.model_config``), batch 1. Each model is built once per session; each
+(``lbp_wht.experiments.presets.model_config``), batch 1. Each model is built once per session; each
 (method, scope) case converts it in place and then restores the original modules, which is
 much cheaper than a deepcopy of L7 (80M parameters). References are computed before any
 conversion, so a broken restore shows up as a mismatch in later cases.
@@ -56,7 +56,7 @@ from lbp_wht import (
     convert,
     freeze,
 )
-from lbp_wht.presets import (
+from lbp_wht.experiments.presets import (
     METHODS,
     MINI_EFFICIENTFORMER_ARCH,
     PRESET_MODELS,
@@ -450,7 +450,7 @@ def test_lora_train_scope_follows_the_authors_freeze(built, scope):
 
 
 def test_unknown_method_is_a_clear_error(monkeypatch):
-    import lbp_wht.presets as presets
+    import lbp_wht.experiments.presets as presets
 
     with pytest.raises(ValueError, match=r"unknown method 'linear_probe'.*'head_only'"):
         get_preset("mini-efficientformer", "linear_probe", "partial")

@@ -80,7 +80,7 @@ def test_dataset_spellings_normalise_and_typos_do_not() -> None:
 
 def _run_record(root, value, **extra) -> Path:
     """A record file as an older writer or a hand edit leaves it: written as plain JSON, since
-    lbp_wht.records.write_record refuses a value that is not a finite number."""
+    lbp_wht.runs.records.write_record refuses a value that is not a finite number."""
     path = root / "efficientformer-l1_partial_full_bp_cifar100_s0" / "record.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(kind="train", status="complete", model="efficientformer-l1",

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from slurm_cluster import LocalSlurm, unavailable_reason
 
-from lbp_wht.slurm import SlurmOptions, submit_sweep
-from lbp_wht.sweep import Run
+from lbp_wht.runs.slurm import SlurmOptions, submit_sweep
+from lbp_wht.runs.sweep import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "configs/mini/mini-efficientformer_partial_lp-l1-r4_fashion-mnist.py"

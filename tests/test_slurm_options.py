@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lbp_wht import slurm
-from lbp_wht.records import write_record
-from lbp_wht.slurm import (
+from lbp_wht.runs import slurm
+from lbp_wht.runs.records import write_record
+from lbp_wht.runs.slurm import (
     Job,
     Queue,
     SlurmConfigError,
@@ -27,7 +27,7 @@ from lbp_wht.slurm import (
     job_script,
     run_status,
 )
-from lbp_wht.sweep import Run
+from lbp_wht.runs.sweep import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 

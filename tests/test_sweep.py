@@ -1,11 +1,11 @@
-"""Resumable, lock-safe sweeps (lbp_wht/sweep.py) with a tiny fake run command.
+"""Resumable, lock-safe sweeps (lbp_wht/runs/sweep.py) with a tiny fake run command.
 
 The fake run (a Python script, no torch) behaves like a training run: it marks its work dir,
 writes a ``running`` record, sleeps, then writes the ``complete`` record atomically with
-:func:`lbp_wht.records.write_record`. Each attempt logs ``start`` / ``end`` lines to a shared
+:func:`lbp_wht.runs.records.write_record`. Each attempt logs ``start`` / ``end`` lines to a shared
 file (``O_APPEND``), so the tests can count how often each run really ran.
 
-The sweep itself runs in subprocesses that load ``lbp_wht.sweep`` / ``lbp_wht.records``
+The sweep itself runs in subprocesses that load ``lbp_wht.runs.sweep`` / ``lbp_wht.runs.records``
 without ``lbp_wht/__init__`` (which imports torch, seconds per process on these machines).
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from lbp_wht.experiments.catalog import Cell, table_cells
-from lbp_wht.records import STALE_MARK, read_record, write_record
-from lbp_wht.sweep import (
+from lbp_wht.runs.records import STALE_MARK, read_record, write_record
+from lbp_wht.runs.sweep import (
     Run,
     RunLock,
     dry_run_listing,
@@ -50,7 +50,7 @@ FAKE_RUN = (
     + """
 import os, time
 from pathlib import Path
-from lbp_wht.records import write_record
+from lbp_wht.runs.records import write_record
 wd, run_id, sleep, log = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
 def note(what):
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -75,7 +75,7 @@ DRIVER = (
     + """
 import json
 from pathlib import Path
-from lbp_wht.sweep import Run, run_sweep
+from lbp_wht.runs.sweep import Run, run_sweep
 spec = json.load(open(sys.argv[1]))
 runs = [Run(r["id"], tuple(r["cmd"]), Path(r["wd"])) for r in spec]
 report = run_sweep(runs, jobs=int(sys.argv[2]), poll_s=0.05, progress_every_s=0.2)
@@ -256,7 +256,7 @@ def _py_run(tmp: Path, name: str, code: str) -> Run:
 
 
 WRITE_OK = (
-    "from lbp_wht.records import write_record\n"
+    "from lbp_wht.runs.records import write_record\n"
     "write_record(sys.argv[1] + '/record.json', dict(status='complete', metric='m', value=1.0))\n"
 )
 
@@ -444,7 +444,7 @@ def test_reproduce_scripts_dry_run(table_lib, tmp_path):
 
 
 def test_config_digest_ignores_placement_but_not_content():
-    from lbp_wht.records import config_digest
+    from lbp_wht.runs.records import config_digest
 
     base = {"lbp": {"method": "lbp_wht", "r": 4}, "work_dir": "a", "seed": 0}
     assert config_digest(base) == config_digest({**base, "work_dir": "b", "launcher": "pytorch"})

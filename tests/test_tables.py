@@ -17,8 +17,8 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from lbp_wht.experiments.catalog import Cell  # noqa: E402
-from lbp_wht.records import write_record  # noqa: E402  (after the optional-extra checks)
 from lbp_wht.reporting import figures, tables  # noqa: E402
+from lbp_wht.runs.records import write_record  # noqa: E402  (after the optional-extra checks)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper"

@@ -34,6 +34,7 @@ from lbp_wht import (  # noqa: E402
     LoRALinear,
     MapGeometry,
 )
+from lbp_wht.experiments.presets import VARIANTS, get_preset  # noqa: E402
 from lbp_wht.integrations.build import (  # noqa: E402
     LBPConfigError,
     always_compute_input_grad,
@@ -42,7 +43,6 @@ from lbp_wht.integrations.build import (  # noqa: E402
 )
 from lbp_wht.integrations.cost_record import build_model, config_from_flags  # noqa: E402
 from lbp_wht.measure import measure_step  # noqa: E402
-from lbp_wht.presets import VARIANTS, get_preset  # noqa: E402
 
 
 def _build(model: str, method: str, scope: str, variant: str, **lbp):

@@ -6,7 +6,7 @@
 Builds the config's real model, injects the method exactly as training does and counts one
 training step (``lbp_wht.integrations.cost_record.analyze``: FlopCounterMode backprop FLOPs,
 the analytic Table 1 model per layer, saved activations, weight-gradient bytes, trainable
-parameters). Prints a table and, with ``--out``, writes a JSON record (``lbp_wht.records``
+parameters). Prints a table and, with ``--out``, writes a JSON record (``lbp_wht.runs.records``
 format) and with ``--csv`` a per-layer CSV. All figures are per training image (a batch of
 ``--batch`` divided by the batch size). Works on GPU with ``--device cuda``.
 """
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         load_config,
         write_layers_csv,
     )
-    from lbp_wht.records import write_record
+    from lbp_wht.runs.records import write_record
 
     args = parse_args(argv)
     if args.device == "cpu":

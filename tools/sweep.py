@@ -28,7 +28,7 @@ Settings (flags, or environment variables of the same name as the scripts use): 
 ids; one run per GPU at a time), ``JOBS`` (runs at a time without GPUS).
 
 On a SLURM cluster (``--launcher slurm``, env ``LAUNCHER=slurm``) the runs to (re)submit go as
-one job array through submitit instead (``lbp_wht/slurm.py``): each run's output lands in its
+one job array through submitit instead (``lbp_wht/runs/slurm.py``): each run's output lands in its
 work dir, a re-invoked sweep skips complete runs and runs whose job is queued or running, and
 resubmits the others so that they resume from their last checkpoint (``--resume``)::
 
@@ -54,10 +54,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from lbp_wht import slurm
 from lbp_wht.experiments.catalog import CONFIGS_DIR, PAPER_DIR, REPO_ROOT
 from lbp_wht.experiments.runs import SweepSpecError, expected_digest, grid_runs, table_runs
-from lbp_wht.sweep import check_unique, dry_run_listing, format_duration, run_sweep
+from lbp_wht.runs import slurm
+from lbp_wht.runs.sweep import check_unique, dry_run_listing, format_duration, run_sweep
 
 #: Appended to a run's training command when it continues an interrupted attempt (locally: a
 #: stale run of the same config with a checkpoint; on SLURM: every attempt).

@@ -5,7 +5,7 @@
 
 A sweep is ``--cfg-options``: ``lbp.r=6``, ``lbp.select=lp_linf``, ``lbp.method=lora_all``...
 Without ``--work-dir`` each option set gets its own directory (``work_dirs/CONFIG__lbp.r=6``).
-Each run writes ``<work_dir>/record.json`` (``lbp_wht.records`` format; status ``running`` ->
+Each run writes ``<work_dir>/record.json`` (``lbp_wht.runs.records`` format; status ``running`` ->
 ``complete``, ``failed`` with the error, or ``interrupted`` on SIGTERM / Ctrl-C).
 ``--resume`` continues from the newest loadable checkpoint of the work dir (refused if the
 checkpoint was trained with another method, model, data or optimiser, or holds no config to

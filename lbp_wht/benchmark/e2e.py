@@ -2,8 +2,8 @@
 
 Partial training (the paper's main setting): the last stage and the head train, everything
 else is frozen, BatchNorm on running statistics (``norm_eval``). Every method is built by the
-project's presets (``lbp_wht.presets.get_preset`` via ``lbp_wht.integrations.build.LBPWHTModel``)
-exactly as training builds it.
+project's presets (``lbp_wht.experiments.presets.get_preset`` via
+``lbp_wht.integrations.build.LBPWHTModel``) exactly as training builds it.
 
 What is timed: ``torch.autograd.grad(loss, trainable_params, retain_graph=True)`` on a graph
 built once per method, i.e. the backward of the step only (the forward, which every method runs
@@ -56,8 +56,8 @@ def build(
     from mmengine.registry import init_default_scope
 
     import lbp_wht.integrations.models  # noqa: F401  (registers the project's model types)
+    from lbp_wht.experiments.presets import model_config
     from lbp_wht.integrations.build import LBPWHTModel
-    from lbp_wht.presets import model_config
 
     init_default_scope("mmpretrain")
     lbp = dict(method=method, model=model, scope=scope)

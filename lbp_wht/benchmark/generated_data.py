@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
+
 __all__ = ["write_cifar100", "GeneratedCIFAR100", "CIFAR100_FOLDER"]
 
 CIFAR100_FOLDER = "cifar-100-python"

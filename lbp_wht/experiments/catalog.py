@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..sweep import safe_id
+from ..runs.sweep import safe_id
 from .vocab import (
     CLS_DATASETS,
     MODELS,

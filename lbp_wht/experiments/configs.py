@@ -3,8 +3,8 @@
 What is written, and from what:
 
 * ``configs/_base_/models/<model>.py`` -- one per model, from
-  :func:`lbp_wht.presets.model_config` (``training=True``; the one model definition) and the
-  pretrained checkpoint of :data:`lbp_wht.experiments.pretrained.PRETRAINED`.
+  :func:`lbp_wht.experiments.presets.model_config` (``training=True``; the one model
+  definition) and the pretrained checkpoint of :data:`lbp_wht.experiments.pretrained.PRETRAINED`.
 * ``configs/_base_/data/<dataset>_<size>.py`` -- one per classification dataset and input
   size: the pairing of the hand-written dataset base (``_base_/datasets/<dataset>.py``: what
   the dataset is, where it lives, how its images load) with the hand-written resolution
@@ -113,9 +113,9 @@ MODEL_NOTES = {
     "implementation with explicit q/k/v/proj attention layers (mmseg checkpoints load "
     "unchanged). ADE20K-pretrained; the 150-class classifier is re-initialised.",
     "mini-efficientformer": "A CPU-sized EfficientFormer (arch "
-    "lbp_wht.presets.MINI_EFFICIENTFORMER_ARCH): a stride-4 stem on 28x28 inputs gives 7x7 "
-    "maps, no stage downsamples, 64 channels; the last stage mirrors L1's, so the same layer "
-    "types convert. 1 input channel (Fashion-MNIST); random init.",
+    "lbp_wht.experiments.presets.MINI_EFFICIENTFORMER_ARCH): a stride-4 stem on 28x28 inputs "
+    "gives 7x7 maps, no stage downsamples, 64 channels; the last stage mirrors L1's, so the same "
+    "layer types convert. 1 input channel (Fashion-MNIST); random init.",
     "mini-segformer": "A CPU-sized Segformer: MiT with four 1-block stages of 8-64 channels and "
     "the Segformer MLP decoder (32 channels), the module names of MiT-B0 (preset "
     "'segformer-mit-b0'). Plain BN so it also trains distributed on CPU; random init.",
@@ -158,9 +158,9 @@ def _bases(depth: int, names: Iterable[str]) -> str:
 
 
 def model_base(model: str) -> GeneratedFile:
-    """``_base_/models/<model>.py``: the model of :func:`lbp_wht.presets.model_config`
+    """``_base_/models/<model>.py``: the model of :func:`lbp_wht.experiments.presets.model_config`
     (training form) and the checkpoint it fine-tunes from."""
-    from lbp_wht.presets import model_config
+    from lbp_wht.experiments.presets import model_config
 
     info = MODELS[model]
     mini = not info.paper

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..sweep import Run, safe_id
+from ..runs.sweep import Run, safe_id
 from .catalog import CONFIGS_DIR, PAPER_DIR, REPO_ROOT, Cell, resolve_config, table_cells
 from .vocab import norm_dataset
 
@@ -306,7 +306,7 @@ def expected_digest(run: Run) -> str | None:
     itself will then fail and say why)."""
     import argparse
 
-    from lbp_wht.records import config_digest
+    from lbp_wht.runs.records import config_digest
 
     config = run.meta.get("config")
     if not config:

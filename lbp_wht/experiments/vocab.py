@@ -186,7 +186,7 @@ class ModelInfo:
         task: ``"cls"`` (mmpretrain ``ImageClassifier``) or ``"seg"`` (mmseg
             ``EncoderDecoder``).
         paper: a model of the paper's tables (False: a CPU-sized mini model).
-        preset: the preset (``lbp_wht.presets``) whose layer rules apply to it.
+        preset: the preset (``lbp_wht.experiments.presets``) whose layer rules apply to it.
         img_size: input side in pixels (segmentation: the square crop side).
     """
 
@@ -223,7 +223,7 @@ MODELS: dict[str, ModelInfo] = {
     )
 }
 MODEL_ORDER: tuple[str, ...] = tuple(MODELS)
-#: Models that have a preset of their own (``lbp_wht.presets.get_preset``).
+#: Models that have a preset of their own (``lbp_wht.experiments.presets.get_preset``).
 PRESET_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.preset == m.id)
 #: Models of the paper's tables (rows the paper lacks are "extra" rows for them).
 PAPER_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.paper)

@@ -38,10 +38,10 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lbp_wht import presets as _presets
 from lbp_wht.bases import select_bases
 from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import keep_batchnorm_eval
+from lbp_wht.experiments import presets as _presets
 from lbp_wht.projection import PADDINGS
 
 __all__ = [
@@ -458,7 +458,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     (dict: cfg, rank, preset, report, trainable) for hooks and tools.
     """
     from lbp_wht import convert, freeze
-    from lbp_wht.presets import get_preset
+    from lbp_wht.experiments.presets import get_preset
 
     cfg = validate_lbp_cfg(lbp)
     model = copy.deepcopy(model)

@@ -32,7 +32,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
 
 from lbp_wht.io import atomic_write, remove_stale_temps
-from lbp_wht.sweep import LAST_CHECKPOINT
+from lbp_wht.runs.sweep import LAST_CHECKPOINT
 
 __all__ = [
     "CheckpointLoadError",

@@ -112,8 +112,8 @@ def expected_conversions(cfg, model) -> set[str]:
     """
     import torch.nn as nn
 
+    from lbp_wht.experiments.presets import get_preset
     from lbp_wht.integrations.build import validate_lbp_cfg
-    from lbp_wht.presets import get_preset
 
     lbp = validate_lbp_cfg(cfg.lbp)
     kwargs = dict(

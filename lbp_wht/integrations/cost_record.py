@@ -14,8 +14,8 @@ config's ``backbone.in_channels``, else 3):
   trainable parameters, and on CUDA the allocator's peak;
 * an estimate of the elementwise work the matmul counter does not count.
 
-:func:`analyze` returns the record (``lbp_wht.records`` format, every figure per training image:
-a batch of ``batch`` divided by the batch size); :func:`format_record` prints it,
+:func:`analyze` returns the record (``lbp_wht.runs.records`` format, every figure per training
+image: a batch of ``batch`` divided by the batch size); :func:`format_record` prints it,
 :func:`write_layers_csv` writes its per-layer rows.
 """
 
@@ -72,7 +72,7 @@ def config_from_flags(
     lora_alpha: float = 8,
 ):
     """A minimal config for ``--model/--method/--scope`` (no config file): the preset model
-    (``lbp_wht.presets.model_config``) and an ``lbp`` block.
+    (``lbp_wht.experiments.presets.model_config``) and an ``lbp`` block.
 
     Raises:
         ValueError: ``model`` is not a preset model and no ``size`` is given.
@@ -86,7 +86,7 @@ def config_from_flags(
         )
 
     import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
-    from lbp_wht.presets import model_config
+    from lbp_wht.experiments.presets import model_config
 
     seg = model.startswith("segformer")
     if num_classes is None:

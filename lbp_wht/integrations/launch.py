@@ -31,8 +31,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from lbp_wht.io import atomic_write
-from lbp_wht.records import RecordError, load_record, write_record
-from lbp_wht.sweep import LOCK_FD_ENV, RunLock, lock_path, safe_id
+from lbp_wht.runs.records import RecordError, load_record, write_record
+from lbp_wht.runs.sweep import LOCK_FD_ENV, RunLock, lock_path, safe_id
 
 from .build import LBPConfigError, check_lbp_preset, close_matches, did_you_mean, validate_lbp_cfg
 from .checkpoint import (
@@ -286,7 +286,7 @@ def effective_config(
 
 # ---------------------------------------------------------------------------- the work dir
 def work_dir_lock_path(work_dir: str | os.PathLike) -> Path:
-    """``<parent>/.<name>.lock``: the lock file of the sweep's :class:`~lbp_wht.sweep.Run`."""
+    """``<parent>/.<name>.lock``: the lock file of the sweep's :class:`~lbp_wht.runs.sweep.Run`."""
     return lock_path(work_dir)
 
 

@@ -1,10 +1,10 @@
-"""The run record of a training or test run (``lbp_wht.records`` format) and the NaN guard.
+"""The run record of a training or test run (``lbp_wht.runs.records`` format) and the NaN guard.
 
 :class:`RunRecordHook` writes ``<work_dir>/record.json``: ``running`` when training starts,
 ``complete`` with the final validation metric at the end (``tools/train.py`` writes ``failed`` /
 ``interrupted``); ``tools/test.py`` writes ``test_record.json``. A run is never ``complete``
 with a non-finite result: :class:`NonFiniteGuardHook` stops a NaN / Inf loss at that iteration
-(on every rank) and fails a NaN / Inf metric, and :func:`lbp_wht.records.write_record` refuses
+(on every rank) and fails a NaN / Inf metric, and :func:`lbp_wht.runs.records.write_record` refuses
 any metric that is not a finite number. Fields: docs/RUNNING.md.
 """
 
@@ -22,7 +22,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
-from lbp_wht.records import config_digest, provenance, read_record, write_record
+from lbp_wht.runs.records import config_digest, provenance, read_record, write_record
 
 from .build import lbp_rank, uses_lora, validate_lbp_cfg
 
@@ -72,7 +72,7 @@ def build_record(
     digest: str | None = None,
 ) -> dict[str, Any]:
     """One run record from a config (with an ``lbp`` block) and the run's facts; ``digest``
-    defaults to :func:`~lbp_wht.records.config_digest` of ``cfg``."""
+    defaults to :func:`~lbp_wht.runs.records.config_digest` of ``cfg``."""
     lbp = validate_lbp_cfg(cfg.get("lbp"))
     metrics = {k: _number(v) for k, v in (metrics or {}).items()}
     name = next((k for k in PRIMARY_METRICS if k in metrics), None)

@@ -39,7 +39,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from lbp_wht.io import move_aside
-from lbp_wht.records import config_digest
+from lbp_wht.runs.records import config_digest
 
 # Importing the runner registers everything a config needs (builder, hooks, datasets).
 from . import hooks as _hooks  # noqa: F401
@@ -226,8 +226,9 @@ def _backbone_shapes(model_cfg: dict) -> dict[str, tuple] | None:
 
 @functools.lru_cache(maxsize=4)
 def _reference_backbone(model: str, in_channels: int | None) -> dict[str, tuple] | None:
-    """Tensor shapes of ``model``'s backbone as :func:`lbp_wht.presets.model_config` defines it."""
-    from lbp_wht.presets import model_config
+    """Tensor shapes of ``model``'s backbone as
+    :func:`lbp_wht.experiments.presets.model_config` defines it."""
+    from lbp_wht.experiments.presets import model_config
 
     return _backbone_shapes(model_config(model, in_channels=in_channels))
 
@@ -246,7 +247,7 @@ def _check_model_name(cfg: Any) -> None:
     if name not in KNOWN or "backbone" not in inner:
         return  # a name of the user's own (with lbp.preset): nothing to compare with
     if lbp["model_variant"] is not None:  # a declared variant: the same kind of backbone
-        from lbp_wht.presets import model_config
+        from lbp_wht.experiments.presets import model_config
 
         want_type = model_config(name)["backbone"]["type"]
         if inner["backbone"].get("type") != want_type:

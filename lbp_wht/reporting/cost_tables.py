@@ -42,7 +42,7 @@ from ..experiments.vocab import (
     parse_config_name,
     parse_config_tag,
 )
-from ..records import read_record, write_record
+from ..runs.records import read_record, write_record
 from .paths import CONFIGS, COST, PAPER, REPO
 from .render import (
     RecordValueError,

@@ -60,7 +60,7 @@ from ..experiments.vocab import (
     short_model_name,
 )
 from ..io import atomic_path
-from ..records import read_records
+from ..runs.records import read_records
 from .render import as_number, checked_number, markdown_table, render, write_text
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")

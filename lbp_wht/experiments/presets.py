@@ -116,7 +116,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from .experiments.vocab import (
+from .vocab import (
     LORA_TRAIN,
     METHODS,
     PRESET_MODELS,

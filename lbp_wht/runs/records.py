@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write, utc_now
+from ..io import atomic_write, utc_now
 
 __all__ = [
     "DIGEST_IGNORED_KEYS",

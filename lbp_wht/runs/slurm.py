@@ -3,8 +3,8 @@
     report = submit_sweep(runs, SlurmOptions(partition="gpu", time="12:00:00"),
                           resume_args=("--resume",))
 
-Each invocation decides per run with :func:`lbp_wht.sweep.plan` (the local sweep's rules) plus
-the scheduler: a run with a queued or running job is left alone; the others that need it go,
+Each invocation decides per run with :func:`lbp_wht.runs.sweep.plan` (the local sweep's rules)
+plus the scheduler: a run with a queued or running job is left alone; the others that need it go,
 under one submission lock per work root, as one job array (:class:`TrainJob` per task). A job
 runs its run's command with ``--resume``; near the time limit (submitit's USR2) it stops the
 training and requeues itself if it saved a checkpoint. State comes from the records and
@@ -35,7 +35,7 @@ import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import SlurmExecutor
 
-from .io import utc_now
+from ..io import utc_now
 from .records import RecordError, load_record, write_record
 from .sweep import (
     LAST_CHECKPOINT,

@@ -1,16 +1,15 @@
 """Resumable, lock-safe sweeps of training runs; the guarantees are in docs/RUNNING.md.
 
 A :class:`Run` has an id, a command and a work dir; its command writes ``record.json`` there
-(:mod:`lbp_wht.records`), ``complete`` when it finished. :func:`plan` decides what to do with a
-run from its record, its checkpoints and the config digest it would record now; the local
-sweep (:func:`run_sweep`, processes here) and the SLURM sweep (:mod:`lbp_wht.slurm`) both act
-on it. Locally each run is held under its lock (``.<work dir>.lock``, a sibling), which the
+(:mod:`lbp_wht.runs.records`), ``complete`` when it finished. :func:`plan` decides what to do
+with a run from its record, its checkpoints and the config digest it would record now; the
+local sweep (:func:`run_sweep`, processes here) and the SLURM sweep (:mod:`lbp_wht.runs.slurm`)
+both act on it. Locally each run is held under its lock (``.<work dir>.lock``, a sibling), which the
 launched command inherits, so two sweeps never run one run and a killed sweep's child keeps it.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
@@ -26,7 +25,7 @@ from typing import IO, Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from .io import atomic_write, move_aside, utc_now
+from ..io import atomic_write, move_aside, utc_now
 from .records import STALE_MARK, RecordError, load_record, read_record
 
 __all__ = [
@@ -657,17 +656,3 @@ def run_sweep(
         resume_args=tuple(str(a) for a in resume_args),
     )
     return _Sweep(list(runs), out if out is not None else sys.stderr, **kw).run()
-
-
-#: Names that moved to :mod:`lbp_wht.experiments.catalog` / ``vocab``; importable from here still.
-_MOVED = {
-    "catalog": "Cell FIG3_BASELINES FIG3_RS FIG5_CELL TABLE_DATASETS TABLE_FILES read_paper_rows table_cells",
-    "vocab": "CLS_DATASETS DATASET_ALIASES METHOD_ORDER PAPER_TO_CONFIG_DATASET SEG_DATASETS SELECT_ORDER method_key method_sort_key method_tag norm_dataset",
-}
-
-
-def __getattr__(name: str) -> Any:
-    for module, names in _MOVED.items():
-        if name in names.split():
-            return getattr(importlib.import_module(f"lbp_wht.experiments.{module}"), name)
-    raise AttributeError(f"module 'lbp_wht.sweep' has no attribute {name!r}")
