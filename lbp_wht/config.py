@@ -23,7 +23,15 @@ from typing import Any
 
 from .bases import SELECTIONS, BaseIndex, select_bases
 
-__all__ = ["LBPConfig", "LoRAConfig", "IMPLS", "check_int"]
+__all__ = [
+    "LBPConfig",
+    "LoRAConfig",
+    "LoRAFAConfig",
+    "VeLoRAConfig",
+    "WTACRSConfig",
+    "IMPLS",
+    "check_int",
+]
 
 #: Implementations of the projection (same values, different speed; see ``WHTProjector``).
 IMPLS = ("auto", "dense", "patch")
@@ -236,6 +244,127 @@ class LoRAConfig:
     def scaling(self) -> float:
         """``alpha / rank``."""
         return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoRAFAConfig:
+    """LoRA-FA adapters (Zhang et al. 2023): ``y = x w^T + b + (alpha / rank) (x A^T) B^T`` with
+    ``A`` frozen at its random initialisation and only ``B`` trained (see
+    :mod:`lbp_wht.lora_fa`). No dropout: a dropout mask on ``x`` would have to be saved at full
+    size, which is what LoRA-FA avoids."""
+
+    rank: int = field(
+        default=8,
+        metadata={"help": "Inner dimension r of the adapters A (r, in; frozen) and B (out, r)."},
+    )
+    alpha: float = field(
+        default=8.0,
+        metadata={"help": "Scaling numerator: the adapter output is multiplied by alpha / rank."},
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", check_int(self.rank, "LoRA-FA rank", 1))
+        object.__setattr__(self, "alpha", _check_real(self.alpha, "LoRA-FA alpha"))
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / rank``."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VeLoRAConfig:
+    """VeLoRA (Miles et al. 2024): the input saved for ``g_w`` is cut into sub-tokens of
+    ``subtoken_size`` consecutive channels, each stored as one coefficient on a fixed unit
+    vector ``v`` (see :mod:`lbp_wht.velora`)."""
+
+    subtoken_size: int = field(
+        default=16,
+        metadata={
+            "help": "d, the channels per sub-token; must divide the layer's input channels. "
+            "The saved activation shrinks by the factor d (d = 1 is exact backprop)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "subtoken_size", check_int(self.subtoken_size, "VeLoRA subtoken_size", 1)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WTACRSConfig:
+    """WTA-CRS (Liu et al. 2023): ``g_w = g_y^T x`` estimated from ``k`` of the ``N`` token rows
+    of ``x`` (see :mod:`lbp_wht.wta_crs`). Give ``keep`` (k) or ``keep_fraction`` (k = ceil(
+    fraction N) per call), not both; neither means ``keep_fraction=0.3``."""
+
+    keep: int | None = field(
+        default=None,
+        metadata={
+            "help": "k, the number of token rows kept for g_w (an error at run time if a "
+            "call has fewer than k rows)."
+        },
+    )
+    keep_fraction: float | None = field(
+        default=None,
+        metadata={"help": "k as a fraction of the call's rows, in (0, 1]: k = ceil(f N)."},
+    )
+    winner_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of the k kept rows taken deterministically (the highest-probability "
+            "'winners'), in [0, 1); the rest are sampled, so the estimator stays unbiased."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.keep is not None and self.keep_fraction is not None:
+            raise ValueError(
+                f"WTA-CRS: give keep (k rows) or keep_fraction, not both (got keep={self.keep}, "
+                f"keep_fraction={self.keep_fraction})"
+            )
+        if self.keep is not None:
+            set_(self, "keep", check_int(self.keep, "WTA-CRS keep", 1))
+        else:
+            f = 0.3 if self.keep_fraction is None else self.keep_fraction
+            f = _check_real(f, "WTA-CRS keep_fraction")
+            if not 0.0 < f <= 1.0:
+                raise ValueError(f"WTA-CRS keep_fraction must be in (0, 1], got {f}")
+            set_(self, "keep_fraction", f)
+        w = _check_real(self.winner_fraction, "WTA-CRS winner_fraction")
+        if not 0.0 <= w < 1.0:
+            raise ValueError(
+                f"WTA-CRS winner_fraction must be in [0, 1) (1 would keep only the top rows: "
+                f"a biased estimator), got {w}"
+            )
+        set_(self, "winner_fraction", w)
+
+    def rows_kept(self, rows: int) -> int:
+        """``k`` for a call with ``rows`` token rows (``ValueError`` if ``keep`` exceeds them)."""
+        if self.keep is not None:
+            if self.keep > rows:
+                raise ValueError(
+                    f"WTA-CRS keep={self.keep} exceeds the {rows} token rows of this call; "
+                    "use a smaller keep or keep_fraction"
+                )
+            return self.keep
+        return max(1, min(rows, math.ceil(self.keep_fraction * rows)))  # type: ignore[operator]
+
+    def winners(self, kept: int, rows: int) -> int:
+        """How many of the ``kept`` rows are taken deterministically (all when ``kept == rows``)."""
+        if kept >= rows:
+            return rows
+        return min(kept, int(self.winner_fraction * kept))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
