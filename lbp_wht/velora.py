@@ -47,7 +47,8 @@ def velora_coefficients(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def initial_vector(x: torch.Tensor, d: int) -> torch.Tensor:
     """The unit vector ``v`` from a batch ``x (N, Cx)``: its normalised mean sub-token."""
-    mean = x.detach().reshape(-1, d).float().mean(0)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    mean = x.detach().reshape(-1, d).mean(0, dtype=dtype)
     norm = mean.norm()
     if not torch.isfinite(norm) or norm == 0:
         return torch.full((d,), 1.0 / math.sqrt(d), device=x.device)
