@@ -19,7 +19,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .bases import SELECTIONS, BaseIndex, select_bases
 
@@ -213,8 +213,10 @@ class LBPConfig:
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
-    """LoRA adapters ``y = x w^T + b + (alpha / rank) B A dropout(x)`` (Hu et al. 2022)."""
+class _LowRankAdapter:
+    """``rank`` and ``alpha`` of an adapter ``(alpha / rank) B A`` (LoRA, LoRA-FA)."""
+
+    _NAME: ClassVar[str] = "LoRA"
 
     rank: int = field(
         default=8,
@@ -224,21 +226,10 @@ class LoRAConfig:
         default=8.0,
         metadata={"help": "Scaling numerator: the adapter output is multiplied by alpha / rank."},
     )
-    dropout: float = field(
-        default=0.0,
-        metadata={
-            "help": "Dropout probability on the adapter's input (training only). Must be 0 "
-            "with LBP-WHT backward (an elementwise mask has no low-rank form)."
-        },
-    )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rank", check_int(self.rank, "LoRA rank", 1))
-        object.__setattr__(self, "alpha", _check_real(self.alpha, "LoRA alpha"))
-        p = _check_real(self.dropout, "LoRA dropout")
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {p}")
-        object.__setattr__(self, "dropout", p)
+        object.__setattr__(self, "rank", check_int(self.rank, f"{self._NAME} rank", 1))
+        object.__setattr__(self, "alpha", _check_real(self.alpha, f"{self._NAME} alpha"))
 
     @property
     def scaling(self) -> float:
@@ -250,32 +241,33 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
-class LoRAFAConfig:
+class LoRAConfig(_LowRankAdapter):
+    """LoRA adapters ``y = x w^T + b + (alpha / rank) B A dropout(x)`` (Hu et al. 2022)."""
+
+    dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout probability on the adapter's input (training only). Must be 0 "
+            "with LBP-WHT backward (an elementwise mask has no low-rank form)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        p = _check_real(self.dropout, "LoRA dropout")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {p}")
+        object.__setattr__(self, "dropout", p)
+
+
+@dataclass(frozen=True)
+class LoRAFAConfig(_LowRankAdapter):
     """LoRA-FA adapters (Zhang et al. 2023): ``y = x w^T + b + (alpha / rank) (x A^T) B^T`` with
     ``A`` frozen at its random initialisation and only ``B`` trained (see
     :mod:`lbp_wht.lora_fa`). No dropout: a dropout mask on ``x`` would have to be saved at full
     size, which is what LoRA-FA avoids."""
 
-    rank: int = field(
-        default=8,
-        metadata={"help": "Inner dimension r of the adapters A (r, in; frozen) and B (out, r)."},
-    )
-    alpha: float = field(
-        default=8.0,
-        metadata={"help": "Scaling numerator: the adapter output is multiplied by alpha / rank."},
-    )
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rank", check_int(self.rank, "LoRA-FA rank", 1))
-        object.__setattr__(self, "alpha", _check_real(self.alpha, "LoRA-FA alpha"))
-
-    @property
-    def scaling(self) -> float:
-        """``alpha / rank``."""
-        return self.alpha / self.rank
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    _NAME: ClassVar[str] = "LoRA-FA"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .config import LoRAConfig, LoRAFAConfig
 from .layers import check_input_features, shell_like
 from .lora import LoRAConv2d, LoRALinear, LoRAMixin
-from .rowwise import to_rows
+from .rowwise import init_plain, method_config, to_rows
 
 __all__ = ["LoRAFALinear", "LoRAFAConv2d", "LoRAFAMixin"]
 
@@ -87,11 +87,7 @@ class LoRAFAMixin(LoRAMixin):
         device: object = None,
         dtype: object = None,
     ) -> None:
-        kw: dict[str, Any] = dict(bias=bias, device=device, dtype=dtype)
-        if self._conv:
-            nn.Conv2d.__init__(self, in_features, out_features, 1, **kw)  # type: ignore[arg-type]
-        else:
-            nn.Linear.__init__(self, in_features, out_features, **kw)  # type: ignore[arg-type]
+        init_plain(self, self._conv, in_features, out_features, bias, device, dtype)
         self._init_lora_fa(config)
 
     @classmethod
@@ -102,12 +98,7 @@ class LoRAFAMixin(LoRAMixin):
         return new
 
     def _init_lora_fa(self, config: LoRAFAConfig | None) -> None:
-        config = LoRAFAConfig() if config is None else config
-        if not isinstance(config, LoRAFAConfig):
-            raise TypeError(
-                f"{type(self).__name__}: LoRA-FA options must be a LoRAFAConfig, got "
-                f"{type(config).__name__} (build one with LoRAFAConfig(rank=..., alpha=...))"
-            )
+        config = method_config(self, config, LoRAFAConfig, "LoRAFAConfig(rank=..., alpha=...)")
         self.lora_fa_config = config
         self._init_lora(LoRAConfig(rank=config.rank, alpha=config.alpha))
         self.lora_A.requires_grad_(False)

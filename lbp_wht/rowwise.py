@@ -7,12 +7,14 @@ output, so a method's autograd function is written once, for ``(N, Cx) -> (N, Cy
 :class:`RowwiseMixin` is the shared layer shell: construction (fresh or sharing a module's
 ``weight`` / ``bias``, so state-dict keys stay those of the plain layer), the input check, and
 the plain operation outside training (eval mode or no grad), where no method changes anything.
+:func:`compressed_input_linear` is the autograd function of methods that only change what is
+saved for ``g_w`` (VeLoRA, WTA-CRS): ``g_x`` and ``g_b`` stay exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -20,7 +22,14 @@ import torch.nn.functional as F
 
 from .layers import ConvertedLayer, check_input_features, shell_like
 
-__all__ = ["RowwiseMixin", "to_rows"]
+__all__ = [
+    "InputCodec",
+    "RowwiseMixin",
+    "compressed_input_linear",
+    "init_plain",
+    "method_config",
+    "to_rows",
+]
 
 
 def to_rows(
@@ -34,6 +43,76 @@ def to_rows(
         return xt.reshape(-1, xt.shape[-1]), lambda y: y.reshape(*lead, y.shape[-1]).movedim(-1, 1)
     lead = x.shape[:-1]
     return x.reshape(-1, x.shape[-1]), lambda y: y.reshape(*lead, y.shape[-1])
+
+
+class InputCodec(Protocol):
+    """What a method saves of ``x (N, Cx)`` for the weight gradient, and how it uses it."""
+
+    def compress(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tensors saved for backward in place of ``x``."""
+        ...
+
+    def weight_grad(self, g: torch.Tensor, *saved: torch.Tensor) -> torch.Tensor:
+        """``g_w (Cy, Cx)`` (exact or estimated) from ``g_y (N, Cy)`` and the saved tensors."""
+        ...
+
+
+class _CompressedInputLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, codec: InputCodec
+    ) -> torch.Tensor:
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        packed = codec.compress(x) if need_w else ()
+        ctx.save_for_backward(w if need_x else None, *packed)
+        ctx.codec, ctx.has_bias = codec, b is not None
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        w, *packed = ctx.saved_tensors
+        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        gw = ctx.codec.weight_grad(g, *packed) if ctx.needs_input_grad[1] else None
+        gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+def compressed_input_linear(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, codec: InputCodec
+) -> torch.Tensor:
+    """``x w^T + b`` on rows ``x (N, Cx)``; backward: ``g_x = g_y w``, ``g_b = sum g_y`` exact,
+    ``g_w = codec.weight_grad(g_y, *codec.compress(x))`` (``compress`` runs in forward, only
+    when ``w`` needs a gradient; ``x`` itself is not saved)."""
+    return _CompressedInputLinear.apply(x, w, b, codec)
+
+
+def init_plain(
+    layer: nn.Module,
+    conv: bool,
+    in_features: int,
+    out_features: int,
+    bias: bool,
+    device: object,
+    dtype: object,
+) -> None:
+    """Run the plain ``nn.Linear`` / 1x1 ``nn.Conv2d`` constructor on ``layer``."""
+    kw: dict[str, Any] = dict(bias=bias, device=device, dtype=dtype)
+    if conv:
+        nn.Conv2d.__init__(layer, in_features, out_features, 1, **kw)  # type: ignore[arg-type]
+    else:
+        nn.Linear.__init__(layer, in_features, out_features, **kw)  # type: ignore[arg-type]
+
+
+def method_config(layer: nn.Module, config: Any, cls: type, example: str) -> Any:
+    """``config`` (``cls()`` for None), or a ``TypeError`` naming ``layer`` and ``example``."""
+    if config is None:
+        return cls()
+    if not isinstance(config, cls):
+        raise TypeError(
+            f"{type(layer).__name__}: options must be a {cls.__name__}, got "
+            f"{type(config).__name__} (build one with {example})"
+        )
+    return config
 
 
 class RowwiseMixin(ConvertedLayer):
@@ -56,11 +135,7 @@ class RowwiseMixin(ConvertedLayer):
         device: object = None,
         dtype: object = None,
     ) -> None:
-        kw: dict[str, Any] = dict(bias=bias, device=device, dtype=dtype)
-        if self._conv:
-            nn.Conv2d.__init__(self, in_features, out_features, 1, **kw)  # type: ignore[arg-type]
-        else:
-            nn.Linear.__init__(self, in_features, out_features, **kw)  # type: ignore[arg-type]
+        init_plain(self, self._conv, in_features, out_features, bias, device, dtype)
         self._init_method(config)
 
     @classmethod

@@ -31,10 +31,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import VeLoRAConfig
-from .rowwise import RowwiseMixin
+from .rowwise import RowwiseMixin, compressed_input_linear, method_config
 
 __all__ = ["VeLoRALinear", "VeLoRAConv2d", "VeLoRAMixin", "velora_coefficients", "initial_vector"]
 
@@ -55,41 +54,26 @@ def initial_vector(x: torch.Tensor, d: int) -> torch.Tensor:
     return mean / norm
 
 
-class _VeLoRAFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, v: torch.Tensor
-    ) -> torch.Tensor:
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        coeff = velora_coefficients(x, v) if need_w else None
-        ctx.save_for_backward(coeff, w if need_x else None, v if need_w else None)
-        ctx.has_bias = b is not None
-        return F.linear(x, w, b)
+class _VeLoRACodec:
+    """Saves the sub-token coefficients (and ``v``); ``g_w = g_y^T x_rec``."""
 
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        coeff, w, v = ctx.saved_tensors
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = g.mm(w)
-        if ctx.needs_input_grad[1]:
-            x_rec = (coeff.unsqueeze(-1) * v).view(coeff.shape[0], -1)
-            gw = g.t().mm(x_rec)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb, None
+    def __init__(self, v: torch.Tensor) -> None:
+        self.v = v
+
+    def compress(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return velora_coefficients(x, self.v), self.v
+
+    def weight_grad(self, g: torch.Tensor, *saved: torch.Tensor) -> torch.Tensor:
+        coeff, v = saved
+        x_rec = (coeff.unsqueeze(-1) * v).view(coeff.shape[0], -1)
+        return g.t().mm(x_rec)
 
 
 class VeLoRAMixin(RowwiseMixin):
     """VeLoRA backward for a linear layer / 1x1 conv (module docstring)."""
 
     def _init_method(self, config: VeLoRAConfig | None) -> None:
-        config = VeLoRAConfig() if config is None else config
-        if not isinstance(config, VeLoRAConfig):
-            raise TypeError(
-                f"{type(self).__name__}: options must be a VeLoRAConfig, got "
-                f"{type(config).__name__} (build one with VeLoRAConfig(subtoken_size=...))"
-            )
+        config = method_config(self, config, VeLoRAConfig, "VeLoRAConfig(subtoken_size=...)")
         cx, d = int(self.weight.shape[1]), config.subtoken_size  # type: ignore[attr-defined]
         if cx % d:
             raise ValueError(
@@ -111,7 +95,7 @@ class VeLoRAMixin(RowwiseMixin):
             v = initial_vector(x, self.velora_config.subtoken_size)
             self.velora_v.copy_(v.to(self.velora_v.dtype))
             self.velora_ready = True
-        return _VeLoRAFunction.apply(x, weight, bias, self.velora_v.to(x.dtype))
+        return compressed_input_linear(x, weight, bias, _VeLoRACodec(self.velora_v.to(x.dtype)))
 
     def method_repr(self) -> str:
         return f"velora_subtoken_size={self.velora_config.subtoken_size}"

@@ -34,10 +34,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import WTACRSConfig
-from .rowwise import RowwiseMixin
+from .rowwise import RowwiseMixin, compressed_input_linear, method_config
 
 __all__ = ["WTACRSLinear", "WTACRSConv2d", "WTACRSMixin", "wta_crs_rows"]
 
@@ -74,55 +73,34 @@ def wta_crs_rows(
     return idx, weight
 
 
-class _WTACRSFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: torch.Tensor,
-        w: torch.Tensor,
-        b: torch.Tensor | None,
-        config: WTACRSConfig,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        xs = idx = None
-        if need_w:
-            n = x.shape[0]
-            kept = config.rows_kept(n)
-            idx, weight = wta_crs_rows(x, kept, config.winners(kept, n), generator)
-            xs = x.index_select(0, idx) * weight.to(x.dtype).unsqueeze(1)
-        ctx.save_for_backward(xs, idx, w if need_x else None)
-        ctx.has_bias = b is not None
-        return F.linear(x, w, b)
+class _WTACRSCodec:
+    """Saves the ``k`` selected rows, weighted, and their indices; ``g_w = g_y[idx]^T x_s``."""
 
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        xs, idx, w = ctx.saved_tensors
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = g.mm(w)
-        if ctx.needs_input_grad[1]:
-            gw = g.index_select(0, idx).t().mm(xs)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb, None, None
+    def __init__(self, config: WTACRSConfig, generator: torch.Generator | None) -> None:
+        self.config, self.generator = config, generator
+
+    def compress(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = x.shape[0]
+        kept = self.config.rows_kept(n)
+        idx, weight = wta_crs_rows(x, kept, self.config.winners(kept, n), self.generator)
+        return x.index_select(0, idx) * weight.to(x.dtype).unsqueeze(1), idx
+
+    def weight_grad(self, g: torch.Tensor, *saved: torch.Tensor) -> torch.Tensor:
+        xs, idx = saved
+        return g.index_select(0, idx).t().mm(xs)
 
 
 class WTACRSMixin(RowwiseMixin):
     """WTA-CRS weight gradient for a linear layer / 1x1 conv (module docstring)."""
 
     def _init_method(self, config: WTACRSConfig | None) -> None:
-        config = WTACRSConfig() if config is None else config
-        if not isinstance(config, WTACRSConfig):
-            raise TypeError(
-                f"{type(self).__name__}: options must be a WTACRSConfig, got "
-                f"{type(config).__name__} (build one with WTACRSConfig(keep_fraction=...))"
-            )
+        config = method_config(self, config, WTACRSConfig, "WTACRSConfig(keep_fraction=...)")
         self.wta_config = config
         self.generator: torch.Generator | None = None
 
     def _rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
-        return _WTACRSFunction.apply(x, weight, bias, self.wta_config, self.generator)
+        codec = _WTACRSCodec(self.wta_config, self.generator)
+        return compressed_input_linear(x, weight, bias, codec)
 
     def method_repr(self) -> str:
         c = self.wta_config
