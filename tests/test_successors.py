@@ -339,3 +339,30 @@ def test_eval_and_no_grad_are_plain():
             torch.testing.assert_close(layer(x), plain)
         if cls is not LoRAFALinear:  # LoRA's adapter path counts as converted in eval too
             assert layer.converted_calls == 0
+
+
+@pytest.mark.parametrize("need_x", [True, False])
+@pytest.mark.parametrize("method", list(OPTIONS))
+def test_counted_flops_equal_the_analytic_model(method, need_x):
+    """measure_step's FlopCounterMode count equals lbp_wht.cost's model for each method."""
+    from lbp_wht import cost
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(C_IN, 12), nn.GELU(), nn.Linear(12, C_OUT))
+    options = dict(OPTIONS[method], keep_fraction=0.3) if method == "wta_crs" else OPTIONS[method]
+    convert(net, [dict(target="*", method=method, **options)], example_input=None)
+    if method == "lora_fa":
+        freeze(net, ["*.lora_*"])
+    net.train()
+    x = torch.randn(B, TOKENS, C_IN, requires_grad=need_x)
+    m = measure_step(net, x, elementwise=False)
+    geom = cost.trace_linear_layers(net, lambda: net(x))
+    costs = cost.model_cost(net, geom, "gemm")
+    assert {g.method for g in geom} == {method}
+    assert sum(c.total for c in costs.values()) == m.backprop_flops
+    # training-only forward work: VeLoRA's sub-token coefficients, 2 N Cx per layer
+    coefficients = 2 * N_ROWS * (C_IN + 12) if method == "velora" else 0
+    assert m.forward_extra_flops == coefficients == sum(c.projection for c in costs.values())
+    if method == "wta_crs":  # g_w of each layer from k = ceil(0.3 N) rows
+        k = math.ceil(0.3 * N_ROWS)
+        assert costs["0"].vanilla == 2 * C_IN * 12 * (k + (N_ROWS if need_x else 0))
