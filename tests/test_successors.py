@@ -366,3 +366,30 @@ def test_counted_flops_equal_the_analytic_model(method, need_x):
     if method == "wta_crs":  # g_w of each layer from k = ceil(0.3 N) rows
         k = math.ceil(0.3 * N_ROWS)
         assert costs["0"].vanilla == 2 * C_IN * 12 * (k + (N_ROWS if need_x else 0))
+
+
+@pytest.mark.parametrize("method", list(OPTIONS))
+def test_rules_round_trip_and_save_load(method, tmp_path):
+    from lbp_wht import load_adapted, save_adapted
+    from lbp_wht.conversion import parse_rule
+
+    options = dict(OPTIONS[method], **({"keep": 3} if method == "wta_crs" else {}))
+    rule = parse_rule(dict(target="*", method=method, **options))
+    assert parse_rule(rule.to_dict()) == rule
+    model = _model("linear")
+    convert(model, [rule.to_dict()], example_input=torch.randn(1, 4, CX))
+    freeze(model, ["*.lora_B"] if method == "lora_fa" else ["*.weight"])
+    x = torch.randn(2, 5, CX)
+    model.train()
+    model(x).sum().backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-0.1)  # one step, so that the saved state is not the base
+    path, _ = save_adapted(model, tmp_path / "adapted.pt")
+    torch.manual_seed(123)  # a different random lora_A, if it were drawn again
+    fresh = _model("linear")
+    load_adapted(fresh, path)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
