@@ -60,7 +60,8 @@ class _LoRAFAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        xa, w, a, bb = ctx.saved_tensors
+        # Casts are no-ops unless autocast made g_y's dtype differ from the saved tensors'.
+        xa, w, a, bb = (t.to(g.dtype) if t is not None else None for t in ctx.saved_tensors)
         gx = gb = g_bb = None
         if ctx.needs_input_grad[0]:
             gx = torch.addmm(g.mm(w), g.mm(bb), a, alpha=ctx.scaling)

@@ -71,7 +71,9 @@ class _CompressedInputLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         w, *packed = ctx.saved_tensors
-        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        # Casts are no-ops unless autocast made g_y's dtype differ from the saved tensors'.
+        gx = g.mm(w.to(g.dtype)) if ctx.needs_input_grad[0] else None
+        packed = [t.to(g.dtype) if t.is_floating_point() else t for t in packed]
         gw = ctx.codec.weight_grad(g, *packed) if ctx.needs_input_grad[1] else None
         gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None

@@ -393,3 +393,29 @@ def test_rules_round_trip_and_save_load(method, tmp_path):
     model.eval(), fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
+
+
+@pytest.mark.parametrize("method", list(OPTIONS))
+def test_autocast_bfloat16_trains(method):
+    """Under CPU autocast (bf16 GEMMs) backward runs and the gradients keep the parameters'
+    dtype and approximate the float32 ones."""
+    grads = {}
+    for amp in (False, True):
+        model = _model("linear")
+        options = (
+            dict(OPTIONS[method], keep_fraction=1.0) if method == "wta_crs" else OPTIONS[method]
+        )
+        convert(model, [dict(target="*", method=method, **options)], example_input=None)
+        if method == "lora_fa":
+            freeze(model, ["*.lora_B", "*.bias"])
+            model[2].lora_B.data.normal_()
+        model.train()
+        x = torch.randn(2, 5, CX, generator=torch.Generator().manual_seed(0))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model(x).float().pow(2).sum()
+        loss.backward()
+        grads[amp] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, g in grads[True].items():
+        assert g.dtype == torch.float32, name
+        torch.testing.assert_close(g, grads[False][name], atol=0.1, rtol=0.05, msg=name)
