@@ -815,8 +815,8 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
 def freeze(model: nn.Module, trainable: Sequence[str], strict: bool = True) -> list[str]:
     """Make exactly the parameters whose names match a glob in ``trainable`` trainable.
 
-    LoRA layers stay adapters-only: their base ``weight``/``bias`` are frozen even when a
-    pattern matches them. A pattern that matches no parameter raises ``ValueError`` with the
+    LoRA layers stay adapters-only: their base ``weight``/``bias`` (and LoRA-FA's ``lora_A``)
+    are frozen even when a pattern matches them. A pattern that matches no parameter raises ``ValueError`` with the
     closest parameter names (``strict=False`` skips it).
 
     Returns:

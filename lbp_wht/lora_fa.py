@@ -27,13 +27,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LoRAConfig, LoRAFAConfig
-from .layers import check_input_features, shell_like
+from .layers import check_input_features
 from .lora import LoRAConv2d, LoRALinear, LoRAMixin
-from .rowwise import init_plain, method_config, to_rows
+from .rowwise import PlainShell, method_config, to_rows
 
 __all__ = ["LoRAFALinear", "LoRAFAConv2d", "LoRAFAMixin"]
 
@@ -72,33 +71,14 @@ class _LoRAFAFunction(torch.autograd.Function):
         return gx, None, gb, None, g_bb, None
 
 
-class LoRAFAMixin(LoRAMixin):
-    """LoRA-FA on top of :class:`LoRAMixin` (module docstring)."""
+class LoRAFAMixin(PlainShell, LoRAMixin):
+    """LoRA-FA on top of :class:`LoRAMixin` (module docstring); constructors as
+    :class:`~lbp_wht.rowwise.PlainShell`'s (``config`` a :class:`LoRAFAConfig`)."""
 
     #: parameters :func:`lbp_wht.freeze` keeps frozen
     FROZEN = ("weight", "bias", "lora_A")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        config: LoRAFAConfig | None = None,
-        *,
-        device: object = None,
-        dtype: object = None,
-    ) -> None:
-        init_plain(self, self._conv, in_features, out_features, bias, device, dtype)
-        self._init_lora_fa(config)
-
-    @classmethod
-    def from_module(cls, module: nn.Module, config: LoRAFAConfig | None = None) -> Any:  # type: ignore[override]
-        """Wrap ``module`` (sharing weight and bias) and add ``lora_A`` (frozen), ``lora_B``."""
-        new = shell_like(cls, module)
-        new._init_lora_fa(config)
-        return new
-
-    def _init_lora_fa(self, config: LoRAFAConfig | None) -> None:
+    def _init_method(self, config: LoRAFAConfig | None) -> None:
         config = method_config(self, config, LoRAFAConfig, "LoRAFAConfig(rank=..., alpha=...)")
         self.lora_fa_config = config
         self._init_lora(LoRAConfig(rank=config.rank, alpha=config.alpha))

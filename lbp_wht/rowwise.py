@@ -26,7 +26,7 @@ __all__ = [
     "InputCodec",
     "RowwiseMixin",
     "compressed_input_linear",
-    "init_plain",
+    "PlainShell",
     "method_config",
     "to_rows",
 ]
@@ -88,23 +88,6 @@ def compressed_input_linear(
     return _CompressedInputLinear.apply(x, w, b, codec)
 
 
-def init_plain(
-    layer: nn.Module,
-    conv: bool,
-    in_features: int,
-    out_features: int,
-    bias: bool,
-    device: object,
-    dtype: object,
-) -> None:
-    """Run the plain ``nn.Linear`` / 1x1 ``nn.Conv2d`` constructor on ``layer``."""
-    kw: dict[str, Any] = dict(bias=bias, device=device, dtype=dtype)
-    if conv:
-        nn.Conv2d.__init__(layer, in_features, out_features, 1, **kw)  # type: ignore[arg-type]
-    else:
-        nn.Linear.__init__(layer, in_features, out_features, **kw)  # type: ignore[arg-type]
-
-
 def method_config(layer: nn.Module, config: Any, cls: type, example: str) -> Any:
     """``config`` (``cls()`` for None), or a ``TypeError`` naming ``layer`` and ``example``."""
     if config is None:
@@ -117,13 +100,10 @@ def method_config(layer: nn.Module, config: Any, cls: type, example: str) -> Any
     return config
 
 
-class RowwiseMixin(ConvertedLayer):
-    """Shared shell of :mod:`lbp_wht.velora` and :mod:`lbp_wht.wta_crs` layers.
-
-    A subclass defines ``_init_method(config)`` (store and check the config),
-    ``_rows(x (N, Cx), weight (Cy, Cx), bias) -> (N, Cy)`` (the training computation) and
-    ``method_repr()``; the concrete classes only add ``nn.Linear`` / ``nn.Conv2d`` as a base.
-    """
+class PlainShell:
+    """Construction of a converted layer: the plain ``nn.Linear`` / 1x1 ``nn.Conv2d``
+    constructor (or, with :meth:`from_module`, the weight and bias Parameters of an existing
+    module), then ``_init_method(config)``, which the method defines."""
 
     _conv = False
 
@@ -137,7 +117,11 @@ class RowwiseMixin(ConvertedLayer):
         device: object = None,
         dtype: object = None,
     ) -> None:
-        init_plain(self, self._conv, in_features, out_features, bias, device, dtype)
+        kw: dict[str, Any] = dict(bias=bias, device=device, dtype=dtype)
+        if self._conv:
+            nn.Conv2d.__init__(self, in_features, out_features, 1, **kw)  # type: ignore[arg-type]
+        else:
+            nn.Linear.__init__(self, in_features, out_features, **kw)  # type: ignore[arg-type]
         self._init_method(config)
 
     @classmethod
@@ -149,6 +133,15 @@ class RowwiseMixin(ConvertedLayer):
 
     def _init_method(self, config: Any) -> None:
         raise NotImplementedError
+
+
+class RowwiseMixin(PlainShell, ConvertedLayer):
+    """Shared shell of :mod:`lbp_wht.velora` and :mod:`lbp_wht.wta_crs` layers.
+
+    A subclass defines ``_init_method(config)`` (store and check the config),
+    ``_rows(x (N, Cx), weight (Cy, Cx), bias) -> (N, Cy)`` (the training computation) and
+    ``method_repr()``; the concrete classes only add ``nn.Linear`` / ``nn.Conv2d`` as a base.
+    """
 
     def _rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
         raise NotImplementedError

@@ -121,6 +121,7 @@ def test_gradients_match_explicit_formula(method, kind):
 
 
 def _plain_grads(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
+    layer.zero_grad(set_to_none=True)
     gx = _run(layer, x, g)
     return dict(x=gx, **{n: p.grad for n, p in layer.named_parameters() if p.grad is not None})
 
@@ -144,6 +145,29 @@ def test_uncompressed_limit_is_exact_backprop(name):
     assert set(want) == set(got) == {"x", "weight", "bias"}
     for key in want:
         torch.testing.assert_close(got[key], want[key], msg=key)
+
+
+def test_velora_is_exact_when_every_sub_token_lies_on_v():
+    """Sub-tokens c u for one unit u: the first batch sets v = u and x_rec = x exactly."""
+    torch.manual_seed(0)
+    d = 4
+    u = torch.randn(d, dtype=torch.float64)
+    u = u / u.norm()
+    coeff = torch.rand(10, CX // d, dtype=torch.float64) + 0.5  # positive mean: v = +u
+    x = (coeff.unsqueeze(-1) * u).reshape(10, CX)
+    plain = nn.Linear(CX, CY).double()
+    layer = VeLoRALinear.from_module(nn.Linear(CX, CY).double(), VeLoRAConfig(subtoken_size=d))
+    layer.train().load_state_dict(plain.state_dict())
+    g = torch.randn(10, CY, dtype=torch.float64)
+    want, got = _plain_grads(plain, x, g), _plain_grads(layer, x, g)
+    torch.testing.assert_close(layer.velora_v, u)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], msg=key)
+    # and a second batch off that line is not exact: v stays fixed after the first batch
+    other = _input("linear").reshape(10, CX)
+    assert (
+        _plain_grads(layer, other, g)["weight"] - _plain_grads(plain, other, g)["weight"]
+    ).abs().max() > 1e-3
 
 
 def test_lora_fa_equals_lora_with_a_frozen():
