@@ -350,7 +350,9 @@ class WTACRSConfig:
                     "use a smaller keep or keep_fraction"
                 )
             return self.keep
-        return max(1, min(rows, math.ceil(self.keep_fraction * rows)))  # type: ignore[operator]
+        # rounded first, so that 0.1 * 30 (3.0000000000000004 in floating point) keeps 3 rows
+        k = math.ceil(round(self.keep_fraction * rows, 9))  # type: ignore[operator]
+        return max(1, min(rows, k))
 
     def winners(self, kept: int, rows: int) -> int:
         """How many of the ``kept`` rows are taken deterministically (all when ``kept == rows``)."""

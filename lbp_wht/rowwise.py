@@ -4,9 +4,10 @@ A linear layer on ``(..., Cx)`` and a 1x1 convolution on ``(B, Cx, H, W)`` are b
 over ``N`` rows of ``Cx`` channels (``N`` = all leading dims, resp. ``B H W`` positions).
 :func:`to_rows` flattens an input to that ``(N, Cx)`` matrix and gives the inverse for the
 output, so a method's autograd function is written once, for ``(N, Cx) -> (N, Cy)``.
-:class:`RowwiseMixin` is the shared layer shell: construction (fresh or sharing a module's
-``weight`` / ``bias``, so state-dict keys stay those of the plain layer), the input check, and
-the plain operation outside training (eval mode or no grad), where no method changes anything.
+:class:`PlainShell` is the shared construction (fresh, or sharing a module's ``weight`` /
+``bias``, so state-dict keys stay those of the plain layer); :class:`RowwiseMixin` adds the
+input check and the plain operation outside training (eval mode or no grad), where no method
+changes anything.
 :func:`compressed_input_linear` is the autograd function of methods that only change what is
 saved for ``g_w`` (VeLoRA, WTA-CRS): ``g_x`` and ``g_b`` stay exact.
 """

@@ -335,6 +335,14 @@ def test_bad_options_are_clear_errors(method, options, error, match):
     assert type(model[0]) is nn.Linear and model.state_dict().keys() == keys.keys()
 
 
+def test_wta_crs_rows_kept():
+    assert WTACRSConfig(keep_fraction=0.1).rows_kept(30) == 3  # not 4 from 3.0000000000000004
+    assert WTACRSConfig(keep_fraction=0.25).rows_kept(34) == 9
+    assert WTACRSConfig(keep_fraction=0.01).rows_kept(5) == 1
+    assert WTACRSConfig(keep=4).rows_kept(4) == 4
+    assert WTACRSConfig(keep=4).winners(4, 10) == 2 and WTACRSConfig(keep=4).winners(4, 4) == 4
+
+
 def test_wta_crs_keep_above_rows_is_a_clear_error():
     layer = WTACRSLinear(CX, CY, config=WTACRSConfig(keep=11)).train()
     with pytest.raises(ValueError, match=r"keep=11 exceeds the 10 token rows"):
