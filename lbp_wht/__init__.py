@@ -20,7 +20,7 @@ import of torchvision, so ``import lbp_wht, timm`` works there too.
 
 from . import lhe
 from .bases import basis_matrix, lp_l1_rank, select_bases, walsh_matrix
-from .config import LBPConfig, LoRAConfig
+from .config import LBPConfig, LoRAConfig, LoRAFAConfig, VeLoRAConfig, WTACRSConfig
 from .conversion import (
     ALL_LINEAR,
     ConversionReport,
@@ -35,13 +35,19 @@ from .functional import lbp_forward
 from .geometry import MapGeometry
 from .layers import LBPConv2d, LBPLinear
 from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear
+from .lora_fa import LoRAFAConv2d, LoRAFALinear
 from .measure import measure_step
 from .projection import WHTProjector
 from .saving import load_adapted, save_adapted, trainable_state_dict
+from .velora import VeLoRAConv2d, VeLoRALinear
+from .wta_crs import WTACRSConv2d, WTACRSLinear
 
 __all__ = [
     "LBPConfig",
     "LoRAConfig",
+    "LoRAFAConfig",
+    "VeLoRAConfig",
+    "WTACRSConfig",
     "MapGeometry",
     "walsh_matrix",
     "select_bases",
@@ -55,6 +61,12 @@ __all__ = [
     "LoRAConv2d",
     "LBPLoRALinear",
     "LBPLoRAConv2d",
+    "LoRAFALinear",
+    "LoRAFAConv2d",
+    "VeLoRALinear",
+    "VeLoRAConv2d",
+    "WTACRSLinear",
+    "WTACRSConv2d",
     "convert",
     "unconvert",
     "freeze",

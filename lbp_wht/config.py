@@ -19,11 +19,19 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .bases import SELECTIONS, BaseIndex, select_bases
 
-__all__ = ["LBPConfig", "LoRAConfig", "IMPLS", "check_int"]
+__all__ = [
+    "LBPConfig",
+    "LoRAConfig",
+    "LoRAFAConfig",
+    "VeLoRAConfig",
+    "WTACRSConfig",
+    "IMPLS",
+    "check_int",
+]
 
 #: Implementations of the projection (same values, different speed; see ``WHTProjector``).
 IMPLS = ("auto", "dense", "patch")
@@ -205,8 +213,10 @@ class LBPConfig:
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
-    """LoRA adapters ``y = x w^T + b + (alpha / rank) B A dropout(x)`` (Hu et al. 2022)."""
+class _LowRankAdapter:
+    """``rank`` and ``alpha`` of an adapter ``(alpha / rank) B A`` (LoRA, LoRA-FA)."""
+
+    _NAME: ClassVar[str] = "LoRA"
 
     rank: int = field(
         default=8,
@@ -216,6 +226,24 @@ class LoRAConfig:
         default=8.0,
         metadata={"help": "Scaling numerator: the adapter output is multiplied by alpha / rank."},
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", check_int(self.rank, f"{self._NAME} rank", 1))
+        object.__setattr__(self, "alpha", _check_real(self.alpha, f"{self._NAME} alpha"))
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / rank``."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoRAConfig(_LowRankAdapter):
+    """LoRA adapters ``y = x w^T + b + (alpha / rank) B A dropout(x)`` (Hu et al. 2022)."""
+
     dropout: float = field(
         default=0.0,
         metadata={
@@ -225,17 +253,112 @@ class LoRAConfig:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rank", check_int(self.rank, "LoRA rank", 1))
-        object.__setattr__(self, "alpha", _check_real(self.alpha, "LoRA alpha"))
+        super().__post_init__()
         p = _check_real(self.dropout, "LoRA dropout")
         if not 0.0 <= p < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {p}")
         object.__setattr__(self, "dropout", p)
 
-    @property
-    def scaling(self) -> float:
-        """``alpha / rank``."""
-        return self.alpha / self.rank
+
+@dataclass(frozen=True)
+class LoRAFAConfig(_LowRankAdapter):
+    """LoRA-FA adapters (Zhang et al. 2023): ``y = x w^T + b + (alpha / rank) (x A^T) B^T`` with
+    ``A`` frozen at its random initialisation and only ``B`` trained (see
+    :mod:`lbp_wht.lora_fa`). No dropout: a dropout mask on ``x`` would have to be saved at full
+    size, which is what LoRA-FA avoids."""
+
+    _NAME: ClassVar[str] = "LoRA-FA"
+
+
+@dataclass(frozen=True)
+class VeLoRAConfig:
+    """VeLoRA (Miles et al. 2024): the input saved for ``g_w`` is cut into sub-tokens of
+    ``subtoken_size`` consecutive channels, each stored as one coefficient on a fixed unit
+    vector ``v`` (see :mod:`lbp_wht.velora`)."""
+
+    subtoken_size: int = field(
+        default=16,
+        metadata={
+            "help": "d, the channels per sub-token; must divide the layer's input channels. "
+            "The saved activation shrinks by the factor d (d = 1 is exact backprop)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "subtoken_size", check_int(self.subtoken_size, "VeLoRA subtoken_size", 1)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WTACRSConfig:
+    """WTA-CRS (Liu et al. 2023): ``g_w = g_y^T x`` estimated from ``k`` of the ``N`` token rows
+    of ``x`` (see :mod:`lbp_wht.wta_crs`). Give ``keep`` (k) or ``keep_fraction`` (k = ceil(
+    fraction N) per call), not both; neither means ``keep_fraction=0.3``."""
+
+    keep: int | None = field(
+        default=None,
+        metadata={
+            "help": "k, the number of token rows kept for g_w (an error at run time if a "
+            "call has fewer than k rows)."
+        },
+    )
+    keep_fraction: float | None = field(
+        default=None,
+        metadata={"help": "k as a fraction of the call's rows, in (0, 1]: k = ceil(f N)."},
+    )
+    winner_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of the k kept rows taken deterministically (the highest-probability "
+            "'winners'), in [0, 1); the rest are sampled, so the estimator stays unbiased."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.keep is not None and self.keep_fraction is not None:
+            raise ValueError(
+                f"WTA-CRS: give keep (k rows) or keep_fraction, not both (got keep={self.keep}, "
+                f"keep_fraction={self.keep_fraction})"
+            )
+        if self.keep is not None:
+            set_(self, "keep", check_int(self.keep, "WTA-CRS keep", 1))
+        else:
+            f = 0.3 if self.keep_fraction is None else self.keep_fraction
+            f = _check_real(f, "WTA-CRS keep_fraction")
+            if not 0.0 < f <= 1.0:
+                raise ValueError(f"WTA-CRS keep_fraction must be in (0, 1], got {f}")
+            set_(self, "keep_fraction", f)
+        w = _check_real(self.winner_fraction, "WTA-CRS winner_fraction")
+        if not 0.0 <= w < 1.0:
+            raise ValueError(
+                f"WTA-CRS winner_fraction must be in [0, 1) (1 would keep only the top rows: "
+                f"a biased estimator), got {w}"
+            )
+        set_(self, "winner_fraction", w)
+
+    def rows_kept(self, rows: int) -> int:
+        """``k`` for a call with ``rows`` token rows (``ValueError`` if ``keep`` exceeds them)."""
+        if self.keep is not None:
+            if self.keep > rows:
+                raise ValueError(
+                    f"WTA-CRS keep={self.keep} exceeds the {rows} token rows of this call; "
+                    "use a smaller keep or keep_fraction"
+                )
+            return self.keep
+        # rounded first, so that 0.1 * 30 (3.0000000000000004 in floating point) keeps 3 rows
+        k = math.ceil(round(self.keep_fraction * rows, 9))  # type: ignore[operator]
+        return max(1, min(rows, k))
+
+    def winners(self, kept: int, rows: int) -> int:
+        """How many of the ``kept`` rows are taken deterministically (all when ``kept == rows``)."""
+        if kept >= rows:
+            return rows
+        return min(kept, int(self.winner_fraction * kept))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,7 @@
 """Model conversion as data, peft-style: ``convert`` / ``unconvert`` / ``freeze`` / summaries.
 
-A rule is a dict ``dict(target="<glob>" | "all-linear", method="lbp" | "lora" | "lbp_lora",
-**options)``. The glob (``fnmatch``, ``*`` also matches dots) runs over the qualified names of
+A rule is a dict ``dict(target="<glob>" | "all-linear", method="lbp" | "lora" | "lbp_lora" |
+"lora_fa" | "velora" | "wta_crs", **options)``. The glob (``fnmatch``, ``*`` also matches dots) runs over the qualified names of
 ``model.named_modules()``. ``"all-linear"`` targets every ``nn.Linear`` and 1x1 ``nn.Conv2d``
 and skips, with a report line each, what cannot be converted: other convolutions (patch
 embeddings, depthwise and strided convs), the task head (``get_classifier()`` / ``head`` /
@@ -16,6 +16,10 @@ Rule options (each has one name; see :class:`~lbp_wht.config.LBPConfig` and
 LBP-WHT              ``selection``, ``radius``, ``num_bases``, ``bases``, ``order``,
                      ``padding``, ``impl`` (or ``lbp=LBPConfig(...)``)
 LoRA                 ``lora_rank``, ``lora_alpha``, ``lora_dropout`` (or ``lora=LoRAConfig``)
+LoRA-FA              ``lora_rank``, ``lora_alpha`` (or ``lora_fa=LoRAFAConfig(...)``)
+VeLoRA               ``subtoken_size`` (or ``velora=VeLoRAConfig(...)``)
+WTA-CRS              ``keep``, ``keep_fraction``, ``winner_fraction`` (or
+                     ``wta_crs=WTACRSConfig(...)``)
 geometry             ``layout``, ``prefix_tokens``, ``hw`` (rarely needed: the dry forward
                      on ``example_input`` and the adapters of :mod:`lbp_wht.adapters` find them)
 ===================  =====================================================================
@@ -45,10 +49,19 @@ from torch.utils._pytree import tree_map
 
 from .adapters import GeometryPlan, plan_geometry, remove_geometry_hooks
 from .callsite import redirect_call_sites, remove_call_sites
-from .config import LBPConfig, LoRAConfig
+from .config import LBPConfig, LoRAConfig, LoRAFAConfig, VeLoRAConfig, WTACRSConfig
 from .geometry import MapGeometry, MapSource, TracedMapSource, record_input_size
-from .layers import BatchNormGuard, LBPConv2d, LBPLinear, LBPMixin, conv1x1_problem, shell_like
+from .layers import (
+    BatchNormGuard,
+    ConvertedLayer,
+    LBPConv2d,
+    LBPLinear,
+    LBPMixin,
+    conv1x1_problem,
+    shell_like,
+)
 from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear, LoRAMixin
+from .lora_fa import LoRAFAConv2d, LoRAFALinear
 from .tracing import (
     LayerTrace,
     call_model,
@@ -57,6 +70,8 @@ from .tracing import (
     preserved,
     trace_layers,
 )
+from .velora import VeLoRAConv2d, VeLoRALinear, VeLoRAMixin
+from .wta_crs import WTACRSConv2d, WTACRSLinear
 
 __all__ = [
     "convert",
@@ -79,6 +94,9 @@ CONVERSIONS: dict[str, tuple[type, type]] = {
     "lbp": (LBPLinear, LBPConv2d),
     "lora": (LoRALinear, LoRAConv2d),
     "lbp_lora": (LBPLoRALinear, LBPLoRAConv2d),
+    "lora_fa": (LoRAFALinear, LoRAFAConv2d),
+    "velora": (VeLoRALinear, VeLoRAConv2d),
+    "wta_crs": (WTACRSLinear, WTACRSConv2d),
 }
 #: The target that selects every convertible layer.
 ALL_LINEAR = "all-linear"
@@ -87,6 +105,18 @@ _LBP_KEYS = ("selection", "radius", "num_bases", "bases", "order", "padding", "i
 _LORA_KEYS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 _GEOMETRY_KEYS = ("layout", "prefix_tokens", "hw")
 _COMMON_KEYS = ("target", "method", "exclude")
+#: The successor methods: method -> (config class, rule key -> config field). Each also takes
+#: its config object under the method's own name (``velora=VeLoRAConfig(...)``).
+_SUCCESSORS: dict[str, tuple[type, dict[str, str]]] = {
+    "lora_fa": (LoRAFAConfig, {"lora_rank": "rank", "lora_alpha": "alpha"}),
+    "velora": (VeLoRAConfig, {"subtoken_size": "subtoken_size"}),
+    "wta_crs": (
+        WTACRSConfig,
+        {"keep": "keep", "keep_fraction": "keep_fraction", "winner_fraction": "winner_fraction"},
+    ),
+}
+#: Methods that need no map (their layers work on token rows, wherever they are).
+_MAPLESS = ("lora", *_SUCCESSORS)
 
 
 def _legacy(method: str) -> dict[str, str]:
@@ -104,6 +134,8 @@ def _valid_keys(method: str) -> list[str]:
         keys += [*_LBP_KEYS, *_GEOMETRY_KEYS, "lbp"]
     if method in ("lora", "lbp_lora"):
         keys += [*_LORA_KEYS, "lora"]
+    if method in _SUCCESSORS:
+        keys += [*_SUCCESSORS[method][1], method]
     return keys
 
 
@@ -118,6 +150,8 @@ class Rule:
     lbp: LBPConfig | None = None
     lora: LoRAConfig | None = None
     geometry: dict[str, Any] = field(default_factory=dict)
+    #: the config of a successor method (LoRAFAConfig, VeLoRAConfig, WTACRSConfig)
+    options: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The rule in canonical keys, JSON-ready; ``parse_rule`` of it gives the same rule."""
@@ -133,6 +167,10 @@ class Rule:
             d.update({k: v for k, v in lbp.items() if v is not None})
         if self.lora is not None:
             d.update({k: getattr(self.lora, f) for k, f in _LORA_KEYS.items()})
+        if self.options is not None:
+            names = _SUCCESSORS[self.method][1]
+            values = {k: getattr(self.options, f) for k, f in names.items()}
+            d.update({k: v for k, v in values.items() if v is not None})
         for k, v in self.geometry.items():
             d[k] = list(v) if isinstance(v, tuple) else v
         return d
@@ -199,6 +237,10 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
             lbp = _config_from(opts, "lbp", LBPConfig, {k: k for k in _LBP_KEYS}, where)
         if method in ("lora", "lbp_lora"):
             lora = _config_from(opts, "lora", LoRAConfig, _LORA_KEYS, where)
+        options = None
+        if method in _SUCCESSORS:
+            cls, names = _SUCCESSORS[method]
+            options = _config_from(opts, method, cls, names, where)
         geometry = {k: opts.pop(k) for k in _GEOMETRY_KEYS if k in opts}
         if geometry:
             MapGeometry(**{**geometry, "hw": geometry.get("hw")})  # validate now
@@ -206,7 +248,7 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
                 geometry["hw"] = tuple(int(v) for v in geometry["hw"])
     except (TypeError, ValueError) as err:
         raise type(err)(f"{where}: {err}") from err
-    return Rule(index, target, method, tuple(exclude), lbp, lora, geometry)
+    return Rule(index, target, method, tuple(exclude), lbp, lora, geometry, options)
 
 
 def _config_from(
@@ -413,7 +455,7 @@ def _decide(
             parent = parents.pop()
             if not name.startswith(parent + ".") and parent != "":
                 return f"its weight is applied directly by {parent!r}, which does not contain it"
-    if rule.method == "lora":
+    if rule.method in _MAPLESS:
         return _Decision(None, "no map needed", parent)
     order = rule.lbp.order if rule.lbp is not None else 8
     if rule.geometry:
@@ -549,7 +591,7 @@ def convert(
                     f"module {name!r} is targeted by rule {planned[name][0].index} and rule "
                     f"{rule.index}; make the globs disjoint"
                 )
-            if isinstance(module, LBPMixin | LoRAMixin):
+            if isinstance(module, ConvertedLayer):
                 if every:
                     skip(f"already converted ({type(module).__name__})")
                     continue
@@ -562,8 +604,8 @@ def convert(
                 skip("task head (the model's classifier); target it explicitly to convert it")
                 continue
             adapted = plan.geometry_for(name) if plan is not None else None
-            if isinstance(adapted, str) and rule.method == "lora":
-                adapted = None  # plain LoRA needs no map
+            if isinstance(adapted, str) and rule.method in _MAPLESS:
+                adapted = None  # plain LoRA and the successor methods need no map
             if isinstance(adapted, str) and every:  # the family adapter says: not a map
                 skip(adapted)
                 continue
@@ -610,6 +652,8 @@ def convert(
         try:
             if rule.method == "lora":
                 new = cls.from_module(old, rule.lora)
+            elif rule.method in _SUCCESSORS:
+                new = cls.from_module(old, rule.options)
             elif rule.method == "lbp":
                 new = cls.from_module(old, rule.lbp, geometry=decision.geometry)
             else:
@@ -723,6 +767,8 @@ def _verify(model: nn.Module, example: Any, built: list) -> None:
     idle = [name for name, new, _r, _d in built if new.converted_calls == 0]
     for _name, new, _rule, _decision in built:
         new.converted_calls = 0
+        if isinstance(new, VeLoRAMixin):
+            new.reset_projection()  # v comes from the first training batch, not the dry forward
     if idle:
         raise RuntimeError(
             f"convert: {len(idle)} converted layers did not run their converted path on the "
@@ -750,7 +796,7 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
         raise ValueError(f"unconvert: lora must be 'merge' or 'drop', got {lora!r}")
     restored = []
     for name, module in list(model.named_modules()):
-        if not name or not isinstance(module, LBPMixin | LoRAMixin):
+        if not name or not isinstance(module, ConvertedLayer):
             continue
         if isinstance(module, LoRAMixin):
             module.merge() if lora == "merge" else module.unmerge()
@@ -769,8 +815,8 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
 def freeze(model: nn.Module, trainable: Sequence[str], strict: bool = True) -> list[str]:
     """Make exactly the parameters whose names match a glob in ``trainable`` trainable.
 
-    LoRA layers stay adapters-only: their base ``weight``/``bias`` are frozen even when a
-    pattern matches them. A pattern that matches no parameter raises ``ValueError`` with the
+    LoRA layers stay adapters-only: their base ``weight``/``bias`` (and LoRA-FA's ``lora_A``)
+    are frozen even when a pattern matches them. A pattern that matches no parameter raises ``ValueError`` with the
     closest parameter names (``strict=False`` skips it).
 
     Returns:
@@ -795,9 +841,10 @@ def freeze(model: nn.Module, trainable: Sequence[str], strict: bool = True) -> l
         p.requires_grad_(any(fnmatchcase(name, pat) for pat in trainable))
     for module in model.modules():
         if isinstance(module, LoRAMixin):
-            module.weight.requires_grad_(False)
-            if module.bias is not None:
-                module.bias.requires_grad_(False)
+            for frozen in module.FROZEN:
+                p = getattr(module, frozen)
+                if p is not None:
+                    p.requires_grad_(False)
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 

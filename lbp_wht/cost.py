@@ -40,6 +40,12 @@ share of ``g_x``; its extra *forward* is ``2 k L (Cx + Cy)`` (reported separatel
 forward, not backprop). LBP-WHT + LoRA (Table 6) does all of that in the low-rank space
 (see :mod:`lbp_wht.functional`).
 
+The successor methods (:mod:`lbp_wht.lora_fa`, :mod:`lbp_wht.velora`, :mod:`lbp_wht.wta_crs`)
+are costed as executed: LoRA-FA is LoRA without ``g_A`` (:func:`lora_fa_flops`); VeLoRA is
+vanilla BP (``g_w`` on the reconstructed input) plus ``2 L Cx`` training-forward FLOPs for the
+sub-token coefficients (its ``projection``); WTA-CRS computes ``g_w`` from ``k`` of the ``L`` rows
+(:func:`wta_crs_flops`).
+
 Bias gradients (a sum over tokens) and the ``1 / n^2`` scaling of ``g_hat`` are elementwise and
 not counted, in line with Table 1 and the FLOP counter.
 
@@ -64,6 +70,9 @@ __all__ = [
     "lbp_flops",
     "lora_flops",
     "lbp_lora_flops",
+    "lora_fa_flops",
+    "velora_flops",
+    "wta_crs_flops",
     "table1",
     "layer_cost",
     "trace_linear_layers",
@@ -225,6 +234,54 @@ def lora_flops(
     )
 
 
+def lora_fa_flops(
+    cx: int, cy: int, tokens: int, lora_rank: int, *, need_input_grad: bool = True
+) -> LayerCost:
+    """Backprop FLOPs of a LoRA-FA layer (frozen ``w`` and ``A``, trained ``B``).
+
+    ``g_B = s g_y^T (x A^T)`` (``2 Cy k L``); where ``x`` needs a gradient also ``g_y w``
+    (``2 Cx Cy L``, ``vanilla``) and ``s (g_y B) A`` (``2 L Cy k + 2 L k Cx``). No ``g_A``.
+    ``forward_extra = 2 k L (Cx + Cy)`` as LoRA's.
+    """
+    k = lora_rank
+    adapter = 2.0 * k * tokens * cy + (2.0 * k * tokens * (cy + cx) if need_input_grad else 0)
+    return LayerCost(
+        vanilla=2.0 * cx * cy * tokens if need_input_grad else 0.0,
+        adapter=adapter,
+        forward_extra=2.0 * k * tokens * (cx + cy),
+    )
+
+
+def velora_flops(
+    cx: int, cy: int, tokens: int, *, need_input_grad: bool = True, need_weight_grad: bool = True
+) -> LayerCost:
+    """VeLoRA: vanilla BP (``g_w`` is the full GEMM on the reconstructed input; the
+    reconstruction is elementwise) plus ``projection = 2 L Cx`` for the sub-token coefficients
+    (only where ``g_w`` is needed). Like LBP-WHT's projection of ``x``, that GEMM runs in the
+    training forward and counts as backprop work (``StepMeasurement.backprop_flops``)."""
+    out = vanilla_bp_flops(
+        cx, cy, tokens, need_input_grad=need_input_grad, need_weight_grad=need_weight_grad
+    )
+    out.projection = 2.0 * tokens * cx if need_weight_grad else 0.0
+    return out
+
+
+def wta_crs_flops(
+    cx: int,
+    cy: int,
+    tokens: int,
+    kept: int,
+    *,
+    need_input_grad: bool = True,
+    need_weight_grad: bool = True,
+) -> LayerCost:
+    """WTA-CRS: ``g_x = g_y w`` on all ``L`` rows (``2 Cx Cy L``), ``g_w`` from the ``k`` kept
+    rows (``2 Cx Cy k``), both reported as ``vanilla`` (plain GEMMs). Row norms, sampling and
+    the row weights are elementwise and not counted."""
+    mm = 2.0 * cx * cy
+    return LayerCost(vanilla=mm * (tokens * int(need_input_grad) + kept * int(need_weight_grad)))
+
+
 def lbp_lora_flops(
     cx: int,
     cy: int,
@@ -307,7 +364,9 @@ class LayerGeometry:
     ``tokens``: rows of the GEMM (batch x spatial/tokens, leading dims flattened);
     ``images``: the batch size the call belonged to (for per-image figures);
     ``method``: ``plain`` / ``lbp`` / ``lora`` / ``lbp_lora``; ``hw``, ``rank``, ``patches``,
-    ``proj_tokens``, ``extra_tokens`` for LBP layers; ``lora_rank`` for LoRA layers.
+    ``proj_tokens``, ``extra_tokens`` for LBP layers; ``lora_rank`` for LoRA (and LoRA-FA)
+    layers; ``kept_rows`` (``k``) for WTA-CRS layers that compute ``g_w``. ``method`` is also
+    ``lora_fa``, ``velora`` or ``wta_crs`` (those run plain in eval mode / without grad).
     ``need_input_grad`` / ``need_weight_grad``: whether backprop computes ``g_x`` / ``g_w``.
     """
 
@@ -328,13 +387,23 @@ class LayerGeometry:
     lora_rank: int | None = None
     bias_row: bool = False
     proj_macs: tuple[int, int, int, int] | None = None
+    kept_rows: int | None = None
+
+
+_LORA_LIKE = ("lora", "lbp_lora", "lora_fa")
 
 
 def _method_of(module: nn.Module) -> str:
     # Local imports keep this module importable on its own and avoid import cycles.
     from .layers import LBPMixin
     from .lora import LoRAMixin
+    from .lora_fa import LoRAFAMixin
+    from .velora import VeLoRAMixin
+    from .wta_crs import WTACRSMixin
 
+    for cls, name in ((LoRAFAMixin, "lora_fa"), (VeLoRAMixin, "velora"), (WTACRSMixin, "wta_crs")):
+        if isinstance(module, cls):
+            return name
     is_lbp, is_lora = isinstance(module, LBPMixin), isinstance(module, LoRAMixin)
     if is_lbp and is_lora:
         return "lbp_lora"
@@ -396,8 +465,16 @@ def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
                 proj_macs=geom.proj_macs,
             )
         return one.scaled(images)
+    if geom.method == "lora_fa":
+        return lora_fa_flops(geom.cx, geom.cy, geom.tokens, geom.lora_rank or 0, need_input_grad=nx)
     if geom.method in ("lora", "lbp_lora"):
         return lora_flops(geom.cx, geom.cy, geom.tokens, geom.lora_rank or 0, need_input_grad=nx)
+    if geom.method == "velora":
+        return velora_flops(geom.cx, geom.cy, geom.tokens, need_input_grad=nx, need_weight_grad=nw)
+    if geom.method == "wta_crs" and geom.kept_rows is not None:
+        return wta_crs_flops(
+            geom.cx, geom.cy, geom.tokens, geom.kept_rows, need_input_grad=nx, need_weight_grad=nw
+        )
     return vanilla_bp_flops(geom.cx, geom.cy, geom.tokens, need_input_grad=nx, need_weight_grad=nw)
 
 
@@ -433,8 +510,11 @@ class LinearLayerTracer:
             cy, cx = int(w.shape[0]), int(w.shape[1])
             grad_on = torch.is_grad_enabled()
             nx = bool(grad_on and x.requires_grad)
-            nw = bool(grad_on and w.requires_grad and method in ("plain", "lbp"))
-            if method in ("lora", "lbp_lora"):
+            weight_methods = ("plain", "lbp", "velora", "wta_crs")
+            nw = bool(grad_on and w.requires_grad and method in weight_methods)
+            if method in ("velora", "wta_crs") and not (grad_on and module.training):
+                method = "plain"  # these layers run plain outside training
+            if method in _LORA_LIKE:
                 adapters = module.lora_A.requires_grad or module.lora_B.requires_grad
                 nw = False
                 if not (grad_on and (adapters or nx)):
@@ -444,8 +524,10 @@ class LinearLayerTracer:
             else:
                 kind, tokens = "linear", x.numel() // x.shape[-1]
             geom = LayerGeometry(name, kind, method, cx, cy, tokens, nx, nw)
-            if method in ("lora", "lbp_lora"):
+            if method in _LORA_LIKE:
                 geom.lora_rank = int(module.lora_rank)
+            if method == "wta_crs" and nw:
+                geom.kept_rows = module.wta_config.rows_kept(tokens)
             # The layer's public plan: None when it runs plain (eval, no grad), no projector
             # while LHE still profiles (costed as plain, rank None).
             plan = module.lbp_plan(x) if method in ("lbp", "lbp_lora") else None
@@ -471,6 +553,8 @@ class LinearLayerTracer:
                 self.found[name] = geom
             else:
                 old.tokens += geom.tokens
+                if geom.kept_rows is not None:
+                    old.kept_rows = (old.kept_rows or 0) + geom.kept_rows
                 old.calls += 1
                 old.need_input_grad |= geom.need_input_grad
                 old.need_weight_grad |= geom.need_weight_grad
@@ -518,7 +602,7 @@ def model_cost(
     """
     out: dict[str, LayerCost] = {}
     for g in geoms:
-        if g.method in ("lora", "lbp_lora"):
+        if g.method in _LORA_LIKE:
             if not _adapters_train(model, g.name) and not g.need_input_grad:
                 continue
         elif not (g.need_input_grad or g.need_weight_grad):

@@ -40,6 +40,8 @@ class LoRAMixin(ConvertedLayer):
     """Adapter parameters, dropout and merging, shared by the linear and the 1x1-conv variant."""
 
     _conv = False
+    #: parameters :func:`lbp_wht.freeze` keeps frozen whatever the patterns say
+    FROZEN: tuple[str, ...] = ("weight", "bias")
 
     def _init_lora(self, config: LoRAConfig | None) -> None:
         config = LoRAConfig() if config is None else config

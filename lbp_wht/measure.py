@@ -548,8 +548,8 @@ def measure_step(
         forward_context: a context manager entered around the counted training forward only
             (e.g. :class:`lbp_wht.cost.LinearLayerTracer`, to trace the same pass).
 
-    Without LBP-WHT layers the no-grad forward would equal the training forward (no layer
-    does forward work for the backward), so it is not run and ``forward_nograd_flops`` is set to
+    Without LBP-WHT, VeLoRA or WTA-CRS layers the no-grad forward would equal the training
+    forward (no layer does forward work for the backward), so it is not run and ``forward_nograd_flops`` is set to
     the counted training forward.
 
     Returns:
@@ -572,8 +572,12 @@ def measure_step(
     t0 = time.perf_counter()
 
     from .layers import LBPMixin
+    from .rowwise import RowwiseMixin
 
     has_lbp = any(isinstance(m, LBPMixin) for m in model.modules())
+    # Layers whose training forward differs from inference (VeLoRA's coefficients, WTA-CRS's
+    # row selection): the no-grad forward is run for them too.
+    differs = has_lbp or any(isinstance(m, RowwiseMixin) for m in model.modules())
     if warmup is None:
         warmup = 1 if has_lbp else 0
     for _ in range(warmup):
@@ -582,10 +586,10 @@ def measure_step(
         p.grad = None
 
     # (2) inference forward of the same model (only LBP-WHT layers behave differently).
-    nograd_ew = ElementwiseCounter() if elementwise and has_lbp else None
+    nograd_ew = ElementwiseCounter() if elementwise and differs else None
     fwd_nograd_mod: dict[str, int] | None = None
     fwd_nograd = None
-    if has_lbp:
+    if differs:
         with torch.no_grad():
             with flop_counter() as c0, ModuleAttribution(model) as a0:
                 if nograd_ew is not None:
@@ -672,7 +676,7 @@ def measure_step(
         forward_elementwise=ew_f.total if ew_f else 0,
         backward_elementwise=ew_b.total if ew_b else 0,
         forward_nograd_elementwise=(
-            nograd_ew.total if nograd_ew else (ew_f.total if ew_f and not has_lbp else 0)
+            nograd_ew.total if nograd_ew else (ew_f.total if ew_f and not differs else 0)
         ),
         backward_elementwise_by_op=dict(ew_b.by_op) if ew_b else {},
         saved_activation_bytes=tracker.activation_bytes,

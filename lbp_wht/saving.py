@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_map
 
 from .conversion import ConversionReport, convert
 from .io import atomic_write
-from .layers import BASES_KEY, LBPMixin
+from .layers import BASES_KEY, ConvertedLayer
 from .lora import LoRAMixin
 from .tracing import example_from_spec
 
@@ -54,8 +54,14 @@ def rules_path(path: str | os.PathLike) -> Path:
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state-dict entries of trainable parameters, plus LHE-chosen bases (``lbp_bases``)."""
+    """The state-dict entries of trainable parameters, plus LHE-chosen bases (``lbp_bases``) and
+    the frozen random ``lora_A`` of LoRA-FA layers (a fresh conversion would draw another)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names |= {
+        f"{n}.lora_A"
+        for n, m in model.named_modules()
+        if isinstance(m, LoRAMixin) and "lora_A" in m.FROZEN
+    }
     state = model.state_dict()
     return {
         k: v
@@ -114,7 +120,7 @@ def save_adapted(
 
 def converted_names(model: nn.Module) -> list[str]:
     """Qualified names of the converted layers of ``model``, sorted."""
-    return sorted(n for n, m in model.named_modules() if isinstance(m, LBPMixin | LoRAMixin))
+    return sorted(n for n, m in model.named_modules() if isinstance(m, ConvertedLayer))
 
 
 def _sha256(path: Path) -> str:
@@ -156,7 +162,7 @@ def load_adapted(
     """
     path = Path(path)
     meta = _read_meta(path)
-    if any(isinstance(m, LBPMixin | LoRAMixin) for m in model.modules()):
+    if any(isinstance(m, ConvertedLayer) for m in model.modules()):
         raise ValueError("load_adapted: the model is already converted; pass a fresh base model")
     if not path.is_file():
         raise FileNotFoundError(f"load_adapted: tensor file {path} not found")

@@ -31,11 +31,15 @@ CORE = frozenset(
         "layers",
         "lhe",
         "lora",
+        "lora_fa",
         "losa",
         "measure",
         "projection",
+        "rowwise",
         "saving",
         "tracing",
+        "velora",
+        "wta_crs",
     }
 )
 #: The only packages outside the standard library that the core may import.
