@@ -33,21 +33,12 @@ Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.
   (3 x 8, scaling still 1). "LoRA" = attention projections only; "LoRA-all" = every layer
   that LBP-WHT converts.
 
-Method semantics, built from each method's flags (:mod:`lbp_wht.experiments.methods`:
-``conversion`` and ``layers`` give the rules, ``trains`` the trainable globs given to
-:func:`lbp_wht.freeze`; nothing here names a method):
-
-=================== =============================== ==================================
-method              rules                           trainable
-=================== =============================== ==================================
-head_only           none                            task head only (linear probe)
-full_bp             none                            every parameter in scope
-lbp_wht             LBP on the preset's layers      every parameter in scope
-lora                LoRA on attention projections   adapters + task head
-lora_all            LoRA on the preset's layers     adapters + task head
-losa                none (a side network, below)    side network ``losa.*`` + task head
-lbp_wht+lora_all    LBP-LoRA on the preset's layers adapters + task head
-=================== =============================== ==================================
+Method semantics come from each method's flags (:data:`~lbp_wht.experiments.methods.METHOD_SPECS`,
+whose docstring tables them): ``conversion`` and ``layers`` give the rules (the core's rule
+method on the attention projections or on every layer of the model's table), ``trains`` the
+trainable globs given to :func:`lbp_wht.freeze`: ``head`` the task head only, ``scope`` every
+parameter in scope, ``adapters`` the LoRA adapters + task head, ``side`` the side network
+``losa.*`` + task head. Nothing here names a method.
 
 ``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`; not a paper row) converts nothing: the
 builder attaches a side network whose taps are the last stage's blocks
