@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lbp_wht.experiments.vocab import method_spec
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
@@ -201,7 +202,9 @@ def printed_cells(table: int, rows: Sequence[dict[str, Any]]) -> list[dict[str, 
             r=r.get("r") or "",
         )
         p_sp = _num(r.get("paper_speedup"))
-        printed_sp = r.get("paper_speedup_source") == "paper" and r["method"] != "full_bp"
+        printed_sp = (
+            r.get("paper_speedup_source") == "paper" and not method_spec(r["method"]).reference
+        )
         for column, paper, key in (
             ("MFLOPs", _num(r.get("paper_mflops")), "mflops"),
             ("speedup", p_sp if printed_sp else None, "speedup"),
@@ -265,7 +268,7 @@ class CellHypotheses:
         full_ew = _num(full["elementwise_backward_m"]) if full else None
         if mflops is not None and ew is not None:
             put("H1", mflops + ew, (full_mf or 0) + (full_ew or 0) or None)
-        if str(cell["method"]).startswith("lbp_wht"):
+        if method_spec(cell["method"]).has_bases:
             put("H2", _num(row[f"{pre}t1conv_mflops"]), full_mf)
         out += self._from_files(cell)
         return out
@@ -288,7 +291,7 @@ class CellHypotheses:
                 v = _num(h.get(f"{hid}_speedup" if speedup else hid)) if h else None
                 if v is not None:
                     out.append((hid, v))
-        if t == 2 and scope == "partial" and method == "full_bp" and not speedup:
+        if t == 2 and scope == "partial" and method_spec(method).reference and not speedup:
             h = find("hypotheses_full_bp", model=model)
             if h and _num(h.get("H3")) is not None:
                 out.append(("H3", _num(h["H3"])))
@@ -328,7 +331,7 @@ def agreement_rows(
         full_ratio = {
             (r["model"], r["scope"]): _num(r.get("ratio_mflops"))
             for r in tables.get(t, [])
-            if r["method"] == "full_bp"
+            if method_spec(r["method"]).reference
         }
         for c in printed_cells(t, tables.get(t, [])):
             ranked = sorted(
@@ -616,7 +619,7 @@ def _v2_full_ratios(tables: dict[int, list[dict[str, str]]]) -> list[dict[str, A
     vals: dict[tuple[str, str], dict[str, Any]] = {}
     for t in (2, 5):
         for r in tables.get(t, []):
-            if r["model"].startswith("efficientformerv2") and r["method"] == "full_bp":
+            if r["model"].startswith("efficientformerv2") and method_spec(r["method"]).reference:
                 x = as_number(r["ratio_mflops"])
                 if x is not None:
                     vals.setdefault(
@@ -633,7 +636,7 @@ def _swin_rows(t2: list[dict[str, str]], t5: list[dict[str, str]]) -> list[dict[
         for rows in (t2, t5)
         for r in rows
         if r["model"] == "swinv2-small-w8"
-        and r["method"] == "lbp_wht"
+        and method_spec(r["method"]).bases_only
         and r["in_paper"] == "True"
         and (r["paper_mflops"] or r["paper_speedup_source"] == "paper")
     ]
@@ -673,12 +676,12 @@ def _v2_facts(hv2: list[dict[str, str]], paper: list[dict[str, str]]) -> dict[st
         paperto_mflops("7", "efficientformer-l1", "partial", "full_bp"),
     )
     return dict(
-        ds_full_bp_dev=max(_dev(r["V2-DS_ratio"]) for r in ds if r["method"] == "full_bp"),
-        ds_fits=[typed(r) for r in ds if r["method"] != "full_bp" and _dev(r["V2-DS_ratio"]) <= 10],
+        ds_full_bp_dev=max(_dev(r["V2-DS_ratio"]) for r in ds if method_spec(r["method"]).reference),
+        ds_fits=[typed(r) for r in ds if not method_spec(r["method"]).reference and _dev(r["V2-DS_ratio"]) <= 10],
         ds_misses=[typed(r) for r in ds if _dev(r["V2-DS_ratio"]) > 10],
         ffn_lp2=[as_number(r["V2-FFN_ratio"]) for r in part
-                 if r["method"] == "lbp_wht" and r["r"] == "2" and as_number(r.get("V2-FFN_ratio"))],
-        lp2=[typed(r) for r in part if r["method"] == "lbp_wht" and r["r"] == "2"],
+                 if method_spec(r["method"]).bases_only and r["r"] == "2" and as_number(r.get("V2-FFN_ratio"))],
+        lp2=[typed(r) for r in part if method_spec(r["method"]).bases_only and r["r"] == "2"],
         s0_la=typed(la) if la else None,
         s0_la_over_fb=(as_number(la["authors"]) / as_number(fb["corrected"])) if la and fb else None,
         paper_la_over_fb=la_over_fb,
@@ -691,13 +694,13 @@ def _seg_facts(hseg: list[dict[str, str]]) -> dict[str, Any]:
     half-crop deviations in full training, the LoRA rows under each freeze."""
     if not hseg:
         return {}
-    fit = [r for r in hseg if r["method"] in ("full_bp", "lbp_wht")]
+    fit = [r for r in hseg if method_spec(r["method"]).trains == "scope"]
     crop = [_dev(r["ratio_256x512"]) for r in fit if r["scope"] == "full"]
     return dict(
         half_max_dev=max(_dev(r["ratio_authors_half"]) for r in fit),
         crop_full_min=min(crop),
         crop_full_max=max(crop),
-        lora=[typed(r) for r in hseg if r["method"] in ("lora", "lora_all")],
+        lora=[typed(r) for r in hseg if method_spec(r["method"]).lora_only],
     )
 
 
@@ -709,7 +712,7 @@ def _gx_effect(tables: dict[int, list[dict[str, str]]]) -> float | None:
         _dev(as_number(r["authors_mflops"]) / as_number(r["ours_mflops"]))
         for t in (2, 5, 7)
         for r in tables.get(t, [])
-        if r["method"] == "lbp_wht" and r["model"].startswith("efficientformer")
+        if method_spec(r["method"]).bases_only and r["model"].startswith("efficientformer")
         and as_number(r.get("authors_mflops"))
     ]  # fmt: skip
     return max(devs) if devs else None
@@ -770,7 +773,7 @@ def findings(ct: CostTables) -> dict[str, Any]:
         low_rank=[
             typed(r)
             for r in csvs["agreement"]
-            if r["method"] == "lbp_wht"
+            if method_spec(r["method"]).bases_only
             and r["within_10pct"] != "True"
             and not r["model"].startswith(("efficientformerv2", "segformer"))
         ],

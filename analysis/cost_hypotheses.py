@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lbp_wht.experiments.vocab import MODEL_ORDER, MODELS
+from lbp_wht.experiments.vocab import MODEL_ORDER, MODELS, method_spec, method_with
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
@@ -30,6 +30,11 @@ from lbp_wht.reporting.cost_tables import (
     to_mflops,
 )
 from lbp_wht.reporting.render import as_number, write_rows_csv
+
+#: The two LoRA baselines the hypotheses are about, by their flags (experiments/methods.py):
+#: LoRA on the attention projections, LoRA on every layer LBP-WHT converts.
+LORA = method_with(lora_only=True, layers="attn")
+LORA_ALL = method_with(lora_only=True, layers="all")
 
 #: The paper's LoRA-all freeze in its partial-training configs (``lora_layer4``): the whole last
 #: stage and the head train beside the adapters.
@@ -126,7 +131,7 @@ class CostHypotheses(CostTables):
             cfg = self.find_config(7, pr["model"], pr["scope"], method, r, "places365")
             base = self.record(cfg)
             ig = self.record(cfg, tag="input-grad", input_grad=True)
-            if method == "lora_all":
+            if method == LORA_ALL:
                 af = self.record(cfg, tag="authors-freeze", trainable=AUTHORS_FREEZE_LORA_ALL)
                 afig = self.record(
                     cfg,
@@ -167,7 +172,7 @@ class CostHypotheses(CostTables):
             )
             row.update({k: to_mflops(v) for k, v in vals.items()})
             out.append(row)
-        full = next(o for o in out if o["method"] == "full_bp")
+        full = next(o for o in out if method_spec(o["method"]).reference)
         for o in out:
             for k in ACCOUNTING:
                 o[f"{k}_ratio"] = round(o[k] / o["paper_mflops"], 3)
@@ -202,7 +207,7 @@ class CostHypotheses(CostTables):
             base = self.record(cfg)
             ig = self.record(cfg, tag="input-grad", input_grad=True)
             paper_full = next(
-                (as_number(r["mflops"]) for r in rows if r["method"] == "full_bp"), None
+                (as_number(r["mflops"]) for r in rows if method_spec(r["method"]).reference), None
             )
             src = "paper"
             if paper_full is None:  # unreadable cell: paper MFLOPs x paper speedup of the rest
@@ -242,7 +247,7 @@ class CostHypotheses(CostTables):
         cls = self.paper_rows("classification.csv")
         la, seen = [], set()
         for pr in cls:
-            if pr["method"] != "lora_all" or pr["table"] not in ("2", "5"):
+            if pr["method"] != LORA_ALL or pr["table"] not in ("2", "5"):
                 continue
             key = (pr["model"], pr["scope"])
             if key in seen:
@@ -264,7 +269,7 @@ class CostHypotheses(CostTables):
                     if r["table"] == pr["table"]
                     and r["model"] == model
                     and r["scope"] == scope
-                    and r["method"] == "full_bp"
+                    and method_spec(r["method"]).reference
                 ),
                 None,
             )
@@ -314,7 +319,7 @@ class CostHypotheses(CostTables):
                 authors_half=auth["backprop_flops"] / 2,
                 authors_256x512=auth_half["backprop_flops"],
             )
-            if method == "lora":
+            if method == LORA:
                 scope_cfg = (cfg[0], {**auth_cfg[1], "lbp.lora_train": "scope"})
                 vals["authors_scope_half"] = self.record(scope_cfg)["backprop_flops"] / 2
                 prefix = "backbone.layers.3.1.*." if scope == "partial" else "backbone.*."
@@ -322,7 +327,7 @@ class CostHypotheses(CostTables):
                     auth_cfg, tag="decoder-trains", trainable=[prefix + "lora_*", "decode_head.*"]
                 )
                 vals["authors_decoder_half"] = dec["backprop_flops"] / 2
-            if method == "full_bp":
+            if method_spec(method).reference:
                 fulls[scope] = dict(vals, paper=p_mf)
             row: dict[str, Any] = dict(
                 scope=scope,
@@ -379,7 +384,7 @@ class CostHypotheses(CostTables):
             )
             if scope == "partial":
                 kw: dict[str, Any] = {"r": r or 4, "variant": "authors"}
-                if method == "lora_all":
+                if method == LORA_ALL:
                     kw["lora_train"] = "scope"
                 preset = get_preset(model, method, "full", **kw)
                 rules = [
@@ -388,7 +393,7 @@ class CostHypotheses(CostTables):
                     if ".downsample." in rule["target"]
                 ]
                 part = get_preset(model, method, "partial", **kw).trainable
-                if method in ("full_bp", "lbp_wht") or kw.get("lora_train") == "scope":
+                if method_spec(method).trains == "scope" or kw.get("lora_train") == "scope":
                     trainable = ["backbone.timm_model.stages.3.*", "head.*"]
                 else:
                     trainable = list(part)
@@ -398,7 +403,7 @@ class CostHypotheses(CostTables):
                     auth_cfg, tag="v2-ds", extra_rules=rules or None, trainable=trainable
                 )
                 row["V2-DS"] = to_mflops(rec["backprop_flops"])
-            if method == "lbp_wht":
+            if method_spec(method).bases_only:
                 rules = [
                     rule
                     for rule in get_preset(model, method, scope, r=r, variant="authors").rules
@@ -412,7 +417,7 @@ class CostHypotheses(CostTables):
             full = next(
                 o for o in out
                 if (o["table"], o["model"], o["scope"], o["method"])
-                == (row["table"], row["model"], row["scope"], "full_bp")
+                == (row["table"], row["model"], row["scope"], method_with(reference=True))
             )  # fmt: skip
             for k in ("corrected", "authors", "V2-DS", "V2-FFN"):
                 if row.get(k) is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from lbp_wht.experiments.vocab import method_label
+from lbp_wht.experiments.vocab import method_label, method_spec
 from lbp_wht.reporting.tables import cell_stat, cost_of, fidelity_summary, load_cost, load_runs
 
 MODEL = "mini-efficientformer"
@@ -361,8 +361,8 @@ def bn_claim(records: Sequence[dict], rs: Sequence[int] = (2, 4)) -> dict[str, A
             continue
         rows.append(dict(key=key, label=method_label(key), eval=a, train=b, drop=a[0] - b[0],
                          noise=noise(a, b)))  # fmt: skip
-    full = next((r for r in rows if r["key"][0] == "full_bp"), None)
-    lbp = [r for r in rows if r["key"][0] == "lbp_wht"]
+    full = next((r for r in rows if method_spec(r["key"][0]).reference), None)
+    lbp = [r for r in rows if method_spec(r["key"][0]).bases_only]
     if not lbp:
         return None
     hurt = [

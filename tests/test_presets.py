@@ -455,7 +455,8 @@ def test_unknown_method_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"unknown method 'linear_probe'.*'head_only'"):
         get_preset("mini-efficientformer", "linear_probe", "partial")
     # A name added to METHODS from outside (as the demo's stop-gap once did) is not silently
-    # trained as head-only: get_preset refuses methods it has no rules for.
+    # trained as head-only: get_preset looks methods up in the registry
+    # (lbp_wht/experiments/methods.py), where adding one is a whole entry (tests/test_methods.py).
     monkeypatch.setattr(presets, "METHODS", (*presets.METHODS, "bogus"))
     with pytest.raises(ValueError, match="bogus"):
         get_preset("mini-efficientformer", "bogus", "partial")

@@ -23,6 +23,8 @@ from typing import Any
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
+    from lbp_wht.experiments.vocab import METHODS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", nargs="?", help="experiment config (with an `lbp` block)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
@@ -30,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--method",
         default="lbp_wht",
-        help="head_only | full_bp | lora | lora_all | losa | lbp_wht | lbp_wht+lora_all",
+        help=" | ".join(METHODS),
     )
     p.add_argument("--scope", default="partial", help="partial | full")
     p.add_argument("--select", default="lp_l1")

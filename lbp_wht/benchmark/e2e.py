@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
-from ..experiments.vocab import method_key, method_label
+from ..experiments.vocab import METHOD_SPECS, method_key, method_label, method_spec
 from .stats import loadavg, paired_ratio, quartiles, say
 from .timing import interleaved_timings
 
@@ -205,11 +205,14 @@ def build_timm(name: str, method: str, r: int | None, num_classes: int = 1000) -
 
     import lbp_wht
 
+    spec = method_spec(method)
+    if spec.trains != "scope":  # everything trains here: no adapters, head or side network
+        whole = [m.id for m in METHOD_SPECS.values() if m.trains == "scope"]
+        raise ValueError(f"method {method!r} does not train the whole model; choose one of {whole}")
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    if method == "lbp_wht":
-        lbp_wht.convert(model, [dict(target="all-linear", method="lbp", radius=r)])
-    elif method != "full_bp":
-        raise ValueError(f"unknown method {method!r}; choose full_bp or lbp_wht")
+    if spec.converts:
+        rule: dict = dict(target="all-linear", method=spec.conversion)
+        lbp_wht.convert(model, [rule | ({"radius": r} if spec.has_bases else {})])
     model.requires_grad_(True)
     return model.train()
 

@@ -40,10 +40,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import WHTProjector, cost, lbp_forward, select_bases
+from ..experiments.vocab import method_with
 from ..functional import _expand_rows, _project_rows, _recompile_limit, backward_fusion
 from ..reporting.paths import PAPER
 from .stats import loadavg, paired_ratio, quartiles, say
 from .timing import interleaved_timings
+
+#: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
+#: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
+FULL, LBP = method_with(reference=True), method_with(bases_only=True)
 
 #: Table 8 shapes (Cx, Cy, L): the last two linear layers (MLP fc1, fc2) of the Meta3D block.
 TABLE8_SHAPES = {
@@ -422,7 +427,7 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
                 latency_q3_us=q3 * 1e6,
                 cpu_latency_us=statistics.median(t[name]["cpu"]) * 1e6,
                 latency_min_us=min(t[name]["wall"]) * 1e6,
-                speedup=1.0 if method == "full_bp" else "",
+                speedup=1.0 if method == FULL else "",
                 paper_latency_cpu_us=paper_full[2] if batch == 1 and not prefix else "",
             )
         )
@@ -470,7 +475,7 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
             rows.append(
                 dict(
                     common,
-                    method="lbp_wht",
+                    method=LBP,
                     variant=variant,
                     select="lp_l1",
                     r=r,

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..experiments.vocab import method_spec
 from .e2e import E2E_METHODS, build, method_name
 from .stats import loadavg, paired_ratio, quartiles, say
 from .timing import gc_paused
@@ -192,7 +193,7 @@ def run_step(
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"unknown amp {amp!r}; choose one of {list(AMP_DTYPES)}")
-    if not methods or methods[0][0] != "full_bp":
+    if not methods or not method_spec(methods[0][0]).reference:
         raise ValueError("methods must start with ('full_bp', None): it is the baseline")
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds}, {warmup}")
@@ -257,7 +258,9 @@ def run_step(
 def _rows(cases: list[_Case], common: dict, log: Callable[[str], None]) -> list[dict]:
     rows = []
     for case in cases:
-        base = next(c for c in cases if c.scope == case.scope and c.preset_method == "full_bp")
+        base = next(
+            c for c in cases if c.scope == case.scope and method_spec(c.preset_method).reference
+        )
         step = [sum(v) for v in zip(*(case.phases[p] for p in PHASES))]
         base_step = [sum(v) for v in zip(*(base.phases[p] for p in PHASES))]
         q1, med, q3 = quartiles(step)

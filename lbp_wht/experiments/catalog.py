@@ -34,6 +34,7 @@ from .vocab import (
     config_tag,
     lbp_options,
     method_key,
+    method_spec,
     method_tag,
     norm_dataset,
 )
@@ -194,7 +195,7 @@ def read_paper_rows(table: str, paper_dir: str | os.PathLike = PAPER_DIR) -> lis
             row["r"] = _int_or_none(raw.get("r"))
             row["rank"] = _int_or_none(raw.get("rank"))
             row["select"] = row.get("select") or None
-            if not str(row["method"]).startswith("lbp_wht"):
+            if not method_spec(row["method"]).has_bases:
                 row["select"] = None
             elif row["select"] is None:
                 row["select"] = "lp_l1"

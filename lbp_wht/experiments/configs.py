@@ -43,6 +43,7 @@ from .vocab import (
     config_dataset,
     config_tag,
     method_label,
+    method_spec,
     num_bases,
 )
 
@@ -235,19 +236,11 @@ class _Method:
         if self.text:
             return self.text
         method, select, r = self.key
+        spec = method_spec(method)
         if select is None:
-            return method_label(self.key) + (
-                {
-                    "lora": " (attention projections, rank 8)",
-                    "lora_all": " (all converted layers, rank 8)",
-                    "losa": " (low-rank side network on the last stage's blocks, rank 8; "
-                    "a baseline beyond the paper)",
-                }.get(method, "")
-            )
-        label = method_label((method, select, r)).replace(" + LoRA-all", "")
-        return f"LBP-WHT {label} (R={num_bases(select, r)})" + (
-            " + LoRA-all" if method == "lbp_wht+lora_all" else ""
-        )
+            return method_label(self.key) + spec.detail
+        label = method_label((method, select, r)).removesuffix(spec.combined_label)
+        return f"{spec.label} {label} (R={num_bases(select, r)})" + spec.combined_label
 
 
 def lp(r: int, select: str = "lp_l1", lora: bool = False) -> _Method:

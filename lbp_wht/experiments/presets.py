@@ -33,19 +33,12 @@ Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.
   (3 x 8, scaling still 1). "LoRA" = attention projections only; "LoRA-all" = every layer
   that LBP-WHT converts.
 
-Method semantics (``trainable`` lists the globs given to :func:`lbp_wht.freeze`):
-
-=================== =============================== ==================================
-method              rules                           trainable
-=================== =============================== ==================================
-head_only           none                            task head only (linear probe)
-full_bp             none                            every parameter in scope
-lbp_wht             LBP on the preset's layers      every parameter in scope
-lora                LoRA on attention projections   adapters + task head
-lora_all            LoRA on the preset's layers     adapters + task head
-losa                none (a side network, below)    side network ``losa.*`` + task head
-lbp_wht+lora_all    LBP-LoRA on the preset's layers adapters + task head
-=================== =============================== ==================================
+Method semantics come from each method's flags (:data:`~lbp_wht.experiments.methods.METHOD_SPECS`,
+whose docstring tables them): ``conversion`` and ``layers`` give the rules (the core's rule
+method on the attention projections or on every layer of the model's table), ``trains`` the
+trainable globs given to :func:`lbp_wht.freeze`: ``head`` the task head only, ``scope`` every
+parameter in scope, ``adapters`` the LoRA adapters + task head, ``side`` the side network
+``losa.*`` + task head. Nothing here names a method.
 
 ``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`; not a paper row) converts nothing: the
 builder attaches a side network whose taps are the last stage's blocks
@@ -123,6 +116,7 @@ from .vocab import (
     SCOPES,
     SELECTIONS,
     check_model,
+    method_spec,
 )
 
 __all__ = [
@@ -421,27 +415,27 @@ def get_preset(
         A :class:`Preset`.
     """
     _check("model", model, PRESET_MODELS)
-    _check("method", method, METHODS)
+    spec = method_spec(method)  # a ValueError naming the known ids
     _check("scope", scope, SCOPES)
     _check("select", select, SELECTIONS)
     _check("lora_train", lora_train, LORA_TRAIN)
     _check("variant", variant, VARIANTS)
-    if select == "lhe" and method == "lbp_wht+lora_all":
+    if select == "lhe" and spec.has_bases and not spec.lhe:
         raise ValueError(
-            "select='lhe' is not offered with LoRA by the presets (the paper has no such "
-            "row); use an LP selection, or convert with the library directly: "
+            f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
+            "such row); use an LP selection, or convert with the library directly: "
             "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
             "lbp_wht.lhe.LHEProfiler"
         )
-    if method == "losa" and model not in _LOSA:
+    if spec.side_network and model not in _LOSA:
         raise ValueError(
-            f"method 'losa' has no preset for {model!r} (segmentation); LoSA presets: "
+            f"method {method!r} has no preset for {model!r} (segmentation); LoSA presets: "
             f"{sorted(_LOSA)}"
         )
-    if method == "losa" and scope != "partial":
+    if scope not in spec.scopes:
         raise ValueError(
-            "method 'losa' taps the blocks of the last stage (its token mixer needs one token "
-            "count), i.e. scope='partial'; scope='full' is not defined for it"
+            f"method {method!r} {spec.scope_note}, i.e. scope="
+            f"{' or '.join(map(repr, spec.scopes))}; scope={scope!r} is not defined for it"
         )
     layer_fn, partial_trainable, head, norm_eval = _MODELS[model]
     layers: list[_Layer] = layer_fn(scope)
@@ -457,32 +451,23 @@ def get_preset(
     def lora_opts(fused: int) -> dict[str, Any]:
         return {"rank": lora_rank * fused, "alpha": lora_alpha * fused}
 
+    # The spec's flags decide: which of the table's layers (``layers``), converted by which
+    # core rule method (``conversion``), with LoRA options and / or WHT base options.
     rules: list[dict[str, Any]] = []
-    if method in ("head_only", "full_bp", "losa"):
-        pass  # no conversion (LoSA attaches a side network instead)
-    elif method == "lora":
-        rules = [
-            dict(target=g, method="lora", **lora_opts(f)) for g, kind, f in layers if kind == "attn"
-        ]
-    elif method == "lora_all":
-        rules = [dict(target=g, method="lora", **lora_opts(f)) for g, _, f in layers]
-    elif method == "lbp_wht":
-        rules = [dict(target=g, method="lbp", **lbp_opts, **_declared(g)) for g, _, _ in layers]
-    elif method == "lbp_wht+lora_all":
-        rules = [
-            dict(target=g, method="lbp_lora", **lora_opts(f), **lbp_opts, **_declared(g))
-            for g, _, f in layers
-        ]
-    else:  # in METHODS but not handled here (e.g. a tuple patched from outside): never guess
-        raise ValueError(
-            f"method {method!r} is listed in METHODS but get_preset has no rules for it"
-        )
+    for g, kind, f in layers if spec.converts else ():  # LoSA: a side network instead
+        if spec.layers == "all" or spec.layers == kind:
+            rule: dict[str, Any] = dict(target=g, method=spec.conversion)
+            if spec.has_lora:
+                rule.update(lora_opts(f))
+            if spec.has_bases:
+                rule.update(**lbp_opts, **_declared(g))
+            rules.append(rule)
 
-    if method == "head_only":
+    if spec.trains == "head":
         trainable = list(head)
-    elif method == "losa":
+    elif spec.trains == "side":
         trainable = ["losa.*", *head]
-    elif method in ("full_bp", "lbp_wht"):
+    elif spec.trains == "scope":
         trainable = list(partial_trainable) if scope == "partial" else ["*"]
     else:  # LoRA variants (freeze() keeps LoRA base weights frozen whatever the globs)
         adapters = [f"{rule['target']}.lora_{ab}" for rule in rules for ab in ("A", "B")]
@@ -501,7 +486,7 @@ def get_preset(
         notes.append("build the backbone as MixVisionTransformerConvertible (explicit q/k/v/proj)")
     if model.startswith("efficientformerv2"):
         notes.append("build the backbone as TimmEfficientFormerV2 (timm efficientformerv2)")
-    containers, output = _LOSA[model] if method == "losa" else ((), "")
+    containers, output = _LOSA[model] if spec.side_network else ((), "")
     return Preset(
         rules=rules,
         trainable=trainable,
@@ -513,7 +498,7 @@ def get_preset(
         losa_containers=containers,
         losa_output=output,
         variant=variant,
-        always_grad_x=variant == "authors" and method.startswith("lbp_wht"),
+        always_grad_x=variant == "authors" and spec.has_bases,
     )
 
 

@@ -2,8 +2,10 @@
 
 Standard library only (the sweep and the table builders import it without torch). One home for:
 
-* **methods** -- ids in table order (:data:`METHODS`), which ones have WHT bases / LoRA
-  adapters, and their row labels (:func:`method_label`: ``Full BP``, ``LoRA-all``,
+* **methods** -- re-exported from :mod:`lbp_wht.experiments.methods`, one
+  :class:`MethodSpec` per method (:data:`METHOD_SPECS`, :func:`method_spec`); derived from
+  it: ids in table order (:data:`METHODS`), which ones have WHT bases / LoRA adapters, and
+  their row labels (:func:`method_label`: ``Full BP``, ``LoRA-all``,
   ``LP_L1-4``, ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all``, ``Head only``, ``LoSA``);
 * **selections** of WHT bases (:data:`SELECTIONS`: LP_L1 = Eq. 8, LP_Linf = Eq. 9, LHE) and
   the number of bases R a selection keeps (:func:`num_bases`);
@@ -29,8 +31,22 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .methods import (
+    DEFAULT_LORA_RANK,
+    DEFAULT_LOSA_RANK,
+    METHOD_SPECS,
+    SCOPES,
+    MethodSpec,
+    method_spec,
+    method_with,
+)
+
 __all__ = [
     # methods
+    "MethodSpec",
+    "METHOD_SPECS",
+    "method_spec",
+    "method_with",
     "METHODS",
     "METHOD_ORDER",
     "PAPER_METHODS",
@@ -88,53 +104,31 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------------------ methods
-#: Every method id, in the order table rows use. ``head_only`` (linear probe: only the task
-#: head trains) is not a paper row; the CPU mini-reproduction reports it as a lower bound.
-#: ``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`: a side network beside the frozen
-#: backbone, no backprop through it) is not a paper row either: a baseline beyond the paper.
-METHODS: tuple[str, ...] = (
-    "head_only",
-    "full_bp",
-    "lora",
-    "lora_all",
-    "losa",
-    "lbp_wht",
-    "lbp_wht+lora_all",
-)
+# One entry per method in :data:`METHOD_SPECS` (lbp_wht/experiments/methods.py); the tuples
+# below are derived from it, for readers that want the ids (functions look specs up).
+#: Every method id, in the order table rows use.
+METHODS: tuple[str, ...] = tuple(METHOD_SPECS)
 #: Row order of the tables (the same tuple; the name says what it is used for).
 METHOD_ORDER = METHODS
 #: The methods of the paper's tables.
-PAPER_METHODS: tuple[str, ...] = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+PAPER_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if m.paper)
 #: Methods beyond the paper's tables (baselines of our own).
-EXTRA_METHODS: tuple[str, ...] = ("head_only", "losa")
+EXTRA_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if not m.paper)
 #: Methods without WHT bases: their method key has ``select = r = None``.
-BASELINE_METHODS: tuple[str, ...] = ("head_only", "full_bp", "lora", "lora_all", "losa")
+BASELINE_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if not m.has_bases)
 #: Methods that project gradients onto WHT bases (they take ``select`` and ``r`` / ``rank``).
-LBP_METHODS: tuple[str, ...] = ("lbp_wht", "lbp_wht+lora_all")
+LBP_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if m.has_bases)
 #: Methods with LoRA adapters (only the adapters and the task head train by default).
-LORA_METHODS: tuple[str, ...] = ("lora", "lora_all", "lbp_wht+lora_all")
+LORA_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if m.has_lora)
 #: Row labels of the methods without WHT bases.
-BASE_LABELS: dict[str, str] = {
-    "head_only": "Head only",
-    "full_bp": "Full BP",
-    "lora": "LoRA",
-    "lora_all": "LoRA-all",
-    "losa": "LoSA",
-}
-#: A label per method id (LBP methods without their selection; see :func:`method_label`).
-METHOD_LABELS: dict[str, str] = {
-    **BASE_LABELS,
-    "lbp_wht": "LBP-WHT",
-    "lbp_wht+lora_all": "LBP-WHT + LoRA-all",
-}
+BASE_LABELS: dict[str, str] = {m.id: m.label for m in METHOD_SPECS.values() if not m.has_bases}
+#: A label per method id (methods with bases without their selection; see
+#: :func:`method_label`).
+METHOD_LABELS: dict[str, str] = {m.id: m.name for m in METHOD_SPECS.values()}
 #: What trains beside the adapters in the LoRA variants: ``adapters`` (the task head only,
 #: LoRA's definition) or ``scope`` (every parameter of the trained scope except the LoRA
 #: layers' frozen base weights, the freeze of the authors' configs).
 LORA_TRAIN: tuple[str, ...] = ("adapters", "scope")
-#: LoRA rank of the paper's baselines (alpha equal to it: scaling 1).
-DEFAULT_LORA_RANK = 8
-#: Rank of LoSA's low-rank mixers (the same as the LoRA baselines').
-DEFAULT_LOSA_RANK = 8
 
 # --------------------------------------------------------------------------------- selections
 #: WHT base selections (Sec. 3.2): ``lp_l1`` keeps bases (i, j) with i + j < r (Eq. 8),
@@ -168,9 +162,8 @@ def num_bases(select: str, r: int, order: int = DEFAULT_ORDER) -> int:
 
 
 # ------------------------------------------------------------------------------------- scopes
-#: ``partial``: the last stage and the task head train (plus Segformer's decode head), the
-#: rest is frozen; ``full``: the whole model trains.
-SCOPES: tuple[str, ...] = ("partial", "full")
+# SCOPES (``partial`` / ``full``) is defined beside the methods, which name the scopes they
+# allow (lbp_wht/experiments/methods.py).
 SCOPE_LABELS: dict[str, str] = {"partial": "partial training", "full": "full training"}
 
 
@@ -358,9 +351,9 @@ def method_key(
     """Normalised identity of a method row: ``(method, select, r)`` for LP selections,
     ``(method, "lhe", rank)`` for LHE, ``(method, None, None)`` for the methods without WHT
     bases. ``select`` defaults to ``lp_l1``; ``r`` / ``rank`` may be strings or floats (CSV
-    cells), empty meaning None."""
-    method = str(method)
-    if not method.startswith("lbp_wht"):
+    cells), empty meaning None; an unknown ``method`` is a ValueError naming the known ids."""
+    method = method_spec(str(method)).id
+    if not method_spec(method).has_bases:
         return (method, None, None)
     select = select or "lp_l1"
     if select == "lhe":
@@ -371,7 +364,8 @@ def method_key(
 def method_sort_key(key: MethodKey) -> tuple:
     """Sort key putting method rows in table order: method, then selection, then r."""
     method, select, r = key
-    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    order = list(METHOD_SPECS)
+    m = order.index(method) if method in METHOD_SPECS else len(order)
     s = SELECT_ORDER.index(select) if select in SELECT_ORDER else -1
     return (m, s, r if r is not None else -1, method)
 
@@ -391,13 +385,13 @@ def method_label(key: MethodKey, latex: bool = False) -> str:
     ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all``, ``LoSA`` (LaTeX subscripts with
     ``latex=True``)."""
     method, select, r = key
-    base = BASE_LABELS.get(method)
-    if base:
-        return base
+    spec = method_spec(method)
+    if not spec.has_bases:
+        return spec.label
     select = select or "lp_l1"
     names = _SELECTION_LATEX if latex else SELECTION_LABELS
     lbp = names["lhe"] if select == "lhe" else f"{names.get(select, select)}-{r}"
-    return lbp + (" + LoRA-all" if method == "lbp_wht+lora_all" else "")
+    return lbp + spec.combined_label
 
 
 def rank_of(key: MethodKey, lora_rank: Any = None, order: int = DEFAULT_ORDER) -> int | None:
@@ -406,10 +400,10 @@ def rank_of(key: MethodKey, lora_rank: Any = None, order: int = DEFAULT_ORDER) -
     (``lora_rank`` if given, default :data:`DEFAULT_LOSA_RANK`), None for Full BP / head
     only / an LBP row without r."""
     method, select, r = key
-    if method in ("lora", "lora_all", "losa"):
+    spec = method_spec(method)
+    if not spec.has_bases and spec.rank is not None:  # MethodSpec.rank: LoRA's, LoSA's
         rank = _int_or_none(lora_rank)
-        default = DEFAULT_LOSA_RANK if method == "losa" else DEFAULT_LORA_RANK
-        return default if rank is None else rank
+        return spec.rank if rank is None else rank
     if select is None or r is None:
         return None
     return num_bases(select, r, order)
@@ -433,11 +427,12 @@ def config_tag(key: MethodKey, variant: str = "") -> str:
     if variant:
         return variant
     method, select, r = key
+    spec = method_spec(method)
     if select is None:
-        return method.replace("_", "-")
+        return spec.tag
     sel = select.replace("_", "-")
     tag = f"lhe-rank{r}" if select == "lhe" else f"{sel}-r{r}"
-    return tag + ("+lora-all" if method == "lbp_wht+lora_all" else "")
+    return tag + spec.combined_tag
 
 
 _LBP_TAG = re.compile(r"^(lp-l1|lp-linf)-r(\d+)$|^lhe-rank(\d+)$")
@@ -446,17 +441,23 @@ _LBP_TAG = re.compile(r"^(lp-l1|lp-linf)-r(\d+)$|^lhe-rank(\d+)$")
 def parse_config_tag(tag: str) -> MethodKey:
     """The method key of a :func:`config_tag` (``lp-l1-r4+lora-all`` ->
     ``("lbp_wht+lora_all", "lp_l1", 4)``); a ValueError naming the tag if it is none."""
-    method = tag.replace("-", "_")
-    if method in BASELINE_METHODS:
-        return (method, None, None)
-    body, lora = (tag[: -len("+lora-all")], True) if tag.endswith("+lora-all") else (tag, False)
+    specs = METHOD_SPECS.values()
+    for spec in specs:
+        if not spec.has_bases and spec.tag == tag:
+            return (spec.id, None, None)
+    by_suffix = {s.combined_tag: s.id for s in specs if s.has_bases}
+    body, suffix = tag, ""
+    for sfx in sorted(filter(None, by_suffix), key=len, reverse=True):
+        if tag.endswith(sfx):
+            body, suffix = tag[: -len(sfx)], sfx
+            break
     m = _LBP_TAG.match(body)
-    if not m:
+    if not m or suffix not in by_suffix:
         raise ValueError(
             f"{tag!r} is not a config method tag (e.g. full-bp, lora-all, lp-l1-r4, "
             "lp-linf-r3, lhe-rank10, lp-l1-r4+lora-all)"
         )
-    method = "lbp_wht+lora_all" if lora else "lbp_wht"
+    method = by_suffix[suffix]
     if m.group(3) is not None:
         return (method, "lhe", int(m.group(3)))
     return (method, m.group(1).replace("-", "_"), int(m.group(2)))

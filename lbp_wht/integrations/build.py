@@ -42,6 +42,7 @@ from lbp_wht.bases import select_bases
 from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
+from lbp_wht.experiments.methods import method_spec
 from lbp_wht.projection import PADDINGS
 
 __all__ = [
@@ -308,16 +309,17 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in out.items():
         if key in LBP_SCHEMA:  # a key without an entry fails tests/test_pipeline.py, not runs
             _check_lbp_value(key, value, LBP_SCHEMA[key])
-    if out["method"] == "losa" and out["scope"] != "partial":
+    spec = method_spec(out["method"])
+    if out["scope"] not in spec.scopes:
         raise LBPConfigError(
-            f"lbp.method='losa' with lbp.scope={out['scope']!r}: LoSA taps the last stage's "
-            "blocks (its token mixer needs one token count); use lbp.scope='partial'"
+            f"lbp.method={spec.id!r} with lbp.scope={out['scope']!r}: {spec.label} "
+            f"{spec.scope_note}; use lbp.scope={' or '.join(map(repr, spec.scopes))}"
         )
-    if uses_lbp(out["method"]):
+    if spec.has_bases:
         if out["select"] == "lhe":
-            if uses_lora(out["method"]):
+            if not spec.lhe:
                 raise LBPConfigError(
-                    "lbp.select='lhe' is not available with lbp.method='lbp_wht+lora_all' "
+                    f"lbp.select='lhe' is not available with lbp.method={spec.id!r} "
                     "(use an LP selection)"
                 )
             if out["rank"] is None or not 1 <= out["rank"] <= out["order"] ** 2:
@@ -353,11 +355,12 @@ def check_lbp_preset(lbp: Mapping[str, Any]) -> None:
 
 def uses_lbp(method: str) -> bool:
     """Whether ``method`` puts LBP-WHT layers (low-rank backward) into the model."""
-    return method.startswith("lbp_wht")
+    return method_spec(method).has_bases
 
 
 def uses_lora(method: str) -> bool:
-    return "lora" in method
+    """Whether ``method`` puts LoRA adapters into the model (``lora_rank`` applies)."""
+    return method_spec(method).has_lora
 
 
 def lbp_config_from_block(lbp: Mapping[str, Any]) -> LBPConfig | None:
@@ -489,7 +492,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     # dry forwards that establish every layer's map run on an image of the model's size.
     example = example_image(cfg, model) if preset.rules else None
     report = convert(net, preset.rules, batchnorm_guard=False, example_input=example)
-    if cfg["method"] == "losa":
+    if method_spec(cfg["method"]).side_network:
         attach_side_network(net, preset, cfg, model)
     trainable = freeze(net, preset.trainable)
     if preset.always_grad_x:

@@ -28,6 +28,8 @@ import os.path as osp
 import platform
 from typing import Any
 
+from lbp_wht.experiments.methods import method_spec
+
 #: Input resolution per preset model when a config does not say (paper Sec. 4.1).
 DEFAULT_SIZE = {
     "efficientformer-l1": 224,
@@ -273,7 +275,7 @@ def analyze(
     rows = []
     an_t1 = an_gemm = 0.0
     for g in geoms:
-        if not (g.need_input_grad or g.need_weight_grad or g.method in ("lora", "lbp_lora")):
+        if not (g.need_input_grad or g.need_weight_grad or g.lora_rank is not None):
             continue
         costs_t1 = cost.model_cost(model, [g], "table1")
         if g.name not in costs_t1:
@@ -305,7 +307,7 @@ def analyze(
                     g.cy,
                     g.tokens // batch,
                     need_input_grad=g.need_input_grad,
-                    need_weight_grad=g.need_weight_grad or g.method in ("lora", "lbp_lora"),
+                    need_weight_grad=g.need_weight_grad or g.lora_rank is not None,
                 ).total,
                 projection_table1=c1.projection,
                 low_rank_mm=c1.low_rank_mm,
@@ -347,6 +349,7 @@ def analyze(
     linear_counted = sum(r["counted"] for r in rows)
     modules_lin = {r["name"] for r in rows}
     converted = [r for r in rows if r["method"] != "plain"]
+    spec = method_spec(lbp.get("method"))
     rec = dict(
         kind="cost",
         status="complete",
@@ -354,10 +357,10 @@ def analyze(
         model=lbp.get("model"),
         method=lbp.get("method"),
         scope=lbp.get("scope"),
-        select=lbp.get("select") if str(lbp.get("method", "")).startswith("lbp_wht") else None,
-        r=lbp.get("r") if str(lbp.get("method", "")).startswith("lbp_wht") else None,
+        select=lbp.get("select") if spec.has_bases else None,
+        r=lbp.get("r") if spec.has_bases else None,
         rank=info.get("rank"),
-        lora_rank=lbp.get("lora_rank") if "lora" in str(lbp.get("method")) else None,
+        lora_rank=lbp.get("lora_rank") if spec.has_lora else None,
         norm_eval=info.get("norm_eval"),
         lbp_variant=info.get("variant", lbp.get("variant", "corrected")),
         resolution=[h, w],

@@ -24,7 +24,7 @@ from mmengine.runner import BaseLoop
 
 from lbp_wht.runs.records import config_digest, provenance, read_record, write_record
 
-from .build import lbp_rank, uses_lora, validate_lbp_cfg
+from .build import lbp_rank, uses_lbp, uses_lora, validate_lbp_cfg
 
 __all__ = [
     "PRIMARY_METRICS",
@@ -77,7 +77,7 @@ def build_record(
     metrics = {k: _number(v) for k, v in (metrics or {}).items()}
     name = next((k for k in PRIMARY_METRICS if k in metrics), None)
     name = name or next((k for k, v in metrics.items() if isinstance(v, float)), None)
-    lbp_used = lbp["method"].startswith("lbp_wht")
+    lbp_used = uses_lbp(lbp["method"])
     train_cfg = cfg.get("train_cfg") or {}
     rec = dict(
         kind=kind,

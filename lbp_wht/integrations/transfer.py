@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..experiments.vocab import config_tag, method_key, method_label, method_spec
+
 __all__ = [
     "TransferMethod",
     "METHODS",
@@ -87,15 +89,16 @@ class TransferMethod:
     @property
     def tag(self) -> str:
         """``lp-l1-r4``, ``full-bp-bntrain``: the run-id part."""
-        base = f"lp-l1-r{self.r}" if self.method == "lbp_wht" else self.method.replace("_", "-")
-        return base + ("" if self.norm_eval else "-bntrain")
+        return config_tag(self.key) + ("" if self.norm_eval else "-bntrain")
+
+    @property
+    def key(self) -> tuple[str, str | None, int | None]:
+        """The method key (``vocab.method_key``): LP_L1-r for a method with bases."""
+        return method_key(self.method, "lp_l1", self.r)
 
     @property
     def label(self) -> str:
-        from ..experiments.vocab import method_label
-
-        key = (self.method, "lp_l1" if self.r else None, self.r)
-        return method_label(key) + ("" if self.norm_eval else " (BN train)")
+        return method_label(self.key) + ("" if self.norm_eval else " (BN train)")
 
 
 #: The rows of the experiment, in table order.
@@ -196,39 +199,44 @@ class Tail(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+#: The tail's trainable globs per ``MethodSpec.trains`` (``fc``: the task head).
+_TRAINABLE: dict[str, list[str]] = {
+    "head": ["fc.*"],
+    "scope": ["*"],
+    "adapters": ["*.lora_A", "*.lora_B", "fc.*"],
+    "side": ["losa.*", "fc.*"],
+}
+
+
 def prepare_tail(tail: Tail, m: TransferMethod, protocol: Protocol = Protocol()) -> Tail:
     """Convert / attach / freeze ``tail`` for method ``m`` (in place; returns it).
 
+    The method's :class:`~lbp_wht.experiments.methods.MethodSpec` decides: its conversion on
+    every 1x1 conv (the tail has no attention), then what trains (``fc`` is the task head).
+
     Raises:
-        ValueError: an unknown method.
+        ValueError: an unknown method, or one that converts attention projections only.
     """
     from lbp_wht import convert, freeze, keep_batchnorm_eval
     from lbp_wht.losa import attach_losa
 
-    if m.method == "head_only":
-        freeze(tail, ["fc.*"])
-    elif m.method == "full_bp":
-        freeze(tail, ["*"])
-    elif m.method == "lbp_wht":
-        convert(
-            tail, [dict(target="all-linear", method="lbp", radius=m.r)],
-            example_input=torch.zeros(1, 192, 7, 7),
-        )  # fmt: skip
-        freeze(tail, ["*"])
-    elif m.method == "lora_all":
-        k = protocol.lora_rank
-        convert(tail, [dict(target="all-linear", method="lora", rank=k, alpha=k)])
-        freeze(tail, ["*.lora_A", "*.lora_B", "fc.*"])
-    elif m.method == "losa":
+    spec = method_spec(m.method)
+    example = torch.zeros(1, 192, 7, 7)
+    if spec.converts:
+        if spec.layers != "all":
+            raise ValueError(
+                f"method {m.method!r} converts attention projections only; the tail has none"
+            )
+        rule: dict[str, Any] = dict(target="all-linear", method=spec.conversion)
+        if spec.has_lora:
+            rule.update(rank=protocol.lora_rank, alpha=protocol.lora_rank)
+        if spec.has_bases:
+            rule.update(radius=m.r)
+        convert(tail, [rule], **({"example_input": example} if spec.has_bases else {}))
+    if spec.side_network:
         blocks = [f"blocks.{i}" for i in range(len(tail.blocks))]
-        attach_losa(
-            tail, blocks, "act", rank=protocol.losa_rank, example_inputs=torch.zeros(1, 192, 7, 7)
-        )
-        freeze(tail, ["losa.*", "fc.*"])
-    else:
-        raise ValueError(
-            f"unknown transfer method {m.method!r}; one of {[x.method for x in METHODS]}"
-        )
+        attach_losa(tail, blocks, "act", rank=protocol.losa_rank, example_inputs=example)
+    freeze(tail, _TRAINABLE[spec.trains])
     if m.norm_eval:
         keep_batchnorm_eval(tail)
     return tail
@@ -463,7 +471,7 @@ def run_transfer(
     t = time.perf_counter()
     # Longest runs first (the ones back-propagating through the tail), for an even finish.
     jobs_list = [(m, s, protocol) for m in methods for s in seeds]
-    jobs_list.sort(key=lambda a: a[0].method in ("head_only", "losa"))
+    jobs_list.sort(key=lambda a: method_spec(a[0].method).trains in ("head", "side"))
     records = []
     with cf.ProcessPoolExecutor(
         max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(str(data_path),)

@@ -36,9 +36,12 @@ from ..experiments.catalog import Cell, resolve_config
 from ..experiments.vocab import (
     METHOD_ORDER,
     MODEL_ORDER,
+    PAPER_METHODS,
     lbp_options,
     method_key,
     method_label,
+    method_spec,
+    method_with,
     parse_config_name,
     parse_config_tag,
 )
@@ -61,8 +64,9 @@ COST_TABLES = (1, 2, 3, 5, 6, 7)
 TABLE_DATASET = {2: "cifar100", 5: "cifar100", 6: "cifar100", 7: "places365", 3: "cityscapes"}
 #: A speedup "differs" from the paper's when the ratio of the two is off 1 by more than this.
 SPEEDUP_TOLERANCE = 0.10
-#: The methods of the cost tables (their configs are the LP_L1 ones; no head-only rows).
-COST_METHODS = ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+#: The methods of the cost tables: the paper's (their configs are the LP_L1 ones; no
+#: head-only rows).
+COST_METHODS = PAPER_METHODS
 #: The figures of a cost record that reach the tables (checked to be finite numbers).
 RECORD_NUMBERS = """backprop_flops backward_flops forward_extra_flops linear_layers_counted
     other_counted linear_layers_analytic_gemm linear_layers_analytic_table1 lora_forward_extra
@@ -77,10 +81,7 @@ def authors_options(method: str) -> dict[str, Any]:
     non-LoRA parameter of the trained scope trains). Their plain-LoRA configs train the adapters
     and the head, our default; for LBP-WHT + LoRA-all their freeze is not documented and ours
     is kept."""
-    opts: dict[str, Any] = {"lbp.variant": "authors"}
-    if method == "lora_all":
-        opts["lbp.lora_train"] = "scope"
-    return opts
+    return {"lbp.variant": "authors", **dict(method_spec(method).authors_options)}
 
 
 #: The columns that name a row of a cost table.
@@ -207,7 +208,7 @@ class CostTables:
         """``(config path, cfg_options)`` for one paper row (the catalogue's resolver: the
         row's own generated config, else one of the same model / scope / dataset with the
         ``lbp`` block set as ``--cfg-options``)."""
-        lbp = method.startswith("lbp_wht")
+        lbp = method_spec(method).has_bases
         cell = Cell(model, scope, method, "lp_l1" if lbp else None, rint(r), None, dataset)
         path, options = resolve_config(cell, table=str(table))
         return path, _options(options)
@@ -273,7 +274,7 @@ class CostTables:
     ) -> dict[str, Any]:
         """The record of the authors' variant of ``found`` (:func:`authors_options`); Full BP
         converts nothing, so its record ``rec`` stands for both variants."""
-        if method == "full_bp":
+        if not method_spec(method).converts:
             return rec
         config, options = found
         return self.record((config, {**options, **authors_options(method)}))
@@ -300,12 +301,13 @@ class CostTables:
             groups.setdefault((pr["model"], pr["scope"]), []).append(pr)
         for (model, scope), prs in groups.items():
             seen = set()
-            full = self.record(self.find_config(table, model, scope, "full_bp", None, dataset))
+            ref = method_with(reference=True)
+            full = self.record(self.find_config(table, model, scope, ref, None, dataset))
             paper_full = next(
                 (
                     as_number(p["mflops"])
                     for p in prs
-                    if p["method"] == "full_bp" and as_number(p["mflops"])
+                    if method_spec(p["method"]).reference and as_number(p["mflops"])
                 ),
                 None,
             )
@@ -668,7 +670,7 @@ def measure_methods(
             )
         )
         print(f"cost {tag:10s} backprop {rows[-1]['mflops']:8.2f} MFLOPs / image", flush=True)
-    full = next((r["mflops"] for r in rows if r["method"] == "full_bp"), None)
+    full = next((r["mflops"] for r in rows if method_spec(r["method"]).reference), None)
     for r in rows:
         r["speedup"] = round(full / r["mflops"], 3) if full and r["mflops"] else ""
     return write_rows_csv(out / "mini_cost.csv", rows)

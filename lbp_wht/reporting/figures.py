@@ -47,6 +47,7 @@ from ..experiments.vocab import (  # noqa: E402
     DATASETS,
     MODEL_NAMES,
     method_key,
+    method_with,
     norm_dataset,
 )
 from ..io import atomic_path  # noqa: E402
@@ -68,6 +69,15 @@ BASELINES = {
     )
 }
 LBP_COLOR = "tab:blue"
+#: The method whose LP_L1-r curve Figures 3 and 4 draw (LBP-WHT itself, not combined).
+LBP = method_with(bases_only=True)
+
+
+def _fig3_row(key: tuple) -> bool:
+    """A Figure 3 point: a baseline drawn as a marker, or LP_L1-r of :data:`LBP`."""
+    return key[0] in BASELINES or (key[0] == LBP and key[1] == "lp_l1")
+
+
 #: The LBP-WHT selection as every figure writes it.
 LP_L1 = "LP$_{L_1}$"
 #: Smallest accuracy range [percentage points] a Figure 3 panel spans, so that two points 0.04
@@ -131,7 +141,7 @@ def fig3_data(
             ]
             for _, r in sel.iterrows():
                 k = method_key(r["method"], r["select"], r["r"], r["r"])
-                if k[0] in BASELINES or k[:2] == ("lbp_wht", "lp_l1"):
+                if _fig3_row(k):
                     keys.add(k)
         for key in keys:
             stat = cell_stat(runs, model, scope, key, dataset)
@@ -153,7 +163,7 @@ def fig3_data(
             if p["model"] != model or p["scope"] != scope:
                 continue
             key = method_key(p["method"], p["select"], p["r"], p["rank"])
-            if not (key[0] in BASELINES or key[:2] == ("lbp_wht", "lp_l1")):
+            if not _fig3_row(key):
                 continue
             acc, mflops = as_number(p.get(dataset)), as_number(p.get("mflops"))
             if acc is not None and mflops is not None:
@@ -180,7 +190,7 @@ def marginal_data(fig3: pd.DataFrame) -> pd.DataFrame:
     """Slopes of the LBP-WHT curve between consecutive available ranks, per model and source:
     ``(acc_b - acc_a) / (mflops_b - mflops_a)`` in percentage points per GFLOP."""
     rows = []
-    lbp = fig3[fig3["method"] == "lbp_wht"]
+    lbp = fig3[fig3["method"] == LBP]
     for (model, source), g in lbp.groupby(["model", "source"], sort=False):
         g = g.sort_values("r")
         pts = list(zip(g["r"], g["mflops"], g["acc"]))
@@ -221,7 +231,7 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
     n_entries = sum(
         1
         for src in ("paper", "ours")
-        for m in ("lbp_wht", *BASELINES)
+        for m in (LBP, *BASELINES)
         if not data[(data["source"] == src) & (data["method"] == m)].empty
     )
     leg_cols = 4 if ncols > 1 else 2
@@ -238,7 +248,7 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
         d = data[data["model"] == model]
         for source, ls, fill in (("paper", "--", "none"), ("ours", "-", None)):
             s = d[d["source"] == source]
-            lbp = s[s["method"] == "lbp_wht"].sort_values("r")
+            lbp = s[s["method"] == LBP].sort_values("r")
             if not lbp.empty:
                 ax.errorbar(
                     lbp["mflops"],

@@ -19,10 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..experiments.vocab import method_key, method_label
+from ..experiments.vocab import method_key, method_label, method_with
 from ..io import atomic_path
 from .plotting import label_log_axis
 from .render import read_rows_csv, render, write_rows_csv, write_text
+
+#: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
+#: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
+FULL, LBP = method_with(reference=True), method_with(bases_only=True)
 
 #: The CSV columns of a Table 8 benchmark run, in order.
 TABLE8_COLUMNS = [
@@ -154,7 +158,7 @@ def _x(row: dict[str, Any], key: str, digits: int = 2) -> str:
 def _table8_cells(r: dict[str, Any]) -> list[str]:
     shape = f"({r['cx']}, {r['cy']}, {r['L']})"
     lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
-    if r["method"] == "full_bp":
+    if r["method"] == FULL:
         name = (
             "Full BP" if (r.get("variant") or "eager") == "eager" else f"Full BP ({r['variant']})"
         )
@@ -221,7 +225,7 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Grouped bars per Table 8 row: our speedup per batch (and per backward variant where a
     batch was run in several), the paper's CPU speedup, the bound."""
     plt = _pyplot()
-    lbp = [r for r in rows if r["method"] == "lbp_wht"]
+    lbp = [r for r in rows if r["method"] == LBP]
     keys = list(dict.fromkeys((r["cx"], r["cy"], r["r"]) for r in lbp))
     batches = sorted({r["batch"] for r in lbp})
     get = {(r["cx"], r["cy"], r["r"], r["batch"], r.get("variant") or "eager"): r for r in lbp}
@@ -244,7 +248,7 @@ def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     for i, (label, vals) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(keys))]
         ax.bar(xs, vals, width, label=label, color=colors[i % len(colors)])
-    ticks = [f"({cx},{cy})\n" + method_label(("lbp_wht", "lp_l1", r)) for cx, cy, r in keys]
+    ticks = [f"({cx},{cy})\n" + method_label((LBP, "lp_l1", r)) for cx, cy, r in keys]
     ax.set_xticks(range(len(keys)), ticks, fontsize=7)
     ax.set_ylabel("backprop speedup vs Full BP (log scale)")
     ax.set_yscale("log")

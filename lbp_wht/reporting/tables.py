@@ -45,7 +45,6 @@ import pandas as pd
 
 from ..experiments.catalog import read_paper_rows
 from ..experiments.vocab import (
-    BASE_LABELS,
     CLS_DATASETS,
     DATASET_HEADERS,
     DATASETS,
@@ -55,6 +54,8 @@ from ..experiments.vocab import (
     method_key,
     method_label,
     method_sort_key,
+    method_spec,
+    method_with,
     norm_dataset,
     rank_of,
     short_model_name,
@@ -279,7 +280,7 @@ def cost_of(
     if not sel.empty:
         out.update({k: as_number(sel.iloc[0][k]) for k in COST_ALIASES})
     if out["speedup"] is None and out["mflops"]:
-        full = cost[_key_mask(cost, model, scope, ("full_bp", None, None))]
+        full = cost[_key_mask(cost, model, scope, (method_with(reference=True), None, None))]
         full_mflops = as_number(full.iloc[0]["mflops"]) if not full.empty else None
         if full_mflops:
             out["speedup"] = full_mflops / out["mflops"]
@@ -321,18 +322,27 @@ class Table:
 
 
 def _accuracy_cost_row(key: tuple) -> bool:
-    """Rows of the accuracy-vs-cost tables (2, 3, 5, 7): the baselines of ``BASE_LABELS`` (the
-    paper's and the head-only linear probe, which joins as an extra / proxy row) and LP_L1-r."""
-    return key[0] in BASE_LABELS or key[:2] == ("lbp_wht", "lp_l1")
+    """Rows of the accuracy-vs-cost tables (2, 3, 5, 7): the methods without bases (the
+    paper's and the head-only linear probe, which joins as an extra / proxy row) and LP_L1-r
+    of LBP-WHT."""
+    spec = method_spec(key[0])
+    return not spec.has_bases or (spec.bases_only and key[1] == "lp_l1")
+
+
+def _table6_row(key: tuple) -> bool:
+    """Rows of Table 6 (LBP-WHT combined with LoRA-all): the reference, LoRA on every layer,
+    with or without bases."""
+    spec = method_spec(key[0])
+    return spec.reference or (spec.has_lora and spec.layers == "all")
 
 
 #: Which record rows may join a table as extra rows (methods of that table's layout).
 EXTRA_FILTER = {
     "2": _accuracy_cost_row,
     "3": _accuracy_cost_row,
-    "4": lambda k: k[0] == "lbp_wht",
+    "4": lambda k: method_spec(k[0]).bases_only,
     "5": _accuracy_cost_row,
-    "6": lambda k: k[0] in ("full_bp", "lora_all", "lbp_wht+lora_all"),
+    "6": _table6_row,
     "7": _accuracy_cost_row,
 }
 
@@ -411,7 +421,7 @@ def _fill(
             row.ours[name] = cell_stat(runs, row.model, scope, row.key, name)
         elif name == "macc":
             row.ours[name] = macc_stat(runs, row.model, scope, row.key, datasets)
-        elif name == "speedup" and row.key[0] == "head_only":
+        elif name == "speedup" and method_spec(row.key[0]).trains == "head":
             row.ours[name] = Stat(text="-")  # see _head_only_note
         elif name in c:
             v = c[name]
@@ -423,7 +433,11 @@ def _fill(
 
 def _head_only_note(rows: Sequence[Row]) -> list[str]:
     """Why head-only rows show no speedup (a one-item list where the table has such a row)."""
-    mflops = [r.ours["mflops"].mean for r in rows if r.key[0] == "head_only" and "mflops" in r.ours]
+    mflops = [
+        r.ours["mflops"].mean
+        for r in rows
+        if method_spec(r.key[0]).trains == "head" and "mflops" in r.ours
+    ]
     if not any(v is not None for v in mflops):
         return []
     text = ", ".join(f"{v:.2g}" for v in mflops if v is not None)
@@ -594,7 +608,7 @@ def build_table4(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
         scopes=["partial"],
         datasets=ds,
         rank=_table4_rank,
-        keep=lambda key: key[0] == "lbp_wht",
+        keep=lambda key: method_spec(key[0]).bases_only,
     )
     row_models = _row_models(rows, inp)
     return Table(
@@ -679,8 +693,9 @@ def _lat_lookup(df: pd.DataFrame | None, cx: int, cy: int, length: int, key: tup
     if lcol:
         sel = sel[sel[lcol] == length]
     method = key[0]
+    reference = method_spec(method).reference
     sel = sel[sel["method"].astype(str) == method]
-    if method != "full_bp" and "r" in cols:
+    if not reference and "r" in cols:
         sel = sel[sel["r"] == key[2]]
     if sel.empty:
         return res
@@ -688,7 +703,7 @@ def _lat_lookup(df: pd.DataFrame | None, cx: int, cy: int, length: int, key: tup
     for k, aliases in LAT_ALIASES.items():
         c = next((a for a in aliases if a in cols), None)
         res[k] = as_number(row[c]) if c else None
-    if method == "full_bp":
+    if reference:
         res["speedup"] = None  # the paper prints "-" for the baseline
     return res
 
@@ -940,7 +955,7 @@ def transfer_rows(
                 tag=tag,
                 method=r0["label"],
                 bn="running stats" if r0["norm_eval"] else "train mode",
-                R="-" if rank is None or r0["method"] == "full_bp" else rank,
+                R="-" if rank is None or method_spec(r0["method"]).reference else rank,
                 mflops=c.get("mflops"),
                 speedup=(full / c["mflops"]) if full and c.get("mflops") else None,
                 activation_mb=c.get("activation_mb"),

@@ -1,0 +1,320 @@
+"""The method registry (lbp_wht/experiments/methods.py): one entry per method, its flags
+consistent with what the presets build, adding a method is one entry, and no harness module
+outside the registry tests method ids as strings."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+
+from lbp_wht.conversion import CONVERSIONS
+from lbp_wht.experiments import methods as registry
+from lbp_wht.experiments import presets
+from lbp_wht.experiments import vocab as v
+from lbp_wht.experiments.methods import METHOD_SPECS, MethodSpec, method_spec, method_with
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- the registry
+def test_registry_is_the_vocabulary():
+    assert v.METHODS == tuple(METHOD_SPECS) == presets.METHODS
+    assert set(registry.CONVERSION_KINDS) == set(CONVERSIONS)
+    assert v.SCOPES is registry.SCOPES
+    assert v.LBP_METHODS == tuple(m for m, s in METHOD_SPECS.items() if s.has_bases)
+    assert v.LORA_METHODS == tuple(m for m, s in METHOD_SPECS.items() if s.has_lora)
+    assert set(v.BASELINE_METHODS) == set(v.METHODS) - set(v.LBP_METHODS)
+    assert set(v.PAPER_METHODS) | set(v.EXTRA_METHODS) == set(v.METHODS)
+    assert not set(v.PAPER_METHODS) & set(v.EXTRA_METHODS)
+    # The names the rest of the code reads, unchanged by the move into the registry.
+    assert v.METHODS == (
+        "head_only", "full_bp", "lora", "lora_all", "losa", "lbp_wht", "lbp_wht+lora_all"
+    )  # fmt: skip
+    assert v.PAPER_METHODS == ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
+    assert v.LBP_METHODS == ("lbp_wht", "lbp_wht+lora_all")
+    assert v.LORA_METHODS == ("lora", "lora_all", "lbp_wht+lora_all")
+    assert v.METHOD_LABELS["lbp_wht+lora_all"] == "LBP-WHT + LoRA-all"
+    assert v.BASE_LABELS == {
+        "head_only": "Head only", "full_bp": "Full BP", "lora": "LoRA",
+        "lora_all": "LoRA-all", "losa": "LoSA",
+    }  # fmt: skip
+    assert method_with(reference=True) == "full_bp"
+    assert method_with(bases_only=True) == "lbp_wht"
+    with pytest.raises(ValueError, match="2 methods"):
+        method_with(has_bases=True)
+
+
+def test_unknown_method_is_one_clear_error():
+    for call in (
+        lambda: method_spec("lora-all"),
+        lambda: v.method_key("lora-all"),
+        lambda: v.method_label(("lora-all", None, None)),
+        lambda: v.config_tag(("lora-all", None, None)),
+        lambda: presets.get_preset("mini-efficientformer", "lora-all", "partial"),
+    ):
+        with pytest.raises(ValueError, match=r"unknown method 'lora-all'; choose one of \["):
+            call()
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(conversion="lbp_lora2"), "conversion"),
+        (dict(trains="everything"), "trains"),
+        (dict(layers="mlp"), "layers"),
+        (dict(conversion="lora", trains="scope"), "adapters"),
+        (dict(conversion="lbp", tag="x"), "tag"),
+        (dict(combined="lora_all"), "combined"),
+        (dict(scopes=("half",)), "scopes"),
+    ],
+)
+def test_spec_refuses_inconsistent_flags(bad, match):
+    fields = dict(id="toy", label="Toy", tag="toy", conversion=None, trains="head", paper=False)
+    with pytest.raises(ValueError, match=match):
+        MethodSpec(**{**fields, **bad})
+
+
+# ------------------------------------------------------- flags against what presets build
+@pytest.fixture(scope="module")
+def mini():
+    """A fresh mini EfficientFormer (28x28 input) per call, built once."""
+    import copy
+
+    import torch
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+
+    import lbp_wht.integrations.models  # noqa: F401  (registers the project's model types)
+
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope("mmpretrain"):
+        net = MODELS.build(presets.model_config("mini-efficientformer", num_classes=5))
+    return lambda: copy.deepcopy(net)
+
+
+def _trainable(model: nn.Module, preset) -> set[str]:
+    """Convert, attach and freeze ``model`` as the builder does; the trainable names."""
+    import torch
+
+    from lbp_wht import convert, freeze
+    from lbp_wht.losa import attach_losa, find_blocks
+
+    example = torch.randn(1, 3, 28, 28)
+    convert(model, preset.rules, example_input=example)
+    if preset.losa_containers:
+        blocks = [b for c in preset.losa_containers for b in find_blocks(model, c)]
+        attach_losa(model, blocks, preset.losa_output, rank=4, example_inputs=example)
+    return set(freeze(model, preset.trainable))
+
+
+@pytest.mark.parametrize("method", list(METHOD_SPECS))
+@pytest.mark.parametrize("scope", ["partial", "full"])
+def test_flags_match_what_the_preset_builds(mini, method, scope):
+    """Every entry's flags against the layers and the trainable set of the mini model."""
+    from lbp_wht.layers import LBPMixin
+    from lbp_wht.lora import LoRAMixin
+
+    spec = method_spec(method)
+    if scope not in spec.scopes:
+        with pytest.raises(ValueError, match=method.replace("+", r"\+")):
+            presets.get_preset("mini-efficientformer", method, scope)
+        return
+    preset = presets.get_preset("mini-efficientformer", method, scope)
+    model = mini()
+    trainable = _trainable(model, preset)
+    mods = dict(model.named_modules())
+    lbp = {n for n, m in mods.items() if isinstance(m, LBPMixin)}
+    lora = {n for n, m in mods.items() if isinstance(m, LoRAMixin)}
+    assert bool(preset.rules) == spec.converts
+    assert {r["method"] for r in preset.rules} <= {spec.conversion}
+    assert bool(lbp) == spec.has_bases and bool(lora) == spec.has_lora
+    if spec.layers == "attn":  # attention projections only: fewer than LoRA-all's
+        all_layers = presets.get_preset("mini-efficientformer", "lora_all", scope).rules
+        assert 0 < len(preset.rules) < len(all_layers)
+    assert bool(preset.losa_containers) == spec.side_network
+    head = {n for n in trainable if n.startswith("head.")}
+    assert head, "the task head always trains"
+    rest = trainable - head
+    if spec.trains == "head":
+        assert not rest
+    elif spec.trains == "side":
+        assert rest and all(n.startswith("losa.") for n in rest)
+    elif spec.trains == "adapters":
+        assert rest and all(".lora_" in n for n in rest)
+    else:  # scope: every parameter of the trained scope (all of them under "full")
+        assert rest and not any(".lora_" in n or n.startswith("losa.") for n in rest)
+        if scope == "full":
+            assert trainable == {n for n, _ in model.named_parameters()}
+    assert preset.always_grad_x is False
+    authors = presets.get_preset("mini-efficientformer", method, scope, variant="authors")
+    assert authors.always_grad_x == spec.has_bases
+
+
+# ------------------------------------------------------------- adding a method: one entry
+TOY = MethodSpec(
+    "lora_attn_lbp", "LBP-WHT", "", "lbp_lora", "adapters", False, layers="attn", lhe=False,
+    combined="lora",
+)  # fmt: skip
+TOY_BASELINE = MethodSpec(
+    "bitfit_head", "BitFit head", "bitfit-head", None, "head", False, scopes=("partial",),
+    scope_note="is defined for partial training only",
+)  # fmt: skip
+
+
+def test_adding_a_method_is_one_entry(monkeypatch, mini):
+    """Register two toy methods in the registry only: the vocabulary's functions, config tag
+    parsing, labels and the presets pick them up without other edits."""
+    monkeypatch.setitem(METHOD_SPECS, TOY.id, TOY)
+    monkeypatch.setitem(METHOD_SPECS, TOY_BASELINE.id, TOY_BASELINE)
+
+    key = v.method_key("lora_attn_lbp", "lp_l1", "4")
+    assert key == ("lora_attn_lbp", "lp_l1", 4)
+    assert v.method_label(key) == "LP_L1-4 + LoRA"
+    assert v.method_tag(key) == "lora_attn_lbp-lp_l1-4"
+    assert v.config_tag(key) == "lp-l1-r4+lora"
+    assert v.parse_config_tag("lp-l1-r4+lora") == key
+    # The existing combined tag still parses to its own method.
+    assert v.parse_config_tag("lp-l1-r4+lora-all") == ("lbp_wht+lora_all", "lp_l1", 4)
+    assert v.lbp_options(key) == {"method": "lora_attn_lbp", "select": "lp_l1", "r": 4}
+    assert v.rank_of(key) == 10
+    assert v.config_name("mini-efficientformer", "partial", key, "cifar100") == (
+        "mini-efficientformer_partial_lp-l1-r4+lora_cifar100.py"
+    )
+    bkey = v.method_key("bitfit_head", "lp_l1", 4)
+    assert bkey == ("bitfit_head", None, None)
+    assert v.method_label(bkey) == "BitFit head" and v.config_tag(bkey) == "bitfit-head"
+    assert v.parse_config_tag("bitfit-head") == bkey and v.rank_of(bkey) is None
+    order = sorted([bkey, key, ("full_bp", None, None)], key=v.method_sort_key)
+    assert order == [("full_bp", None, None), key, bkey]  # registry order
+
+    # The presets build it from its flags: LBP-LoRA on the attention projections only.
+    preset = presets.get_preset("mini-efficientformer", "lora_attn_lbp", "partial")
+    lora = presets.get_preset("mini-efficientformer", "lora", "partial")
+    assert [r["target"] for r in preset.rules] == [r["target"] for r in lora.rules]
+    assert {r["method"] for r in preset.rules} == {"lbp_lora"}
+    assert all(r["select"] == "lp_l1" and r["r"] == 4 for r in preset.rules)
+    with pytest.raises(ValueError, match="select='lhe' is not offered with 'lora_attn_lbp'"):
+        presets.get_preset("mini-efficientformer", "lora_attn_lbp", "partial", select="lhe")
+    head = presets.get_preset("mini-efficientformer", "bitfit_head", "partial")
+    assert head.rules == [] and head.trainable == ["head.*"]
+    with pytest.raises(ValueError, match="'bitfit_head' is defined for partial training"):
+        presets.get_preset("mini-efficientformer", "bitfit_head", "full")
+
+
+def test_a_spec_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        METHOD_SPECS["lora"].layers = "all"  # type: ignore[misc]
+
+
+# -------------------------------------------- no method-id string tests outside the registry
+#: Where the harness lives (the registry module itself is exempt).
+HARNESS = [
+    "lbp_wht/experiments",
+    "lbp_wht/integrations",
+    "lbp_wht/runs",
+    "lbp_wht/reporting",
+    "lbp_wht/benchmark",
+    "tools",
+    "scripts",
+    "analysis",
+]
+REGISTRY = "lbp_wht/experiments/methods.py"
+#: Comparisons whose string only looks like a method id, with why.
+NOT_METHOD_IDS = {
+    ("lbp_wht/integrations/envhook.py", 'err.name in {"lbp_wht", "torch"}'): "package name",
+    # a cost record's layer rows name the core's rule method (plain / lbp / lora / lbp_lora)
+    ("analysis/cost_agreement.py", 'r["method"] == "lora"'): "a layer's core rule method",
+}
+
+
+def method_id_tests(source: str, ids: tuple[str, ...]) -> list[tuple[int, str]]:
+    """``(line, text)`` of every place ``source`` tests a value against a method id string:
+    ``x == "lbp_wht"``, ``x in ("full_bp", "lora")``, ``"lora" in x``,
+    ``x.startswith("lbp_wht")``, ``case "losa":``."""
+    found = []
+
+    def is_id(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value in ids
+
+    def has_id(node: ast.AST) -> bool:
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return any(is_id(e) for e in node.elts)
+        return is_id(node)
+
+    def part_of_id(node: ast.AST, test) -> bool:
+        return (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and len(node.value) >= 3
+            and any(test(i, node.value) for i in ids)
+        )
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        hit = False
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            hit = any(has_id(o) for o in operands)
+            # "lora" in method: a substring test against a method id
+            hit |= any(
+                isinstance(op, ast.In | ast.NotIn) and part_of_id(left, lambda i, c: c in i)
+                for op, left in zip(node.ops, operands)
+            )
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name = node.func.attr
+            if name in ("startswith", "endswith") and node.args:
+                arg = node.args[0]
+                args = arg.elts if isinstance(arg, ast.Tuple) else [arg]
+                hit = any(
+                    part_of_id(
+                        a, (lambda i, c: i.startswith(c)) if name == "startswith" else str.endswith
+                    )
+                    for a in args
+                )
+        elif isinstance(node, ast.MatchValue):
+            hit = is_id(node.value)
+        if hit:
+            found.append((node.lineno, ast.get_source_segment(source, node) or ""))
+    return found
+
+
+def test_the_scanner_finds_the_old_spellings():
+    ids = tuple(METHOD_SPECS)
+    old = """
+if method.startswith("lbp_wht"): pass
+if "lora" in method: pass
+if method == "full_bp": pass
+if method in ("head_only", "losa"): pass
+ok = key[:2] == ("lbp_wht", "lp_l1")
+match method:
+    case "losa": pass
+"""
+    assert [line for line, _ in method_id_tests(old, ids)] == [2, 3, 4, 5, 6, 8]
+    fine = """
+if spec.has_lora and method == REF and name.startswith("head.") and x in METHODS: pass
+if select == "lhe" and model.startswith("efficientformerv2"): pass
+rows = [("full_bp", None), ("lbp_wht", 2)]
+"""
+    assert method_id_tests(fine, ids) == []
+
+
+def test_no_harness_module_tests_method_ids_as_strings():
+    ids = tuple(METHOD_SPECS)
+    bad = []
+    for folder in HARNESS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == REGISTRY:
+                continue
+            for line, text in method_id_tests(path.read_text(), ids):
+                if (rel, text) in NOT_METHOD_IDS:
+                    continue
+                bad.append(f"{rel}:{line}: {text.splitlines()[0]}")
+    assert not bad, (
+        "method ids tested as strings outside lbp_wht/experiments/methods.py; read the "
+        "MethodSpec's flags instead (method_spec(m).has_lora, .trains, ...):\n" + "\n".join(bad)
+    )
