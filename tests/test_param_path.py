@@ -114,3 +114,14 @@ def test_each_default_is_the_cores():
         block.lbp = None  # type: ignore[misc]
     with pytest.raises(TypeError):
         block.settings["r"] = 6  # type: ignore[index]
+
+
+def test_the_harness_copies_of_the_defaults_equal_the_cores():
+    """vocab / methods import no torch, so they keep standard-library copies: checked here."""
+    from lbp_wht.experiments import methods, vocab
+    from lbp_wht.losa import DEFAULT_RANK
+
+    assert vocab.DEFAULT_SELECTION == LBPConfig().selection
+    assert vocab.DEFAULT_ORDER == LBPConfig().order
+    assert methods.DEFAULT_LORA_RANK == LoRAConfig().rank == LoRAConfig().alpha
+    assert methods.DEFAULT_LOSA_RANK == DEFAULT_RANK == LBP_DEFAULTS["losa_rank"]

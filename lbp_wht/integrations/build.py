@@ -43,6 +43,7 @@ from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
 from lbp_wht.experiments.methods import method_spec
+from lbp_wht.losa import DEFAULT_RANK as LOSA_DEFAULT_RANK
 from lbp_wht.projection import PADDINGS
 
 __all__ = [
@@ -104,7 +105,7 @@ LBP_DEFAULTS: dict[str, Any] = dict(
     padding=_core_default(LBPConfig, "padding"),  # how a 7x7 map is padded to 8x8
     lora_rank=_core_default(LoRAConfig, "rank"),  # -> LoRAConfig.rank
     lora_alpha=_core_default(LoRAConfig, "alpha"),  # -> LoRAConfig.alpha
-    losa_rank=8,  # method='losa': rank of the side network's low-rank mixers
+    losa_rank=LOSA_DEFAULT_RANK,  # method='losa': rank of the side network's low-rank mixers
     # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
     # freeze: every non-LoRA parameter of the trained scope trains too)
     lora_train="adapters",
