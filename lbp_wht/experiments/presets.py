@@ -397,11 +397,11 @@ def get_preset(
             ``head_only`` (the head trains alone in both).
         lbp: the :class:`~lbp_wht.config.LBPConfig` of every LBP-WHT rule (selection,
             radius or num_bases, order, padding), put into the rules as it is (``lbp=``);
-            None: ``LBPConfig()`` (LP_L1-4). With ``selection="lhe"`` the layers profile
+            None: ``LBPConfig()``, the core's default. With ``selection="lhe"`` the layers profile
             ``g_y`` until their bases are set (``LBPMixin.set_bases``).
         lora: the :class:`~lbp_wht.config.LoRAConfig` per projection (``lora=``); fused
             layers (qkv) get a copy with rank and alpha multiplied by the number of fused
-            projections. None: ``LoRAConfig()`` (rank 8, alpha 8).
+            projections. None: ``LoRAConfig()``, the core's default.
         lora_train: what trains besides the adapters in the LoRA variants: ``"adapters"``
             (the task head only; LoRA's definition, our default) or ``"scope"`` (every
             parameter of the trained scope except the LoRA layers' frozen base weights: the
