@@ -10,7 +10,9 @@ identity at the end of the path, that the path constructs one ``LBPConfig``, and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 
 import pytest
 
@@ -114,6 +116,8 @@ def test_each_default_is_the_cores():
         block.lbp = None  # type: ignore[misc]
     with pytest.raises(TypeError):
         block.settings["r"] = 6  # type: ignore[index]
+    # built models carry it in lbp_info, and tools deep-copy (and may pickle) built models
+    assert copy.deepcopy(block) == block == pickle.loads(pickle.dumps(block))
 
 
 def test_the_harness_copies_of_the_defaults_equal_the_cores():

@@ -29,7 +29,6 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -290,6 +289,26 @@ def _check_lbp_value(key: str, value: Any, spec: LBPKey) -> None:
             raise LBPConfigError(f"lbp.{key}={value!r}: must be finite and {bound} ({spec.help})")
 
 
+class _Settings(Mapping):
+    """A read-only mapping (unlike ``MappingProxyType`` it deep-copies and pickles, as
+    ``model.lbp_info`` must: tools deep-copy built models)."""
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._items!r})"
+
+
 @dataclass(frozen=True)
 class LBPBlock:
     """A config's ``lbp`` block, parsed and validated once (:func:`parse_lbp_block`).
@@ -405,7 +424,7 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
         lora_train=out["lora_train"],
         lbp=lbp_config,
         lora=lora_config,
-        settings=MappingProxyType(out),
+        settings=_Settings(out),
     )
 
 
