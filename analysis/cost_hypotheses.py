@@ -356,6 +356,7 @@ class CostHypotheses(CostTables):
         * ``V2-FFN`` (LBP-WHT rows): only the FFN 1x1 convs converted, the attention layers
           left plain, as a bypassed wrapper would leave them (authors' variant).
         """
+        from lbp_wht.config import LBPConfig
         from lbp_wht.experiments.presets import get_preset
 
         out = []
@@ -383,7 +384,7 @@ class CostHypotheses(CostTables):
                 ),
             )
             if scope == "partial":
-                kw: dict[str, Any] = {"r": r or 4, "variant": "authors"}
+                kw: dict[str, Any] = {"lbp": LBPConfig(radius=r), "variant": "authors"}
                 if method == LORA_ALL:
                     kw["lora_train"] = "scope"
                 preset = get_preset(model, method, "full", **kw)
@@ -406,7 +407,9 @@ class CostHypotheses(CostTables):
             if method_spec(method).bases_only:
                 rules = [
                     rule
-                    for rule in get_preset(model, method, scope, r=r, variant="authors").rules
+                    for rule in get_preset(
+                        model, method, scope, lbp=LBPConfig(radius=r), variant="authors"
+                    ).rules
                     if ".mlp." in rule["target"]
                 ]
                 plain = (cfg[0], {**auth_cfg[1], "lbp.method": "full_bp"})

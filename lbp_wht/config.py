@@ -92,6 +92,10 @@ class LBPConfig:
         LBPConfig(radius=15, padding="zero")          # all 64 bases: exactly plain backprop
     """
 
+    #: The radius of a low-pass selection given none (LP_L1-4, the paper's default). The one
+    #: place this default is written: the harness (``lbp.r``) reads it from here.
+    DEFAULT_RADIUS: ClassVar[int] = 4
+
     selection: str = field(
         default="lp_l1",
         metadata={
@@ -104,9 +108,9 @@ class LBPConfig:
     radius: int | None = field(
         default=None,
         metadata={
-            "help": "r of LP_L1-r / LP_Linf-r (default 4 for those selections; LP_L1 r = 2, "
-            "4, 6, 8 keep R = 3, 10, 21, 36 bases, r = 2*order - 1 keeps all). Only for "
-            "'lp_l1' and 'lp_linf'."
+            "help": "r of LP_L1-r / LP_Linf-r (None: DEFAULT_RADIUS; LP_L1 r = 2, 4, 6, 8 "
+            "keep R = 3, 10, 21, 36 bases, r = 2*order - 1 keeps all). Only for 'lp_l1' "
+            "and 'lp_linf'."
         },
     )
     num_bases: int | None = field(
@@ -166,7 +170,8 @@ class LBPConfig:
                     f"num_bases={self.num_bases} exceeds the {n2} bases of order {self.order}"
                 )
         if low_pass:
-            radius = 4 if self.radius is None else check_int(self.radius, "radius", 1)
+            radius = self.radius
+            radius = self.DEFAULT_RADIUS if radius is None else check_int(radius, "radius", 1)
             set_(self, "radius", radius)
             chosen: tuple[BaseIndex, ...] | None = tuple(
                 select_bases(self.selection, r=radius, order=self.order)

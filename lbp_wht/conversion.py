@@ -24,11 +24,12 @@ geometry             ``layout``, ``prefix_tokens``, ``hw`` (rarely needed: the d
                      on ``example_input`` and the adapters of :mod:`lbp_wht.adapters` find them)
 ===================  =====================================================================
 
-The spelling of the paper's presets is accepted too: ``select`` (selection), ``r`` (radius),
-``indices`` (bases), ``extra_tokens`` (prefix_tokens), ``alpha`` (lora_alpha), ``lhe_rank``
-(num_bases) and ``rank``, which is the LoRA rank for ``lora`` / ``lbp_lora`` and the number of
-bases for ``lbp``. Rules are normalised to the canonical names (:meth:`Rule.to_dict`), which
-is what :attr:`ConversionReport.rules` and the saved rules of :mod:`lbp_wht.saving` hold.
+Each option has exactly one name: the presets' old spellings (``select``, ``r``, ``rank``
+-- once the LoRA rank for ``lora`` / ``lbp_lora`` but the number of bases for ``lbp`` --,
+``alpha``, ``dropout``, ``lhe_rank``, ``indices``, ``extra_tokens``) are refused, with the
+canonical name in the error. The harness passes typed configs (``lbp=``, ``lora=``).
+:meth:`Rule.to_dict` gives a rule in these names, which is what
+:attr:`ConversionReport.rules` and the saved rules of :mod:`lbp_wht.saving` hold.
 
 ``convert`` returns a :class:`ConversionReport` (what was replaced, what was skipped and why).
 ``unconvert`` puts plain ``nn.Linear`` / ``nn.Conv2d`` back (LoRA merged or dropped), with
@@ -119,13 +120,12 @@ _SUCCESSORS: dict[str, tuple[type, dict[str, str]]] = {
 _MAPLESS = ("lora", *_SUCCESSORS)
 
 
-def _legacy(method: str) -> dict[str, str]:
-    """The presets' spelling -> canonical key, for ``method``."""
+def _renamed(key: str, method: str) -> str | None:
+    """The canonical name of an old (preset) spelling of a rule key, for the error message."""
     names = {"select": "selection", "r": "radius", "indices": "bases"}
     names.update(extra_tokens="prefix_tokens", lhe_rank="num_bases", alpha="lora_alpha")
-    names["dropout"] = "lora_dropout"
-    names["rank"] = "num_bases" if method == "lbp" else "lora_rank"
-    return names
+    names.update(dropout="lora_dropout", rank="num_bases" if method == "lbp" else "lora_rank")
+    return names.get(key)
 
 
 def _valid_keys(method: str) -> list[str]:
@@ -202,16 +202,17 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
         raise ValueError(
             f"rule {index}: unknown method {method!r}; choose one of {list(CONVERSIONS)}"
         )
-    legacy = _legacy(method)
     valid = _valid_keys(method)
     opts: dict[str, Any] = {}
     for key, value in rule.items():
         if key in ("target", "method"):
             continue
-        canon = key if key in valid else legacy.get(key, key)
-        if canon not in valid:
-            others = [m for m in CONVERSIONS if canon in _valid_keys(m)]
-            if others:
+        if key not in valid:
+            others = [m for m in CONVERSIONS if key in _valid_keys(m)]
+            renamed = _renamed(key, method)
+            if renamed in valid:
+                hint = f" (the old spelling of {renamed!r}: write {renamed}=...)"
+            elif others:
                 hint = f" (it applies to method {' / '.join(map(repr, others))})"
             else:
                 close = difflib.get_close_matches(str(key), valid, n=1)
@@ -220,11 +221,7 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
                 f"rule {index} (target={target!r}, method={method!r}): unknown key {key!r}"
                 f"{hint}; valid keys: {sorted(valid)}"
             )
-        if canon in opts:
-            raise ValueError(
-                f"rule {index}: {canon!r} is given twice (as {key!r} and another name)"
-            )
-        opts[canon] = value
+        opts[key] = value
     exclude = opts.pop("exclude", ())
     if isinstance(exclude, str):
         exclude = (exclude,)

@@ -128,9 +128,9 @@ def test_counted_equals_analytic_lbp_linear_multipatch_class_token(impl):
 def test_counted_equals_analytic_lora_layers(method: str):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(48, 64), nn.GELU(), nn.Linear(64, 40))
-    opts = dict(rank=4, alpha=4)
+    opts = dict(lora_rank=4, lora_alpha=4)
     if method == "lbp_lora":  # token input of a 7x7 map (no image to trace): the rule says so
-        opts.update(select="lp_l1", r=2, hw=(7, 7))
+        opts.update(selection="lp_l1", radius=2, hw=(7, 7))
     convert(net, [dict(target="2", method=method, **opts), dict(target="0", method=method, **opts)])
     freeze(net, ["*.lora_*"])
     x = torch.randn(1, 49, 48)
@@ -151,9 +151,9 @@ def test_counted_equals_analytic_with_a_class_token(method: str, need_x: bool):
     in the analytic count as they are in the executed backward."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(48, 64), nn.GELU(), nn.Linear(64, 40))
-    opts = dict(select="lp_l1", r=2, extra_tokens=1, hw=(7, 7))
+    opts = dict(selection="lp_l1", radius=2, prefix_tokens=1, hw=(7, 7))
     if method == "lbp_lora":
-        opts.update(rank=4, alpha=4)
+        opts.update(lora_rank=4, lora_alpha=4)
     convert(net, [dict(target="2", method=method, **opts)])
     freeze(net, ["2.*"] if method == "lbp" else ["2.lora_*"])
     x = torch.randn(2, 1 + 49, 48)
@@ -203,7 +203,7 @@ def test_full_bp_vs_lp_l1_speedup_small_model(r: int):
             convert(
                 net,
                 [
-                    dict(target=n, method="lbp", select="lp_l1", r=r)
+                    dict(target=n, method="lbp", selection="lp_l1", radius=r)
                     for n in ("fc1", "fc2", "mlp1", "mlp2")
                 ],
                 example_input=x,

@@ -158,7 +158,7 @@ def test_non_1x1_conv_is_a_clear_error():
 
 def test_token_count_mismatch_names_layer_and_shapes():
     model = nn.Sequential(nn.Linear(4, 4))
-    convert(model, [dict(target="0", method="lbp", r=2, hw=(7, 7))])
+    convert(model, [dict(target="0", method="lbp", radius=2, hw=(7, 7))])
     with pytest.raises(ValueError, match=r"'?0'? .*\(2, 50, 4\).*hw=\(7, 7\)"):
         model(torch.randn(2, 50, 4, requires_grad=True))
     lbp = LBPLinear.from_module(nn.Linear(4, 4), LBPConfig(radius=2))
@@ -303,9 +303,9 @@ def test_convert_report_forward_unchanged_and_backward_follows_rules():
     model = TinyViT()
     ref = copy.deepcopy(model)
     rules = [
-        dict(target="mix.*", method="lbp", r=2),
-        dict(target="attn.qkv", method="lora", rank=24, alpha=24),
-        dict(target="attn.proj", method="lbp_lora", rank=8, alpha=8, r=4),
+        dict(target="mix.*", method="lbp", radius=2),
+        dict(target="attn.qkv", method="lora", lora_rank=24, lora_alpha=24),
+        dict(target="attn.proj", method="lbp_lora", lora_rank=8, lora_alpha=8, radius=4),
     ]
     img = torch.randn(2, 3, 28, 28)
     report = convert(model, rules, example_input=img[:1])  # a 7x7 map
@@ -359,10 +359,11 @@ def test_lbp_lora_takes_lhe_rank_separately_from_adapter_rank():
         nn.Linear(4, 4), LBPConfig(selection="lhe", num_bases=5), LoRAConfig(rank=8, alpha=8)
     )
     assert layer.bases is None and layer.lbp_config.num_bases == 5 and layer.lora_rank == 8
-    # the same through rules, in the presets' spelling and in the canonical one
+    # the same through rules, in option keys and as typed configs
+    lhe = LBPConfig(selection="lhe", num_bases=5)
     for rule in (  # hw: the map of a lone linear, which no example input could show
-        dict(target="0", method="lbp_lora", select="lhe", lhe_rank=5, rank=8, alpha=8, hw=[2, 2]),
         dict(target="0", method="lbp_lora", selection="lhe", num_bases=5, lora_rank=8, hw=[2, 2]),
+        dict(target="0", method="lbp_lora", lbp=lhe, lora=LoRAConfig(rank=8), hw=[2, 2]),
     ):
         model = nn.Sequential(nn.Linear(4, 4))
         convert(model, [rule])

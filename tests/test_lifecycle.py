@@ -114,11 +114,16 @@ def test_rule_keys_are_checked_by_name():
     ):
         convert(model, [dict(target="attn.*", method="lbp", lora_rank=4)])
     with pytest.raises(TypeError, match=r"rule 0 .*radius must be an int, got True"):
-        convert(model, [dict(target="attn.*", method="lbp", r=True)])
+        convert(model, [dict(target="attn.*", method="lbp", radius=True)])
     with pytest.raises(TypeError, match=r"wrap the single rule in a list"):
         convert(model, dict(target="attn.*", method="lbp"))
-    with pytest.raises(ValueError, match="given twice"):
-        convert(model, [dict(target="attn.*", method="lbp", r=2, radius=3)])
+    # one name per option: the presets' old spellings are refused, naming the canonical key
+    with pytest.raises(ValueError, match="unknown key 'r' .the old spelling of 'radius'"):
+        convert(model, [dict(target="attn.*", method="lbp", r=2)])
+    with pytest.raises(ValueError, match="unknown key 'rank' .the old spelling of 'num_bases'"):
+        convert(model, [dict(target="attn.*", method="lbp", selection="lhe", rank=2)])
+    with pytest.raises(ValueError, match="unknown key 'rank' .the old spelling of 'lora_rank'"):
+        convert(model, [dict(target="attn.*", method="lbp_lora", rank=2)])
     assert not any(isinstance(m, LBPLinear) for m in model.modules())  # nothing changed
 
 
@@ -130,9 +135,9 @@ def test_unconvert_restores_plain_layers_with_or_without_the_adapters(lora):
     convert(
         model,
         [
-            dict(target="mix.*", method="lbp", r=2),
+            dict(target="mix.*", method="lbp", radius=2),
             dict(target="attn.qkv", method="lora", lora_rank=4, lora_alpha=8),
-            dict(target="attn.proj", method="lbp_lora", r=4, lora_rank=2),
+            dict(target="attn.proj", method="lbp_lora", radius=4, lora_rank=2),
         ],
         example_input=IMG[:1],
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch.nn as nn
 
+from lbp_wht.config import LBPConfig
 from lbp_wht.conversion import CONVERSIONS
 from lbp_wht.experiments import methods as registry
 from lbp_wht.experiments import presets
@@ -196,9 +197,10 @@ def test_adding_a_method_is_one_entry(monkeypatch, mini):
     lora = presets.get_preset("mini-efficientformer", "lora", "partial")
     assert [r["target"] for r in preset.rules] == [r["target"] for r in lora.rules]
     assert {r["method"] for r in preset.rules} == {"lbp_lora"}
-    assert all(r["select"] == "lp_l1" and r["r"] == 4 for r in preset.rules)
+    assert all(r["lbp"] == LBPConfig(selection="lp_l1", radius=4) for r in preset.rules)
+    lhe = LBPConfig(selection="lhe", num_bases=10)
     with pytest.raises(ValueError, match="select='lhe' is not offered with 'lora_attn_lbp'"):
-        presets.get_preset("mini-efficientformer", "lora_attn_lbp", "partial", select="lhe")
+        presets.get_preset("mini-efficientformer", "lora_attn_lbp", "partial", lbp=lhe)
     head = presets.get_preset("mini-efficientformer", "bitfit_head", "partial")
     assert head.rules == [] and head.trainable == ["head.*"]
     with pytest.raises(ValueError, match="'bitfit_head' is defined for partial training"):

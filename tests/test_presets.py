@@ -47,10 +47,12 @@ pytest.importorskip("timm")
 
 import lbp_wht.integrations.models as wrappers
 from lbp_wht import (
+    LBPConfig,
     LBPConv2d,
     LBPLinear,
     LBPLoRAConv2d,
     LBPLoRALinear,
+    LoRAConfig,
     LoRAConv2d,
     LoRALinear,
     convert,
@@ -368,19 +370,23 @@ def _check_losa(b: Built, model_name: str, scope: str) -> None:
 # Preset data
 # ------------------------------------------------------------------------------------------
 def test_preset_options_reach_the_rules():
-    p = get_preset(
-        "efficientformer-l1", "lbp_wht+lora_all", "partial",
-        select="lp_linf", r=3, order=8, padding="zero", lora_rank=4, lora_alpha=2,
-    )  # fmt: skip
+    lbp = LBPConfig(selection="lp_linf", radius=3, order=8, padding="zero")
+    lora = LoRAConfig(rank=4, alpha=2)
+    p = get_preset("efficientformer-l1", "lbp_wht+lora_all", "partial", lbp=lbp, lora=lora)
     qkv = next(r for r in p.rules if r["target"].endswith("qkv"))
     fc1 = next(r for r in p.rules if r["target"].endswith("fc1"))
-    assert qkv["rank"] == 12 and qkv["alpha"] == 6  # fused: x3, scaling unchanged
-    assert fc1["rank"] == 4 and fc1["alpha"] == 2
-    assert fc1["select"] == "lp_linf" and fc1["r"] == 3 and fc1["padding"] == "zero"
-    lhe = get_preset("swinv2-small-w8", "lbp_wht", "full", select="lhe", r=10)
-    assert all(r["select"] == "lhe" and r["rank"] == 10 for r in lhe.rules)
+    assert qkv["lora"] == LoRAConfig(rank=12, alpha=6)  # fused: x3, scaling unchanged
+    assert fc1["lora"] is lora  # the given object itself, not a copy or a renamed dict
+    assert all(r["lbp"] is lbp for r in p.rules)
+    lhe = LBPConfig(selection="lhe", num_bases=10)
+    rules = get_preset("swinv2-small-w8", "lbp_wht", "full", lbp=lhe).rules
+    assert rules and all(r["lbp"] is lhe for r in rules)
     with pytest.raises(ValueError, match="lhe"):
-        get_preset("swinv2-small-w8", "lbp_wht+lora_all", "full", select="lhe")
+        get_preset("swinv2-small-w8", "lbp_wht+lora_all", "full", lbp=lhe)
+    # no config given: the core's defaults (LP_L1-4; LoRA rank 8, alpha 8)
+    default = get_preset("efficientformer-l1", "lbp_wht+lora_all", "partial").rules
+    fc1 = next(r for r in default if r["target"].endswith("fc1"))
+    assert fc1["lbp"] == LBPConfig() and fc1["lora"] == LoRAConfig()
 
 
 @pytest.mark.parametrize(
@@ -539,7 +545,7 @@ def test_swinv2_module_qkv_matches_mmpretrain():
         for m, r in zip((None, mask), ref):
             torch.testing.assert_close(attn(x, m), r, rtol=1e-6, atol=1e-6)
     # the qkv module is now really used: a LoRA adapter on it receives a gradient
-    convert(container, [dict(target="0.qkv", method="lora", rank=2, alpha=2)])
+    convert(container, [dict(target="0.qkv", method="lora", lora_rank=2, lora_alpha=2)])
     attn(x, mask).sum().backward()
     assert attn.qkv.lora_B.grad is not None and attn.qkv.lora_B.grad.abs().sum() > 0
 

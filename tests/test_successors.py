@@ -308,7 +308,8 @@ def _rule(method, **options):
 
 BAD = [
     ("lora_fa", dict(lora_rank=0), ValueError, r"LoRA-FA rank must be >= 1, got 0"),
-    ("lora_fa", dict(rank=-2), ValueError, r"LoRA-FA rank must be >= 1"),
+    ("lora_fa", dict(lora_rank=-2), ValueError, r"LoRA-FA rank must be >= 1"),
+    ("lora_fa", dict(rank=2), ValueError, r"unknown key 'rank' \(the old spelling of 'lora_rank'"),
     ("lora_fa", dict(lora_rank=1.5), TypeError, r"LoRA-FA rank must be an int"),
     ("lora_fa", dict(lora_dropout=0.1), ValueError, r"unknown key 'lora_dropout'"),
     ("velora", dict(subtoken_size=3), ValueError, r"subtoken_size=3 does not divide the 8"),

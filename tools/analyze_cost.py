@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=" | ".join(METHODS),
     )
     p.add_argument("--scope", default="partial", help="partial | full")
-    p.add_argument("--select", default="lp_l1")
-    p.add_argument("--r", type=int, default=4)
+    p.add_argument("--select", default=None, help="lbp.select (default: the lbp block's)")
+    p.add_argument("--r", type=int, default=None, help="lbp.r (default: the lbp block's)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument(
         "--size", type=int, nargs="+", default=None, help="input side, or H W (default: config's)"

@@ -45,7 +45,7 @@ __all__ = [
 
 #: The rule methods of the core (``lbp_wht.conversion.CONVERSIONS``; a test checks the two
 #: agree): ``lbp`` (LBP-WHT layers), ``lora`` (LoRA layers), ``lbp_lora`` (both), and the
-#: successor methods ``lora_fa``, ``velora``, ``wta_crs`` (no experiment method uses them yet).
+#: successors ``lora_fa``, ``velora``, ``wta_crs`` (core only so far: no method uses them).
 CONVERSION_KINDS: tuple[str, ...] = ("lbp", "lora", "lbp_lora", "lora_fa", "velora", "wta_crs")
 #: What a method trains (module docstring).
 TRAINS: tuple[str, ...] = ("head", "scope", "adapters", "side")
@@ -55,7 +55,9 @@ LAYERS: tuple[str, ...] = ("attn", "all")
 #: ``partial``: the last stage and the task head train (plus Segformer's decode head), the
 #: rest is frozen; ``full``: the whole model trains (``vocab.SCOPES`` is this tuple).
 SCOPES: tuple[str, ...] = ("partial", "full")
-#: LoRA rank of the paper's baselines (alpha equal to it: scaling 1).
+#: LoRA rank of the paper's baselines (alpha equal to it: scaling 1). Standard-library copies
+#: of the core's defaults (``LoRAConfig.rank``, ``lbp_wht.losa.DEFAULT_RANK``) for the labels
+#: and R columns; ``tests/test_param_path.py`` checks they are equal.
 DEFAULT_LORA_RANK = 8
 #: Rank of LoSA's low-rank mixers (the same as the LoRA baselines').
 DEFAULT_LOSA_RANK = 8

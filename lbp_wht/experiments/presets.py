@@ -106,8 +106,8 @@ backbone as ``MixVisionTransformerConvertible`` (both registered by
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from .vocab import (
     LORA_TRAIN,
@@ -118,6 +118,9 @@ from .vocab import (
     check_model,
     method_spec,
 )
+
+if TYPE_CHECKING:  # the core configs import torch; this module stays standard-library only
+    from lbp_wht.config import LBPConfig, LoRAConfig
 
 __all__ = [
     "Preset",
@@ -380,12 +383,8 @@ def get_preset(
     method: str,
     scope: str,
     *,
-    select: str = "lp_l1",
-    r: int = 4,
-    order: int = 8,
-    padding: str = "reflect",
-    lora_rank: int = 8,
-    lora_alpha: float = 8,
+    lbp: LBPConfig | None = None,
+    lora: LoRAConfig | None = None,
     lora_train: str = "adapters",
     variant: str = "corrected",
 ) -> Preset:
@@ -396,14 +395,13 @@ def get_preset(
         method: one of :data:`METHODS` (``head_only``: no conversion, task head only).
         scope: ``"partial"`` (last stage + head) or ``"full"`` (whole model); ignored by
             ``head_only`` (the head trains alone in both).
-        select: WHT base selection, ``"lp_l1"`` (Eq. 8), ``"lp_linf"`` (Eq. 9) or ``"lhe"``
-            (top-R energy; the layers then profile ``g_y`` until their bases are set, see
-            ``LBPMixin.set_bases``).
-        r: ``LP_L1-r`` / ``LP_Linf-r`` parameter; for ``"lhe"`` the rank R itself.
-        order: WHT order n (patch side), 8 in the paper.
-        padding: how maps are padded to whole patches, ``"reflect"`` as in the paper.
-        lora_rank, lora_alpha: LoRA rank and alpha per projection; fused layers (qkv) get
-            both multiplied by the number of fused projections.
+        lbp: the :class:`~lbp_wht.config.LBPConfig` of every LBP-WHT rule (selection,
+            radius or num_bases, order, padding), put into the rules as it is (``lbp=``);
+            None: ``LBPConfig()``, the core's default. With ``selection="lhe"`` the layers profile
+            ``g_y`` until their bases are set (``LBPMixin.set_bases``).
+        lora: the :class:`~lbp_wht.config.LoRAConfig` per projection (``lora=``); fused
+            layers (qkv) get a copy with rank and alpha multiplied by the number of fused
+            projections. None: ``LoRAConfig()``, the core's default.
         lora_train: what trains besides the adapters in the LoRA variants: ``"adapters"``
             (the task head only; LoRA's definition, our default) or ``"scope"`` (every
             parameter of the trained scope except the LoRA layers' frozen base weights: the
@@ -417,10 +415,14 @@ def get_preset(
     _check("model", model, PRESET_MODELS)
     spec = method_spec(method)  # a ValueError naming the known ids
     _check("scope", scope, SCOPES)
-    _check("select", select, SELECTIONS)
     _check("lora_train", lora_train, LORA_TRAIN)
     _check("variant", variant, VARIANTS)
-    if select == "lhe" and spec.has_bases and not spec.lhe:
+    if (spec.has_bases and lbp is None) or (spec.has_lora and lora is None):
+        from lbp_wht.config import LBPConfig, LoRAConfig  # the core's defaults
+
+        lbp = LBPConfig() if lbp is None else lbp
+        lora = LoRAConfig() if lora is None else lora
+    if spec.has_bases and lbp.selection == "lhe" and not spec.lhe:  # type: ignore[union-attr]
         raise ValueError(
             f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
             "such row); use an LP selection, or convert with the library directly: "
@@ -442,14 +444,11 @@ def get_preset(
     if variant == "authors":
         layers = _authors_layers(model, scope, layers)
 
-    lbp_opts: dict[str, Any] = {"select": select, "order": order, "padding": padding}
-    if select == "lhe":
-        lbp_opts.update(rank=r, r=None)
-    else:
-        lbp_opts["r"] = r
-
-    def lora_opts(fused: int) -> dict[str, Any]:
-        return {"rank": lora_rank * fused, "alpha": lora_alpha * fused}
+    def lora_for(fused: int) -> LoRAConfig:
+        assert lora is not None
+        return (
+            lora if fused == 1 else replace(lora, rank=lora.rank * fused, alpha=lora.alpha * fused)
+        )
 
     # The spec's flags decide: which of the table's layers (``layers``), converted by which
     # core rule method (``conversion``), with LoRA options and / or WHT base options.
@@ -458,9 +457,9 @@ def get_preset(
         if spec.layers == "all" or spec.layers == kind:
             rule: dict[str, Any] = dict(target=g, method=spec.conversion)
             if spec.has_lora:
-                rule.update(lora_opts(f))
+                rule["lora"] = lora_for(f)
             if spec.has_bases:
-                rule.update(**lbp_opts, **_declared(g))
+                rule.update(lbp=lbp, **_declared(g))
             rules.append(rule)
 
     if spec.trains == "head":
@@ -502,6 +501,19 @@ def get_preset(
     )
 
 
+#: How :func:`describe_preset` shows the typed configs of a rule (by their fields' values).
+_SHOW_CONFIG: dict[str, Any] = {
+    "lbp": lambda c: f"lbp={c.describe()} order={c.order} padding={c.padding}",
+    "lora": lambda c: f"lora_rank={c.rank} lora_alpha={c.alpha:g}",
+}
+
+
+def _show(key: str, value: Any) -> str:
+    """One rule option for :func:`describe_preset`."""
+    show = _SHOW_CONFIG.get(key)
+    return f"{key}={value}" if show is None else show(value)
+
+
 def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
     """A readable summary of :func:`get_preset` (same arguments): rules, trainable, norm_eval."""
     p = get_preset(model, method, scope, **kwargs)
@@ -511,7 +523,7 @@ def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
         width = max(len(r["target"]) for r in p.rules)
         lines.append(f"  {len(p.rules)} conversion rules:")
         for rule in p.rules:
-            opts = ", ".join(f"{k}={v}" for k, v in rule.items() if k not in ("target", "method"))
+            opts = ", ".join(_show(k, v) for k, v in rule.items() if k not in ("target", "method"))
             lines.append(f"    {rule['target']:<{width}}  {rule['method']:<8} {opts}")
     elif p.losa_containers:
         lines.append(

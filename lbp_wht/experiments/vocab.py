@@ -64,6 +64,7 @@ __all__ = [
     "SELECT_ORDER",
     "SELECTION_LABELS",
     "DEFAULT_ORDER",
+    "DEFAULT_SELECTION",
     "num_bases",
     # scopes
     "SCOPES",
@@ -138,7 +139,11 @@ SELECTIONS: tuple[str, ...] = ("lp_l1", "lp_linf", "lhe")
 SELECT_ORDER = SELECTIONS
 SELECTION_LABELS: dict[str, str] = {"lp_l1": "LP_L1", "lp_linf": "LP_Linf", "lhe": "LHE"}
 _SELECTION_LATEX = {"lp_l1": "LP$_{L_1}$", "lp_linf": "LP$_{L_\\infty}$", "lhe": "LHE"}
-#: WHT order n (patch side) of every experiment: 8x8 patches, 64 bases.
+#: The harness's copies of the core defaults (this module imports no torch, so it cannot read
+#: ``lbp_wht.config``; ``tests/test_param_path.py`` checks they equal the core's): the base
+#: selection of a row that names none (``LBPConfig.selection``) and the WHT order n (patch
+#: side) of every experiment, 8x8 patches, 64 bases (``LBPConfig.order``).
+DEFAULT_SELECTION = "lp_l1"
 DEFAULT_ORDER = 8
 
 
@@ -355,7 +360,7 @@ def method_key(
     method = method_spec(str(method)).id
     if not method_spec(method).has_bases:
         return (method, None, None)
-    select = select or "lp_l1"
+    select = select or DEFAULT_SELECTION
     if select == "lhe":
         return (method, "lhe", _int_or_none(rank))
     return (method, str(select), _int_or_none(r))
@@ -388,7 +393,7 @@ def method_label(key: MethodKey, latex: bool = False) -> str:
     spec = method_spec(method)
     if not spec.has_bases:
         return spec.label
-    select = select or "lp_l1"
+    select = select or DEFAULT_SELECTION
     names = _SELECTION_LATEX if latex else SELECTION_LABELS
     lbp = names["lhe"] if select == "lhe" else f"{names.get(select, select)}-{r}"
     return lbp + spec.combined_label

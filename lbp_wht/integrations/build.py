@@ -28,7 +28,7 @@ import difflib
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -38,11 +38,11 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lbp_wht.bases import select_bases
 from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
 from lbp_wht.experiments.methods import method_spec
+from lbp_wht.losa import DEFAULT_RANK as LOSA_DEFAULT_RANK
 from lbp_wht.projection import PADDINGS
 
 __all__ = [
@@ -52,10 +52,13 @@ __all__ = [
     "METHODS",
     "SCOPES",
     "SELECTS",
+    "LBPBlock",
     "LBPConfigError",
     "LBPWHTModel",
     "TrainableOnlyOptimWrapperConstructor",
     "validate_lbp_cfg",
+    "parse_lbp_block",
+    "preset_for_block",
     "check_lbp_preset",
     "close_matches",
     "did_you_mean",
@@ -78,21 +81,30 @@ METHODS, SCOPES, LORA_TRAIN, SELECTS = (
     _presets.SELECTIONS,
 )
 
+
+def _core_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the core config dataclass ``cls`` (written there once)."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
 #: Every key the ``lbp`` block may hold, with its default. Unknown keys are an error (a typo
-#: such as ``lbp.rr=6`` must not silently run the default sweep point).
+#: such as ``lbp.rr=6`` must not silently run the default sweep point). The defaults of the
+#: LBP-WHT and LoRA keys are the core's (:class:`~lbp_wht.config.LBPConfig`,
+#: :class:`~lbp_wht.config.LoRAConfig`), read from there.
 LBP_DEFAULTS: dict[str, Any] = dict(
     method=None,  # required: one of METHODS
     model=None,  # required: model name (preset name unless lbp.preset is set), e.g. 'efficientformer-l1'
     preset=None,  # preset name for get_preset when it differs from model (e.g. CPU stand-ins)
     scope="partial",  # 'partial' = last stage + head (Sec. 4.1), 'full' = whole model
-    select="lp_l1",  # base selection (Sec. 3.2): lp_l1 (Eq. 8), lp_linf (Eq. 9), lhe
-    r=4,  # LP radius (lp_l1 r=2,4,6,8 -> R=3,10,21,36)
-    rank=None,  # number of bases for select='lhe' (Table 4: 10)
-    order=8,  # WHT order (8x8 patches)
-    padding="reflect",  # how a 7x7 map is padded to 8x8
-    lora_rank=8,
-    lora_alpha=8,
-    losa_rank=8,  # method='losa': rank of the side network's low-rank mixers
+    # base selection (Sec. 3.2): lp_l1 (Eq. 8), lp_linf (Eq. 9), lhe -> LBPConfig.selection
+    select=_core_default(LBPConfig, "selection"),
+    r=LBPConfig.DEFAULT_RADIUS,  # LP radius (lp_l1 r=2,4,6,8 -> R=3,10,21,36) -> .radius
+    rank=None,  # number of bases for select='lhe' (Table 4: 10) -> LBPConfig.num_bases
+    order=_core_default(LBPConfig, "order"),  # WHT order (8x8 patches)
+    padding=_core_default(LBPConfig, "padding"),  # how a 7x7 map is padded to 8x8
+    lora_rank=_core_default(LoRAConfig, "rank"),  # -> LoRAConfig.rank
+    lora_alpha=_core_default(LoRAConfig, "alpha"),  # -> LoRAConfig.alpha
+    losa_rank=LOSA_DEFAULT_RANK,  # method='losa': rank of the side network's low-rank mixers
     # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
     # freeze: every non-LoRA parameter of the trained scope trains too)
     lora_train="adapters",
@@ -277,12 +289,94 @@ def _check_lbp_value(key: str, value: Any, spec: LBPKey) -> None:
             raise LBPConfigError(f"lbp.{key}={value!r}: must be finite and {bound} ({spec.help})")
 
 
-def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check the ``lbp`` block against :data:`LBP_SCHEMA` and complete it with the defaults.
+class _Settings(Mapping):
+    """A read-only mapping (unlike ``MappingProxyType`` it deep-copies and pickles, as
+    ``model.lbp_info`` must: tools deep-copy built models)."""
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._items!r})"
+
+
+@dataclass(frozen=True)
+class LBPBlock:
+    """A config's ``lbp`` block, parsed and validated once (:func:`parse_lbp_block`).
+
+    The typed configs are built here and flow unchanged into the preset's rules and from
+    there into the converted layers: ``lbp`` is the very object each LBP-WHT layer holds as
+    ``lbp_config`` (``lbp.r`` -> ``LBPConfig.radius``; for ``select='lhe'``, ``lbp.rank`` ->
+    ``LBPConfig.num_bases``), ``lora`` the per-projection LoRA config (``lbp.lora_rank`` /
+    ``lbp.lora_alpha`` -> ``LoRAConfig.rank`` / ``alpha``; fused qkv layers get a copy with
+    both times 3).
+
+    Attributes:
+        method, model, scope, variant, lora_train: as in the block.
+        preset_name: ``lbp.preset`` or, unset, ``lbp.model``.
+        lbp: None for methods without WHT bases.
+        lora: None for methods without LoRA adapters.
+        settings: the whole block completed with :data:`LBP_DEFAULTS` (read-only), for the
+            keys the hooks and tools read (``lhe_iters``, ``reinit_keys``, ...).
+    """
+
+    method: str
+    model: str
+    preset_name: str
+    scope: str
+    variant: str
+    lora_train: str
+    lbp: LBPConfig | None
+    lora: LoRAConfig | None
+    settings: Mapping[str, Any]
+
+    @property
+    def num_bases(self) -> int | None:
+        """R, the number of WHT bases (None for methods without LBP-WHT)."""
+        return None if self.lbp is None else self.lbp.num_bases
+
+
+def _lbp_config(out: Mapping[str, Any], spec: Any) -> LBPConfig | None:
+    """The block's :class:`LBPConfig`; its construction validates selection, r / rank, order
+    and padding together (the core's messages, prefixed with the block keys)."""
+    if not spec.has_bases:
+        return None
+    lhe = out["select"] == "lhe"
+    if lhe and not spec.lhe:
+        raise LBPConfigError(
+            f"lbp.select='lhe' is not available with lbp.method={spec.id!r} (use an LP selection)"
+        )
+    size = dict(num_bases=out["rank"]) if lhe else dict(radius=out["r"])
+    try:
+        return LBPConfig(
+            selection=out["select"], order=out["order"], padding=out["padding"], **size
+        )
+    except ValueError as err:
+        n2 = out["order"] ** 2
+        if lhe and (out["rank"] is None or out["rank"] > n2):
+            raise LBPConfigError(
+                f"lbp.select='lhe' needs lbp.rank, an int in [1, {n2}]; got {out['rank']!r}"
+            ) from err
+        raise LBPConfigError(f"lbp.select/{'rank' if lhe else 'r'}/order: {err}") from err
+
+
+def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
+    """Check the ``lbp`` block against :data:`LBP_SCHEMA`, complete it with the defaults and
+    build its typed configs: the one parse of a block (see :class:`LBPBlock`).
 
     Every key is checked by type (no string is converted), allowed values and range, then
-    the combinations (LHE needs ``rank``; ``r`` fits ``order``). Whether the model has a
-    preset is :func:`check_lbp_preset`'s question.
+    the combinations (LHE needs ``rank``; ``r`` fits ``order``: checked by constructing the
+    :class:`~lbp_wht.config.LBPConfig`). Whether the model has a preset is
+    :func:`check_lbp_preset`'s question.
 
     Raises:
         LBPConfigError: naming the key: unknown keys (with a close match and the valid keys),
@@ -315,26 +409,37 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
             f"lbp.method={spec.id!r} with lbp.scope={out['scope']!r}: {spec.label} "
             f"{spec.scope_note}; use lbp.scope={' or '.join(map(repr, spec.scopes))}"
         )
-    if spec.has_bases:
-        if out["select"] == "lhe":
-            if not spec.lhe:
-                raise LBPConfigError(
-                    f"lbp.select='lhe' is not available with lbp.method={spec.id!r} "
-                    "(use an LP selection)"
-                )
-            if out["rank"] is None or not 1 <= out["rank"] <= out["order"] ** 2:
-                raise LBPConfigError(
-                    f"lbp.select='lhe' needs lbp.rank, an int in [1, {out['order'] ** 2}]; "
-                    f"got {out['rank']!r}"
-                )
-        else:
-            try:  # validates r against order with the core's message
-                select_bases(out["select"], r=out["r"], order=out["order"])
-            except ValueError as err:
-                raise LBPConfigError(f"lbp.select/r/order: {err}") from err
+    lbp_config = _lbp_config(out, spec)
+    lora_config = None
+    if spec.has_lora:  # lora_rank / lora_alpha are checked by the schema above
+        lora_config = LoRAConfig(rank=out["lora_rank"], alpha=out["lora_alpha"])
     out["reinit_keys"] = tuple(out["reinit_keys"])
     out["drop_keys"] = tuple(out["drop_keys"])
-    return out
+    return LBPBlock(
+        method=out["method"],
+        model=out["model"],
+        preset_name=out["preset"] or out["model"],
+        scope=out["scope"],
+        variant=out["variant"],
+        lora_train=out["lora_train"],
+        lbp=lbp_config,
+        lora=lora_config,
+        settings=_Settings(out),
+    )
+
+
+def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``lbp`` block checked and completed with the defaults, as a plain dict: the
+    ``settings`` of :func:`parse_lbp_block` (same checks, same errors)."""
+    return dict(parse_lbp_block(lbp).settings)
+
+
+def preset_for_block(block: LBPBlock) -> Any:
+    """The :class:`~lbp_wht.experiments.presets.Preset` of a parsed block: its rules carry
+    ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options)."""
+    name, method, scope = block.preset_name, block.method, block.scope
+    options = dict(lora_train=block.lora_train, variant=block.variant)
+    return _presets.get_preset(name, method, scope, lbp=block.lbp, lora=block.lora, **options)
 
 
 def check_lbp_preset(lbp: Mapping[str, Any]) -> None:
@@ -364,31 +469,20 @@ def uses_lora(method: str) -> bool:
 
 
 def lbp_config_from_block(lbp: Mapping[str, Any]) -> LBPConfig | None:
-    """The typed :class:`~lbp_wht.config.LBPConfig` of a validated ``lbp`` block (None for
-    methods without LBP-WHT). Block keys map as ``select`` -> selection, ``r`` -> radius,
-    ``rank`` -> num_bases (LHE), ``order``, ``padding``."""
-    if not uses_lbp(lbp["method"]):
-        return None
-    if lbp["select"] == "lhe":
-        return LBPConfig(selection="lhe", num_bases=lbp["rank"], order=lbp["order"],
-                         padding=lbp["padding"])  # fmt: skip
-    return LBPConfig(
-        selection=lbp["select"], radius=lbp["r"], order=lbp["order"], padding=lbp["padding"]
-    )
+    """The typed :class:`~lbp_wht.config.LBPConfig` of an ``lbp`` block (None for methods
+    without LBP-WHT): ``parse_lbp_block(lbp).lbp``."""
+    return parse_lbp_block(lbp).lbp
 
 
 def lora_config_from_block(lbp: Mapping[str, Any]) -> LoRAConfig | None:
     """The per-projection :class:`~lbp_wht.config.LoRAConfig` of an ``lbp`` block (fused qkv
-    layers get rank and alpha times 3 in the presets)."""
-    if not uses_lora(lbp["method"]):
-        return None
-    return LoRAConfig(rank=lbp["lora_rank"], alpha=lbp["lora_alpha"])
+    layers get rank and alpha times 3 in the presets): ``parse_lbp_block(lbp).lora``."""
+    return parse_lbp_block(lbp).lora
 
 
 def lbp_rank(lbp: Mapping[str, Any]) -> int | None:
     """R, the number of WHT bases of the method (None for full BP and plain LoRA)."""
-    config = lbp_config_from_block(lbp)
-    return None if config is None else config.num_bases
+    return parse_lbp_block(lbp).num_bases
 
 
 def lbp_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -461,27 +555,15 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     (dict: cfg, rank, preset, report, trainable) for hooks and tools.
     """
     from lbp_wht import convert, freeze
-    from lbp_wht.experiments.presets import get_preset
 
-    cfg = validate_lbp_cfg(lbp)
+    block = parse_lbp_block(lbp)
+    cfg = dict(block.settings)
     model = copy.deepcopy(model)
     if data_preprocessor is not None:
         model.setdefault("data_preprocessor", data_preprocessor)
     net = MODELS.build(model)
-    preset_kwargs = dict(
-        select=cfg["select"],
-        r=cfg["r"],
-        order=cfg["order"],
-        padding=cfg["padding"],
-        lora_rank=cfg["lora_rank"],
-        lora_alpha=cfg["lora_alpha"],
-        lora_train=cfg["lora_train"],
-        variant=cfg["variant"],
-    )
-    if uses_lbp(cfg["method"]) and cfg["select"] == "lhe":
-        preset_kwargs["r"] = cfg["rank"]  # get_preset takes the LHE rank as r
-    preset_name = cfg["preset"] or cfg["model"]
-    preset = get_preset(preset_name, cfg["method"], cfg["scope"], **preset_kwargs)
+    preset_name = block.preset_name
+    preset = preset_for_block(block)
     try:  # refuse attention modules whose projections a conversion would silently bypass
         from .models import assert_convertible
     except ImportError:  # pragma: no cover - models.py imports mmseg; classification-only envs
@@ -513,11 +595,12 @@ def LBPWHTModel(  # noqa: N802 - registry type name
         print_log(msg, logger="current", level=30)
     net.lbp_info = dict(  # type: ignore[assignment]
         cfg=cfg,
-        lbp_config=lbp_config_from_block(cfg),
-        lora_config=lora_config_from_block(cfg),
+        block=block,
+        lbp_config=block.lbp,  # the object every LBP-WHT layer of the model holds
+        lora_config=block.lora,
         preset=preset_name,
-        variant=cfg["variant"],
-        rank=lbp_rank(cfg),
+        variant=block.variant,
+        rank=block.num_bases,
         norm_eval=norm_eval,
         rules=list(preset.rules),
         trainable_patterns=list(preset.trainable),
@@ -526,7 +609,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     )
     print_log(
         f"lbp: method={cfg['method']} scope={cfg['scope']} model={cfg['model']} "
-        f"rank={lbp_rank(cfg)} norm_eval={norm_eval}; {len(report)} modules converted, "
+        f"rank={block.num_bases} norm_eval={norm_eval}; {len(report)} modules converted, "
         f"{len(trainable)} trainable parameter tensors",
         logger="current",
     )

@@ -112,20 +112,9 @@ def expected_conversions(cfg, model) -> set[str]:
     """
     import torch.nn as nn
 
-    from lbp_wht.experiments.presets import get_preset
-    from lbp_wht.integrations.build import validate_lbp_cfg
+    from lbp_wht.integrations.build import parse_lbp_block, preset_for_block
 
-    lbp = validate_lbp_cfg(cfg.lbp)
-    kwargs = dict(
-        select=lbp["select"],
-        r=lbp["rank"] if lbp["select"] == "lhe" else lbp["r"],
-        order=lbp["order"],
-        padding=lbp["padding"],
-        lora_rank=lbp["lora_rank"],
-        lora_alpha=lbp["lora_alpha"],
-        variant=lbp["variant"],
-    )
-    preset = get_preset(lbp["preset"] or lbp["model"], lbp["method"], lbp["scope"], **kwargs)
+    preset = preset_for_block(parse_lbp_block(cfg.lbp))
     return {
         name
         for name, m in model.named_modules()

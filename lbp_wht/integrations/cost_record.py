@@ -66,15 +66,17 @@ def config_from_flags(
     method: str,
     scope: str,
     *,
-    select: str = "lp_l1",
-    r: int = 4,
+    select: str | None = None,
+    r: int | None = None,
     num_classes: int | None = None,
     size: int | None = None,
-    lora_rank: int = 8,
-    lora_alpha: float = 8,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
 ):
     """A minimal config for ``--model/--method/--scope`` (no config file): the preset model
-    (``lbp_wht.experiments.presets.model_config``) and an ``lbp`` block.
+    (``lbp_wht.experiments.presets.model_config``) and an ``lbp`` block. ``select``, ``r``,
+    ``lora_rank`` and ``lora_alpha`` go into the block when given (None: the block's default,
+    i.e. the core's).
 
     Raises:
         ValueError: ``model`` is not a preset model and no ``size`` is given.
@@ -97,16 +99,10 @@ def config_from_flags(
     cfg = dict(
         default_scope="mmseg" if seg else "mmpretrain",
         model=model_config(model, num_classes=num_classes),
-        lbp=dict(
-            method=method,
-            model=model,
-            scope=scope,
-            select=select,
-            r=r,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-        ),
+        lbp=dict(method=method, model=model, scope=scope),
     )
+    given = dict(select=select, r=r, lora_rank=lora_rank, lora_alpha=lora_alpha)
+    cfg["lbp"].update({k: v for k, v in given.items() if v is not None})
     if seg:
         cfg["crop_size"] = (side, side)
     else:
@@ -223,6 +219,7 @@ def analyze(
     variant: dict[str, Any] = {}
     if extra_rules:
         from lbp_wht import convert
+        from lbp_wht.conversion import parse_rule
 
         from .build import always_compute_input_grad, lbp_layers
 
@@ -232,7 +229,9 @@ def analyze(
         if info.get("variant") == "authors":
             new = [m for n, m in lbp_layers(model).items() if n not in before]
             always_compute_input_grad(new)
-        variant["extra_rules"] = [dict(r) for r in extra_rules]
+        # canonical keys, JSON-ready (records written before the typed rules hold the presets'
+        # old spelling, select / r / rank / alpha: kept as written, nothing reads them back)
+        variant["extra_rules"] = [parse_rule(r, i).to_dict() for i, r in enumerate(extra_rules)]
     if trainable is not None:
         from lbp_wht import freeze
 

@@ -229,7 +229,7 @@ def prepare_tail(tail: Tail, m: TransferMethod, protocol: Protocol = Protocol())
             )
         rule: dict[str, Any] = dict(target="all-linear", method=spec.conversion)
         if spec.has_lora:
-            rule.update(rank=protocol.lora_rank, alpha=protocol.lora_rank)
+            rule.update(lora_rank=protocol.lora_rank, lora_alpha=protocol.lora_rank)
         if spec.has_bases:
             rule.update(radius=m.r)
         convert(tail, [rule], **({"example_input": example} if spec.has_bases else {}))
