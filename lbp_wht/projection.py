@@ -165,10 +165,10 @@ class _PoolAxis:
     needs only the ``nb = P * q`` block sums. ``zero`` ``(nb, S)``: which real positions lie in
     each block (what ``avg_pool2d`` with zero padding ``pad`` sums, for blocks ``k0`` to
     ``k0 + n_out``; ``pad`` -1: pooling cannot cover the axis); ``edge``: what reflect padding
-    adds (the fold of the padded positions onto their sources; zero for zero padding), nonzero
-    only in the blocks ``edge_rows``, reading the positions ``edge_src``; ``edge_spans``: per
-    such block ``(k, lo, coefs)``, its sources ``lo, lo + 1, ...`` and their integer weights
-    (a few neighbouring positions, read as slices). ``regions``: the
+    adds (the fold of the padded positions onto their sources; zero for zero padding);
+    ``edge_spans``: per block ``k`` where ``edge`` is nonzero, ``(k, lo, coefs)``: its sources
+    ``lo, lo + 1, ...`` and their integer weights (a few neighbouring positions, read as
+    slices). ``regions``: the
     reverse projection's runs ``(s0, s1, k0, k1, rep)``: positions ``[s0, s1)`` take the values
     of blocks ``[k0, k1)``, each repeated ``rep`` times (whole blocks, or one cut block).
     """
@@ -180,8 +180,6 @@ class _PoolAxis:
     n_out: int
     zero: torch.Tensor
     edge: torch.Tensor
-    edge_rows: tuple[int, ...]
-    edge_src: tuple[int, ...]
     edge_spans: tuple[tuple[int, int, tuple[float, ...]], ...]
     regions: tuple[tuple[int, int, int, int, int], ...]
 
@@ -199,10 +197,8 @@ class _PoolAxis:
             if 0 <= u - before < size:
                 zero[u // m, u - before] = 1.0
         edge = fold - zero
-        rows = tuple(k for k in range(nb) if bool(edge[k].any()))
-        cols = tuple(s for s in range(size) if bool(edge[:, s].any()))
         spans = []
-        for k in rows:
+        for k in (k for k in range(nb) if bool(edge[k].any())):
             nz = edge[k].nonzero().flatten().tolist()
             lo, hi = nz[0], nz[-1] + 1
             spans.append((k, lo, tuple(float(v) for v in edge[k, lo:hi])))
@@ -222,9 +218,8 @@ class _PoolAxis:
                 regions.append((s, end, k, k + 1, end - s))
                 s = end
         return _PoolAxis(
-            m, nb, pad if ok else -1, k0, n_out, zero, edge, rows, cols, tuple(spans),
-            tuple(regions),
-        )  # fmt: skip
+            m, nb, pad if ok else -1, k0, n_out, zero, edge, tuple(spans), tuple(regions)
+        )
 
 
 @dataclass(frozen=True)
@@ -409,7 +404,7 @@ class WHTProjector:
             # the bias: a reduction of the block sums (no multiply-adds); the reflected rows
             # (columns): weighted sums of a few slices, folded along W (summed along H)
             ah, aw = plan.h, plan.w
-            return macs + len(ah.edge_rows) * aw.nb * self.w + len(aw.edge_rows) * ah.nb * self.h
+            return macs + len(ah.edge_spans) * aw.nb * self.w + len(aw.edge_spans) * ah.nb * self.h
         if impl == "dense":
             return self.h * self.w * (ph * pw * r + (1 if bias and not reverse else 0))
         ax_h, ax_w = self._axis_pair()
