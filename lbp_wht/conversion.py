@@ -88,6 +88,7 @@ __all__ = [
     "TrainableSummary",
     "CONVERSIONS",
     "ALL_LINEAR",
+    "SUCCESSOR_OPTIONS",
 ]
 
 #: method -> (class for nn.Linear, class for 1x1 nn.Conv2d)
@@ -108,7 +109,7 @@ _GEOMETRY_KEYS = ("layout", "prefix_tokens", "hw")
 _COMMON_KEYS = ("target", "method", "exclude")
 #: The successor methods: method -> (config class, rule key -> config field). Each also takes
 #: its config object under the method's own name (``velora=VeLoRAConfig(...)``).
-_SUCCESSORS: dict[str, tuple[type, dict[str, str]]] = {
+SUCCESSOR_OPTIONS: dict[str, tuple[type, dict[str, str]]] = {
     "lora_fa": (LoRAFAConfig, {"lora_rank": "rank", "lora_alpha": "alpha"}),
     "velora": (VeLoRAConfig, {"subtoken_size": "subtoken_size"}),
     "wta_crs": (
@@ -117,7 +118,7 @@ _SUCCESSORS: dict[str, tuple[type, dict[str, str]]] = {
     ),
 }
 #: Methods that need no map (their layers work on token rows, wherever they are).
-_MAPLESS = ("lora", *_SUCCESSORS)
+_MAPLESS = ("lora", *SUCCESSOR_OPTIONS)
 
 
 def _renamed(key: str, method: str) -> str | None:
@@ -134,8 +135,8 @@ def _valid_keys(method: str) -> list[str]:
         keys += [*_LBP_KEYS, *_GEOMETRY_KEYS, "lbp"]
     if method in ("lora", "lbp_lora"):
         keys += [*_LORA_KEYS, "lora"]
-    if method in _SUCCESSORS:
-        keys += [*_SUCCESSORS[method][1], method]
+    if method in SUCCESSOR_OPTIONS:
+        keys += [*SUCCESSOR_OPTIONS[method][1], method]
     return keys
 
 
@@ -168,7 +169,7 @@ class Rule:
         if self.lora is not None:
             d.update({k: getattr(self.lora, f) for k, f in _LORA_KEYS.items()})
         if self.options is not None:
-            names = _SUCCESSORS[self.method][1]
+            names = SUCCESSOR_OPTIONS[self.method][1]
             values = {k: getattr(self.options, f) for k, f in names.items()}
             d.update({k: v for k, v in values.items() if v is not None})
         for k, v in self.geometry.items():
@@ -235,8 +236,8 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
         if method in ("lora", "lbp_lora"):
             lora = _config_from(opts, "lora", LoRAConfig, _LORA_KEYS, where)
         options = None
-        if method in _SUCCESSORS:
-            cls, names = _SUCCESSORS[method]
+        if method in SUCCESSOR_OPTIONS:
+            cls, names = SUCCESSOR_OPTIONS[method]
             options = _config_from(opts, method, cls, names, where)
         geometry = {k: opts.pop(k) for k in _GEOMETRY_KEYS if k in opts}
         if geometry:
@@ -649,7 +650,7 @@ def convert(
         try:
             if rule.method == "lora":
                 new = cls.from_module(old, rule.lora)
-            elif rule.method in _SUCCESSORS:
+            elif rule.method in SUCCESSOR_OPTIONS:
                 new = cls.from_module(old, rule.options)
             elif rule.method == "lbp":
                 new = cls.from_module(old, rule.lbp, geometry=decision.geometry)

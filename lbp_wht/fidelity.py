@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ __all__ = [
     "cosine",
     "relative_error",
     "gradient_fidelity",
+    "rule_fidelity",
     "FIELDS",
 ]
 
@@ -325,6 +326,52 @@ def gradient_fidelity(
                     cos_gx=cosine(g["g_x"], e["g_x"]),
                     relerr_gx=relative_error(g["g_x"], e["g_x"]),
                     energy_share=energy_share(spectra[(name, sel.padding)], bases[name]),
+                )
+            )
+    return rows
+
+
+def rule_fidelity(
+    model: nn.Module,
+    layers: Sequence[str],
+    loss_fn: Callable[[nn.Module], torch.Tensor],
+    rule_sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    example_input: Any = "auto",
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Gradients of ``layers`` under any conversion against exact backprop: for every
+    ``label -> rules`` of ``rule_sets`` a copy of ``model`` is converted by ``rules``
+    (:func:`lbp_wht.convert`) and run once, the global RNG seeded with ``seed`` first (methods
+    that sample, e.g. WTA-CRS, draw the same rows for the same seed).
+
+    Returns:
+        One dict per (label, layer): ``layer``, ``layer_type``, ``method`` (the label),
+        ``cos_gw`` / ``relerr_gw`` (NaN where the converted layer's weight is frozen, as
+        under LoRA), ``cos_gx`` / ``relerr_gx`` (NaN where the input needs no gradient).
+    """
+    layers = list(layers)
+    torch.manual_seed(seed)
+    exact = capture_gradients(copy.deepcopy(model), layers, loss_fn)
+    kinds = {name: layer_type(name, m) for name, m in model.named_modules() if name in exact}
+    rows = []
+    for label, rules in rule_sets.items():
+        conv = copy.deepcopy(model)
+        if rules:
+            convert(conv, list(rules), batchnorm_guard=False, example_input=example_input)
+        torch.manual_seed(seed)
+        got = capture_gradients(conv, layers, loss_fn)
+        for name in layers:
+            e, g = exact[name], got[name]
+            rows.append(
+                dict(
+                    layer=name,
+                    layer_type=kinds[name],
+                    method=label,
+                    cos_gw=cosine(g["g_w"], e["g_w"]),
+                    relerr_gw=relative_error(g["g_w"], e["g_w"]),
+                    cos_gx=cosine(g["g_x"], e["g_x"]),
+                    relerr_gx=relative_error(g["g_x"], e["g_x"]),
                 )
             )
     return rows

@@ -20,6 +20,9 @@
 #                reused when the script runs again (delete the folder to start over).
 #   --jobs N     adaptation runs at a time (default: the number of CPU cores, at most 2 ... 8)
 #   --seeds S    seeds of the adaptation runs (default "0 1 2"; smoke "0")
+#   --extra-grid "lbp.method=a,b"   one more sweep grid of methods (e.g. the successors that
+#                scripts/reproduce_benchmark.sh adds); repeatable
+#   --extra-cost "tag tag"   config tags of the extra methods for the cost stage (lora-fa ...)
 #
 # Environment: PYTHON (default .venv/bin/python), FMNIST_ROOT (default
 # /usr/share/datasets/fashion-mnist, the Debian package `dataset-fashion-mnist`; `make data`).
@@ -36,6 +39,8 @@ OUT=""
 WORK=""
 JOBS=""
 SEEDS=""
+EXTRA_GRIDS=()
+EXTRA_COST=()
 ARGS_TEXT="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,6 +49,9 @@ while [ $# -gt 0 ]; do
         --work) WORK="$2"; shift ;;
         --jobs) JOBS="$2"; shift ;;
         --seeds) SEEDS="$2"; shift ;;
+        --extra-grid) EXTRA_GRIDS+=("$2"); shift ;;
+        # shellcheck disable=SC2206
+        --extra-cost) EXTRA_COST+=($2); shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "reproduce_mini.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -112,7 +120,8 @@ else
 fi
 # Head only (linear probe, lbp.method='head_only': only the new head trains), in both modes.
 METHOD_GRIDS[0]="${METHOD_GRIDS[0]/lbp.method=/lbp.method=head_only,}"
-COST_METHODS=(head-only "${COST_METHODS[@]}")
+COST_METHODS=(head-only "${COST_METHODS[@]}" ${EXTRA_COST[@]+"${EXTRA_COST[@]}"})
+METHOD_GRIDS+=(${EXTRA_GRIDS[@]+"${EXTRA_GRIDS[@]}"})
 SCHED_OPTS() {  # schedule of a run of $1 iterations (warm-up 20 or 10% of it, cosine to the end)
     local it="$1" warm=$(( $1 < 200 ? ($1 / 10 > 1 ? $1 / 10 : 1) : 20 ))
     echo "train_cfg.max_iters=$it train_cfg.val_interval=$it param_scheduler.0.end=$warm param_scheduler.1.end=$it"

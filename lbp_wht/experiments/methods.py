@@ -18,7 +18,14 @@ lora_all            lora        all    adapters   LoRA-all / lora-all
 losa                nothing     --     side       LoSA / losa (a side network, lbp_wht.losa)
 lbp_wht             lbp         all    scope      LP_L1-4 / lp-l1-r4 (its base selection)
 lbp_wht+lora_all    lbp_lora    all    adapters   LP_L1-4 + LoRA-all / lp-l1-r4+lora-all
+lora_fa             lora_fa     all    adapters   LoRA-FA / lora-fa (frozen A, trained B)
+velora              velora      all    scope      VeLoRA / velora (rank-1 sub-token x for g_w)
+wta_crs             wta_crs     all    scope      WTA-CRS / wta-crs (k sampled rows for g_w)
 =================== =========== ====== ========== ==========================================
+
+The last three are LBP-WHT's successors (``successor=True``, not paper rows): their options are
+``lbp.options`` (the core rule's keys, e.g. ``dict(keep_fraction=0.3)``), built once into the
+core's typed config and put into the rules under the method's own name.
 
 ``trains``: ``head`` the task head only; ``scope`` every parameter of the trained scope (the
 last stage + head, or everything); ``adapters`` the LoRA adapters + the task head (or, with
@@ -34,6 +41,7 @@ __all__ = [
     "MethodSpec",
     "METHOD_SPECS",
     "CONVERSION_KINDS",
+    "SUCCESSOR_CONVERSIONS",
     "TRAINS",
     "LAYERS",
     "SCOPES",
@@ -43,10 +51,13 @@ __all__ = [
     "method_with",
 ]
 
+#: The core's rule methods of the successors (``lbp_wht.conversion``): each takes its options
+#: as one typed config (``LoRAFAConfig``, ``VeLoRAConfig``, ``WTACRSConfig``).
+SUCCESSOR_CONVERSIONS: tuple[str, ...] = ("lora_fa", "velora", "wta_crs")
 #: The rule methods of the core (``lbp_wht.conversion.CONVERSIONS``; a test checks the two
 #: agree): ``lbp`` (LBP-WHT layers), ``lora`` (LoRA layers), ``lbp_lora`` (both), and the
-#: successors ``lora_fa``, ``velora``, ``wta_crs`` (core only so far: no method uses them).
-CONVERSION_KINDS: tuple[str, ...] = ("lbp", "lora", "lbp_lora", "lora_fa", "velora", "wta_crs")
+#: successors.
+CONVERSION_KINDS: tuple[str, ...] = ("lbp", "lora", "lbp_lora", *SUCCESSOR_CONVERSIONS)
 #: What a method trains (module docstring).
 TRAINS: tuple[str, ...] = ("head", "scope", "adapters", "side")
 #: Which of a preset's layers a converting method converts: ``attn`` the attention
@@ -92,6 +103,8 @@ class MethodSpec:
         detail: what experiment titles say after the label.
         scopes: the scopes it is defined for; ``scope_note``: why not the others (an error
             says ``method '<id>' <scope_note>``).
+        successor: a later method of efficient backprop (the benchmark's rows beside the
+            paper's); ``cite`` names its paper.
     """
 
     id: str
@@ -109,6 +122,8 @@ class MethodSpec:
     detail: str = ""
     scopes: tuple[str, ...] = SCOPES
     scope_note: str = ""
+    successor: bool = False
+    cite: str = ""
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ValueError:
@@ -120,8 +135,8 @@ class MethodSpec:
             raise bad(f"trains={self.trains!r}; choose one of {list(TRAINS)}")
         if self.layers not in LAYERS:
             raise bad(f"layers={self.layers!r}; choose one of {list(LAYERS)}")
-        if (self.trains == "adapters") != self.has_lora:
-            raise bad("its adapters train exactly when it has LoRA (trains='adapters')")
+        if (self.trains == "adapters") != self.has_adapters:
+            raise bad("its adapters train exactly when it has adapters (trains='adapters')")
         if self.has_bases == bool(self.tag):
             raise bad("a method with bases has no tag of its own (its selection names it)")
         if self.combined and not self.has_bases:
@@ -145,6 +160,17 @@ class MethodSpec:
         return self.conversion in ("lora", "lbp_lora")
 
     @property
+    def has_adapters(self) -> bool:
+        """Puts low-rank adapters in (LoRA's, or LoRA-FA's with a frozen ``A``): ``lora_rank``
+        / ``lora_alpha`` apply and the adapters train."""
+        return self.conversion in ("lora", "lbp_lora", "lora_fa")
+
+    @property
+    def has_options(self) -> bool:
+        """Takes ``lbp.options``: the options of a successor's core rule."""
+        return self.conversion in SUCCESSOR_CONVERSIONS
+
+    @property
     def bases_only(self) -> bool:
         """Projects onto WHT bases and adds nothing else (LBP-WHT itself, not combined)."""
         return self.has_bases and not self.combined
@@ -158,6 +184,31 @@ class MethodSpec:
     def side_network(self) -> bool:
         """Attaches LoSA's side network (:mod:`lbp_wht.losa`) instead of converting layers."""
         return self.trains == "side"
+
+    def core_rule(
+        self,
+        target: str,
+        *,
+        select: str | None = None,
+        r: int | None = None,
+        lora_rank: int = DEFAULT_LORA_RANK,
+        options: dict | None = None,
+    ) -> dict | None:
+        """The ``lbp_wht.convert`` rule that applies this method to the layers ``target``
+        matches, outside the presets (a plain model, one layer): WHT bases by ``select``
+        (default ``lp_l1``) and ``r`` (the radius; the number of bases for ``lhe``), LoRA
+        adapters of rank ``lora_rank`` with alpha equal to it (scaling 1, as the paper's
+        baselines), a successor's ``options``. None for a method that converts nothing."""
+        if not self.converts:
+            return None
+        rule: dict = dict(target=target, method=self.conversion)
+        if self.has_bases:
+            select = select or "lp_l1"
+            rule.update({"selection": select, "num_bases" if select == "lhe" else "radius": r})
+        if self.has_adapters:
+            rule.update(lora_rank=lora_rank, lora_alpha=lora_rank)
+        rule.update(options or {})
+        return rule
 
     @property
     def name(self) -> str:
@@ -205,6 +256,21 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         MethodSpec(
             "lbp_wht+lora_all", "LBP-WHT", "", "lbp_lora", "adapters", True, lhe=False,
             combined="lora_all",
+        ),
+        MethodSpec(
+            "lora_fa", "LoRA-FA", "lora-fa", "lora_fa", "adapters", False, rank=_R,
+            detail=f" (LoRA with A frozen, all converted layers, rank {_R})", successor=True,
+            cite="Zhang et al. 2023, arXiv 2308.03303",
+        ),
+        MethodSpec(
+            "velora", "VeLoRA", "velora", "velora", "scope", False, successor=True,
+            detail=" (x saved as rank-1 sub-token coefficients for g_w)",
+            cite="Miles et al., NeurIPS 2024, arXiv 2405.17991",
+        ),
+        MethodSpec(
+            "wta_crs", "WTA-CRS", "wta-crs", "wta_crs", "scope", False, successor=True,
+            detail=" (g_w from sampled token rows)",
+            cite="Liu et al., NeurIPS 2023, arXiv 2305.15265",
         ),
     )
 }  # fmt: skip

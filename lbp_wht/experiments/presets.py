@@ -385,6 +385,7 @@ def get_preset(
     *,
     lbp: LBPConfig | None = None,
     lora: LoRAConfig | None = None,
+    options: Any = None,
     lora_train: str = "adapters",
     variant: str = "corrected",
 ) -> Preset:
@@ -402,6 +403,9 @@ def get_preset(
         lora: the :class:`~lbp_wht.config.LoRAConfig` per projection (``lora=``); fused
             layers (qkv) get a copy with rank and alpha multiplied by the number of fused
             projections. None: ``LoRAConfig()``, the core's default.
+        options: a successor method's typed core config (``LoRAFAConfig``, ``VeLoRAConfig``,
+            ``WTACRSConfig``), put into each rule under the method's name; a LoRA-FA config
+            is scaled for fused layers as LoRA's. None: the core config's defaults.
         lora_train: what trains besides the adapters in the LoRA variants: ``"adapters"``
             (the task head only; LoRA's definition, our default) or ``"scope"`` (every
             parameter of the trained scope except the LoRA layers' frozen base weights: the
@@ -422,6 +426,10 @@ def get_preset(
 
         lbp = LBPConfig() if lbp is None else lbp
         lora = LoRAConfig() if lora is None else lora
+    if spec.has_options and options is None:
+        from lbp_wht.conversion import SUCCESSOR_OPTIONS  # the core's defaults
+
+        options = SUCCESSOR_OPTIONS[spec.conversion][0]()
     if spec.has_bases and lbp.selection == "lhe" and not spec.lhe:  # type: ignore[union-attr]
         raise ValueError(
             f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
@@ -444,11 +452,8 @@ def get_preset(
     if variant == "authors":
         layers = _authors_layers(model, scope, layers)
 
-    def lora_for(fused: int) -> LoRAConfig:
-        assert lora is not None
-        return (
-            lora if fused == 1 else replace(lora, rank=lora.rank * fused, alpha=lora.alpha * fused)
-        )
+    def fused_for(cfg: Any, fused: int) -> Any:  # a LoRA-style config of a fused qkv layer
+        return cfg if fused == 1 else replace(cfg, rank=cfg.rank * fused, alpha=cfg.alpha * fused)
 
     # The spec's flags decide: which of the table's layers (``layers``), converted by which
     # core rule method (``conversion``), with LoRA options and / or WHT base options.
@@ -457,9 +462,11 @@ def get_preset(
         if spec.layers == "all" or spec.layers == kind:
             rule: dict[str, Any] = dict(target=g, method=spec.conversion)
             if spec.has_lora:
-                rule["lora"] = lora_for(f)
+                rule["lora"] = fused_for(lora, f)
             if spec.has_bases:
                 rule.update(lbp=lbp, **_declared(g))
+            if spec.has_options:
+                rule[spec.conversion] = fused_for(options, f) if spec.has_adapters else options
             rules.append(rule)
 
     if spec.trains == "head":

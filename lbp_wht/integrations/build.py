@@ -39,7 +39,7 @@ from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lbp_wht.config import LBPConfig, LoRAConfig
-from lbp_wht.conversion import keep_batchnorm_eval
+from lbp_wht.conversion import SUCCESSOR_OPTIONS, keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
 from lbp_wht.experiments.methods import method_spec
 from lbp_wht.losa import DEFAULT_RANK as LOSA_DEFAULT_RANK
@@ -105,6 +105,9 @@ LBP_DEFAULTS: dict[str, Any] = dict(
     lora_rank=_core_default(LoRAConfig, "rank"),  # -> LoRAConfig.rank
     lora_alpha=_core_default(LoRAConfig, "alpha"),  # -> LoRAConfig.alpha
     losa_rank=LOSA_DEFAULT_RANK,  # method='losa': rank of the side network's low-rank mixers
+    # a successor method's own options: keys of its core rule (dict(keep_fraction=0.3) for
+    # wta_crs, dict(subtoken_size=16) for velora); {}: the core config's defaults
+    options={},
     # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
     # freeze: every non-LoRA parameter of the trained scope trains too)
     lora_train="adapters",
@@ -170,6 +173,11 @@ LBP_SCHEMA: dict[str, LBPKey] = dict(
     ),
     lora_train=LBPKey("str", "what trains beside the LoRA adapters", choices=LORA_TRAIN),
     losa_rank=LBPKey("int", "LoSA: rank of the side network's low-rank mixers", minimum=1),
+    options=LBPKey(
+        "options",
+        "a successor method's options, keys of its lbp_wht.convert rule "
+        "(wta_crs: keep, keep_fraction, winner_fraction; velora: subtoken_size)",
+    ),
     norm_eval=LBPKey(
         "bool", "BatchNorm on running statistics; None: as the preset says", nullable=True
     ),
@@ -237,6 +245,7 @@ _KIND_TEXT = {
     "number": "a number",
     "bool": "True or False",
     "patterns": "a list of glob patterns, e.g. ['head.*']",
+    "options": "a dict of option names to values, e.g. dict(keep_fraction=0.3)",
 }
 
 
@@ -270,6 +279,7 @@ def _check_lbp_value(key: str, value: Any, spec: LBPKey) -> None:
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "patterns": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+        "options": isinstance(value, Mapping) and all(isinstance(k, str) for k in value),
     }[kind]
     if not ok:
         expected = _KIND_TEXT[kind] + (" or None" if spec.nullable else "")
@@ -325,6 +335,9 @@ class LBPBlock:
         preset_name: ``lbp.preset`` or, unset, ``lbp.model``.
         lbp: None for methods without WHT bases.
         lora: None for methods without LoRA adapters.
+        options: a successor method's typed core config (``LoRAFAConfig``,
+            ``VeLoRAConfig``, ``WTACRSConfig``) from ``lbp.options`` (LoRA-FA: from
+            ``lbp.lora_rank`` / ``lbp.lora_alpha``); None for the other methods.
         settings: the whole block completed with :data:`LBP_DEFAULTS` (read-only), for the
             keys the hooks and tools read (``lhe_iters``, ``reinit_keys``, ...).
     """
@@ -338,6 +351,7 @@ class LBPBlock:
     lbp: LBPConfig | None
     lora: LoRAConfig | None
     settings: Mapping[str, Any]
+    options: Any = None
 
     @property
     def num_bases(self) -> int | None:
@@ -367,6 +381,36 @@ def _lbp_config(out: Mapping[str, Any], spec: Any) -> LBPConfig | None:
                 f"lbp.select='lhe' needs lbp.rank, an int in [1, {n2}]; got {out['rank']!r}"
             ) from err
         raise LBPConfigError(f"lbp.select/{'rank' if lhe else 'r'}/order: {err}") from err
+
+
+def _successor_config(out: Mapping[str, Any], spec: Any) -> Any:
+    """The typed core config of a successor method from ``lbp.options`` (keys of its core rule;
+    LoRA-FA's rank and alpha are ``lbp.lora_rank`` / ``lbp.lora_alpha``, as LoRA's)."""
+    given = dict(out["options"])
+    if not spec.has_options:
+        if given:
+            raise LBPConfigError(
+                f"lbp.options={given!r}: lbp.method={spec.id!r} takes no options (they are "
+                "for the successor methods); remove lbp.options"
+            )
+        return None
+    cls, names = SUCCESSOR_OPTIONS[spec.conversion]
+    if spec.has_adapters:
+        for key in ("lora_rank", "lora_alpha"):
+            if key in given:
+                raise LBPConfigError(f"lbp.options.{key}: set lbp.{key} instead (as for LoRA)")
+        given.update(lora_rank=out["lora_rank"], lora_alpha=out["lora_alpha"])
+    for key in given:
+        if key not in names:
+            valid = [k for k in names if not (spec.has_adapters and k.startswith("lora_"))]
+            raise LBPConfigError(
+                f"lbp.options: unknown key {key!r} for lbp.method={spec.id!r}"
+                f"{did_you_mean(key, valid)}; valid keys: {valid}"
+            )
+    try:
+        return cls(**{names[k]: v for k, v in given.items()})
+    except (TypeError, ValueError) as err:
+        raise LBPConfigError(f"lbp.options (lbp.method={spec.id!r}): {err}") from err
 
 
 def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
@@ -413,6 +457,8 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
     lora_config = None
     if spec.has_lora:  # lora_rank / lora_alpha are checked by the schema above
         lora_config = LoRAConfig(rank=out["lora_rank"], alpha=out["lora_alpha"])
+    options = _successor_config(out, spec)
+    out["options"] = dict(out["options"])
     out["reinit_keys"] = tuple(out["reinit_keys"])
     out["drop_keys"] = tuple(out["drop_keys"])
     return LBPBlock(
@@ -425,6 +471,7 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
         lbp=lbp_config,
         lora=lora_config,
         settings=_Settings(out),
+        options=options,
     )
 
 
@@ -438,8 +485,16 @@ def preset_for_block(block: LBPBlock) -> Any:
     """The :class:`~lbp_wht.experiments.presets.Preset` of a parsed block: its rules carry
     ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options)."""
     name, method, scope = block.preset_name, block.method, block.scope
-    options = dict(lora_train=block.lora_train, variant=block.variant)
-    return _presets.get_preset(name, method, scope, lbp=block.lbp, lora=block.lora, **options)
+    return _presets.get_preset(
+        name,
+        method,
+        scope,
+        lbp=block.lbp,
+        lora=block.lora,
+        options=block.options,
+        lora_train=block.lora_train,
+        variant=block.variant,
+    )
 
 
 def check_lbp_preset(lbp: Mapping[str, Any]) -> None:

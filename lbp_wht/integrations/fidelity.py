@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["analyze_config", "load_weights", "fidelity_layers"]
+__all__ = ["analyze_config", "analyze_methods", "load_weights", "fidelity_layers"]
 
 
 def load_weights(model: torch.nn.Module, path: str, drop: Sequence[str] = ()) -> list[str]:
@@ -82,6 +82,66 @@ def _batch(cfg: Any, batch_size: int, seed: int) -> dict[str, Any]:
     return next(iter(loader))
 
 
+def _setup(cfg: Any, batch_size: int, seed: int) -> tuple[torch.nn.Module, Any, Any, list[str]]:
+    """``(model, inputs, loss_fn, layers)``: the config's model as Full BP trains it (seeded,
+    ``load_from`` not loaded), one seeded batch of its training data, the training loss on it,
+    and the layers LBP-WHT converts in that setting."""
+    from mmengine.registry import init_default_scope
+
+    import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
+
+    from .build import validate_lbp_cfg
+    from .cost_record import build_model
+
+    init_default_scope(cfg.get("default_scope", "mmpretrain"))
+    validate_lbp_cfg(cfg.lbp)
+    layers = fidelity_layers(cfg)
+    exact_cfg = copy.deepcopy(cfg)
+    exact_cfg.lbp = {**dict(cfg.lbp), "method": "full_bp"}
+    torch.manual_seed(seed)
+    model = build_model(exact_cfg)
+    data = model.data_preprocessor(_batch(cfg, batch_size, seed), True)
+    inputs, samples = data["inputs"], data["data_samples"]
+
+    def loss_fn(m: torch.nn.Module) -> torch.Tensor:
+        losses = m(inputs, samples, mode="loss")
+        return sum(v for k, v in losses.items() if "loss" in k)
+
+    return model, inputs, loss_fn, layers
+
+
+def analyze_methods(
+    cfg: Any, methods: Sequence[tuple], *, batch_size: int = 128, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Gradient fidelity of every method key ``(method, select, r)`` of ``methods`` at the start
+    of adaptation (``load_from`` minus ``lbp.drop_keys``): each converts the layers LBP-WHT
+    converts in the config's setting by its core rule (``MethodSpec.core_rule``), and
+    :func:`lbp_wht.fidelity.rule_fidelity` compares its gradients with exact backprop on one
+    seeded batch. Rows carry ``method`` (the row label) and ``method_id``.
+
+    Raises:
+        ValueError: a method that converts nothing (it has no gradients of its own to compare).
+    """
+    from lbp_wht.experiments.methods import method_spec
+    from lbp_wht.experiments.vocab import method_label
+    from lbp_wht.fidelity import rule_fidelity
+
+    model, inputs, loss_fn, layers = _setup(cfg, batch_size, seed)
+    if cfg.get("load_from"):
+        load_weights(model, cfg.load_from, dict(cfg.lbp).get("drop_keys", ()))
+    model.train()
+    rule_sets, ids = {}, {}
+    for key in methods:
+        spec = method_spec(key[0])
+        if not spec.converts:
+            raise ValueError(f"method {key[0]!r} converts no layer: nothing to compare")
+        label = method_label(key)
+        rule_sets[label] = [spec.core_rule(n, select=key[1], r=key[2]) for n in layers]
+        ids[label] = key[0]
+    rows = rule_fidelity(model, layers, loss_fn, rule_sets, example_input=inputs[:1], seed=seed)
+    return [{**row, "method_id": ids[row["method"]]} for row in rows]
+
+
 def analyze_config(
     cfg: Any,
     checkpoints: Mapping[str, str] | None = None,
@@ -104,39 +164,21 @@ def analyze_config(
     Raises:
         ValueError: nothing to evaluate, or a checkpoint that does not fit the model.
     """
-    from mmengine.registry import init_default_scope
-
-    import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
     from lbp_wht.fidelity import gradient_fidelity
-
-    from .build import validate_lbp_cfg
-    from .cost_record import build_model
 
     states: dict[str, str | None] = {"start": None} if start else {}
     states.update(checkpoints or {})
     if not states:
         raise ValueError("nothing to analyze: give checkpoints or keep the start state")
-    init_default_scope(cfg.get("default_scope", "mmpretrain"))
-    lbp = validate_lbp_cfg(cfg.lbp)
-    layers = fidelity_layers(cfg)
-    exact_cfg = copy.deepcopy(cfg)
-    exact_cfg.lbp = {**dict(cfg.lbp), "method": "full_bp"}
-    torch.manual_seed(seed)
-    model = build_model(exact_cfg)
+    model, inputs, loss_fn, layers = _setup(cfg, batch_size, seed)
+    lbp = dict(cfg.lbp)
     init = copy.deepcopy(model.state_dict())
-    data = model.data_preprocessor(_batch(cfg, batch_size, seed), True)
-    inputs, samples = data["inputs"], data["data_samples"]
-
-    def loss_fn(m: torch.nn.Module) -> torch.Tensor:
-        losses = m(inputs, samples, mode="loss")
-        return sum(v for k, v in losses.items() if "loss" in k)
-
     rows: list[dict[str, Any]] = []
     for name, path in states.items():
         model.load_state_dict(init)
         if path is None:
             if cfg.get("load_from"):
-                load_weights(model, cfg.load_from, lbp["drop_keys"])
+                load_weights(model, cfg.load_from, lbp.get("drop_keys", ()))
         else:
             load_weights(model, path)
         model.train()
