@@ -45,8 +45,18 @@ __all__ = [
 
 #: The rule methods of the core (``lbp_wht.conversion.CONVERSIONS``; a test checks the two
 #: agree): ``lbp`` (LBP-WHT layers), ``lora`` (LoRA layers), ``lbp_lora`` (both), and the
-#: successors ``lora_fa``, ``velora``, ``wta_crs`` (core only so far: no method uses them).
-CONVERSION_KINDS: tuple[str, ...] = ("lbp", "lora", "lbp_lora", "lora_fa", "velora", "wta_crs")
+#: successors ``lora_fa``, ``velora``, ``wta_crs``, ``hot``, ``instant`` (core only so far: no
+#: method uses them).
+CONVERSION_KINDS: tuple[str, ...] = (
+    "lbp",
+    "lora",
+    "lbp_lora",
+    "lora_fa",
+    "velora",
+    "wta_crs",
+    "hot",
+    "instant",
+)
 #: What a method trains (module docstring).
 TRAINS: tuple[str, ...] = ("head", "scope", "adapters", "side")
 #: Which of a preset's layers a converting method converts: ``attn`` the attention
