@@ -130,9 +130,12 @@ class _CalibratingLinear(torch.autograd.Function):
 
 
 def _covariance(t: torch.Tensor) -> torch.Tensor:
+    """``t^T t`` of ``t (N, C)`` in float32 or wider (autocast off: a bfloat16 sum would lose
+    the small eigenvalues' directions)."""
     t = t.detach()
     t = t.to(torch.promote_types(t.dtype, torch.float32))
-    return t.t().mm(t)
+    with torch.autocast(t.device.type, enabled=False):
+        return t.t().mm(t)
 
 
 class INSTANTMixin(RowwiseMixin):

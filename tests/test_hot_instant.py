@@ -436,3 +436,30 @@ def test_new_cost_fields_stay_out_of_the_totals():
     h = cost.hot_flops(768, 3072, 197, hla_block=16, hla_rank=8, grad_bits=4, hq_block=16)
     assert h.int_macs == 197 * 3072 * 768 and h.vanilla == 0
     assert h.low_rank_mm == 2 * 768 * 3072 * 13 * 8
+
+
+@pytest.mark.parametrize("method", list(OPTIONS))
+def test_autocast_bfloat16_trains(method):
+    """Under CPU autocast (bf16 GEMMs) backward runs, the gradients keep the parameters' dtype
+    and approximate the float32 ones (near-lossless settings: 8-bit HQ, full-rank HLA; INSTANT
+    at full rank, calibrated on the first of two steps)."""
+    options = {
+        "hot": dict(hla_block=4, hla_rank=4, grad_bits=8),
+        "instant": dict(instant_rank=CX),
+    }[method]
+    grads = {}
+    for amp in (False, True):
+        model = _model("linear")
+        convert(model, [dict(target="*", method=method, **options)], example_input=None)
+        model.train()
+        x = torch.randn(2, 5, CX, generator=torch.Generator().manual_seed(0))
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = model(x).float().pow(2).sum()
+            loss.backward()
+        grads[amp] = {n: p.grad for n, p in model.named_parameters()}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, g in grads[True].items():
+        assert g.dtype == torch.float32, name
+        torch.testing.assert_close(g, grads[False][name], atol=0.1, rtol=0.05, msg=name)
