@@ -68,6 +68,7 @@ __all__ = [
     "hla_project",
     "quantize_symmetric",
     "hq_input_grad",
+    "hot_linear",
 ]
 
 
