@@ -20,7 +20,15 @@ import of torchvision, so ``import lbp_wht, timm`` works there too.
 
 from . import lhe
 from .bases import basis_matrix, lp_l1_rank, select_bases, walsh_matrix
-from .config import LBPConfig, LoRAConfig, LoRAFAConfig, VeLoRAConfig, WTACRSConfig
+from .config import (
+    HOTConfig,
+    INSTANTConfig,
+    LBPConfig,
+    LoRAConfig,
+    LoRAFAConfig,
+    VeLoRAConfig,
+    WTACRSConfig,
+)
 from .conversion import (
     ALL_LINEAR,
     ConversionReport,
@@ -33,6 +41,8 @@ from .conversion import (
 )
 from .functional import lbp_forward
 from .geometry import MapGeometry
+from .hot import HOTConv2d, HOTLinear
+from .instant import INSTANTConv2d, INSTANTLinear
 from .layers import LBPConv2d, LBPLinear
 from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear
 from .lora_fa import LoRAFAConv2d, LoRAFALinear
@@ -48,6 +58,8 @@ __all__ = [
     "LoRAFAConfig",
     "VeLoRAConfig",
     "WTACRSConfig",
+    "HOTConfig",
+    "INSTANTConfig",
     "MapGeometry",
     "walsh_matrix",
     "select_bases",
@@ -67,6 +79,10 @@ __all__ = [
     "VeLoRAConv2d",
     "WTACRSLinear",
     "WTACRSConv2d",
+    "HOTLinear",
+    "HOTConv2d",
+    "INSTANTLinear",
+    "INSTANTConv2d",
     "convert",
     "unconvert",
     "freeze",

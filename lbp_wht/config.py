@@ -29,6 +29,8 @@ __all__ = [
     "LoRAFAConfig",
     "VeLoRAConfig",
     "WTACRSConfig",
+    "HOTConfig",
+    "INSTANTConfig",
     "IMPLS",
     "check_int",
 ]
@@ -364,6 +366,134 @@ class WTACRSConfig:
         if kept >= rows:
             return rows
         return min(kept, int(self.winner_fraction * kept))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_bits(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    bits = check_int(value, what, 2)
+    if bits > 8:
+        raise ValueError(f"{what} must be in [2, 8] or None (no quantisation), got {bits}")
+    return bits
+
+
+def _check_power_of_two(value: Any, what: str) -> int:
+    value = check_int(value, what, 1)
+    if value & (value - 1):
+        raise ValueError(f"{what} must be a power of two (a Walsh-Hadamard size), got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class HOTConfig:
+    """HOT (Kim et al. 2025): the weight gradient from a Hadamard low-rank approximation along
+    the token rows (HLA) with an INT8 activation buffer, the input gradient from
+    Hadamard-transformed low-bit operands (HQ); see :mod:`lbp_wht.hot`.
+
+    ``hla_rank == hla_block`` with ``act_bits=None`` and ``grad_bits=None`` is exact backprop.
+    """
+
+    hla_block: int = field(
+        default=16,
+        metadata={
+            "help": "b, the token rows per Walsh-Hadamard block of the HLA (a power of two; "
+            "the last block is zero-padded)."
+        },
+    )
+    hla_rank: int = field(
+        default=8,
+        metadata={
+            "help": "r, the lowest-sequency rows kept per block, 1 <= r <= b (r = b: g_w is "
+            "exact up to the activation quantisation)."
+        },
+    )
+    act_bits: int | None = field(
+        default=8,
+        metadata={
+            "help": "Bits of the saved low-rank activation (symmetric, one absmax scale per "
+            "row); None saves it unquantised."
+        },
+    )
+    grad_bits: int | None = field(
+        default=4,
+        metadata={
+            "help": "Bits of g_y and w in the HQ product g_x = g_y w (after the Hadamard "
+            "transform); None computes g_x exactly, without transform."
+        },
+    )
+    hq_block: int = field(
+        default=16,
+        metadata={
+            "help": "Size of the block Hadamard transform along the contracted Cy axis of "
+            "g_x = g_y w (a power of two; Cy is zero-padded to a multiple)."
+        },
+    )
+    hq_scale: str = field(
+        default="row",
+        metadata={
+            "help": "Quantiser granularity of HQ: 'row' (one scale per row of g_y and per "
+            "column of w) or 'tensor' (one scale each); the fixed per-layer choice."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        block = _check_power_of_two(self.hla_block, "HOT hla_block")
+        rank = check_int(self.hla_rank, "HOT hla_rank", 1)
+        if rank > block:
+            raise ValueError(
+                f"HOT hla_rank must be <= hla_block (rows kept per block), got hla_rank={rank}, "
+                f"hla_block={block}"
+            )
+        set_(self, "hla_block", block)
+        set_(self, "hla_rank", rank)
+        set_(self, "act_bits", _check_bits(self.act_bits, "HOT act_bits"))
+        set_(self, "grad_bits", _check_bits(self.grad_bits, "HOT grad_bits"))
+        set_(self, "hq_block", _check_power_of_two(self.hq_block, "HOT hq_block"))
+        set_(self, "hq_scale", _check_choice(self.hq_scale, "HOT hq_scale", ("row", "tensor")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class INSTANTConfig:
+    """INSTANT (ICLR 2026): ``x`` and ``g_y`` projected onto calibrated orthonormal channel
+    bases ``P_x (Cx, r_x)``, ``P_g (Cy, r_g)``; both gradients computed in that subspace (see
+    :mod:`lbp_wht.instant`). ``rank >= max(Cx, Cy)`` is exact backprop."""
+
+    rank: int = field(
+        default=32,
+        metadata={
+            "help": "r, the basis size on each side (r_x = min(r, Cx), r_g = min(r, Cy)); the "
+            "saved activation shrinks by Cx / r_x."
+        },
+    )
+    calibration_batches: int = field(
+        default=1,
+        metadata={
+            "help": "Training calls (forward and backward) of exact backprop whose x^T x and "
+            "g_y^T g_y are summed before the bases are computed."
+        },
+    )
+    recalibrate_every: int = field(
+        default=0,
+        metadata={
+            "help": "Projected training calls after which the bases are calibrated again "
+            "(0: never)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "rank", check_int(self.rank, "INSTANT rank", 1))
+        n = check_int(self.calibration_batches, "INSTANT calibration_batches", 1)
+        set_(self, "calibration_batches", n)
+        every = check_int(self.recalibrate_every, "INSTANT recalibrate_every", 0)
+        set_(self, "recalibrate_every", every)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

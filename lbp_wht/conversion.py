@@ -1,7 +1,7 @@
 """Model conversion as data, peft-style: ``convert`` / ``unconvert`` / ``freeze`` / summaries.
 
 A rule is a dict ``dict(target="<glob>" | "all-linear", method="lbp" | "lora" | "lbp_lora" |
-"lora_fa" | "velora" | "wta_crs", **options)``. The glob (``fnmatch``, ``*`` also matches dots) runs over the qualified names of
+"lora_fa" | "velora" | "wta_crs" | "hot" | "instant", **options)``. The glob (``fnmatch``, ``*`` also matches dots) runs over the qualified names of
 ``model.named_modules()``. ``"all-linear"`` targets every ``nn.Linear`` and 1x1 ``nn.Conv2d``
 and skips, with a report line each, what cannot be converted: other convolutions (patch
 embeddings, depthwise and strided convs), the task head (``get_classifier()`` / ``head`` /
@@ -20,6 +20,10 @@ LoRA-FA              ``lora_rank``, ``lora_alpha`` (or ``lora_fa=LoRAFAConfig(..
 VeLoRA               ``subtoken_size`` (or ``velora=VeLoRAConfig(...)``)
 WTA-CRS              ``keep``, ``keep_fraction``, ``winner_fraction`` (or
                      ``wta_crs=WTACRSConfig(...)``)
+HOT                  ``hla_block``, ``hla_rank``, ``act_bits``, ``grad_bits``, ``hq_block``,
+                     ``hq_scale`` (or ``hot=HOTConfig(...)``)
+INSTANT              ``instant_rank``, ``calibration_batches``, ``recalibrate_every`` (or
+                     ``instant=INSTANTConfig(...)``)
 geometry             ``layout``, ``prefix_tokens``, ``hw`` (rarely needed: the dry forward
                      on ``example_input`` and the adapters of :mod:`lbp_wht.adapters` find them)
 ===================  =====================================================================
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -50,8 +54,18 @@ from torch.utils._pytree import tree_map
 
 from .adapters import GeometryPlan, plan_geometry, remove_geometry_hooks
 from .callsite import redirect_call_sites, remove_call_sites
-from .config import LBPConfig, LoRAConfig, LoRAFAConfig, VeLoRAConfig, WTACRSConfig
+from .config import (
+    HOTConfig,
+    INSTANTConfig,
+    LBPConfig,
+    LoRAConfig,
+    LoRAFAConfig,
+    VeLoRAConfig,
+    WTACRSConfig,
+)
 from .geometry import MapGeometry, MapSource, TracedMapSource, record_input_size
+from .hot import HOTConv2d, HOTLinear
+from .instant import INSTANTConv2d, INSTANTLinear, INSTANTMixin
 from .layers import (
     BatchNormGuard,
     ConvertedLayer,
@@ -99,6 +113,8 @@ CONVERSIONS: dict[str, tuple[type, type]] = {
     "lora_fa": (LoRAFALinear, LoRAFAConv2d),
     "velora": (VeLoRALinear, VeLoRAConv2d),
     "wta_crs": (WTACRSLinear, WTACRSConv2d),
+    "hot": (HOTLinear, HOTConv2d),
+    "instant": (INSTANTLinear, INSTANTConv2d),
 }
 #: The target that selects every convertible layer.
 ALL_LINEAR = "all-linear"
@@ -115,6 +131,18 @@ SUCCESSOR_OPTIONS: dict[str, tuple[type, dict[str, str]]] = {
     "wta_crs": (
         WTACRSConfig,
         {"keep": "keep", "keep_fraction": "keep_fraction", "winner_fraction": "winner_fraction"},
+    ),
+    "hot": (
+        HOTConfig,
+        {k: k for k in ("hla_block", "hla_rank", "act_bits", "grad_bits", "hq_block", "hq_scale")},
+    ),
+    "instant": (
+        INSTANTConfig,
+        {
+            "instant_rank": "rank",
+            "calibration_batches": "calibration_batches",
+            "recalibrate_every": "recalibrate_every",
+        },
     ),
 }
 #: Methods that need no map (their layers work on token rows, wherever they are).
@@ -151,7 +179,8 @@ class Rule:
     lbp: LBPConfig | None = None
     lora: LoRAConfig | None = None
     geometry: dict[str, Any] = field(default_factory=dict)
-    #: the config of a successor method (LoRAFAConfig, VeLoRAConfig, WTACRSConfig)
+    #: the config of a successor method (LoRAFAConfig, VeLoRAConfig, WTACRSConfig, HOTConfig,
+    #: INSTANTConfig)
     options: Any = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +200,12 @@ class Rule:
         if self.options is not None:
             names = SUCCESSOR_OPTIONS[self.method][1]
             values = {k: getattr(self.options, f) for k, f in names.items()}
-            d.update({k: v for k, v in values.items() if v is not None})
+            # None is dropped where it is the default (WTA-CRS keep), kept where it is a
+            # choice (HOT act_bits=None: no quantisation), so that the rule round-trips.
+            defaults = {f.name: f.default for f in fields(self.options)}
+            d.update(
+                {k: v for k, v in values.items() if v is not None or defaults[names[k]] is not None}
+            )
         for k, v in self.geometry.items():
             d[k] = list(v) if isinstance(v, tuple) else v
         return d
@@ -765,8 +799,9 @@ def _verify(model: nn.Module, example: Any, built: list) -> None:
     idle = [name for name, new, _r, _d in built if new.converted_calls == 0]
     for _name, new, _rule, _decision in built:
         new.converted_calls = 0
-        if isinstance(new, VeLoRAMixin):
-            new.reset_projection()  # v comes from the first training batch, not the dry forward
+        if isinstance(new, VeLoRAMixin | INSTANTMixin):
+            # v / the bases come from the first training batches, not the dry forward
+            new.reset_projection()
     if idle:
         raise RuntimeError(
             f"convert: {len(idle)} converted layers did not run their converted path on the "

@@ -44,7 +44,11 @@ The successor methods (:mod:`lbp_wht.lora_fa`, :mod:`lbp_wht.velora`, :mod:`lbp_
 are costed as executed: LoRA-FA is LoRA without ``g_A`` (:func:`lora_fa_flops`); VeLoRA is
 vanilla BP (``g_w`` on the reconstructed input) plus ``2 L Cx`` training-forward FLOPs for the
 sub-token coefficients (its ``projection``); WTA-CRS computes ``g_w`` from ``k`` of the ``L`` rows
-(:func:`wta_crs_flops`).
+(:func:`wta_crs_flops`). HOT (:mod:`lbp_wht.hot`, :func:`hot_flops`) and INSTANT
+(:mod:`lbp_wht.instant`, :func:`instant_flops`) add two fields that are not FP32 backprop
+FLOPs and stay out of :attr:`LayerCost.total`: ``int_macs`` (HOT's low-bit multiply-accumulates
+of ``g_x``; simulated on float here, so ``FlopCounterMode`` counts them as ``2 int_macs`` FLOPs)
+and ``calibration`` (INSTANT's covariance GEMMs in a calibration call).
 
 Bias gradients (a sum over tokens) and the ``1 / n^2`` scaling of ``g_hat`` are elementwise and
 not counted, in line with Table 1 and the FLOP counter.
@@ -73,6 +77,8 @@ __all__ = [
     "lora_fa_flops",
     "velora_flops",
     "wta_crs_flops",
+    "hot_flops",
+    "instant_flops",
     "table1",
     "layer_cost",
     "trace_linear_layers",
@@ -99,6 +105,10 @@ class LayerCost:
     components; ``adapter``: LoRA adapter gradients (and their share of ``g_x``);
     ``forward_extra``: forward FLOPs the method adds on top of the plain layer (LoRA branch;
     not part of :attr:`total`, since it is forward work that inference also pays unless merged).
+    ``int_macs``: low-bit integer multiply-accumulates (HOT's quantised ``g_x`` product), not
+    FP32 FLOPs, so not part of :attr:`total`. ``calibration``: FP32 FLOPs of a calibration call
+    (INSTANT's ``x^T x`` and ``g_y^T g_y``), paid once per calibration period, not per step, so
+    not part of :attr:`total` either.
     """
 
     vanilla: float = 0.0
@@ -107,6 +117,8 @@ class LayerCost:
     reverse_projection: float = 0.0
     adapter: float = 0.0
     forward_extra: float = 0.0
+    int_macs: float = 0.0
+    calibration: float = 0.0
 
     @property
     def overhead(self) -> float:
@@ -282,6 +294,83 @@ def wta_crs_flops(
     return LayerCost(vanilla=mm * (tokens * int(need_input_grad) + kept * int(need_weight_grad)))
 
 
+def hot_flops(
+    cx: int,
+    cy: int,
+    tokens: int,
+    *,
+    hla_block: int,
+    hla_rank: int,
+    grad_bits: int | None,
+    hq_block: int,
+    blocks: int | None = None,
+    need_input_grad: bool = True,
+    need_weight_grad: bool = True,
+) -> LayerCost:
+    """HOT (:mod:`lbp_wht.hot`), as executed, for ``L`` = ``tokens`` rows.
+
+    Where ``g_w`` is needed (``nb`` = ``blocks``, default ``ceil(L / b)``, ``b`` = ``hla_block``,
+    ``r`` = ``hla_rank``): ``projection`` ``2 nb r b (Cx + Cy)`` (the HLA of ``x`` in forward and
+    of ``g_y`` in backward) and ``low_rank_mm`` ``2 Cx Cy nb r``. Where ``g_x`` is needed: with
+    ``grad_bits`` set, ``projection`` ``2 L Cy' h + 2 Cy' h Cx`` (block Hadamard of ``g_y`` and
+    ``w``, ``h`` = ``hq_block``, ``Cy' = ceil(Cy / h) h``) and ``int_macs`` ``L Cy' Cx`` (not FP32
+    FLOPs: outside :attr:`LayerCost.total`); without, ``vanilla`` ``2 L Cy Cx``. Quantisation
+    and dequantisation are elementwise and not counted.
+    """
+    nb = -(-tokens // hla_block) if blocks is None else blocks
+    out = LayerCost()
+    if need_weight_grad:
+        out.projection += 2.0 * nb * hla_rank * hla_block * (cx + cy)
+        out.low_rank_mm += 2.0 * cx * cy * nb * hla_rank
+    if need_input_grad:
+        if grad_bits is None:
+            out.vanilla += 2.0 * tokens * cy * cx
+        else:
+            cyp = -(-cy // hq_block) * hq_block
+            out.projection += 2.0 * tokens * cyp * hq_block + 2.0 * cyp * hq_block * cx
+            out.int_macs += float(tokens) * cyp * cx
+    return out
+
+
+def instant_flops(
+    cx: int,
+    cy: int,
+    tokens: int,
+    rank_x: int,
+    rank_g: int,
+    *,
+    calibrating: bool = False,
+    need_input_grad: bool = True,
+    need_weight_grad: bool = True,
+) -> LayerCost:
+    """INSTANT (:mod:`lbp_wht.instant`), as executed, for ``L`` = ``tokens`` rows.
+
+    A projected call: ``projection`` ``2 L Cx r_x`` (``x P_x`` in forward, where ``g_w`` is
+    needed) ``+ 2 L Cy r_g`` (``a = g_y P_g``); ``low_rank_mm`` ``2 L r_g Cx`` (``a (P_g^T w)``,
+    for ``g_x``) ``+ 2 L r_g r_x`` (``a^T x_hat``, for ``g_w``); ``reverse_projection``
+    ``2 r_g Cy Cx`` (``P_g^T w``) and ``2 Cy r_g r_x + 2 Cy r_x Cx`` (``P_g M P_x^T``).
+    A calibration call (``calibrating``) is exact backprop (``vanilla``) plus
+    ``calibration`` ``2 L (Cx^2 + Cy^2)`` (outside :attr:`LayerCost.total`; the
+    eigendecompositions are not counted).
+    """
+    nx, nw = need_input_grad, need_weight_grad
+    if calibrating:
+        out = vanilla_bp_flops(cx, cy, tokens, need_input_grad=nx, need_weight_grad=nw)
+        out.calibration = 2.0 * tokens * (cx * cx + cy * cy)
+        return out
+    out = LayerCost()
+    if not (nx or nw):
+        return out
+    out.projection = 2.0 * tokens * cy * rank_g + (2.0 * tokens * cx * rank_x if nw else 0.0)
+    if nx:
+        out.low_rank_mm += 2.0 * tokens * rank_g * cx
+        out.reverse_projection += 2.0 * rank_g * cy * cx
+    if nw:
+        out.low_rank_mm += 2.0 * tokens * rank_g * rank_x
+        out.reverse_projection += 2.0 * cy * rank_g * rank_x + 2.0 * cy * rank_x * cx
+    return out
+
+
 def lbp_lora_flops(
     cx: int,
     cy: int,
@@ -366,7 +455,10 @@ class LayerGeometry:
     ``method``: ``plain`` / ``lbp`` / ``lora`` / ``lbp_lora``; ``hw``, ``rank``, ``patches``,
     ``proj_tokens``, ``extra_tokens`` for LBP layers; ``lora_rank`` for LoRA (and LoRA-FA)
     layers; ``kept_rows`` (``k``) for WTA-CRS layers that compute ``g_w``. ``method`` is also
-    ``lora_fa``, ``velora`` or ``wta_crs`` (those run plain in eval mode / without grad).
+    ``lora_fa``, ``velora``, ``wta_crs``, ``hot`` or ``instant`` (those run plain in eval mode /
+    without grad). ``options``: what the model needs of a HOT layer (its config as a dict, plus
+    ``blocks``, the HLA blocks summed over calls) or an INSTANT layer (``rank_x``, ``rank_g``,
+    ``calibrating``).
     ``need_input_grad`` / ``need_weight_grad``: whether backprop computes ``g_x`` / ``g_w``.
     """
 
@@ -388,6 +480,7 @@ class LayerGeometry:
     bias_row: bool = False
     proj_macs: tuple[int, int, int, int] | None = None
     kept_rows: int | None = None
+    options: dict[str, Any] | None = None
 
 
 _LORA_LIKE = ("lora", "lbp_lora", "lora_fa")
@@ -395,13 +488,22 @@ _LORA_LIKE = ("lora", "lbp_lora", "lora_fa")
 
 def _method_of(module: nn.Module) -> str:
     # Local imports keep this module importable on its own and avoid import cycles.
+    from .hot import HOTMixin
+    from .instant import INSTANTMixin
     from .layers import LBPMixin
     from .lora import LoRAMixin
     from .lora_fa import LoRAFAMixin
     from .velora import VeLoRAMixin
     from .wta_crs import WTACRSMixin
 
-    for cls, name in ((LoRAFAMixin, "lora_fa"), (VeLoRAMixin, "velora"), (WTACRSMixin, "wta_crs")):
+    successors = (
+        (LoRAFAMixin, "lora_fa"),
+        (VeLoRAMixin, "velora"),
+        (WTACRSMixin, "wta_crs"),
+        (HOTMixin, "hot"),
+        (INSTANTMixin, "instant"),
+    )
+    for cls, name in successors:
         if isinstance(module, cls):
             return name
     is_lbp, is_lora = isinstance(module, LBPMixin), isinstance(module, LoRAMixin)
@@ -475,6 +577,32 @@ def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
         return wta_crs_flops(
             geom.cx, geom.cy, geom.tokens, geom.kept_rows, need_input_grad=nx, need_weight_grad=nw
         )
+    if geom.method == "hot" and geom.options is not None:
+        o = geom.options
+        return hot_flops(
+            geom.cx,
+            geom.cy,
+            geom.tokens,
+            hla_block=o["hla_block"],
+            hla_rank=o["hla_rank"],
+            grad_bits=o["grad_bits"],
+            hq_block=o["hq_block"],
+            blocks=o["blocks"],
+            need_input_grad=nx,
+            need_weight_grad=nw,
+        )
+    if geom.method == "instant" and geom.options is not None:
+        o = geom.options
+        return instant_flops(
+            geom.cx,
+            geom.cy,
+            geom.tokens,
+            o["rank_x"],
+            o["rank_g"],
+            calibrating=o["calibrating"],
+            need_input_grad=nx,
+            need_weight_grad=nw,
+        )
     return vanilla_bp_flops(geom.cx, geom.cy, geom.tokens, need_input_grad=nx, need_weight_grad=nw)
 
 
@@ -510,9 +638,10 @@ class LinearLayerTracer:
             cy, cx = int(w.shape[0]), int(w.shape[1])
             grad_on = torch.is_grad_enabled()
             nx = bool(grad_on and x.requires_grad)
-            weight_methods = ("plain", "lbp", "velora", "wta_crs")
+            weight_methods = ("plain", "lbp", "velora", "wta_crs", "hot", "instant")
             nw = bool(grad_on and w.requires_grad and method in weight_methods)
-            if method in ("velora", "wta_crs") and not (grad_on and module.training):
+            rowwise = ("velora", "wta_crs", "hot", "instant")
+            if method in rowwise and not (grad_on and module.training):
                 method = "plain"  # these layers run plain outside training
             if method in _LORA_LIKE:
                 adapters = module.lora_A.requires_grad or module.lora_B.requires_grad
@@ -528,6 +657,12 @@ class LinearLayerTracer:
                 geom.lora_rank = int(module.lora_rank)
             if method == "wta_crs" and nw:
                 geom.kept_rows = module.wta_config.rows_kept(tokens)
+            if method == "hot":
+                c = module.hot_config
+                geom.options = dict(c.to_dict(), blocks=-(-tokens // c.hla_block))
+            if method == "instant":
+                rx, rg = module.instant_ranks
+                geom.options = dict(rank_x=rx, rank_g=rg, calibrating=module.calibrates_next())
             # The layer's public plan: None when it runs plain (eval, no grad), no projector
             # while LHE still profiles (costed as plain, rank None).
             plan = module.lbp_plan(x) if method in ("lbp", "lbp_lora") else None
@@ -555,6 +690,8 @@ class LinearLayerTracer:
                 old.tokens += geom.tokens
                 if geom.kept_rows is not None:
                     old.kept_rows = (old.kept_rows or 0) + geom.kept_rows
+                if geom.options is not None and old.options is not None and "blocks" in old.options:
+                    old.options["blocks"] += geom.options["blocks"]
                 old.calls += 1
                 old.need_input_grad |= geom.need_input_grad
                 old.need_weight_grad |= geom.need_weight_grad

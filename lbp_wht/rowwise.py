@@ -1,4 +1,5 @@
-"""Layers whose backward works on the token rows of a linear map (LoRA-FA, VeLoRA, WTA-CRS).
+"""Layers whose backward works on the token rows of a linear map (LoRA-FA, VeLoRA, WTA-CRS,
+HOT, INSTANT).
 
 A linear layer on ``(..., Cx)`` and a 1x1 convolution on ``(B, Cx, H, W)`` are both one GEMM
 over ``N`` rows of ``Cx`` channels (``N`` = all leading dims, resp. ``B H W`` positions).
@@ -137,7 +138,8 @@ class PlainShell:
 
 
 class RowwiseMixin(PlainShell, ConvertedLayer):
-    """Shared shell of :mod:`lbp_wht.velora` and :mod:`lbp_wht.wta_crs` layers.
+    """Shared shell of :mod:`lbp_wht.velora`, :mod:`lbp_wht.wta_crs`, :mod:`lbp_wht.hot` and
+    :mod:`lbp_wht.instant` layers.
 
     A subclass defines ``_init_method(config)`` (store and check the config),
     ``_rows(x (N, Cx), weight (Cy, Cx), bias) -> (N, Cy)`` (the training computation) and

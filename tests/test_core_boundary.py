@@ -27,6 +27,8 @@ CORE = frozenset(
         "fidelity",
         "functional",
         "geometry",
+        "hot",
+        "instant",
         "io",
         "layers",
         "lhe",

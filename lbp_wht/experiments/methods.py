@@ -21,9 +21,11 @@ lbp_wht+lora_all    lbp_lora    all    adapters   LP_L1-4 + LoRA-all / lp-l1-r4+
 lora_fa             lora_fa     all    adapters   LoRA-FA / lora-fa (frozen A, trained B)
 velora              velora      all    scope      VeLoRA / velora (rank-1 sub-token x for g_w)
 wta_crs             wta_crs     all    scope      WTA-CRS / wta-crs (k sampled rows for g_w)
+hot                 hot         all    scope      HOT / hot (Hadamard low-rank g_w, INT4 g_x)
+instant             instant     all    scope      INSTANT / instant (calibrated subspaces)
 =================== =========== ====== ========== ==========================================
 
-The last three are LBP-WHT's successors (``successor=True``, not paper rows): their options are
+The last five are LBP-WHT's successors (``successor=True``, not paper rows): their options are
 ``lbp.options`` (the core rule's keys, e.g. ``dict(keep_fraction=0.3)``), built once into the
 core's typed config and put into the rules under the method's own name.
 
@@ -52,8 +54,9 @@ __all__ = [
 ]
 
 #: The core's rule methods of the successors (``lbp_wht.conversion``): each takes its options
-#: as one typed config (``LoRAFAConfig``, ``VeLoRAConfig``, ``WTACRSConfig``).
-SUCCESSOR_CONVERSIONS: tuple[str, ...] = ("lora_fa", "velora", "wta_crs")
+#: as one typed config (``LoRAFAConfig``, ``VeLoRAConfig``, ``WTACRSConfig``, ``HOTConfig``,
+#: ``INSTANTConfig``).
+SUCCESSOR_CONVERSIONS: tuple[str, ...] = ("lora_fa", "velora", "wta_crs", "hot", "instant")
 #: The rule methods of the core (``lbp_wht.conversion.CONVERSIONS``; a test checks the two
 #: agree): ``lbp`` (LBP-WHT layers), ``lora`` (LoRA layers), ``lbp_lora`` (both), and the
 #: successors.
@@ -271,6 +274,16 @@ METHOD_SPECS: dict[str, MethodSpec] = {
             "wta_crs", "WTA-CRS", "wta-crs", "wta_crs", "scope", False, successor=True,
             detail=" (g_w from sampled token rows)",
             cite="Liu et al., NeurIPS 2023, arXiv 2305.15265",
+        ),
+        MethodSpec(
+            "hot", "HOT", "hot", "hot", "scope", False, successor=True,
+            detail=" (Hadamard low-rank g_w on an INT8 buffer, Hadamard INT4 g_x, simulated)",
+            cite="Kim et al., CVPR 2025, arXiv 2503.21261",
+        ),
+        MethodSpec(
+            "instant", "INSTANT", "instant", "instant", "scope", False, successor=True,
+            detail=" (x and g_y in calibrated low-rank channel subspaces)",
+            cite="ICLR 2026, OpenReview P2q6Y7UweV",
         ),
     )
 }  # fmt: skip
