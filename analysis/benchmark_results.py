@@ -94,7 +94,7 @@ def load(out: Path) -> tuple[pd.DataFrame, dict]:
         return d[ref] / d[label] if label in d and ref in d and d[label] else None
 
     rows = []
-    for key in sorted(keys, key=method_sort_key):
+    for key in sorted(keys, key=method_sort_key):  # noqa: B007
         label, spec = method_label(key), method_spec(key[0])
         mean, std, n = stats.acc(key)
         mflops = stats.mflops(key)
@@ -262,16 +262,16 @@ def claims(table: pd.DataFrame) -> list[dict]:
         label = method_label((c["method"], None, None))
         col, unit, what = MEASURES.get(str(c["quantity"]), (None, "", "nothing comparable here"))
         measured = None
+        num = lambda lab, c: pd.to_numeric(by.loc[lab, c]) if lab in by.index else math.nan  # noqa: E731
         if label in by.index and col is not None:
             if col == "saving":
-                ratio = by.loc[label, "vitb_mem_ratio"]
-                measured = None if pd.isna(ratio) else 100 * (1 - 1 / ratio)
+                measured = 100 * (1 - 1 / num(label, "vitb_mem_ratio"))
             elif col == "acc_drop":
-                measured = by.loc[full, "acc_mean"] - by.loc[label, "acc_mean"]
+                measured = num(full, "acc_mean") - num(label, "acc_mean")
             elif col == "vs_lora":
-                measured = by.loc[label, "vitb_mem_ratio"] / by.loc["LoRA-all", "vitb_mem_ratio"]
+                measured = num(label, "vitb_mem_ratio") / num("LoRA-all", "vitb_mem_ratio")
             else:
-                measured = by.loc[label, col]
+                measured = num(label, col)
         elif label not in by.index:
             what = "the method is not in this run"
         measured = None if measured is None or pd.isna(measured) else float(measured)

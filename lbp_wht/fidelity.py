@@ -342,8 +342,10 @@ def rule_fidelity(
 ) -> list[dict[str, Any]]:
     """Gradients of ``layers`` under any conversion against exact backprop: for every
     ``label -> rules`` of ``rule_sets`` a copy of ``model`` is converted by ``rules``
-    (:func:`lbp_wht.convert`) and run once, the global RNG seeded with ``seed`` first (methods
-    that sample, e.g. WTA-CRS, draw the same rows for the same seed).
+    (:func:`lbp_wht.convert`), run once as a warm-up (layers that calibrate on their first
+    training batches, e.g. INSTANT's, or fix a projection from it, e.g. VeLoRA's, do so on this
+    batch) and once measured, the global RNG seeded with ``seed`` first (methods that sample,
+    e.g. WTA-CRS, draw the same rows for the same seed).
 
     Returns:
         One dict per (label, layer): ``layer``, ``layer_type``, ``method`` (the label),
@@ -359,6 +361,9 @@ def rule_fidelity(
         conv = copy.deepcopy(model)
         if rules:
             convert(conv, list(rules), batchnorm_guard=False, example_input=example_input)
+        calibrating = [getattr(m, "instant_config", None) for m in conv.modules()]
+        for _ in range(max([1, *(c.calibration_batches for c in calibrating if c)])):
+            loss_fn(conv).backward()
         torch.manual_seed(seed)
         got = capture_gradients(conv, layers, loss_fn)
         for name in layers:

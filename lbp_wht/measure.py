@@ -543,7 +543,8 @@ def measure_step(
         batch: batch size for per-image figures; default ``inputs.shape[0]``.
         warmup: warm-up steps before counting. Default: 1 if the model has LBP-WHT layers
             (they build their projection matrices on first use, and the counter would see
-            those GEMMs), else 0.
+            those GEMMs), the most ``calibration_batches`` of its INSTANT layers (they run
+            exact backprop while calibrating), else 0.
         elementwise: also run the :class:`ElementwiseCounter` estimate.
         forward_context: a context manager entered around the counted training forward only
             (e.g. :class:`lbp_wht.cost.LinearLayerTracer`, to trace the same pass).
@@ -579,7 +580,13 @@ def measure_step(
     # row selection): the no-grad forward is run for them too.
     differs = has_lbp or any(isinstance(m, RowwiseMixin) for m in model.modules())
     if warmup is None:
-        warmup = 1 if has_lbp else 0
+        # INSTANT layers run exact backprop while they calibrate: count the steps after it.
+        calibrating = [
+            m.instant_config.calibration_batches
+            for m in model.modules()
+            if hasattr(m, "instant_config")
+        ]
+        warmup = max([1 if has_lbp else 0, *calibrating])
     for _ in range(warmup):
         lossf(fwd(model, inputs)).backward()
     for p in params:

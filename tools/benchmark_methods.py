@@ -1,6 +1,6 @@
-"""LBP-WHT beside its successors (LoRA-FA, VeLoRA, WTA-CRS) and the paper's baselines, on one
-harness: one CSV per measurement under ``--out`` (default ``results/benchmark``), each with a
-``<name>.run.json`` (command, machine, date). ``scripts/reproduce_benchmark.sh`` runs them all.
+"""LBP-WHT beside its successors (LoRA-FA, VeLoRA, WTA-CRS, HOT, INSTANT) and the paper's
+baselines, on one harness: one CSV per measurement under ``--out`` (default
+``results/benchmark``), each with a ``<name>.run.json`` (command, machine, date). ``scripts/reproduce_benchmark.sh`` runs them all.
 
     python tools/benchmark_methods.py layers --threads 2 --batches 1 64     # per-layer latency
     python tools/benchmark_methods.py cost                                  # FLOPs, saved bytes
@@ -23,6 +23,7 @@ from mmengine.config import DictAction
 PRESET_METHODS = (
     ("full_bp", None, None), ("lora", None, None), ("lora_all", None, None),
     ("lora_fa", None, None), ("velora", None, None), ("wta_crs", None, None),
+    ("hot", None, None), ("instant", None, None),
     ("lbp_wht", "lp_l1", 2), ("lbp_wht", "lp_l1", 4), ("lbp_wht", "lp_l1", 6),
     ("lbp_wht", "lp_l1", 8), ("lbp_wht", "lp_linf", 3), ("lbp_wht+lora_all", "lp_l1", 4),
 )  # fmt: skip

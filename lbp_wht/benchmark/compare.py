@@ -50,6 +50,8 @@ LAYER_METHODS: tuple[MethodKey, ...] = (
     ("lora_fa", None, None),
     ("velora", None, None),
     ("wta_crs", None, None),
+    ("hot", None, None),
+    ("instant", None, None),
     ("lbp_wht", "lp_l1", 2),
     ("lbp_wht", "lp_l1", 4),
     ("lbp_wht", "lp_l1", 6),
@@ -104,7 +106,7 @@ def _shape_cases(
         label = method_label(key)
         net = converted_layer(key, cx, cy, (side, side), prefix, base)
         params = [p for p in net.parameters() if p.requires_grad]
-        m = measure_step(net, x, loss_fn=lambda y: y.sum(), elementwise=False, warmup=1)
+        m = measure_step(net, x, loss_fn=lambda y: y.sum(), elementwise=False)
         saved = sum(v for mod, v in m.saved_by_module.items() if mod.split(".")[0] == "layer")
         info[label] = dict(backprop_flops=m.backprop_flops / batch, saved_bytes=saved / batch)
         inputs = [x, *params]
