@@ -86,6 +86,12 @@ def load(out: Path) -> tuple[pd.DataFrame, dict]:
         sel = sel[sel.batch == sel.batch.max()]
         lay[name] = dict(zip(sel["label"], sel["step_speedup"]))
         lay[name + "_bwd"] = dict(zip(sel["label"], sel["backward_speedup"]))
+    transfer = {}
+    tpath = out / "transfer" / "table.csv"
+    if tpath.exists():
+        t = pd.read_csv(tpath)
+        t = t[t["bn"] == "running stats"]  # the protocol's setting (BatchNorm train mode aside)
+        transfer = {r.method: (r.acc, r.acc_std, r.n) for r in t.itertuples()}
     fid = raw["fidelity"]
     cos_gw = fid.groupby("method")["cos_gw"].mean().to_dict() if not fid.empty else {}
     ref = method_label(FULL)
@@ -105,6 +111,9 @@ def load(out: Path) -> tuple[pd.DataFrame, dict]:
                 acc_mean=mean,
                 acc_std=std,
                 seeds=n,
+                transfer_acc=transfer.get(label, (None,) * 3)[0],
+                transfer_std=transfer.get(label, (None,) * 3)[1],
+                transfer_seeds=transfer.get(label, (None,) * 3)[2],
                 mini_mflops=mflops,
                 mini_saved_kib=saved.get(label),
                 l1_partial_flop_ratio=ratio(l1p, label),
@@ -127,19 +136,27 @@ def _fmt(v: object, spec: str) -> str:
     return format(v, spec)
 
 
+def _acc(mean: object, std: object, n: object) -> str:
+    """``mean ± std (n)``; ``-`` without runs."""
+    if mean is None or pd.isna(mean):
+        return "-"
+    return f"{mean:.2f} ± {0 if std is None or pd.isna(std) else std:.2f} ({int(n)})"
+
+
 def markdown(table: pd.DataFrame) -> str:
     """The table as Markdown: accuracy mean ± std, ratios to Full BP as ``x``."""
     head = (
-        "| method | source | mini accuracy % | mini backprop MFLOPs | mini saved KiB "
+        "| method | source | mini accuracy % | transfer accuracy % | mini backprop MFLOPs "
+        "| mini saved KiB "
         "| L1 partial FLOPs | L1 partial memory | L1 full FLOPs | ViT-B FLOPs | ViT-B memory "
         "| L1 step | ViT-B fc1 layer | L1 fc1 layer | cos g_w |"
     )
-    lines = [head, "|" + " --- |" * 2 + " ---: |" * 12]
+    lines = [head, "|" + " --- |" * 2 + " ---: |" * 13]
     for _, r in table.iterrows():
-        acc = "-" if r.acc_mean is None or pd.isna(r.acc_mean) else (
-            f"{r.acc_mean:.2f} ± {0 if pd.isna(r.acc_std) else r.acc_std:.2f} ({r.seeds})")  # fmt: skip
         cells = [
-            r.method, r.source, acc, _fmt(r.mini_mflops, ".1f"), _fmt(r.mini_saved_kib, ".0f"),
+            r.method, r.source, _acc(r.acc_mean, r.acc_std, r.seeds),
+            _acc(r.transfer_acc, r.transfer_std, r.transfer_seeds),
+            _fmt(r.mini_mflops, ".1f"), _fmt(r.mini_saved_kib, ".0f"),
             *(_fmt(r[c], ".2f") + ("x" if not pd.isna(r[c]) else "") for c in (
                 "l1_partial_flop_ratio", "l1_partial_mem_ratio", "l1_full_flop_ratio",
                 "vitb_flop_ratio", "vitb_mem_ratio", "l1_step_speedup", "vitb_fc1_speedup",

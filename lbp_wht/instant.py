@@ -57,9 +57,30 @@ __all__ = ["INSTANTLinear", "INSTANTConv2d", "INSTANTMixin", "principal_basis", 
 
 def principal_basis(cov: torch.Tensor, rank: int) -> torch.Tensor:
     """``(C, rank)``: orthonormal eigenvectors of the ``rank`` largest eigenvalues of the
-    symmetric ``cov (C, C)``, largest first."""
-    _, vecs = torch.linalg.eigh(cov)
-    return vecs[:, -rank:].flip(1)
+    symmetric ``cov (C, C)``, largest first.
+
+    Solved in float64 (a covariance of ReLU-type activations has many equal, often zero,
+    eigenvalues, on which float32 ``eigh`` can fail to converge); if ``eigh`` still fails, the
+    left singular vectors of the positive semi-definite ``cov`` (the same eigenvectors, in
+    descending order) are used.
+
+    Raises:
+        FloatingPointError: ``cov`` holds NaN or inf (the calibration batch had non-finite
+            activations or gradients).
+    """
+    c = cov.double()
+    if not bool(torch.isfinite(c).all()):
+        raise FloatingPointError(
+            "INSTANT calibration: the covariance holds NaN or inf (non-finite activations or "
+            "gradients in the calibration batch); fix the training's numerics first"
+        )
+    c = 0.5 * (c + c.t())
+    try:
+        _, vecs = torch.linalg.eigh(c)
+        return vecs[:, -rank:].flip(1).to(cov.dtype)
+    except torch.linalg.LinAlgError:
+        vecs = torch.linalg.svd(c)[0]
+        return vecs[:, :rank].to(cov.dtype).contiguous()
 
 
 class _ProjectedLinear(torch.autograd.Function):

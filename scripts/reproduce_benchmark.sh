@@ -5,18 +5,20 @@
 #
 #   1. accuracy: the mini protocol of `make demo` (scripts/reproduce_mini.sh) with the
 #      successors added, 3 seeds, into OUT/mini (records, tables, figures, RESULTS.md);
-#   2. cost: backprop FLOPs and saved activation bytes, EfficientFormer-L1 partial and full
+#   2. transfer: the EfficientNet-Lite0 transfer (scripts/reproduce_transfer.sh's protocol,
+#      real ImageNet weights) with the successors added, 3 seeds, into OUT/transfer;
+#   3. cost: backprop FLOPs and saved activation bytes, EfficientFormer-L1 partial and full
 #      (the presets) and timm ViT-B/16 partial (last 4 blocks);
-#   3. fidelity: g_w / g_x cosines against exact backprop at the mini protocol's pretrained
+#   4. fidelity: g_w / g_x cosines against exact backprop at the mini protocol's pretrained
 #      checkpoint;
-#   4. step: the training step of EfficientFormer-L1 partial (forward + backward + AdamW);
-#   5. layers: per-layer forward + backward on Table 8's shapes and ViT-B's (batch 1 and 64);
-#   6. the report (analysis/benchmark_results.py), verdicts computed from the files above.
-# The timed stages (4, 5) want a quiet machine: nothing else running.
+#   5. step: the training step of EfficientFormer-L1 partial (forward + backward + AdamW);
+#   6. layers: per-layer forward + backward on Table 8's shapes and ViT-B's (batch 1 and 64);
+#   7. the report (analysis/benchmark_results.py), verdicts computed from the files above.
+# The timed stages (5, 6) want a quiet machine: nothing else running.
 #
 #   scripts/reproduce_benchmark.sh [--smoke] [--out DIR] [--work DIR] [--threads N]
 #
-#   --smoke      a quick check of every stage (about 4 minutes on 2 cores): the mini smoke
+#   --smoke      a quick check of every stage (about 3 minutes on 2 cores): the mini smoke
 #                run, tiny shapes, the 28 px model, 2 rounds; same kinds of files, no verdicts
 #                worth reading (default out: results/benchmark-smoke)
 #   --out DIR    where everything goes (default results/benchmark)
@@ -75,19 +77,25 @@ stage() { stage_times+=("$1=$(( $(date +%s) - $2 ))"); }
 SUCCESSORS="lora_fa,velora,wta_crs,hot,instant"
 
 t=$(date +%s)
-echo "== [1/6] accuracy: the mini protocol with the successors ($OUT/mini)"
+echo "== [1/7] accuracy: the mini protocol with the successors ($OUT/mini)"
 FMNIST_ROOT="$FMNIST_ROOT" scripts/reproduce_mini.sh ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"} \
     --out "$OUT/mini" --work "$WORK/mini" \
     --extra-grid "lbp.method=$SUCCESSORS" --extra-cost "lora-fa velora wta-crs hot instant"
 stage accuracy "$t"
 
 t=$(date +%s)
-echo "== [2/6] cost"
+echo "== [2/7] accuracy: the EfficientNet-Lite0 transfer with the successors ($OUT/transfer)"
+"$PY" tools/transfer.py --successors --out "$OUT/transfer" --work "$WORK/transfer" \
+    --fmnist "$FMNIST_ROOT" --jobs 2 ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"}
+stage transfer "$t"
+
+t=$(date +%s)
+echo "== [3/7] cost"
 "$PY" tools/benchmark_methods.py cost --out "$OUT" ${QUICK[@]+"${QUICK[@]}"}
 stage cost "$t"
 
 t=$(date +%s)
-echo "== [3/6] gradient fidelity at the pretrained checkpoint"
+echo "== [4/7] gradient fidelity at the pretrained checkpoint"
 "$PY" tools/benchmark_methods.py fidelity --out "$OUT" --config configs/mini/demo/target.py \
     --threads "$THREADS" ${QUICK[@]+"${QUICK[@]}"} --cfg-options \
     "load_from=$WORK/mini/pretrain/source_s0/iter_$PRE_ITERS.pth" \
@@ -95,19 +103,19 @@ echo "== [3/6] gradient fidelity at the pretrained checkpoint"
 stage fidelity "$t"
 
 t=$(date +%s)
-echo "== [4/6] training step (timed: keep the machine quiet)"
+echo "== [5/7] training step (timed: keep the machine quiet)"
 "$PY" tools/benchmark_methods.py step --out "$OUT" --threads "$THREADS" --batch 16 --rounds 8 \
     ${QUICK[@]+"${QUICK[@]}"}
 stage step "$t"
 
 t=$(date +%s)
-echo "== [5/6] per-layer latency (timed: keep the machine quiet)"
+echo "== [6/7] per-layer latency (timed: keep the machine quiet)"
 "$PY" tools/benchmark_methods.py layers --out "$OUT" --threads "$THREADS" --batches 1 64 \
     --rounds 9 ${QUICK[@]+"${QUICK[@]}"}
 stage layers "$t"
 
 stage total "$T0"
-echo "== [6/6] report"
+echo "== [7/7] report"
 PYTHONPATH="$ROOT/analysis${PYTHONPATH:+:$PYTHONPATH}" "$PY" analysis/benchmark_results.py \
     --out "$OUT" --command "scripts/reproduce_benchmark.sh $ARGS_TEXT" \
     --load-start "$LOAD_START" --stages "${stage_times[@]}" ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"}

@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument(
+        "--successors", action="store_true", help="add LoRA-FA, VeLoRA, WTA-CRS, HOT, INSTANT"
+    )
+    p.add_argument(
         "--fmnist",
         default=os.environ.get("FMNIST_ROOT", "/usr/share/datasets/fashion-mnist"),
         help="folder of the Fashion-MNIST idx files (env FMNIST_ROOT)",
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or (out / "work" if args.smoke else Path("work_dirs/transfer"))
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
     methods = transfer.SMOKE_METHODS if args.smoke else transfer.METHODS
+    if args.successors:
+        methods = methods + transfer.SUCCESSOR_METHODS
     try:
         run = transfer.run_transfer(
             args.fmnist, work, methods=methods, seeds=seeds, protocol=protocol, jobs=args.jobs

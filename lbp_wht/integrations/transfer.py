@@ -51,6 +51,7 @@ from ..experiments.vocab import config_tag, method_key, method_label, method_spe
 __all__ = [
     "TransferMethod",
     "METHODS",
+    "SUCCESSOR_METHODS",
     "SMOKE_METHODS",
     "Protocol",
     "load_lite0",
@@ -79,8 +80,9 @@ CLASSES = 10
 
 @dataclass(frozen=True)
 class TransferMethod:
-    """One row: ``method`` (``head_only``, ``full_bp``, ``lora_all``, ``lbp_wht``, ``losa``),
-    LP_L1 radius ``r`` (LBP-WHT), and whether BatchNorm keeps running statistics."""
+    """One row: ``method`` (``head_only``, ``full_bp``, ``lora_all``, ``lbp_wht``, ``losa``, or
+    a successor), LP_L1 radius ``r`` (LBP-WHT), and whether BatchNorm keeps running
+    statistics."""
 
     method: str
     r: int | None = None
@@ -113,6 +115,15 @@ METHODS: tuple[TransferMethod, ...] = (
     TransferMethod("full_bp", norm_eval=False),
     TransferMethod("lbp_wht", 2, norm_eval=False),
     TransferMethod("lbp_wht", 4, norm_eval=False),
+)
+#: LBP-WHT's successors (``MethodSpec.successor``) with their default options, for the
+#: benchmark (``tools/transfer.py --successors``).
+SUCCESSOR_METHODS: tuple[TransferMethod, ...] = (
+    TransferMethod("lora_fa"),
+    TransferMethod("velora"),
+    TransferMethod("wta_crs"),
+    TransferMethod("hot"),
+    TransferMethod("instant"),
 )
 SMOKE_METHODS: tuple[TransferMethod, ...] = (
     TransferMethod("head_only"),
@@ -227,11 +238,7 @@ def prepare_tail(tail: Tail, m: TransferMethod, protocol: Protocol = Protocol())
             raise ValueError(
                 f"method {m.method!r} converts attention projections only; the tail has none"
             )
-        rule: dict[str, Any] = dict(target="all-linear", method=spec.conversion)
-        if spec.has_lora:
-            rule.update(lora_rank=protocol.lora_rank, lora_alpha=protocol.lora_rank)
-        if spec.has_bases:
-            rule.update(radius=m.r)
+        rule = spec.core_rule("all-linear", r=m.r, lora_rank=protocol.lora_rank)
         convert(tail, [rule], **({"example_input": example} if spec.has_bases else {}))
     if spec.side_network:
         blocks = [f"blocks.{i}" for i in range(len(tail.blocks))]
