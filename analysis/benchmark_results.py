@@ -107,7 +107,8 @@ def load(out: Path) -> tuple[pd.DataFrame, dict]:
         rows.append(
             dict(
                 method=label,
-                source=spec.cite if spec.successor else ("LBP-WHT paper" if spec.paper else "ours"),
+                source=spec.cite or ("LBP-WHT paper" if spec.paper else "ours"),
+                successor=spec.successor,
                 acc_mean=mean,
                 acc_std=std,
                 seeds=n,
@@ -201,7 +202,7 @@ def figures(table: pd.DataFrame, out: Path) -> dict[str, list[str]]:
         fronts[name] = pareto(pts, lower)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for lab, c, a in pts:
-            succ = t[t.method == lab].source.iloc[0] not in ("LBP-WHT paper", "ours")
+            succ = bool(t[t.method == lab].successor.iloc[0])
             ax.scatter(
                 c, a, marker="s" if succ else "o", color="C3" if lab in fronts[name] else "C0"
             )
@@ -305,26 +306,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stages", nargs="*", default=[], help="NAME=seconds of each stage")
     p.add_argument("--load-start", default="n/a")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument(
+        "--rerender",
+        action="store_true",
+        help="rebuild table, figures and README from the files of an earlier run, keeping its "
+        "command, stages, date, machine and load (OUT/timing.json)",
+    )
     args = p.parse_args(argv)
     table, raw = load(args.out)
     table.to_csv(args.out / "table.csv", index=False)
     write_text(args.out / "table.md", markdown(table))
     fronts = figures(table, args.out)
-    stages = dict(s.split("=", 1) for s in args.stages)
+    timing = args.out / "timing.json"
+    if args.rerender:
+        run = json.loads(timing.read_text())
+        run["git"] = f"{run['git']} (report re-rendered at {git_revision()})"
+    else:
+        run = dict(
+            command=args.command,
+            stages=dict(s.split("=", 1) for s in args.stages),
+            date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            machine=machine_description(),
+            load_start=args.load_start,
+            load_end=load_average(),
+            git=git_revision(),
+            smoke=args.smoke,
+        )
+        write_text(timing, json.dumps(run, indent=2) + "\n")
     runs = {}
     for name in ("cost", "layers_cpu", "step_cpu", "fidelity"):
         f = args.out / f"{name}.run.json"
         runs[name] = json.loads(f.read_text()) if f.exists() else None
     text = render(
         "benchmark_readme.md.j2",
-        smoke=args.smoke,
-        date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        command=args.command,
-        machine=machine_description(),
-        load_start=args.load_start,
-        load_end=load_average(),
-        git=git_revision(),
-        stages=stages,
+        **run,
         runs=runs,
         table=markdown(table),
         verdicts=verdicts(table, fronts),

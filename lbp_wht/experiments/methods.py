@@ -107,7 +107,8 @@ class MethodSpec:
         scopes: the scopes it is defined for; ``scope_note``: why not the others (an error
             says ``method '<id>' <scope_note>``).
         successor: a later method of efficient backprop (the benchmark's rows beside the
-            paper's); ``cite`` names its paper.
+            paper's).
+        cite: the paper of a method the LBP-WHT paper does not have (a successor, LoSA).
     """
 
     id: str
@@ -254,6 +255,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
             scopes=("partial",),
             scope_note="taps the blocks of the last stage (its token mixer needs one token "
             "count)",
+            cite="Mercea et al., CVPR 2024",
         ),
         MethodSpec("lbp_wht", "LBP-WHT", "", "lbp", "scope", True),
         MethodSpec(
