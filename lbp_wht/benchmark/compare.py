@@ -89,7 +89,13 @@ def converted_layer(
 
 
 def _shape_cases(
-    cx: int, cy: int, tokens: int, prefix: int, batch: int, methods: Sequence[MethodKey]
+    cx: int,
+    cy: int,
+    tokens: int,
+    prefix: int,
+    batch: int,
+    methods: Sequence[MethodKey],
+    device: str = "cpu",
 ) -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, Any]]]:
     from lbp_wht.measure import measure_step
 
@@ -98,13 +104,13 @@ def _shape_cases(
         raise ValueError(f"shape ({cx}, {cy}, {tokens}, prefix {prefix}): not a square map")
     torch.manual_seed(0)
     base = nn.Linear(cx, cy)
-    x = torch.randn(batch, tokens, cx, requires_grad=True)
-    g = torch.randn(batch, tokens, cy)
+    x = torch.randn(batch, tokens, cx).to(device).requires_grad_()
+    g = torch.randn(batch, tokens, cy).to(device)
     fns: dict[str, Callable[[], object]] = {}
     info: dict[str, dict[str, Any]] = {}
     for key in methods:
         label = method_label(key)
-        net = converted_layer(key, cx, cy, (side, side), prefix, base)
+        net = converted_layer(key, cx, cy, (side, side), prefix, base).to(device)
         params = [p for p in net.parameters() if p.requires_grad]
         m = measure_step(net, x, loss_fn=lambda y: y.sum(), elementwise=False)
         saved = sum(v for mod, v in m.saved_by_module.items() if mod.split(".")[0] == "layer")
@@ -129,6 +135,7 @@ def layer_latency(
     methods: Sequence[MethodKey] = LAYER_METHODS,
     *,
     rounds: int = 15,
+    device: str = "cpu",
     log: Callable[[str], None] = say,
 ) -> list[dict[str, Any]]:
     """One row per (model shape, batch, method): medians of the step and backward times,
@@ -139,6 +146,7 @@ def layer_latency(
         shapes: ``{model: [(Cx, Cy, L) or (Cx, Cy, L, prefix), ...]}``; ``L - prefix`` tokens
             form a square map (Table 8's 7x7; ViT-B's 14x14 after the class token).
         rounds: interleaved rounds per shape and batch.
+        device: ``cpu`` or ``cuda[:i]`` (CUDA events there, :func:`interleaved_timings`).
 
     Raises:
         ValueError: ``methods`` not starting with the reference (Full BP).
@@ -152,13 +160,14 @@ def layer_latency(
             cx, cy, tokens = shape[:3]
             prefix = shape[3] if len(shape) > 3 else 0
             for batch in batches:
-                fns, info = _shape_cases(cx, cy, tokens, prefix, batch, methods)
+                fns, info = _shape_cases(cx, cy, tokens, prefix, batch, methods, device)
                 load0 = loadavg()[0]
-                t = interleaved_timings(fns, rounds, warmup=2, min_sample_s=5e-3)
+                t = interleaved_timings(fns, rounds, warmup=2, min_sample_s=5e-3, device=device)
                 for key in methods:
                     label = method_label(key)
                     row: dict[str, Any] = dict(
-                        model=model, cx=cx, cy=cy, tokens=tokens, prefix=prefix, batch=batch,
+                        model=model, device=device, cx=cx, cy=cy, tokens=tokens, prefix=prefix,
+                        batch=batch,
                         method=key[0], select=key[1] or "", r=key[2] if key[2] is not None else "",
                         label=label,
                     )  # fmt: skip
