@@ -75,7 +75,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             for method, select, r in PRESET_METHODS:
                 cfg = cr.config_from_flags(model, method, scope, select=select, r=r, size=size)
                 rec = cr.analyze(cfg, elementwise=False)
-                keep = ("model", "scope", "method", "select", "r", "backprop_flops",
+                keep = ("model", "scope", "method", "select", "r", "backprop_flops", "int_macs",
                         "saved_activation_bytes", "trainable_params", "converted_layers")  # fmt: skip
                 rows.append({k: rec[k] for k in keep})
                 print(f"{model} {scope:<7} {method:<16} {select or '':<7} {r or '':>2} "
@@ -83,6 +83,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         name = "vit_tiny_patch16_224" if args.quick else "vit_base_patch16_224"
         for row in compare.vit_cost(name=name, batch=1 if args.quick else 2):
             rows.append(row | {"backprop_flops": row["backprop_mflops"] * 1e6,
+                               "int_macs": row["int_mmacs"] * 1e6,
                                "saved_activation_bytes": row["saved_mib"] * 2**20})  # fmt: skip
         return rows
     if args.what == "step":

@@ -11,7 +11,8 @@ gradient fidelity):
   with a class token), batch ``B``, inputs needing a gradient (a layer inside the trained part);
   per method the training forward + backward (``step``: compression, sampling and projection in
   the forward count) and the backward alone, all methods of a shape interleaved, medians and
-  per-round ratios to Full BP, beside the counted backprop FLOP ratio (the FLOP bound) and the
+  per-round ratios to Full BP, beside the counted backprop FLOP ratio (the FLOP bound), the
+  integer multiply-accumulates (HOT's simulated INT4 product, outside the FLOPs) and the
   activation bytes saved for backward;
 * :func:`vit_cost`: timm ``vit_base_patch16_224`` (random init; cost does not depend on the
   weights), the last ``blocks`` blocks and the head trained ("partial", as the paper's
@@ -114,7 +115,11 @@ def _shape_cases(
         params = [p for p in net.parameters() if p.requires_grad]
         m = measure_step(net, x, loss_fn=lambda y: y.sum(), elementwise=False)
         saved = sum(v for mod, v in m.saved_by_module.items() if mod.split(".")[0] == "layer")
-        info[label] = dict(backprop_flops=m.backprop_flops / batch, saved_bytes=saved / batch)
+        info[label] = dict(
+            backprop_flops=m.backprop_flops / batch,
+            int_macs=m.int_macs / batch,
+            saved_bytes=saved / batch,
+        )
         inputs = [x, *params]
         y = net(x)
 
@@ -186,6 +191,7 @@ def layer_latency(
                             }
                         )
                     row["backprop_flops"] = info[label]["backprop_flops"]
+                    row["int_macs"] = info[label]["int_macs"]
                     row["flop_ratio"] = info[ref]["backprop_flops"] / max(
                         info[label]["backprop_flops"], 1.0
                     )
@@ -266,6 +272,7 @@ def vit_cost(
                 r=key[2] if key[2] is not None else "",
                 label=method_label(key),
                 backprop_mflops=m.backprop_flops / batch / 1e6,
+                int_mmacs=m.int_macs / batch / 1e6,
                 saved_mib=m.saved_activation_bytes / batch / 2**20,
                 trainable_params=m.trainable_params,
             )
