@@ -48,7 +48,9 @@ packing). Defaults: ``hla_block = 16``, ``hla_rank = 8``, ``act_bits = 8``, ``gr
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -114,13 +116,31 @@ def quantize_symmetric(
     return torch.round(t / scale).clamp_(-qmax, qmax), scale
 
 
+#: Multiply-accumulates of the simulated integer products per layer (``id`` of the layer), while
+#: :func:`count_int_macs` is active. ``FlopCounterMode`` sees that float32 GEMM as FP32 FLOPs;
+#: :func:`lbp_wht.measure.measure_step` moves them to its ``int_macs``.
+_INT_MACS: dict[int, int] | None = None
+
+
+@contextlib.contextmanager
+def count_int_macs() -> Iterator[dict[int, int]]:
+    """Collect ``{id(layer): integer multiply-accumulates}`` of the HQ products run inside."""
+    global _INT_MACS
+    outer, _INT_MACS = _INT_MACS, {}
+    try:
+        yield _INT_MACS
+    finally:
+        _INT_MACS = outer
+
+
 def hq_input_grad(
-    g: torch.Tensor, w: torch.Tensor, bits: int, block: int, per_row: bool
+    g: torch.Tensor, w: torch.Tensor, bits: int, block: int, per_row: bool, owner: int = 0
 ) -> torch.Tensor:
     """HQ estimate of ``g_x = g_y w`` for ``g (N, Cy)``, ``w (Cy, Cx)`` (module docstring):
     ``s_g * (Q(g H) Q(H w)) * s_w`` with a block-diagonal Hadamard ``H`` of blocks ``block``
     along ``Cy`` (zero-padded); scales per row of ``g H`` and per column of ``H w`` if
-    ``per_row``, else one per tensor."""
+    ``per_row``, else one per tensor. ``owner``: the layer the integer product is counted
+    for (:func:`count_int_macs`)."""
     n, cy = g.shape
     cx = w.shape[1]
     nc = -(-cy // block)
@@ -134,13 +154,20 @@ def hq_input_grad(
     qg, sg = quantize_symmetric(gh, bits, 1 if per_row else None)
     qw, sw = quantize_symmetric(wh, bits, 0 if per_row else None)
     # the integer GEMM, simulated in float32 on integer values
+    if _INT_MACS is not None:
+        _INT_MACS[owner] = _INT_MACS.get(owner, 0) + n * nc * block * cx
     return (qg.mm(qw) * sg * sw).to(g.dtype)
 
 
 class _HOTFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, config: HOTConfig
+        ctx: Any,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        config: HOTConfig,
+        owner: int,
     ) -> torch.Tensor:
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         packed: tuple[torch.Tensor, ...] = ()
@@ -153,7 +180,7 @@ class _HOTFunction(torch.autograd.Function):
             else:
                 packed = (xl,)
         ctx.save_for_backward(w if need_x else None, *packed)
-        ctx.config, ctx.has_bias = config, b is not None
+        ctx.config, ctx.has_bias, ctx.owner = config, b is not None, owner
         return F.linear(x, w, b)
 
     @staticmethod
@@ -165,21 +192,27 @@ class _HOTFunction(torch.autograd.Function):
             if c.grad_bits is None:
                 gx = g.mm(w.to(g.dtype))
             else:
-                gx = hq_input_grad(g, w, c.grad_bits, c.hq_block, c.hq_scale == "row")
+                per_row = c.hq_scale == "row"
+                gx = hq_input_grad(g, w, c.grad_bits, c.hq_block, per_row, ctx.owner)
         if ctx.needs_input_grad[1]:
             xl = packed[0].to(g.dtype) * packed[1].to(g.dtype) if len(packed) == 2 else packed[0]
             gl = hla_project(g, hla_rows(c.hla_block, c.hla_rank, g.dtype, g.device))
             gw = gl.t().mm(xl.to(g.dtype))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 def hot_linear(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, config: HOTConfig
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    config: HOTConfig,
+    owner: int = 0,
 ) -> torch.Tensor:
-    """``x w^T + b`` on rows ``x (N, Cx)`` with HOT's backward (module docstring)."""
-    return _HOTFunction.apply(x, w, b, config)
+    """``x w^T + b`` on rows ``x (N, Cx)`` with HOT's backward (module docstring); ``owner``
+    names the layer its integer products are counted for (:func:`count_int_macs`)."""
+    return _HOTFunction.apply(x, w, b, config, owner)
 
 
 class HOTMixin(RowwiseMixin):
@@ -189,7 +222,7 @@ class HOTMixin(RowwiseMixin):
         self.hot_config = method_config(self, config, HOTConfig, "HOTConfig(hla_rank=...)")
 
     def _rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
-        return hot_linear(x, weight, bias, self.hot_config)
+        return hot_linear(x, weight, bias, self.hot_config, id(self))
 
     def method_repr(self) -> str:
         c = self.hot_config

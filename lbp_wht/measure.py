@@ -456,6 +456,8 @@ class StepMeasurement:
     cuda_step_peak_bytes: int | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: integer multiply-accumulates (HOT's simulated INT4 products), not in any FLOP field
+    int_macs: int = 0
 
     @property
     def forward_extra_flops(self) -> int:
@@ -500,6 +502,7 @@ class StepMeasurement:
             "backward_elementwise",
             "forward_nograd_elementwise",
             "saved_activation_bytes",
+            "int_macs",
         ):
             d[k] = d[k] / b
         for k in ("backward_by_op", "forward_by_op", "backward_elementwise_by_op"):
@@ -618,7 +621,9 @@ def measure_step(
     tracker = SavedTensorTracker(model)
     ctx = forward_context if forward_context is not None else contextlib.nullcontext()
     attribution = ModuleAttribution(model)
-    with flop_counter() as counter, attribution:
+    from .hot import count_int_macs
+
+    with flop_counter() as counter, attribution, count_int_macs() as int_macs:
         with tracker, ctx:
             if ew_f is not None:
                 with ew_f:
@@ -639,6 +644,16 @@ def measure_step(
     all_ops = _by_op(counter)
     attributed = {n: dict(v) for n, v in attribution.flops.items()}
     attribution.release()
+    # HOT's integer products ran as float32 GEMMs, which the counter took for FP32 FLOPs
+    # (2 per multiply-accumulate, in mm): move them out of the backward, per layer.
+    names = {id(m): n for n, m in model.named_modules()}
+    int_total = sum(int_macs.values())
+    for owner, macs in int_macs.items():
+        rec = attributed.setdefault(names.get(owner, ""), {})
+        rec["bwd"] = rec.get("bwd", 0) - 2 * macs
+    total -= 2 * int_total
+    if int_total:
+        all_ops["mm"] = all_ops.get("mm", 0) - 2 * int_total
     fwd_mod = {n: v.get("fwd", 0) for n, v in attributed.items()}
     bwd_mod = {n: v.get("bwd", 0) for n, v in attributed.items()}
     notes = []
@@ -698,6 +713,7 @@ def measure_step(
         cuda_step_peak_bytes=cuda_step,
         seconds=time.perf_counter() - t0,
         notes=notes,
+        int_macs=int_total,
     )
 
 

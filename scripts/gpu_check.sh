@@ -29,6 +29,10 @@
 #               eager and CUDA-graph replay, FLOP bound and memory roofline (latency/table8_*)
 #   step        EfficientFormer-L1 partial training step at batch 64, 224 px, bf16 autocast:
 #               Full BP, LoRA-all, LP_L1-2/4/6; step, backward, peak memory (latency/step_*)
+#   methods     LBP-WHT, the baselines and the successors (LoRA-FA, VeLoRA, WTA-CRS, HOT,
+#               INSTANT): per-layer forward + backward on Table 8's and ViT-B's shapes, batch 1
+#               and 64, and the EfficientFormer-L1 partial step at batch 64
+#               (benchmark/layers_cuda.csv, benchmark/step_cuda.csv)
 #   train       tools/train.py on the Table 2 config EfficientFormer-L1 LP_L1-4 CIFAR-100
 #               (random init, generated CIFAR-100 files, 100 iterations, --amp); the record
 #               must say complete (train/record.json)
@@ -52,7 +56,7 @@ WHEELS=""
 BUDGET=470
 SMOKE=0
 ONLY=""
-ALL_STAGES="env wheels cuda_tests table8 step train cost fusion"
+ALL_STAGES="env wheels cuda_tests table8 step methods train cost fusion"
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT_DIR="$2"; PACK="${PACK:-0}"; shift 2 ;;
@@ -212,6 +216,21 @@ else
     stage step 110 "$PY" tools/benchmark_step.py --device cuda --batch 64 --size 224 \
         --amp bf16 --scopes partial --rounds 10 --warmup 3 --out "$LAT"
 fi
+
+# ---- LBP-WHT beside its successors: per-layer and training step (results/benchmark) ---------
+export BENCH="$OUT_DIR/benchmark"
+methods_run() {
+    if [ $SMOKE = 1 ]; then  # the step of every method is the benchmark smoke's (CI runs it)
+        "$PY" tools/benchmark_methods.py layers --quick --out "$BENCH"
+    else
+        "$PY" tools/benchmark_methods.py layers --device cuda --batches 1 64 --rounds 10 \
+            --out "$BENCH" \
+            && "$PY" tools/benchmark_methods.py step --device cuda --batch 64 --rounds 5 \
+                --out "$BENCH"
+    fi
+}
+export -f methods_run
+stage methods 120 methods_run
 
 # ---- tools/train.py on a paper config -------------------------------------------------------
 TRAIN="$OUT_DIR/train"

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STAGES = ["env", "wheels", "cuda_tests", "table8", "step", "train", "cost", "fusion"]
+STAGES = ["env", "wheels", "cuda_tests", "table8", "step", "methods", "train", "cost", "fusion"]
 
 
 def _run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,6 +51,7 @@ def test_cpu_smoke_runs_every_stage_and_writes_its_files(tmp_path: Path) -> None
         "latency/table8_cpu.md",
         "latency/step_cpu.csv",
         "latency/fusion_cpu.csv",
+        "benchmark/layers_cpu.csv",
         "cost/record.json",
         "cuda_tests.xml",
         "summary.md",

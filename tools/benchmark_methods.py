@@ -8,12 +8,14 @@ baselines, on one harness: one CSV per measurement under ``--out`` (default
     python tools/benchmark_methods.py fidelity --config configs/mini/demo/target.py \\
         --cfg-options load_from=work_dirs/mini/pretrain/source_s0/iter_400.pth
     python tools/benchmark_methods.py layers --quick --out /tmp/b           # smoke test
+    python tools/benchmark_methods.py layers --device cuda --batches 1 64   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("what", choices=["layers", "cost", "step", "fidelity"])
     ap.add_argument("--out", type=Path, default=Path("results/benchmark"))
     ap.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    ap.add_argument("--device", default="cpu", help="layers, step: cpu or cuda[:i]")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (layers, step)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="layers: batches")
     ap.add_argument("--batch", type=int, default=16, help="step: images per step")
@@ -46,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{name} must be positive, got {getattr(args, name)}")
     if min(args.batches) < 1:
         ap.error(f"--batches must be positive, got {args.batches}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        ap.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
+    if args.device != "cpu" and args.what not in ("layers", "step"):
+        ap.error(f"--device applies to layers and step, not {args.what}")
     if args.what == "fidelity" and not args.config:
         ap.error("fidelity needs --config (e.g. configs/mini/demo/target.py)")
     return args
@@ -58,7 +65,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         shapes = {**latency.TABLE8_SHAPES, **latency.VIT_B_SHAPES}
         if args.quick:
             shapes, args.batches, args.rounds = latency.TINY_SHAPES, [2], 2
-        return compare.layer_latency(shapes, args.batches, rounds=args.rounds)
+        return compare.layer_latency(shapes, args.batches, rounds=args.rounds, device=args.device)
     if args.what == "cost":
         from lbp_wht.integrations import cost_record as cr
 
@@ -68,7 +75,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             for method, select, r in PRESET_METHODS:
                 cfg = cr.config_from_flags(model, method, scope, select=select, r=r, size=size)
                 rec = cr.analyze(cfg, elementwise=False)
-                keep = ("model", "scope", "method", "select", "r", "backprop_flops",
+                keep = ("model", "scope", "method", "select", "r", "backprop_flops", "int_macs",
                         "saved_activation_bytes", "trainable_params", "converted_layers")  # fmt: skip
                 rows.append({k: rec[k] for k in keep})
                 print(f"{model} {scope:<7} {method:<16} {select or '':<7} {r or '':>2} "
@@ -76,6 +83,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         name = "vit_tiny_patch16_224" if args.quick else "vit_base_patch16_224"
         for row in compare.vit_cost(name=name, batch=1 if args.quick else 2):
             rows.append(row | {"backprop_flops": row["backprop_mflops"] * 1e6,
+                               "int_macs": row["int_mmacs"] * 1e6,
                                "saved_activation_bytes": row["saved_mib"] * 2**20})  # fmt: skip
         return rows
     if args.what == "step":
@@ -85,7 +93,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         kw = dict(model="mini-efficientformer", size=28, batch=2) if args.quick else {}
         return run_step(
             **({"batch": args.batch, "scopes": ["partial"], "rounds": args.rounds} | kw),
-            methods=methods, threads=args.threads,
+            methods=methods, threads=args.threads, device=args.device,
         )  # fmt: skip
     from lbp_wht.experiments.methods import method_spec
     from lbp_wht.integrations.cost_record import load_config
@@ -106,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     from lbp_wht.io import atomic_write, utc_now
     from lbp_wht.reporting.latency_tables import run_meta
 
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device} requested but torch.cuda.is_available() is False")
     torch.set_num_threads(args.threads)
     rows = measure(args)
-    name = {"layers": "layers_cpu", "step": "step_cpu"}.get(args.what, args.what)
+    dev = args.device.split(":")[0]
+    name = {"layers": f"layers_{dev}", "step": f"step_{dev}"}.get(args.what, args.what)
     argv_ = sys.argv[1:] if argv is None else argv
     meta = run_meta(" ".join(["tools/benchmark_methods.py", *argv_])) | {"date": utc_now()}
     csv = args.out / f"{name}.csv"

@@ -11,7 +11,8 @@ gradient fidelity):
   with a class token), batch ``B``, inputs needing a gradient (a layer inside the trained part);
   per method the training forward + backward (``step``: compression, sampling and projection in
   the forward count) and the backward alone, all methods of a shape interleaved, medians and
-  per-round ratios to Full BP, beside the counted backprop FLOP ratio (the FLOP bound) and the
+  per-round ratios to Full BP, beside the counted backprop FLOP ratio (the FLOP bound), the
+  integer multiply-accumulates (HOT's simulated INT4 product, outside the FLOPs) and the
   activation bytes saved for backward;
 * :func:`vit_cost`: timm ``vit_base_patch16_224`` (random init; cost does not depend on the
   weights), the last ``blocks`` blocks and the head trained ("partial", as the paper's
@@ -89,7 +90,13 @@ def converted_layer(
 
 
 def _shape_cases(
-    cx: int, cy: int, tokens: int, prefix: int, batch: int, methods: Sequence[MethodKey]
+    cx: int,
+    cy: int,
+    tokens: int,
+    prefix: int,
+    batch: int,
+    methods: Sequence[MethodKey],
+    device: str = "cpu",
 ) -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, Any]]]:
     from lbp_wht.measure import measure_step
 
@@ -98,17 +105,21 @@ def _shape_cases(
         raise ValueError(f"shape ({cx}, {cy}, {tokens}, prefix {prefix}): not a square map")
     torch.manual_seed(0)
     base = nn.Linear(cx, cy)
-    x = torch.randn(batch, tokens, cx, requires_grad=True)
-    g = torch.randn(batch, tokens, cy)
+    x = torch.randn(batch, tokens, cx).to(device).requires_grad_()
+    g = torch.randn(batch, tokens, cy).to(device)
     fns: dict[str, Callable[[], object]] = {}
     info: dict[str, dict[str, Any]] = {}
     for key in methods:
         label = method_label(key)
-        net = converted_layer(key, cx, cy, (side, side), prefix, base)
+        net = converted_layer(key, cx, cy, (side, side), prefix, base).to(device)
         params = [p for p in net.parameters() if p.requires_grad]
         m = measure_step(net, x, loss_fn=lambda y: y.sum(), elementwise=False)
         saved = sum(v for mod, v in m.saved_by_module.items() if mod.split(".")[0] == "layer")
-        info[label] = dict(backprop_flops=m.backprop_flops / batch, saved_bytes=saved / batch)
+        info[label] = dict(
+            backprop_flops=m.backprop_flops / batch,
+            int_macs=m.int_macs / batch,
+            saved_bytes=saved / batch,
+        )
         inputs = [x, *params]
         y = net(x)
 
@@ -129,6 +140,7 @@ def layer_latency(
     methods: Sequence[MethodKey] = LAYER_METHODS,
     *,
     rounds: int = 15,
+    device: str = "cpu",
     log: Callable[[str], None] = say,
 ) -> list[dict[str, Any]]:
     """One row per (model shape, batch, method): medians of the step and backward times,
@@ -139,6 +151,7 @@ def layer_latency(
         shapes: ``{model: [(Cx, Cy, L) or (Cx, Cy, L, prefix), ...]}``; ``L - prefix`` tokens
             form a square map (Table 8's 7x7; ViT-B's 14x14 after the class token).
         rounds: interleaved rounds per shape and batch.
+        device: ``cpu`` or ``cuda[:i]`` (CUDA events there, :func:`interleaved_timings`).
 
     Raises:
         ValueError: ``methods`` not starting with the reference (Full BP).
@@ -152,13 +165,14 @@ def layer_latency(
             cx, cy, tokens = shape[:3]
             prefix = shape[3] if len(shape) > 3 else 0
             for batch in batches:
-                fns, info = _shape_cases(cx, cy, tokens, prefix, batch, methods)
+                fns, info = _shape_cases(cx, cy, tokens, prefix, batch, methods, device)
                 load0 = loadavg()[0]
-                t = interleaved_timings(fns, rounds, warmup=2, min_sample_s=5e-3)
+                t = interleaved_timings(fns, rounds, warmup=2, min_sample_s=5e-3, device=device)
                 for key in methods:
                     label = method_label(key)
                     row: dict[str, Any] = dict(
-                        model=model, cx=cx, cy=cy, tokens=tokens, prefix=prefix, batch=batch,
+                        model=model, device=device, cx=cx, cy=cy, tokens=tokens, prefix=prefix,
+                        batch=batch,
                         method=key[0], select=key[1] or "", r=key[2] if key[2] is not None else "",
                         label=label,
                     )  # fmt: skip
@@ -177,6 +191,7 @@ def layer_latency(
                             }
                         )
                     row["backprop_flops"] = info[label]["backprop_flops"]
+                    row["int_macs"] = info[label]["int_macs"]
                     row["flop_ratio"] = info[ref]["backprop_flops"] / max(
                         info[label]["backprop_flops"], 1.0
                     )
@@ -257,6 +272,7 @@ def vit_cost(
                 r=key[2] if key[2] is not None else "",
                 label=method_label(key),
                 backprop_mflops=m.backprop_flops / batch / 1e6,
+                int_mmacs=m.int_macs / batch / 1e6,
                 saved_mib=m.saved_activation_bytes / batch / 2**20,
                 trainable_params=m.trainable_params,
             )

@@ -377,6 +377,8 @@ def analyze(
         host=platform.node(),
         date=_dt.datetime.now().isoformat(timespec="seconds"),
         backprop_flops=per["backprop_flops"],
+        # integer multiply-accumulates (HOT's INT4 product for g_x), not in any FLOP figure
+        int_macs=per["int_macs"],
         backward_flops=per["backward_flops"],
         forward_extra_flops=per["forward_extra_flops"],
         forward_train_flops=per["forward_flops"],

@@ -22,9 +22,10 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
+from lbp_wht.experiments.methods import method_spec
 from lbp_wht.runs.records import config_digest, provenance, read_record, write_record
 
-from .build import lbp_rank, uses_lbp, uses_lora, validate_lbp_cfg
+from .build import lbp_rank, uses_lbp, validate_lbp_cfg
 
 __all__ = [
     "PRIMARY_METRICS",
@@ -90,7 +91,9 @@ def build_record(
         select=lbp["select"] if lbp_used else None,
         r=lbp["r"] if lbp_used and lbp["select"] != "lhe" else None,
         rank=lbp_rank(lbp),
-        lora_rank=lbp["lora_rank"] if uses_lora(lbp["method"]) else None,
+        lora_rank=lbp["lora_rank"] if method_spec(lbp["method"]).has_adapters else None,
+        # a successor's non-default options (lbp.options); {} for its defaults
+        options=dict(lbp["options"]) if method_spec(lbp["method"]).has_options else None,
         scope=lbp["scope"],
         seed=seed,
         iterations=iterations,
