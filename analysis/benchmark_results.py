@@ -38,12 +38,15 @@ VIT_FC1 = (768, 3072, 197)
 L1_FC1 = (448, 1792, 49)
 
 
+def _missing(v: object) -> bool:
+    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
+
+
 def _key(row: pd.Series | dict) -> tuple:
-    sel = row.get("select")
-    r = row.get("r")
-    sel = None if sel is None or (isinstance(sel, float) and math.isnan(sel)) or sel == "" else sel
-    r = None if r is None or r == "" or (isinstance(r, float) and math.isnan(r)) else int(r)
-    return (row["method"], sel, r)
+    """The method key of a record / CSV row (LHE rows by their number of bases, ``rank``)."""
+    sel = None if _missing(row.get("select")) else row.get("select")
+    r = row.get("rank") if sel == "lhe" else row.get("r")
+    return (row["method"], sel, None if _missing(r) else int(r))
 
 
 def _by_label(df: pd.DataFrame, value: str, **where: object) -> dict[str, float]:
@@ -233,16 +236,18 @@ def verdicts(table: pd.DataFrame, fronts: dict[str, list[str]]) -> list[str]:
         + ", ".join(ok.method)
         + "."
     )
-    for col, what, best in (
-        ("mini_mflops", "fewest backprop FLOPs", "min"),
-        ("mini_saved_kib", "least activation memory saved for backward", "min"),
-        ("l1_step_speedup", "fastest training step (EfficientFormer-L1 partial, CPU)", "max"),
-    ):
+    for col, what, best, unit in (
+        ("mini_mflops", "fewest backprop FLOPs", "min", " MFLOPs per image"),
+        ("mini_saved_kib", "least activation memory saved for backward", "min", " KiB per image"),
+        ("l1_step_speedup", "fastest training step (EfficientFormer-L1 partial, CPU)", "max",
+         "x Full BP's speed"),
+    ):  # fmt: skip
         cand = ok.dropna(subset=[col])
         if cand.empty:
             continue
         row = cand.loc[cand[col].idxmin() if best == "min" else cand[col].idxmax()]
-        out.append(f"Among those, {what}: **{row.method}** ({row[col]:.4g}).")
+        out.append(f"Among those, {what}: **{row.method}** ({row[col]:.3g}{unit}).")
+
     for name, front in fronts.items():
         out.append(f"Pareto front, accuracy vs {name}: {', '.join(front)}.")
     return out
@@ -334,13 +339,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_text(timing, json.dumps(run, indent=2) + "\n")
     runs = {}
+    root = f"{Path(__file__).resolve().parents[1]}/"
     for name in ("cost", "layers_cpu", "step_cpu", "fidelity"):
         f = args.out / f"{name}.run.json"
         runs[name] = json.loads(f.read_text()) if f.exists() else None
+        if runs[name]:  # paths relative to the checkout
+            runs[name]["command"] = runs[name]["command"].replace(root, "")
+    loads = []
+    for frame, cols in ((raw["layers_cpu"], ("load",)),
+                        (raw["step_cpu"], ("loadavg_1m_start", "loadavg_1m_end"))):  # fmt: skip
+        for c in cols:
+            if c in frame:
+                loads += [float(v) for v in frame[c].dropna()]
     text = render(
         "benchmark_readme.md.j2",
         **run,
         runs=runs,
+        timed_load=(min(loads), max(loads)) if loads else None,
         table=markdown(table),
         verdicts=verdicts(table, fronts),
         claims=claims(table),

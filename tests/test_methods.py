@@ -33,7 +33,8 @@ def test_registry_is_the_vocabulary():
     assert not set(v.PAPER_METHODS) & set(v.EXTRA_METHODS)
     # The names the rest of the code reads, unchanged by the move into the registry.
     assert v.METHODS == (
-        "head_only", "full_bp", "lora", "lora_all", "losa", "lbp_wht", "lbp_wht+lora_all"
+        "head_only", "full_bp", "lora", "lora_all", "losa", "lbp_wht", "lbp_wht+lora_all",
+        "lora_fa", "velora", "wta_crs", "hot", "instant",
     )  # fmt: skip
     assert v.PAPER_METHODS == ("full_bp", "lora", "lora_all", "lbp_wht", "lbp_wht+lora_all")
     assert v.LBP_METHODS == ("lbp_wht", "lbp_wht+lora_all")
@@ -41,7 +42,11 @@ def test_registry_is_the_vocabulary():
     assert v.METHOD_LABELS["lbp_wht+lora_all"] == "LBP-WHT + LoRA-all"
     assert v.BASE_LABELS == {
         "head_only": "Head only", "full_bp": "Full BP", "lora": "LoRA",
-        "lora_all": "LoRA-all", "losa": "LoSA",
+        "lora_all": "LoRA-all", "losa": "LoSA", "lora_fa": "LoRA-FA", "velora": "VeLoRA",
+        "wta_crs": "WTA-CRS", "hot": "HOT", "instant": "INSTANT",
+    }  # fmt: skip
+    assert {m for m, s in METHOD_SPECS.items() if s.successor} == {
+        "lora_fa", "velora", "wta_crs", "hot", "instant"
     }  # fmt: skip
     assert method_with(reference=True) == "full_bp"
     assert method_with(bases_only=True) == "lbp_wht"
@@ -132,7 +137,8 @@ def test_flags_match_what_the_preset_builds(mini, method, scope):
     lora = {n for n, m in mods.items() if isinstance(m, LoRAMixin)}
     assert bool(preset.rules) == spec.converts
     assert {r["method"] for r in preset.rules} <= {spec.conversion}
-    assert bool(lbp) == spec.has_bases and bool(lora) == spec.has_lora
+    # LoRA-FA's layers are LoRA-type layers (adapters, frozen A) but not LoRA's (has_lora)
+    assert bool(lbp) == spec.has_bases and bool(lora) == spec.has_adapters
     if spec.layers == "attn":  # attention projections only: fewer than LoRA-all's
         all_layers = presets.get_preset("mini-efficientformer", "lora_all", scope).rules
         assert 0 < len(preset.rules) < len(all_layers)

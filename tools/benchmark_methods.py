@@ -88,8 +88,13 @@ def measure(args: argparse.Namespace) -> list[dict]:
         return rows
     if args.what == "step":
         from lbp_wht.benchmark.step import run_step
+        from lbp_wht.experiments.methods import method_spec
 
-        methods = [(m, r) for m, s, r in PRESET_METHODS if m != "lora" and s in (None, "lp_l1")]
+        # LoRA on the attention projections only is LoRA-all here (one selection: LP_L1)
+        methods = [
+            (m, r) for m, s, r in PRESET_METHODS
+            if method_spec(m).layers == "all" and s in (None, "lp_l1")
+        ]  # fmt: skip
         kw = dict(model="mini-efficientformer", size=28, batch=2) if args.quick else {}
         return run_step(
             **({"batch": args.batch, "scopes": ["partial"], "rounds": args.rounds} | kw),
@@ -101,7 +106,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
     cfg = load_config(args.config, args.cfg_options)
     methods = [
-        k for k in PRESET_METHODS if method_spec(k[0]).trains == "scope" and k[0] != "full_bp"
+        k
+        for k in PRESET_METHODS
+        if method_spec(k[0]).trains == "scope" and not method_spec(k[0]).reference
     ]
     return analyze_methods(cfg, methods, batch_size=16 if args.quick else 128)
 

@@ -383,6 +383,10 @@ def _lbp_config(out: Mapping[str, Any], spec: Any) -> LBPConfig | None:
         raise LBPConfigError(f"lbp.select/{'rank' if lhe else 'r'}/order: {err}") from err
 
 
+#: The block keys of a method with adapters (LoRA's, LoRA-FA's), outside ``lbp.options``.
+_ADAPTER_KEYS = ("lora_rank", "lora_alpha")
+
+
 def _successor_config(out: Mapping[str, Any], spec: Any) -> Any:
     """The typed core config of a successor method from ``lbp.options`` (keys of its core rule;
     LoRA-FA's rank and alpha are ``lbp.lora_rank`` / ``lbp.lora_alpha``, as LoRA's)."""
@@ -396,13 +400,13 @@ def _successor_config(out: Mapping[str, Any], spec: Any) -> Any:
         return None
     cls, names = SUCCESSOR_OPTIONS[spec.conversion]
     if spec.has_adapters:
-        for key in ("lora_rank", "lora_alpha"):
+        for key in _ADAPTER_KEYS:
             if key in given:
                 raise LBPConfigError(f"lbp.options.{key}: set lbp.{key} instead (as for LoRA)")
         given.update(lora_rank=out["lora_rank"], lora_alpha=out["lora_alpha"])
     for key in given:
         if key not in names:
-            valid = [k for k in names if not (spec.has_adapters and k.startswith("lora_"))]
+            valid = [k for k in names if not (spec.has_adapters and k in _ADAPTER_KEYS)]
             raise LBPConfigError(
                 f"lbp.options: unknown key {key!r} for lbp.method={spec.id!r}"
                 f"{did_you_mean(key, valid)}; valid keys: {valid}"
