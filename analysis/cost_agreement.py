@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbp_wht.experiments.vocab import method_spec
+from lbp_wht.experiments.vocab import MODELS, method_spec
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
@@ -48,6 +48,14 @@ from lbp_wht.reporting.cost_tables import (
 from lbp_wht.reporting.paths import COST
 from lbp_wht.reporting.render import as_number, environment, write_rows_csv, write_text
 from lbp_wht.runs.records import read_record
+
+
+def _arch(model: str) -> str:
+    """The architecture of a row's model (``ModelSpec.arch``: ``EfficientFormerV2``, ...), or
+    ``""`` for a model the registry does not know."""
+    spec = MODELS.get(model)
+    return spec.arch if spec is not None else ""
+
 
 HERE = Path(__file__).resolve().parent
 
@@ -307,7 +315,7 @@ class CellHypotheses:
                 v = _num(h.get(col)) if h else None
                 if v is not None:
                     out.append((hid, v))
-        if model.startswith("efficientformerv2"):
+        if _arch(model) == "EfficientFormerV2":
             h = find("hypotheses_efficientformerv2", table=t, model=model, scope=scope,
                      method=method, r=r)  # fmt: skip
             for hid in ("V2-DS", "V2-FFN"):
@@ -619,7 +627,7 @@ def _v2_full_ratios(tables: dict[int, list[dict[str, str]]]) -> list[dict[str, A
     vals: dict[tuple[str, str], dict[str, Any]] = {}
     for t in (2, 5):
         for r in tables.get(t, []):
-            if r["model"].startswith("efficientformerv2") and method_spec(r["method"]).reference:
+            if _arch(r["model"]) == "EfficientFormerV2" and method_spec(r["method"]).reference:
                 x = as_number(r["ratio_mflops"])
                 if x is not None:
                     vals.setdefault(
@@ -635,7 +643,7 @@ def _swin_rows(t2: list[dict[str, str]], t5: list[dict[str, str]]) -> list[dict[
         typed(r)
         for rows in (t2, t5)
         for r in rows
-        if r["model"] == "swinv2-small-w8"
+        if _arch(r["model"]) == "SwinV2"
         and method_spec(r["method"]).bases_only
         and r["in_paper"] == "True"
         and (r["paper_mflops"] or r["paper_speedup_source"] == "paper")
@@ -712,7 +720,7 @@ def _gx_effect(tables: dict[int, list[dict[str, str]]]) -> float | None:
         _dev(as_number(r["authors_mflops"]) / as_number(r["ours_mflops"]))
         for t in (2, 5, 7)
         for r in tables.get(t, [])
-        if method_spec(r["method"]).bases_only and r["model"].startswith("efficientformer")
+        if method_spec(r["method"]).bases_only and _arch(r["model"]).startswith("EfficientFormer")
         and as_number(r.get("authors_mflops"))
     ]  # fmt: skip
     return max(devs) if devs else None
@@ -775,7 +783,7 @@ def findings(ct: CostTables) -> dict[str, Any]:
             for r in csvs["agreement"]
             if method_spec(r["method"]).bases_only
             and r["within_10pct"] != "True"
-            and not r["model"].startswith(("efficientformerv2", "segformer"))
+            and _arch(r["model"]) not in ("EfficientFormerV2", "Segformer")
         ],
         agree=[typed(r) for r in csvs["agreement_summary"]],
         off=[typed(r) for r in csvs["agreement"] if r["within_10pct"] != "True"],

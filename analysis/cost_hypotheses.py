@@ -361,7 +361,9 @@ class CostHypotheses(CostTables):
 
         out = []
         for pr in self.paper_rows("classification.csv"):
-            if not pr["model"].startswith("efficientformerv2") or pr["table"] not in ("2", "5"):
+            if pr["model"] not in MODELS or MODELS[pr["model"]].arch != "EfficientFormerV2":
+                continue
+            if pr["table"] not in ("2", "5"):
                 continue
             table, model, scope, method = int(pr["table"]), pr["model"], pr["scope"], pr["method"]
             r = rint(pr.get("r"))

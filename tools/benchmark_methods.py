@@ -70,10 +70,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
         from lbp_wht.integrations import cost_record as cr
 
         rows = []
-        model, size = ("mini-efficientformer", 28) if args.quick else ("efficientformer-l1", 224)
-        for scope in ("partial", "full"):
+        model = "mini-efficientformer" if args.quick else "efficientformer-l1"
+        for scope in ("partial", "full"):  # at the model's input size (ModelSpec.img_size)
             for method, select, r in PRESET_METHODS:
-                cfg = cr.config_from_flags(model, method, scope, select=select, r=r, size=size)
+                cfg = cr.config_from_flags(model, method, scope, select=select, r=r)
                 rec = cr.analyze(cfg, elementwise=False)
                 keep = ("model", "scope", "method", "select", "r", "backprop_flops", "int_macs",
                         "saved_activation_bytes", "trainable_params", "converted_layers")  # fmt: skip

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import WHTProjector, cost, lbp_forward, select_bases
+from ..experiments.models import MODEL_SPECS
 from ..experiments.vocab import method_with
 from ..functional import _expand_rows, _project_rows, _recompile_limit, backward_fusion
 from ..reporting.paths import PAPER
@@ -50,11 +51,9 @@ from .timing import interleaved_timings
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
 FULL, LBP = method_with(reference=True), method_with(bases_only=True)
 
-#: Table 8 shapes (Cx, Cy, L): the last two linear layers (MLP fc1, fc2) of the Meta3D block.
-TABLE8_SHAPES = {
-    "efficientformer-l1": [(448, 1792, 49), (1792, 448, 49)],
-    "efficientformer-l7": [(768, 3072, 49), (3072, 768, 49)],
-}
+#: Table 8 shapes (Cx, Cy, L): the last two linear layers (MLP fc1, fc2) of the Meta3D block,
+#: per model that has them (``ModelSpec.latency_shapes``; lbp_wht/experiments/models.py).
+TABLE8_SHAPES = {m.id: list(m.latency_shapes) for m in MODEL_SPECS.values() if m.latency_shapes}
 
 #: ViT-B/16 at 224 px (HOT's per-layer table): MLP fc1, fc2 and the attention projection on
 #: L = 197 tokens, a class token (exact gradients) before the 14x14 map: (Cx, Cy, L, prefix).

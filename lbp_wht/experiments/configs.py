@@ -77,14 +77,8 @@ GENERATED_FOLDERS = (
     "figure5",
     "mini",
 )
-#: The classification models of Tables 2 and 5.
-CLS_MODELS = (
-    "efficientformer-l1",
-    "efficientformer-l7",
-    "efficientformerv2-s0",
-    "efficientformerv2-l",
-    "swinv2-small-w8",
-)
+#: The classification models of Tables 2 and 5: the paper's classification models.
+CLS_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.paper and m.task == "cls")
 #: Schedule base per classification dataset (config names): the learning rates of the
 #: authors' configs.
 CLS_SCHEDULES = {
@@ -96,31 +90,9 @@ CLS_SCHEDULES = {
     "oxford-pets": "cls_adamw_50e.py",
     "places365": "cls_adamw_50e.py",
 }
-#: What the comment of each generated model base says about the model.
-MODEL_NOTES = {
-    "efficientformer-l1": "EfficientFormer-L1 (Li et al., NeurIPS 2022; hybrid CNN-ViT), "
-    "mmpretrain implementation. The ImageNet distillation head is not used for fine-tuning.",
-    "efficientformer-l7": "EfficientFormer-L7 (Li et al., NeurIPS 2022; hybrid CNN-ViT), "
-    "mmpretrain implementation. The ImageNet distillation head is not used for fine-tuning.",
-    "efficientformerv2-s0": "EfficientFormerV2-S0 (Li et al., ICCV 2023; hybrid), timm "
-    "implementation wrapped as an mmpretrain backbone (module names "
-    "backbone.timm_model.stages.<i>...). Input must be 224x224.",
-    "efficientformerv2-l": "EfficientFormerV2-L (Li et al., ICCV 2023; hybrid), timm "
-    "implementation wrapped as an mmpretrain backbone (module names "
-    "backbone.timm_model.stages.<i>...). Input must be 224x224.",
-    "swinv2-small-w8": "SwinV2-Small, window 8, 256x256 (Liu et al., CVPR 2022; ViT), "
-    "mmpretrain implementation with qkv called as a module (same state dict).",
-    "segformer-mit-b0": "Segformer with a MiT-B0 encoder (Xie et al., NeurIPS 2021), mmseg "
-    "implementation with explicit q/k/v/proj attention layers (mmseg checkpoints load "
-    "unchanged). ADE20K-pretrained; the 150-class classifier is re-initialised.",
-    "mini-efficientformer": "A CPU-sized EfficientFormer (arch "
-    "lbp_wht.experiments.presets.MINI_EFFICIENTFORMER_ARCH): a stride-4 stem on 28x28 inputs "
-    "gives 7x7 maps, no stage downsamples, 64 channels; the last stage mirrors L1's, so the same "
-    "layer types convert. 1 input channel (Fashion-MNIST); random init.",
-    "mini-segformer": "A CPU-sized Segformer: MiT with four 1-block stages of 8-64 channels and "
-    "the Segformer MLP decoder (32 channels), the module names of MiT-B0 (preset "
-    "'segformer-mit-b0'). Plain BN so it also trains distributed on CPU; random init.",
-}
+#: What the comment of each generated model base says about the model
+#: (``ModelSpec.description``).
+MODEL_NOTES: dict[str, str] = {m.id: m.description for m in MODELS.values()}
 
 
 @dataclass(frozen=True)
@@ -165,15 +137,10 @@ def model_base(model: str) -> GeneratedFile:
 
     info = MODELS[model]
     mini = not info.paper
-    ncls = 150 if model == "segformer-mit-b0" else (4 if model == "mini-segformer" else 1000)
-    if model == "mini-efficientformer":
-        ncls = 10
-    cfg = model_config(
-        model, ncls, training=True, in_channels=1 if model == "mini-efficientformer" else None
-    )
+    cfg = model_config(model, info.base_classes, training=True, in_channels=info.in_channels)
     ckpt = PRETRAINED.get(model)
     load_from = f"checkpoints/{ckpt.file}" if ckpt else None
-    notes = MODEL_NOTES[model]
+    notes = info.description
     if ckpt:
         notes += (
             f" Pretrained weights: `python tools/fetch_checkpoints.py {model}` ({ckpt.source})."
@@ -327,9 +294,9 @@ def experiments() -> list[GeneratedFile]:
         for dataset in cls_datasets:
             for m in [*table25, LOSA]:
                 out.append(_cls("Table 2", f"table2/{model}", model, dataset, "partial", m))
-            # Table 5 has an LP_L1-7 row for EfficientFormer-L1 and V2-S0 (not for L7).
-            with_r7 = model in ("efficientformer-l1", "efficientformerv2-s0")
-            for m in table25 + ([lp(7)] if with_r7 else []):
+            # Table 5 has an LP_L1-7 row for EfficientFormer-L1 and V2-S0 (not for L7):
+            # ModelSpec.table5_extra_r.
+            for m in table25 + [lp(r) for r in MODELS[model].table5_extra_r]:
                 out.append(_cls("Table 5", f"table5/{model}", model, dataset, "full", m))
     # Table 3: Segformer MiT-B0, Cityscapes and VOC12 aug, partial (last stage + decoder) / full.
     for dataset in ("cityscapes", "voc12aug"):
@@ -482,7 +449,7 @@ def mini_experiments() -> list[GeneratedFile]:
                 "mini-seg",
                 seg,
                 seg_runtime,
-                {"preset": "segformer-mit-b0", "allow_random_init": True},
+                {"preset": MODELS["mini-segformer"].preset, "allow_random_init": True},
                 m,
             )
         )

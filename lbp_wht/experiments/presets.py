@@ -5,6 +5,11 @@ Pure data (imports only the standard library): ``get_preset(...)`` returns the `
 the qualified names of the whole OpenMMLab model (``backbone.*``, ``head.*``,
 ``decode_head.*``) built as in :func:`model_config`; ``*`` also matches dots.
 
+Every fact about a model (its layer table, partial-training scope, task head, ``norm_eval``,
+LoSA taps, notes, definition) is its :class:`~lbp_wht.experiments.models.ModelSpec` entry in
+:data:`~lbp_wht.experiments.models.MODEL_SPECS`; this module reads the entries and names no
+model. What the entries hold, and why:
+
 Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.md``):
 
 * Where LBP-WHT goes (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8):
@@ -105,17 +110,17 @@ backbone as ``MixVisionTransformerConvertible`` (both registered by
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .models import MINI_EFFICIENTFORMER_ARCH, MODEL_SPECS, ModelSpec, model_spec, preset_models
 from .vocab import (
     LORA_TRAIN,
     METHODS,
     PRESET_MODELS,
     SCOPES,
     SELECTIONS,
-    check_model,
     method_spec,
 )
 
@@ -139,26 +144,6 @@ __all__ = [
 #: Conversion variants (``get_preset(variant=...)``, config key ``lbp.variant``): the corrected
 #: conversion (default) and what the authors' code executed (see the module docstring).
 VARIANTS: tuple[str, ...] = ("corrected", "authors")
-
-
-#: mmpretrain ``EfficientFormer`` arch for a CPU-sized model on 28x28 inputs: the stride-4 stem
-#: gives a 7x7 map (the size Meta3D's attention biases require) and no stage downsamples, so
-#: all widths are equal. The last stage mirrors L1's: 3 Meta4D blocks, then Flat + 1 Meta3D
-#: block. Use with ``EfficientFormer(arch=MINI_EFFICIENTFORMER_ARCH)`` (copy it if you edit).
-#: The source of truth for the general mini model: :func:`model_config` and
-#: ``configs/_base_/models/mini-efficientformer.py`` (the ``configs/mini/*.py`` experiments) use
-#: exactly this arch (a test checks the config against it). The CPU demo (``make demo``,
-#: ``configs/mini/demo/_base_/model.py``) deliberately builds a lighter variant of the same
-#: structure, 48 channels and 1/1/1/2 blocks (last stage: 1 Meta4D + 1 Meta3D block), calibrated
-#: so that all of its adaptation runs fit the 20-minute budget on 2 cores (a training step costs
-#: about half as much); the preset's globs (``backbone.network.3.*``, Meta4D / Meta3D layer
-#: names) hold for both, so both use the ``mini-efficientformer`` preset.
-MINI_EFFICIENTFORMER_ARCH: dict[str, Any] = {
-    "layers": [1, 1, 2, 4],
-    "embed_dims": [64, 64, 64, 64],
-    "downsamples": [False, False, False, False],
-    "vit_num": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -195,182 +180,6 @@ class Preset:
     losa_output: str = ""
     variant: str = "corrected"
     always_grad_x: bool = False
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-model layer tables. Each entry: (glob, kind, fused) with kind "attn" (attention
-# projection: LoRA in every LoRA variant) or "other" (FFN / reduction / decoder 1x1: LBP and
-# LoRA-all only); fused = number of projections fused in the layer (qkv: 3), which scales the
-# LoRA rank and alpha.
-# ---------------------------------------------------------------------------------------------
-_Layer = tuple[str, str, int]
-
-
-def _efficientformer_layers(scope: str) -> list[_Layer]:
-    # mmpretrain EfficientFormer: backbone.network.<stage>.<block>; Meta4D blocks have
-    # mlp.fc1/fc2 as 1x1 convs, the Meta3D blocks (stage 3 only) token_mixer.qkv/proj and
-    # mlp.fc1/fc2 as linears, so the mlp globs cover both block types.
-    p = "backbone.network.3.*." if scope == "partial" else "backbone.network.*.*."
-    return [
-        (p + "token_mixer.qkv", "attn", 3),
-        (p + "token_mixer.proj", "attn", 1),
-        (p + "mlp.fc1", "other", 1),
-        (p + "mlp.fc2", "other", 1),
-    ]
-
-
-def _efficientformerv2_layers(scope: str) -> list[_Layer]:
-    # timm EfficientFormerV2 inside TimmEfficientFormerV2: backbone.timm_model.stages.<i>.
-    # ConvNorm layers hold the conv as ``.conv``; talking heads are plain 1x1 convs over heads.
-    t = "backbone.timm_model.stages."
-    b = t + ("3.blocks.*." if scope == "partial" else "*.blocks.*.")
-    layers: list[_Layer] = [
-        (b + "token_mixer.q.conv", "attn", 1),
-        (b + "token_mixer.k.conv", "attn", 1),
-        (b + "token_mixer.v.conv", "attn", 1),
-        (b + "token_mixer.proj.conv", "attn", 1),
-        (b + "token_mixer.talking_head1", "attn", 1),
-        (b + "token_mixer.talking_head2", "attn", 1),
-        (b + "mlp.fc1.conv", "other", 1),
-        (b + "mlp.fc2.conv", "other", 1),
-    ]
-    if scope == "full":
-        # Attention downsampling (authors' network.5); q = local dw-conv + pool + 1x1 proj.
-        d = t + "*.downsample.attn."
-        layers += [
-            (d + "q.proj.conv", "attn", 1),
-            (d + "k.conv", "attn", 1),
-            (d + "v.conv", "attn", 1),
-            (d + "proj.conv", "attn", 1),
-        ]
-    return layers
-
-
-def _swinv2_layers(scope: str) -> list[_Layer]:
-    # mmpretrain SwinTransformerV2: backbone.stages.<i>.{downsample, blocks.<j>}; the
-    # downsample (patch merging) opens stages 1-3. FFN = mmcv FFN: layers.0.0 and layers.1.
-    p = "backbone.stages.3." if scope == "partial" else "backbone.stages.*."
-    return [
-        (p + "blocks.*.attn.w_msa.qkv", "attn", 3),
-        (p + "blocks.*.attn.w_msa.proj", "attn", 1),
-        (p + "blocks.*.ffn.layers.0.0", "other", 1),
-        (p + "blocks.*.ffn.layers.1", "other", 1),
-        (p + "downsample.reduction", "other", 1),
-    ]
-
-
-def _segformer_layers(scope: str) -> list[_Layer]:
-    # mmseg MixVisionTransformerConvertible: backbone.layers.<stage> = [patch_embed, blocks,
-    # norm]; block attention has explicit q/k/v/proj; MixFFN layers = [fc1, pe_conv, act,
-    # drop, fc2, drop]. SegformerHead: convs.<i>.conv (1x1 per level), fusion_conv.conv.
-    p = "backbone.layers.3.1.*." if scope == "partial" else "backbone.layers.*.1.*."
-    return [
-        (p + "attn.q", "attn", 1),
-        (p + "attn.k", "attn", 1),
-        (p + "attn.v", "attn", 1),
-        (p + "attn.proj", "attn", 1),
-        (p + "ffn.layers.0", "other", 1),
-        (p + "ffn.layers.4", "other", 1),
-        ("decode_head.convs.*.conv", "other", 1),
-        ("decode_head.fusion_conv.conv", "other", 1),
-    ]
-
-
-#: Layers whose map the paper's configurations declare instead of the input's positions: the
-#: talking-head 1x1 convs of EfficientFormerV2 mix the heads of the (N x N) attention-score
-#: tensor, which the authors' configs project as an N x N image (a dry forward finds no image
-#: map there and refuses them unless the rule says so).
-_DECLARED: dict[str, dict[str, Any]] = {
-    "token_mixer.talking_head1": {"layout": "nchw"},
-    "token_mixer.talking_head2": {"layout": "nchw"},
-}
-
-
-def _declared(glob: str) -> dict[str, Any]:
-    return next((v for k, v in _DECLARED.items() if glob.endswith(k)), {})
-
-
-def _authors_layers(model: str, scope: str, layers: list[_Layer]) -> list[_Layer]:
-    """The layer table of the ``authors`` variant: what the authors' code really converted."""
-    if model == "swinv2-small-w8":
-        # mmcls 0.25's WindowMSAV2 reads qkv.weight and never calls the module.
-        return [layer for layer in layers if not layer[0].endswith(".attn.w_msa.qkv")]
-    if model == "segformer-mit-b0":
-        # The set that fits Table 3. Kind "attn": LoRA converts the same layers as LoRA-all
-        # (the paper's full-training LoRA and LoRA-all rows cost the same, 11976 vs 11971).
-        p = "backbone.layers.3.1.*." if scope == "partial" else "backbone.layers.*.1.*."
-        return [
-            (p + "ffn.layers.0", "attn", 1),
-            (p + "ffn.layers.4", "attn", 1),
-            ("decode_head.fusion_conv.conv", "attn", 1),
-        ]
-    return layers
-
-
-# model -> (layer table, partial-scope trainable globs, task-head globs, norm_eval)
-_MODELS: dict[str, tuple[Any, list[str], list[str], bool]] = {
-    "efficientformer-l1": (
-        _efficientformer_layers,
-        ["backbone.network.3.*", "head.*"],
-        ["head.*"],
-        True,
-    ),
-    "efficientformer-l7": (
-        _efficientformer_layers,
-        ["backbone.network.3.*", "head.*"],
-        ["head.*"],
-        True,
-    ),
-    "mini-efficientformer": (
-        _efficientformer_layers,
-        ["backbone.network.3.*", "head.*"],
-        ["head.*"],
-        True,
-    ),
-    "efficientformerv2-s0": (
-        _efficientformerv2_layers,
-        ["backbone.timm_model.stages.3.blocks.*", "head.*"],
-        ["head.*"],
-        True,
-    ),
-    "efficientformerv2-l": (
-        _efficientformerv2_layers,
-        ["backbone.timm_model.stages.3.blocks.*", "head.*"],
-        ["head.*"],
-        True,
-    ),
-    "swinv2-small-w8": (
-        _swinv2_layers,
-        ["backbone.stages.3.*", "head.*"],
-        ["head.*"],
-        False,  # LayerNorm only
-    ),
-    "segformer-mit-b0": (
-        _segformer_layers,
-        ["backbone.layers.3.*", "decode_head.*"],
-        ["decode_head.conv_seg.*"],
-        True,  # BatchNorm follows the decode head's LBP 1x1 convs
-    ),
-}
-
-
-#: LoSA (``method="losa"``) per model: (containers whose parameter-holding children are the
-#: taps, the output module). The taps are the blocks of the last stage -- the partial-training
-#: scope, where the token count (and here the width) is constant, as LoSA's token mixer needs --
-#: and the output is the backbone's final norm, the feature the neck and head read, so that no
-#: backbone module runs in the backward. EfficientFormer: ``backbone.network.3`` (its
-#: downsampling embedding, Meta4D blocks and Meta3D block; the parameter-free ``Flat`` is
-#: skipped) and ``backbone.norm3`` (LayerNorm on the 49 tokens). EfficientFormerV2: timm
-#: ``stages.3.blocks`` and the final BatchNorm ``norm``. SwinV2: ``stages.3.blocks`` (after
-#: the patch merging) and ``norm3``. Segmentation (Segformer) has no LoSA preset.
-_LOSA: dict[str, tuple[tuple[str, ...], str]] = {
-    "efficientformer-l1": (("backbone.network.3",), "backbone.norm3"),
-    "efficientformer-l7": (("backbone.network.3",), "backbone.norm3"),
-    "mini-efficientformer": (("backbone.network.3",), "backbone.norm3"),
-    "efficientformerv2-s0": (("backbone.timm_model.stages.3.blocks",), "backbone.timm_model.norm"),
-    "efficientformerv2-l": (("backbone.timm_model.stages.3.blocks",), "backbone.timm_model.norm"),
-    "swinv2-small-w8": (("backbone.stages.3.blocks",), "backbone.norm3"),
-}
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -416,7 +225,10 @@ def get_preset(
     Returns:
         A :class:`Preset`.
     """
-    _check("model", model, PRESET_MODELS)
+    mspec = model_spec(model) if model in MODEL_SPECS else None
+    if mspec is None or not mspec.has_preset:
+        _check("model", model, preset_models())
+    assert mspec is not None
     spec = method_spec(method)  # a ValueError naming the known ids
     _check("scope", scope, SCOPES)
     _check("lora_train", lora_train, LORA_TRAIN)
@@ -437,20 +249,18 @@ def get_preset(
             "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
             "lbp_wht.lhe.LHEProfiler"
         )
-    if spec.side_network and model not in _LOSA:
+    if spec.side_network and mspec.losa is None:
         raise ValueError(
             f"method {method!r} has no preset for {model!r} (segmentation); LoSA presets: "
-            f"{sorted(_LOSA)}"
+            f"{sorted(m.id for m in MODEL_SPECS.values() if m.losa is not None)}"
         )
     if scope not in spec.scopes:
         raise ValueError(
             f"method {method!r} {spec.scope_note}, i.e. scope="
             f"{' or '.join(map(repr, spec.scopes))}; scope={scope!r} is not defined for it"
         )
-    layer_fn, partial_trainable, head, norm_eval = _MODELS[model]
-    layers: list[_Layer] = layer_fn(scope)
-    if variant == "authors":
-        layers = _authors_layers(model, scope, layers)
+    partial_trainable, head = mspec.partial, mspec.head
+    layers = mspec.layer_table(scope, variant)
 
     def fused_for(cfg: Any, fused: int) -> Any:  # a LoRA-style config of a fused qkv layer
         return cfg if fused == 1 else replace(cfg, rank=cfg.rank * fused, alpha=cfg.alpha * fused)
@@ -458,15 +268,19 @@ def get_preset(
     # The spec's flags decide: which of the table's layers (``layers``), converted by which
     # core rule method (``conversion``), with LoRA options and / or WHT base options.
     rules: list[dict[str, Any]] = []
-    for g, kind, f in layers if spec.converts else ():  # LoSA: a side network instead
-        if spec.layers == "all" or spec.layers == kind:
-            rule: dict[str, Any] = dict(target=g, method=spec.conversion)
+    for layer in layers if spec.converts else ():  # LoSA: a side network instead
+        if spec.layers == "all" or spec.layers == layer.kind:
+            rule: dict[str, Any] = dict(target=layer.glob, method=spec.conversion)
             if spec.has_lora:
-                rule["lora"] = fused_for(lora, f)
+                rule["lora"] = fused_for(lora, layer.fused)
             if spec.has_bases:
-                rule.update(lbp=lbp, **_declared(g))
+                rule["lbp"] = lbp
+                if layer.layout:  # the map the paper's configurations declare
+                    rule["layout"] = layer.layout
             if spec.has_options:
-                rule[spec.conversion] = fused_for(options, f) if spec.has_adapters else options
+                rule[spec.conversion] = (
+                    fused_for(options, layer.fused) if spec.has_adapters else options
+                )
             rules.append(rule)
 
     if spec.trains == "head":
@@ -483,20 +297,12 @@ def get_preset(
             scope_globs = list(partial_trainable) if scope == "partial" else ["*"]
             trainable = adapters + scope_globs
 
-    notes: list[str] = []
-    if model == "swinv2-small-w8":
-        notes.append("build the backbone as SwinTransformerV2Convertible (qkv called as module)")
-        if variant == "authors":
-            notes.append("authors' variant: attn.w_msa.qkv stays plain (mmcls 0.25 bypassed it)")
-    if model == "segformer-mit-b0":
-        notes.append("build the backbone as MixVisionTransformerConvertible (explicit q/k/v/proj)")
-    if model.startswith("efficientformerv2"):
-        notes.append("build the backbone as TimmEfficientFormerV2 (timm efficientformerv2)")
-    containers, output = _LOSA[model] if spec.side_network else ((), "")
+    notes = mspec.notes + (mspec.authors_notes if variant == "authors" else ())
+    containers, output = mspec.losa if spec.side_network else ((), "")  # type: ignore[misc]
     return Preset(
         rules=rules,
         trainable=trainable,
-        norm_eval=norm_eval,
+        norm_eval=mspec.norm_eval,
         model=model,
         method=method,
         scope=scope,
@@ -548,7 +354,8 @@ def describe_preset(model: str, method: str, scope: str, **kwargs: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Model configs the globs above are written against (plain dicts for mmpretrain / mmseg).
+# Model configs the specs' globs are written against (plain dicts for mmpretrain / mmseg),
+# one builder per architecture (ModelSpec.arch) fed the spec's definition.
 # ---------------------------------------------------------------------------------------------
 def model_config(
     model: str,
@@ -581,49 +388,68 @@ def model_config(
     Returns:
         A fresh dict each call.
     """
-    check_model(model)
+    spec = model_spec(model)  # a ValueError naming the known ids
+    return _BUILDERS[spec.arch](spec, spec.builder_args(), num_classes, training, in_channels)
 
-    def classifier(backbone: dict[str, Any], channels: int, neck_dim: int | None = None) -> dict:
-        if in_channels is not None:
-            backbone["in_channels"] = in_channels
-        head: dict[str, Any] = dict(type="LinearClsHead", num_classes=num_classes)
-        if backbone["type"] == "EfficientFormer":
-            head = dict(type="EfficientFormerClsHead", num_classes=num_classes)
-        head["in_channels"] = channels
-        if backbone["type"] == "EfficientFormer":
-            head["distillation"] = False
-        if training:
-            head["loss"] = dict(type="LabelSmoothLoss", label_smooth_val=0.1, mode="original")
-        # GlobalAveragePooling's default dim=2 pools (B, C, H, W) maps; EfficientFormer ends in
-        # tokens (B, C, 49) after the LayerNorm of its token stage, hence 1-D pooling.
-        neck = dict(type="GlobalAveragePooling")
-        if neck_dim is not None:
-            neck["dim"] = neck_dim
-        return dict(type="ImageClassifier", backbone=backbone, neck=neck, head=head)
 
-    if model in ("efficientformer-l1", "efficientformer-l7", "mini-efficientformer"):
-        arch = {"efficientformer-l1": "l1", "efficientformer-l7": "l7"}.get(
-            model, copy.deepcopy(MINI_EFFICIENTFORMER_ARCH)
-        )
-        channels = {"efficientformer-l1": 448, "efficientformer-l7": 768}.get(model, 64)
-        backbone = dict(type="EfficientFormer", arch=arch, drop_path_rate=0.0)
-        return classifier(backbone, channels, neck_dim=1)
-    if model.startswith("efficientformerv2"):
-        arch = model.split("-")[1]
-        backbone = dict(type="TimmEfficientFormerV2", arch=arch, drop_path_rate=0.0)
-        return classifier(backbone, {"s0": 176, "l": 384}[arch])
-    if model == "swinv2-small-w8":
-        backbone = dict(
-            type="SwinTransformerV2Convertible",
-            arch="small",
-            img_size=256,
-            window_size=[8, 8, 8, 8],
-            drop_path_rate=0.0,
-        )
-        return classifier(backbone, 768)
-    # Segformer (mmseg configs/_base_/models/segformer_mit-b0.py; mini: a CPU-sized MiT with
-    # four 1-block stages and the same module names).
-    mini = model == "mini-segformer"
+def _classifier(
+    backbone: dict[str, Any],
+    channels: int,
+    num_classes: int,
+    training: bool,
+    in_channels: int | None,
+    neck_dim: int | None = None,
+) -> dict[str, Any]:
+    """An ``ImageClassifier`` around ``backbone`` (EfficientFormer heads without the
+    distillation branch, which mmpretrain cannot train)."""
+    if in_channels is not None:
+        backbone["in_channels"] = in_channels
+    head: dict[str, Any] = dict(type="LinearClsHead", num_classes=num_classes)
+    if backbone["type"] == "EfficientFormer":
+        head = dict(type="EfficientFormerClsHead", num_classes=num_classes)
+    head["in_channels"] = channels
+    if backbone["type"] == "EfficientFormer":
+        head["distillation"] = False
+    if training:
+        head["loss"] = dict(type="LabelSmoothLoss", label_smooth_val=0.1, mode="original")
+    # GlobalAveragePooling's default dim=2 pools (B, C, H, W) maps; EfficientFormer ends in
+    # tokens (B, C, 49) after the LayerNorm of its token stage, hence 1-D pooling.
+    neck = dict(type="GlobalAveragePooling")
+    if neck_dim is not None:
+        neck["dim"] = neck_dim
+    return dict(type="ImageClassifier", backbone=backbone, neck=neck, head=head)
+
+
+def _efficientformer(
+    spec: ModelSpec, args: dict, num_classes: int, training: bool, in_channels: int | None
+) -> dict[str, Any]:
+    """mmpretrain ``EfficientFormer`` (``arch``: its name or an arch dict; ``channels``)."""
+    backbone = dict(type="EfficientFormer", arch=args["arch"], drop_path_rate=0.0)
+    return _classifier(backbone, args["channels"], num_classes, training, in_channels, 1)
+
+
+def _efficientformerv2(
+    spec: ModelSpec, args: dict, num_classes: int, training: bool, in_channels: int | None
+) -> dict[str, Any]:
+    """timm's EfficientFormerV2 as ``TimmEfficientFormerV2`` (``arch``: s0 / l; ``channels``)."""
+    backbone = dict(type="TimmEfficientFormerV2", arch=args["arch"], drop_path_rate=0.0)
+    return _classifier(backbone, args["channels"], num_classes, training, in_channels)
+
+
+def _swinv2(
+    spec: ModelSpec, args: dict, num_classes: int, training: bool, in_channels: int | None
+) -> dict[str, Any]:
+    """mmpretrain SwinV2 as ``SwinTransformerV2Convertible`` (qkv called as a module)."""
+    channels = args.pop("channels")
+    backbone = dict(type="SwinTransformerV2Convertible", **args, drop_path_rate=0.0)
+    return _classifier(backbone, channels, num_classes, training, in_channels)
+
+
+def _segformer(
+    spec: ModelSpec, args: dict, num_classes: int, training: bool, in_channels: int | None
+) -> dict[str, Any]:
+    """mmseg ``EncoderDecoder`` with a ``MixVisionTransformerConvertible`` encoder and a
+    ``SegformerHead`` (mmseg ``configs/_base_/models/segformer_mit-b0.py``)."""
     cfg: dict[str, Any] = dict(type="EncoderDecoder")
     if training:
         cfg["pretrained"] = None
@@ -639,28 +465,25 @@ def model_config(
     cfg["backbone"] = dict(
         type="MixVisionTransformerConvertible",
         in_channels=in_channels or 3,
-        embed_dims=8 if mini else 32,
+        embed_dims=args["embed_dims"],
         num_stages=4,
-        num_layers=[1, 1, 1, 1] if mini else [2, 2, 2, 2],
-        # channels = embed_dims * num_heads
-        num_heads=[1, 2, 4, 8] if mini else [1, 2, 5, 8],
+        num_layers=args["num_layers"],
+        num_heads=args["num_heads"],
         patch_sizes=[7, 3, 3, 3],
         sr_ratios=[8, 4, 2, 1],
         out_indices=(0, 1, 2, 3),
-        mlp_ratio=2 if mini else 4,
+        mlp_ratio=args["mlp_ratio"],
         qkv_bias=True,
         drop_rate=0.0,
         attn_drop_rate=0.0,
-        drop_path_rate=0.0 if mini else 0.1,
+        drop_path_rate=args["drop_path_rate"],
     )
-    # SyncBN for multi-GPU training, except the CPU mini model (it also trains distributed
-    # on CPU, where SyncBN cannot run).
-    norm = "SyncBN" if training and not mini else "BN"
+    norm = "SyncBN" if training and args["sync_bn"] else "BN"
     cfg["decode_head"] = dict(
         type="SegformerHead",
-        in_channels=[8, 16, 32, 64] if mini else [32, 64, 160, 256],
+        in_channels=args["decoder_in_channels"],
         in_index=[0, 1, 2, 3],
-        channels=32 if mini else 256,
+        channels=args["decoder_channels"],
         dropout_ratio=0.1,
         num_classes=num_classes,
         norm_cfg=dict(type=norm, requires_grad=True),
@@ -670,3 +493,14 @@ def model_config(
     cfg["train_cfg"] = dict()
     cfg["test_cfg"] = dict(mode="whole")
     return cfg
+
+
+#: ``model_config``'s builder per architecture (:data:`lbp_wht.experiments.models.ARCHS`):
+#: ``builder(spec, args, num_classes, training, in_channels)``, ``args`` a copy of the spec's
+#: ``definition``.
+_BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "EfficientFormer": _efficientformer,
+    "EfficientFormerV2": _efficientformerv2,
+    "SwinV2": _swinv2,
+    "Segformer": _segformer,
+}

@@ -36,8 +36,7 @@ __all__ = [
     "verify",
 ]
 
-MMPRETRAIN = "https://download.openmmlab.com/mmclassification/v0"
-MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5"
+from .models import MODEL_SPECS
 
 
 @dataclass(frozen=True)
@@ -64,53 +63,18 @@ class Pretrained:
         return self.url or f"timm {self.timm}"
 
 
-def _pretrained(model: str, file: str, config: str, url: str = "", timm: str = "") -> Pretrained:
-    return Pretrained(model, file, url, timm, config)
-
-
-_CLS = "configs/table2/{m}/{m}_partial_full-bp_cifar10.py"
-#: Model id -> its pretrained checkpoint.
+#: The config a model's checkpoint is verified against, per task: its first partial-training
+#: Full BP config (Table 2 for classification, Table 3 for segmentation).
+_VERIFY_CONFIG = {
+    "cls": "configs/table2/{m}/{m}_partial_full-bp_cifar10.py",
+    "seg": "configs/table3/{m}_partial_full-bp_cityscapes.py",
+}
+#: Model id -> its pretrained checkpoint (a view of ``ModelSpec.checkpoint``,
+#: lbp_wht/experiments/models.py).
 PRETRAINED: dict[str, Pretrained] = {
-    p.model: p
-    for p in (
-        _pretrained(
-            "efficientformer-l1",
-            "efficientformer-l1_3rdparty_in1k_20220915-cc3e1ac6.pth",
-            _CLS.format(m="efficientformer-l1"),
-            url=f"{MMPRETRAIN}/efficientformer/efficientformer-l1_3rdparty_in1k_20220915-cc3e1ac6.pth",
-        ),
-        _pretrained(
-            "efficientformer-l7",
-            "efficientformer-l7_3rdparty_in1k_20220915-185e30af.pth",
-            _CLS.format(m="efficientformer-l7"),
-            url=f"{MMPRETRAIN}/efficientformer/efficientformer-l7_3rdparty_in1k_20220915-185e30af.pth",
-        ),
-        _pretrained(
-            "efficientformerv2-s0",
-            "efficientformerv2_s0_timm_in1k.pth",
-            _CLS.format(m="efficientformerv2-s0"),
-            timm="efficientformerv2_s0.snap_dist_in1k",
-        ),
-        _pretrained(
-            "efficientformerv2-l",
-            "efficientformerv2_l_timm_in1k.pth",
-            _CLS.format(m="efficientformerv2-l"),
-            timm="efficientformerv2_l.snap_dist_in1k",
-        ),
-        _pretrained(
-            "swinv2-small-w8",
-            "swinv2-small-w8_3rdparty_in1k-256px_20220803-b01a4332.pth",
-            _CLS.format(m="swinv2-small-w8"),
-            url=f"{MMPRETRAIN}/swin-v2/swinv2-small-w8_3rdparty_in1k-256px_20220803-b01a4332.pth",
-        ),
-        _pretrained(
-            "segformer-mit-b0",
-            "segformer_mit-b0_512x512_160k_ade20k_20210726_101530-8ffa8fda.pth",
-            "configs/table3/segformer-mit-b0_partial_full-bp_cityscapes.py",
-            url=f"{MMSEG}/segformer/segformer_mit-b0_512x512_160k_ade20k/"
-            "segformer_mit-b0_512x512_160k_ade20k_20210726_101530-8ffa8fda.pth",
-        ),
-    )
+    m.id: Pretrained(m.id, *m.checkpoint, config=_VERIFY_CONFIG[m.task].format(m=m.id))
+    for m in MODEL_SPECS.values()
+    if m.checkpoint is not None
 }
 
 

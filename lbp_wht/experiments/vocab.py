@@ -10,8 +10,10 @@ Standard library only (the sweep and the table builders import it without torch)
 * **selections** of WHT bases (:data:`SELECTIONS`: LP_L1 = Eq. 8, LP_Linf = Eq. 9, LHE) and
   the number of bases R a selection keeps (:func:`num_bases`);
 * **scopes** (:data:`SCOPES`: ``partial`` = last stage + task head, ``full`` = whole model);
-* **models** (:data:`MODELS`: id, display name, architecture family, task, paper or CPU
-  mini model, the preset whose layer rules apply, input size);
+* **models** -- re-exported from :mod:`lbp_wht.experiments.models`, one :class:`ModelSpec`
+  per model (:data:`MODEL_SPECS` = :data:`MODELS`, :func:`model_spec`): id, display name,
+  architecture family, task, paper or CPU mini model, the preset whose layer rules apply,
+  input size, and everything else a model is;
 * **datasets** (:data:`DATASETS`: the paper's short names as in ``results/paper/*.csv``
   columns, the names configs and run records use, aliases, :func:`norm_dataset`);
 * **tags**: a method row's normalised identity (:func:`method_key`), its tag in run ids
@@ -40,6 +42,7 @@ from .methods import (
     method_spec,
     method_with,
 )
+from .models import MODEL_SPECS, ModelSpec, model_spec, preset_models
 
 __all__ = [
     # methods
@@ -70,6 +73,9 @@ __all__ = [
     "SCOPES",
     "SCOPE_LABELS",
     # models
+    "ModelSpec",
+    "MODEL_SPECS",
+    "model_spec",
     "ModelInfo",
     "MODELS",
     "MODEL_NAMES",
@@ -173,68 +179,24 @@ SCOPE_LABELS: dict[str, str] = {"partial": "partial training", "full": "full tra
 
 
 # ------------------------------------------------------------------------------------- models
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the experiments need to know about a model.
-
-    Attributes:
-        id: the name configs, presets, run records and tables use.
-        name: display name (``EfficientFormer-L1``).
-        family: architecture family shown in tables (``Hybrid``, ``ViT``; ``""``: none).
-        task: ``"cls"`` (mmpretrain ``ImageClassifier``) or ``"seg"`` (mmseg
-            ``EncoderDecoder``).
-        paper: a model of the paper's tables (False: a CPU-sized mini model).
-        preset: the preset (``lbp_wht.experiments.presets``) whose layer rules apply to it.
-        img_size: input side in pixels (segmentation: the square crop side).
-    """
-
-    id: str
-    name: str
-    family: str
-    task: str
-    paper: bool
-    preset: str
-    img_size: int
-
-    @property
-    def label(self) -> str:
-        """``name (family)``, or the name alone for models without a family tag."""
-        return f"{self.name} ({self.family})" if self.family else self.name
-
-
-def _model(id: str, name: str, family: str, task: str, paper: bool, img_size: int, preset=None):
-    return ModelInfo(id, name, family, task, paper, preset or id, img_size)
-
-
-#: Every model, in the order the paper's tables list them.
-MODELS: dict[str, ModelInfo] = {
-    m.id: m
-    for m in (
-        _model("efficientformer-l1", "EfficientFormer-L1", "Hybrid", "cls", True, 224),
-        _model("efficientformer-l7", "EfficientFormer-L7", "Hybrid", "cls", True, 224),
-        _model("efficientformerv2-s0", "EfficientFormerV2-S0", "Hybrid", "cls", True, 224),
-        _model("efficientformerv2-l", "EfficientFormerV2-L", "Hybrid", "cls", True, 224),
-        _model("swinv2-small-w8", "SwinV2-Small", "ViT", "cls", True, 256),
-        _model("segformer-mit-b0", "Segformer-mit-b0", "", "seg", True, 512),
-        _model("mini-efficientformer", "mini EfficientFormer", "", "cls", False, 28),
-        _model("mini-segformer", "mini Segformer", "", "seg", False, 128, "segformer-mit-b0"),
-    )
-}
+# One entry per model in :data:`MODEL_SPECS` (lbp_wht/experiments/models.py); the names below
+# are derived from it, for readers that want the ids (functions look specs up).
+#: What the experiments need to know about a model (the name older code reads).
+ModelInfo = ModelSpec
+#: Every model, in the order the paper's tables list them (the registry itself).
+MODELS: dict[str, ModelSpec] = MODEL_SPECS
 MODEL_ORDER: tuple[str, ...] = tuple(MODELS)
 #: Models that have a preset of their own (``lbp_wht.experiments.presets.get_preset``).
-PRESET_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.preset == m.id)
+PRESET_MODELS: tuple[str, ...] = preset_models()
 #: Models of the paper's tables (rows the paper lacks are "extra" rows for them).
 PAPER_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.paper)
 #: Table labels: ``EfficientFormer-L1 (Hybrid)``, ``Segformer-mit-b0``.
 MODEL_NAMES: dict[str, str] = {m.id: m.label for m in MODELS.values()}
 
 
-def check_model(model: str) -> ModelInfo:
-    """The :class:`ModelInfo` of ``model``; a ValueError naming the known ids otherwise."""
-    try:
-        return MODELS[model]
-    except KeyError:
-        raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}") from None
+def check_model(model: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``model``; a ValueError naming the known ids otherwise."""
+    return model_spec(model)
 
 
 def model_label(model: str, family: bool = True) -> str:

@@ -42,6 +42,7 @@ from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import SUCCESSOR_OPTIONS, keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
 from lbp_wht.experiments.methods import method_spec
+from lbp_wht.experiments.models import preset_models
 from lbp_wht.losa import DEFAULT_RANK as LOSA_DEFAULT_RANK
 from lbp_wht.projection import PADDINGS
 
@@ -509,11 +510,12 @@ def check_lbp_preset(lbp: Mapping[str, Any]) -> None:
         LBPConfigError: naming the key, with a close match and the preset names.
     """
     preset = lbp.get("preset") or lbp.get("model")
-    if preset not in _presets.PRESET_MODELS:
+    known = preset_models()  # read from the model registry now (a model added is one entry)
+    if preset not in known:
         which = "lbp.preset" if lbp.get("preset") else "lbp.model"
         raise LBPConfigError(
-            f"{which}={preset!r} has no preset{did_you_mean(str(preset), _presets.PRESET_MODELS)}; "
-            f"choose one of {list(_presets.PRESET_MODELS)} (or set lbp.preset to one of them)"
+            f"{which}={preset!r} has no preset{did_you_mean(str(preset), known)}; "
+            f"choose one of {list(known)} (or set lbp.preset to one of them)"
         )
 
 

@@ -29,17 +29,17 @@ import platform
 from typing import Any
 
 from lbp_wht.experiments.methods import method_spec
+from lbp_wht.experiments.models import MODEL_SPECS, model_spec, preset_models
 
-#: Input resolution per preset model when a config does not say (paper Sec. 4.1).
-DEFAULT_SIZE = {
-    "efficientformer-l1": 224,
-    "efficientformer-l7": 224,
-    "efficientformerv2-s0": 224,
-    "efficientformerv2-l": 224,
-    "swinv2-small-w8": 256,
-    "segformer-mit-b0": 512,
-    "mini-efficientformer": 28,
-}
+#: Input resolution per preset model when a config does not say (paper Sec. 4.1): each
+#: model's ``ModelSpec.img_size`` (a view of the specs; lbp_wht/experiments/models.py).
+DEFAULT_SIZE = {m.id: m.img_size for m in MODEL_SPECS.values() if m.has_preset}
+
+
+def _default_size(model: Any) -> int | None:
+    """The input side of a preset model (``ModelSpec.img_size``), None for any other name."""
+    spec = MODEL_SPECS.get(model) if isinstance(model, str) else None
+    return spec.img_size if spec is not None and spec.has_preset else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,19 +83,19 @@ def config_from_flags(
     """
     from mmengine.config import Config
 
-    if size is None and model not in DEFAULT_SIZE:
+    if size is None and _default_size(model) is None:
         raise ValueError(
             f"unknown model {model!r} (no default input size); preset models: "
-            f"{sorted(DEFAULT_SIZE)}"
+            f"{sorted(preset_models())}"
         )
 
     import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
     from lbp_wht.experiments.presets import model_config
 
-    seg = model.startswith("segformer")
+    seg = model_spec(model).task == "seg"
     if num_classes is None:
         num_classes = 19 if seg else 100
-    side = size or DEFAULT_SIZE[model]
+    side = size or _default_size(model)
     cfg = dict(
         default_scope="mmseg" if seg else "mmpretrain",
         model=model_config(model, num_classes=num_classes),
@@ -128,9 +128,9 @@ def input_size(cfg: Any, override: int | tuple[int, int] | None = None) -> tuple
         if step.get("type") in ("RandomResizedCrop", "RandomCrop"):
             s = step.get("scale", step.get("crop_size"))
             return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
-    model = (cfg.get("lbp") or {}).get("model")
-    if model in DEFAULT_SIZE:
-        return (DEFAULT_SIZE[model], DEFAULT_SIZE[model])
+    side = _default_size((cfg.get("lbp") or {}).get("model"))
+    if side is not None:
+        return (side, side)
     raise ValueError("cannot tell the input resolution from the config; pass --size")
 
 
