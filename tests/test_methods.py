@@ -4,12 +4,12 @@ outside the registry tests method ids as strings."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from pathlib import Path
 
 import pytest
 import torch.nn as nn
+from id_scan import id_tests
 
 from lbp_wht.config import LBPConfig
 from lbp_wht.conversion import CONVERSIONS
@@ -240,54 +240,8 @@ NOT_METHOD_IDS = {
 
 
 def method_id_tests(source: str, ids: tuple[str, ...]) -> list[tuple[int, str]]:
-    """``(line, text)`` of every place ``source`` tests a value against a method id string:
-    ``x == "lbp_wht"``, ``x in ("full_bp", "lora")``, ``"lora" in x``,
-    ``x.startswith("lbp_wht")``, ``case "losa":``."""
-    found = []
-
-    def is_id(node: ast.AST) -> bool:
-        return isinstance(node, ast.Constant) and node.value in ids
-
-    def has_id(node: ast.AST) -> bool:
-        if isinstance(node, ast.Tuple | ast.List | ast.Set):
-            return any(is_id(e) for e in node.elts)
-        return is_id(node)
-
-    def part_of_id(node: ast.AST, test) -> bool:
-        return (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and len(node.value) >= 3
-            and any(test(i, node.value) for i in ids)
-        )
-
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        hit = False
-        if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-            hit = any(has_id(o) for o in operands)
-            # "lora" in method: a substring test against a method id
-            hit |= any(
-                isinstance(op, ast.In | ast.NotIn) and part_of_id(left, lambda i, c: c in i)
-                for op, left in zip(node.ops, operands)
-            )
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            name = node.func.attr
-            if name in ("startswith", "endswith") and node.args:
-                arg = node.args[0]
-                args = arg.elts if isinstance(arg, ast.Tuple) else [arg]
-                hit = any(
-                    part_of_id(
-                        a, (lambda i, c: i.startswith(c)) if name == "startswith" else str.endswith
-                    )
-                    for a in args
-                )
-        elif isinstance(node, ast.MatchValue):
-            hit = is_id(node.value)
-        if hit:
-            found.append((node.lineno, ast.get_source_segment(source, node) or ""))
-    return found
+    """:func:`id_tests` for method ids (parts of at least 3 characters)."""
+    return id_tests(source, ids, min_part=3)
 
 
 def test_the_scanner_finds_the_old_spellings():

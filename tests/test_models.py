@@ -13,6 +13,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+from id_scan import id_tests
 
 from lbp_wht.experiments import configs, presets, pretrained
 from lbp_wht.experiments import models as registry
@@ -432,48 +433,8 @@ MODEL_ID_LISTS_ALLOWED: dict[tuple[str, str], str] = {
 
 
 def model_id_tests(source: str, ids: tuple[str, ...]) -> list[tuple[int, str]]:
-    """``(line, text)`` of every place ``source`` tests a value against a model id string:
-    ``m == "swinv2-small-w8"``, ``m in ("efficientformer-l1", ...)``, ``"segformer" in m``,
-    ``m.startswith("efficientformerv2")``, ``case "segformer-mit-b0":``."""
-    found = []
-
-    def is_id(node: ast.AST) -> bool:
-        return isinstance(node, ast.Constant) and node.value in ids
-
-    def has_id(node: ast.AST) -> bool:
-        if isinstance(node, ast.Tuple | ast.List | ast.Set):
-            return any(is_id(e) for e in node.elts)
-        return is_id(node)
-
-    def part_of_id(node: ast.AST, test) -> bool:
-        return (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and len(node.value) >= 4
-            and any(test(i, node.value) for i in ids)
-        )
-
-    for node in ast.walk(ast.parse(source)):
-        hit = False
-        if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-            hit = any(has_id(o) for o in operands)
-            hit |= any(
-                isinstance(op, ast.In | ast.NotIn) and part_of_id(left, lambda i, c: c in i)
-                for op, left in zip(node.ops, operands)
-            )
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            name = node.func.attr
-            if name in ("startswith", "endswith") and node.args:
-                arg = node.args[0]
-                args = arg.elts if isinstance(arg, ast.Tuple) else [arg]
-                test = (lambda i, c: i.startswith(c)) if name == "startswith" else str.endswith
-                hit = any(part_of_id(a, test) for a in args)
-        elif isinstance(node, ast.MatchValue):
-            hit = is_id(node.value)
-        if hit:
-            found.append((node.lineno, ast.get_source_segment(source, node) or ""))
-    return found
+    """:func:`id_tests` for model ids (parts of at least 4 characters)."""
+    return id_tests(source, ids, min_part=4)
 
 
 def model_id_lists(source: str, ids: tuple[str, ...]) -> list[tuple[int, str]]:
