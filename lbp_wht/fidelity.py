@@ -44,6 +44,7 @@ import torch.nn as nn
 from .bases import select_bases
 from .config import LBPConfig
 from .conversion import convert
+from .instant import calibration_steps
 from .layers import LBPMixin
 from .projection import WHTProjector
 
@@ -156,6 +157,17 @@ def relative_error(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
     a, b = a.double(), b.double()
     den = float(b.norm())
     return float((a - b).norm()) / den if den > 0 else math.nan
+
+
+def gradient_errors(got: Mapping[str, Any], exact: Mapping[str, Any]) -> dict[str, float]:
+    """``cos_gw``, ``relerr_gw``, ``cos_gx``, ``relerr_gx`` of one layer's captured gradients
+    (:func:`capture_gradients` records) against the exact ones."""
+    return dict(
+        cos_gw=cosine(got["g_w"], exact["g_w"]),
+        relerr_gw=relative_error(got["g_w"], exact["g_w"]),
+        cos_gx=cosine(got["g_x"], exact["g_x"]),
+        relerr_gx=relative_error(got["g_x"], exact["g_x"]),
+    )
 
 
 def capture_gradients(
@@ -321,10 +333,7 @@ def gradient_fidelity(
                     param=sel.param,
                     num_bases=sel.num_bases,
                     padding=sel.padding,
-                    cos_gw=cosine(g["g_w"], e["g_w"]),
-                    relerr_gw=relative_error(g["g_w"], e["g_w"]),
-                    cos_gx=cosine(g["g_x"], e["g_x"]),
-                    relerr_gx=relative_error(g["g_x"], e["g_x"]),
+                    **gradient_errors(g, e),
                     energy_share=energy_share(spectra[(name, sel.padding)], bases[name]),
                 )
             )
@@ -361,8 +370,7 @@ def rule_fidelity(
         conv = copy.deepcopy(model)
         if rules:
             convert(conv, list(rules), batchnorm_guard=False, example_input=example_input)
-        calibrating = [getattr(m, "instant_config", None) for m in conv.modules()]
-        for _ in range(max([1, *(c.calibration_batches for c in calibrating if c)])):
+        for _ in range(max(1, calibration_steps(conv))):
             loss_fn(conv).backward()
         torch.manual_seed(seed)
         got = capture_gradients(conv, layers, loss_fn)
@@ -373,10 +381,7 @@ def rule_fidelity(
                     layer=name,
                     layer_type=kinds[name],
                     method=label,
-                    cos_gw=cosine(g["g_w"], e["g_w"]),
-                    relerr_gw=relative_error(g["g_w"], e["g_w"]),
-                    cos_gx=cosine(g["g_x"], e["g_x"]),
-                    relerr_gx=relative_error(g["g_x"], e["g_x"]),
+                    **gradient_errors(g, e),
                 )
             )
     return rows

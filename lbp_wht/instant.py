@@ -52,7 +52,14 @@ import torch.nn.functional as F
 from .config import INSTANTConfig
 from .rowwise import RowwiseMixin, method_config
 
-__all__ = ["INSTANTLinear", "INSTANTConv2d", "INSTANTMixin", "principal_basis", "instant_linear"]
+__all__ = [
+    "INSTANTLinear",
+    "INSTANTConv2d",
+    "INSTANTMixin",
+    "principal_basis",
+    "instant_linear",
+    "calibration_steps",
+]
 
 
 def principal_basis(cov: torch.Tensor, rank: int) -> torch.Tensor:
@@ -222,6 +229,20 @@ class INSTANTMixin(RowwiseMixin):
             f"instant rank={c.rank}, calibration_batches={c.calibration_batches}, "
             f"recalibrate_every={c.recalibrate_every}"
         )
+
+
+def calibration_steps(model: nn.Module) -> int:
+    """Training steps ``model``'s INSTANT layers run exact backprop for while they calibrate
+    (the most ``calibration_batches`` among them; 0 without INSTANT layers): a measurement
+    of the projected step runs this many steps first."""
+    return max(
+        (
+            m.instant_config.calibration_batches
+            for m in model.modules()
+            if isinstance(m, INSTANTMixin)
+        ),
+        default=0,
+    )
 
 
 class INSTANTLinear(INSTANTMixin, nn.Linear):

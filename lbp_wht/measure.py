@@ -583,13 +583,10 @@ def measure_step(
     # row selection): the no-grad forward is run for them too.
     differs = has_lbp or any(isinstance(m, RowwiseMixin) for m in model.modules())
     if warmup is None:
+        from .instant import calibration_steps
+
         # INSTANT layers run exact backprop while they calibrate: count the steps after it.
-        calibrating = [
-            m.instant_config.calibration_batches
-            for m in model.modules()
-            if hasattr(m, "instant_config")
-        ]
-        warmup = max([1 if has_lbp else 0, *calibrating])
+        warmup = max(1 if has_lbp else 0, calibration_steps(model))
     for _ in range(warmup):
         lossf(fwd(model, inputs)).backward()
     for p in params:
