@@ -3,9 +3,10 @@
 
 The radius ``lbp.r`` takes these hops: config key ``lbp.r`` -> ``LBPConfig.radius`` (built by
 ``parse_lbp_block``) -> ``rule["lbp"]`` (the same object, ``get_preset``) -> ``Rule.lbp``
-(``parse_rule`` keeps a given config) -> ``layer.lbp_config``. The tests below check the
-identity at the end of the path, that the path constructs one ``LBPConfig``, and that a bad
-``lbp.r`` is rejected once, with today's message.
+(``parse_rule`` keeps a given config) -> ``layer.lbp_config``, whose bases were chosen once by
+``select_bases(selection, radius=...)``: one name from the config object on. The tests below
+check the identity at the end of the path, that the path constructs one ``LBPConfig``, and that
+a bad ``lbp.r`` is rejected once, with today's message.
 """
 
 from __future__ import annotations

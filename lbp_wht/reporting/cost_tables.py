@@ -552,7 +552,7 @@ def table1_rows(paper: dict[str, float | None]) -> tuple[list[dict[str, Any]], d
     cx, cy, L, R = 3072, 768, 49, 8
     torch.manual_seed(0)
     # Any 8 bases cost the same; take the first 8 of LP_L1 in sequency order.
-    bases = select_bases("lp_l1", r=4)[:R]
+    bases = select_bases("lp_l1", radius=4)[:R]
     x = torch.randn(1, L, cx)
     plain = nn.Linear(cx, cy)
     x_req = x.clone().requires_grad_(True)
