@@ -92,7 +92,7 @@ def test_the_blocks_lbp_config_is_the_one_in_every_layer(extra, want, constructi
 @pytest.mark.parametrize(
     "r, match, built",
     [
-        (16, r"lbp\.select/r/order: .*r=16", 1),  # too big for order 8: LBPConfig says so
+        (16, r"lbp\.select/r/order: .*radius=16", 1),  # too big for order 8: LBPConfig says so
         (0, r"lbp\.r=0: must be finite and >= 1", 0),  # the schema's range check
         (2.0, r"lbp\.r=2\.0 is a float, expected an integer", 0),
     ],
