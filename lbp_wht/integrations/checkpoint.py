@@ -32,7 +32,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
 
 from lbp_wht.io import atomic_write, remove_stale_temps
-from lbp_wht.runs.sweep import LAST_CHECKPOINT
+from lbp_wht.runs.sweep import LAST_CHECKPOINT, read_last_checkpoint
 
 __all__ = [
     "CheckpointLoadError",
@@ -181,14 +181,6 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
 
 
 # ------------------------------------------------------------------------------ finding
-def read_last_checkpoint(work_dir: str) -> str | None:
-    """What ``<work_dir>/last_checkpoint`` names (None if nothing)."""
-    try:
-        return Path(work_dir, LAST_CHECKPOINT).read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
 def checkpoint_candidates(work_dir: str) -> list[str]:
     """``iter_N.pth`` / ``epoch_N.pth`` of the work dir (and of the folder ``last_checkpoint``
     points into) and the file it names, newest first: by modification time, then N (a file

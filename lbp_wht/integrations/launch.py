@@ -24,7 +24,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
@@ -74,7 +73,6 @@ __all__ = [
     "main",
     "run",
     "seed_value",
-    "work_dir_lock_path",
 ]
 
 #: Top-level config keys something reads after the file is parsed: mmengine's Runner (its
@@ -285,11 +283,6 @@ def effective_config(
 
 
 # ---------------------------------------------------------------------------- the work dir
-def work_dir_lock_path(work_dir: str | os.PathLike) -> Path:
-    """``<parent>/.<name>.lock``: the lock file of the sweep's :class:`~lbp_wht.runs.sweep.Run`."""
-    return lock_path(work_dir)
-
-
 def global_rank(launcher: str) -> int:
     var = {"pytorch": "RANK", "slurm": "SLURM_PROCID", "mpi": "OMPI_COMM_WORLD_RANK"}
     return int(os.environ.get(var[launcher], "0")) if launcher in var else 0
@@ -348,7 +341,7 @@ def claim_work_dir(work_dir: str, *, resume: bool, launcher: str = "none") -> Ru
     """
     if global_rank(launcher) != 0:
         return None
-    lock = RunLock(work_dir_lock_path(work_dir))
+    lock = RunLock(lock_path(work_dir))
     try:
         held = lock.acquire()
     except OSError as err:  # the lock file is the first thing written

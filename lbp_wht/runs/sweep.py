@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +39,18 @@ __all__ = [
     "check_unique",
     "dry_run_listing",
     "format_duration",
+    "lock_holder",
     "log_tail",
     "parse_progress",
     "plan",
+    "read_last_checkpoint",
     "record_state",
     "resume_point",
     "run_state",
     "run_sweep",
     "safe_id",
     "stale_aside",
+    "tally",
 ]
 
 RECORD_NAME, LOG_NAME = "record.json", "run.log"
@@ -186,16 +190,21 @@ def record_state(run: Run, expected_digest: DigestFn | None = None) -> tuple[str
     return "done", "record complete"
 
 
+def read_last_checkpoint(work_dir: str | os.PathLike) -> str | None:
+    """What ``<work_dir>/last_checkpoint`` names (None if nothing)."""
+    try:
+        return Path(work_dir, LAST_CHECKPOINT).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def resume_point(work_dir: Path) -> Path | None:
     """The checkpoint a resumed attempt would start from: what ``last_checkpoint`` names if it
     exists, else the newest ``*.pth`` of the work dir, else None (a hint: the training itself
     takes the newest loadable one)."""
-    try:
-        named = Path(work_dir, (Path(work_dir) / LAST_CHECKPOINT).read_text().strip())
-    except (OSError, UnicodeDecodeError):
-        named = None
-    if named is not None and named.is_file():
-        return named
+    last = read_last_checkpoint(work_dir)
+    if last and Path(work_dir, last).is_file():
+        return Path(work_dir, last)
     ckpts = [p for p in Path(work_dir).glob("*.pth") if p.is_file()]
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
 
@@ -235,17 +244,25 @@ def stale_aside(work_dir: Path) -> Path:
     return move_aside(work_dir, STALE_MARK + re.sub("[-:]", "", utc_now()[:19]) + "Z")
 
 
+def lock_holder(run: Run) -> str | None:
+    """Who holds the run's lock (``pid time``) if a process does, else None."""
+    lock = RunLock(run.lock_path)
+    if not run.lock_path.exists():
+        return None
+    if not lock.acquire():
+        return lock.holder()
+    lock.release()
+    return None
+
+
 def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
     """``done``, ``changed``, ``running`` (its lock is held), ``stale`` (a work dir without a
     complete record) or ``todo``."""
     state, _ = record_state(run, expected_digest)
     if state in ("done", "changed"):
         return state
-    lock = RunLock(run.lock_path)
-    if run.lock_path.exists():
-        if not lock.acquire():
-            return "running"
-        lock.release()
+    if lock_holder(run) is not None:
+        return "running"
     return "stale" if run.work_dir.exists() else "todo"
 
 
@@ -268,14 +285,17 @@ def dry_run_listing(
 ) -> str:
     """One line per run (state, id; its command) and a count by state."""
     check_unique(runs)
-    lines, counts = [], {}
+    lines, states = [], []
     for i, run in enumerate(runs, 1):
-        state = run_state(run, expected_digest)
-        counts[state] = counts.get(state, 0) + 1
-        lines.append(f"[{i}/{len(runs)}] {state:7s} {run.run_id}")
+        states.append(run_state(run, expected_digest))
+        lines.append(f"[{i}/{len(runs)}] {states[-1]:7s} {run.run_id}")
         lines += [f"    {run.shell()}"] if show_commands else []
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    return "\n".join(lines + [f"{len(runs)} runs ({summary or 'none'})"])
+    return "\n".join(lines + [f"{len(runs)} runs ({tally(states) or 'none'})"])
+
+
+def tally(states: Iterable[str]) -> str:
+    """``2 done, 1 todo``: how many of each state, sorted by name."""
+    return ", ".join(f"{v} {k}" for k, v in sorted(Counter(states).items()))
 
 
 # ------------------------------------------------------------------------------- progress
@@ -394,38 +414,42 @@ class _Progress:
 # ---------------------------------------------------------------------------- local sweep
 @dataclass
 class RunResult:
-    """``status``: done, skipped (record complete), changed (complete, another config; kept),
-    failed, interrupted or locked (another process holds it); ``message`` says why."""
+    """What a sweep did with a run; ``message`` says why. ``status`` locally: done, skipped
+    (record complete), changed (complete, another config; kept), failed, interrupted or locked
+    (another process holds it); on SLURM also submitted, resubmitted, queued, running and
+    deferred (``max_jobs``), with ``job_id``."""
 
     run: Run
     status: str
     wall_s: float = 0.0
     returncode: int | None = None
     message: str = ""
+    job_id: str | None = None
 
 
 @dataclass
 class SweepReport:
+    """The results in the runs' order; ``ok`` when every status is in ``good``. The summary
+    counts the statuses of ``shown``, those of ``always`` even when none has it."""
+
     results: list[RunResult]
     wall_s: float
+    title: str = "sweep"
+    good: frozenset[str] = frozenset({"done", "skipped", "changed"})
+    shown: tuple[str, ...] = ("done", "skipped", "changed", "failed", "interrupted", "locked")
+    always: frozenset[str] = frozenset({"done", "skipped", "failed", "interrupted"})
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("done", "skipped", "changed") for r in self.results)
+        return all(r.status in self.good for r in self.results)
 
     def summary(self) -> str:
-        states = ("done", "skipped", "changed", "failed", "interrupted", "locked")
-        parts = [
-            f"{self.count(s)} {s}"
-            for s in states
-            if s not in ("changed", "locked") or self.count(s)
-        ]
-        return (
-            f"sweep: {len(self.results)} runs, {', '.join(parts)} in {format_duration(self.wall_s)}"
-        )
+        parts = [f"{self.count(s)} {s}" for s in self.shown if s in self.always or self.count(s)]
+        n, wall = len(self.results), format_duration(self.wall_s)
+        return f"{self.title}: {n} runs, {', '.join(parts)} in {wall}"
 
 
 class _Sweep:
