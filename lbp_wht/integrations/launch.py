@@ -1,12 +1,9 @@
 """What ``tools/train.py`` and ``tools/test.py`` do around the runner (docs/RUNNING.md).
 
-Before anything is built, so that a mistake costs seconds: the config is loaded and checked
-(:func:`effective_config`: syntax, ``_base_`` files, keys nothing reads, the ``lbp`` block,
-seed and loader values), the work dir is claimed (:func:`claim_work_dir`: one run per dir, no
-fresh start over an earlier run, writable) and every missing input is listed at once
-(:func:`check_inputs`). Any of these is one named error and exit 2. Then :func:`run` trains or
-tests under :class:`Interruptible`; a run that fails after it started leaves a record saying
-``failed`` (exit 1) or ``interrupted`` with the command that continues it (exit 128 + signal).
+Before anything is built, each a named error and exit 2: the config is loaded and checked
+(:func:`effective_config`), the work dir claimed (:func:`claim_work_dir`) and every missing input
+listed (:func:`check_inputs`). Then :func:`run` trains or tests; a run that fails after it started
+records ``failed`` (exit 1) or ``interrupted`` (exit 128 + signal).
 """
 
 from __future__ import annotations
@@ -52,28 +49,6 @@ from .runner import (
     NoWeightsError,
     ResumeMismatchError,
 )
-
-__all__ = [
-    "RUNNER_KEYS",
-    "ConfigFileError",
-    "ConfigKeyError",
-    "Interruptible",
-    "RunInterrupted",
-    "WorkDirBusyError",
-    "WorkDirError",
-    "WorkDirHasRunError",
-    "add_common_arguments",
-    "check_config_keys",
-    "check_inputs",
-    "check_override_keys",
-    "claim_work_dir",
-    "default_work_dir",
-    "effective_config",
-    "load_config",
-    "main",
-    "run",
-    "seed_value",
-]
 
 #: Top-level config keys something reads after the file is parsed: mmengine's Runner (its
 #: arguments and the ``cfg.get`` calls of its methods), the config machinery and this project.

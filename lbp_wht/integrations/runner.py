@@ -1,17 +1,10 @@
-"""``LBPWHTRunner``: mmengine's Runner plus what this project needs around it (docs/RUNNING.md).
+"""``LBPWHTRunner``: mmengine's Runner plus what this project needs (docs/RUNNING.md).
 
-- ``from_cfg`` injects the method (:func:`~lbp_wht.integrations.build.inject_lbp`) into the
-  effective config, records its digest, and checks that ``lbp.model`` names the model the
-  config builds (the record files the run under that name);
-- ``load_from`` is compared with the converted model: missing non-head keys, tensors that do
-  not fit, NaN, and adapters the checkpoint holds but the model would drop are errors
-  (``tools/test.py`` also refuses a model whose adapters the checkpoint lacks);
-- ``--resume`` (``resume='auto'``) takes the newest *loadable* checkpoint (unreadable ones are
-  named and kept as ``<name>.unreadable``), and refuses one trained with another method, model,
-  data or optimiser, or one that holds no config to compare, unless ``resume_unchecked``;
-- checkpoints are saved by :class:`~.checkpoint.DurableCheckpointHook`; a NaN / Inf loss or
-  metric fails the run (:class:`~.recording.NonFiniteGuardHook`);
-- CPU distributed runs (``torchrun`` or ``srun`` + gloo) work without CUDA.
+It injects the method into the config and records the config's digest; refuses an
+``lbp.model`` that is not the model built, a ``load_from`` that does not fit the converted model,
+and a ``--resume`` of another configuration; resumes from the newest *loadable* checkpoint;
+saves through :class:`~.checkpoint.DurableCheckpointHook`, fails on a NaN / Inf loss or metric
+(:class:`~.recording.NonFiniteGuardHook`); runs CPU-distributed (gloo) without CUDA.
 """
 
 from __future__ import annotations
@@ -48,25 +41,11 @@ from .build import inject_lbp, validate_lbp_cfg
 from .checkpoint import (
     CheckpointLoadError,
     CheckpointNotFoundError,
-    _history_buffer_getattr,  # noqa: F401  (re-exported: the allowlist's getattr stand-in)
-    allow_mmengine_checkpoint_globals,
     checkpoint_candidates,
     load_checkpoint_file,
     read_last_checkpoint,
 )
 from .datasets import check_dataloader_paths
-
-__all__ = [
-    "CheckpointMismatchError",
-    "LBPWHTRunner",
-    "ModelMismatchError",
-    "NoWeightsError",
-    "NonFiniteCheckpointError",
-    "ResumeMismatchError",
-    "allow_mmengine_checkpoint_globals",
-    "compare_state_dicts",
-    "resume_differences",
-]
 
 
 class CheckpointMismatchError(RuntimeError):

@@ -1,14 +1,9 @@
-"""Sweeps on a SLURM cluster through submitit; what is guaranteed is in docs/RUNNING.md.
+"""Sweeps on a SLURM cluster through submitit; the guarantees are in docs/RUNNING.md.
 
-    report = submit_sweep(runs, SlurmOptions(partition="gpu", time="12:00:00"),
-                          resume_args=("--resume",))
-
-Each invocation decides per run with :func:`lbp_wht.runs.sweep.plan` (the local sweep's rules)
-plus the scheduler: a run with a queued or running job is left alone; the others that need it go,
-under one submission lock per work root, as one job array (:class:`TrainJob` per task). A job
-runs its run's command with ``--resume``; near the time limit (submitit's USR2) it stops the
-training and requeues itself if it saved a checkpoint. State comes from the records and
-``squeue`` (submitit's own state needs ``sacct``); job ids go to ``<work_dir>/slurm_jobs.json``.
+Per run: :func:`lbp_wht.runs.sweep.plan` plus ``squeue`` (submitit's own state needs ``sacct``).
+The runs to (re)submit go, under one submission lock per work root, as one job array of
+:class:`TrainJob`; a job requeues itself near the time limit if it saved a checkpoint. Job ids
+are kept in ``<work_dir>/slurm_jobs.json``.
 """
 
 from __future__ import annotations
@@ -55,30 +50,6 @@ from .sweep import (
     stale_aside,
     tally,
 )
-
-__all__ = [
-    "JOBS_NAME",
-    "OPTION_HELP",
-    "Job",
-    "Queue",
-    "RunStatus",
-    "Scheduler",
-    "SchedulerError",
-    "SlurmConfigError",
-    "SlurmOptions",
-    "TrainJob",
-    "add_arguments",
-    "dry_run_scripts",
-    "job_command",
-    "job_script",
-    "load_options_file",
-    "options_from_args",
-    "output_path",
-    "read_jobs",
-    "run_status",
-    "submit_sweep",
-    "time_limit_s",
-]
 
 JOBS_NAME = "slurm_jobs.json"
 #: submitit's folder (pickles, array scripts, wrapper logs) in each work root.

@@ -1,11 +1,9 @@
 """Resumable, lock-safe sweeps of training runs; the guarantees are in docs/RUNNING.md.
 
-A :class:`Run` has an id, a command and a work dir; its command writes ``record.json`` there
-(:mod:`lbp_wht.runs.records`), ``complete`` when it finished. :func:`plan` decides what to do
-with a run from its record, its checkpoints and the config digest it would record now; the
-local sweep (:func:`run_sweep`, processes here) and the SLURM sweep (:mod:`lbp_wht.runs.slurm`)
-both act on it. Locally each run is held under its lock (``.<work dir>.lock``, a sibling), which the
-launched command inherits, so two sweeps never run one run and a killed sweep's child keeps it.
+:func:`plan` decides what to do with a :class:`Run` (skip, resume, move aside) for the local
+sweep (:func:`run_sweep`) and the SLURM sweep (:mod:`.slurm`). Locally each run is held under its
+lock (``.<work dir>.lock``, a sibling), which the launched command inherits, so two sweeps never
+run one run and a killed sweep's child keeps it.
 """
 
 from __future__ import annotations
@@ -28,30 +26,6 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from ..io import atomic_write, move_aside, utc_now
 from .records import STALE_MARK, RecordError, load_record, read_record
-
-__all__ = [
-    "LAST_CHECKPOINT",
-    "Plan",
-    "Run",
-    "RunLock",
-    "RunResult",
-    "SweepReport",
-    "check_unique",
-    "dry_run_listing",
-    "format_duration",
-    "lock_holder",
-    "log_tail",
-    "parse_progress",
-    "plan",
-    "read_last_checkpoint",
-    "record_state",
-    "resume_point",
-    "run_state",
-    "run_sweep",
-    "safe_id",
-    "stale_aside",
-    "tally",
-]
 
 RECORD_NAME, LOG_NAME = "record.json", "run.log"
 #: mmengine's pointer to the newest checkpoint in a work dir.
