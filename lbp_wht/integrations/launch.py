@@ -48,6 +48,7 @@ from .runner import (
     NonFiniteCheckpointError,
     NoWeightsError,
     ResumeMismatchError,
+    resume_target,
 )
 
 #: Top-level config keys something reads after the file is parsed: mmengine's Runner (its
@@ -385,9 +386,7 @@ def check_inputs(cfg: Config, mode: str = "train") -> None:
     loaders = ("test_dataloader",)
     if mode == "train":
         loaders = ("train_dataloader", "val_dataloader")
-        explicit = resume if isinstance(resume, str) and resume != "auto" else None
-        explicit = load_from if resume is True and load_from else explicit
-        auto = resume == "auto" or (resume is True and not load_from)
+        explicit, auto = resume_target(resume, load_from)
         if explicit:
             problems.append(_checkpoint_problem("resume", explicit))
         elif not (auto and checkpoint_candidates(cfg.work_dir)):
@@ -513,8 +512,11 @@ def run(cfg: Config, kind: str = "train", *, resume_unchecked: bool = False) -> 
             raise RunFailed(str(err)) from err
 
 
-def add_common_arguments(parser: Any, cfg_example: str) -> None:
-    """``--cfg-options``, ``--launcher`` and ``--local-rank``: the options both tools share."""
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, cfg_example: str
+) -> argparse.Namespace:
+    """Parse with the options both tools share (``--cfg-options``, ``--launcher``,
+    ``--local-rank``); ``LOCAL_RANK`` from ``--local-rank`` unless the launcher set it."""
     from mmengine.config import DictAction
 
     parser.add_argument(
@@ -530,11 +532,9 @@ def add_common_arguments(parser: Any, cfg_example: str) -> None:
         help="job launcher",
     )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-
-
-def set_local_rank(args: Any) -> None:
-    """``LOCAL_RANK`` from ``--local-rank`` unless the launcher set it (as mmengine expects)."""
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # as mmengine expects
+    return args
 
 
 def main(

@@ -119,25 +119,10 @@ def _nan_tensors(state: Mapping[str, Any]) -> list[str]:
 #: ``lbp`` keys that only steer loading or recording, and data keys that say where or how fast
 #: data is read: they may change on resume. So may the schedule length.
 _FREE_LBP = frozenset(
-    {
-        "allow_random_init",
-        "strict_load",
-        "reinit_keys",
-        "drop_keys",
-        "spectrum_layer",
-        "spectrum_iters",
-    }
+    "allow_random_init strict_load reinit_keys drop_keys spectrum_layer spectrum_iters".split()
 )
 _DATA_LOCATION = frozenset(
-    {
-        "data_root",
-        "data_prefix",
-        "ann_file",
-        "num_workers",
-        "persistent_workers",
-        "pin_memory",
-        "prefetch_factor",
-    }
+    "data_root data_prefix ann_file num_workers persistent_workers pin_memory prefetch_factor".split()
 )
 
 
@@ -256,6 +241,17 @@ def _check_model_name(cfg: Any) -> None:
         )
 
 
+def resume_target(resume: Any, load_from: str | None) -> tuple[str | None, bool]:
+    """``(path, auto)`` of a config's ``resume`` / ``load_from``: the checkpoint an explicit
+    resume names (``resume=<path>``, or ``resume=True`` with ``load_from``), and whether the
+    newest checkpoint of the work dir is to be resumed (``resume='auto'``, or ``True`` alone)."""
+    if isinstance(resume, str) and resume and resume != "auto":
+        return resume, False
+    if resume is True and load_from is not None:
+        return load_from, False
+    return None, resume == "auto" or (resume is True and load_from is None)
+
+
 def _torch_env_from_slurm() -> None:
     """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` (the job's first node) and
     ``MASTER_PORT`` (kept if set, else 29500) from the variables ``srun`` gives each process."""
@@ -351,16 +347,11 @@ class LBPWHTRunner(Runner):
     # ---- entry points ---------------------------------------------------------------------
     @property
     def resume_path(self) -> str | None:
-        """The checkpoint an explicit resume names (``resume=<path>``, or ``resume=True`` with
-        ``load_from``); None for ``resume='auto'`` or no resume."""
-        mode = self._resume
-        if isinstance(mode, str) and mode and mode != "auto":
-            return mode
-        return self._load_from if mode is True and self._load_from is not None else None
+        return resume_target(self._resume, self._load_from)[0]
 
     @property
     def auto_resume(self) -> bool:
-        return self._resume == "auto" or (self._resume is True and self._load_from is None)
+        return resume_target(self._resume, self._load_from)[1]
 
     def _check_exists(self) -> None:
         for what, path in (("resume", self.resume_path), ("load_from", self._load_from)):
