@@ -42,6 +42,7 @@ from .sweep import (
     check_unique,
     format_duration,
     lock_holder,
+    log_excerpt,
     log_tail,
     parse_progress,
     plan,
@@ -713,8 +714,8 @@ class _SlurmSweep:
         if not res.job_id:
             return RunResult(run, "failed", message=f"{st.detail}; log {run.work_dir}")
         out = output_path(run, res.job_id)
-        tail = "".join(f"\n      {t}" for t in log_tail(out, 1500).strip().splitlines()[-6:])
-        return RunResult(run, "failed", message=f"{st.detail}; log {out}{tail}", job_id=res.job_id)
+        msg = f"{st.detail}; log {out}{log_excerpt(out, 6)}"
+        return RunResult(run, "failed", message=msg, job_id=res.job_id)
 
     def follow(self, poll_s: float, progress_every_s: float) -> None:
         """Until none of the sweep's jobs is queued or running and none is deferred; a job that

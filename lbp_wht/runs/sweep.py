@@ -315,6 +315,11 @@ def log_tail(path: Path, nbytes: int = 8192) -> str:
         return ""
 
 
+def log_excerpt(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log, each on an indented line of its own (for a report)."""
+    return "".join(f"\n      {t}" for t in log_tail(path, 1500).strip().splitlines()[-lines:])
+
+
 def result_line(run: Run, status: str, message: str = "") -> str:
     """``done    acc=85.12`` from the record of a finished run, else ``STATUS  message``."""
     if status != "done":
@@ -520,14 +525,8 @@ class _Sweep:
             if rc
             else f"exit code 0 but no complete record at {run.record_path}{status}"
         )
-        tail = log_tail(run.log_path, 1500).strip().splitlines()[-8:]
-        return RunResult(
-            run,
-            "failed",
-            wall,
-            rc,
-            f"{why}; log {run.log_path}" + "".join(f"\n      {t}" for t in tail),
-        )
+        excerpt = log_excerpt(run.log_path, 8)
+        return RunResult(run, "failed", wall, rc, f"{why}; log {run.log_path}{excerpt}")
 
     def _report(self, index: int, res: RunResult, counted: bool = True) -> None:
         self.results[index] = res
