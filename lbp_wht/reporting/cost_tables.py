@@ -45,6 +45,7 @@ from ..experiments.vocab import (
     parse_config_name,
     parse_config_tag,
 )
+from ..io import atomic_write
 from ..runs.records import read_record, write_record
 from .paths import CONFIGS, COST, PAPER, REPO
 from .render import (
@@ -54,7 +55,6 @@ from .render import (
     markdown_table,
     render,
     write_rows_csv,
-    write_text,
 )
 
 #: Every table this module makes.
@@ -329,7 +329,7 @@ class CostTables:
 
     def write_table(self, table: int, rows: list[dict[str, Any]]) -> None:
         write_rows_csv(self.out / f"table{table}.csv", rows, CSV_FIELDS)
-        write_text(
+        atomic_write(
             self.out / f"table{table}.md", _render("cost_table.md.j2", table=table, rows=rows)
         )
 
@@ -339,7 +339,7 @@ class CostTables:
         paper = {r["component"]: as_number(r["mflops"]) for r in self.paper_rows("table1.csv")}
         rows, extra = table1_rows(paper)
         write_rows_csv(self.out / "table1.csv", rows)
-        write_text(self.out / "table1.md", _render("cost_table1.md.j2", rows=rows, x=extra))
+        atomic_write(self.out / "table1.md", _render("cost_table1.md.j2", rows=rows, x=extra))
         return extra
 
     # ---------------------------------------------------------------------------- Table 6
@@ -362,7 +362,7 @@ class CostTables:
             )
             out.append(dict(r, **_table6_columns(rec, p)))
         write_rows_csv(self.out / "table6.csv", out, TABLE6_FIELDS)
-        write_text(self.out / "table6.md", _render("cost_table6.md.j2", rows=out))
+        atomic_write(self.out / "table6.md", _render("cost_table6.md.j2", rows=out))
         return out
 
     def run(self, tables: Sequence[int] = COST_TABLES, *, command: str = "") -> dict[str, Any]:

@@ -15,69 +15,27 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..experiments.vocab import method_key, method_label, method_with
-from ..io import atomic_path
-from .plotting import label_log_axis
-from .render import read_rows_csv, render, write_rows_csv, write_text
+from ..io import atomic_write
+from .plotting import label_log_axis, pyplot, save_figure
+from .render import read_rows_csv, render, write_rows_csv
 
 #: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
 FULL, LBP = method_with(reference=True), method_with(bases_only=True)
 
 #: The CSV columns of a Table 8 benchmark run, in order.
-TABLE8_COLUMNS = [
-    "device",
-    "threads",
-    "model",
-    "cx",
-    "cy",
-    "L",
-    "prefix",
-    "batch",
-    "method",
-    "variant",
-    "select",
-    "r",
-    "R",
-    "latency_us",
-    "latency_q1_us",
-    "latency_q3_us",
-    "speedup",
-    "speedup_q1",
-    "speedup_q3",
-    "cpu_latency_us",
-    "speedup_cputime",
-    "speedup_cputime_q1",
-    "speedup_cputime_q3",
-    "latency_min_us",
-    "speedup_min",
-    "speedup_vs_gemm",
-    "naive_latency_us",
-    "speedup_straightforward",
-    "speedup_straightforward_cputime",
-    "xproj_us",
-    "speedup_incl_xproj",
-    "paper_speedup_cpu",
-    "paper_speedup_gpu",
-    "paper_latency_cpu_us",
-    "flop_bound",
-    "pct_of_bound",
-    "pct_of_bound_cputime",
-    "flop_bound_source",
-    "roofline_bound",
-    "pct_of_roofline",
-    "stream_us",
-    "allocator",
-    "rounds",
-    "loadavg_1m_start",
-    "loadavg_1m_end",
-    "torch",
-    "date",
-]
+TABLE8_COLUMNS = """device threads model cx cy L prefix batch method variant select r R latency_us
+    latency_q1_us latency_q3_us speedup speedup_q1 speedup_q3 cpu_latency_us speedup_cputime
+    speedup_cputime_q1 speedup_cputime_q3 latency_min_us speedup_min speedup_vs_gemm
+    naive_latency_us speedup_straightforward speedup_straightforward_cputime xproj_us
+    speedup_incl_xproj paper_speedup_cpu paper_speedup_gpu paper_latency_cpu_us flop_bound
+    pct_of_bound pct_of_bound_cputime flop_bound_source roofline_bound pct_of_roofline stream_us
+    allocator rounds loadavg_1m_start loadavg_1m_end torch date""".split()
 FLOAT_FORMAT = "{:.4g}"
 
 
@@ -116,7 +74,7 @@ def cpu_model() -> str:
 
 def _write_meta(stem: Path, meta: dict[str, Any]) -> Path:
     path = stem.with_name(stem.name + ".run.json")
-    return write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return atomic_write(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
@@ -224,7 +182,7 @@ def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str,
 def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Grouped bars per Table 8 row: our speedup per batch (and per backward variant where a
     batch was run in several), the paper's CPU speedup, the bound."""
-    plt = _pyplot()
+    plt = pyplot()
     lbp = [r for r in rows if r["method"] == LBP]
     keys = list(dict.fromkeys((r["cx"], r["cy"], r["r"]) for r in lbp))
     batches = sorted({r["batch"] for r in lbp})
@@ -289,9 +247,9 @@ def write_table8(
     stem = Path(out_dir) / f"{name}_{device.split(':')[0]}"
     if merge and stem.with_suffix(".csv").exists():
         rows, meta = _merged(stem, rows, meta)
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, TABLE8_COLUMNS, FLOAT_FORMAT)]
-    paths.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
-    return paths + plot_table8(rows, stem) + [_write_meta(stem, meta)]
+    return _write(
+        stem, rows, meta, table8_markdown(rows, device, meta), plot_table8, TABLE8_COLUMNS
+    )
 
 
 def _merged(
@@ -365,13 +323,8 @@ def write_component_table(
     kind: str, rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
 ) -> list[Path]:
     """``<kind>_cpu.{csv,md,run.json}`` for ``kind`` ``"ablation"`` or ``"projection"``."""
-    stem = Path(out_dir) / f"{kind}_cpu"
     markdown = {"ablation": ablation_markdown, "projection": projection_markdown}[kind]
-    return [
-        write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT),
-        write_text(stem.with_suffix(".md"), markdown(rows, meta)),
-        _write_meta(stem, meta),
-    ]
+    return _write(Path(out_dir) / f"{kind}_cpu", rows, meta, markdown(rows, meta))
 
 
 # -------------------------------------------------------------------------------- end to end
@@ -425,7 +378,7 @@ def _e2e_run(r0: dict[str, Any]) -> dict[str, Any]:
 
 def plot_e2e(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Backward time per method, and measured vs FLOP speedup."""
-    plt = _pyplot()
+    plt = pyplot()
     r0 = rows[0]
     labels = [r["method"] for r in rows]
     med = [r["backward_ms"] for r in rows]
@@ -462,9 +415,7 @@ def write_e2e(
 ) -> list[Path]:
     """``e2e_backward_cpu.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / "e2e_backward_cpu"
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
-    paths.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
-    return paths + plot_e2e(rows, stem) + [_write_meta(stem, meta)]
+    return _write(stem, rows, meta, e2e_markdown(rows, meta), plot_e2e)
 
 
 def write_e2e_timm(
@@ -472,11 +423,7 @@ def write_e2e_timm(
 ) -> list[Path]:
     """``e2e_timm_<model>_cpu.{csv,md,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / f"e2e_timm_{rows[0]['model']}_cpu"
-    return [
-        write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT),
-        write_text(stem.with_suffix(".md"), e2e_timm_markdown(rows, meta)),
-        _write_meta(stem, meta),
-    ]
+    return _write(stem, rows, meta, e2e_timm_markdown(rows, meta))
 
 
 # ----------------------------------------------------------------------------- training step
@@ -526,7 +473,7 @@ def step_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def plot_step(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Per scope: stacked phase times per method, and measured step speedup vs FLOP bound."""
-    plt = _pyplot()
+    plt = pyplot()
     scopes = list(dict.fromkeys(r["scope"] for r in rows))
     fig, axes = plt.subplots(len(scopes), 2, figsize=(10, 3.6 * len(scopes)), squeeze=False)
     r0 = rows[0]
@@ -563,29 +510,44 @@ def write_step(
 ) -> list[Path]:
     """``step_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / f"step_{str(rows[0]['device']).split(':')[0]}"
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
-    paths.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
-    return paths + plot_step(rows, stem) + [_write_meta(stem, meta)]
+    return _write(stem, rows, meta, step_markdown(rows, meta), plot_step)
 
 
 # ----------------------------------------------------------------------------------- shared
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _write(
+    stem: Path,
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    markdown: str,
+    plot: Callable[[Sequence[dict[str, Any]], Path], list[Path]] | None = None,
+    fields: Sequence[str] | None = None,
+) -> list[Path]:
+    """``<stem>.csv`` (floats to :data:`FLOAT_FORMAT`), ``.md``, the figure (``plot``) and
+    ``.run.json``; returns the paths in that order."""
+    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, fields, FLOAT_FORMAT)]
+    paths.append(atomic_write(stem.with_suffix(".md"), markdown))
+    return paths + (plot(rows, stem) if plot else []) + [_write_meta(stem, meta)]
 
 
 def _save(fig: Any, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    with atomic_path(paths[0]) as tmp:  # a kill leaves the old figure, never a cut one
-        fig.savefig(tmp, dpi=150, format="png")
-    with atomic_path(paths[1]) as tmp:
-        fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})  # same bytes on a rerun
-    _pyplot().close(fig)
-    return paths
+    return save_figure(fig, [stem.with_suffix(".png"), stem.with_suffix(".pdf")], dpi=150)
+
+
+def _table8_again(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    return table8_markdown(rows, str(rows[0]["device"]), meta)
+
+
+#: What :func:`rerender` rebuilds, in order: (CSV file pattern, Markdown, figure or None).
+RERENDER = (
+    ("table8_*.csv", _table8_again, plot_table8),
+    ("fusion_*.csv", _table8_again, plot_table8),
+    ("multipatch_*.csv", _table8_again, plot_table8),
+    ("ablation_cpu.csv", ablation_markdown, None),
+    ("projection_cpu.csv", projection_markdown, None),
+    ("e2e_backward_cpu.csv", e2e_markdown, plot_e2e),
+    ("step_*.csv", step_markdown, plot_step),
+    ("e2e_timm_*_cpu.csv", e2e_timm_markdown, None),
+)
 
 
 def rerender(out_dir: str | os.PathLike) -> list[Path]:
@@ -597,46 +559,18 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
             missing.
     """
     out = Path(out_dir)
-    written: list[Path] = []
-    found = (
-        sorted(out.glob("table8_*.csv"))
-        + sorted(out.glob("fusion_*.csv"))
-        + sorted(out.glob("multipatch_*.csv"))
-        + [p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()]
-    )
-    e2e = out / "e2e_backward_cpu.csv"
-    steps = sorted(out.glob("step_*.csv"))
-    timm = sorted(out.glob("e2e_timm_*_cpu.csv"))
-    if not found and not e2e.exists() and not steps and not timm:
+    found = [(p, md, plot) for pat, md, plot in RERENDER for p in sorted(out.glob(pat))]
+    if not found:
         raise FileNotFoundError(
             f"no benchmark CSV (table8_<device>.csv, fusion_<device>.csv, ablation_cpu.csv, "
             f"projection_cpu.csv, e2e_backward_cpu.csv, step_<device>.csv) in {out}"
         )
-    for csv_path in found:
+    written: list[Path] = []
+    for csv_path, markdown, plot in found:
         stem = csv_path.with_suffix("")
         meta, rows = read_meta(stem), _read_rows(csv_path)
-        if stem.name.startswith(("table8_", "fusion_", "multipatch_")):
-            device = str(rows[0]["device"])
-            written.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
-            written += plot_table8(rows, stem)
-        else:
-            kind = stem.name.removesuffix("_cpu")
-            markdown = ablation_markdown if kind == "ablation" else projection_markdown
-            written.append(write_text(stem.with_suffix(".md"), markdown(rows, meta)))
-    if e2e.exists():
-        stem = e2e.with_suffix("")
-        meta, rows = read_meta(stem), _read_rows(e2e)
-        written.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
-        written += plot_e2e(rows, stem)
-    for csv_path in steps:
-        stem = csv_path.with_suffix("")
-        meta, rows = read_meta(stem), _read_rows(csv_path)
-        written.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
-        written += plot_step(rows, stem)
-    for csv_path in timm:
-        stem = csv_path.with_suffix("")
-        meta, rows = read_meta(stem), _read_rows(csv_path)
-        written.append(write_text(stem.with_suffix(".md"), e2e_timm_markdown(rows, meta)))
+        written.append(atomic_write(stem.with_suffix(".md"), markdown(rows, meta)))
+        written += plot(rows, stem) if plot else []
     return written
 
 

@@ -60,9 +60,9 @@ from ..experiments.vocab import (
     rank_of,
     short_model_name,
 )
-from ..io import atomic_path
+from ..io import atomic_path, atomic_write
 from ..runs.records import read_records
-from .render import as_number, checked_number, markdown_table, render, write_text
+from .render import as_number, checked_number, markdown_table, render
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -914,10 +914,10 @@ def write_table(t: Table, out_dir: Path) -> list[Path]:
     """``<out_dir>/<name>/<name>.{md,csv,tex}``, each written aside and renamed."""
     d = Path(out_dir) / t.name
     paths = [d / f"{t.name}.md", d / f"{t.name}.csv", d / f"{t.name}.tex"]
-    write_text(paths[0], to_markdown(t))
+    atomic_write(paths[0], to_markdown(t))
     with atomic_path(paths[1]) as tmp:
         to_frame(t).to_csv(tmp, index=False)
-    write_text(paths[2], to_latex(t))
+    atomic_write(paths[2], to_latex(t))
     return paths
 
 
