@@ -60,9 +60,9 @@ from ..experiments.vocab import (
     rank_of,
     short_model_name,
 )
-from ..io import atomic_path, atomic_write
+from ..io import atomic_write
 from ..runs.records import read_records
-from .render import as_number, checked_number, markdown_table, render
+from .render import as_number, checked_number, markdown_table, render, write_rows_csv
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -510,6 +510,16 @@ def _row_models(rows: Sequence[Row], inp: _Inputs) -> list[str]:
     return [r.model for r in rows] or list(inp.models or [])
 
 
+def _one_model_table(
+    name: str, title: str, default: str, columns: list[Column], rows: list[Row], inp: _Inputs
+) -> Table:
+    """A table of one paper model (3, 4, 6): ``{models}`` in ``title`` names the models of its
+    rows (else ``default``); a Model column only where the rows have several."""
+    models = _row_models(rows, inp)
+    title = title.format(models=models_title(models, default))
+    return Table(name, title, columns, rows, show_model=len(set(models)) > 1)
+
+
 def _dataset_columns(datasets: Sequence[str]) -> list[Column]:
     return [Column(d, DATASET_HEADERS.get(d, d)) for d in datasets]
 
@@ -581,15 +591,8 @@ def build_segmentation(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
     ds = list(datasets or SEG_DATASETS)
     columns = [Column("mflops", "MFLOPs"), *_dataset_columns(ds)]
     rows = _rows("3", inp, columns, scopes=["partial", "full"], datasets=ds)
-    row_models = _row_models(rows, inp)
-    return Table(
-        "table3",
-        f"Table 3: semantic segmentation ({models_title(row_models, 'segformer-mit-b0')}, "
-        "mIoU [%])",
-        columns,
-        rows,
-        show_model=len(set(row_models)) > 1,
-    )
+    title = "Table 3: semantic segmentation ({models}, mIoU [%])"
+    return _one_model_table("table3", title, "segformer-mit-b0", columns, rows, inp)
 
 
 def _table4_rank(key: tuple, paper: dict) -> str:
@@ -610,15 +613,8 @@ def build_table4(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
         rank=_table4_rank,
         keep=lambda key: method_spec(key[0]).bases_only,
     )
-    row_models = _row_models(rows, inp)
-    return Table(
-        "table4",
-        f"Table 4: base selection for {models_title(row_models, 'efficientformer-l1')} "
-        "(partial training), accuracy [%]",
-        columns,
-        rows,
-        show_model=len(set(row_models)) > 1,
-    )
+    title = "Table 4: base selection for {models} (partial training), accuracy [%]"
+    return _one_model_table("table4", title, "efficientformer-l1", columns, rows, inp)
 
 
 def build_table6(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
@@ -631,16 +627,10 @@ def build_table6(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
         *_dataset_columns(ds),
     ]
     rows = _rows("6", inp, columns, scopes=["partial"], datasets=ds)
-    row_models = _row_models(rows, inp)
-    return Table(
-        "table6",
-        "Table 6: LBP-WHT combined with LoRA-all, "
-        f"{models_title(row_models, 'efficientformer-l1')} partial training",
-        columns,
-        rows,
-        show_model=len(set(row_models)) > 1,
-        show_rank=False,
-    )
+    title = "Table 6: LBP-WHT combined with LoRA-all, {models} partial training"
+    table = _one_model_table("table6", title, "efficientformer-l1", columns, rows, inp)
+    table.show_rank = False
+    return table
 
 
 # --------------------------------------------------------------------------------- Table 8
@@ -747,28 +737,18 @@ def build_table8(paper_dir: Path, latency_dir: Path | None) -> Table:
 
 
 # ------------------------------------------------------------------------------- rendering
-def _num_text(v: float, col: Column) -> str:
+def _num(v: float, col: Column) -> str:
     """``v`` in the column's format; a non-zero value the format would print as zero (the
     head-only row's MFLOPs) gets two significant digits instead."""
     text = col.fmt.format(v)
-    if v and not any(ch in "123456789" for ch in text):
-        text = f"{v:.2g}"
-    return text
+    return f"{v:.2g}" if v and not any(ch in "123456789" for ch in text) else text
 
 
-def _fmt(v: float | None, col: Column) -> str:
-    return "" if v is None else _num_text(v, col) + col.suffix
-
-
-def _fmt_ours(s: Stat, col: Column) -> str:
-    if s.text is not None:
-        return s.text
-    if s.mean is None:
-        return ""
-    text = _fmt(s.mean, col)
-    if s.std is not None:
-        text = f"{_num_text(s.mean, col)} ± {_num_text(s.std, col)}{col.suffix}"
-    return text
+def _ours(s: Stat, col: Column) -> str:
+    if s.text is not None or s.mean is None:
+        return s.text or ""
+    std = "" if s.std is None else f" ± {_num(s.std, col)}"
+    return f"{_num(s.mean, col)}{std}{col.suffix}"
 
 
 def to_frame(t: Table) -> pd.DataFrame:
@@ -776,136 +756,87 @@ def to_frame(t: Table) -> pd.DataFrame:
     recs = []
     for row in t.rows:
         method, select, r = row.key
-        rec: dict[str, Any] = dict(
-            section=row.section,
-            model=row.model,
-            method=method,
-            select=select,
-            r=r,
-            R=row.rank,
-            label=method_label(row.key),
-            extra=row.extra,
-        )
+        rec: dict[str, Any] = dict(section=row.section, model=row.model, method=method,
+                                   select=select, r=r, R=row.rank, label=method_label(row.key),
+                                   extra=row.extra)  # fmt: skip
         for col in t.columns:
             s = row.ours.get(col.name, Stat())
-            rec[col.name] = s.mean
-            rec[f"{col.name}_std"] = s.std
-            rec[f"{col.name}_n"] = s.n
+            rec |= {col.name: s.mean, f"{col.name}_std": s.std, f"{col.name}_n": s.n}
             rec[f"{col.name}_paper"] = row.paper.get(col.name)
         recs.append(rec)
     return pd.DataFrame(recs)
 
 
-def _lead_cells(t: Table, row: Row, prev: Row | None, latex: bool) -> list[str]:
-    cells = []
-    if t.lead:
-        new = prev is None or prev.section != row.section or prev.model != row.model
-        cells.append(row.section if new else "")
-    if t.show_model:
-        new = prev is None or prev.model != row.model or prev.section != row.section
-        name = MODEL_NAMES.get(row.model, row.model)
-        cells.append(name if new else "")
-    cells.append(method_label(row.key, latex) + (" (extra)" if row.extra else ""))
-    if t.show_rank:
-        cells.append(row.rank)
-    return cells
-
-
-def _headers(t: Table) -> list[str]:
-    h = [x for x, _ in t.lead]
-    if t.show_model:
-        h.append("Model")
-    h.append("Method")
-    if t.show_rank:
-        h.append("Rank" if t.name == "table4" else "R")
-    return h
-
-
-def _section_starts(t: Table) -> list[bool]:
-    """Per row: whether a section line goes before it (tables without a lead column)."""
-    return [
-        bool(row.section) and (i == 0 or t.rows[i - 1].section != row.section) and not t.lead
-        for i, row in enumerate(t.rows)
-    ]
-
-
-def _cells(t: Table, latex: bool) -> list[list[str]]:
-    """Every row's cells: the lead cells, then ours / paper per column."""
-    out, prev = [], None
-    for row in t.rows:
-        cells = _lead_cells(t, row, prev, latex)
+def _grid(t: Table, latex: bool) -> tuple[list[str], list[list[str]], list[bool], list[bool]]:
+    """The lead headers; every row's cells (lead cells, then ours / paper per column); per row
+    whether it opens a new (section, model) group (the lead and model cells are printed there
+    only); per row whether a section line goes before it (tables without a lead column)."""
+    heads = [x for x, _ in t.lead] + ["Model"] * t.show_model + ["Method"]
+    heads += ["Rank" if t.name == "table4" else "R"] * t.show_rank
+    cells, new, section = [], [], []
+    for i, row in enumerate(t.rows):
+        prev = t.rows[i - 1] if i else None
+        new.append(prev is None or (prev.section, prev.model) != (row.section, row.model))
+        section.append(
+            bool(row.section) and not t.lead and (not prev or prev.section != row.section)
+        )
+        lead = [row.section if new[-1] else ""] * bool(t.lead)
+        lead += [MODEL_NAMES.get(row.model, row.model) if new[-1] else ""] * t.show_model
+        lead += [method_label(row.key, latex) + (" (extra)" if row.extra else "")]
+        lead += [row.rank] * t.show_rank
         for c in t.columns:
-            cells += [_fmt_ours(row.ours.get(c.name, Stat()), c), _fmt(row.paper.get(c.name), c)]
-        out.append(cells)
-        prev = row
-    return out
+            paper = row.paper.get(c.name)
+            lead += [_ours(row.ours.get(c.name, Stat()), c)]
+            lead += ["" if paper is None else _num(paper, c) + c.suffix]
+        cells.append(lead)
+    return heads, cells, new, section
 
 
 def to_markdown(t: Table) -> str:
     """The table in Markdown (template ``paper_table.md.j2``): title, what the cells hold, one
     line per row (a bold line per section), the notes."""
-    lead = _headers(t)
+    lead, cells, _, sections = _grid(t, latex=False)
     heads = lead + [x for c in t.columns for x in (c.header, f"{c.header} (paper)")]
     align = ["---"] * len(lead) + ["---:"] * (2 * len(t.columns))
-    lines = markdown_table(heads, _cells(t, latex=False), align).split("\n")
-    for i in reversed([i for i, new in enumerate(_section_starts(t)) if new]):
+    lines = markdown_table(heads, cells, align).split("\n")
+    for i in reversed([i for i, new in enumerate(sections) if new]):
         lines.insert(2 + i, f"| **{t.rows[i].section}** |" + " |" * (len(heads) - 1))
     return render("paper_table.md.j2", title=t.title, lines=lines, notes=t.notes)
 
 
-_TEX_ESC = {
-    "&": r"\&",
-    "%": r"\%",
-    "#": r"\#",
-    "_": r"\_",
-    "×": r"$\times$",
-    "±": r"$\pm$",
-    "µ": r"$\mu$",
-}
+_TEX_ESC = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "×": r"$\times$", "±": r"$\pm$",
+            "µ": r"$\mu$"}  # fmt: skip
 
 
 def _tex(s: str) -> str:
-    if "$" in s:  # already LaTeX (method labels)
-        return s
-    return "".join(_TEX_ESC.get(ch, ch) for ch in s)
+    return s if "$" in s else "".join(_TEX_ESC.get(ch, ch) for ch in s)  # "$": already LaTeX
 
 
 def to_latex(t: Table) -> str:
     """The table as a LaTeX ``tabular`` (pandas ``DataFrame.to_latex``, booktabs rules): our
     and the paper's value under each metric's header, a rule between models and an italic
     line per section."""
-    lead = _headers(t)
+    lead, cells, groups, sections = _grid(t, latex=True)
     n = len(lead) + 2 * len(t.columns)
     columns = pd.MultiIndex.from_tuples(
         [(_tex(h), "") for h in lead]
         + [(_tex(c.header), side) for c in t.columns for side in ("ours", "paper")]
     )
-    rows = [[_tex(c) for c in cells] for cells in _cells(t, latex=True)]
-    lines = (
-        pd.DataFrame(rows, columns=columns)
-        .to_latex(
-            index=False,
-            column_format="l" * len(lead) + "rr" * len(t.columns),
-            multicolumn_format="c",
-        )  # fmt: skip
-        .splitlines()
-    )
-    rules = " ".join(
-        rf"\cmidrule(lr){{{len(lead) + 2 * i + 1}-{len(lead) + 2 * i + 2}}}"
-        for i in range(len(t.columns))
-    )
-    lines.insert(3, rules)  # under the metric headers
-    body = lines[6 : 6 + len(rows)]
-    for i, new in reversed(list(enumerate(_section_starts(t)))):
-        extra = []
-        if i and (
-            t.rows[i - 1].model != t.rows[i].model or t.rows[i - 1].section != t.rows[i].section
-        ):
-            extra.append(r"\midrule")
-        if new:
-            extra.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(t.rows[i].section)}}}}} \\")
-        body[i:i] = extra
-    lines[6 : 6 + len(rows)] = body
+    frame = pd.DataFrame([[_tex(c) for c in row] for row in cells], columns=columns)
+    fmt = "l" * len(lead) + "rr" * len(t.columns)
+    lines = frame.to_latex(index=False, column_format=fmt, multicolumn_format="c").splitlines()
+    first = len(lead) + 1
+    rules = [
+        rf"\cmidrule(lr){{{first + 2 * i}-{first + 2 * i + 1}}}" for i in range(len(t.columns))
+    ]
+    lines.insert(3, " ".join(rules))  # under the metric headers
+    body = []
+    for i, line in enumerate(lines[6 : 6 + len(cells)]):
+        body += [r"\midrule"] * (i > 0 and groups[i])
+        if sections[i]:
+            body.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(t.rows[i].section)}}}}} \\")
+        body.append(line)
+    lines[6 : 6 + len(cells)] = body
     title = f"% {t.title}. Generated by tools/make_tables.py; ours (mean $\\pm$ std) and paper."
     return "\n".join([title, *lines]) + "\n"
 
@@ -915,8 +846,7 @@ def write_table(t: Table, out_dir: Path) -> list[Path]:
     d = Path(out_dir) / t.name
     paths = [d / f"{t.name}.md", d / f"{t.name}.csv", d / f"{t.name}.tex"]
     atomic_write(paths[0], to_markdown(t))
-    with atomic_path(paths[1]) as tmp:
-        to_frame(t).to_csv(tmp, index=False)
+    atomic_write(paths[1], lambda tmp: to_frame(t).to_csv(tmp, index=False))
     atomic_write(paths[2], to_latex(t))
     return paths
 
@@ -1014,16 +944,9 @@ def write_fidelity_csvs(rows: Sequence[dict[str, Any]], out: Path) -> tuple[Path
     from ..fidelity import FIELDS
 
     full, path = out / "fidelity.csv", out / "summary.csv"
-    cols = ["state", *FIELDS]
-    with atomic_path(full) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    with atomic_path(path) as tmp:
-        fidelity_summary(pd.DataFrame(rows, columns=cols)).to_csv(
-            tmp, index=False, float_format="%.6f"
-        )
+    write_rows_csv(full, rows, ["state", *FIELDS], "{:.6f}")
+    summary = fidelity_summary(pd.DataFrame(rows, columns=["state", *FIELDS]))
+    atomic_write(path, lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
     return full, path
 
 
