@@ -421,6 +421,13 @@ def merge_run_info(old: dict[str, Any], meta: dict[str, Any], full: bool) -> dic
 
 
 # ------------------------------------------------------------------------------ the rows
+def _t1_flops(rec: dict[str, Any]) -> float:
+    """The record's backprop FLOPs with the LBP projections priced as in Table 1 (1 FLOP per
+    element and basis, no bias row) instead of as the executed GEMMs."""
+    gemm, table1 = rec["linear_layers_analytic_gemm"], rec["linear_layers_analytic_table1"]
+    return rec["backprop_flops"] - gemm + table1
+
+
 def _cost_row(
     table: int,
     model: str,
@@ -437,13 +444,7 @@ def _cost_row(
     ours = rec["backprop_flops"] / 1e6
     opts = rec.get("cfg_options") or {}
     ours_sp = full["backprop_flops"] / rec["backprop_flops"]
-    # Same count with LBP projections priced as in Table 1 (1 FLOP per element and basis, no
-    # bias row) instead of as executed GEMMs.
-    t1 = (
-        rec["backprop_flops"]
-        - rec["linear_layers_analytic_gemm"]
-        + rec["linear_layers_analytic_table1"]
-    )
+    t1 = _t1_flops(rec)
     p_mf = as_number(pr["mflops"]) if pr else None
     p_sp = as_number(pr.get("speedup")) if pr else None
     p_sp_src = "paper" if p_sp is not None else ""
@@ -493,17 +494,12 @@ def _authors_columns(
     mf = rec["backprop_flops"] / 1e6
     sp = full["backprop_flops"] / rec["backprop_flops"]
     p_mf, p_sp = row["paper_mflops"], row["paper_speedup"]
-    t1 = (
-        rec["backprop_flops"]
-        - rec["linear_layers_analytic_gemm"]
-        + rec["linear_layers_analytic_table1"]
-    )
     return dict(
         authors_mflops=round(mf, 2),
         authors_speedup=round(sp, 3),
         authors_ratio_mflops=round(mf / p_mf, 3) if p_mf else None,
         authors_ratio_speedup=round(sp / p_sp, 3) if p_sp else None,
-        authors_t1conv_mflops=round(t1 / 1e6, 2),
+        authors_t1conv_mflops=round(_t1_flops(rec) / 1e6, 2),
         authors_elementwise_backward_m=round(rec["backward_elementwise"] / 1e6, 2),
     )
 
@@ -557,18 +553,15 @@ def table1_rows(paper: dict[str, float | None]) -> tuple[list[dict[str, Any]], d
     plain = nn.Linear(cx, cy)
     x_req = x.clone().requires_grad_(True)
     m_plain = measure_step(plain, x_req, elementwise=False)
-    lbp = LBPLinear.from_module(
-        nn.Linear(cx, cy),
-        LBPConfig(selection="explicit", bases=bases),
-        geometry=MapGeometry(hw=(7, 7)),
+    cfg, geometry = LBPConfig(selection="explicit", bases=bases), MapGeometry(hw=(7, 7))
+    m_lbp, m_lbp_nb = (  # the layer with and without bias, in this order (same random draws)
+        measure_step(
+            LBPLinear.from_module(nn.Linear(cx, cy, bias=bias), cfg, geometry=geometry),
+            x_req,
+            elementwise=False,
+        )
+        for bias in (True, False)
     )
-    m_lbp = measure_step(lbp, x_req, elementwise=False)
-    lbp_nb = LBPLinear.from_module(
-        nn.Linear(cx, cy, bias=False),
-        LBPConfig(selection="explicit", bases=bases),
-        geometry=MapGeometry(hw=(7, 7)),
-    )
-    m_lbp_nb = measure_step(lbp_nb, x_req, elementwise=False)
     # Components, counted one by one on the projector the layer uses.
     proj = WHTProjector((7, 7), bases, 8, "reflect")
     g = torch.randn(1, L, cy)
@@ -661,8 +654,8 @@ def measure_methods(
                 scope=scope,
                 method=rec["method"],
                 select=rec.get("select") or "",
-                r=rec.get("r") if rec.get("r") is not None else "",
-                rank=rec.get("rank") if rec.get("rank") is not None else "",
+                r=rec.get("r"),  # None: an empty cell
+                rank=rec.get("rank"),
                 mflops=rec["backprop_flops"] / 1e6,
                 forward_mflops=rec["forward_nograd_flops"] / 1e6,
                 trainable_params=rec["trainable_params"],
