@@ -50,7 +50,7 @@ from ..experiments.vocab import (  # noqa: E402
     method_with,
     norm_dataset,
 )
-from ..io import atomic_path  # noqa: E402
+from ..io import atomic_write  # noqa: E402
 from .plotting import save_figure  # noqa: E402
 from .render import as_number  # noqa: E402
 from .tables import cell_stat, cost_of, fidelity_summary, load_cost, load_runs  # noqa: E402
@@ -86,17 +86,9 @@ MIN_ACC_SPAN = 2.0
 
 
 def _style() -> None:
-    plt.rcParams.update(
-        {
-            "font.size": 8,
-            "axes.titlesize": 8,
-            "axes.labelsize": 8,
-            "legend.fontsize": 7,
-            "xtick.labelsize": 7,
-            "ytick.labelsize": 7,
-            "lines.markersize": 4,
-        }
-    )
+    plt.rcParams.update(dict.fromkeys(("font.size", "axes.titlesize", "axes.labelsize"), 8))
+    plt.rcParams.update(dict.fromkeys(("legend.fontsize", "xtick.labelsize", "ytick.labelsize"), 7))
+    plt.rcParams["lines.markersize"] = 4
 
 
 def _save(fig: plt.Figure, out: Path, name: str, dpi: int = 200) -> list[Path]:
@@ -104,9 +96,7 @@ def _save(fig: plt.Figure, out: Path, name: str, dpi: int = 200) -> list[Path]:
 
 
 def _to_csv(df: pd.DataFrame, path: Path, **kw: Any) -> Path:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, **kw)
-    return path
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, **kw))
 
 
 # ------------------------------------------------------------------------------ Figure 3/4
@@ -132,7 +122,7 @@ def fig3_data(
     ``source`` is ``ours`` (records + our cost; a point needs both) or ``paper`` (Table 2; a
     point needs both the paper's accuracy and MFLOPs).
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []  # in the order of ``cols`` below
     for model in models:
         keys: set[tuple] = {(m, None, None) for m in BASELINES}
         if not runs.empty:
@@ -147,18 +137,7 @@ def fig3_data(
             stat = cell_stat(runs, model, scope, key, dataset)
             mflops = cost_of(cost, model, scope, key)["mflops"]
             if stat.mean is not None and mflops is not None:
-                rows.append(
-                    dict(
-                        model=model,
-                        source="ours",
-                        method=key[0],
-                        r=key[2],
-                        mflops=mflops,
-                        acc=stat.mean,
-                        acc_std=stat.std,
-                        n=stat.n,
-                    )
-                )
+                rows.append((model, "ours", key[0], key[2], mflops, stat.mean, stat.std, stat.n))
         for p in read_paper_rows("2", paper_dir):
             if p["model"] != model or p["scope"] != scope:
                 continue
@@ -167,18 +146,7 @@ def fig3_data(
                 continue
             acc, mflops = as_number(p.get(dataset)), as_number(p.get("mflops"))
             if acc is not None and mflops is not None:
-                rows.append(
-                    dict(
-                        model=model,
-                        source="paper",
-                        method=key[0],
-                        r=key[2],
-                        mflops=mflops,
-                        acc=acc,
-                        acc_std=None,
-                        n=None,
-                    )
-                )
+                rows.append((model, "paper", key[0], key[2], mflops, acc, None, None))
     cols = ["model", "source", "method", "r", "mflops", "acc", "acc_std", "n"]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["model", "source", "method", "r"], na_position="first").reset_index(

@@ -346,7 +346,7 @@ def e2e_timm_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         ]
         for r in rows
     ]
-    return render("latency_e2e_timm.md.j2", meta=meta, lines=lines, **_e2e_run(r0))
+    return render("latency_e2e_timm.md.j2", meta=meta, lines=lines, **_run_fields(r0))
 
 
 def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -363,11 +363,11 @@ def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         ]
         for r in rows
     ]
-    return render("latency_e2e.md.j2", meta=meta, lines=lines, **_e2e_run(r0))
+    return render("latency_e2e.md.j2", meta=meta, lines=lines, **_run_fields(r0))
 
 
-def _e2e_run(r0: dict[str, Any]) -> dict[str, Any]:
-    """The run's fields both end-to-end templates print (from its first row)."""
+def _run_fields(r0: dict[str, Any]) -> dict[str, Any]:
+    """The run's fields the end-to-end and step templates print (from its first row)."""
     keys = ("model", "date", "threads", "batch", "size", "rounds", "allocator")
     return dict(
         {k: r0[k] for k in keys},
@@ -451,21 +451,12 @@ def step_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     r0 = rows[0]
     cuda = str(r0["device"]).startswith("cuda")
     scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    run = _run_fields(r0) | {k: r0[k] or "-" for k in ("threads", "allocator")}
     return render(
         "latency_step.md.j2",
         meta=meta,
-        model=r0["model"],
-        device=r0["device"],
-        date=r0["date"],
-        threads=r0["threads"] or "-",
-        batch=r0["batch"],
-        size=r0["size"],
-        amp=r0["amp"],
-        optimizer=r0["optimizer"],
-        rounds=r0["rounds"],
-        load0=f"{r0['loadavg_1m_start']:.2f}",
-        load1=f"{r0['loadavg_1m_end']:.2f}",
-        allocator=r0["allocator"] or "-",
+        **run,
+        **{k: r0[k] for k in ("device", "amp", "optimizer")},
         cuda=cuda,
         scopes=[(s, [_step_cells(r, cuda) for r in rows if r["scope"] == s]) for s in scopes],
     )
