@@ -404,33 +404,6 @@ def table_rows(
     return out
 
 
-def _fill(
-    row: Row,
-    columns: list[Column],
-    runs: pd.DataFrame,
-    cost: pd.DataFrame,
-    scope: str,
-    datasets: Sequence[str],
-    paper: dict,
-    table: str | None = None,
-) -> None:
-    c = cost_of(cost, row.model, scope, row.key, table=table, only_table=table == "6")
-    for col in columns:
-        name = col.name
-        if name in datasets:
-            row.ours[name] = cell_stat(runs, row.model, scope, row.key, name)
-        elif name == "macc":
-            row.ours[name] = macc_stat(runs, row.model, scope, row.key, datasets)
-        elif name == "speedup" and method_spec(row.key[0]).trains == "head":
-            row.ours[name] = Stat(text="-")  # see _head_only_note
-        elif name in c:
-            v = c[name]
-            row.ours[name] = Stat(v, None, 1) if v is not None else Stat()
-        else:
-            row.ours[name] = Stat()
-        row.paper[name] = as_number(paper.get(name)) if paper else None
-
-
 def _head_only_note(rows: Sequence[Row]) -> list[str]:
     """Why head-only rows show no speedup (a one-item list where the table has such a row)."""
     mflops = [
@@ -483,9 +456,9 @@ def _rows(
     rank: Callable[[tuple, dict], str] = _paper_rank,
     keep: Callable[[tuple], bool] = lambda key: True,
 ) -> list[Row]:
-    """The filled rows of ``table`` (:func:`table_rows`, then :func:`_fill`): section title
-    per scope from :data:`SECTION_TITLES`, rows the paper lacks for its own models marked
-    extra."""
+    """The rows of ``table`` (:func:`table_rows`) with our values (runs, cost) and the paper's:
+    section title per scope from :data:`SECTION_TITLES`, rows the paper lacks for its own
+    models marked extra."""
     rows = []
     for scope, model, key, p in table_rows(
         table,
@@ -500,7 +473,18 @@ def _rows(
             continue
         section = SECTION_TITLES.get(table, {}).get(scope, "")
         row = Row(section, model, key, rank(key, p), extra=not p and model in PAPER_MODELS)
-        _fill(row, columns, inp.runs, inp.cost, scope, datasets, p, table)
+        c = cost_of(inp.cost, model, scope, key, table=table, only_table=table == "6")
+        for name in (col.name for col in columns):
+            if name in datasets:
+                row.ours[name] = cell_stat(inp.runs, model, scope, key, name)
+            elif name == "macc":
+                row.ours[name] = macc_stat(inp.runs, model, scope, key, datasets)
+            elif name == "speedup" and method_spec(key[0]).trains == "head":
+                row.ours[name] = Stat(text="-")  # see _head_only_note
+            else:  # a cost figure (None: no record)
+                v = c.get(name)
+                row.ours[name] = Stat(v, None, 1) if v is not None else Stat()
+            row.paper[name] = as_number(p.get(name)) if p else None
         rows.append(row)
     return rows
 
