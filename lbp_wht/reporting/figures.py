@@ -184,6 +184,16 @@ def _model_colors(models: Sequence[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
 
+def _points(
+    ax: Any, pts: pd.DataFrame, source: str, label: str, color: Any, fill: str | None, **kw: Any
+) -> None:
+    """Figure 3's accuracy vs MFLOPs points of one method and source, with error bars (std over
+    seeds) for ours; ``fill`` ``"none"``: hollow markers."""
+    yerr = pts["acc_std"].astype(float).fillna(0.0) if source == "ours" else None
+    ax.errorbar(pts["mflops"], pts["acc"], yerr=yerr, color=color, mfc=fill or color, capsize=2,
+                label=f"{label} ({source})", **kw)  # fmt: skip
+
+
 def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path) -> list[Path]:
     """One panel per model (up to 3 per row). Constrained layout places the title, the shared
     y-label and the legend (below the panels) outside the axes; the figure is at least 4.2 in
@@ -218,18 +228,8 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
             s = d[d["source"] == source]
             lbp = s[s["method"] == LBP].sort_values("r")
             if not lbp.empty:
-                ax.errorbar(
-                    lbp["mflops"],
-                    lbp["acc"],
-                    yerr=lbp["acc_std"].astype(float).fillna(0.0) if source == "ours" else None,
-                    color=LBP_COLOR,
-                    ls=ls,
-                    marker="o",
-                    mfc=fill or LBP_COLOR,
-                    capsize=2,
-                    lw=1,
-                    label=f"LBP-WHT {LP_L1}-r ({source})",
-                )
+                label = f"LBP-WHT {LP_L1}-r"
+                _points(ax, lbp, source, label, LBP_COLOR, fill, ls=ls, marker="o", lw=1)
                 if source == "ours":
                     for _, p in lbp.iterrows():
                         ax.annotate(
@@ -242,20 +242,9 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
                         )
             for method, (label, marker, color) in BASELINES.items():
                 b = s[s["method"] == method]
-                if b.empty:
-                    continue
-                ax.errorbar(
-                    b["mflops"],
-                    b["acc"],
-                    yerr=b["acc_std"].astype(float).fillna(0.0) if source == "ours" else None,
-                    ls="none",
-                    marker=marker,
-                    color=color,
-                    mfc=fill or color,
-                    ms=6 if marker == "*" else 4,
-                    capsize=2,
-                    label=f"{label} ({source})",
-                )
+                if not b.empty:
+                    ms = 6 if marker == "*" else 4
+                    _points(ax, b, source, label, color, fill, ls="none", marker=marker, ms=ms)
         ax.set_title(MODEL_NAMES.get(model, model))
         ax.margins(x=0.06, y=0.1)  # room for the r labels below the lowest / last points
         ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 4
