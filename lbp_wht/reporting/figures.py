@@ -179,11 +179,6 @@ def marginal_data(fig3: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _model_colors(models: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(models)}
-
-
 def _points(
     ax: Any, pts: pd.DataFrame, source: str, label: str, color: Any, fill: str | None, **kw: Any
 ) -> None:
@@ -284,7 +279,7 @@ def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path
     """Each model's marginal accuracy as steps over the r it spans (a slope between r_a and
     r_b is drawn from r_a to r_b), integer r ticks, in Figure 3's fonts and notation."""
     _style()
-    colors = _model_colors(models)
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     present = [
         (m, src)
         for m in models

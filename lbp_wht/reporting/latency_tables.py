@@ -72,11 +72,6 @@ def cpu_model() -> str:
     return ""
 
 
-def _write_meta(stem: Path, meta: dict[str, Any]) -> Path:
-    path = stem.with_name(stem.name + ".run.json")
-    return atomic_write(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
 def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
     """``<stem>.run.json``.
 
@@ -517,7 +512,9 @@ def _write(
     ``.run.json``; returns the paths in that order."""
     paths = [write_rows_csv(stem.with_suffix(".csv"), rows, fields, FLOAT_FORMAT)]
     paths.append(atomic_write(stem.with_suffix(".md"), markdown))
-    return paths + (plot(rows, stem) if plot else []) + [_write_meta(stem, meta)]
+    paths += plot(rows, stem) if plot else []
+    run = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    return paths + [atomic_write(stem.with_name(stem.name + ".run.json"), run)]
 
 
 def _save(fig: Any, stem: Path) -> list[Path]:
