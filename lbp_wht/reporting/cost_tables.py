@@ -151,6 +151,11 @@ def row_label(method: str, r: Any) -> str:
     return method_label(method_key(method, "lp_l1", r))
 
 
+def row_id(table: int, model: str, scope: str, method: str, r: int | None) -> dict[str, Any]:
+    """The :data:`ROW_FIELDS` of a cost row (``label`` from the method and ``r``)."""
+    return dict(zip(ROW_FIELDS, (table, model, scope, method, row_label(method, r), r)))
+
+
 def _sort_key(row: dict[str, Any]) -> tuple:
     return (
         row.get("table", 0),
@@ -451,12 +456,7 @@ def _cost_row(
     if p_sp is None and p_mf and paper_full:
         p_sp, p_sp_src = paper_full / p_mf, "paper MFLOPs ratio"
     return dict(
-        table=table,
-        model=model,
-        scope=scope,
-        method=method,
-        label=row_label(method, r),
-        r=r,
+        row_id(table, model, scope, method, r),
         rank=rec.get("rank"),
         ours_mflops=round(ours, 2),
         ours_speedup=round(ours_sp, 3),
