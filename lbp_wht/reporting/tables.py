@@ -199,7 +199,7 @@ def load_cost(cost_dir: str | os.PathLike | None) -> pd.DataFrame:
             the CSV file and the column).
     """
     out_cols = ["table", "model", "scope", "method", "select", "r", *COST_ALIASES]
-    rows: list[dict] = []
+    rows: list[list] = []  # in the order of out_cols
     if cost_dir is None or not Path(cost_dir).exists():
         return pd.DataFrame(columns=out_cols)
     for path in sorted(Path(cost_dir).rglob("*.csv")):
@@ -219,24 +219,14 @@ def load_cost(cost_dir: str | os.PathLike | None) -> pd.DataFrame:
             continue
         stem_table = path.stem[5:] if path.stem.startswith("table") else None
         for _, raw in df.iterrows():
-            m, s, r = method_key(
-                str(raw[cols["method"]]),
-                _str(raw.get(cols.get("select", ""), None)),
-                raw.get(cols.get("r", ""), None),
-                raw.get(cols.get("rank", ""), None),
-            )
-            table = _str(raw.get(cols.get("table", ""), None)) or stem_table
-            row = dict(
-                table=str(_int_or_str(table)) if table is not None else None,
-                model=str(raw[cols["model"]]),
-                scope=_str(raw.get(cols.get("scope", ""), None)) or "partial",
-                method=m,
-                select=s,
-                r=r,
-            )
-            for k, c in found.items():
+            get = {k: raw[c] for k, c in cols.items()}.get  # by lower-case column name
+            m, s, r = method_key(str(get("method")), _str(get("select")), get("r"), get("rank"))
+            table = _str(get("table")) or stem_table
+            table = str(_int_or_str(table)) if table is not None else None
+            row = [table, str(get("model")), _str(get("scope")) or "partial", m, s, r]
+            for c in found.values():  # in the order of COST_ALIASES
                 v = None if c is None or pd.isna(raw[c]) else raw[c]
-                row[k] = checked_number(v, path, c) if c is not None else None
+                row.append(checked_number(v, path, c) if c is not None else None)
             rows.append(row)
     df = pd.DataFrame(rows, columns=out_cols)
     return df.drop_duplicates(["table", "model", "scope", "method", "select", "r"], keep="first")
