@@ -85,33 +85,22 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
     Raises:
         RecordValueError: a record whose ``value`` is not a finite number (names the file).
     """
-    rows = []
+    cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
+    rows = []  # in the order of cols + [timestamp, path]
     for root in roots:
         if not Path(root).exists():
             continue
         for rec in read_records(root, pattern="**/record.json"):
             if rec.get("status") != "complete" or rec.get("kind", "train") != "train":
                 continue
-            value = checked_number(rec.get("value"), rec["_path"], "value")
+            path = rec["_path"]
+            value = checked_number(rec.get("value"), path, "value")
             if value is None or not rec.get("model") or not rec.get("method"):
                 continue
             m, s, r = method_key(rec["method"], rec.get("select"), rec.get("r"), rec.get("rank"))
-            rows.append(
-                dict(
-                    model=rec["model"],
-                    scope=rec.get("scope") or "partial",
-                    dataset=norm_dataset(rec.get("dataset")),
-                    method=m,
-                    select=s,
-                    r=r,
-                    seed=rec.get("seed"),
-                    value=value,
-                    metric=rec.get("metric"),
-                    timestamp=str(rec.get("timestamp") or ""),
-                    path=rec["_path"],
-                )
-            )
-    cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
+            cell = [rec["model"], rec.get("scope") or "partial", norm_dataset(rec.get("dataset"))]
+            stamp = str(rec.get("timestamp") or "")
+            rows.append([*cell, m, s, r, rec.get("seed"), value, rec.get("metric"), stamp, path])
     df = pd.DataFrame(rows, columns=cols + ["timestamp", "path"])
     if df.empty:
         return df
