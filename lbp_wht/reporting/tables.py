@@ -538,15 +538,8 @@ def build_classification(table: str, inp: _Inputs, datasets: Sequence[str] | Non
         title = "Table 2: image classification (partial training: last stage; full training)"
     else:
         title = "Table 5: image classification, full training"
-    return Table(
-        f"table{table}",
-        title,
-        columns,
-        rows,
-        show_model=table != "7",
-        show_rank=table != "7",
-        notes=notes,
-    )
+    show = table != "7"  # Table 7 prints neither a Model nor an R column
+    return Table(f"table{table}", title, columns, rows, show, show, notes)
 
 
 def build_segmentation(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
@@ -939,13 +932,9 @@ def build_table(
     inp = _Inputs(Path(paper_dir), runs, cost, models, extra_rows)
     if table in ("2", "5", "7"):
         return build_classification(table, inp, datasets)
-    if table == "3":
-        return build_segmentation(inp, datasets)
-    if table == "4":
-        return build_table4(inp, datasets)
-    if table == "6":
-        return build_table6(inp, datasets)
-    return build_table8(Path(paper_dir), latency_dir)
+    if table == "8":
+        return build_table8(Path(paper_dir), latency_dir)
+    return {"3": build_segmentation, "4": build_table4, "6": build_table6}[table](inp, datasets)
 
 
 def check_datasets(datasets: Sequence[str] | None) -> list[str] | None:
