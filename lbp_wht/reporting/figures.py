@@ -444,22 +444,28 @@ def plot_transfer(rows: Sequence[dict], out: Path) -> list[Path]:
     return _save(fig, out, "figure")
 
 
-def _fidelity_style() -> None:
+def _fidelity_figure(nrows: int, states: Sequence[str], height: float, sharey: Any) -> tuple:
+    """The gradient-fidelity figures' style, and ``(fig, axes)`` with a column per state."""
     plt.rcParams.update({"font.size": 7, "axes.titlesize": 7, "legend.fontsize": 6})
+    width = max(2.8 * len(states) + 0.6, 5.0)
+    return plt.subplots(nrows, len(states), figsize=(width, height), squeeze=False,
+                        sharey=sharey, layout="constrained")  # fmt: skip
+
+
+def _fidelity_save(fig: Any, axes: Any, ncol: int, out: Path, name: str) -> list[Path]:
+    """The legend of the first panel below the panels, then :func:`_save`."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
+    return _save(fig, out, name)
 
 
 def plot_fidelity_layers(df: pd.DataFrame, out: Path) -> list[Path]:
     """``fidelity_layers.{png,pdf}``: cosine of g_w (top) / g_x (bottom) vs R, LP_L1-r with
     reflect padding, one line per layer type, a column per state (rows of
     :func:`lbp_wht.integrations.fidelity.analyze_config`)."""
-    _fidelity_style()
     sel = df[(df["family"] == "lp_l1") & (df["padding"] == "reflect") & (df["num_bases"] < 64)]
     states = list(dict.fromkeys(df["state"]))
-    fig, axes = plt.subplots(
-        2, len(states), figsize=(max(2.8 * len(states) + 0.6, 5.0), 4.6), squeeze=False,
-        sharey="row",
-        layout="constrained",
-    )  # fmt: skip
+    fig, axes = _fidelity_figure(2, states, 4.6, sharey="row")
     for j, state in enumerate(states):
         d = sel[sel["state"] == state]
         for i, (metric, what) in enumerate((("cos_gw", "g_w"), ("cos_gx", "g_x"))):
@@ -472,23 +478,16 @@ def plot_fidelity_layers(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel(f"cos(LBP-WHT {what}, exact {what})")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
-    return _save(fig, out, "fidelity_layers")
+    return _fidelity_save(fig, axes, 3, out, "fidelity_layers")
 
 
 def plot_fidelity_selections(df: pd.DataFrame, out: Path) -> list[Path]:
     """``fidelity_selections.{png,pdf}``: the layer mean of the g_w cosine vs R per selection
     and padding, a panel per state."""
-    _fidelity_style()
     s = fidelity_summary(df)
     s = s[s["num_bases"] < 64]
     states = list(dict.fromkeys(s["state"]))
-    fig, axes = plt.subplots(
-        1, len(states), figsize=(max(2.8 * len(states) + 0.6, 5.0), 3.0), squeeze=False,
-        sharey=True,
-        layout="constrained",
-    )  # fmt: skip
+    fig, axes = _fidelity_figure(1, states, 3.0, sharey=True)
     colors = {"lp_l1": "tab:blue", "lp_linf": "tab:green", "lhe": "tab:red"}
     names = {"lp_l1": "LP_L1", "lp_linf": "LP_Linf", "lhe": "LHE (this batch's best R)"}
     for ax, state in zip(axes[0], states):
@@ -503,9 +502,7 @@ def plot_fidelity_selections(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xlabel("number of WHT bases R")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("cos(LBP-WHT g_w, exact g_w)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-    return _save(fig, out, "fidelity_selections")
+    return _fidelity_save(fig, axes, 2, out, "fidelity_selections")
 
 
 # -------------------------------------------------------------------------------------- CLI
