@@ -681,15 +681,8 @@ def build_table8(paper_dir: Path, latency_dir: Path | None) -> Table:
         "Ours: tools/benchmark_latency.py, batch 1, on this project's machine "
         "(results/latency/table8_<device>.csv); the paper measured a Jetson Nano."
     ]
-    return Table(
-        "table8",
-        "Table 8: latency of BP through the last two linear layers of EfficientFormer-L1/L7",
-        columns,
-        rows,
-        show_model=True,
-        notes=notes,
-        lead=[("(Cx, Cy, L)", "section")],
-    )
+    title = "Table 8: latency of BP through the last two linear layers of EfficientFormer-L1/L7"
+    return Table("table8", title, columns, rows, notes=notes, lead=[("(Cx, Cy, L)", "section")])
 
 
 # ------------------------------------------------------------------------------- rendering
