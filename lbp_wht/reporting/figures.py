@@ -225,16 +225,10 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
             if not lbp.empty:
                 label = f"LBP-WHT {LP_L1}-r"
                 _points(ax, lbp, source, label, LBP_COLOR, fill, ls=ls, marker="o", lw=1)
-                if source == "ours":
+                at = dict(textcoords="offset points", xytext=(3, -8), fontsize=6, color=LBP_COLOR)
+                if source == "ours":  # r beside our points
                     for _, p in lbp.iterrows():
-                        ax.annotate(
-                            f"{int(p['r'])}",
-                            (p["mflops"], p["acc"]),
-                            textcoords="offset points",
-                            xytext=(3, -8),
-                            fontsize=6,
-                            color=LBP_COLOR,
-                        )
+                        ax.annotate(f"{int(p['r'])}", (p["mflops"], p["acc"]), **at)
             for method, (label, marker, color) in BASELINES.items():
                 b = s[s["method"] == method]
                 if not b.empty:
@@ -253,19 +247,13 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles, labels = {}, {}
+    handles: dict[str, Any] = {}  # label -> its first handle, over every panel
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-            labels.setdefault(lab, lab)
     if handles:
-        fig.legend(
-            handles.values(),
-            labels.values(),
-            loc="outside lower center",
-            ncol=leg_cols,
-            frameon=False,
-        )
+        legend = dict(loc="outside lower center", ncol=leg_cols, frameon=False)
+        fig.legend(handles.values(), handles.keys(), **legend)
     fig.suptitle(title, fontsize=8)
     # Wrapped to the panels' height (~13 characters per inch), so that it cannot run into the
     # legend below a single row of panels.
@@ -293,23 +281,11 @@ def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path
         g = marg[(marg["model"] == model) & (marg["source"] == source)].sort_values("r_from")
         xs = [*g["r_from"], g["r_to"].iloc[-1]]
         ys = [*g["slope_pp_per_gflop"], g["slope_pp_per_gflop"].iloc[-1]]
-        ax.step(
-            xs,
-            ys,
-            where="post",
-            ls="-" if source == "ours" else "--",
-            color=colors[model],
-            lw=1,
-            label=f"{MODEL_NAMES.get(model, model)} ({source})",
-        )
-        ax.plot(
-            g["r_mid"],
-            g["slope_pp_per_gflop"],
-            ls="none",
-            marker="o",
-            color=colors[model],
-            mfc=colors[model] if source == "ours" else "none",
-        )
+        color, ours = colors[model], source == "ours"
+        label = f"{MODEL_NAMES.get(model, model)} ({source})"
+        ax.step(xs, ys, where="post", ls="-" if ours else "--", color=color, lw=1, label=label)
+        mfc = color if ours else "none"
+        ax.plot(g["r_mid"], g["slope_pp_per_gflop"], ls="none", marker="o", color=color, mfc=mfc)
     ax.axhline(0, color="k", lw=0.6)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 3
     if present:
@@ -375,12 +351,8 @@ def plot_fig5(spec: dict[str, Any], out: Path, outline_r: int = 4) -> list[Path]
     fig, ax = plt.subplots(figsize=(3.6, 3.0))
     positive = share[share > 0]
     vmin = max(positive.min(), share.max() * 1e-4) if positive.size else 1e-4
-    im = ax.imshow(
-        np.clip(share, vmin, None),
-        cmap="magma",
-        norm=LogNorm(vmin=vmin, vmax=share.max()),
-        origin="upper",
-    )
+    norm = LogNorm(vmin=vmin, vmax=share.max())
+    im = ax.imshow(np.clip(share, vmin, None), cmap="magma", norm=norm, origin="upper")
     # LP_L1-r outline: the staircase between cells with i + j < r and the rest.
     xs, ys = [-0.5], [min(outline_r, n) - 0.5]
     for j in range(min(outline_r, n)):
