@@ -308,14 +308,10 @@ class CostTables:
             seen = set()
             ref = method_with(reference=True)
             full = self.record(self.find_config(table, model, scope, ref, None, dataset))
-            paper_full = next(
-                (
-                    as_number(p["mflops"])
-                    for p in prs
-                    if method_spec(p["method"]).reference and as_number(p["mflops"])
-                ),
-                None,
-            )
+            paper_fulls = [
+                as_number(p["mflops"]) for p in prs if method_spec(p["method"]).reference
+            ]
+            paper_full = next((v for v in paper_fulls if v), None)  # the first readable one
             items = [(p["method"], rint(p.get("r")), p) for p in prs]
             for method, _, r in self.configs_for(table, model, scope, dataset):
                 if not any(m == method and rr == r for m, rr, _ in items):

@@ -111,15 +111,11 @@ def _x(row: dict[str, Any], key: str, digits: int = 2) -> str:
 def _table8_cells(r: dict[str, Any]) -> list[str]:
     shape = f"({r['cx']}, {r['cy']}, {r['L']})"
     lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
+    load = f"{r['loadavg_1m_start']:.1f}"
     if r["method"] == FULL:
-        name = (
-            "Full BP" if (r.get("variant") or "eager") == "eager" else f"Full BP ({r['variant']})"
-        )
-        return (
-            [shape, name, "-", lat, "1.00", "1.00", "1.00"]
-            + ["-"] * 8
-            + [f"{r['loadavg_1m_start']:.1f}"]
-        )
+        variant = r.get("variant") or "eager"
+        name = "Full BP" if variant == "eager" else f"Full BP ({variant})"
+        return [shape, name, "-", lat, "1.00", "1.00", "1.00", *["-"] * 8, load]
     pap = r.get("paper_speedup_gpu") or r.get("paper_speedup_cpu")
     return [
         shape,
@@ -137,7 +133,7 @@ def _table8_cells(r: dict[str, Any]) -> list[str]:
         f"{r['pct_of_bound']:.0f}%",
         f"{r['roofline_bound']:.2f}x",
         f"{r['pct_of_roofline']:.0f}%",
-        f"{r['loadavg_1m_start']:.1f}",
+        load,
     ]
 
 
