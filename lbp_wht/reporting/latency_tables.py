@@ -140,34 +140,34 @@ def _table8_cells(r: dict[str, Any]) -> list[str]:
 def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str, Any]) -> str:
     """The Markdown of a Table 8 benchmark run (one table per batch; the bare-GEMM rows are in
     the CSV only)."""
-    batches = sorted({r["batch"] for r in rows})
+    by_batch = {b: [r for r in rows if r["batch"] == b] for b in sorted({r["batch"] for r in rows})}
     runs = meta.get("batch_runs") or {}
     table8 = all(r["L"] == 49 for r in rows)  # the paper's shapes: one 7x7 map
+    load_min, load_max = _load_range(rows)
     return render(
         "latency_table8.md.j2",
         title="Table 8 latency" if table8 else "Per-layer latency on multi-patch maps",
         device=device,
         meta=meta,
-        runs={b: runs.get(str(b)) for b in batches},
-        dates={b: next(r["date"] for r in rows if r["batch"] == b) for b in batches},
-        loads={
-            b: (
-                f"{min(r['loadavg_1m_start'] for r in rows if r['batch'] == b):.2f}",
-                f"{max(r['loadavg_1m_end'] for r in rows if r['batch'] == b):.2f}",
-            )
-            for b in batches
-        },
+        runs={b: runs.get(str(b)) for b in by_batch},
+        dates={b: g[0]["date"] for b, g in by_batch.items()},
+        loads={b: _load_range(g) for b, g in by_batch.items()},
         paper_device="GPU" if str(device).startswith("cuda") else "CPU",
         date=rows[0]["date"],
         threads=rows[0]["threads"] or "-",
-        load_min=f"{min(r['loadavg_1m_start'] for r in rows):.2f}",
-        load_max=f"{max(r['loadavg_1m_end'] for r in rows):.2f}",
+        load_min=load_min,
+        load_max=load_max,
         allocator=rows[0]["allocator"],
         batches=[
-            (b, [_table8_cells(r) for r in rows if r["batch"] == b and r["method"] != "gemm"])
-            for b in batches
+            (b, [_table8_cells(r) for r in g if r["method"] != "gemm"]) for b, g in by_batch.items()
         ],
     )
+
+
+def _load_range(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The lowest 1-min load average at the start and the highest at the end of ``rows``."""
+    start, end = min(r["loadavg_1m_start"] for r in rows), max(r["loadavg_1m_end"] for r in rows)
+    return f"{start:.2f}", f"{end:.2f}"
 
 
 def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
