@@ -893,6 +893,9 @@ def write_fidelity_csvs(rows: Sequence[dict[str, Any]], out: Path) -> tuple[Path
     from ..fidelity import FIELDS
 
     full, path = out / "fidelity.csv", out / "summary.csv"
+    extra = sorted({k for row in rows for k in row} - {"state", *FIELDS})
+    if extra:  # a column the CSV would drop is a caller's bug, not data to lose quietly
+        raise ValueError(f"fidelity rows carry unknown columns {extra}; expected state + {FIELDS}")
     write_rows_csv(full, rows, ["state", *FIELDS], "{:.6f}")
     summary = fidelity_summary(pd.DataFrame(rows, columns=["state", *FIELDS]))
     atomic_write(path, lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
