@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,8 @@ __all__ = [
 
 #: State-dict key suffix of bases set after construction (LHE).
 BASES_KEY = "lbp_bases"
+
+_M = TypeVar("_M", bound=nn.Module)
 
 
 def check_conv1x1(conv: nn.Module, what: str) -> None:
@@ -142,6 +144,22 @@ class ConvertedLayer:
 
     converted_calls: int = 0
 
+    @property
+    def _conv(self) -> bool:
+        """A 1x1 convolution over NCHW maps (else a linear layer over the last dim)."""
+        return isinstance(self, nn.Conv2d)
+
+    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The unconverted operation with ``bias``."""
+        op = F.conv2d if self._conv else F.linear
+        return op(x, self.weight, bias)  # type: ignore[attr-defined]
+
+    def _check_features(self, x: torch.Tensor) -> None:
+        check_input_features(self, x, self._what(), 1 if self._conv else -1)
+
+    def _what(self) -> str:
+        return f"{type(self).__name__} {tuple(self.weight.shape)}"  # type: ignore[attr-defined]
+
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -214,8 +232,6 @@ class LBPMixin(ConvertedLayer):
             error messages.
         batchnorm_guard: a :class:`BatchNormGuard` shared by the model's LBP layers, or None.
     """
-
-    _conv = False
 
     def _init_lbp(self, config: LBPConfig | None, geometry: MapGeometry | None) -> None:
         config = LBPConfig() if config is None else config
@@ -340,6 +356,26 @@ class LBPMixin(ConvertedLayer):
             f"{g.prefix_tokens}, hw={g.hw}"
         )
 
+    @classmethod
+    def from_module(
+        cls: type[_M],
+        module: nn.Module,
+        config: LBPConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
+    ) -> _M:
+        """Wrap ``module`` (an nn.Linear, or a 1x1 nn.Conv2d for the conv classes) sharing its
+        weight and bias (same state-dict keys)."""
+        new: Any = shell_like(cls, module)
+        new._init_lbp(config, geometry)
+        return new
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._lbp_apply(x, bias, self._plain)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.lbp_extra_repr()}"  # type: ignore[misc]
+
     # ---- geometry and plan (the public API that cost tracing uses) -------------------------
     def _what(self) -> str:
         return f"{self.lbp_name} ({type(self).__name__}, weight {tuple(self.weight.shape)})"
@@ -377,9 +413,6 @@ class LBPMixin(ConvertedLayer):
         return LBPPlan(m, None if self.bases is None else self.projector_for(m.hw))
 
     # ---- forward --------------------------------------------------------------------------
-    def _check_features(self, x: torch.Tensor) -> None:
-        check_input_features(self, x, self._what(), 1 if self._conv else -1)
-
     def _record(self, g_y: torch.Tensor, m: ResolvedMap) -> None:
         from .functional import _as_map
 
@@ -499,33 +532,9 @@ class LBPLinear(LBPMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_lbp(config, geometry)
 
-    @classmethod
-    def from_module(
-        cls,
-        module: nn.Linear,
-        config: LBPConfig | None = None,
-        *,
-        geometry: MapGeometry | None = None,
-    ) -> LBPLinear:
-        """Wrap ``module`` sharing its weight and bias (same state-dict keys)."""
-        new = shell_like(cls, module)
-        new._init_lbp(config, geometry)
-        return new
-
-    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, self.weight, bias)
-
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self._lbp_apply(x, bias, self._plain)
-
-    def extra_repr(self) -> str:
-        return f"{nn.Linear.extra_repr(self)}, {self.lbp_extra_repr()}"
-
 
 class LBPConv2d(LBPMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` (NCHW) whose backward uses LBP-WHT; any other kernel is an error."""
-
-    _conv = True
 
     def __init__(
         self,
@@ -542,25 +551,3 @@ class LBPConv2d(LBPMixin, nn.Conv2d):
             self, in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype
         )
         self._init_lbp(config, geometry)
-
-    @classmethod
-    def from_module(
-        cls,
-        module: nn.Conv2d,
-        config: LBPConfig | None = None,
-        *,
-        geometry: MapGeometry | None = None,
-    ) -> LBPConv2d:
-        """Wrap the 1x1 conv ``module`` sharing its weight and bias (same state-dict keys)."""
-        new = shell_like(cls, module)
-        new._init_lbp(config, geometry)
-        return new
-
-    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, self.weight, bias)
-
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self._lbp_apply(x, bias, self._plain)
-
-    def extra_repr(self) -> str:
-        return f"{nn.Conv2d.extra_repr(self)}, {self.lbp_extra_repr()}"
