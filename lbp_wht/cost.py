@@ -84,7 +84,6 @@ __all__ = [
     "trace_linear_layers",
     "LinearLayerTracer",
     "model_cost",
-    "summarize",
     "speedup",
 ]
 
@@ -669,7 +668,7 @@ class LinearLayerTracer:
             if plan is not None and plan.projector is not None:
                 proj = plan.projector
                 geom.hw, geom.rank, geom.patches = plan.map.hw, proj.rank, proj.num_patches
-                geom.proj_tokens = proj.contracted_tokens
+                geom.proj_tokens = proj.h * proj.w
                 geom.extra_tokens = plan.map.prefix_tokens
                 b = module.bias
                 # Both projection implementations sum the bias gradient in the GEMM that reads
@@ -746,14 +745,6 @@ def model_cost(
             continue
         out[g.name] = layer_cost(g, convention)
     return out
-
-
-def summarize(costs: dict[str, LayerCost]) -> LayerCost:
-    """Sum of :class:`LayerCost` values."""
-    total = LayerCost()
-    for c in costs.values():
-        total = total + c
-    return total
 
 
 def speedup(vanilla: float, method: float) -> float:

@@ -197,9 +197,7 @@ def _plain_strides(
     hit = _probe_in_thread(key)
     if hit is None:  # pragma: no cover - no meta kernel: fall back to the common case
         shape = tuple(x.shape)
-        y_shape = (
-            (shape[0], weight.shape[0], *shape[2:]) if conv else (*shape[:-1], weight.shape[0])
-        )
+        y_shape = _y_shape(shape, weight.shape[0], conv)
         cl = conv and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         fmt = torch.channels_last if cl else torch.contiguous_format
         hit = tuple(
@@ -210,6 +208,11 @@ def _plain_strides(
         _PLAIN_STRIDES.clear()
     _PLAIN_STRIDES[key] = hit
     return hit
+
+
+def _y_shape(shape: tuple[int, ...], cy: int, conv: bool) -> tuple[int, ...]:
+    """The layer's output shape for an input of ``shape``."""
+    return (shape[0], cy, *shape[2:]) if conv else (*shape[:-1], cy)
 
 
 def _probe(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -282,7 +285,7 @@ def executed_macs(
     gx_stride, y_stride = _plain_strides(x, weight, bias, conv)
     # g_y laid out like the layer's output (a 1x1 conv keeps its input's memory format).
     shape = tuple(x.shape)
-    y_shape = (shape[0], weight.shape[0], *shape[2:]) if conv else (*shape[:-1], weight.shape[0])
+    y_shape = _y_shape(shape, weight.shape[0], conv)
     g = torch.empty_strided(y_shape, y_stride, device="meta")
     g_main = g[:, prefix_tokens:] if prefix_tokens else g
     g_src, g_layout = _as_map(g_main, layout)
@@ -380,17 +383,12 @@ class _LBPFunction(torch.autograd.Function):
         fused_back = _fusion in ("compiled", "compiled_back") and proj.impl == "dense" and not extra
         if fused:
             g_hat2, g_sum = _fused_project(proj, g_src, g_layout, need_b)
-        elif prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
-            g_hat, g_sum = (
-                proj._project_prefixed(g_y, extra, True, need_b)
-                if need_b
-                else (proj._project_prefixed(g_y, extra, True, False), None)
-            )
-        elif need_b:
-            g_hat, g_sum = proj.project(g_src, g_layout, grad=True, bias_sum=True)
         else:
-            g_hat, g_sum = proj.project(g_src, g_layout, grad=True), None
-        if not fused:
+            if prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
+                g_hat = proj._project_prefixed(g_y, extra, True, need_b)
+            else:
+                g_hat = proj.project(g_src, g_layout, grad=True, bias_sum=need_b)
+            g_hat, g_sum = g_hat if need_b else (g_hat, None)
             g_hat2 = g_hat.reshape(-1, cy)  # (B * (E +) P*R, Cy)
 
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
