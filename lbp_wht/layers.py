@@ -37,8 +37,6 @@ __all__ = [
     "LBPMixin",
     "LBPPlan",
     "BatchNormGuard",
-    "check_conv1x1",
-    "check_input_features",
     "shell_like",
     "BASES_KEY",
 ]
@@ -47,19 +45,6 @@ __all__ = [
 BASES_KEY = "lbp_bases"
 
 _M = TypeVar("_M", bound=nn.Module)
-
-
-def check_conv1x1(conv: nn.Module, what: str) -> None:
-    """Raise a clear error unless ``conv`` is a plain 1x1 convolution (a per-pixel linear)."""
-    reason = conv1x1_problem(conv)
-    if reason is not None:
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"{what} needs an nn.Conv2d, got {type(conv).__name__}")
-        raise ValueError(
-            f"{what} supports only 1x1 convolutions (stride 1, no padding, groups 1); "
-            f"Conv2d({conv.in_channels}, {conv.out_channels}) has {reason}. "
-            "Leave this layer unconverted (it is not a linear layer over tokens)."
-        )
 
 
 def conv1x1_problem(conv: nn.Module) -> str | None:
@@ -81,19 +66,8 @@ def conv1x1_problem(conv: nn.Module) -> str | None:
     return ", ".join(bad) if bad else None
 
 
-_CONV_ATTRS = (
-    "in_channels",
-    "out_channels",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "transposed",
-    "output_padding",
-    "groups",
-    "padding_mode",
-    "_reversed_padding_repeated_twice",
-)
+_CONV_ATTRS = """in_channels out_channels kernel_size stride padding dilation transposed
+output_padding groups padding_mode _reversed_padding_repeated_twice""".split()
 
 
 def shell_like(cls: type, module: nn.Module) -> nn.Module:
@@ -103,7 +77,15 @@ def shell_like(cls: type, module: nn.Module) -> nn.Module:
     unconverted model load into the converted one. ``cls`` subclasses nn.Linear or nn.Conv2d.
     """
     if issubclass(cls, nn.Conv2d):
-        check_conv1x1(module, cls.__name__)
+        reason = conv1x1_problem(module)
+        if reason is not None and not isinstance(module, nn.Conv2d):
+            raise TypeError(f"{cls.__name__} needs an nn.Conv2d, got {type(module).__name__}")
+        if reason is not None:
+            raise ValueError(
+                f"{cls.__name__} supports only 1x1 convolutions (stride 1, no padding, groups 1); "
+                f"Conv2d({module.in_channels}, {module.out_channels}) has {reason}. "
+                "Leave this layer unconverted (it is not a linear layer over tokens)."
+            )
         attrs = _CONV_ATTRS
     else:
         if not isinstance(module, nn.Linear):
@@ -116,18 +98,6 @@ def shell_like(cls: type, module: nn.Module) -> nn.Module:
     new.weight, new.bias = module.weight, module.bias
     new.train(module.training)
     return new
-
-
-def check_input_features(layer: nn.Module, x: torch.Tensor, what: str, channels_dim: int) -> None:
-    """A clear error when ``x`` does not carry the layer's input features/channels."""
-    expected = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
-    if x.dim() <= max(channels_dim, -channels_dim - 1) or x.shape[channels_dim] != expected:
-        kind = "in_channels" if isinstance(layer, nn.Conv2d) else "in_features"
-        axis = "dim 1" if channels_dim == 1 else "the last dim"
-        raise ValueError(
-            f"{what}: input of shape {tuple(x.shape)} does not have {kind}={expected} in "
-            f"{axis}; is the layer applied to the tensor it was converted for?"
-        )
 
 
 class ConvertedLayer:
@@ -155,7 +125,15 @@ class ConvertedLayer:
         return op(x, self.weight, bias)  # type: ignore[attr-defined]
 
     def _check_features(self, x: torch.Tensor) -> None:
-        check_input_features(self, x, self._what(), 1 if self._conv else -1)
+        """A clear error when ``x`` does not carry the layer's input features/channels."""
+        dim, kind = (1, "in_channels") if self._conv else (-1, "in_features")
+        expected = getattr(self, kind)
+        if x.dim() <= max(dim, -dim - 1) or x.shape[dim] != expected:
+            axis = "dim 1" if dim == 1 else "the last dim"
+            raise ValueError(
+                f"{self._what()}: input of shape {tuple(x.shape)} does not have {kind}="
+                f"{expected} in {axis}; is the layer applied to the tensor it was converted for?"
+            )
 
     def _what(self) -> str:
         return f"{type(self).__name__} {tuple(self.weight.shape)}"  # type: ignore[attr-defined]
