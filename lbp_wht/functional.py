@@ -280,7 +280,7 @@ def executed_macs(
         return (e + lr) * (e + full), (e + lr) * (e + full), e + full, (e + full) * (e + lr)
     main = x[:, prefix_tokens:] if prefix_tokens else x
     src, src_layout = _as_map(main, layout)
-    px = p._macs(p.impl, p._read_mode(src, src_layout), False, False)
+    px = p.gemm_macs(p._read_mode(src, src_layout))
     conv = layout == "nchw"
     gx_stride, y_stride = _plain_strides(x, weight, bias, conv)
     # g_y laid out like the layer's output (a 1x1 conv keeps its input's memory format).
@@ -290,15 +290,15 @@ def executed_macs(
     g_main = g[:, prefix_tokens:] if prefix_tokens else g
     g_src, g_layout = _as_map(g_main, layout)
     mode_g = p._read_mode(g_src, g_layout)
-    pg = p._macs(p.impl, mode_g, False, False)
-    pgb = p._macs(p.impl, mode_g, True, False) - pg
+    pg = p.gemm_macs(mode_g)
+    pgb = p.gemm_macs(mode_g, bias=True) - pg
     gx = torch.empty_strided(shape, gx_stride, device="meta")
     gx_main = gx[:, prefix_tokens:] if prefix_tokens else gx
     if layout == "nhwc":
         gx_main, back = _nhwc_out(gx_main)
     else:
         back = layout
-    rev = p._macs(p.impl, p._write_mode(gx_main, back), False, True)
+    rev = p.gemm_macs(p._write_mode(gx_main, back), reverse=True)
     return px, pg, pgb, rev
 
 

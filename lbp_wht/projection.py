@@ -378,15 +378,21 @@ class WHTProjector:
         )
 
     # ---- the executed work (cost accounting) -------------------------------------------
-    def gemm_macs(self, layout: str = "tokens", *, bias: bool = False, reverse: bool = False):
+    def gemm_macs(
+        self,
+        layout: str = "tokens",
+        *,
+        bias: bool = False,
+        reverse: bool = False,
+        impl: str | None = None,
+    ) -> int:
         """Multiply-adds per image and channel of one :meth:`project` (``bias``: with the
-        bias sum, ``bias_sum=True``) or :meth:`project_back` (``reverse``), as executed on a
-        map read as token rows (``"tokens"``, also a channels-last NCHW map) or channel-major
-        (``"nchw"``, also a transposed token view). ``FlopCounterMode`` counts twice this
-        times batch and channels. An ``int``."""
-        return self._macs(self.impl, layout, bias, reverse)
-
-    def _macs(self, impl: str, layout: str, bias: bool, reverse: bool) -> int:
+        bias sum, ``bias_sum=True``) or :meth:`project_back` (``reverse``), as executed by
+        ``impl`` (default: this projector's) on a map read as token rows (``"tokens"``, also a
+        channels-last NCHW map), channel-major (``"nchw"``, also a transposed token view) or
+        by block sums (``"pool"``, ``"pool_nchw"``; :meth:`_read_mode`). ``FlopCounterMode``
+        counts twice this times batch and channels."""
+        impl = self.impl if impl is None else impl
         ph, pw, r = self.hp // self.order, self.wp // self.order, self.rank
         # block sums (no multiply-adds), then (R, q_i q_j) per patch
         if layout in ("pool", "pool_nchw"):
@@ -423,7 +429,7 @@ class WHTProjector:
         elements read and written, per image and channel, for one projection with the bias
         sum plus one reverse projection on token rows."""
         lr, full = self.low_rank_tokens, self.h * self.w
-        macs = self._macs(impl, "tokens", True, False) + self._macs(impl, "tokens", False, True)
+        macs = self.gemm_macs(bias=True, impl=impl) + self.gemm_macs(reverse=True, impl=impl)
         if impl == "dense":
             moved = 2 * full + 2 * lr
         else:
