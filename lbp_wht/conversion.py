@@ -43,6 +43,7 @@ the original state-dict keys.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatchcase
@@ -342,10 +343,7 @@ class ConversionReport:
         return [r.name for r in self.replaced if method is None or r.method == method]
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.replaced:
-            out[r.new_type] = out.get(r.new_type, 0) + 1
-        return out
+        return dict(Counter(r.new_type for r in self.replaced))
 
     def __str__(self) -> str:
         lines = []

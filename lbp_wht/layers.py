@@ -326,14 +326,6 @@ class LBPMixin(ConvertedLayer):
             except (TypeError, ValueError) as err:
                 error_msgs.append(f"{key}: {err}")
 
-    def lbp_extra_repr(self) -> str:
-        g = self.geometry
-        return (
-            f"lbp={self.lbp_config.describe()}, R={self.num_bases}, order={self.order}, "
-            f"padding={self.lbp_config.padding}, layout={g.layout}, prefix_tokens="
-            f"{g.prefix_tokens}, hw={g.hw}"
-        )
-
     @classmethod
     def from_module(
         cls: type[_M],
@@ -352,7 +344,12 @@ class LBPMixin(ConvertedLayer):
         return self._lbp_apply(x, bias, self._plain)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.lbp_extra_repr()}"  # type: ignore[misc]
+        g = self.geometry
+        return (
+            f"{super().extra_repr()}, lbp={self.lbp_config.describe()}, "  # type: ignore[misc]
+            f"R={self.num_bases}, order={self.order}, padding={self.lbp_config.padding}, "
+            f"layout={g.layout}, prefix_tokens={g.prefix_tokens}, hw={g.hw}"
+        )
 
     # ---- geometry and plan (the public API that cost tracing uses) -------------------------
     def _what(self) -> str:
