@@ -125,11 +125,7 @@ def _recompile_limit():
 
 def _fused_project(proj: WHTProjector, g_src, layout, need_b):
     """``(g_hat rows (B*R, C), bias sum or None)`` by the compiled single-pass kernel."""
-    t = (
-        g_src
-        if layout == "tokens"
-        else g_src.reshape(g_src.shape[0], g_src.shape[1], -1).transpose(1, 2)
-    )
+    t = proj._tokens_view(g_src, layout)
     mat = proj._const("proj_g", t.dtype, t.device)
     with _recompile_limit():
         return _kernel("project")(t, mat, need_b)
