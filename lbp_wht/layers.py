@@ -301,21 +301,12 @@ class LBPMixin(ConvertedLayer):
         if self.bases is not None and self.bases != self.lbp_config.selected_bases:
             destination[prefix + BASES_KEY] = torch.tensor(self.bases, dtype=torch.long)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         key = prefix + BASES_KEY
         saved = state_dict.get(key)
-        super()._load_from_state_dict(  # type: ignore[misc]
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        unexpected_keys, error_msgs = args[3], args[4]
         if key in unexpected_keys:
             unexpected_keys.remove(key)
         if saved is not None:

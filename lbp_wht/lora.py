@@ -116,32 +116,19 @@ class LoRAMixin(ConvertedLayer):
         if self.merged:
             destination[prefix + MERGED_KEY] = torch.tensor(True)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         key = prefix + MERGED_KEY
         names = ("weight", "bias", "lora_A", "lora_B", MERGED_KEY)
         if not any(prefix + n in state_dict for n in names):  # nothing for this layer
-            super()._load_from_state_dict(  # type: ignore[misc]
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                error_msgs,
-            )  # fmt: skip
+            super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
             return
         incoming_merged = bool(state_dict[key]) if key in state_dict else False
         was_merged = self.merged
         self.unmerge()  # so that what is loaded combines with the pure base weight
-        super()._load_from_state_dict(  # type: ignore[misc]
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        if key in unexpected_keys:
-            unexpected_keys.remove(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        if key in args[3]:  # unexpected_keys
+            args[3].remove(key)
         has_weight = prefix + "weight" in state_dict
         if incoming_merged and has_weight:
             self.merged = True  # the loaded weight already holds the adapters
