@@ -259,11 +259,6 @@ class LBPMixin(ConvertedLayer):
         return self.lbp_config.order
 
     @property
-    def select(self) -> str:
-        """The base selection (``lbp_config.selection``)."""
-        return self.lbp_config.selection
-
-    @property
     def prefix_tokens(self) -> int:
         return self.geometry.prefix_tokens
 
