@@ -43,6 +43,7 @@ the original state-dict keys.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatchcase
@@ -52,7 +53,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
-from .adapters import GeometryPlan, plan_geometry, remove_geometry_hooks
+from .adapters import plan_geometry, remove_geometry_hooks
 from .callsite import redirect_call_sites, remove_call_sites
 from .config import (
     HOTConfig,
@@ -342,10 +343,7 @@ class ConversionReport:
         return [r.name for r in self.replaced if method is None or r.method == method]
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.replaced:
-            out[r.new_type] = out.get(r.new_type, 0) + 1
-        return out
+        return dict(Counter(r.new_type for r in self.replaced))
 
     def __str__(self) -> str:
         lines = []
@@ -380,10 +378,6 @@ def _closest(pattern: str, names: Iterable[str], n: int = 5) -> list[str]:
     return close
 
 
-def _is_target(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear | nn.Conv2d)
-
-
 _HEAD_NAMES = (
     "head", "head_dist", "classifier", "fc", "lm_head", "cls_head", "cls_classifier",
     "distillation_classifier",
@@ -410,14 +404,6 @@ def _head_prefixes(model: nn.Module) -> set[str]:
 
 def _under(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def _geometry_plan(model: nn.Module, geometry: str | None) -> GeometryPlan | None:
-    if geometry is None:
-        return None
-    if geometry != "auto":
-        raise ValueError(f"convert: geometry must be 'auto' or None, got {geometry!r}")
-    return plan_geometry(model)
 
 
 #: Where a converted layer's map comes from (``Replacement.map_source``).
@@ -593,7 +579,9 @@ def convert(
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
     parsed = [parse_rule(r, k) for k, r in enumerate(rules)]
     modules = dict(model.named_modules())
-    plan = _geometry_plan(model, geometry)
+    if geometry not in ("auto", None):
+        raise ValueError(f"convert: geometry must be 'auto' or None, got {geometry!r}")
+    plan = plan_geometry(model) if geometry == "auto" else None
     heads = _head_prefixes(model)
     report = ConversionReport()
     planned: dict[str, tuple[Rule, MapGeometry | str | None]] = {}
@@ -603,7 +591,7 @@ def convert(
         hits = [
             n
             for n, m in modules.items()
-            if n and _is_target(m) and (every or fnmatchcase(n, rule.target))
+            if n and isinstance(m, nn.Linear | nn.Conv2d) and (every or fnmatchcase(n, rule.target))
         ]
         found = 0
         for name in hits:

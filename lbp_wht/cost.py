@@ -84,7 +84,6 @@ __all__ = [
     "trace_linear_layers",
     "LinearLayerTracer",
     "model_cost",
-    "summarize",
     "speedup",
 ]
 
@@ -167,6 +166,25 @@ def vanilla_bp_flops(
     return LayerCost(vanilla=mm * (int(need_input_grad) + int(need_weight_grad)))
 
 
+def _projection_macs(
+    tokens: int,
+    rank: int,
+    proj_tokens: int | None,
+    convention: str,
+    proj_macs: tuple[int, int, int, int] | None,
+) -> tuple[float, tuple[int, int, int, int]]:
+    """FLOPs per multiply-add of a projection (1 in Table 1: the bases are +-1; 2 as GEMMs)
+    and the multiply-adds per channel of ``(p(x), p(g_y), bias row, reverse)``: ``L' R`` each
+    (``L'`` for the bias row) unless ``proj_macs`` gives the executed ones ("gemm" only)."""
+    if convention == "table1":
+        per, lp = 1.0, tokens
+    else:
+        per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
+    if proj_macs is not None and convention == "gemm":
+        return per, proj_macs
+    return per, (lp * rank, lp * rank, lp, lp * rank)
+
+
 def lbp_flops(
     cx: int,
     cy: int,
@@ -209,14 +227,7 @@ def lbp_flops(
     if not (need_input_grad or need_weight_grad):
         return LayerCost()
     lr = patches * rank
-    if convention == "table1":
-        per, lp = 1.0, tokens
-    else:
-        per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
-    m_x = m_g = m_rev = lp * rank
-    m_b = lp
-    if proj_macs is not None and convention == "gemm":
-        m_x, m_g, m_b, m_rev = proj_macs
+    per, (m_x, m_g, m_b, m_rev) = _projection_macs(tokens, rank, proj_tokens, convention, proj_macs)
     proj = per * cy * m_g  # p(g_y): always needed
     if need_weight_grad:
         proj += per * cx * m_x  # p(x): only for g_w
@@ -401,13 +412,7 @@ def lbp_lora_flops(
     _check_convention(convention)
     n = patches * rank
     k = lora_rank
-    if convention == "table1":
-        per, lp = 1.0, tokens
-    else:
-        per, lp = 2.0, tokens if proj_tokens is None else proj_tokens
-    m_x = m_g = m_rev = lp * rank
-    if proj_macs is not None and convention == "gemm":  # (p(x), p(g_y), bias row, reverse)
-        m_x, m_g, _, m_rev = proj_macs
+    per, (m_x, m_g, _, m_rev) = _projection_macs(tokens, rank, proj_tokens, convention, proj_macs)
     adapter = 2.0 * n * k * (2 * cy + 2 * cx) + (2.0 * n * k * cx if need_input_grad else 0.0)
     e = extra_tokens
     adapter += 4.0 * e * k * (cx + cy) + (2.0 * e * k * cx if need_input_grad else 0.0)
@@ -535,75 +540,46 @@ def layer_cost(geom: LayerGeometry, convention: str = "table1") -> LayerCost:
     """
     _check_convention(convention)
     nx, nw = geom.need_input_grad, geom.need_weight_grad
+    grads = dict(need_input_grad=nx, need_weight_grad=nw)
     if geom.method in ("lbp", "lbp_lora") and geom.rank is not None:
-        images = geom.tokens // (geom.hw[0] * geom.hw[1] + geom.extra_tokens)
+        hw = geom.hw[0] * geom.hw[1]
+        images = geom.tokens // (hw + geom.extra_tokens)
+        common = dict(
+            patches=geom.patches or 1,
+            proj_tokens=geom.proj_tokens,
+            extra_tokens=geom.extra_tokens,
+            need_input_grad=nx,
+            convention=convention,
+            proj_macs=geom.proj_macs,
+        )
         if geom.method == "lbp":
             one = lbp_flops(
-                geom.cx,
-                geom.cy,
-                geom.hw[0] * geom.hw[1],
-                geom.rank,
-                patches=geom.patches or 1,
-                proj_tokens=geom.proj_tokens,
-                extra_tokens=geom.extra_tokens,
-                need_input_grad=nx,
-                need_weight_grad=nw,
-                bias_row=geom.bias_row,
-                convention=convention,
-                proj_macs=geom.proj_macs,
-            )
+                geom.cx, geom.cy, hw, geom.rank, need_weight_grad=nw, bias_row=geom.bias_row,
+                **common,
+            )  # fmt: skip
         else:
-            one = lbp_lora_flops(
-                geom.cx,
-                geom.cy,
-                geom.hw[0] * geom.hw[1],
-                geom.rank,
-                geom.lora_rank or 0,
-                patches=geom.patches or 1,
-                proj_tokens=geom.proj_tokens,
-                extra_tokens=geom.extra_tokens,
-                need_input_grad=nx,
-                convention=convention,
-                proj_macs=geom.proj_macs,
-            )
+            one = lbp_lora_flops(geom.cx, geom.cy, hw, geom.rank, geom.lora_rank or 0, **common)
         return one.scaled(images)
     if geom.method == "lora_fa":
         return lora_fa_flops(geom.cx, geom.cy, geom.tokens, geom.lora_rank or 0, need_input_grad=nx)
     if geom.method in ("lora", "lbp_lora"):
         return lora_flops(geom.cx, geom.cy, geom.tokens, geom.lora_rank or 0, need_input_grad=nx)
     if geom.method == "velora":
-        return velora_flops(geom.cx, geom.cy, geom.tokens, need_input_grad=nx, need_weight_grad=nw)
+        return velora_flops(geom.cx, geom.cy, geom.tokens, **grads)
     if geom.method == "wta_crs" and geom.kept_rows is not None:
-        return wta_crs_flops(
-            geom.cx, geom.cy, geom.tokens, geom.kept_rows, need_input_grad=nx, need_weight_grad=nw
-        )
+        return wta_crs_flops(geom.cx, geom.cy, geom.tokens, geom.kept_rows, **grads)
     if geom.method == "hot" and geom.options is not None:
-        o = geom.options
+        keys = ("hla_block", "hla_rank", "grad_bits", "hq_block", "blocks")
         return hot_flops(
-            geom.cx,
-            geom.cy,
-            geom.tokens,
-            hla_block=o["hla_block"],
-            hla_rank=o["hla_rank"],
-            grad_bits=o["grad_bits"],
-            hq_block=o["hq_block"],
-            blocks=o["blocks"],
-            need_input_grad=nx,
-            need_weight_grad=nw,
+            geom.cx, geom.cy, geom.tokens, **{k: geom.options[k] for k in keys}, **grads
         )
     if geom.method == "instant" and geom.options is not None:
         o = geom.options
         return instant_flops(
-            geom.cx,
-            geom.cy,
-            geom.tokens,
-            o["rank_x"],
-            o["rank_g"],
-            calibrating=o["calibrating"],
-            need_input_grad=nx,
-            need_weight_grad=nw,
-        )
-    return vanilla_bp_flops(geom.cx, geom.cy, geom.tokens, need_input_grad=nx, need_weight_grad=nw)
+            geom.cx, geom.cy, geom.tokens, o["rank_x"], o["rank_g"],
+            calibrating=o["calibrating"], **grads,
+        )  # fmt: skip
+    return vanilla_bp_flops(geom.cx, geom.cy, geom.tokens, **grads)
 
 
 class LinearLayerTracer:
@@ -669,7 +645,7 @@ class LinearLayerTracer:
             if plan is not None and plan.projector is not None:
                 proj = plan.projector
                 geom.hw, geom.rank, geom.patches = plan.map.hw, proj.rank, proj.num_patches
-                geom.proj_tokens = proj.contracted_tokens
+                geom.proj_tokens = proj.h * proj.w
                 geom.extra_tokens = plan.map.prefix_tokens
                 b = module.bias
                 # Both projection implementations sum the bias gradient in the GEMM that reads
@@ -746,14 +722,6 @@ def model_cost(
             continue
         out[g.name] = layer_cost(g, convention)
     return out
-
-
-def summarize(costs: dict[str, LayerCost]) -> LayerCost:
-    """Sum of :class:`LayerCost` values."""
-    total = LayerCost()
-    for c in costs.values():
-        total = total + c
-    return total
 
 
 def speedup(vanilla: float, method: float) -> float:

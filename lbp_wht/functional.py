@@ -125,11 +125,7 @@ def _recompile_limit():
 
 def _fused_project(proj: WHTProjector, g_src, layout, need_b):
     """``(g_hat rows (B*R, C), bias sum or None)`` by the compiled single-pass kernel."""
-    t = (
-        g_src
-        if layout == "tokens"
-        else g_src.reshape(g_src.shape[0], g_src.shape[1], -1).transpose(1, 2)
-    )
+    t = proj._tokens_view(g_src, layout)
     mat = proj._const("proj_g", t.dtype, t.device)
     with _recompile_limit():
         return _kernel("project")(t, mat, need_b)
@@ -197,9 +193,7 @@ def _plain_strides(
     hit = _probe_in_thread(key)
     if hit is None:  # pragma: no cover - no meta kernel: fall back to the common case
         shape = tuple(x.shape)
-        y_shape = (
-            (shape[0], weight.shape[0], *shape[2:]) if conv else (*shape[:-1], weight.shape[0])
-        )
+        y_shape = _y_shape(shape, weight.shape[0], conv)
         cl = conv and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         fmt = torch.channels_last if cl else torch.contiguous_format
         hit = tuple(
@@ -210,6 +204,11 @@ def _plain_strides(
         _PLAIN_STRIDES.clear()
     _PLAIN_STRIDES[key] = hit
     return hit
+
+
+def _y_shape(shape: tuple[int, ...], cy: int, conv: bool) -> tuple[int, ...]:
+    """The layer's output shape for an input of ``shape``."""
+    return (shape[0], cy, *shape[2:]) if conv else (*shape[:-1], cy)
 
 
 def _probe(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -277,25 +276,25 @@ def executed_macs(
         return (e + lr) * (e + full), (e + lr) * (e + full), e + full, (e + full) * (e + lr)
     main = x[:, prefix_tokens:] if prefix_tokens else x
     src, src_layout = _as_map(main, layout)
-    px = p._macs(p.impl, p._read_mode(src, src_layout), False, False)
+    px = p.gemm_macs(p._read_mode(src, src_layout))
     conv = layout == "nchw"
     gx_stride, y_stride = _plain_strides(x, weight, bias, conv)
     # g_y laid out like the layer's output (a 1x1 conv keeps its input's memory format).
     shape = tuple(x.shape)
-    y_shape = (shape[0], weight.shape[0], *shape[2:]) if conv else (*shape[:-1], weight.shape[0])
+    y_shape = _y_shape(shape, weight.shape[0], conv)
     g = torch.empty_strided(y_shape, y_stride, device="meta")
     g_main = g[:, prefix_tokens:] if prefix_tokens else g
     g_src, g_layout = _as_map(g_main, layout)
     mode_g = p._read_mode(g_src, g_layout)
-    pg = p._macs(p.impl, mode_g, False, False)
-    pgb = p._macs(p.impl, mode_g, True, False) - pg
+    pg = p.gemm_macs(mode_g)
+    pgb = p.gemm_macs(mode_g, bias=True) - pg
     gx = torch.empty_strided(shape, gx_stride, device="meta")
     gx_main = gx[:, prefix_tokens:] if prefix_tokens else gx
     if layout == "nhwc":
         gx_main, back = _nhwc_out(gx_main)
     else:
         back = layout
-    rev = p._macs(p.impl, p._write_mode(gx_main, back), False, True)
+    rev = p.gemm_macs(p._write_mode(gx_main, back), reverse=True)
     return px, pg, pgb, rev
 
 
@@ -380,17 +379,12 @@ class _LBPFunction(torch.autograd.Function):
         fused_back = _fusion in ("compiled", "compiled_back") and proj.impl == "dense" and not extra
         if fused:
             g_hat2, g_sum = _fused_project(proj, g_src, g_layout, need_b)
-        elif prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
-            g_hat, g_sum = (
-                proj._project_prefixed(g_y, extra, True, need_b)
-                if need_b
-                else (proj._project_prefixed(g_y, extra, True, False), None)
-            )
-        elif need_b:
-            g_hat, g_sum = proj.project(g_src, g_layout, grad=True, bias_sum=True)
         else:
-            g_hat, g_sum = proj.project(g_src, g_layout, grad=True), None
-        if not fused:
+            if prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
+                g_hat = proj._project_prefixed(g_y, extra, True, need_b)
+            else:
+                g_hat = proj.project(g_src, g_layout, grad=True, bias_sum=need_b)
+            g_hat, g_sum = g_hat if need_b else (g_hat, None)
             g_hat2 = g_hat.reshape(-1, cy)  # (B * (E +) P*R, Cy)
 
         grad_x = grad_w = grad_b = grad_a = grad_bb = None

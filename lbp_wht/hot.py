@@ -238,5 +238,3 @@ class HOTLinear(HOTMixin, nn.Linear):
 
 class HOTConv2d(HOTMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` variant of :class:`HOTLinear` (rows: the ``B H W`` positions)."""
-
-    _conv = True

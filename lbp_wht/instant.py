@@ -251,5 +251,3 @@ class INSTANTLinear(INSTANTMixin, nn.Linear):
 
 class INSTANTConv2d(INSTANTMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` variant of :class:`INSTANTLinear` (rows: the ``B H W`` positions)."""
-
-    _conv = True

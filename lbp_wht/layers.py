@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -37,8 +37,6 @@ __all__ = [
     "LBPMixin",
     "LBPPlan",
     "BatchNormGuard",
-    "check_conv1x1",
-    "check_input_features",
     "shell_like",
     "BASES_KEY",
 ]
@@ -46,18 +44,7 @@ __all__ = [
 #: State-dict key suffix of bases set after construction (LHE).
 BASES_KEY = "lbp_bases"
 
-
-def check_conv1x1(conv: nn.Module, what: str) -> None:
-    """Raise a clear error unless ``conv`` is a plain 1x1 convolution (a per-pixel linear)."""
-    reason = conv1x1_problem(conv)
-    if reason is not None:
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"{what} needs an nn.Conv2d, got {type(conv).__name__}")
-        raise ValueError(
-            f"{what} supports only 1x1 convolutions (stride 1, no padding, groups 1); "
-            f"Conv2d({conv.in_channels}, {conv.out_channels}) has {reason}. "
-            "Leave this layer unconverted (it is not a linear layer over tokens)."
-        )
+_M = TypeVar("_M", bound=nn.Module)
 
 
 def conv1x1_problem(conv: nn.Module) -> str | None:
@@ -79,19 +66,8 @@ def conv1x1_problem(conv: nn.Module) -> str | None:
     return ", ".join(bad) if bad else None
 
 
-_CONV_ATTRS = (
-    "in_channels",
-    "out_channels",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "transposed",
-    "output_padding",
-    "groups",
-    "padding_mode",
-    "_reversed_padding_repeated_twice",
-)
+_CONV_ATTRS = """in_channels out_channels kernel_size stride padding dilation transposed
+output_padding groups padding_mode _reversed_padding_repeated_twice""".split()
 
 
 def shell_like(cls: type, module: nn.Module) -> nn.Module:
@@ -101,7 +77,15 @@ def shell_like(cls: type, module: nn.Module) -> nn.Module:
     unconverted model load into the converted one. ``cls`` subclasses nn.Linear or nn.Conv2d.
     """
     if issubclass(cls, nn.Conv2d):
-        check_conv1x1(module, cls.__name__)
+        reason = conv1x1_problem(module)
+        if reason is not None and not isinstance(module, nn.Conv2d):
+            raise TypeError(f"{cls.__name__} needs an nn.Conv2d, got {type(module).__name__}")
+        if reason is not None:
+            raise ValueError(
+                f"{cls.__name__} supports only 1x1 convolutions (stride 1, no padding, groups 1); "
+                f"Conv2d({module.in_channels}, {module.out_channels}) has {reason}. "
+                "Leave this layer unconverted (it is not a linear layer over tokens)."
+            )
         attrs = _CONV_ATTRS
     else:
         if not isinstance(module, nn.Linear):
@@ -114,18 +98,6 @@ def shell_like(cls: type, module: nn.Module) -> nn.Module:
     new.weight, new.bias = module.weight, module.bias
     new.train(module.training)
     return new
-
-
-def check_input_features(layer: nn.Module, x: torch.Tensor, what: str, channels_dim: int) -> None:
-    """A clear error when ``x`` does not carry the layer's input features/channels."""
-    expected = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
-    if x.dim() <= max(channels_dim, -channels_dim - 1) or x.shape[channels_dim] != expected:
-        kind = "in_channels" if isinstance(layer, nn.Conv2d) else "in_features"
-        axis = "dim 1" if channels_dim == 1 else "the last dim"
-        raise ValueError(
-            f"{what}: input of shape {tuple(x.shape)} does not have {kind}={expected} in "
-            f"{axis}; is the layer applied to the tensor it was converted for?"
-        )
 
 
 class ConvertedLayer:
@@ -141,6 +113,30 @@ class ConvertedLayer:
     """
 
     converted_calls: int = 0
+
+    @property
+    def _conv(self) -> bool:
+        """A 1x1 convolution over NCHW maps (else a linear layer over the last dim)."""
+        return isinstance(self, nn.Conv2d)
+
+    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The unconverted operation with ``bias``."""
+        op = F.conv2d if self._conv else F.linear
+        return op(x, self.weight, bias)  # type: ignore[attr-defined]
+
+    def _check_features(self, x: torch.Tensor) -> None:
+        """A clear error when ``x`` does not carry the layer's input features/channels."""
+        dim, kind = (1, "in_channels") if self._conv else (-1, "in_features")
+        expected = getattr(self, kind)
+        if x.dim() <= max(dim, -dim - 1) or x.shape[dim] != expected:
+            axis = "dim 1" if dim == 1 else "the last dim"
+            raise ValueError(
+                f"{self._what()}: input of shape {tuple(x.shape)} does not have {kind}="
+                f"{expected} in {axis}; is the layer applied to the tensor it was converted for?"
+            )
+
+    def _what(self) -> str:
+        return f"{type(self).__name__} {tuple(self.weight.shape)}"  # type: ignore[attr-defined]
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -215,8 +211,6 @@ class LBPMixin(ConvertedLayer):
         batchnorm_guard: a :class:`BatchNormGuard` shared by the model's LBP layers, or None.
     """
 
-    _conv = False
-
     def _init_lbp(self, config: LBPConfig | None, geometry: MapGeometry | None) -> None:
         config = LBPConfig() if config is None else config
         geometry = MapGeometry() if geometry is None else geometry
@@ -265,11 +259,6 @@ class LBPMixin(ConvertedLayer):
         return self.lbp_config.order
 
     @property
-    def select(self) -> str:
-        """The base selection (``lbp_config.selection``)."""
-        return self.lbp_config.selection
-
-    @property
     def prefix_tokens(self) -> int:
         return self.geometry.prefix_tokens
 
@@ -307,21 +296,12 @@ class LBPMixin(ConvertedLayer):
         if self.bases is not None and self.bases != self.lbp_config.selected_bases:
             destination[prefix + BASES_KEY] = torch.tensor(self.bases, dtype=torch.long)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         key = prefix + BASES_KEY
         saved = state_dict.get(key)
-        super()._load_from_state_dict(  # type: ignore[misc]
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        unexpected_keys, error_msgs = args[3], args[4]
         if key in unexpected_keys:
             unexpected_keys.remove(key)
         if saved is not None:
@@ -332,12 +312,29 @@ class LBPMixin(ConvertedLayer):
             except (TypeError, ValueError) as err:
                 error_msgs.append(f"{key}: {err}")
 
-    def lbp_extra_repr(self) -> str:
+    @classmethod
+    def from_module(
+        cls: type[_M],
+        module: nn.Module,
+        config: LBPConfig | None = None,
+        *,
+        geometry: MapGeometry | None = None,
+    ) -> _M:
+        """Wrap ``module`` (an nn.Linear, or a 1x1 nn.Conv2d for the conv classes) sharing its
+        weight and bias (same state-dict keys)."""
+        new: Any = shell_like(cls, module)
+        new._init_lbp(config, geometry)
+        return new
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._lbp_apply(x, bias, self._plain)
+
+    def extra_repr(self) -> str:
         g = self.geometry
         return (
-            f"lbp={self.lbp_config.describe()}, R={self.num_bases}, order={self.order}, "
-            f"padding={self.lbp_config.padding}, layout={g.layout}, prefix_tokens="
-            f"{g.prefix_tokens}, hw={g.hw}"
+            f"{super().extra_repr()}, lbp={self.lbp_config.describe()}, "  # type: ignore[misc]
+            f"R={self.num_bases}, order={self.order}, padding={self.lbp_config.padding}, "
+            f"layout={g.layout}, prefix_tokens={g.prefix_tokens}, hw={g.hw}"
         )
 
     # ---- geometry and plan (the public API that cost tracing uses) -------------------------
@@ -377,9 +374,6 @@ class LBPMixin(ConvertedLayer):
         return LBPPlan(m, None if self.bases is None else self.projector_for(m.hw))
 
     # ---- forward --------------------------------------------------------------------------
-    def _check_features(self, x: torch.Tensor) -> None:
-        check_input_features(self, x, self._what(), 1 if self._conv else -1)
-
     def _record(self, g_y: torch.Tensor, m: ResolvedMap) -> None:
         from .functional import _as_map
 
@@ -499,33 +493,9 @@ class LBPLinear(LBPMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_lbp(config, geometry)
 
-    @classmethod
-    def from_module(
-        cls,
-        module: nn.Linear,
-        config: LBPConfig | None = None,
-        *,
-        geometry: MapGeometry | None = None,
-    ) -> LBPLinear:
-        """Wrap ``module`` sharing its weight and bias (same state-dict keys)."""
-        new = shell_like(cls, module)
-        new._init_lbp(config, geometry)
-        return new
-
-    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, self.weight, bias)
-
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self._lbp_apply(x, bias, self._plain)
-
-    def extra_repr(self) -> str:
-        return f"{nn.Linear.extra_repr(self)}, {self.lbp_extra_repr()}"
-
 
 class LBPConv2d(LBPMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` (NCHW) whose backward uses LBP-WHT; any other kernel is an error."""
-
-    _conv = True
 
     def __init__(
         self,
@@ -542,25 +512,3 @@ class LBPConv2d(LBPMixin, nn.Conv2d):
             self, in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype
         )
         self._init_lbp(config, geometry)
-
-    @classmethod
-    def from_module(
-        cls,
-        module: nn.Conv2d,
-        config: LBPConfig | None = None,
-        *,
-        geometry: MapGeometry | None = None,
-    ) -> LBPConv2d:
-        """Wrap the 1x1 conv ``module`` sharing its weight and bias (same state-dict keys)."""
-        new = shell_like(cls, module)
-        new._init_lbp(config, geometry)
-        return new
-
-    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, self.weight, bias)
-
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self._lbp_apply(x, bias, self._plain)
-
-    def extra_repr(self) -> str:
-        return f"{nn.Conv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

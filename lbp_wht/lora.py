@@ -14,6 +14,7 @@ only) always combine with the pure base weight.
 from __future__ import annotations
 
 import math
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from .config import LBPConfig, LoRAConfig
 from .geometry import MapGeometry
-from .layers import ConvertedLayer, LBPMixin, check_input_features, shell_like
+from .layers import ConvertedLayer, LBPMixin, shell_like
 
 __all__ = [
     "LoRALinear",
@@ -35,11 +36,12 @@ __all__ = [
 #: State-dict key suffix present (True) only on merged LoRA layers.
 MERGED_KEY = "lora_merged"
 
+_L = TypeVar("_L", bound=nn.Module)
+
 
 class LoRAMixin(ConvertedLayer):
     """Adapter parameters, dropout and merging, shared by the linear and the 1x1-conv variant."""
 
-    _conv = False
     #: parameters :func:`lbp_wht.freeze` keeps frozen whatever the patterns say
     FROZEN: tuple[str, ...] = ("weight", "bias")
 
@@ -91,13 +93,19 @@ class LoRAMixin(ConvertedLayer):
             return self.scaling * F.conv2d(t, self.lora_B.view(cy, k, 1, 1))
         return self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
-    def _base(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self._conv:
-            return F.conv2d(x, self.weight, bias)
-        return F.linear(x, self.weight, bias)
+    @classmethod
+    def from_module(cls: type[_L], module: nn.Module, config: LoRAConfig | None = None) -> _L:
+        """Wrap ``module`` (sharing weight and bias) and add adapters ``lora_A``/``lora_B``."""
+        new = shell_like(cls, module)
+        new._init_lora(config)  # type: ignore[attr-defined]
+        return new
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        self._check_features(x)
+        return self._lora_forward(x, bias)
 
     def _lora_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = self._base(x, bias)
+        y = self._plain(x, bias)
         if self.merged:
             return y
         self.converted_calls += 1
@@ -108,32 +116,19 @@ class LoRAMixin(ConvertedLayer):
         if self.merged:
             destination[prefix + MERGED_KEY] = torch.tensor(True)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         key = prefix + MERGED_KEY
         names = ("weight", "bias", "lora_A", "lora_B", MERGED_KEY)
         if not any(prefix + n in state_dict for n in names):  # nothing for this layer
-            super()._load_from_state_dict(  # type: ignore[misc]
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                error_msgs,
-            )  # fmt: skip
+            super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
             return
         incoming_merged = bool(state_dict[key]) if key in state_dict else False
         was_merged = self.merged
         self.unmerge()  # so that what is loaded combines with the pure base weight
-        super()._load_from_state_dict(  # type: ignore[misc]
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        if key in unexpected_keys:
-            unexpected_keys.remove(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        if key in args[3]:  # unexpected_keys
+            args[3].remove(key)
         has_weight = prefix + "weight" in state_dict
         if incoming_merged and has_weight:
             self.merged = True  # the loaded weight already holds the adapters
@@ -143,6 +138,9 @@ class LoRAMixin(ConvertedLayer):
     def lora_extra_repr(self) -> str:
         c = self.lora_config
         return f"lora_rank={c.rank}, lora_alpha={c.alpha:g}, dropout={c.dropout:g}, merged={self.merged}"
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.lora_extra_repr()}"  # type: ignore[misc]
 
 
 class LoRALinear(LoRAMixin, nn.Linear):
@@ -161,25 +159,9 @@ class LoRALinear(LoRAMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_lora(config)
 
-    @classmethod
-    def from_module(cls, module: nn.Linear, config: LoRAConfig | None = None) -> LoRALinear:
-        """Wrap ``module`` (sharing weight and bias) and add adapters ``lora_A``/``lora_B``."""
-        new = shell_like(cls, module)
-        new._init_lora(config)
-        return new
-
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", -1)
-        return self._lora_forward(x, bias)
-
-    def extra_repr(self) -> str:
-        return f"{nn.Linear.extra_repr(self)}, {self.lora_extra_repr()}"
-
 
 class LoRAConv2d(LoRAMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` with a trainable low-rank adapter (the hybrid models' "linear" layers)."""
-
-    _conv = True
 
     def __init__(
         self,
@@ -196,37 +178,8 @@ class LoRAConv2d(LoRAMixin, nn.Conv2d):
         )
         self._init_lora(config)
 
-    @classmethod
-    def from_module(cls, module: nn.Conv2d, config: LoRAConfig | None = None) -> LoRAConv2d:
-        new = shell_like(cls, module)
-        new._init_lora(config)
-        return new
 
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", 1)
-        return self._lora_forward(x, bias)
-
-    def extra_repr(self) -> str:
-        return f"{nn.Conv2d.extra_repr(self)}, {self.lora_extra_repr()}"
-
-
-def _init_lbp_lora(
-    layer: nn.Module,
-    config: LBPConfig | None,
-    lora: LoRAConfig | None,
-    geometry: MapGeometry | None,
-) -> None:
-    layer._init_lora(lora)
-    if layer.lora_config.dropout:
-        raise ValueError(
-            f"{type(layer).__name__}: LoRA dropout={layer.lora_config.dropout} cannot be "
-            "combined with LBP-WHT backward (the elementwise dropout mask has no low-rank "
-            "form); use dropout=0 (as in the paper's Table 6) or method='lora'"
-        )
-    layer._init_lbp(config, geometry)
-
-
-class LBPLoRALinear(LBPMixin, LoRALinear):
+class _LBPLoRAMixin(LBPMixin):
     """LoRA adapters trained with LBP-WHT backward (paper Table 6, "LP_L1-r + LoRA-all").
 
     The frozen weight is never updated; ``g_x`` and the adapters' gradients are computed from
@@ -235,56 +188,37 @@ class LBPLoRALinear(LBPMixin, LoRALinear):
 
     @classmethod
     def from_module(  # type: ignore[override]
-        cls,
-        module: nn.Linear,
+        cls: type[_L],
+        module: nn.Module,
         config: LBPConfig | None = None,
         lora: LoRAConfig | None = None,
         *,
         geometry: MapGeometry | None = None,
-    ) -> LBPLoRALinear:
-        new = shell_like(cls, module)
-        _init_lbp_lora(new, config, lora, geometry)
+    ) -> _L:
+        new: Any = shell_like(cls, module)
+        new._init_lora(lora)
+        if new.lora_config.dropout:
+            raise ValueError(
+                f"{cls.__name__}: LoRA dropout={new.lora_config.dropout} cannot be "
+                "combined with LBP-WHT backward (the elementwise dropout mask has no low-rank "
+                "form); use dropout=0 (as in the paper's Table 6) or method='lora'"
+            )
+        new._init_lbp(config, geometry)
         return new
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.merged:
+        if self.merged:  # type: ignore[attr-defined]
             self._check_features(x)
-            return self._base(x, bias)
+            return self._plain(x, bias)
         return self._lbp_apply(
-            x, bias, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B,
-            scaling=self.scaling,
+            x, bias, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B,  # type: ignore[attr-defined]
+            scaling=self.scaling,  # type: ignore[attr-defined]
         )  # fmt: skip
 
-    def extra_repr(self) -> str:
-        return f"{LoRALinear.extra_repr(self)}, {self.lbp_extra_repr()}"
+
+class LBPLoRALinear(_LBPLoRAMixin, LoRALinear):
+    """LoRA adapters on an ``nn.Linear`` trained with LBP-WHT backward (Table 6)."""
 
 
-class LBPLoRAConv2d(LBPMixin, LoRAConv2d):
+class LBPLoRAConv2d(_LBPLoRAMixin, LoRAConv2d):
     """1x1-conv variant of :class:`LBPLoRALinear`."""
-
-    _conv = True
-
-    @classmethod
-    def from_module(  # type: ignore[override]
-        cls,
-        module: nn.Conv2d,
-        config: LBPConfig | None = None,
-        lora: LoRAConfig | None = None,
-        *,
-        geometry: MapGeometry | None = None,
-    ) -> LBPLoRAConv2d:
-        new = shell_like(cls, module)
-        _init_lbp_lora(new, config, lora, geometry)
-        return new
-
-    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.merged:
-            self._check_features(x)
-            return self._base(x, bias)
-        return self._lbp_apply(
-            x, bias, self._lora_forward, lora_a=self.lora_A, lora_b=self.lora_B,
-            scaling=self.scaling,
-        )  # fmt: skip
-
-    def extra_repr(self) -> str:
-        return f"{LoRAConv2d.extra_repr(self)}, {self.lbp_extra_repr()}"

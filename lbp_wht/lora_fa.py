@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from .config import LoRAConfig, LoRAFAConfig
-from .layers import check_input_features
 from .lora import LoRAConv2d, LoRALinear, LoRAMixin
 from .rowwise import PlainShell, method_config, to_rows
 
@@ -85,8 +84,7 @@ class LoRAFAMixin(PlainShell, LoRAMixin):
         self.lora_A.requires_grad_(False)
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        dim = 1 if self._conv else -1
-        check_input_features(self, x, f"{type(self).__name__} {tuple(self.weight.shape)}", dim)
+        self._check_features(x)
         if self.merged or not (self.training and torch.is_grad_enabled()):
             return self._lora_forward(x, bias)
         trainable = [n for n in ("weight", "lora_A") if getattr(self, n).requires_grad]
@@ -114,5 +112,3 @@ class LoRAFALinear(LoRAFAMixin, LoRALinear):
 
 class LoRAFAConv2d(LoRAFAMixin, LoRAConv2d):
     """1x1 ``nn.Conv2d`` with a LoRA-FA adapter."""
-
-    _conv = True

@@ -60,7 +60,6 @@ __all__ = [
     "ElementwiseCounter",
     "default_loss",
     "trainable_parameters",
-    "module_saved_bytes",
     "flop_counter",
     "ModuleAttribution",
 ]
@@ -324,62 +323,17 @@ class SavedTensorTracker:
 
 # ------------------------------------------------------------------------------------------
 # Ops that move or create data without floating-point arithmetic (not counted as elementwise).
-_DATA_MOVEMENT = {
-    "clone",
-    "copy",
-    "copy_",
-    "_to_copy",
-    "to",
-    "cat",
-    "stack",
-    "index_select",
-    "index",
-    "index_put",
-    "index_put_",
-    "gather",
-    "scatter",
-    "scatter_",
-    "constant_pad_nd",
-    "reflection_pad2d",
-    "replication_pad2d",
-    "new_zeros",
-    "new_empty",
-    "new_empty_strided",
-    "new_ones",
-    "zeros",
-    "zeros_like",
-    "ones",
-    "ones_like",
-    "empty",
-    "empty_like",
-    "empty_strided",
-    "full",
-    "full_like",
-    "fill",
-    "fill_",
-    "zero_",
-    "arange",
-    "lift_fresh",
-    "lift_fresh_copy",
-    "contiguous",
-    "_unsafe_view",
-    "clamp_min_",
-    "masked_fill",
-    "masked_fill_",
-    "where",
-    "roll",
-    "flip",
-    "repeat",
-    "select_backward",
-    "slice_backward",
-    "as_strided_scatter",
-    "detach",
-    "alias",
-    "bernoulli_",
-    "native_dropout",
-    "_local_scalar_dense",
-    "embedding",
-}
+_DATA_MOVEMENT = set(
+    """
+    clone copy copy_ _to_copy to cat stack index_select index index_put index_put_ gather
+    scatter scatter_ constant_pad_nd reflection_pad2d replication_pad2d new_zeros
+    new_empty new_empty_strided new_ones zeros zeros_like ones ones_like empty empty_like
+    empty_strided full full_like fill fill_ zero_ arange lift_fresh lift_fresh_copy
+    contiguous _unsafe_view clamp_min_ masked_fill masked_fill_ where roll flip repeat
+    select_backward slice_backward as_strided_scatter detach alias bernoulli_
+    native_dropout _local_scalar_dense embedding
+    """.split()
+)
 
 
 class ElementwiseCounter(TorchDispatchMode):
@@ -492,18 +446,10 @@ class StepMeasurement:
         """
         b = self.batch
         d = self.as_dict()
-        for k in (
-            "forward_flops",
-            "forward_nograd_flops",
-            "backward_flops",
-            "forward_extra_flops",
-            "backprop_flops",
-            "forward_elementwise",
-            "backward_elementwise",
-            "forward_nograd_elementwise",
-            "saved_activation_bytes",
-            "int_macs",
-        ):
+        scaled = """forward_flops forward_nograd_flops backward_flops forward_extra_flops
+        backprop_flops forward_elementwise backward_elementwise forward_nograd_elementwise
+        saved_activation_bytes int_macs""".split()
+        for k in scaled:
             d[k] = d[k] / b
         for k in ("backward_by_op", "forward_by_op", "backward_elementwise_by_op"):
             d[k] = {op: v / b for op, v in d[k].items()}
@@ -518,6 +464,10 @@ class StepMeasurement:
 def _by_op(counter: FlopCounterMode) -> dict[str, int]:
     glob = counter.get_flop_counts().get("Global", {})
     return {str(op).split(".")[-1]: int(v) for op, v in glob.items()}
+
+
+def _maybe(ctx: Any) -> Any:
+    return contextlib.nullcontext() if ctx is None else ctx
 
 
 def _sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -598,12 +548,8 @@ def measure_step(
     fwd_nograd = None
     if differs:
         with torch.no_grad():
-            with flop_counter() as c0, ModuleAttribution(model) as a0:
-                if nograd_ew is not None:
-                    with nograd_ew:
-                        fwd(model, inputs)
-                else:
-                    fwd(model, inputs)
+            with flop_counter() as c0, ModuleAttribution(model) as a0, _maybe(nograd_ew):
+                fwd(model, inputs)
         fwd_nograd = int(c0.get_total_flops())
         fwd_nograd_mod = {n: v["fwd"] for n, v in a0.flops.items()}
 
@@ -616,26 +562,18 @@ def measure_step(
     ew_f = ElementwiseCounter() if elementwise else None
     ew_b = ElementwiseCounter() if elementwise else None
     tracker = SavedTensorTracker(model)
-    ctx = forward_context if forward_context is not None else contextlib.nullcontext()
+    ctx = _maybe(forward_context)
     attribution = ModuleAttribution(model)
     from .hot import count_int_macs
 
     with flop_counter() as counter, attribution, count_int_macs() as int_macs:
-        with tracker, ctx:
-            if ew_f is not None:
-                with ew_f:
-                    out = fwd(model, inputs)
-                    loss = lossf(out)
-            else:
-                out = fwd(model, inputs)
-                loss = lossf(out)
+        with tracker, ctx, _maybe(ew_f):
+            out = fwd(model, inputs)
+            loss = lossf(out)
         fwd_total = int(counter.get_total_flops())
         fwd_ops = _by_op(counter)
         attribution.phase = "bwd"
-        if ew_b is not None:
-            with ew_b:
-                loss.backward()
-        else:
+        with _maybe(ew_b):
             loss.backward()
     total = int(counter.get_total_flops())
     all_ops = _by_op(counter)
@@ -711,14 +649,4 @@ def measure_step(
         seconds=time.perf_counter() - t0,
         notes=notes,
         int_macs=int_total,
-    )
-
-
-def module_saved_bytes(m: StepMeasurement, names: Iterable[str]) -> int:
-    """Saved activation bytes attributed to ``names`` or their children."""
-    names = list(names)
-    return sum(
-        v
-        for mod, v in m.saved_by_module.items()
-        if any(mod == n or mod.startswith(n + ".") for n in names)
     )

@@ -371,12 +371,6 @@ class WHTProjector:
         """``P * R``: the token count of the low-rank space."""
         return self.num_patches * self.rank
 
-    @property
-    def contracted_tokens(self) -> int:
-        """Kept for callers of the previous API: the map tokens ``H * W`` a projection reads.
-        The multiply-adds each implementation executes are given by :meth:`gemm_macs`."""
-        return self.h * self.w
-
     def __repr__(self) -> str:
         return (
             f"WHTProjector(hw=({self.h}, {self.w}), order={self.order}, R={self.rank}, "
@@ -384,15 +378,21 @@ class WHTProjector:
         )
 
     # ---- the executed work (cost accounting) -------------------------------------------
-    def gemm_macs(self, layout: str = "tokens", *, bias: bool = False, reverse: bool = False):
+    def gemm_macs(
+        self,
+        layout: str = "tokens",
+        *,
+        bias: bool = False,
+        reverse: bool = False,
+        impl: str | None = None,
+    ) -> int:
         """Multiply-adds per image and channel of one :meth:`project` (``bias``: with the
-        bias sum, ``bias_sum=True``) or :meth:`project_back` (``reverse``), as executed on a
-        map read as token rows (``"tokens"``, also a channels-last NCHW map) or channel-major
-        (``"nchw"``, also a transposed token view). ``FlopCounterMode`` counts twice this
-        times batch and channels. An ``int``."""
-        return self._macs(self.impl, layout, bias, reverse)
-
-    def _macs(self, impl: str, layout: str, bias: bool, reverse: bool) -> int:
+        bias sum, ``bias_sum=True``) or :meth:`project_back` (``reverse``), as executed by
+        ``impl`` (default: this projector's) on a map read as token rows (``"tokens"``, also a
+        channels-last NCHW map), channel-major (``"nchw"``, also a transposed token view) or
+        by block sums (``"pool"``, ``"pool_nchw"``; :meth:`_read_mode`). ``FlopCounterMode``
+        counts twice this times batch and channels."""
+        impl = self.impl if impl is None else impl
         ph, pw, r = self.hp // self.order, self.wp // self.order, self.rank
         # block sums (no multiply-adds), then (R, q_i q_j) per patch
         if layout in ("pool", "pool_nchw"):
@@ -429,7 +429,7 @@ class WHTProjector:
         elements read and written, per image and channel, for one projection with the bias
         sum plus one reverse projection on token rows."""
         lr, full = self.low_rank_tokens, self.h * self.w
-        macs = self._macs(impl, "tokens", True, False) + self._macs(impl, "tokens", False, True)
+        macs = self.gemm_macs(bias=True, impl=impl) + self.gemm_macs(reverse=True, impl=impl)
         if impl == "dense":
             moved = 2 * full + 2 * lr
         else:
@@ -873,18 +873,8 @@ class WHTProjector:
         return self._project_rows(view, grad, bias_sum)
 
     def _project_dense(self, t, grad, bias_sum):
-        name = (
-            "proj"
-            + ("_" if grad or bias_sum else "")
-            + ("g" if grad else "")
-            + ("b" if bias_sum else "")
-        )
-        mat = self._const(name, t.dtype, t.device)  # (P*R (+1), L)
-        out = self._left_mm(mat, t)  # (B, P*R (+1), C)
-        if not bias_sum:
-            return out
-        total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
-        return out[:, :-1], total
+        mat = self._const(_proj_name(grad, bias_sum), t.dtype, t.device)  # (P*R (+1), L)
+        return _split_bias(self._left_mm(mat, t), bias_sum)  # (B, P*R (+1), C)
 
     def _project_rows(self, x3, grad, bias_sum):
         """Separable projection of token rows ``x3`` ``(B, H, W*C)``.
@@ -971,17 +961,8 @@ class WHTProjector:
     def _project_prefixed(self, t: torch.Tensor, extra: int, grad: bool, bias_sum: bool):
         """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (prefix rows unchanged, the map
         projected; ``grad`` scales only the map rows), with the bias sum over all tokens."""
-        name = (
-            "proj"
-            + ("_" if grad or bias_sum else "")
-            + ("g" if grad else "")
-            + ("b" if bias_sum else "")
-        )
-        out = self._left_mm(self._prefixed(name, extra, t.dtype, t.device), t)
-        if not bias_sum:
-            return out
-        total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
-        return out[:, :-1], total
+        mat = self._prefixed(_proj_name(grad, bias_sum), extra, t.dtype, t.device)
+        return _split_bias(self._left_mm(mat, t), bias_sum)
 
     def _back_prefixed(self, z: torch.Tensor, extra: int, out: torch.Tensor) -> torch.Tensor:
         """Dense: ``(B, E + P*R, C)`` -> ``out`` ``(B, E + L, C)`` (token rows) in one GEMM."""
@@ -1097,6 +1078,21 @@ class WHTProjector:
         walsh = basis_matrix([(i, j) for i in range(n) for j in range(n)], n).to(g.device)
         coef = torch.einsum("bpuqvc,uvk->bpqkc", patches, walsh.reshape(n, n, n * n))
         return (coef.pow(2).sum(dim=(0, 1, 2, 4)) / (n * n)).reshape(n, n)
+
+
+def _proj_name(grad: bool, bias_sum: bool) -> str:
+    """The dense projection matrix: ``proj``, ``proj_g`` (1/n^2), ``proj_b`` / ``proj_gb``
+    (an all-ones row for the bias sum)."""
+    return "proj" + ("_" if grad or bias_sum else "") + "g" * grad + "b" * bias_sum
+
+
+def _split_bias(out: torch.Tensor, bias_sum: bool):
+    """``out`` ``(B, K (+1), C)`` of a dense GEMM -> itself, or (the rows, the all-ones row
+    summed over the batch) with ``bias_sum``."""
+    if not bias_sum:
+        return out
+    total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
+    return out[:, :-1], total
 
 
 def _weighted_slices(x: torch.Tensor, dim: int, lo: int, coefs: Sequence[float]) -> torch.Tensor:

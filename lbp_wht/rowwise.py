@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ConvertedLayer, check_input_features, shell_like
+from .layers import ConvertedLayer, shell_like
 
 __all__ = [
     "InputCodec",
@@ -107,8 +107,6 @@ class PlainShell:
     constructor (or, with :meth:`from_module`, the weight and bias Parameters of an existing
     module), then ``_init_method(config)``, which the method defines."""
 
-    _conv = False
-
     def __init__(
         self,
         in_features: int,
@@ -152,16 +150,9 @@ class RowwiseMixin(PlainShell, ConvertedLayer):
     def method_repr(self) -> str:
         return ""
 
-    def _plain(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self._conv:
-            return F.conv2d(x, self.weight, bias)  # type: ignore[attr-defined]
-        return F.linear(x, self.weight, bias)  # type: ignore[attr-defined]
-
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         w = self.weight  # type: ignore[attr-defined]
-        check_input_features(
-            self, x, f"{type(self).__name__} {tuple(w.shape)}", 1 if self._conv else -1
-        )
+        self._check_features(x)
         if not (self.training and torch.is_grad_enabled()):  # type: ignore[attr-defined]
             return self._plain(x, bias)
         self.converted_calls += 1
@@ -169,5 +160,4 @@ class RowwiseMixin(PlainShell, ConvertedLayer):
         return back(self._rows(rows, w.view(w.shape[0], w.shape[1]), bias))
 
     def extra_repr(self) -> str:
-        base = nn.Conv2d.extra_repr(self) if self._conv else nn.Linear.extra_repr(self)  # type: ignore[arg-type]
-        return f"{base}, {self.method_repr()}"
+        return f"{super().extra_repr()}, {self.method_repr()}"  # type: ignore[misc]

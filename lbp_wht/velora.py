@@ -107,5 +107,3 @@ class VeLoRALinear(VeLoRAMixin, nn.Linear):
 
 class VeLoRAConv2d(VeLoRAMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` variant of :class:`VeLoRALinear` (sub-tokens over channels)."""
-
-    _conv = True

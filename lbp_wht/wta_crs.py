@@ -114,5 +114,3 @@ class WTACRSLinear(WTACRSMixin, nn.Linear):
 
 class WTACRSConv2d(WTACRSMixin, nn.Conv2d):
     """1x1 ``nn.Conv2d`` variant of :class:`WTACRSLinear` (rows: the ``B H W`` positions)."""
-
-    _conv = True

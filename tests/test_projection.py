@@ -361,7 +361,7 @@ def test_block_sum_path_is_exact(hw, padding, pool, batch):
                 assert mode == "pool", (layout, x.stride())
             with FlopCounterMode(display=False) as fc:
                 p.project(x, layout, bias_sum=True)
-            assert fc.get_total_flops() == 2 * batch * c * p._macs(p.impl, mode, True, False)
+            assert fc.get_total_flops() == 2 * batch * c * p.gemm_macs(mode, bias=True)
         z = torch.randn(batch, p.low_rank_tokens, c, dtype=DT)
         want = dense.project_back(z)
         for layout, out in [
@@ -374,4 +374,4 @@ def test_block_sum_path_is_exact(hw, padding, pool, batch):
             tok = out if layout == "tokens" else out.flatten(2).transpose(1, 2)
             torch.testing.assert_close(tok, want)
             mode = p._write_mode(out, layout)
-            assert fc.get_total_flops() == 2 * batch * c * p._macs(p.impl, mode, False, True)
+            assert fc.get_total_flops() == 2 * batch * c * p.gemm_macs(mode, reverse=True)
