@@ -108,8 +108,7 @@ def _rows_grid(
     grid, i, j = _decode(rows[:, prefix:])
     if not bool((grid == grid[:, :1]).all()):
         return "its tokens come from maps of different sizes"
-    i = i - i[:, :1]
-    j = j - j[:, :1]
+    i, j = i - i[:, :1], j - j[:, :1]
     if not (bool((i == i[:1]).all()) and bool((j == j[:1]).all())):
         return "its sequences are laid out differently (no common map)"
     ii, jj = i[0], j[0]
@@ -153,14 +152,15 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
             map: reflect padding would repeat its few tokens over the whole patch).
     """
     shape = tuple(shadow.shape)
+    if conv and shadow.dim() != 4:
+        return f"its input {shape} is not an NCHW map"
+    if not conv and shadow.dim() < 3:
+        return f"its input {shape} has no token axis (pooled features)"
+    problem = _channel_problem(shadow, 1 if conv else -1)
+    if problem:
+        return problem
     if conv:
-        if shadow.dim() != 4:
-            return f"its input {shape} is not an NCHW map"
-        problem = _channel_problem(shadow, 1)
-        if problem:
-            return problem
-        rows = shadow[:, 0].reshape(shape[0], -1)
-        got = _rows_grid(rows)
+        got = _rows_grid(shadow[:, 0].reshape(shape[0], -1))
         if isinstance(got, str):
             return got
         prefix, hw, perm = got
@@ -168,11 +168,6 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
             return f"its NCHW input {shape} is not one {shape[2]}x{shape[3]} map"
         res = ResolvedMap(hw, 0, "nchw")
     else:
-        if shadow.dim() < 3:
-            return f"its input {shape} has no token axis (pooled features)"
-        problem = _channel_problem(shadow, -1)
-        if problem:
-            return problem
         tok = shadow[..., 0]
         res = None
         if shadow.dim() == 4:  # (B, H, W, C): both middle axes together may be the map
@@ -184,8 +179,7 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
             if isinstance(got, str):
                 return got
             res = ResolvedMap(got[1], got[0], "tokens", shape[:-2], got[2])
-    small = order // 2
-    if min(res.hw) < small:
+    if min(res.hw) < order // 2:
         return (
             f"its map is {res.hw[0]}x{res.hw[1]}, smaller than half an {order}x{order} patch "
             "(e.g. pooled): reflect padding would repeat its tokens across the patch"
@@ -320,21 +314,20 @@ class _Tracer(TorchFunctionMode):
         hits = [self.weights[id(t)] for t in flat_in if id(t) in self.weights]
         if not hits:
             return
-        layer = hits[0]
         inner = self.stack[-1] if self.stack else None
-        parent = None if inner == layer else inner
-        if parent is None and name not in ("linear", "conv2d"):
+        if inner in (None, hits[0]) and name not in ("linear", "conv2d"):
             return  # the layer's own forward touching its weight (casts, shape checks)
         weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        if name in ("linear", "conv2d") and id(weight) in self.weights:
-            layer = self.weights[id(weight)]
-            parent = None if inner == layer else inner
+        layer = self.weights.get(id(weight)) if name in ("linear", "conv2d") else None
+        if layer is not None:
             x = args[0] if args else kwargs["input"]
             shadow = self.get(x)
             geo = map_of(shadow, conv=name == "conv2d", order=0) if shadow is not None else None
             geo = "its input does not come from the image" if geo is None else geo
-            call = LayerCall(geo, parent, name, tuple(x.shape))
+            call = LayerCall(geo, None if inner == layer else inner, name, tuple(x.shape))
         else:
+            layer = hits[0]
+            parent = None if inner == layer else inner
             call = LayerCall(f"its weight is read by {name!r}", parent or "?", name, ())
         self.calls.setdefault(layer, []).append(call)
 
@@ -603,12 +596,9 @@ def _pad(s: torch.Tensor, pad: list[int]) -> torch.Tensor:
             s = s.narrow(d, -min(before, 0), s.shape[d] + min(before, 0) + min(after, 0))
             before, after = max(before, 0), max(after, 0)
         if before or after:
-            shape = list(s.shape)
-            parts = []
-            for m in (before, after):
-                shape[d] = m
-                parts.append(_full(shape, PAD))
-            s = torch.cat([parts[0], s, parts[1]], dim=d)
+            lead, tail = s.shape[:d], s.shape[d + 1 :]
+            edge = [_full((*lead, m, *tail), PAD) for m in (before, after)]
+            s = torch.cat([edge[0], s, edge[1]], dim=d)
     return s
 
 
