@@ -30,7 +30,7 @@ transformers ViT / DeiT     encoder layers: tokens with 1 class token (+1 distil
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -46,12 +46,10 @@ MAP_SIZE_ATTR = "_lbp_map_size"
 class GeometryPlan:
     """Geometry per qualified module name, map sources, and the hooks that feed them."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self) -> None:
         self.layers: dict[str, MapGeometry | str] = {}
         self.sources: dict[str, MapSource] = {}
         self.hooks: list[tuple[nn.Module, Callable[..., None]]] = []
-        self.families: list[str] = []
 
     def set(self, name: str, geometry: MapGeometry | str, source: MapSource | None = None) -> None:
         self.layers[name] = geometry
@@ -77,10 +75,7 @@ class GeometryPlan:
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    for v in (*args, *kwargs.values()):
-        if isinstance(v, torch.Tensor):
-            return v
-    return None
+    return next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
 
 
 # Hooks are module-level functions that write to the hooked module (no closures), so a
@@ -113,12 +108,23 @@ def _is(module: nn.Module, package: str, *names: str) -> bool:
     return cls.__module__.startswith(package) and cls.__name__ in names
 
 
-def _linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear | nn.Conv2d)
-
-
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _layers(
+    root: str, m: nn.Module, kind: type | tuple = (nn.Linear, nn.Conv2d)
+) -> Iterator[tuple[str, str]]:
+    """``(name relative to m, qualified name)`` of the ``kind`` layers strictly inside ``m``."""
+    for name, sub in m.named_modules():
+        if name and isinstance(sub, kind):
+            yield name, _join(root, name)
+
+
+def _patch_grid(plan: GeometryPlan, pe: nn.Module, pe_name: str, what: str) -> MapSource:
+    """A source of the patch grid of each input of patch embedding ``pe`` (hooked)."""
+    plan.hook(pe, _record_patch_grid)
+    return MapSource(pe, MAP_SIZE_ATTR, f"{pe_name} (patch grid of {what})")
 
 
 # ---- timm ViT-like ---------------------------------------------------------------------------
@@ -143,13 +149,10 @@ def _timm_vit_like(model: nn.Module, plan: GeometryPlan) -> None:
         if any(isinstance(getattr(m, a, None), nn.Module) for a in _LATE_CLASS_TOKEN):
             prefix = 0
         pe_name = _join(root, "patch_embed")
-        source = MapSource(pe, MAP_SIZE_ATTR, f"{pe_name} (patch grid of the input)")
-        plan.hook(pe, _record_patch_grid)
-        plan.families.append(f"timm {type(m).__name__} at {root or '<model>'}")
+        source = _patch_grid(plan, pe, pe_name, "the input")
         blocks_name = _join(root, "blocks")
-        for name, sub in m.named_modules():
-            full = _join(root, name)
-            if not name or not _linear_like(sub) or full in plan.layers:
+        for _, full in _layers(root, m):
+            if full in plan.layers:
                 continue
             if full.startswith(blocks_name + "."):
                 plan.set(full, MapGeometry("tokens", prefix), source)
@@ -167,43 +170,29 @@ _SWIN_BLOCKS = ("SwinTransformerBlock", "SwinTransformerV2Block")
 
 
 def _timm_swin(model: nn.Module, plan: GeometryPlan) -> None:
-    found = False
     for root, m in model.named_modules():
         if _is(m, "timm.models.swin_transformer", *_SWIN_BLOCKS) and hasattr(m, "window_size"):
-            found = True
             window = MapSource(m, "window_size", f"{root}.window_size (one attention window)")
             stage_map = MapSource(m, MAP_SIZE_ATTR, f"{root} input map (B, H, W, C)")
             plan.hook(m, _record_nhwc_size)
-            for name, sub in m.named_modules():
-                if not _linear_like(sub) or not name:
-                    continue
-                full = _join(root, name)
+            for name, full in _layers(root, m):
                 if name.startswith("attn."):
                     plan.set(full, MapGeometry("tokens", 0), window)
                 elif name.startswith("mlp."):
                     plan.set(full, MapGeometry("tokens", 0), stage_map)
         elif _is(m, "timm.models.swin_transformer", "PatchMerging"):
-            found = True
-            for name, sub in m.named_modules():
-                if isinstance(sub, nn.Linear):
-                    plan.set(_join(root, name), MapGeometry("nhwc"))
-    if found:
-        plan.families.append("timm Swin")
+            for _, full in _layers(root, m, nn.Linear):
+                plan.set(full, MapGeometry("nhwc"))
 
 
 # ---- timm ConvNeXt ---------------------------------------------------------------------------
 def _timm_convnext(model: nn.Module, plan: GeometryPlan) -> None:
-    found = False
     for root, m in model.named_modules():
-        if not _is(m, "timm.models.convnext", "ConvNeXtBlock"):
-            continue
-        found = True
-        nhwc = not getattr(m, "use_conv_mlp", False)
-        for name, sub in m.named_modules():
-            if name.startswith("mlp.") and _linear_like(sub):
-                plan.set(_join(root, name), MapGeometry("nhwc" if nhwc else "auto"))
-    if found:
-        plan.families.append("timm ConvNeXt")
+        if _is(m, "timm.models.convnext", "ConvNeXtBlock"):
+            layout = "auto" if getattr(m, "use_conv_mlp", False) else "nhwc"
+            for name, full in _layers(root, m):
+                if name.startswith("mlp."):
+                    plan.set(full, MapGeometry(layout))
 
 
 # ---- timm MobileViTv2 ------------------------------------------------------------------------
@@ -211,11 +200,10 @@ def _timm_mobilevitv2(model: nn.Module, plan: GeometryPlan) -> None:
     for root, m in model.named_modules():
         if not _is(m, "timm.models.mobilevit", "MobileVitV2Block"):
             continue
-        plan.families.append("timm MobileViTv2")
-        for name, sub in m.named_modules():
-            if name.startswith("transformer.") and _linear_like(sub):
+        for name, full in _layers(root, m):
+            if name.startswith("transformer."):
                 plan.set(
-                    _join(root, name),
+                    full,
                     "MobileViTv2 LinearTransformerBlock input is unfolded patches (B, C, P, N), "
                     "not a spatial map",
                 )
@@ -241,13 +229,9 @@ def _hf_vit(model: nn.Module, plan: GeometryPlan) -> None:
         reg = getattr(emb, "register_tokens", None)
         if isinstance(reg, torch.Tensor):
             prefix += int(reg.shape[1])
-        pe_name = _join(_join(root, "embeddings"), "patch_embeddings")
-        source = MapSource(pe, MAP_SIZE_ATTR, f"{pe_name} (patch grid of pixel_values)")
-        plan.hook(pe, _record_patch_grid)
-        plan.families.append(f"transformers {type(m).__name__} at {root or '<model>'}")
-        for name, sub in m.named_modules():
-            full = _join(root, name)
-            if not name or not _linear_like(sub) or full in plan.layers:
+        source = _patch_grid(plan, pe, _join(root, "embeddings.patch_embeddings"), "pixel_values")
+        for name, full in _layers(root, m):
+            if full in plan.layers:
                 continue
             if name.startswith("embeddings."):
                 plan.set(full, "patch embedding (transformers ViT)")
@@ -269,7 +253,7 @@ ADAPTERS: tuple[Callable[[nn.Module, GeometryPlan], None], ...] = (
 
 def plan_geometry(model: nn.Module) -> GeometryPlan:
     """Run every adapter over ``model``; layers of unknown families get no entry."""
-    plan = GeometryPlan(model)
+    plan = GeometryPlan()
     for adapter in ADAPTERS:
         adapter(model, plan)
     return plan

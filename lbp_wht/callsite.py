@@ -49,11 +49,8 @@ class _Redirect(TorchFunctionMode):
 
 
 def _enter(module: nn.Module, args: Any) -> None:
-    layers = {}
-    for rel in getattr(module, ATTR, ()):
-        layer = module.get_submodule(rel)
-        layers[id(layer.weight)] = layer
-    mode = _Redirect(layers)
+    layers = [module.get_submodule(rel) for rel in getattr(module, ATTR, ())]
+    mode = _Redirect({id(layer.weight): layer for layer in layers})
     mode.__enter__()
     module.__dict__.setdefault(_MODES, []).append(mode)
 

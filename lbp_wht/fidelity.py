@@ -49,33 +49,15 @@ from .layers import LBPMixin
 from .projection import WHTProjector
 
 __all__ = [
-    "Selection",
-    "default_selections",
-    "capture_gradients",
-    "layer_type",
-    "energy_share",
-    "cosine",
-    "relative_error",
-    "gradient_fidelity",
-    "rule_fidelity",
-    "FIELDS",
-]
+    "Selection", "default_selections", "capture_gradients", "layer_type", "energy_share",
+    "cosine", "relative_error", "gradient_fidelity", "rule_fidelity", "FIELDS",
+]  # fmt: skip
 
 #: Columns of a fidelity row (:func:`gradient_fidelity`), in CSV order.
 FIELDS = (
-    "layer",
-    "layer_type",
-    "selection",
-    "family",
-    "param",
-    "num_bases",
-    "padding",
-    "cos_gw",
-    "relerr_gw",
-    "cos_gx",
-    "relerr_gx",
-    "energy_share",
-)
+    "layer", "layer_type", "selection", "family", "param", "num_bases", "padding", "cos_gw",
+    "relerr_gw", "cos_gx", "relerr_gx", "energy_share",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,9 +89,7 @@ class Selection:
 
     @property
     def num_bases(self) -> int:
-        if self.family == "lhe":
-            return self.param
-        return len(select_bases(self.family, radius=self.param, order=self.order))
+        return self.param if self.family == "lhe" else len(self.bases())
 
     def bases(self, energy: torch.Tensor | None = None) -> list[tuple[int, int]]:
         """The kept ``(i, j)``; LHE needs the layer's ``(order, order)`` energy spectrum."""
@@ -208,12 +188,8 @@ def capture_gradients(
                     y.register_hook(lambda g, r=rec: r.__setitem__("g_y", g.detach().clone()))
                 )
 
-        handles.extend(
-            [
-                modules[name].register_forward_pre_hook(pre),
-                modules[name].register_forward_hook(post),
-            ]
-        )
+        handles.append(modules[name].register_forward_pre_hook(pre))
+        handles.append(modules[name].register_forward_hook(post))
     try:
         loss_fn(model).backward()
     finally:
@@ -323,20 +299,14 @@ def gradient_fidelity(
         )  # fmt: skip
         got = capture_gradients(conv, layers, loss_fn)
         for name in layers:
-            e, g = exact[name], got[name]
             rows.append(
                 dict(
-                    layer=name,
-                    layer_type=kinds[name],
-                    selection=sel.label,
-                    family=sel.family,
-                    param=sel.param,
-                    num_bases=sel.num_bases,
-                    padding=sel.padding,
-                    **gradient_errors(g, e),
+                    layer=name, layer_type=kinds[name], selection=sel.label, family=sel.family,
+                    param=sel.param, num_bases=sel.num_bases, padding=sel.padding,
+                    **gradient_errors(got[name], exact[name]),
                     energy_share=energy_share(spectra[(name, sel.padding)], bases[name]),
                 )
-            )
+            )  # fmt: skip
     return rows
 
 
@@ -375,13 +345,6 @@ def rule_fidelity(
         torch.manual_seed(seed)
         got = capture_gradients(conv, layers, loss_fn)
         for name in layers:
-            e, g = exact[name], got[name]
-            rows.append(
-                dict(
-                    layer=name,
-                    layer_type=kinds[name],
-                    method=label,
-                    **gradient_errors(g, e),
-                )
-            )
+            errors = gradient_errors(got[name], exact[name])
+            rows.append(dict(layer=name, layer_type=kinds[name], method=label, **errors))
     return rows

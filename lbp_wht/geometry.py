@@ -13,15 +13,12 @@ nhwc      ``(B, H, W, C)``        linears on channels-last maps (ConvNeXt MLP, S
 nchw      ``(B, C, H, W)``        1x1 convolutions
 ========  ======================  ==========================================================
 
-:func:`lbp_wht.convert` decides each layer's geometry before it returns (from the rule, a
-model-family adapter of :mod:`lbp_wht.adapters`, or a dry forward, :mod:`lbp_wht.tracing`), so
-a converted layer's map size comes from a fixed ``hw`` or a :class:`MapSource` that follows the
-input size. A 1x1 convolution's input is a map by construction. Only a layer built by hand with
-neither ``hw`` nor a source reads a square token count as a square map (the caller declared it
-a map; give ``hw`` for anything else). A 4-D input to a linear layer is an error unless the layer was declared
-``layout="nhwc"`` (channels-last map) or ``layout="tokens"`` (leading dims are batch-like,
-e.g. ``(B, windows, tokens, C)``); a token count that fits no map is an error. Every error names
-the layer, the shape and the option that fixes it.
+:func:`lbp_wht.convert` fixes each layer's geometry before it returns (from the rule, a
+family adapter, :mod:`lbp_wht.adapters`, or a dry forward, :mod:`lbp_wht.tracing`): a fixed
+``hw`` or a :class:`MapSource` that follows the input size. Only a layer built by hand with
+neither reads a square token count as a square map. A 4-D input to a linear layer needs
+``layout="nhwc"`` or ``"tokens"``; every ambiguous case is an error that names the layer, the
+shape and the option that fixes it.
 """
 
 from __future__ import annotations
@@ -89,7 +86,7 @@ class MapGeometry:
             order = tuple(int(v) for v in self.token_order)
             if sorted(order) != list(range(len(order))):
                 raise ValueError("token_order must be a permutation of 0 .. L-1")
-            if self.layout == "nhwc" or self.layout == "nchw":
+            if self.layout in ("nhwc", "nchw"):
                 raise ValueError(f"token_order needs token input, not layout {self.layout!r}")
             object.__setattr__(self, "token_order", order)
 
@@ -178,10 +175,6 @@ class ResolvedMap:
     order: tuple[int, ...] | None = None  # see MapGeometry.token_order
 
 
-def _shape(x: torch.Tensor) -> tuple[int, ...]:
-    return tuple(int(s) for s in x.shape)
-
-
 def resolve_map(
     x: torch.Tensor,
     geometry: MapGeometry,
@@ -199,28 +192,20 @@ def resolve_map(
         what: the layer's name and type, for error messages.
         source: dynamic map size (see :class:`MapSource`).
     """
-    shape = _shape(x)
-    if conv:
+    shape = tuple(int(s) for s in x.shape)
+    layout = "nchw" if conv else geometry.layout
+    if conv or layout == "nhwc":  # a linear layer declared "nchw" reads tokens
         if x.dim() != 4:
-            raise ValueError(f"{what} expects an NCHW map (B, C, H, W), got shape {shape}")
-        hw = (shape[2], shape[3])
+            expects = "expects an NCHW map (B, C, H, W)"
+            if not conv:
+                expects = "was declared layout='nhwc' and expects (B, H, W, C)"
+            raise ValueError(f"{what} {expects}, got shape {shape}")
+        hw = shape[2:] if conv else shape[1:3]
         if geometry.hw is not None and geometry.hw != hw:
             raise ValueError(
                 f"{what}: input {shape} is a {hw} map but the layer has hw={geometry.hw}"
             )
-        return ResolvedMap(hw, 0, "nchw")
-    layout = geometry.layout
-    if layout == "nhwc":
-        if x.dim() != 4:
-            raise ValueError(
-                f"{what} was declared layout='nhwc' and expects (B, H, W, C), got shape {shape}"
-            )
-        hw = (shape[1], shape[2])
-        if geometry.hw is not None and geometry.hw != hw:
-            raise ValueError(
-                f"{what}: input {shape} is a {hw} map but the layer has hw={geometry.hw}"
-            )
-        return ResolvedMap(hw, 0, "nhwc")
+        return ResolvedMap(hw, 0, layout)
     if x.dim() < 3:
         raise ValueError(
             f"{what} needs token input (B, L, C) to project over the token map, got shape "

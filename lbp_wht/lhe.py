@@ -76,7 +76,6 @@ class LHEProfiler:
         self.steps: dict[str, int] = {}
         self._seen: dict[str, tuple[torch.Tensor | None, int]] = {}
         self.iterations = 0
-        self.active = False
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -87,12 +86,10 @@ class LHEProfiler:
             m.reset_spectrum()
             m.record_spectrum = True
         self._seen = {}
-        self.active = True
 
     def stop(self) -> None:
         for m in self.layers.values():
             m.record_spectrum = False
-        self.active = False
 
     def sync(self, reduce: Reduce | None = None, *, count: bool = True) -> None:
         """Add what the layers recorded since the last sync to the totals; with ``count``
@@ -111,12 +108,14 @@ class LHEProfiler:
         new = torch.zeros(len(names), n * n + 1, dtype=torch.float64)
         for k, name in enumerate(names):
             m = self.layers[name]
-            seen_e, seen_s = self._seen.get(name, (None, 0))
+            seen_steps = self._seen.get(name, (None, 0))[1]
             if m.spectrum_energy is not None:
-                e = m.spectrum_energy.reshape(-1).double()
-                new[k, :-1] = e if seen_e is None else e - seen_e
-                self._seen[name] = (e.clone(), m.spectrum_steps)
-            new[k, -1] = float(m.spectrum_steps - seen_s)
+                new[k, :-1] = self._unsynced(name)
+                self._seen[name] = (
+                    m.spectrum_energy.reshape(-1).double().clone(),
+                    m.spectrum_steps,
+                )
+            new[k, -1] = float(m.spectrum_steps - seen_steps)
         if reduce is not None:
             new = reduce(new)
         for k, name in enumerate(names):
@@ -124,17 +123,19 @@ class LHEProfiler:
             self.energy[name] = self.energy[name] + add if name in self.energy else add.clone()
             self.steps[name] = self.steps.get(name, 0) + int(new[k, -1].item())
 
+    def _unsynced(self, name: str) -> torch.Tensor:
+        """What layer ``name`` recorded since the last sync, flat float64."""
+        e = self.layers[name].spectrum_energy.reshape(-1).double()
+        seen = self._seen.get(name, (None, 0))[0]
+        return e if seen is None else e - seen
+
     def energies(self) -> dict[str, torch.Tensor]:
         """Totals plus anything recorded since the last sync, ``(n, n)`` float64 per layer."""
         out = {}
         for name, m in self.layers.items():
             e = self.energy.get(name)
-            seen_e, _ = self._seen.get(name, (None, 0))
             if m.spectrum_energy is not None:
-                local = m.spectrum_energy.double().reshape(-1)
-                if seen_e is not None:
-                    local = local - seen_e
-                local = local.reshape(m.order, m.order)
+                local = self._unsynced(name).reshape(m.order, m.order)
                 e = local if e is None else e + local
             out[name] = torch.zeros(m.order, m.order, dtype=torch.float64) if e is None else e
         return out

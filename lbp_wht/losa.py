@@ -43,15 +43,10 @@ with ``W_cd (r, C)``, ``W_cu (C, r)``, ``W_td (r, N)``, ``W_tu (N, r)``. The up-
 down-projections get no gradient (like LoRA's ``A`` with ``B = 0``) and the output
 projections do.
 
-Where the LoSA paper is silent, the choices here are (also in ``docs/PAPER_NOTES.md``,
-"Beyond the paper: LoSA"):
-the correction form above (zero start); LayerNorm before each mixer; GELU; biases in all
-four projections; one rank ``r`` for both mixers and for the width changes ``P_i`` (the
-paper's ViTs have one width); taps and output given by the caller (the presets use the blocks of a
-model's last stage, where the token count is constant, and the backbone's final feature as
-the output); NCHW maps flattened row-major, the correction reshaped back to the output's
-layout. The token mixer fixes ``N``, so an adapted model only takes inputs of the size it was
-built for.
+Where the LoSA paper is silent (correction form, LayerNorms, GELU, biases, one rank, taps and
+output, NCHW layouts), the choices are listed in ``docs/PAPER_NOTES.md``, "Beyond the paper:
+LoSA". The token mixer fixes ``N``: an adapted model only takes inputs of the size it was built
+for.
 
 Use::
 
@@ -76,15 +71,9 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "LowRankMixer",
-    "LowRankMap",
-    "LoSA",
-    "attach_losa",
-    "detach_losa",
-    "find_blocks",
-    "as_tokens",
-    "DEFAULT_RANK",
-]
+    "LowRankMixer", "LowRankMap", "LoSA", "attach_losa", "detach_losa", "find_blocks",
+    "as_tokens", "DEFAULT_RANK",
+]  # fmt: skip
 
 #: Rank of the mixers' bottlenecks when none is given (the LoRA baselines' rank).
 DEFAULT_RANK = 8
@@ -122,13 +111,9 @@ class LowRankMap(nn.Sequential):
 
 class LowRankMixer(nn.Module):
     """``f(x) = u + t``: a rank-``r`` channel mixer ``u``, then a rank-``r`` token mixer ``t``
-    on ``x + u`` (equations in the module docstring). Input and output ``(B, N, C)``.
-
-    Args:
-        tokens: N, the token count the token mixer mixes.
-        channels: C.
-        rank: r, the bottleneck of both mixers.
-        zero_init: output projections at zero (``f = 0`` until they train).
+    on ``x + u`` (equations in the module docstring). Input and output ``(B, N, C)``: ``tokens``
+    N, ``channels`` C, ``rank`` r of both bottlenecks; ``zero_init``: output projections at zero
+    (``f = 0`` until they train).
     """
 
     def __init__(self, tokens: int, channels: int, rank: int, zero_init: bool = True) -> None:
@@ -166,14 +151,8 @@ class LowRankMixer(nn.Module):
 
 class LoSA(nn.Module):
     """The side network: one :class:`LowRankMixer` per tap, width transitions, and the hooks
-    that feed it (see the module docstring for the equations).
-
-    Args:
-        tokens: N, shared by every tap and the output.
-        tap_channels: ``C_1 .. C_L``.
-        out_channels: ``C_o`` of the output feature.
-        rank: r of every mixer.
-        zero_init: output projections at zero (the adapted model starts as the frozen one).
+    that feed it (equations in the module docstring): ``tokens`` N shared by every tap and the
+    output, ``tap_channels`` ``C_1 .. C_L``, ``out_channels`` ``C_o``, ``rank`` r of every mixer.
 
     :meth:`forward` maps the tap features (tokens or maps, detached by the caller or not) to the
     correction ``P_o c_L``, ``(B, N, C_o)``. The hooks installed by :func:`attach_losa` call it
@@ -216,15 +195,10 @@ class LoSA(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(feats) != len(self.mixers):
             raise ValueError(f"LoSA has {len(self.mixers)} taps, got {len(feats)} features")
-        c: torch.Tensor | None = None
-        for i, (b, mixer, trans) in enumerate(zip(feats, self.mixers, self.transitions)):
-            b = as_tokens(b, f"tap {i}")
-            if c is None:  # c_0 = 0: the first step is f_1(b_1)
-                c = mixer(b)
-            else:
-                c = trans(c)
-                c = c + mixer(c + b)
-        assert c is not None
+        c = self.mixers[0](as_tokens(feats[0], "tap 0"))  # c_0 = 0: the first step is f_1(b_1)
+        for i in range(1, len(feats)):
+            c = self.transitions[i](c)
+            c = c + self.mixers[i](c + as_tokens(feats[i], f"tap {i}"))
         return self.out_transition(c)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -244,14 +218,13 @@ class LoSA(nn.Module):
         self._feats[i] = out.detach() if isinstance(out, torch.Tensor) else out
 
     def _output_hook(self, module: nn.Module, args: Any, out: Any) -> torch.Tensor:
-        missing = [self.tap_names[i] for i, f in enumerate(self._feats) if f is None]
+        feats, self._feats = self._feats, [None] * len(self.mixers)
+        missing = [self.tap_names[i] for i, f in enumerate(feats) if f is None]
         if missing:
-            self._feats = [None] * len(self.mixers)
             raise RuntimeError(
                 f"LoSA: the output module {self.output_name!r} ran before the taps {missing} "
                 "in this forward (are the taps blocks that run before it?)"
             )
-        feats, self._feats = self._feats, [None] * len(self.mixers)
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"LoSA: the output module {self.output_name!r} returned a "
@@ -403,18 +376,10 @@ def attach_losa(
             f"LoSA: the taps and the output must share one token count (the token mixer mixes a "
             f"fixed N); got {counts}. Tap the blocks of one stage."
         )
-    side = LoSA(
-        next(iter(counts.values())),
-        [tok[n][2] for n in blocks],
-        tok[output][2],
-        rank,
-        zero_init,
-    )
-    try:
-        ref = next(model.parameters())
+    side = LoSA(counts[output], [tok[n][2] for n in blocks], tok[output][2], rank, zero_init)
+    ref = next(model.parameters(), None)
+    if ref is not None:
         side.to(device=ref.device, dtype=ref.dtype)
-    except StopIteration:
-        pass
     model.add_module(name, side)
     side.tap_names, side.output_name = blocks, output
     side._feats = [None] * len(blocks)

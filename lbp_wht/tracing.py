@@ -50,20 +50,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .geometry import ResolvedMap
 
 __all__ = [
-    "PAD",
-    "LayerCall",
-    "LayerTrace",
-    "trace_layers",
-    "map_of",
-    "example_from_model",
-    "call_model",
-    "example_spec",
-    "example_from_spec",
-    "preserved",
-    "NONE",
-    "MIXED",
-    "PAIR",
-]
+    "PAD", "LayerCall", "LayerTrace", "trace_layers", "map_of", "example_from_model",
+    "call_model", "example_spec", "example_from_spec", "preserved", "NONE", "MIXED", "PAIR",
+]  # fmt: skip
 
 NONE = -1
 MIXED = -2
@@ -76,6 +65,10 @@ _OFF = 1 << (_POS - 1)  # coordinates are stored offset, so padding can extend a
 #: At most this many distinct positions may share one token's channel axis (a patch-merging
 #: layer concatenates a 2x2 group of tokens; token-mixing layers carry whole rows).
 MAX_GROUP = 16
+
+
+def _full(shape: Any, tag: int) -> torch.Tensor:
+    return torch.full(shape, tag, dtype=torch.long)
 
 
 def _tag(grid: int, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -115,8 +108,7 @@ def _rows_grid(
     grid, i, j = _decode(rows[:, prefix:])
     if not bool((grid == grid[:, :1]).all()):
         return "its tokens come from maps of different sizes"
-    i = i - i[:, :1]
-    j = j - j[:, :1]
+    i, j = i - i[:, :1], j - j[:, :1]
     if not (bool((i == i[:1]).all()) and bool((j == j[:1]).all())):
         return "its sequences are laid out differently (no common map)"
     ii, jj = i[0], j[0]
@@ -160,14 +152,15 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
             map: reflect padding would repeat its few tokens over the whole patch).
     """
     shape = tuple(shadow.shape)
+    if conv and shadow.dim() != 4:
+        return f"its input {shape} is not an NCHW map"
+    if not conv and shadow.dim() < 3:
+        return f"its input {shape} has no token axis (pooled features)"
+    problem = _channel_problem(shadow, 1 if conv else -1)
+    if problem:
+        return problem
     if conv:
-        if shadow.dim() != 4:
-            return f"its input {shape} is not an NCHW map"
-        problem = _channel_problem(shadow, 1)
-        if problem:
-            return problem
-        rows = shadow[:, 0].reshape(shape[0], -1)
-        got = _rows_grid(rows)
+        got = _rows_grid(shadow[:, 0].reshape(shape[0], -1))
         if isinstance(got, str):
             return got
         prefix, hw, perm = got
@@ -175,11 +168,6 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
             return f"its NCHW input {shape} is not one {shape[2]}x{shape[3]} map"
         res = ResolvedMap(hw, 0, "nchw")
     else:
-        if shadow.dim() < 3:
-            return f"its input {shape} has no token axis (pooled features)"
-        problem = _channel_problem(shadow, -1)
-        if problem:
-            return problem
         tok = shadow[..., 0]
         res = None
         if shadow.dim() == 4:  # (B, H, W, C): both middle axes together may be the map
@@ -191,8 +179,7 @@ def map_of(shadow: torch.Tensor, *, conv: bool, order: int = 8) -> ResolvedMap |
             if isinstance(got, str):
                 return got
             res = ResolvedMap(got[1], got[0], "tokens", shape[:-2], got[2])
-    small = order // 2
-    if min(res.hw) < small:
+    if min(res.hw) < order // 2:
         return (
             f"its map is {res.hw[0]}x{res.hw[1]}, smaller than half an {order}x{order} patch "
             "(e.g. pooled): reflect padding would repeat its tokens across the patch"
@@ -295,16 +282,12 @@ class _Tracer(TorchFunctionMode):
         j = torch.arange(w).view(1, w)
         return _tag(gid, i, j).expand(shape)
 
-    def tag_input(self, x: torch.Tensor) -> None:
-        if _is_data(x) and x.dim() == 4:
-            self.shadows[x] = self.grid_tags(tuple(x.shape))
-
     def get(self, t: Any) -> torch.Tensor | None:
         return self.shadows.get(t) if isinstance(t, torch.Tensor) else None
 
     def shadow_or_none(self, t: torch.Tensor) -> torch.Tensor:
         s = self.get(t)
-        return s if s is not None else torch.full(t.shape, NONE, dtype=torch.long)
+        return s if s is not None else _full(t.shape, NONE)
 
     # -- dispatch
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -324,30 +307,27 @@ class _Tracer(TorchFunctionMode):
         except Exception:  # noqa: BLE001 - an op the rules do not cover: positions are lost
             for t in flat_out:
                 if _is_data(t):
-                    self.shadows[t] = torch.full(t.shape, MIXED, dtype=torch.long)
+                    self.shadows[t] = _full(t.shape, MIXED)
         return out
 
     def _note_weights(self, name: str, args: tuple, kwargs: dict, flat_in: list) -> None:
         hits = [self.weights[id(t)] for t in flat_in if id(t) in self.weights]
         if not hits:
             return
-        layer = hits[0]
         inner = self.stack[-1] if self.stack else None
-        parent = None if inner == layer else inner
-        if parent is None and name not in ("linear", "conv2d"):
+        if inner in (None, hits[0]) and name not in ("linear", "conv2d"):
             return  # the layer's own forward touching its weight (casts, shape checks)
         weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        if name in ("linear", "conv2d") and id(weight) in self.weights:
-            layer = self.weights[id(weight)]
-            parent = None if inner == layer else inner
+        layer = self.weights.get(id(weight)) if name in ("linear", "conv2d") else None
+        if layer is not None:
             x = args[0] if args else kwargs["input"]
             shadow = self.get(x)
-            if shadow is None:
-                geo: ResolvedMap | str = "its input does not come from the image"
-            else:
-                geo = map_of(shadow, conv=name == "conv2d", order=0)
-            call = LayerCall(geo, parent, name, tuple(x.shape))
+            geo = map_of(shadow, conv=name == "conv2d", order=0) if shadow is not None else None
+            geo = "its input does not come from the image" if geo is None else geo
+            call = LayerCall(geo, None if inner == layer else inner, name, tuple(x.shape))
         else:
+            layer = hits[0]
+            parent = None if inner == layer else inner
             call = LayerCall(f"its weight is read by {name!r}", parent or "?", name, ())
         self.calls.setdefault(layer, []).append(call)
 
@@ -359,26 +339,18 @@ class _Tracer(TorchFunctionMode):
             val = self.get(value) if isinstance(value, torch.Tensor) else None
             base[index] = val if val is not None else NONE
             sh[target] = base
-            return
-        if name in _KEEP_OPS:
-            if isinstance(out, torch.Tensor) and isinstance(args[0], torch.Tensor):
-                s = self.get(args[0])
-                if s is not None and tuple(s.shape) == tuple(out.shape):
-                    sh[out] = s
-            return
-        if func is F.unfold or func is F.fold:  # im2col / col2im: no int64 kernels
+        elif name in _KEEP_OPS:
+            s = self.get(args[0]) if isinstance(out, torch.Tensor) else None
+            if s is not None and s.shape == out.shape:
+                sh[out] = s
+        elif func is F.unfold or func is F.fold:  # im2col / col2im: no int64 kernels
             rest = {k: v for k, v in kwargs.items() if k != "input"}
             x = args[0] if args else kwargs["input"]
             sh[out] = _by_entry(func, self.shadow_or_none(x), args[1:], rest)
-            return
-        if name in _SHAPE_OPS:
-
-            def swap(t):
-                if _is_data(t):
-                    return self.shadow_or_none(t)
-                return t
-
-            s_args, s_kwargs = tree_map(swap, (args, kwargs))
+        elif name in _SHAPE_OPS:
+            s_args, s_kwargs = tree_map(
+                lambda t: self.shadow_or_none(t) if _is_data(t) else t, (args, kwargs)
+            )
             if name == "view":
                 s_out = s_args[0].reshape(*s_args[1:], **s_kwargs)
             elif name == "view_as":
@@ -388,47 +360,38 @@ class _Tracer(TorchFunctionMode):
             for o, s in zip(tree_flatten(out)[0], tree_flatten(s_out)[0], strict=True):
                 if isinstance(o, torch.Tensor) and isinstance(s, torch.Tensor):
                     sh[o] = s
-            return
-        if name == "pad":
+        elif name == "pad":
             pad = args[1] if len(args) > 1 else kwargs["pad"]
             sh[out] = _pad(self.shadow_or_none(args[0]), list(pad))
-            return
-        if name == "linear":
-            sh[out] = _group(self.shadow_or_none(args[0] if args else kwargs["input"])).expand(
-                out.shape
-            )
-            return
-        if name in ("matmul", "__matmul__", "bmm", "mm", "__rmatmul__"):
+        elif name == "linear":
+            x = args[0] if args else kwargs["input"]
+            sh[out] = _group(self.shadow_or_none(x)).expand(out.shape)
+        elif name in ("matmul", "__matmul__", "bmm", "mm", "__rmatmul__"):
             a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
             sh[out] = self._matmul(a, b, out)
-            return
-        if name == "scaled_dot_product_attention":
-            q = self.shadow_or_none(args[0])
-            sh[out] = self._mix(q, -1).expand(out.shape)
-            return
-        if name == "einsum":
+        elif name == "scaled_dot_product_attention":
+            sh[out] = self._mix(self.shadow_or_none(args[0]), -1).expand(out.shape)
+        elif name == "einsum":
             sh[out] = self._einsum(args, out)
-            return
-        if name in _REDUCE_OPS:
-            self._reduce(name, args, kwargs, out)
-            return
-        if name == "conv2d" and _pointwise(args, kwargs):  # mixes channels only, per pixel
+        elif name in _REDUCE_OPS:
+            self._reduce(args, kwargs, out)
+        elif name == "conv2d" and _pointwise(args, kwargs):  # mixes channels only, per pixel
             s = self.shadow_or_none(args[0])
             sh[out] = _group(s.movedim(1, -1)).movedim(-1, 1).expand(out.shape)
-            return
-        if name in _GRID_OPS:
+        elif name in _GRID_OPS:
             s = self.shadow_or_none(args[0])
             o = out[0] if isinstance(out, tuple) else out
-            if (
-                s.dim() == 4
-                and o.dim() == 4
-                and isinstance(map_of(_crop_pad(s), conv=True, order=0), ResolvedMap)
-            ):
+            crop = _crop_pad(s) if s.dim() == 4 and o.dim() == 4 else None
+            if crop is not None and isinstance(map_of(crop, conv=True, order=0), ResolvedMap):
                 sh[o] = self.grid_tags(tuple(o.shape))
             else:
-                sh[o] = torch.full(o.shape, MIXED, dtype=torch.long)
-            return
-        # Everything else: elementwise if every traced input broadcasts to the output.
+                sh[o] = _full(o.shape, MIXED)
+        else:
+            self._elementwise(name, args, kwargs, out)
+
+    def _elementwise(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """Everything else: elementwise if every traced input broadcasts to the output."""
+        sh = self.shadows
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         flat_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         for o in outs:
@@ -440,16 +403,14 @@ class _Tracer(TorchFunctionMode):
                 if s is None:
                     continue
                 try:
-                    if torch.broadcast_shapes(s.shape, o.shape) != o.shape:
-                        raise RuntimeError
+                    fits = torch.broadcast_shapes(s.shape, o.shape) == o.shape
                 except RuntimeError:
-                    acc = torch.full(o.shape, MIXED, dtype=torch.long)
+                    fits = False
+                if not fits:
+                    acc = _full(o.shape, MIXED)
                     break
-                acc = (
-                    s.expand(o.shape)
-                    if acc is None
-                    else _combine(acc, s.expand(o.shape), self.areas)
-                )
+                s = s.expand(o.shape)
+                acc = s if acc is None else _combine(acc, s, self.areas)
             if acc is not None:
                 sh[o] = acc
         if name.endswith("_") and not name.startswith("__") and args and outs:
@@ -469,11 +430,9 @@ class _Tracer(TorchFunctionMode):
     def _matmul(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         sa, sb = self.get(a), self.get(b)
         if a.dim() < 2 or b.dim() < 2:
-            return torch.full(out.shape, MIXED, dtype=torch.long)
-        rows = self._mix(sa, -1) if sa is not None else None  # (..., m, 1)
-        cols = self._mix(sb, -2) if sb is not None else None  # (..., 1, n)
-        rows = rows.expand(out.shape) if rows is not None else None
-        cols = cols.expand(out.shape) if cols is not None else None
+            return _full(out.shape, MIXED)
+        rows = self._mix(sa, -1).expand(out.shape) if sa is not None else None  # (..., m, 1)
+        cols = self._mix(sb, -2).expand(out.shape) if sb is not None else None  # (..., 1, n)
         if rows is None:
             return cols
         if cols is None:
@@ -493,7 +452,7 @@ class _Tracer(TorchFunctionMode):
             s = self.get(t)
             if s is None or "." in spec:
                 if s is not None:
-                    return torch.full(out.shape, MIXED, dtype=torch.long)
+                    return _full(out.shape, MIXED)
                 continue
             for k, ch in reversed(list(enumerate(spec))):
                 if ch not in rhs:
@@ -505,9 +464,9 @@ class _Tracer(TorchFunctionMode):
             ]
             s = s.reshape(view).expand(out.shape)
             result = s if result is None else _pair(result, s)
-        return result if result is not None else torch.full(out.shape, NONE, dtype=torch.long)
+        return result if result is not None else _full(out.shape, NONE)
 
-    def _reduce(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    def _reduce(self, args: tuple, kwargs: dict, out: Any) -> None:
         s = self.shadow_or_none(args[0])
         dim = kwargs.get(
             "dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None
@@ -542,7 +501,7 @@ def _by_entry(func: Any, s: torch.Tensor, args: tuple, kwargs: dict) -> torch.Te
     number = torch.arange(1, n + 1, dtype=torch.float64).view(s.shape)
     moved = func(number, *args, **kwargs).round().long()
     count = func(torch.ones_like(number), *args, **kwargs).round().long()
-    tags = torch.cat([torch.full((1,), PAD, dtype=torch.long), s.reshape(-1)])[moved.clamp(0, n)]
+    tags = torch.cat([_full((1,), PAD), s.reshape(-1)])[moved.clamp(0, n)]
     return torch.where(count > 1, torch.full_like(tags, MIXED), tags)
 
 
@@ -637,12 +596,9 @@ def _pad(s: torch.Tensor, pad: list[int]) -> torch.Tensor:
             s = s.narrow(d, -min(before, 0), s.shape[d] + min(before, 0) + min(after, 0))
             before, after = max(before, 0), max(after, 0)
         if before or after:
-            shape = list(s.shape)
-            parts = []
-            for m in (before, after):
-                shape[d] = m
-                parts.append(torch.full(shape, PAD, dtype=torch.long))
-            s = torch.cat([parts[0], s, parts[1]], dim=d)
+            lead, tail = s.shape[:d], s.shape[d + 1 :]
+            edge = [_full((*lead, m, *tail), PAD) for m in (before, after)]
+            s = torch.cat([edge[0], s, edge[1]], dim=d)
     return s
 
 
@@ -712,7 +668,8 @@ def trace_layers(
     tracer = _Tracer(weights, stack)
     input_hw = None
     for t in tree_flatten(example)[0]:
-        tracer.tag_input(t)
+        if _is_data(t) and t.dim() == 4:
+            tracer.shadows[t] = tracer.grid_tags(tuple(t.shape))
         if input_hw is None and t in tracer.shadows:
             input_hw = (int(t.shape[-2]), int(t.shape[-1]))
     pre = torch.nn.modules.module.register_module_forward_pre_hook(push)
@@ -743,10 +700,8 @@ def example_from_model(model: nn.Module) -> tuple[Any, str] | None:
     size = getattr(cfg, "image_size", None)
     if size is not None and hasattr(cfg, "num_channels"):
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        x = torch.randn(
-            1, int(cfg.num_channels), int(h), int(w), generator=torch.Generator().manual_seed(0)
-        )
-        return dict(pixel_values=_like_model(model, x)), "config.image_size"
+        x = _random_input(model, int(cfg.num_channels), int(h), int(w))
+        return dict(pixel_values=x), "config.image_size"
     pcfg = getattr(model, "pretrained_cfg", None)
     if isinstance(pcfg, Mapping) and "input_size" in pcfg:
         c, h, w = (int(v) for v in pcfg["input_size"])
@@ -754,12 +709,13 @@ def example_from_model(model: nn.Module) -> tuple[Any, str] | None:
         img = getattr(pe, "img_size", None)
         if img is not None and len(img) == 2 and all(isinstance(v, int) for v in img):
             h, w = img
-        x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
-        return _like_model(model, x), "pretrained_cfg input_size"
+        return _random_input(model, c, h, w), "pretrained_cfg input_size"
     return None
 
 
-def _like_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _random_input(model: nn.Module, c: int, h: int, w: int) -> torch.Tensor:
+    """A seeded ``(1, c, h, w)`` normal input on the model's device and dtype."""
+    x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
     p = next(iter(model.parameters()), None)
     return x if p is None else x.to(device=p.device, dtype=p.dtype)
 
