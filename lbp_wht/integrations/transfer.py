@@ -260,20 +260,19 @@ def fashion_mnist_subset(
         FileNotFoundError: the idx files are missing (how to get them is said).
         ValueError: a class has fewer than ``per_class`` images.
     """
-    from .datasets import _read_idx
+    from .datasets import _read_idx, idx_file
 
-    prefix = {"train": "train", "test": "t10k"}[split]
-    paths = []
+    prefix, root, arrays = {"train": "train", "test": "t10k"}[split], Path(root), []
     for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
-        p = Path(root) / f"{prefix}-{kind}-ubyte"
-        p = p if p.exists() else p.with_name(p.name + ".gz")
-        if not p.exists():
+        name = f"{prefix}-{kind}-ubyte"
+        path = idx_file(root, name)
+        if path is None:
             raise FileNotFoundError(
-                f"Fashion-MNIST not found: {p} is missing (`make data`, i.e. apt-get install "
-                "dataset-fashion-mnist, or FMNIST_ROOT=<folder with the idx files>)"
+                f"Fashion-MNIST not found: {root / name}.gz is missing (`make data`, i.e. "
+                "apt-get install dataset-fashion-mnist, or FMNIST_ROOT=<folder with the idx files>)"
             )
-        paths.append((str(p), ndim))
-    images, labels = (_read_idx(p, n) for p, n in paths)
+        arrays.append(_read_idx(path, ndim))
+    images, labels = arrays
     rng = np.random.default_rng(seed)
     keep = []
     for c in range(CLASSES):
