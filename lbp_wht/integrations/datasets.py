@@ -153,10 +153,7 @@ def missing_dataset_paths(dataset_cfg: Mapping[str, Any]) -> list[str]:
 
 def dataset_problems(dataloaders: Mapping[str, Any]) -> list[str]:
     """One paragraph per missing dataset (what, where, how to get it); empty if none.
-
-    Args:
-        dataloaders: name -> dataloader config (dict) or already built DataLoader (skipped).
-    """
+    ``dataloaders``: name -> dataloader config (dict) or already built DataLoader (skipped)."""
     problems = []
     for name, dl in dataloaders.items():
         for ds in _dataset_cfgs(dl):
@@ -192,11 +189,8 @@ def check_labels(labels: Any, num_classes: int, where: str) -> None:
 
 
 def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
-    """Raise one :class:`DatasetNotFoundError` for all missing dataset paths.
-
-    Args:
-        dataloaders: name -> dataloader config (dict) or already built DataLoader (skipped).
-    """
+    """Raise one :class:`DatasetNotFoundError` for all missing dataset paths (arguments as
+    :func:`dataset_problems`)."""
     problems = dataset_problems(dataloaders)
     if problems:
         raise DatasetNotFoundError(
@@ -249,14 +243,11 @@ def _read_idx(path: str, ndim: int) -> np.ndarray:
 
 @CLS_DATASETS.register_module()
 class GzFashionMNIST(FashionMNIST):
-    """mmpretrain ``FashionMNIST`` reading ``*-ubyte`` or ``*-ubyte.gz`` idx files; no download;
-    ``split`` selects the files (mmpretrain's ``MNIST`` reads the training files for
-    ``split='test'`` unless ``test_mode=True`` is also given).
-
-    Args:
-        data_root: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
-        split: ``"train"`` or ``"test"``.
-    """
+    """mmpretrain ``FashionMNIST`` reading the idx files of ``data_root``
+    (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, gzipped as e.g. Debian's
+    ``dataset-fashion-mnist`` ships them); never downloads. ``split`` (``"train"`` / ``"test"``)
+    selects the files (mmpretrain's ``MNIST`` reads the training files for ``split='test'``
+    unless ``test_mode=True`` is also given). Used by the mini (CPU) configs."""
 
     def __init__(self, data_root: str = "", split: str = "train", **kwargs: Any) -> None:
         kwargs["download"] = False
