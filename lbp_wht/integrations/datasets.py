@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from mmengine.fileio import list_from_file
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmpretrain.datasets import BaseDataset as ClsBaseDataset
 from mmpretrain.datasets import FashionMNIST
@@ -40,8 +41,6 @@ __all__ = [
     "write_idx_classification",
     "write_seg_folder",
 ]
-
-README = "data/README.md"
 
 
 class MissingInputsError(FileNotFoundError):
@@ -170,8 +169,8 @@ def dataset_problems(dataloaders: Mapping[str, Any]) -> list[str]:
 
 #: What to do about missing datasets (the last line of the error).
 DATASET_HELP = (
-    f"See {README} for where each dataset goes; point the config at another location with e.g. "
-    "--cfg-options train_dataloader.dataset.data_root=PATH (and the same for val/test)."
+    "See data/README.md for where each dataset goes; point the config at another location with "
+    "e.g. --cfg-options train_dataloader.dataset.data_root=PATH (and the same for val/test)."
 )
 
 
@@ -325,26 +324,18 @@ class Places365(ClsBaseDataset):
         if not osp.exists(path):
             return tuple(f"class_{i}" for i in range(365))
         names: dict[int, str] = {}
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    name, idx = line.rsplit(maxsplit=1)
-                    names[int(idx)] = name.strip("/").split("/", 1)[-1]
+        for line in filter(str.strip, list_from_file(path)):
+            name, idx = line.rsplit(maxsplit=1)
+            names[int(idx)] = name.strip("/").split("/", 1)[-1]
         return tuple(names[i] for i in sorted(names))
 
     def load_data_list(self) -> list[dict]:
         out = []
-        with open(self.ann_file) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                rel, label = line.rsplit(maxsplit=1)
-                out.append(
-                    {
-                        "img_path": osp.join(self.img_prefix, rel.lstrip("/")),
-                        "gt_label": int(label),
-                    }
-                )
+        for line in filter(str.strip, list_from_file(self.ann_file)):
+            rel, label = line.rsplit(maxsplit=1)
+            out.append(
+                {"img_path": osp.join(self.img_prefix, rel.lstrip("/")), "gt_label": int(label)}
+            )
         check_labels([d["gt_label"] for d in out], len(self.metainfo["classes"]), self.ann_file)
         return out
 
