@@ -105,39 +105,36 @@ class LBPWHTHook(Hook):
                 )
 
     def before_train(self, runner: Any) -> None:
-        info = self._info(runner)
-        cfg = info["cfg"]
+        cfg = self._info(runner)["cfg"]
         layers = lbp_layers(runner.model)
-        if cfg["select"] == "lhe" and layers:
-            pending = [n for n, m in layers.items() if m.bases is None]
-            start = runner.iter
-            if pending and start < cfg["lhe_iters"]:
-                self._lhe = LHEProfiler(runner.model, pending)
-                self._lhe.start()
-                restored = ""
-                if self._lhe_resumed is not None:
-                    self._lhe.load_state_dict(self._lhe_resumed)
-                    restored = (
-                        f"; resumed with the spectra of {self._lhe.iterations} profiled "
-                        "iterations from the checkpoint"
-                    )
-                elif start > 0:
-                    runner.logger.warning(
-                        f"LHE: resuming at iteration {start} without saved spectra (checkpoint "
-                        f"from an older version?): the bases are chosen from the remaining "
-                        f"{cfg['lhe_iters'] - start} iterations only"
-                    )
-                self._lhe_resumed = None
-                runner.logger.info(
-                    f"LHE: profiling g_y spectra of {len(pending)} layers for "
-                    f"{cfg['lhe_iters'] - start} iterations (iterations {start + 1}-"
-                    f"{cfg['lhe_iters']} of lbp.lhe_iters={cfg['lhe_iters']}; exact backprop "
-                    f"meanwhile){restored}"
+        pending = [n for n, m in layers.items() if m.bases is None and cfg["select"] == "lhe"]
+        if pending and runner.iter >= cfg["lhe_iters"]:
+            raise RuntimeError(
+                "LHE: resumed past lbp.lhe_iters but the checkpoint holds no lbp_bases"
+            )
+        if pending:
+            start, end = runner.iter, cfg["lhe_iters"]
+            self._lhe = LHEProfiler(runner.model, pending)
+            self._lhe.start()
+            restored = ""
+            if self._lhe_resumed is not None:
+                self._lhe.load_state_dict(self._lhe_resumed)
+                restored = (
+                    f"; resumed with the spectra of {self._lhe.iterations} profiled iterations "
+                    "from the checkpoint"
                 )
-            elif pending:
-                raise RuntimeError(
-                    "LHE: resumed past lbp.lhe_iters but the checkpoint holds no lbp_bases"
+            elif start > 0:
+                runner.logger.warning(
+                    f"LHE: resuming at iteration {start} without saved spectra (checkpoint from "
+                    f"an older version?): the bases are chosen from the remaining {end - start} "
+                    "iterations only"
                 )
+            self._lhe_resumed = None
+            runner.logger.info(
+                f"LHE: profiling g_y spectra of {len(pending)} layers for {end - start} iterations "
+                f"(iterations {start + 1}-{end} of lbp.lhe_iters={end}; exact backprop "
+                f"meanwhile){restored}"
+            )
         name = cfg["spectrum_layer"]
         if name:
             if name not in layers:
