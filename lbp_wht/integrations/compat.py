@@ -22,13 +22,10 @@ machine through the package registry alone:
     ``softmax_focal_loss``, which ``focal_loss.py`` imports at module level but only *calls*
     for CUDA tensors: they are stubs that raise when called.
 
-Call :func:`apply` (``import lbp_wht.integrations`` does; ``import lbp_wht``, the method core,
-does not) before the first import of torchvision / timm / mmpretrain.models / mmseg.models.
-OpenMMLab configs do this with ``custom_imports=dict(imports=['lbp_wht.integrations'])``, which
-runs inside ``Config.fromfile`` before the registries import the model code. For code that
-never imports the integration layer (``import lbp_wht, timm``), the start-up hook of
-:mod:`lbp_wht.integrations.envhook` (installed into the venv by ``make setup``) calls
-:func:`apply` on the first import of torchvision or mmcv.
+Call :func:`apply` before the first import of torchvision / timm / mmpretrain.models /
+mmseg.models: ``import lbp_wht.integrations`` does (OpenMMLab configs through
+``custom_imports``), ``import lbp_wht`` does not; for ``import lbp_wht, timm`` the start-up hook
+of :mod:`lbp_wht.integrations.envhook` calls it on the first import of torchvision or mmcv.
 
 This module must stay light: it imports only torch and the standard library, and never imports
 mmcv, torchvision or timm itself.
