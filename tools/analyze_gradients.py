@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         layers=list(dict.fromkeys(r["layer"] for r in rows)),
         states={**starts, **{k: f"`{v}`" for k, v in args.states.items()}},
     )
-    command = "python tools/analyze_gradients.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    command = "python tools/analyze_gradients.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
     )
     readme = report.write_readme(
         args.out,

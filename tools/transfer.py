@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ImportError, ValueError) as e:
         print(f"transfer.py: {e}", file=sys.stderr)
         return 2
-    command = args.command or "python tools/transfer.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    command = args.command or "python tools/transfer.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
     )
     path = write_report(
         out,

@@ -12,10 +12,8 @@ so it stays light (torch + stdlib) and is safe as the first entry of an OpenMMLa
 ``custom_imports`` runs inside ``Config.fromfile``, i.e. before mmpretrain / mmseg / timm import
 torchvision, so the shims are in force in time. The second entry registers this project's
 model wrappers (timm EfficientFormerV2 backbone, explicit-projection Segformer attention) and
-imports mmpretrain / mmseg, which is why it is a separate module.
-
-``import lbp_wht`` alone applies nothing; :mod:`.envhook` is the start-up hook that applies the
-shims for code that imports timm without this package (``import lbp_wht, timm``).
+imports mmpretrain / mmseg, which is why it is a separate module. ``import lbp_wht`` alone
+applies nothing (:mod:`.envhook` covers ``import lbp_wht, timm``).
 """
 
 from . import compat

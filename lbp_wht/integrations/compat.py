@@ -22,13 +22,10 @@ machine through the package registry alone:
     ``softmax_focal_loss``, which ``focal_loss.py`` imports at module level but only *calls*
     for CUDA tensors: they are stubs that raise when called.
 
-Call :func:`apply` (``import lbp_wht.integrations`` does; ``import lbp_wht``, the method core,
-does not) before the first import of torchvision / timm / mmpretrain.models / mmseg.models.
-OpenMMLab configs do this with ``custom_imports=dict(imports=['lbp_wht.integrations'])``, which
-runs inside ``Config.fromfile`` before the registries import the model code. For code that
-never imports the integration layer (``import lbp_wht, timm``), the start-up hook of
-:mod:`lbp_wht.integrations.envhook` (installed into the venv by ``make setup``) calls
-:func:`apply` on the first import of torchvision or mmcv.
+Call :func:`apply` before the first import of torchvision / timm / mmpretrain.models /
+mmseg.models: ``import lbp_wht.integrations`` does (OpenMMLab configs through
+``custom_imports``), ``import lbp_wht`` does not; for ``import lbp_wht, timm`` the start-up hook
+of :mod:`lbp_wht.integrations.envhook` calls it on the first import of torchvision or mmcv.
 
 This module must stay light: it imports only torch and the standard library, and never imports
 mmcv, torchvision or timm itself.
@@ -47,13 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "apply",
-    "point_sample",
-    "torchvision_shim_active",
-    "mmcv_ops_shim_installed",
-    "MMCV_OPS_STANDIN_NAME",
-]
+__all__ = ["apply", "point_sample", "mmcv_ops_shim_installed", "MMCV_OPS_STANDIN_NAME"]
 
 # Kept at module level on purpose: a torch.library.Library de-registers its definitions when it
 # is garbage collected, so the schemas would vanish again if this reference were dropped.
@@ -63,9 +54,18 @@ _TORCHVISION_LIB: torch.library.Library | None = None
 MMCV_OPS_STANDIN_NAME = "lbp_wht.integrations.compat:mmcv_ops_standin"
 
 
-# --------------------------------------------------------------------------------------------
-# (a) torchvision CUDA wheel on CPU torch
-# --------------------------------------------------------------------------------------------
+def _extension(package: str, stem: str) -> str | None:
+    """Path of the compiled extension ``<package>/<stem>.<so suffix>`` (found without importing
+    ``package``), None when there is none."""
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if os.path.exists(path := os.path.join(folder, stem + suffix)):
+                return path
+    return None
+
+
+# (a) torchvision CUDA wheel on CPU torch ---------------------------------------------------
 def _torch_op_exists(namespace: str, name: str) -> bool:
     """True when ``torch.ops.<namespace>.<name>`` has a registered schema."""
     try:
@@ -76,26 +76,18 @@ def _torch_op_exists(namespace: str, name: str) -> bool:
 
 
 def _torchvision_extension_loads() -> bool:
-    """Try to load torchvision's compiled ``_C`` extension without importing torchvision.
-
-    Returns True when it loads (then torchvision registers its own operators and no shim is
-    needed) and False when it is missing or fails to link (CUDA wheel on CPU torch).
-    """
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
+    """True when torchvision's compiled ``_C`` loads (then torchvision registers its own
+    operators), False when it is missing or fails to link (CUDA wheel on CPU torch)."""
+    path = _extension("torchvision", "_C")
+    if path is None:
         return False
-    for folder in spec.submodule_search_locations:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(folder, "_C" + suffix)
-            if os.path.exists(path):
-                try:
-                    # Same call torchvision.extension makes; loading twice is harmless because
-                    # the dynamic loader returns the already-loaded handle.
-                    torch.ops.load_library(path)
-                except (OSError, ImportError, RuntimeError):
-                    return False
-                return True
-    return False
+    try:
+        # Same call torchvision.extension makes; loading twice is harmless because the dynamic
+        # loader returns the already-loaded handle.
+        torch.ops.load_library(path)
+    except (OSError, ImportError, RuntimeError):
+        return False
+    return True
 
 
 def _apply_torchvision_shim() -> bool:
@@ -123,32 +115,15 @@ def _apply_torchvision_shim() -> bool:
     return True
 
 
-def torchvision_shim_active() -> bool:
-    """True when this process runs with the torchvision schema shim in force."""
-    return _TORCHVISION_LIB is not None
-
-
-# --------------------------------------------------------------------------------------------
-# (b) mmcv-lite lacks mmcv._ext: stand-in mmcv.ops
-# --------------------------------------------------------------------------------------------
+# (b) mmcv-lite lacks mmcv._ext: stand-in mmcv.ops ------------------------------------------
 def point_sample(
     input: torch.Tensor, points: torch.Tensor, align_corners: bool = False, **kwargs: Any
 ) -> torch.Tensor:
-    """Bilinearly sample ``input`` at normalized points (pure PyTorch ``mmcv.ops.point_sample``).
-
-    Same semantics as mmcv's op: ``points`` are (x, y) in the ``[0, 1] x [0, 1]`` square of the
-    feature map (x along width), mapped to ``grid_sample``'s ``[-1, 1]`` convention.
-
-    Args:
-        input: feature map, shape (N, C, H, W).
-        points: (N, P, 2) or (N, Hg, Wg, 2), coordinates in [0, 1].
-        align_corners: passed to :func:`torch.nn.functional.grid_sample` (mmcv default False:
-            0 and 1 are the outer edges of the corner pixels).
-        **kwargs: further ``grid_sample`` options (``mode``, ``padding_mode``).
-
-    Returns:
-        (N, C, P) for 3-D ``points``, else (N, C, Hg, Wg).
-    """
+    """Pure-PyTorch ``mmcv.ops.point_sample``: bilinearly sample ``input`` (N, C, H, W) at
+    ``points`` (N, P, 2) or (N, Hg, Wg, 2), (x, y) in the ``[0, 1] x [0, 1]`` square of the map
+    (x along width), giving (N, C, P) or (N, C, Hg, Wg). ``align_corners`` (mmcv's default False:
+    0 and 1 are the outer edges of the corner pixels) and ``**kwargs`` (``mode``,
+    ``padding_mode``) go to :func:`torch.nn.functional.grid_sample`."""
     squeeze = points.dim() == 3
     grid = points.unsqueeze(2) if squeeze else points  # (N, P, 1, 2)
     out = F.grid_sample(input, grid * 2.0 - 1.0, align_corners=align_corners, **kwargs)
@@ -168,8 +143,7 @@ def _make_call_time_stub(name: str) -> Any:
     def stub(*args: Any, **kwargs: Any) -> Any:
         raise ModuleNotFoundError(_missing_op_message(name), name="mmcv._ext")
 
-    stub.__name__ = name
-    stub.__qualname__ = name
+    stub.__name__ = stub.__qualname__ = name
     stub.__doc__ = f"Stand-in for mmcv.ops.{name}: raises ModuleNotFoundError when called."
     return stub
 
@@ -188,28 +162,9 @@ class _MmcvOpsStandin(types.ModuleType):
         raise ModuleNotFoundError(_missing_op_message(name), name="mmcv._ext")
 
 
-def _make_mmcv_ops_standin(fullname: str = "mmcv.ops") -> types.ModuleType:
-    mod = _MmcvOpsStandin(fullname, "Stand-in for mmcv.ops (no compiled mmcv._ext available).")
-    mod.point_sample = point_sample
-    # Imported unguarded at module level by mmseg/models/losses/focal_loss.py, called only for
-    # CUDA tensors (CPU uses mmseg's own py_sigmoid_focal_loss): fail at call time instead.
-    mod.sigmoid_focal_loss = _make_call_time_stub("sigmoid_focal_loss")
-    mod.softmax_focal_loss = _make_call_time_stub("softmax_focal_loss")
-    mod.__lbp_wht_standin__ = MMCV_OPS_STANDIN_NAME
-    mod.__all__ = ["point_sample"]
-    return mod
-
-
-class _StandinLoader(importlib.abc.Loader):
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        return _make_mmcv_ops_standin(spec.name)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        return None
-
-
-class _MmcvOpsFinder(importlib.abc.MetaPathFinder):
-    """Meta-path finder that answers ``import mmcv.ops`` with the stand-in, only when needed.
+class _MmcvOpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Meta-path finder (and loader) that answers ``import mmcv.ops`` with the stand-in, only
+    when needed.
 
     Deciding at import time (rather than in :func:`apply`) means :func:`apply` never has to
     import mmcv (2 s), and the import system itself binds ``mmcv.ops`` on the parent package.
@@ -219,23 +174,29 @@ class _MmcvOpsFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Any = None, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "mmcv.ops":
+        if fullname != "mmcv.ops" or _mmcv_has_compiled_ops():
             return None
-        if _mmcv_has_compiled_ops():
-            return None
-        return importlib.machinery.ModuleSpec(fullname, _StandinLoader(), is_package=False)
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=False)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        doc = "Stand-in for mmcv.ops (no compiled mmcv._ext available)."
+        mod = _MmcvOpsStandin(spec.name, doc)
+        mod.point_sample = point_sample
+        # Imported unguarded at module level by mmseg/models/losses/focal_loss.py, called only
+        # for CUDA tensors (CPU uses mmseg's own py_sigmoid_focal_loss): fail at call time.
+        mod.sigmoid_focal_loss = _make_call_time_stub("sigmoid_focal_loss")
+        mod.softmax_focal_loss = _make_call_time_stub("softmax_focal_loss")
+        mod.__lbp_wht_standin__ = MMCV_OPS_STANDIN_NAME
+        mod.__all__ = ["point_sample"]
+        return mod
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        return None
 
 
 def _mmcv_has_compiled_ops() -> bool:
     """True when mmcv's compiled extension ``mmcv._ext`` is importable (full mmcv build)."""
-    spec = importlib.util.find_spec("mmcv")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    for folder in spec.submodule_search_locations:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            if os.path.exists(os.path.join(folder, "_ext" + suffix)):
-                return True
-    return False
+    return _extension("mmcv", "_ext") is not None
 
 
 def _apply_mmcv_ops_shim() -> bool:
@@ -261,7 +222,6 @@ def mmcv_ops_shim_installed() -> bool:
     return getattr(mod, "__lbp_wht_standin__", None) == MMCV_OPS_STANDIN_NAME
 
 
-# --------------------------------------------------------------------------------------------
 def apply() -> dict[str, bool]:
     """Apply every shim this machine needs (idempotent).
 

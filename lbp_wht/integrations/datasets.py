@@ -1,18 +1,9 @@
 """Datasets for the paper's experiments, dataset-path checks, and small generated datasets.
 
-- Classification datasets come from mmpretrain (``CIFAR10``, ``CIFAR100``, ``StanfordCars``,
-  ``Flowers102``, ``Food101``, ``OxfordIIITPet``); mmpretrain 1.2 has no Places365, so
-  :class:`Places365` is added here. Segmentation datasets come from mmseg (``CityscapesDataset``,
-  ``PascalVOCDataset``).
-- :class:`GzFashionMNIST`: mmpretrain's ``FashionMNIST`` that also reads the gzipped idx files
-  as shipped (e.g. Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``)
-  and never downloads. Used by the mini (CPU) configs.
-- :class:`ClassSubsetDataset`: wraps any classification dataset, keeps some classes (relabelled
-  0..K-1) and at most ``max_per_class`` samples each (the CPU demo's source / target split).
-- :func:`check_dataloader_paths`: called by the runner before any dataloader is built, raises
-  ONE :class:`DatasetNotFoundError` naming every missing path and how to obtain it.
-- :func:`write_idx_classification` / :func:`write_seg_folder`: small generated datasets in the
-  real on-disk formats (tests, CPU pipeline checks).
+The paper's datasets come from mmpretrain (CIFAR10/100, StanfordCars, Flowers102, Food101,
+OxfordIIITPet) and mmseg (Cityscapes, PascalVOC); mmpretrain 1.2 has no Places365, so
+:class:`Places365` is added here. :func:`check_dataloader_paths` runs before any dataloader is
+built and raises ONE :class:`DatasetNotFoundError` naming every missing path and how to get it.
 """
 
 from __future__ import annotations
@@ -26,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from mmengine.fileio import list_from_file
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmpretrain.datasets import BaseDataset as ClsBaseDataset
 from mmpretrain.datasets import FashionMNIST
@@ -44,12 +36,11 @@ __all__ = [
     "Places365",
     "check_dataloader_paths",
     "check_labels",
+    "idx_file",
     "missing_dataset_paths",
     "write_idx_classification",
     "write_seg_folder",
 ]
-
-README = "data/README.md"
 
 
 class MissingInputsError(FileNotFoundError):
@@ -146,29 +137,22 @@ def missing_dataset_paths(dataset_cfg: Mapping[str, Any]) -> list[str]:
         return []  # remote backends: nothing to check locally
     if not osp.isdir(root):
         return [str(root)]
-    missing = []
-    required, _ = DATASET_HINTS.get(str(dataset_cfg.get("type")), ([], ""))
-    for alternatives in required:
-        if not any(osp.exists(osp.join(root, a)) for a in alternatives):
-            missing.append(" or ".join(osp.join(root, a) for a in alternatives))
-    prefix = dataset_cfg.get("data_prefix")
-    if isinstance(prefix, Mapping):
-        for v in prefix.values():
-            if isinstance(v, str) and v and not osp.exists(osp.join(root, v)):
-                missing.append(osp.join(root, v))
-    ann = dataset_cfg.get("ann_file")
-    for a in [ann] if isinstance(ann, str) else list(ann or []):
-        if isinstance(a, str) and a and not osp.exists(osp.join(root, a)):
-            missing.append(osp.join(root, a))
+    required = list(DATASET_HINTS.get(str(dataset_cfg.get("type")), ([], ""))[0])
+    prefix, ann = dataset_cfg.get("data_prefix"), dataset_cfg.get("ann_file")
+    required += [(v,) for v in prefix.values()] if isinstance(prefix, Mapping) else []
+    required += [(a,) for a in ([ann] if isinstance(ann, str) else list(ann or []))]
+    missing = [
+        " or ".join(osp.join(root, a) for a in alts)
+        for alts in required
+        if all(isinstance(a, str) and a for a in alts)
+        and not any(osp.exists(osp.join(root, a)) for a in alts)
+    ]
     return list(dict.fromkeys(missing))
 
 
 def dataset_problems(dataloaders: Mapping[str, Any]) -> list[str]:
     """One paragraph per missing dataset (what, where, how to get it); empty if none.
-
-    Args:
-        dataloaders: name -> dataloader config (dict) or already built DataLoader (skipped).
-    """
+    ``dataloaders``: name -> dataloader config (dict) or already built DataLoader (skipped)."""
     problems = []
     for name, dl in dataloaders.items():
         for ds in _dataset_cfgs(dl):
@@ -185,8 +169,8 @@ def dataset_problems(dataloaders: Mapping[str, Any]) -> list[str]:
 
 #: What to do about missing datasets (the last line of the error).
 DATASET_HELP = (
-    f"See {README} for where each dataset goes; point the config at another location with e.g. "
-    "--cfg-options train_dataloader.dataset.data_root=PATH (and the same for val/test)."
+    "See data/README.md for where each dataset goes; point the config at another location with "
+    "e.g. --cfg-options train_dataloader.dataset.data_root=PATH (and the same for val/test)."
 )
 
 
@@ -204,11 +188,8 @@ def check_labels(labels: Any, num_classes: int, where: str) -> None:
 
 
 def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
-    """Raise one :class:`DatasetNotFoundError` for all missing dataset paths.
-
-    Args:
-        dataloaders: name -> dataloader config (dict) or already built DataLoader (skipped).
-    """
+    """Raise one :class:`DatasetNotFoundError` for all missing dataset paths (arguments as
+    :func:`dataset_problems`)."""
     problems = dataset_problems(dataloaders)
     if problems:
         raise DatasetNotFoundError(
@@ -216,9 +197,14 @@ def check_dataloader_paths(dataloaders: Mapping[str, Any]) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# datasets
-# ---------------------------------------------------------------------------------------------
+def idx_file(root: str | os.PathLike, name: str) -> str | None:
+    """``root/name`` (an idx file, ``name`` without ``.gz``) or its gzipped copy; None if neither."""
+    for cand in (name, name + ".gz"):
+        if osp.exists(osp.join(root, cand)):
+            return osp.join(root, cand)
+    return None
+
+
 def _read_idx(path: str, ndim: int) -> np.ndarray:
     """A uint8 idx array (LeCun's MNIST format: magic 0x0000 08 <ndim>, big-endian int32 sizes,
     then the data) from ``path``, gunzipping ``*.gz`` on the fly.
@@ -256,26 +242,18 @@ def _read_idx(path: str, ndim: int) -> np.ndarray:
 
 @CLS_DATASETS.register_module()
 class GzFashionMNIST(FashionMNIST):
-    """mmpretrain ``FashionMNIST`` reading ``*-ubyte`` or ``*-ubyte.gz`` idx files; no download;
-    ``split`` selects the files (mmpretrain's ``MNIST`` reads the training files for
-    ``split='test'`` unless ``test_mode=True`` is also given).
-
-    Args:
-        data_root: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
-        split: ``"train"`` or ``"test"``.
-    """
+    """mmpretrain ``FashionMNIST`` reading the idx files of ``data_root``
+    (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, gzipped as e.g. Debian's
+    ``dataset-fashion-mnist`` ships them); never downloads. ``split`` (``"train"`` / ``"test"``)
+    selects the files (mmpretrain's ``MNIST`` reads the training files for ``split='test'``
+    unless ``test_mode=True`` is also given). Used by the mini (CPU) configs."""
 
     def __init__(self, data_root: str = "", split: str = "train", **kwargs: Any) -> None:
         kwargs["download"] = False
         super().__init__(data_root=data_root, split=split, **kwargs)
 
     def _find(self, name: str) -> str | None:
-        root = self.data_prefix["root"]
-        base = name[:-3] if name.endswith(".gz") else name
-        for cand in (base, base + ".gz"):
-            if osp.exists(osp.join(root, cand)):
-                return osp.join(root, cand)
-        return None
+        return idx_file(self.data_prefix["root"], name.removesuffix(".gz"))
 
     def _check_exists(self) -> bool:
         return all(self._find(f) for f, _ in self.train_list + self.test_list)
@@ -346,26 +324,18 @@ class Places365(ClsBaseDataset):
         if not osp.exists(path):
             return tuple(f"class_{i}" for i in range(365))
         names: dict[int, str] = {}
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    name, idx = line.rsplit(maxsplit=1)
-                    names[int(idx)] = name.strip("/").split("/", 1)[-1]
+        for line in filter(str.strip, list_from_file(path)):
+            name, idx = line.rsplit(maxsplit=1)
+            names[int(idx)] = name.strip("/").split("/", 1)[-1]
         return tuple(names[i] for i in sorted(names))
 
     def load_data_list(self) -> list[dict]:
         out = []
-        with open(self.ann_file) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                rel, label = line.rsplit(maxsplit=1)
-                out.append(
-                    {
-                        "img_path": osp.join(self.img_prefix, rel.lstrip("/")),
-                        "gt_label": int(label),
-                    }
-                )
+        for line in filter(str.strip, list_from_file(self.ann_file)):
+            rel, label = line.rsplit(maxsplit=1)
+            out.append(
+                {"img_path": osp.join(self.img_prefix, rel.lstrip("/")), "gt_label": int(label)}
+            )
         check_labels([d["gt_label"] for d in out], len(self.metainfo["classes"]), self.ann_file)
         return out
 
@@ -396,27 +366,16 @@ class ClassSubsetDataset:
         max_per_class: int | None = None,
         seed: int = 0,
     ) -> None:
-        if isinstance(dataset, Mapping):
-            dataset = CLS_DATASETS.build(dataset)
-        self.dataset = dataset
-        self._classes_arg = None if classes is None else list(classes)
-        self.max_per_class = max_per_class
-        self.seed = seed
-        self._fully_initialized = False
-        self.full_init()
-
-    def full_init(self) -> None:
-        if self._fully_initialized:
-            return
-        ds = self.dataset
+        ds = CLS_DATASETS.build(dataset) if isinstance(dataset, Mapping) else dataset
+        self.dataset, self.max_per_class, self.seed = ds, max_per_class, seed
         if hasattr(ds, "full_init"):
             ds.full_init()
         names = list(ds.metainfo.get("classes", []))
-        if self._classes_arg is None:
+        if classes is None:
             keep = list(range(len(names)))
         else:
             keep = []
-            for c in self._classes_arg:
+            for c in classes:
                 if isinstance(c, str):
                     if c not in names:
                         raise ValueError(f"ClassSubsetDataset: class {c!r} not in {names}")
@@ -429,18 +388,20 @@ class ClassSubsetDataset:
         labels = np.asarray([int(ds.get_data_info(i)["gt_label"]) for i in range(len(ds))])
         if names:
             check_labels(labels, len(names), f"ClassSubsetDataset of {type(ds).__name__}")
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(seed)
         indices: list[int] = []
         for c in keep:
             idx = np.flatnonzero(labels == c)
-            if self.max_per_class is not None and len(idx) > self.max_per_class:
-                idx = np.sort(rng.choice(idx, self.max_per_class, replace=False))
+            if max_per_class is not None and len(idx) > max_per_class:
+                idx = np.sort(rng.choice(idx, max_per_class, replace=False))
             indices.extend(int(i) for i in idx)
         self.indices = sorted(indices)
         self.label_map = {old: new for new, old in enumerate(keep)}
         self.metainfo = {**dict(ds.metainfo), "classes": tuple(names[c] for c in keep)}
         self.pipeline = ds.pipeline
-        self._fully_initialized = True
+
+    def full_init(self) -> None:
+        """Nothing left to do: ``__init__`` loads the wrapped dataset (mmengine calls this)."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -466,20 +427,14 @@ class ClassSubsetDataset:
 # ---------------------------------------------------------------------------------------------
 # generated data in the real formats
 # ---------------------------------------------------------------------------------------------
-def _class_images(
-    labels: np.ndarray, size: int, rng: np.random.Generator, channels: int = 1
-) -> np.ndarray:
-    """uint8 images whose class is visible: class k draws a bar at a class-specific place."""
-    n = len(labels)
-    imgs = rng.integers(0, 60, size=(n, size, size, channels), dtype=np.int64)
+def _class_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ``(N, size, size)`` images whose class is visible: class k draws a bar at a
+    class-specific place (rows for even k, columns for odd k)."""
+    imgs = rng.integers(0, 60, size=(len(labels), size, size), dtype=np.int64)
     band = max(size // 10, 1)
-    for i, k in enumerate(labels):
-        k = int(k)
+    for img, k in zip(imgs, labels.astype(int)):
         pos = (k * 3 * band) % max(size - band, 1)
-        if k % 2 == 0:
-            imgs[i, pos : pos + band * 2, :, :] += 150
-        else:
-            imgs[i, :, pos : pos + band * 2, :] += 150
+        (img if k % 2 == 0 else img.T)[pos : pos + band * 2] += 150
     return np.clip(imgs, 0, 255).astype(np.uint8)
 
 
@@ -503,7 +458,7 @@ def write_idx_classification(
     for split, n in (("train", n_train), ("t10k", n_test)):
         labels = (np.arange(n) % num_classes).astype(np.uint8)
         rng.shuffle(labels)
-        imgs = _class_images(labels, size, rng)[..., 0]
+        imgs = _class_images(labels, size, rng)
         img_bytes = struct.pack(">IIII", 2051, n, size, size) + imgs.tobytes()
         lab_bytes = struct.pack(">II", 2049, n) + labels.tobytes()
         for name, data in (

@@ -1,30 +1,24 @@
 """Lazy environment hook: the CPU shims of :mod:`.compat` for a plain ``import timm``.
 
-Why it exists. ``import lbp_wht`` has no side effects; the CPU compatibility shims
-(:mod:`lbp_wht.integrations.compat`) are applied by ``import lbp_wht.integrations``, which
-OpenMMLab configs do through ``custom_imports`` and every tool of this project does before it
-imports timm or OpenMMLab. Code that uses only the core with timm (``import lbp_wht, timm``,
-``examples/timm_vit_lbp.py``) never imports the integration layer, and on a CPU-only machine
-whose registry's torchvision is a CUDA build, ``import timm`` then dies inside torchvision
-(``operator torchvision::nms does not exist``, see :mod:`.compat`). This hook closes that gap
-without giving ``import lbp_wht`` a side effect: the dev install (``make setup``) writes
-``lbp_wht_compat_hook.pth`` into the virtual environment's site-packages, whose one line, run
-by :mod:`site` at interpreter start-up, puts a :class:`CompatHook` first on ``sys.meta_path``.
-The hook does nothing until the first import of ``torchvision`` or ``mmcv``; then it removes
-itself, applies :func:`lbp_wht.integrations.compat.apply` and lets that import proceed.
+Why: ``import lbp_wht`` has no side effects; the shims are applied by ``import
+lbp_wht.integrations`` (OpenMMLab configs through ``custom_imports``, every tool of this project
+before it imports timm or OpenMMLab). Code that uses only the core with timm (``import lbp_wht,
+timm``, ``examples/timm_vit_lbp.py``) never imports the integration layer, and on a CPU-only
+machine whose registry's torchvision is a CUDA build ``import timm`` then dies inside torchvision
+(``operator torchvision::nms does not exist``, see :mod:`.compat`). ``make setup`` writes
+``lbp_wht_compat_hook.pth`` into the venv's site-packages; its one line, run by :mod:`site` at
+interpreter start-up, puts a :class:`CompatHook` first on ``sys.meta_path``. The hook does
+nothing until the first import of ``torchvision`` or ``mmcv``; then it removes itself, applies
+:func:`lbp_wht.integrations.compat.apply` and lets that import proceed. Where torchvision imports
+by itself (GPU machines) ``compat.apply()`` does nothing; where it needs the shims and the hook
+is not installed, import ``lbp_wht.integrations`` before timm.
 
-GPU users (and anyone whose torchvision imports by itself) do not need it: ``compat.apply()``
-does nothing there. Where torchvision does need the shims and the hook is not installed, import
-``lbp_wht.integrations`` before timm.
-
-Cost. At start-up the line locates ``lbp_wht`` (``importlib.util.find_spec``, which imports
-nothing) and loads this file under a private name (its module level imports nothing more). That
-took 0.7 ms per interpreter start on a 2-core CPU machine (2.7 ms with
-``PYTHONDONTWRITEBYTECODE``, which compiles the file each time). Each later import costs the
-hook one set lookup until it fires. A process that never imports torchvision or mmcv never
-imports lbp_wht or torch because of it. Every step of the line is guarded: a missing or
-broken lbp_wht or torch leaves interpreter start-up untouched. ``LBP_WHT_COMPAT_HOOK=0`` in the
-environment switches the hook off.
+Cost: the line locates ``lbp_wht`` (``importlib.util.find_spec``, which imports nothing) and
+loads this file under a private name: 0.7 ms per interpreter start on a 2-core CPU machine (2.7
+ms with ``PYTHONDONTWRITEBYTECODE``). Each later import costs the hook one set lookup until it
+fires; a process that never imports torchvision or mmcv never imports lbp_wht or torch because
+of it. Every step of the line is guarded: a missing or broken lbp_wht or torch leaves
+interpreter start-up untouched. ``LBP_WHT_COMPAT_HOOK=0`` in the environment switches it off.
 
 Install or remove it (the interpreter's own site-packages unless ``--site-dir``)::
 
@@ -98,10 +92,6 @@ except Exception:
 """
 
 
-def _disabled() -> bool:
-    return os.environ.get(ENV_VAR, "1") == "0"
-
-
 class CompatHook:
     """``sys.meta_path`` finder that applies the CPU shims on the first torchvision / mmcv import.
 
@@ -128,23 +118,17 @@ def _apply_shims() -> None:
         from lbp_wht.integrations import compat
 
         compat.apply()
-    except ImportError as err:
-        if err.name in {"lbp_wht", "torch"}:
-            return  # nothing to shim with; the import goes on as it would without the hook
-        _warn(err)
     except Exception as err:
-        _warn(err)
+        if isinstance(err, ImportError) and err.name in {"lbp_wht", "torch"}:
+            return  # nothing to shim with; the import goes on as it would without the hook
+        import warnings
 
-
-def _warn(err: BaseException) -> None:
-    import warnings
-
-    warnings.warn(
-        f"lbp_wht's compat hook could not apply the CPU shims ({type(err).__name__}: {err}); "
-        "`import lbp_wht.integrations` shows the full error",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+        warnings.warn(
+            f"lbp_wht's compat hook could not apply the CPU shims ({type(err).__name__}: {err});"
+            " `import lbp_wht.integrations` shows the full error",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def hook_installed() -> bool:
@@ -154,7 +138,7 @@ def hook_installed() -> bool:
 
 def install() -> bool:
     """Put the hook first on ``sys.meta_path`` (idempotent); False when switched off."""
-    if _disabled():
+    if os.environ.get(ENV_VAR, "1") == "0":
         return False
     if not hook_installed():
         sys.meta_path.insert(0, CompatHook())
@@ -166,9 +150,7 @@ def uninstall() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, _MARK, False)]
 
 
-# ---------------------------------------------------------------------------------------------
-# The .pth file
-# ---------------------------------------------------------------------------------------------
+# The .pth file ------------------------------------------------------------------------------
 def pth_text() -> str:
     """The content of ``lbp_wht_compat_hook.pth``: a comment and the one line ``site`` runs."""
     return (

