@@ -228,3 +228,30 @@ def test_the_demo_config_path(tmp_path):
     text = report.write_readme(tmp_path, df, command="`x`", machine="m", seconds=1.0, meta=meta)
     assert "## Does gradient fidelity predict accuracy?" in text.read_text()
     assert (tmp_path / "fidelity_layers.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(
+    not (FMNIST / "train-images-idx3-ubyte.gz").exists()
+    and not (FMNIST / "train-images-idx3-ubyte").exists(),
+    reason=f"Fashion-MNIST not in {FMNIST} (make data)",
+)
+def test_the_seeded_batch_does_not_depend_on_numpys_global_state():
+    """The demo's pipeline flips images with NumPy's generator: the batch of one seed must be
+    the same whatever state that generator was left in (it was not, before the seed covered it)."""
+    pytest.importorskip("mmpretrain")
+    import numpy as np
+
+    import lbp_wht.integrations  # noqa: F401
+    from lbp_wht.integrations.cost_record import load_config
+    from lbp_wht.integrations.fidelity import _setup
+
+    root = Path(__file__).resolve().parents[1]
+    opts = {
+        f"{s}_dataloader.dataset.dataset.data_root": str(FMNIST) for s in ("train", "val", "test")
+    }
+    cfg = load_config(root / "configs/mini/demo/target.py", {**opts, "load_from": None})
+    batches = []
+    for state in (1, 2):
+        np.random.seed(state)
+        batches.append(_setup(cfg, 16, 0)[1])
+    assert torch.equal(*batches)

@@ -76,7 +76,7 @@ def _setup(cfg: Any, batch_size: int, seed: int) -> tuple[torch.nn.Module, Any, 
     ``load_from`` not loaded), one seeded batch of its training data, the training loss on it,
     and the layers LBP-WHT converts in that setting."""
     from mmengine.registry import init_default_scope
-    from mmengine.runner import Runner
+    from mmengine.runner import Runner, set_random_seed
 
     import lbp_wht.integrations.models  # noqa: F401  (registers the convertible backbones)
 
@@ -88,7 +88,9 @@ def _setup(cfg: Any, batch_size: int, seed: int) -> tuple[torch.nn.Module, Any, 
     layers = fidelity_layers(cfg)
     exact_cfg = copy.deepcopy(cfg)
     exact_cfg.lbp = {**dict(cfg.lbp), "method": "full_bp"}
-    torch.manual_seed(seed)
+    # Python's and NumPy's generators too: mmcv's random transforms (the demo's RandomFlip)
+    # draw from NumPy, which torch.manual_seed leaves as it is, so the batch changed per call.
+    set_random_seed(seed)
     model = build_model(exact_cfg)
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
