@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbp_wht.experiments.vocab import MODELS, method_spec
+from lbp_wht.experiments.vocab import MODEL_SPECS, method_spec
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
@@ -53,7 +53,7 @@ from lbp_wht.runs.records import read_record
 def _arch(model: str) -> str:
     """The architecture of a row's model (``ModelSpec.arch``: ``EfficientFormerV2``, ...), or
     ``""`` for a model the registry does not know."""
-    spec = MODELS.get(model)
+    spec = MODEL_SPECS.get(model)
     return spec.arch if spec is not None else ""
 
 

@@ -4,7 +4,7 @@ What is written, and from what:
 
 * ``configs/_base_/models/<model>.py`` -- one per model, from
   :func:`lbp_wht.experiments.presets.model_config` (``training=True``; the one model
-  definition) and the pretrained checkpoint of :data:`lbp_wht.experiments.pretrained.PRETRAINED`.
+  definition) and the pretrained checkpoint of its ``ModelSpec.checkpoint``.
 * ``configs/_base_/data/<dataset>_<size>.py`` -- one per classification dataset and input
   size: the pairing of the hand-written dataset base (``_base_/datasets/<dataset>.py``: what
   the dataset is, where it lives, how its images load) with the hand-written resolution
@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import CONFIGS_DIR, REPO_ROOT
-from .pretrained import PRETRAINED
+from .models import MODEL_SPECS
 from .vocab import (
     DATASETS,
-    MODELS,
     SCOPE_LABELS,
     MethodKey,
     config_dataset,
@@ -50,7 +49,6 @@ from .vocab import (
 __all__ = [
     "HEADER",
     "GENERATED_FOLDERS",
-    "CLS_MODELS",
     "CLS_SCHEDULES",
     "GeneratedFile",
     "generated_files",
@@ -77,8 +75,6 @@ GENERATED_FOLDERS = (
     "figure5",
     "mini",
 )
-#: The classification models of Tables 2 and 5: the paper's classification models.
-CLS_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.paper and m.task == "cls")
 #: Schedule base per classification dataset (config names): the learning rates of the
 #: authors' configs.
 CLS_SCHEDULES = {
@@ -90,9 +86,6 @@ CLS_SCHEDULES = {
     "oxford-pets": "cls_adamw_50e.py",
     "places365": "cls_adamw_50e.py",
 }
-#: What the comment of each generated model base says about the model
-#: (``ModelSpec.description``).
-MODEL_NOTES: dict[str, str] = {m.id: m.description for m in MODELS.values()}
 
 
 @dataclass(frozen=True)
@@ -135,10 +128,10 @@ def model_base(model: str) -> GeneratedFile:
     (training form) and the checkpoint it fine-tunes from."""
     from lbp_wht.experiments.presets import model_config
 
-    info = MODELS[model]
+    info = MODEL_SPECS[model]
     mini = not info.paper
     cfg = model_config(model, info.base_classes, training=True, in_channels=info.in_channels)
-    ckpt = PRETRAINED.get(model)
+    ckpt = info.checkpoint
     load_from = f"checkpoints/{ckpt.file}" if ckpt else None
     notes = info.description
     if ckpt:
@@ -264,10 +257,10 @@ def _experiment(
 
 
 def _cls(table: str, folder: str, model: str, dataset: str, scope: str, m: _Method):
-    size = MODELS[model].img_size
+    size = MODEL_SPECS[model].img_size
     info = DATASETS[_paper_name(dataset)]
     title = (
-        f"{MODELS[model].name}, {SCOPE_LABELS[scope]}"
+        f"{MODEL_SPECS[model].name}, {SCOPE_LABELS[scope]}"
         + (" (last stage + head, Sec. 4.1)" if scope == "partial" else "")
         + f", {m.title()}, {dataset} at {size}x{size}"
     )
@@ -289,14 +282,15 @@ def experiments() -> list[GeneratedFile]:
     cls_datasets = [
         config_dataset(d) for d in ("cifar100", "cifar10", "cars", "flowers", "food", "pets")
     ]
-    # Tables 2 (partial) and 5 (full training; Table 2's full-training block is its S0 part).
-    for model in CLS_MODELS:
+    # Tables 2 (partial) and 5 (full training; Table 2's full-training block is its S0 part):
+    # the paper's classification models.
+    for model in [m.id for m in MODEL_SPECS.values() if m.paper and m.task == "cls"]:
         for dataset in cls_datasets:
             for m in [*table25, LOSA]:
                 out.append(_cls("Table 2", f"table2/{model}", model, dataset, "partial", m))
             # Table 5 has an LP_L1-7 row for EfficientFormer-L1 and V2-S0 (not for L7):
             # ModelSpec.table5_extra_r.
-            for m in table25 + [lp(r) for r in MODELS[model].table5_extra_r]:
+            for m in table25 + [lp(r) for r in MODEL_SPECS[model].table5_extra_r]:
                 out.append(_cls("Table 5", f"table5/{model}", model, dataset, "full", m))
     # Table 3: Segformer MiT-B0, Cityscapes and VOC12 aug, partial (last stage + decoder) / full.
     for dataset in ("cityscapes", "voc12aug"):
@@ -449,7 +443,7 @@ def mini_experiments() -> list[GeneratedFile]:
                 "mini-seg",
                 seg,
                 seg_runtime,
-                {"preset": MODELS["mini-segformer"].preset, "allow_random_init": True},
+                {"preset": MODEL_SPECS["mini-segformer"].preset, "allow_random_init": True},
                 m,
             )
         )
@@ -458,7 +452,7 @@ def mini_experiments() -> list[GeneratedFile]:
 
 def generated_files() -> list[GeneratedFile]:
     """Every file the generator writes: model bases, data bases, experiment configs."""
-    files = [model_base(m) for m in MODELS]
+    files = [model_base(m) for m in MODEL_SPECS]
     for dataset in CLS_SCHEDULES:
         sizes = (224,) if dataset == "places365" else (224, 256)
         files += [data_base(dataset, size) for size in sizes]

@@ -112,6 +112,10 @@ class Checkpoint(NamedTuple):
     url: str = ""
     timm: str = ""
 
+    @property
+    def source(self) -> str:
+        return self.url or f"timm {self.timm}"
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -114,15 +114,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .methods import SCOPES, MethodSpec, method_spec
 from .models import MINI_EFFICIENTFORMER_ARCH, MODEL_SPECS, ModelSpec, model_spec, preset_models
-from .vocab import (
-    LORA_TRAIN,
-    METHODS,
-    PRESET_MODELS,
-    SCOPES,
-    SELECTIONS,
-    method_spec,
-)
+from .vocab import LORA_TRAIN
 
 if TYPE_CHECKING:  # the core configs import torch; this module stays standard-library only
     from lbp_wht.config import LBPConfig, LoRAConfig
@@ -131,12 +125,8 @@ __all__ = [
     "Preset",
     "get_preset",
     "describe_preset",
+    "preset_of",
     "model_config",
-    "PRESET_MODELS",
-    "METHODS",
-    "SCOPES",
-    "SELECTIONS",
-    "LORA_TRAIN",
     "VARIANTS",
     "MINI_EFFICIENTFORMER_ARCH",
 ]
@@ -198,41 +188,81 @@ def get_preset(
     lora_train: str = "adapters",
     variant: str = "corrected",
 ) -> Preset:
-    """The conversion rules and trainable globs for ``model`` / ``method`` / ``scope``.
+    """The conversion rules and trainable globs for ``model`` / ``method`` / ``scope``, the
+    library's entry: checks its arguments, then :func:`preset_of`.
 
     Args:
-        model: one of :data:`PRESET_MODELS`.
-        method: one of :data:`METHODS` (``head_only``: no conversion, task head only).
+        model: a model with presets of its own (:func:`~lbp_wht.experiments.models.preset_models`).
+        method: a method id (``head_only``: no conversion, task head only).
         scope: ``"partial"`` (last stage + head) or ``"full"`` (whole model); ignored by
             ``head_only`` (the head trains alone in both).
-        lbp: the :class:`~lbp_wht.config.LBPConfig` of every LBP-WHT rule (selection,
-            radius or num_bases, order, padding), put into the rules as it is (``lbp=``);
-            None: ``LBPConfig()``, the core's default. With ``selection="lhe"`` the layers profile
-            ``g_y`` until their bases are set (``LBPMixin.set_bases``).
+        lbp: the :class:`~lbp_wht.config.LBPConfig` of every LBP-WHT rule, put into the rules
+            as it is (``lbp=``); None: ``LBPConfig()``. With ``selection="lhe"`` the layers
+            profile ``g_y`` until their bases are set (``LBPMixin.set_bases``).
         lora: the :class:`~lbp_wht.config.LoRAConfig` per projection (``lora=``); fused
             layers (qkv) get a copy with rank and alpha multiplied by the number of fused
-            projections. None: ``LoRAConfig()``, the core's default.
+            projections. None: ``LoRAConfig()``.
         options: a successor method's typed core config (``LoRAFAConfig``, ``VeLoRAConfig``,
-            ``WTACRSConfig``), put into each rule under the method's name; a LoRA-FA config
-            is scaled for fused layers as LoRA's. None: the core config's defaults.
+            ...), put into each rule under the method's name; a LoRA-FA config is scaled for
+            fused layers as LoRA's. None: the core config's defaults.
         lora_train: what trains besides the adapters in the LoRA variants: ``"adapters"``
             (the task head only; LoRA's definition, our default) or ``"scope"`` (every
             parameter of the trained scope except the LoRA layers' frozen base weights: the
             freeze of the authors' configs, see ``results/cost/README.md``).
-        variant: ``"corrected"`` (default) or ``"authors"``: the conversion the authors'
-            code executed (module docstring, "Variants").
-
-    Returns:
-        A :class:`Preset`.
+        variant: ``"corrected"`` (default) or ``"authors"`` (module docstring, "Variants").
     """
-    mspec = model_spec(model) if model in MODEL_SPECS else None
-    if mspec is None or not mspec.has_preset:
-        _check("model", model, preset_models())
-    assert mspec is not None
+    mspec = _preset_model(model)
     spec = method_spec(method)  # a ValueError naming the known ids
     _check("scope", scope, SCOPES)
     _check("lora_train", lora_train, LORA_TRAIN)
     _check("variant", variant, VARIANTS)
+    _check_losa(mspec, spec)
+    if spec.has_bases and lbp is not None and lbp.selection == "lhe" and not spec.lhe:
+        raise ValueError(
+            f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
+            "such row); use an LP selection, or convert with the library directly: "
+            "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
+            "lbp_wht.lhe.LHEProfiler"
+        )
+    if scope not in spec.scopes:
+        raise ValueError(
+            f"method {method!r} {spec.scope_note}, i.e. scope="
+            f"{' or '.join(map(repr, spec.scopes))}; scope={scope!r} is not defined for it"
+        )
+    return preset_of(model, spec, scope, lbp, lora, options, lora_train, variant)
+
+
+def _preset_model(model: str) -> ModelSpec:
+    mspec = MODEL_SPECS.get(model)
+    if mspec is None or not mspec.has_preset:
+        _check("model", model, preset_models())
+    assert mspec is not None
+    return mspec
+
+
+def _check_losa(mspec: ModelSpec, spec: MethodSpec) -> None:
+    if spec.side_network and mspec.losa is None:
+        raise ValueError(
+            f"method {spec.id!r} has no preset for {mspec.id!r} (segmentation); LoSA presets: "
+            f"{sorted(m.id for m in MODEL_SPECS.values() if m.losa is not None)}"
+        )
+
+
+def preset_of(
+    model: str,
+    spec: MethodSpec,
+    scope: str,
+    lbp: LBPConfig | None,
+    lora: LoRAConfig | None,
+    options: Any,
+    lora_train: str,
+    variant: str,
+) -> Preset:
+    """:func:`get_preset` for arguments already validated (a parsed ``lbp`` block,
+    :func:`lbp_wht.integrations.build.preset_for_block`): checks only what that parse does
+    not, that ``model`` has presets and, for LoSA, taps."""
+    mspec = _preset_model(model)
+    _check_losa(mspec, spec)
     if (spec.has_bases and lbp is None) or (spec.has_lora and lora is None):
         from lbp_wht.config import LBPConfig, LoRAConfig  # the core's defaults
 
@@ -242,33 +272,17 @@ def get_preset(
         from lbp_wht.conversion import SUCCESSOR_OPTIONS  # the core's defaults
 
         options = SUCCESSOR_OPTIONS[spec.conversion][0]()
-    if spec.has_bases and lbp.selection == "lhe" and not spec.lhe:  # type: ignore[union-attr]
-        raise ValueError(
-            f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
-            "such row); use an LP selection, or convert with the library directly: "
-            "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
-            "lbp_wht.lhe.LHEProfiler"
-        )
-    if spec.side_network and mspec.losa is None:
-        raise ValueError(
-            f"method {method!r} has no preset for {model!r} (segmentation); LoSA presets: "
-            f"{sorted(m.id for m in MODEL_SPECS.values() if m.losa is not None)}"
-        )
-    if scope not in spec.scopes:
-        raise ValueError(
-            f"method {method!r} {spec.scope_note}, i.e. scope="
-            f"{' or '.join(map(repr, spec.scopes))}; scope={scope!r} is not defined for it"
-        )
-    partial_trainable, head = mspec.partial, mspec.head
-    layers = mspec.layer_table(scope, variant)
+    head = mspec.head
+    scope_globs = list(mspec.partial) if scope == "partial" else ["*"]
 
     def fused_for(cfg: Any, fused: int) -> Any:  # a LoRA-style config of a fused qkv layer
         return cfg if fused == 1 else replace(cfg, rank=cfg.rank * fused, alpha=cfg.alpha * fused)
 
     # The spec's flags decide: which of the table's layers (``layers``), converted by which
-    # core rule method (``conversion``), with LoRA options and / or WHT base options.
+    # core rule method (``conversion``), with LoRA options and / or WHT base options. LoSA
+    # converts nothing (a side network instead).
     rules: list[dict[str, Any]] = []
-    for layer in layers if spec.converts else ():  # LoSA: a side network instead
+    for layer in mspec.layer_table(scope, variant) if spec.converts else ():
         if spec.layers == "all" or spec.layers == layer.kind:
             rule: dict[str, Any] = dict(target=layer.glob, method=spec.conversion)
             if spec.has_lora:
@@ -288,14 +302,10 @@ def get_preset(
     elif spec.trains == "side":
         trainable = ["losa.*", *head]
     elif spec.trains == "scope":
-        trainable = list(partial_trainable) if scope == "partial" else ["*"]
+        trainable = scope_globs
     else:  # LoRA variants (freeze() keeps LoRA base weights frozen whatever the globs)
         adapters = [f"{rule['target']}.lora_{ab}" for rule in rules for ab in ("A", "B")]
-        if lora_train == "adapters":
-            trainable = adapters + list(head)
-        else:
-            scope_globs = list(partial_trainable) if scope == "partial" else ["*"]
-            trainable = adapters + scope_globs
+        trainable = adapters + (list(head) if lora_train == "adapters" else scope_globs)
 
     notes = mspec.notes + (mspec.authors_notes if variant == "authors" else ())
     containers, output = mspec.losa if spec.side_network else ((), "")  # type: ignore[misc]
@@ -303,8 +313,8 @@ def get_preset(
         rules=rules,
         trainable=trainable,
         norm_eval=mspec.norm_eval,
-        model=model,
-        method=method,
+        model=mspec.id,
+        method=spec.id,
         scope=scope,
         notes=tuple(notes),
         losa_containers=containers,
@@ -376,7 +386,7 @@ def model_config(
     0 for classification (the authors' fine-tuning setting) and mmseg's 0.1 for Segformer.
 
     Args:
-        model: a model id of :data:`lbp_wht.experiments.vocab.MODELS`.
+        model: a model id of :data:`~lbp_wht.experiments.models.MODEL_SPECS`.
         num_classes: classes of the task head.
         training: the fine-tuning definition of the experiment configs: classification heads
             train with label smoothing 0.1; Segformer uses SyncBN (turned into BN when not

@@ -41,8 +41,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import SUCCESSOR_OPTIONS, keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
-from lbp_wht.experiments.methods import method_spec
-from lbp_wht.experiments.models import preset_models
+from lbp_wht.experiments.methods import METHOD_SPECS, SCOPES, method_spec
+from lbp_wht.experiments.models import MODEL_SPECS, preset_models
+from lbp_wht.experiments.vocab import LORA_TRAIN, SELECTIONS
 from lbp_wht.losa import DEFAULT_RANK as LOSA_DEFAULT_RANK
 from lbp_wht.projection import PADDINGS
 
@@ -50,9 +51,6 @@ __all__ = [
     "LBP_DEFAULTS",
     "LBP_SCHEMA",
     "LBPKey",
-    "METHODS",
-    "SCOPES",
-    "SELECTS",
     "LBPBlock",
     "LBPConfigError",
     "LBPWHTModel",
@@ -64,8 +62,6 @@ __all__ = [
     "close_matches",
     "did_you_mean",
     "lbp_rank",
-    "lbp_config_from_block",
-    "lora_config_from_block",
     "inject_lbp",
     "attach_side_network",
     "enable_norm_eval",
@@ -73,14 +69,6 @@ __all__ = [
     "lbp_layers",
     "uses_lbp",
 ]
-
-#: Allowed values of lbp.method / scope / lora_train / select: the core's, defined once there.
-METHODS, SCOPES, LORA_TRAIN, SELECTS = (
-    _presets.METHODS,
-    _presets.SCOPES,
-    _presets.LORA_TRAIN,
-    _presets.SELECTIONS,
-)
 
 
 def _core_default(cls: type, name: str) -> Any:
@@ -93,7 +81,7 @@ def _core_default(cls: type, name: str) -> Any:
 #: LBP-WHT and LoRA keys are the core's (:class:`~lbp_wht.config.LBPConfig`,
 #: :class:`~lbp_wht.config.LoRAConfig`), read from there.
 LBP_DEFAULTS: dict[str, Any] = dict(
-    method=None,  # required: one of METHODS
+    method=None,  # required: one of METHOD_SPECS
     model=None,  # required: model name (preset name unless lbp.preset is set), e.g. 'efficientformer-l1'
     preset=None,  # preset name for get_preset when it differs from model (e.g. CPU stand-ins)
     scope="partial",  # 'partial' = last stage + head (Sec. 4.1), 'full' = whole model
@@ -159,11 +147,11 @@ class LBPKey:
 
 #: key -> type, allowed values, help. Every key of :data:`LBP_DEFAULTS` has an entry.
 LBP_SCHEMA: dict[str, LBPKey] = dict(
-    method=LBPKey("str", "training method", choices=METHODS),
+    method=LBPKey("str", "training method", choices=tuple(METHOD_SPECS)),
     model=LBPKey("str", "model name, a preset name unless lbp.preset is set"),
     preset=LBPKey("str", "preset name when it differs from lbp.model", nullable=True),
     scope=LBPKey("str", "trained part: 'partial' (last stage + head) or 'full'", choices=SCOPES),
-    select=LBPKey("str", "WHT base selection, Sec. 3.2", choices=SELECTS),
+    select=LBPKey("str", "WHT base selection, Sec. 3.2", choices=SELECTIONS),
     r=LBPKey("int", "LP radius; lp_l1 r=2,4,6,8 keeps R=3,10,21,36 bases", minimum=1),
     rank=LBPKey("int", "number of bases for select='lhe'", nullable=True, minimum=1),
     order=LBPKey("int", "WHT order, the patch side, a power of two", minimum=1),
@@ -418,9 +406,27 @@ def _successor_config(out: Mapping[str, Any], spec: Any) -> Any:
         raise LBPConfigError(f"lbp.options (lbp.method={spec.id!r}): {err}") from err
 
 
+#: Blocks parsed so far, by content (:func:`_content_key`): the launcher, the builder, the
+#: runner, the hooks and the run record all ask for the same block; it is parsed once.
+_PARSED: dict[Any, LBPBlock] = {}
+
+
+def _content_key(value: Any) -> Any:
+    """A hashable key equal for equal contents of the same types (1, 1.0 and True differ, as
+    the schema's checks do; a list is not a tuple); TypeError for unhashable leaves."""
+    if isinstance(value, Mapping):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return (Mapping, tuple((repr(k), type(k), _content_key(v)) for k, v in items))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_content_key(v) for v in value))
+    hash(value)
+    return (type(value), value)
+
+
 def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
     """Check the ``lbp`` block against :data:`LBP_SCHEMA`, complete it with the defaults and
-    build its typed configs: the one parse of a block (see :class:`LBPBlock`).
+    build its typed configs, once per content: a block equal to one parsed before (or to its
+    completed ``settings``) returns that same frozen :class:`LBPBlock`.
 
     Every key is checked by type (no string is converted), allowed values and range, then
     the combinations (LHE needs ``rank``; ``r`` fits ``order``: checked by constructing the
@@ -431,6 +437,20 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
         LBPConfigError: naming the key: unknown keys (with a close match and the valid keys),
             wrong types, unknown values, missing fields.
     """
+    try:
+        key = _content_key(lbp)
+    except TypeError:  # an unhashable value: parsed (and refused by the schema) every time
+        return _parse(lbp)
+    block = _PARSED.get(key)
+    if block is None:
+        block = _parse(lbp)
+        if len(_PARSED) > 256:
+            _PARSED.clear()
+        _PARSED[key] = _PARSED[_content_key(block.settings)] = block
+    return block
+
+
+def _parse(lbp: Mapping[str, Any] | None) -> LBPBlock:
     if lbp is None:
         raise LBPConfigError(
             "the config has no `lbp = dict(method=..., model=..., scope=...)` block; "
@@ -481,24 +501,24 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
 
 
 def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``lbp`` block checked and completed with the defaults, as a plain dict: the
-    ``settings`` of :func:`parse_lbp_block` (same checks, same errors)."""
-    return dict(parse_lbp_block(lbp).settings)
+    """The ``lbp`` block checked and completed with the defaults, as a plain dict: a copy of
+    the ``settings`` of :func:`parse_lbp_block` (same checks, same errors)."""
+    return copy.deepcopy(dict(parse_lbp_block(lbp).settings))
 
 
 def preset_for_block(block: LBPBlock) -> Any:
     """The :class:`~lbp_wht.experiments.presets.Preset` of a parsed block: its rules carry
-    ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options)."""
-    name, method, scope = block.preset_name, block.method, block.scope
-    return _presets.get_preset(
-        name,
-        method,
-        scope,
-        lbp=block.lbp,
-        lora=block.lora,
-        options=block.options,
-        lora_train=block.lora_train,
-        variant=block.variant,
+    ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options). The parse
+    checked the method's arguments; ``preset_of`` checks only the model."""
+    return _presets.preset_of(
+        block.preset_name,
+        method_spec(block.method),
+        block.scope,
+        block.lbp,
+        block.lora,
+        block.options,
+        block.lora_train,
+        block.variant,
     )
 
 
@@ -522,23 +542,6 @@ def check_lbp_preset(lbp: Mapping[str, Any]) -> None:
 def uses_lbp(method: str) -> bool:
     """Whether ``method`` puts LBP-WHT layers (low-rank backward) into the model."""
     return method_spec(method).has_bases
-
-
-def uses_lora(method: str) -> bool:
-    """Whether ``method`` puts LoRA adapters into the model (``lora_rank`` applies)."""
-    return method_spec(method).has_lora
-
-
-def lbp_config_from_block(lbp: Mapping[str, Any]) -> LBPConfig | None:
-    """The typed :class:`~lbp_wht.config.LBPConfig` of an ``lbp`` block (None for methods
-    without LBP-WHT): ``parse_lbp_block(lbp).lbp``."""
-    return parse_lbp_block(lbp).lbp
-
-
-def lora_config_from_block(lbp: Mapping[str, Any]) -> LoRAConfig | None:
-    """The per-projection :class:`~lbp_wht.config.LoRAConfig` of an ``lbp`` block (fused qkv
-    layers get rank and alpha times 3 in the presets): ``parse_lbp_block(lbp).lora``."""
-    return parse_lbp_block(lbp).lora
 
 
 def lbp_rank(lbp: Mapping[str, Any]) -> int | None:
@@ -685,7 +688,7 @@ def attach_side_network(
 
     The taps are the blocks of ``preset.losa_containers`` (:func:`lbp_wht.losa.find_blocks`),
     the corrected feature ``preset.losa_output``; the feature shapes come from one no-grad
-    forward of a zero image at the model's input size (:data:`lbp_wht.experiments.vocab.MODELS`
+    forward of a zero image at the model's input size (:data:`~lbp_wht.experiments.models.MODEL_SPECS`
     ``img_size``; channels from ``backbone.in_channels``, else 3). Returns the side network.
     """
     from lbp_wht.losa import attach_losa, find_blocks
@@ -700,18 +703,16 @@ def attach_side_network(
 
 def example_image(cfg: dict, model_cfg: dict, what: str = "lbp") -> Any:
     """A zero ``(1, C, S, S)`` image at the model's input size: side ``S`` from
-    :data:`lbp_wht.experiments.vocab.MODELS` ``img_size``, channels from the config's
+    :data:`~lbp_wht.experiments.models.MODEL_SPECS` ``img_size``, channels from the config's
     ``backbone.in_channels`` (else 3). :func:`lbp_wht.convert` traces every layer's map on it;
     LoSA sizes its side network from it."""
     import torch
 
-    from lbp_wht.experiments.vocab import MODELS as MODEL_INFO
-
-    info = MODEL_INFO.get(cfg["model"]) or MODEL_INFO.get(cfg["preset"] or "")
+    info = MODEL_SPECS.get(cfg["model"]) or MODEL_SPECS.get(cfg["preset"] or "")
     if info is None:
         raise LBPConfigError(
             f"{what}: no input size known for lbp.model={cfg['model']!r}; use a model of "
-            "lbp_wht.experiments.vocab.MODELS"
+            "lbp_wht.experiments.models.MODEL_SPECS"
         )
     channels = int((model_cfg.get("backbone") or {}).get("in_channels", 3))
     return torch.zeros(1, channels, info.img_size, info.img_size)

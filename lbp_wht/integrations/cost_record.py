@@ -31,13 +31,10 @@ from typing import Any
 from lbp_wht.experiments.methods import method_spec
 from lbp_wht.experiments.models import MODEL_SPECS, model_spec, preset_models
 
-#: Input resolution per preset model when a config does not say (paper Sec. 4.1): each
-#: model's ``ModelSpec.img_size`` (a view of the specs; lbp_wht/experiments/models.py).
-DEFAULT_SIZE = {m.id: m.img_size for m in MODEL_SPECS.values() if m.has_preset}
-
 
 def _default_size(model: Any) -> int | None:
-    """The input side of a preset model (``ModelSpec.img_size``), None for any other name."""
+    """The input side of a preset model when a config does not say (paper Sec. 4.1:
+    ``ModelSpec.img_size``), None for any other name."""
     spec = MODEL_SPECS.get(model) if isinstance(model, str) else None
     return spec.img_size if spec is not None and spec.has_preset else None
 
