@@ -233,19 +233,7 @@ def table_cells(
     table = str(table)
     cells: list[Cell] = []
     if table == "fig5":
-        c = FIG5_CELL
-        cells = [
-            Cell(
-                c["model"],
-                c["scope"],
-                c["method"],
-                c["select"],
-                c["r"],
-                None,
-                c["dataset"],
-                variant=c["variant"],
-            )
-        ]
+        cells = [Cell(rank=None, **FIG5_CELL)]
     elif table == "fig3":
         seen_models = []
         for row in read_paper_rows("2", paper_dir):

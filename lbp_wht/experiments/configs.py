@@ -41,8 +41,10 @@ from .vocab import (
     MethodKey,
     config_dataset,
     config_tag,
+    lbp_options,
     method_label,
     method_spec,
+    norm_dataset,
     num_bases,
 )
 
@@ -153,7 +155,7 @@ def data_base(dataset: str, size: int) -> GeneratedFile:
     text = "\n".join(
         [
             HEADER,
-            f"# {DATASETS[_paper_name(dataset)].name} at {size}x{size}: datasets/{dataset}.py "
+            f"# {DATASETS[norm_dataset(dataset)].name} at {size}x{size}: datasets/{dataset}.py "
             f"+ resolutions/cls_{size}.py.",
             f'_base_ = ["../datasets/{dataset}.py", "../resolutions/cls_{size}.py"]',
             "train_pipeline = _base_.load_pipeline + _base_.train_transforms",
@@ -164,10 +166,6 @@ def data_base(dataset: str, size: int) -> GeneratedFile:
         ]
     )
     return GeneratedFile(f"_base_/data/{name}.py", "data base", text + "\n")
-
-
-def _paper_name(config_name: str) -> str:
-    return next(d.id for d in DATASETS.values() if d.config == config_name)
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -185,12 +183,7 @@ class _Method:
         return config_tag(self.key, self.variant)
 
     def lbp(self) -> dict[str, Any]:
-        method, select, r = self.key
-        out: dict[str, Any] = {"method": method}
-        if select is not None:
-            out["select"] = select
-            out["rank" if select == "lhe" else "r"] = r
-        return {**out, **dict(self.extra)}
+        return {**lbp_options(self.key), **dict(self.extra)}
 
     def title(self) -> str:
         if self.text:
@@ -258,7 +251,7 @@ def _experiment(
 
 def _cls(table: str, folder: str, model: str, dataset: str, scope: str, m: _Method):
     size = MODEL_SPECS[model].img_size
-    info = DATASETS[_paper_name(dataset)]
+    info = DATASETS[norm_dataset(dataset)]
     title = (
         f"{MODEL_SPECS[model].name}, {SCOPE_LABELS[scope]}"
         + (" (last stage + head, Sec. 4.1)" if scope == "partial" else "")

@@ -1,69 +1,44 @@
 """Which layers get LBP-WHT / LoRA and which parameters train, per model, method and scope.
 
-Pure data (imports only the standard library): ``get_preset(...)`` returns the ``rules`` for
-:func:`lbp_wht.convert` and the ``trainable`` globs for :func:`lbp_wht.freeze`. Globs are over
-the qualified names of the whole OpenMMLab model (``backbone.*``, ``head.*``,
-``decode_head.*``) built as in :func:`model_config`; ``*`` also matches dots.
+Standard library only: ``get_preset(...)`` returns the ``rules`` for :func:`lbp_wht.convert`
+and the ``trainable`` globs for :func:`lbp_wht.freeze`, read from the model's
+:class:`~lbp_wht.experiments.models.ModelSpec` (layer table, partial scope, task head,
+``norm_eval``, LoSA taps, notes) and the method's
+:class:`~lbp_wht.experiments.methods.MethodSpec` flags (``conversion`` and ``layers`` give
+the rules, ``trains`` the globs); this module names no model and no method. Globs are over
+the qualified names of the whole OpenMMLab model of :func:`model_config`; ``*`` also matches
+dots. Why the tables hold what they hold (the authors' experiment configurations,
+``docs/PAPER_NOTES.md``):
 
-Every fact about a model (its layer table, partial-training scope, task head, ``norm_eval``,
-LoSA taps, notes, definition) is its :class:`~lbp_wht.experiments.models.ModelSpec` entry in
-:data:`~lbp_wht.experiments.models.MODEL_SPECS`; this module reads the entries and names no
-model. What the entries hold, and why:
-
-Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.md``):
-
-* Where LBP-WHT goes (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8):
-  EfficientFormer L1/L7: Meta4D ``mlp.fc1``/``mlp.fc2`` (1x1 convs), Meta3D
-  ``token_mixer.qkv``/``token_mixer.proj``/``mlp.fc1``/``mlp.fc2`` (linears).
-  EfficientFormerV2: ``mlp.fc1``/``mlp.fc2`` in every block, ``q``/``k``/``v``/``proj`` and
-  both talking-head 1x1 convs in attention blocks, ``q``/``k``/``v``/``proj`` of the
-  attention-downsampling block. SwinV2: ``attn.w_msa.qkv``/``attn.w_msa.proj``, both FFN
-  linears, each patch-merging ``reduction``.
-  Segformer (not in the notes; chosen here): ``attn.q``/``k``/``v``/``proj`` and the MixFFN
-  1x1 convs ``ffn.layers.0``/``ffn.layers.4`` of every block, plus the decode head's 1x1 convs
-  ``convs.*.conv`` and ``fusion_conv.conv``; the classifier ``conv_seg`` stays exact (it is the
-  task head, like ``head.*`` in classification). Why the decode head: its 1024->256 fusion conv
-  at 128x128 alone costs ~8.6 GMAC to back-propagate, about 40% of partial training's Full BP,
-  so a method that leaves it exact cannot reach Table 3's low-rank costs. Which layers the
-  authors converted is not documented; the ``authors`` variant below is the set that fits
-  Table 3's costs.
-* Partial training trains the last stage and the head: EfficientFormer ``backbone.network.3``
-  (with its downsampling conv), EfficientFormerV2 the authors' ``network.6`` = timm
-  ``stages.3.blocks`` (the attention-downsampling block ``stages.3.downsample`` is the
-  authors' ``network.5`` and stays frozen), SwinV2 ``backbone.stages.3`` (with its patch
-  merging), Segformer ``backbone.layers.3`` (patch embed, blocks, norm) + ``decode_head``.
-  Final backbone norms (``backbone.norm3``, timm ``norm``) are outside those modules and stay
-  frozen, as in the authors' configs ("everything else frozen").
-* LoRA baselines: rank 8, alpha 8 (scaling 1); a fused qkv layer gets rank 24 and alpha 24
-  (3 x 8, scaling still 1). "LoRA" = attention projections only; "LoRA-all" = every layer
-  that LBP-WHT converts.
-
-Method semantics come from each method's flags (:data:`~lbp_wht.experiments.methods.METHOD_SPECS`,
-whose docstring tables them): ``conversion`` and ``layers`` give the rules (the core's rule
-method on the attention projections or on every layer of the model's table), ``trains`` the
-trainable globs given to :func:`lbp_wht.freeze`: ``head`` the task head only, ``scope`` every
-parameter in scope, ``adapters`` the LoRA adapters + task head, ``side`` the side network
-``losa.*`` + task head. Nothing here names a method.
-
-``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`; not a paper row) converts nothing: the
-builder attaches a side network whose taps are the last stage's blocks
-(``Preset.losa_containers``) and whose correction is added to the backbone's final feature
-(``Preset.losa_output``); only the side network and the task head train, and no gradient
-reaches the backbone. Classification models only, ``scope="partial"``.
-
-``head_only`` is the linear-probe baseline (not a paper row; the CPU mini-reproduction reports
-it to show that adapting the backbone matters): nothing is converted and only the task head
-trains, whatever the scope (the scope only names the setting it is compared with). Its
-backprop cost is the head's own backward.
-
-LoRA variants train only the adapters and the (new) task head, as in LoRA (Hu et al.): no
-norms, biases or other backbone parameters. The task head is ``head.*`` in classification and
-``decode_head.conv_seg.*`` in segmentation; the rest of Segformer's decode head stays frozen
-under LoRA (it carries adapters under LoRA-all), which matches Table 3's LoRA cost (the frozen
-decoder still back-propagates ``g_x`` through its fusion conv). ``lora_train="scope"``
-(config key ``lbp.lora_train``) follows the authors' configs instead: every parameter of the
-trained scope trains beside the adapters, except the LoRA layers' frozen base weights; with it
-our LoRA-all costs come within about 10% of Table 7's (``results/cost/README.md``, item 3).
+* LBP-WHT (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8) goes on the attention
+  projections and FFN layers of the trained blocks, SwinV2's patch merging and
+  EfficientFormerV2's talking heads and attention downsampling. Segformer's set is not in
+  the notes; chosen here: attention, the MixFFN 1x1 convs and the decode head's 1x1 convs,
+  because the head's 1024->256 fusion conv at 128x128 alone costs ~8.6 GMAC to back-propagate,
+  about 40% of partial training's Full BP, so a method that leaves it exact cannot reach
+  Table 3's low-rank costs. The classifier ``conv_seg`` stays exact (the task head, like
+  ``head.*`` in classification). Which layers the authors converted is not documented; the
+  ``authors`` variant below is the set that fits Table 3's costs.
+* Partial training trains the last stage and the head (EfficientFormerV2: the authors'
+  ``network.6`` = timm ``stages.3.blocks``; its attention downsampling, the authors'
+  ``network.5``, stays frozen; Segformer: also the decode head). Final backbone norms lie
+  outside those modules and stay frozen, as in the authors' configs ("everything else
+  frozen").
+* LoRA baselines: rank 8, alpha 8 (scaling 1); a fused qkv layer gets rank 24 and alpha 24.
+  "LoRA" = attention projections only; "LoRA-all" = every layer that LBP-WHT converts. They
+  train only the adapters and the (new) task head, as in LoRA (Hu et al.): Segformer's decode
+  head stays frozen under LoRA (it carries adapters under LoRA-all), which matches Table 3's
+  LoRA cost (the frozen decoder still back-propagates ``g_x`` through its fusion conv).
+  ``lora_train="scope"`` (``lbp.lora_train``) follows the authors' configs instead: every
+  parameter of the trained scope trains beside the adapters, except the LoRA layers' frozen
+  base weights; with it our LoRA-all costs come within about 10% of Table 7's
+  (``results/cost/README.md``, item 3).
+* ``head_only`` (linear probe) and ``losa`` (:mod:`lbp_wht.losa`: a side network tapping the
+  last stage's blocks, ``Preset.losa_containers``, and correcting the backbone's final
+  feature, ``Preset.losa_output``; classification, partial training) are not paper rows: the
+  CPU mini-reproduction reports them, the probe to show that adapting the backbone matters.
+  Both convert nothing; the probe trains the task head whatever the scope, LoSA its side
+  network and the task head (no gradient reaches the backbone).
 
 Variants (``variant=``, config key ``lbp.variant``): ``"corrected"`` (the default) converts
 every layer above and makes sure each converted layer really runs converted. ``"authors"``

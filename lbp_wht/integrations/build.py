@@ -64,7 +64,6 @@ __all__ = [
     "lbp_rank",
     "inject_lbp",
     "attach_side_network",
-    "enable_norm_eval",
     "always_compute_input_grad",
     "lbp_layers",
     "uses_lbp",
@@ -76,97 +75,89 @@ def _core_default(cls: type, name: str) -> Any:
     return next(f.default for f in fields(cls) if f.name == name)
 
 
-#: Every key the ``lbp`` block may hold, with its default. Unknown keys are an error (a typo
-#: such as ``lbp.rr=6`` must not silently run the default sweep point). The defaults of the
-#: LBP-WHT and LoRA keys are the core's (:class:`~lbp_wht.config.LBPConfig`,
-#: :class:`~lbp_wht.config.LoRAConfig`), read from there.
-LBP_DEFAULTS: dict[str, Any] = dict(
-    method=None,  # required: one of METHOD_SPECS
-    model=None,  # required: model name (preset name unless lbp.preset is set), e.g. 'efficientformer-l1'
-    preset=None,  # preset name for get_preset when it differs from model (e.g. CPU stand-ins)
-    scope="partial",  # 'partial' = last stage + head (Sec. 4.1), 'full' = whole model
-    # base selection (Sec. 3.2): lp_l1 (Eq. 8), lp_linf (Eq. 9), lhe -> LBPConfig.selection
-    select=_core_default(LBPConfig, "selection"),
-    r=LBPConfig.DEFAULT_RADIUS,  # LP radius (lp_l1 r=2,4,6,8 -> R=3,10,21,36) -> .radius
-    rank=None,  # number of bases for select='lhe' (Table 4: 10) -> LBPConfig.num_bases
-    order=_core_default(LBPConfig, "order"),  # WHT order (8x8 patches)
-    padding=_core_default(LBPConfig, "padding"),  # how a 7x7 map is padded to 8x8
-    lora_rank=_core_default(LoRAConfig, "rank"),  # -> LoRAConfig.rank
-    lora_alpha=_core_default(LoRAConfig, "alpha"),  # -> LoRAConfig.alpha
-    losa_rank=LOSA_DEFAULT_RANK,  # method='losa': rank of the side network's low-rank mixers
-    # a successor method's own options: keys of its core rule (dict(keep_fraction=0.3) for
-    # wta_crs, dict(subtoken_size=16) for velora); {}: the core config's defaults
-    options={},
-    # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
-    # freeze: every non-LoRA parameter of the trained scope trains too)
-    lora_train="adapters",
-    norm_eval=None,  # None: the preset's choice (BatchNorm on running statistics)
-    # 'corrected' (every preset layer converted and run converted) or 'authors' (what the
-    # authors' code executed: SwinV2 qkv plain, Segformer's fitted layer set, g_x always)
-    variant="corrected",
-    lhe_iters=100,  # LHE: profile g_y energy for this many iterations, then fix the bases
-    spectrum_layer=None,  # record g_y WHT spectrum of this module (Figure 5)
-    spectrum_iters=None,  # ... for this many iterations (None: the whole run)
-    allow_random_init=False,  # permit load_from=None (mini / from-scratch configs only)
-    # a config that builds a declared variant of lbp.model (e.g. the demo's lighter mini
-    # model) says how it differs; the model-name check then compares backbone types only
-    model_variant=None,
-    strict_load=True,  # load_from: missing non-adapter keys are an error
-    # load_from: keys that may be missing / unexpected / of another shape (left at init)
-    reinit_keys=("head.*", "decode_head.conv_seg.*", "auxiliary_head.*"),
-    drop_keys=(),  # load_from: checkpoint keys never loaded (e.g. ['head.*'] for a fresh head)
-)
-
-
 class LBPConfigError(ValueError):
     """The ``lbp`` block of a config is invalid."""
 
 
 @dataclass(frozen=True)
 class LBPKey:
-    """Type schema of one ``lbp`` key.
+    """One key of the ``lbp`` block: its type, meaning, default and allowed values.
 
     Attributes:
-        kind: ``"str"``, ``"int"``, ``"number"`` (int or float), ``"bool"`` or ``"patterns"``
-            (a list / tuple of glob strings). ``bool`` is never accepted as an int or a number,
-            and no string is converted: ``"False"`` is not False, ``"8"`` is not 8.
+        kind: ``"str"``, ``"int"``, ``"number"`` (int or float), ``"bool"``, ``"patterns"``
+            (a list / tuple of glob strings) or ``"options"`` (a dict). ``bool`` is never
+            accepted as an int or a number, and no string is converted: ``"False"`` is not
+            False, ``"8"`` is not 8.
         help: what the key means (shown in errors).
+        default: its value when the block does not set it (``method`` / ``model``: required).
         choices: allowed values (None: any value of the kind).
         nullable: None is allowed.
-        minimum: smallest allowed value for ``int`` / ``number``.
-        positive: the value must be above ``minimum`` (not equal to it).
+        minimum: smallest allowed value for ``int`` / ``number``; ``positive``: above it.
     """
 
     kind: str
     help: str
+    default: Any = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     minimum: float | None = None
     positive: bool = False
 
 
-#: key -> type, allowed values, help. Every key of :data:`LBP_DEFAULTS` has an entry.
+#: Every key the ``lbp`` block may hold. Unknown keys are an error (a typo such as
+#: ``lbp.rr=6`` must not silently run the default sweep point). The defaults of the LBP-WHT
+#: and LoRA keys are the core's (:class:`~lbp_wht.config.LBPConfig` ``selection`` /
+#: ``radius`` / ``order`` / ``padding``, :class:`~lbp_wht.config.LoRAConfig` ``rank`` /
+#: ``alpha``), read from there.
 LBP_SCHEMA: dict[str, LBPKey] = dict(
     method=LBPKey("str", "training method", choices=tuple(METHOD_SPECS)),
     model=LBPKey("str", "model name, a preset name unless lbp.preset is set"),
+    # e.g. the CPU stand-in mini-segformer uses segformer-mit-b0's presets
     preset=LBPKey("str", "preset name when it differs from lbp.model", nullable=True),
-    scope=LBPKey("str", "trained part: 'partial' (last stage + head) or 'full'", choices=SCOPES),
-    select=LBPKey("str", "WHT base selection, Sec. 3.2", choices=SELECTIONS),
-    r=LBPKey("int", "LP radius; lp_l1 r=2,4,6,8 keeps R=3,10,21,36 bases", minimum=1),
-    rank=LBPKey("int", "number of bases for select='lhe'", nullable=True, minimum=1),
-    order=LBPKey("int", "WHT order, the patch side, a power of two", minimum=1),
-    padding=LBPKey("str", "how maps are padded to whole patches", choices=PADDINGS),
-    lora_rank=LBPKey("int", "LoRA rank", minimum=1),
-    lora_alpha=LBPKey(
-        "number", "LoRA alpha; the adapter scaling is alpha / rank", minimum=0, positive=True
+    scope=LBPKey("str", "trained part: 'partial' (last stage + head) or 'full'", "partial", SCOPES),
+    # lp_l1 (Eq. 8), lp_linf (Eq. 9), lhe
+    select=LBPKey(
+        "str", "WHT base selection, Sec. 3.2", _core_default(LBPConfig, "selection"), SELECTIONS
     ),
-    lora_train=LBPKey("str", "what trains beside the LoRA adapters", choices=LORA_TRAIN),
-    losa_rank=LBPKey("int", "LoSA: rank of the side network's low-rank mixers", minimum=1),
+    r=LBPKey(
+        "int",
+        "LP radius; lp_l1 r=2,4,6,8 keeps R=3,10,21,36 bases",
+        LBPConfig.DEFAULT_RADIUS,
+        minimum=1,
+    ),  # fmt: skip
+    rank=LBPKey("int", "number of bases for select='lhe'", nullable=True, minimum=1),
+    order=LBPKey(
+        "int",
+        "WHT order, the patch side, a power of two",
+        _core_default(LBPConfig, "order"),
+        minimum=1,
+    ),  # fmt: skip
+    padding=LBPKey(
+        "str",
+        "how maps are padded to whole patches",
+        _core_default(LBPConfig, "padding"),
+        PADDINGS,
+    ),  # fmt: skip
+    lora_rank=LBPKey("int", "LoRA rank", _core_default(LoRAConfig, "rank"), minimum=1),
+    lora_alpha=LBPKey(
+        "number",
+        "LoRA alpha; the adapter scaling is alpha / rank",
+        _core_default(LoRAConfig, "alpha"),
+        minimum=0,
+        positive=True,
+    ),  # fmt: skip
+    losa_rank=LBPKey(
+        "int", "LoSA: rank of the side network's low-rank mixers", LOSA_DEFAULT_RANK, minimum=1
+    ),
+    # {}: the core config's defaults
     options=LBPKey(
         "options",
         "a successor method's options, keys of its lbp_wht.convert rule "
         "(wta_crs: keep, keep_fraction, winner_fraction; velora: subtoken_size)",
+        {},
     ),
+    # 'adapters': + the task head (LoRA's definition); 'scope': the authors' freeze
+    lora_train=LBPKey("str", "what trains beside the LoRA adapters", "adapters", LORA_TRAIN),
     norm_eval=LBPKey(
         "bool", "BatchNorm on running statistics; None: as the preset says", nullable=True
     ),
@@ -176,22 +167,35 @@ LBP_SCHEMA: dict[str, LBPKey] = dict(
         "'authors' (what the authors' code executed, to compare costs with the paper: "
         "SwinV2 qkv left plain, Segformer MixFFN 1x1 + fusion conv only, LBP-WHT layers "
         "always compute g_x)",
-        choices=_presets.VARIANTS,
+        "corrected",
+        _presets.VARIANTS,
     ),
-    lhe_iters=LBPKey("int", "LHE: iterations of spectrum profiling", minimum=1),
+    # LHE profiles g_y energy for this many iterations, then fixes the bases
+    lhe_iters=LBPKey("int", "LHE: iterations of spectrum profiling", 100, minimum=1),
+    # Figure 5; spectrum_iters None: the whole run
     spectrum_layer=LBPKey("str", "module whose g_y spectrum is recorded", nullable=True),
     spectrum_iters=LBPKey("int", "iterations of spectrum recording", nullable=True, minimum=1),
-    allow_random_init=LBPKey("bool", "permit load_from=None, a randomly initialised model"),
+    # mini / from-scratch configs only
+    allow_random_init=LBPKey("bool", "permit load_from=None, a randomly initialised model", False),
+    # e.g. the demo's lighter mini model; the model-name check then compares backbone types only
     model_variant=LBPKey(
         "str",
         "how the model this config builds differs from lbp.model's definition (a declared "
         "variant, e.g. a lighter size); None: it is lbp.model exactly",
         nullable=True,
     ),
-    strict_load=LBPKey("bool", "load_from: missing non-adapter keys are an error"),
-    reinit_keys=LBPKey("patterns", "load_from: head keys left at initialisation"),
-    drop_keys=LBPKey("patterns", "load_from: checkpoint keys never loaded"),
+    strict_load=LBPKey("bool", "load_from: missing non-adapter keys are an error", True),
+    # keys that may be missing / unexpected / of another shape (left at initialisation)
+    reinit_keys=LBPKey(
+        "patterns",
+        "load_from: head keys left at initialisation",
+        ("head.*", "decode_head.conv_seg.*", "auxiliary_head.*"),
+    ),  # fmt: skip
+    # e.g. ['head.*'] for a fresh head
+    drop_keys=LBPKey("patterns", "load_from: checkpoint keys never loaded", ()),
 )
+#: Every key of the block with its default.
+LBP_DEFAULTS: dict[str, Any] = {k: key.default for k, key in LBP_SCHEMA.items()}
 
 
 def _edits(a: str, b: str) -> int:
@@ -470,8 +474,7 @@ def _parse(lbp: Mapping[str, Any] | None) -> LBPBlock:
         if out[key] is None:
             raise LBPConfigError(f"lbp.{key} is required ({LBP_SCHEMA[key].help})")
     for key, value in out.items():
-        if key in LBP_SCHEMA:  # a key without an entry fails tests/test_pipeline.py, not runs
-            _check_lbp_value(key, value, LBP_SCHEMA[key])
+        _check_lbp_value(key, value, LBP_SCHEMA[key])
     spec = method_spec(out["method"])
     if out["scope"] not in spec.scopes:
         raise LBPConfigError(
@@ -560,19 +563,6 @@ def lbp_layers(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def enable_norm_eval(model: nn.Module) -> None:
-    """Keep every BatchNorm of ``model`` on running statistics, whatever ``train()`` says.
-
-    ``norm_eval=True`` of the authors' configs: BatchNorm in train mode does not commute with
-    the low-rank projection of the gradient. This is :func:`lbp_wht.keep_batchnorm_eval`: a
-    forward pre-hook on the *top-level* model that sets ``training=False`` on all
-    ``_BatchNorm`` modules before every forward, so it survives ``model.train()`` calls of any
-    training loop and mmengine's ``revert_sync_batchnorm`` (which replaces SyncBN children but
-    not the root), and needs no subclassing of the model.
-    """
-    keep_batchnorm_eval(model)
-
-
 def _input_requires_grad(module: nn.Module, args: tuple) -> tuple | None:
     x = args[0] if args else None
     if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
@@ -608,7 +598,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     3. ``lbp.method='losa'``: attach the LoSA side network (:func:`attach_side_network`);
        ``freeze(model, preset.trainable)`` (partial: last stage + head; LoRA: adapters; LoSA:
        the side network ``losa.*`` + head);
-    4. BatchNorm on running statistics (:func:`enable_norm_eval`) when the preset says so;
+    4. BatchNorm on running statistics (:func:`lbp_wht.keep_batchnorm_eval`) when the preset says so;
     5. ``lbp.variant='authors'`` with LBP-WHT: :func:`always_compute_input_grad` on the LBP-WHT
        layers.
 
@@ -644,8 +634,8 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     if preset.always_grad_x:
         always_compute_input_grad(lbp_layers(net).values())
     norm_eval = preset.norm_eval if cfg["norm_eval"] is None else bool(cfg["norm_eval"])
-    if norm_eval:
-        enable_norm_eval(net)
+    if norm_eval:  # survives model.train() and revert_sync_batchnorm (a hook on the root)
+        keep_batchnorm_eval(net)
     has_bn = any(isinstance(m, _BatchNorm) for m in net.modules())
     trains_lbp = any(p.requires_grad for m in lbp_layers(net).values() for p in m.parameters())
     if trains_lbp and has_bn and not norm_eval:

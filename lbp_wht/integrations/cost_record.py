@@ -238,17 +238,13 @@ def analyze(
     x = torch.randn(batch, channels, h, w, device=device)
     grad_handles = []
     if input_grad:
+        from .build import always_compute_input_grad
+
         variant["input_grad"] = True
-
-        def needs_grad_input(mod, args):
-            if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-                if torch.is_grad_enabled() and not args[0].requires_grad:
-                    return (args[0].detach().requires_grad_(True), *args[1:])
-            return None
-
-        for mod in model.modules():
-            if any(p.requires_grad for p in mod.parameters(recurse=False)):
-                grad_handles.append(mod.register_forward_pre_hook(needs_grad_input))
+        owners = [
+            m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+        grad_handles = always_compute_input_grad(owners)
 
     def forward(m, inp):
         return m(inp, mode="tensor")
