@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import CONFIGS_DIR, REPO_ROOT
+from .catalog import CONFIGS_DIR, REPO_ROOT, TABLE_DATASETS
 from .models import MODEL_SPECS
 from .vocab import (
     DATASETS,
@@ -227,54 +227,52 @@ log_processor = dict(by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))"""
 
 
+T3, MINI = ("table3", "Table 3"), ("mini", "Mini (CPU)")
+
+
 def _experiment(
-    folder: str,
-    table: str,
-    title: str,
+    where: tuple[str, str],
     model: str,
     scope: str,
     dataset: str,
-    bases: list[str],
-    body: str,
-    lbp: dict[str, Any],
     m: _Method,
+    title: str,
+    data: str,
+    schedule: str,
+    runtime: str = "default_runtime.py",
+    body: str = "",
+    lbp: dict[str, Any] | None = None,
 ) -> GeneratedFile:
+    """One experiment config, ``where`` = (folder, table): its ``_base_`` list is the model's
+    base, ``data``, ``schedules/<schedule>``, ``method.py`` and ``runtime``; then ``body`` and
+    the ``lbp`` block (``lbp`` holds its keys besides the model, scope and method's)."""
+    folder, table = where
     path = f"{folder}/{model}_{scope}_{m.tag}_{dataset}.py"
-    depth = path.count("/")
-    lbp = {"model": model, **lbp, "scope": scope, **m.lbp()}
-    lines = [HEADER, f"# {table}: {title}", _bases(depth, bases)]
-    if body:
-        lines.append(body)
+    bases = [f"models/{model}.py", data, f"schedules/{schedule}", "method.py", runtime]
+    lbp = {"model": model, **(lbp or {}), "scope": scope, **m.lbp()}
+    lines = [HEADER, f"# {table}: {title}", _bases(path.count("/"), bases)]
+    lines += [body] if body else []
     lines.append(f"lbp = {_literal(lbp)}")
     return GeneratedFile(path, table, "\n".join(lines) + "\n")
 
 
 def _cls(table: str, folder: str, model: str, dataset: str, scope: str, m: _Method):
     size = MODEL_SPECS[model].img_size
-    info = DATASETS[norm_dataset(dataset)]
     title = (
         f"{MODEL_SPECS[model].name}, {SCOPE_LABELS[scope]}"
         + (" (last stage + head, Sec. 4.1)" if scope == "partial" else "")
         + f", {m.title()}, {dataset} at {size}x{size}"
     )
-    bases = [
-        f"models/{model}.py",
-        f"data/{dataset}_{size}.py",
-        f"schedules/{CLS_SCHEDULES[dataset]}",
-        "method.py",
-        "default_runtime.py",
-    ]
-    body = f"model = dict(head=dict(num_classes={info.num_classes}))"
-    return _experiment(folder, table, title, model, scope, dataset, bases, body, {}, m)
+    data, schedule = f"data/{dataset}_{size}.py", CLS_SCHEDULES[dataset]
+    body = f"model = dict(head=dict(num_classes={DATASETS[norm_dataset(dataset)].num_classes}))"
+    return _experiment((folder, table), model, scope, dataset, m, title, data, schedule, body=body)
 
 
 def experiments() -> list[GeneratedFile]:
     """Every experiment config: Tables 2-7, Figure 5 and the mini CPU configs."""
     out: list[GeneratedFile] = []
     table25 = [FULL_BP, LORA, LORA_ALL, lp(2), lp(4), lp(6), lp(8)]
-    cls_datasets = [
-        config_dataset(d) for d in ("cifar100", "cifar10", "cars", "flowers", "food", "pets")
-    ]
+    cls_datasets = [config_dataset(d) for d in TABLE_DATASETS["2"]]
     # Tables 2 (partial) and 5 (full training; Table 2's full-training block is its S0 part):
     # the paper's classification models.
     for model in [m.id for m in MODEL_SPECS.values() if m.paper and m.task == "cls"]:
@@ -286,47 +284,23 @@ def experiments() -> list[GeneratedFile]:
             for m in table25 + [lp(r) for r in MODEL_SPECS[model].table5_extra_r]:
                 out.append(_cls("Table 5", f"table5/{model}", model, dataset, "full", m))
     # Table 3: Segformer MiT-B0, Cityscapes and VOC12 aug, partial (last stage + decoder) / full.
-    for dataset in ("cityscapes", "voc12aug"):
-        ncls = DATASETS[dataset].num_classes
+    for dataset in TABLE_DATASETS["3"]:
+        body = f"model = dict(decode_head=dict(num_classes={DATASETS[dataset].num_classes}))"
         for scope in ("partial", "full"):
+            what = SCOPE_LABELS[scope] + (" (last stage + decoder)" if scope == "partial" else "")
             for m in (FULL_BP, LORA, LORA_ALL, lp(2), lp(4), lp(8)):
-                what = (
-                    "partial training (last stage + decoder)"
-                    if scope == "partial"
-                    else "full training"
-                )
                 title = (
                     f"Segformer MiT-B0 (ADE20K-pretrained), {what}, {m.title()}, {dataset} "
                     "512x512 crops, 20k iterations"
                 )
-                bases = [
-                    "models/segformer-mit-b0.py",
-                    f"datasets/{dataset}.py",
-                    "schedules/seg_adamw_20k.py",
-                    "method.py",
-                    "seg_runtime.py",
-                ]
-                body = f"model = dict(decode_head=dict(num_classes={ncls}))"
-                out.append(
-                    _experiment(
-                        "table3",
-                        "Table 3",
-                        title,
-                        "segformer-mit-b0",
-                        scope,
-                        dataset,
-                        bases,
-                        body,
-                        {},
-                        m,
-                    )
-                )
+                args = (m, title, f"datasets/{dataset}.py", "seg_adamw_20k.py", "seg_runtime.py")
+                out.append(_experiment(T3, "segformer-mit-b0", scope, dataset, *args, body))
     # Table 4: base selection, EfficientFormer-L1 partial, CIFAR-100 / CIFAR-10.
-    for dataset in ("cifar100", "cifar10"):
+    for dataset in TABLE_DATASETS["4"]:
         for m in (lp(4), lp(3, "lp_linf"), LHE10):
             out.append(_cls("Table 4", "table4", "efficientformer-l1", dataset, "partial", m))
     # Table 6: LBP-WHT + LoRA-all, EfficientFormer-L1 partial.
-    for dataset in ("cifar100", "cifar10"):
+    for dataset in TABLE_DATASETS["6"]:
         for m in (FULL_BP, LORA_ALL, lp(2, lora=True), lp(4, lora=True), lp(8, lora=True)):
             out.append(_cls("Table 6", "table6", "efficientformer-l1", dataset, "partial", m))
     # Table 7: Places365, EfficientFormer-L1 partial.
@@ -339,14 +313,12 @@ def experiments() -> list[GeneratedFile]:
 def mini_experiments() -> list[GeneratedFile]:
     """The CPU configs under ``configs/mini/`` (tests, smoke runs)."""
     out = []
-    mini_cls = [
-        "models/mini-efficientformer.py",
-        "datasets/fashion-mnist.py",
-        "schedules/mini_iters.py",
-        "method.py",
-        "default_runtime.py",
-    ]
-    model = "mini-efficientformer"
+    model, data = "mini-efficientformer", "datasets/fashion-mnist.py"
+
+    def mini(scope: str, dataset: str, m: _Method, title: str, body: str, **lbp: Any):
+        args = (MINI, model, scope, dataset, m, title, data, "mini_iters.py")
+        return _experiment(*args, body=body, lbp=lbp)
+
     for m in (FULL_BP, LORA, LORA_ALL, LOSA, lp(4), lp(4, lora=True), LHE10):
         if m is LHE10:
             m = _Method(m.key, (("lhe_iters", 5),), m.text)
@@ -354,20 +326,7 @@ def mini_experiments() -> list[GeneratedFile]:
             f"mini EfficientFormer (CPU), partial training (last stage + head, Sec. 4.1), "
             f"{m.title()}, Fashion-MNIST 28x28 (random init unless load_from is set)"
         )
-        out.append(
-            _experiment(
-                "mini",
-                "Mini (CPU)",
-                title,
-                model,
-                "partial",
-                "fashion-mnist",
-                mini_cls,
-                MINI_RUNTIME,
-                {"allow_random_init": True},
-                m,
-            )
-        )
+        out.append(mini("partial", "fashion-mnist", m, title, MINI_RUNTIME, allow_random_init=True))
     # The two-step example: pretrain on source classes 0-4 (full training from random init),
     # then adapt to target classes 5-9 (100 samples each) from that checkpoint, fresh head.
     subset = (
@@ -376,69 +335,33 @@ def mini_experiments() -> list[GeneratedFile]:
         "test_dataloader = dict(dataset=dict(classes={c}))\n"
         "model = dict(head=dict(num_classes=5))"
     )
-    source = MINI_RUNTIME + "\n" + subset.format(c=[0, 1, 2, 3, 4], n=None)
-    out.append(
-        _experiment(
-            "mini",
-            "Mini (CPU)",
-            "mini EfficientFormer pretraining (full BP, full training, random init) on "
-            "Fashion-MNIST classes 0-4",
-            model,
-            "full",
-            "fashion-mnist-source",
-            mini_cls,
-            source,
-            {"allow_random_init": True},
-            FULL_BP,
-        )
+    title = (
+        "mini EfficientFormer pretraining (full BP, full training, random init) on "
+        "Fashion-MNIST classes 0-4"
     )
+    source = MINI_RUNTIME + "\n" + subset.format(c=[0, 1, 2, 3, 4], n=None)
+    out.append(mini("full", "fashion-mnist-source", FULL_BP, title, source, allow_random_init=True))
     target = (
         MINI_RUNTIME + "\n" + subset.format(c=[5, 6, 7, 8, 9], n=100) + "\nload_from = "
         "'work_dirs/mini-efficientformer_full_full-bp_fashion-mnist-source/iter_300.pth'"
     )
-    out.append(
-        _experiment(
-            "mini",
-            "Mini (CPU)",
-            "mini EfficientFormer adaptation (LBP-WHT LP_L1-4, partial) to Fashion-MNIST "
-            "classes 5-9, 100 training images each, from the source checkpoint with a new head",
-            model,
-            "partial",
-            "fashion-mnist-target",
-            mini_cls,
-            target,
-            {"drop_keys": ["head.*"]},
-            lp(4),
-        )
+    title = (
+        "mini EfficientFormer adaptation (LBP-WHT LP_L1-4, partial) to Fashion-MNIST "
+        "classes 5-9, 100 training images each, from the source checkpoint with a new head"
     )
-    seg = [
-        "models/mini-segformer.py",
-        "datasets/mini-seg.py",
-        "schedules/mini_iters.py",
-        "method.py",
-        "seg_runtime.py",
-    ]
+    out.append(mini("partial", "fashion-mnist-target", lp(4), title, target, drop_keys=["head.*"]))
     seg_runtime = MINI_RUNTIME.replace(
         "dict(interval=10)", "dict(interval=10, log_metric_by_epoch=False)"
     )
+    lbp = {"preset": MODEL_SPECS["mini-segformer"].preset, "allow_random_init": True}
     for m in (FULL_BP, LORA_ALL, lp(4)):
         title = (
             f"mini Segformer (CPU), partial training (last stage + decoder), {m.title()}, "
             "generated 128x128 data"
         )
+        args = (m, title, "datasets/mini-seg.py", "mini_iters.py", "seg_runtime.py")
         out.append(
-            _experiment(
-                "mini",
-                "Mini (CPU)",
-                title,
-                "mini-segformer",
-                "partial",
-                "mini-seg",
-                seg,
-                seg_runtime,
-                {"preset": MODEL_SPECS["mini-segformer"].preset, "allow_random_init": True},
-                m,
-            )
+            _experiment(MINI, "mini-segformer", "partial", "mini-seg", *args, seg_runtime, lbp)
         )
     return out
 

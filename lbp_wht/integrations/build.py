@@ -611,7 +611,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     from lbp_wht import convert, freeze
 
     block = parse_lbp_block(lbp)
-    cfg = dict(block.settings)
+    cfg = copy.deepcopy(dict(block.settings))  # the parse is shared (memoised): a copy
     model = copy.deepcopy(model)
     if data_preprocessor is not None:
         model.setdefault("data_preprocessor", data_preprocessor)
