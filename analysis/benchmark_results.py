@@ -28,7 +28,7 @@ from verdicts import CLOSE, FULL, Stats
 
 from lbp_wht.experiments.methods import method_spec
 from lbp_wht.experiments.vocab import method_label, method_sort_key
-from lbp_wht.reporting.render import write_text
+from lbp_wht.io import atomic_write
 from lbp_wht.runs.records import read_records
 
 PAPER_CLAIMS = Path(__file__).resolve().parents[1] / "results" / "paper" / "successors.csv"
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     table, raw = load(args.out)
     table.to_csv(args.out / "table.csv", index=False)
-    write_text(args.out / "table.md", markdown(table))
+    atomic_write(args.out / "table.md", markdown(table))
     fronts = figures(table, args.out)
     timing = args.out / "timing.json"
     if args.rerender:
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             git=git_revision(),
             smoke=args.smoke,
         )
-        write_text(timing, json.dumps(run, indent=2) + "\n")
+        atomic_write(timing, json.dumps(run, indent=2) + "\n")
     runs = {}
     root = f"{Path(__file__).resolve().parents[1]}/"
     for name in ("cost", "layers_cpu", "step_cpu", "fidelity"):
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         close=CLOSE,
         fmt=_fmt,
     )
-    write_text(args.out / "README.md", text)
+    atomic_write(args.out / "README.md", text)
     print(f"wrote {args.out / 'README.md'}")
     return 0
 

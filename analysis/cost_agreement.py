@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lbp_wht.experiments.vocab import MODEL_SPECS, method_spec
+from lbp_wht.io import atomic_write
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
     CostTables,
@@ -46,7 +47,7 @@ from lbp_wht.reporting.cost_tables import (
     read_csv,
 )
 from lbp_wht.reporting.paths import COST
-from lbp_wht.reporting.render import as_number, environment, write_rows_csv, write_text
+from lbp_wht.reporting.render import as_number, environment, write_rows_csv
 from lbp_wht.runs.records import read_record
 
 
@@ -870,7 +871,7 @@ def write_readme(ct: CostTables) -> Path:
         .get_template("cost_readme.md.j2")
         .render(md_table=md_table, fmt=cell_text, f=_prose, spec=format, **findings(ct))
     )
-    return write_text(ct.out / "README.md", text)
+    return atomic_write(ct.out / "README.md", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,10 +22,12 @@ from typing import Any
 
 from lbp_wht.experiments.vocab import MODEL_SPECS, method_spec, method_with
 from lbp_wht.reporting.cost_tables import (
+    ROW_FIELDS,
     SPEEDUP_TOLERANCE,
     CostTables,
     authors_options,
     rint,
+    row_id,
     row_label,
     to_mflops,
 )
@@ -55,8 +57,6 @@ ACCOUNTING = {
 }
 
 
-#: The columns that name a row of a cost table.
-ROW_FIELDS = ["table", "model", "scope", "method", "label", "r"]
 #: Columns of ``hypotheses_efficientformerv2.csv``: MFLOPs per hypothesis, its ratio to the
 #: paper's MFLOPs, its speedup and that speedup's ratio to the paper's.
 HYPOTHESES_V2_FIELDS = [
@@ -375,12 +375,7 @@ class CostHypotheses(CostTables):
             cfg = self.find_config(table, model, scope, method, r, "cifar100")
             auth_cfg = (cfg[0], {**cfg[1], **authors_options(method)})
             row: dict[str, Any] = dict(
-                table=table,
-                model=model,
-                scope=scope,
-                method=method,
-                label=row_label(method, r),
-                r=r,
+                row_id(table, model, scope, method, r),
                 paper_mflops=as_number(pr["mflops"]),
                 paper_speedup=as_number(pr["speedup"]),
                 corrected=to_mflops(self.record(cfg)["backprop_flops"]),

@@ -21,7 +21,7 @@ from report_common import machine_description, render
 from verdicts import accuracy_reading
 
 from lbp_wht.experiments.vocab import num_bases
-from lbp_wht.reporting.render import write_text
+from lbp_wht.io import atomic_write
 from lbp_wht.reporting.tables import FIDELITY_METRICS, fidelity_summary
 
 __all__ = ["write_readme", "machine_description"]
@@ -78,4 +78,4 @@ def write_readme(
         reading=accuracy_reading(df, mini_dir),
         fmt=format,
     )
-    return write_text(out / "README.md", text)
+    return atomic_write(out / "README.md", text)

@@ -30,7 +30,7 @@ from pathlib import Path
 from report_common import git_revision, load_average, machine_description, minutes, render
 from verdicts import CLOSE, HEAD, LOSA, SIMILAR_COST, Stats, acc_text, claims, se2_text
 
-from lbp_wht.reporting.render import write_text
+from lbp_wht.io import atomic_write
 from lbp_wht.runs.records import read_record, read_records
 
 
@@ -85,7 +85,7 @@ def write_report(
     if provenance is None:
         date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         machine, load, git = machine_description(), load_average(), git_revision()
-        write_text(
+        atomic_write(
             out / "timing.json",
             json.dumps(
                 dict(stages_s=stages, command=command, date=date, machine=machine, load=load),
@@ -162,7 +162,7 @@ def write_report(
         close=f"{CLOSE:.0f}",
         similar_cost=f"{SIMILAR_COST:.2f}",
     )
-    return write_text(out / "RESULTS.md", text)
+    return atomic_write(out / "RESULTS.md", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,8 +22,9 @@ from typing import Any
 from report_common import git_revision, load_average, machine_description, minutes, render
 from verdicts import CLOSE, SIMILAR_COST, acc_text, se2_text, transfer_verdicts
 
+from lbp_wht.io import atomic_write
 from lbp_wht.reporting import figures, tables
-from lbp_wht.reporting.render import write_rows_csv, write_text
+from lbp_wht.reporting.render import write_rows_csv
 from lbp_wht.runs.records import write_record
 
 
@@ -50,7 +51,7 @@ def write_report(
     rows = tables.transfer_rows(records, run.costs, [m.tag for m in run.methods])
     write_rows_csv(out / "table.csv", rows, float_format="{:.4f}")
     table = tables.transfer_markdown(rows)
-    write_text(out / "table.md", "# EfficientNet-Lite0 -> Fashion-MNIST\n\n" + table + "\n")
+    atomic_write(out / "table.md", "# EfficientNet-Lite0 -> Fashion-MNIST\n\n" + table + "\n")
     figs = figures.plot_transfer(rows, out)
     write_rows_csv(out / "figure_data.csv", rows, ["tag", "bn", "mflops", "acc", "acc_std", "n"],
                    "{:.4f}")  # fmt: skip
@@ -58,7 +59,7 @@ def write_report(
     stages = {k: round(v) for k, v in run.stages.items()}
     total = total_s if total_s is not None else sum(run.stages.values())
     timing = dict(stages_s=stages, total_s=round(total), command=command, date=date)
-    write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
+    atomic_write(out / "timing.json", json.dumps(timing, indent=2) + "\n")
     load_end = load_average()
     p = run.protocol
     text = render(
@@ -86,4 +87,4 @@ def write_report(
         close=f"{CLOSE:.0f}",
         similar_cost=f"{SIMILAR_COST:.2f}",
     )
-    return write_text(out / "RESULTS.md", text)
+    return atomic_write(out / "RESULTS.md", text)

@@ -47,17 +47,17 @@ def walsh_matrix(order: int, dtype: torch.dtype = torch.float32) -> torch.Tensor
     return hadamard[rows].to(dtype)
 
 
-def lp_l1_rank(r: int, order: int = 8) -> int:
-    """Number of bases kept by LP_L1-r (Eq. 8): |{(i, j): i + j < r, 0 <= i, j < order}|."""
-    return len(select_bases("lp_l1", r=r, order=order))
+def lp_l1_rank(radius: int, order: int = 8) -> int:
+    """Number of bases R kept by LP_L1-r (Eq. 8): |{(i, j): i + j < r, 0 <= i, j < order}|."""
+    return len(select_bases("lp_l1", radius=radius, order=order))
 
 
 def select_bases(
     method: str,
-    r: int | None = None,
+    radius: int | None = None,
     order: int = 8,
     *,
-    rank: int | None = None,
+    num_bases: int | None = None,
     energy: torch.Tensor | None = None,
     indices: Sequence[Sequence[int]] | None = None,
 ) -> list[BaseIndex]:
@@ -65,11 +65,12 @@ def select_bases(
 
     Args:
         method: ``"lp_l1"`` (Eq. 8, ``i + j < r``; r = 2, 4, 6, 7, 8 give R = 3, 10, 21, 28,
-            36), ``"lp_linf"`` (Eq. 9, ``max(i, j) < r``, R = r^2), ``"lhe"`` (the ``rank``
-            bases with the largest g_y energy, ``energy`` an ``(order, order)`` tensor, e.g.
+            36), ``"lp_linf"`` (Eq. 9, ``max(i, j) < r``, R = r^2), ``"lhe"`` (the
+            ``num_bases`` bases with the largest g_y energy, ``energy`` an ``(order, order)`` tensor, e.g.
             ``LBPLinear.spectrum_energy`` after a few profiling steps) or ``"explicit"``
             (``indices``).
-        r: radius for the low-pass selections.
+        radius: the paper's r of the low-pass selections (``LBPConfig.radius``).
+        num_bases: R, the number of bases LHE keeps (``LBPConfig.num_bases``).
         order: WHT order n (patch side), a power of two.
 
     Returns:
@@ -79,15 +80,16 @@ def select_bases(
     _check_order(order)
     grid = [(i, j) for i in range(order) for j in range(order)]
     if method in ("lp_l1", "lp_linf"):
+        r = radius  # the paper's name, in the messages and the conditions of Eqs. 8-9
         if r is None or isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(
-                f"select_bases({method!r}) needs an integer radius r >= 1, got r={r!r}"
+                f"select_bases({method!r}) needs an integer radius r >= 1, got radius={r!r}"
             )
         limit = 2 * order - 1 if method == "lp_l1" else order
         if r > limit:
             raise ValueError(
-                f"select_bases({method!r}, r={r}, order={order}): r must be at most {limit} "
-                f"(r={limit} already keeps all {order * order} bases)"
+                f"select_bases({method!r}, radius={r}, order={order}): r must be at most "
+                f"{limit} (r={limit} already keeps all {order * order} bases)"
             )
         keep = (lambda i, j: i + j < r) if method == "lp_l1" else (lambda i, j: max(i, j) < r)
         chosen = [ij for ij in grid if keep(*ij)]
@@ -100,13 +102,14 @@ def select_bases(
                 f"expected ({order}, {order})"
             )
         if (
-            rank is None
-            or isinstance(rank, bool)
-            or not isinstance(rank, int)
-            or not 1 <= rank <= order * order
+            num_bases is None
+            or isinstance(num_bases, bool)
+            or not isinstance(num_bases, int)
+            or not 1 <= num_bases <= order * order
         ):
             raise ValueError(
-                f"select_bases('lhe') needs an int 1 <= rank <= {order * order}, got {rank!r}"
+                f"select_bases('lhe') needs an int 1 <= num_bases <= {order * order}, "
+                f"got {num_bases!r}"
             )
         flat = energy.detach().double().flatten().cpu()
         bad = int((~torch.isfinite(flat)).sum())
@@ -121,7 +124,7 @@ def select_bases(
             raise ValueError("select_bases('lhe'): energies are sums of squares, got negative ones")
         # Stable tie-break by sequency so identical spectra give identical selections.
         order_idx = sorted(range(order * order), key=lambda k: (-float(flat[k]), sum(grid[k])))
-        return [grid[k] for k in order_idx[:rank]]
+        return [grid[k] for k in order_idx[:num_bases]]
     elif method == "explicit":
         if not indices:
             raise ValueError("select_bases('explicit') needs a non-empty indices=[(i, j), ...]")

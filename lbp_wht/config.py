@@ -176,7 +176,7 @@ class LBPConfig:
             radius = self.DEFAULT_RADIUS if radius is None else check_int(radius, "radius", 1)
             set_(self, "radius", radius)
             chosen: tuple[BaseIndex, ...] | None = tuple(
-                select_bases(self.selection, r=radius, order=self.order)
+                select_bases(self.selection, radius=radius, order=self.order)
             )
         elif self.selection == "explicit":
             if self.bases is None:

@@ -97,7 +97,7 @@ class Selection:
             if not 1 <= self.param <= self.order**2:
                 raise ValueError(f"LHE-{self.param}: R must be in [1, {self.order**2}]")
         else:
-            select_bases(self.family, r=self.param, order=self.order)  # validates r
+            select_bases(self.family, radius=self.param, order=self.order)  # validates r
 
     @property
     def label(self) -> str:
@@ -109,15 +109,15 @@ class Selection:
     def num_bases(self) -> int:
         if self.family == "lhe":
             return self.param
-        return len(select_bases(self.family, r=self.param, order=self.order))
+        return len(select_bases(self.family, radius=self.param, order=self.order))
 
     def bases(self, energy: torch.Tensor | None = None) -> list[tuple[int, int]]:
         """The kept ``(i, j)``; LHE needs the layer's ``(order, order)`` energy spectrum."""
         if self.family == "lhe":
             if energy is None:
                 raise ValueError(f"{self.label} needs the layer's g_y energy spectrum")
-            return select_bases("lhe", order=self.order, rank=self.param, energy=energy)
-        return select_bases(self.family, r=self.param, order=self.order)
+            return select_bases("lhe", order=self.order, num_bases=self.param, energy=energy)
+        return select_bases(self.family, radius=self.param, order=self.order)
 
 
 def default_selections(order: int = 8) -> list[Selection]:
@@ -127,7 +127,7 @@ def default_selections(order: int = 8) -> list[Selection]:
     for padding in ("reflect", "zero"):
         out += [Selection("lp_l1", r, padding, order) for r in range(2, 9)]
         out += [Selection("lp_linf", r, padding, order) for r in range(2, 7)]
-        lp_rs = sorted({len(select_bases("lp_l1", r=r, order=order)) for r in range(2, 9)})
+        lp_rs = sorted({len(select_bases("lp_l1", radius=r, order=order)) for r in range(2, 9)})
         out += [Selection("lhe", n, padding, order) for n in lp_rs]
         out.append(Selection("lp_l1", full, padding, order))
     return out

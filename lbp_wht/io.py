@@ -1,18 +1,11 @@
 """Files that appear whole or not at all, the project's one date format, moving files aside.
 
-Standard library only, so that every module (the core included) can use it. Every file the
-project writes (run records, checkpoints, ``last_checkpoint``, job lists, tables, figures, CSV)
-goes through :func:`atomic_path` or :func:`atomic_write`: the content goes to a temporary file
-beside the target, is fsynced and renamed over the target (``os.replace``, atomic on POSIX
-within one folder), and the folder is fsynced. A reader sees the old file or the whole new one.
-An exception or Ctrl-C mid-write removes the temporary file and leaves the target as it was; a
-kill leaves at most the temporary file, which :func:`remove_stale_temps` removes once its
-process is gone.
-
-Temporary names are ``.<name>.<pid>.<random>.tmp<suffix>``: hidden, in the target's folder
-(same file system), carrying the writer's process id (so that a stale one can be told from one
-being written) and ending in the target's own suffix so that writers that pick the format from
-it (``savefig``, ``to_csv``) still do.
+Standard library only (the core uses it too). Every file the project writes goes through
+:func:`atomic_write`: a temporary file beside the target, fsynced, renamed over it, the folder
+fsynced; a reader sees the old file or the new one. The temporary name
+``.<name>.<pid>.<random>.tmp<suffix>`` is hidden, carries the writer's pid (so that
+:func:`remove_stale_temps` can remove a killed writer's file) and keeps the target's suffix
+(``savefig`` and ``to_csv`` pick the format from it).
 """
 
 from __future__ import annotations
@@ -24,8 +17,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-__all__ = ["atomic_path", "atomic_write", "move_aside", "remove_stale_temps", "utc_now"]
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp(\.[^.]*)?$")
 
@@ -55,14 +46,9 @@ def _publish(tmp: str, final: str) -> None:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, make_parents: bool = True) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on a clean exit it is fsynced and renamed to
-    ``path``, on an exception (Ctrl-C included) it is removed and the exception re-raised.
-
-    The folder is created if missing, unless ``make_parents=False`` (a run's checkpoints: a
-    work dir deleted under a running job is an error, not something to recreate). The file is
-    created empty (mode 0644) before the caller writes it, so a writer that only opens existing
-    files works too.
-    """
+    """Yield a temporary path (an empty file, mode 0644) in ``path``'s folder; on a clean exit
+    it is fsynced and renamed to ``path``, on an exception (Ctrl-C too) removed. The folder is
+    created unless ``make_parents=False`` (a work dir deleted under a running job is an error)."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +73,7 @@ def atomic_write(
     make_parents: bool = True,
 ) -> Path:
     """Replace ``path`` by ``data`` (text as UTF-8, bytes, or a function writing the file at the
-    path it is given) through :func:`atomic_path`; returns ``path`` as a :class:`~pathlib.Path`.
-    """
+    path it is given) through :func:`atomic_path`."""
     with atomic_path(path, make_parents=make_parents) as tmp:
         if callable(data):
             data(str(tmp))

@@ -149,7 +149,7 @@ class LHEProfiler:
                 continue
             try:
                 chosen[name] = select_bases(
-                    "lhe", order=m.order, rank=m.lbp_config.num_bases, energy=energy
+                    "lhe", order=m.order, num_bases=m.lbp_config.num_bases, energy=energy
                 )
             except ValueError as err:
                 raise ValueError(f"LHE: layer {name!r}: {err}") from err

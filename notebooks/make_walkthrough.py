@@ -73,7 +73,7 @@ those with $\\max(i, j) < r$ (Eq. 9). Framed below: LP$_{L_1}$-4, i.e. rank $R =
     (
         "code",
         """W = walsh_matrix(8)
-chosen = set(select_bases("lp_l1", r=4, order=8))
+chosen = set(select_bases("lp_l1", radius=4, order=8))
 # One mosaic image (8x8 bases of 8x8 pixels, 2-pixel gaps) instead of 64 axes: fast to draw.
 mosaic = torch.full((8 * 10, 8 * 10), float("nan"))
 for i in range(8):
@@ -91,9 +91,9 @@ ax.set_title("Order-8 WHT bases $B_{i,j}$ (white +1, black -1); red: LP$_{L_1}$-
 plt.show()
 
 for r in (2, 4, 6, 7, 8):
-    print(f"LP_L1-{r}: R = {len(select_bases('lp_l1', r=r))}", end="   ")
-print(f"\\nLP_Linf-3: R = {len(select_bases('lp_linf', r=3))}")
-print("LP_L1-2 bases:", select_bases("lp_l1", r=2))""",
+    print(f"LP_L1-{r}: R = {len(select_bases('lp_l1', radius=r))}", end="   ")
+print(f"\\nLP_Linf-3: R = {len(select_bases('lp_linf', radius=3))}")
+print("LP_L1-2 bases:", select_bases("lp_l1", radius=2))""",
     ),
     (
         "md",
@@ -126,7 +126,7 @@ fig, axes = plt.subplots(1, 5, figsize=(7, 1.6))
 axes[0].imshow(g[0, :, 0].reshape(H, Wd), cmap="coolwarm")
 axes[0].set_title("g_y (one channel)")
 for ax, r in zip(axes[1:], (1, 2, 4, 8)):
-    proj = WHTProjector((H, Wd), select_bases("lp_l1", r=r), order=8, padding="reflect")
+    proj = WHTProjector((H, Wd), select_bases("lp_l1", radius=r), order=8, padding="reflect")
     rec = proj.project_back(proj.project(g, grad=True))
     err = (rec - g).norm() / g.norm()
     ax.imshow(rec[0, :, 0].reshape(H, Wd), cmap="coolwarm")
@@ -176,7 +176,7 @@ for r in range(1, 16):
     lbp = LBPLinear.from_module(layer, LBPConfig(radius=r, padding="reflect"))
     lbp.record_spectrum = r == 8
     gx, gw = grads(lbp)
-    rank = len(select_bases("lp_l1", r=r))
+    rank = len(select_bases("lp_l1", radius=r))
     cost = lbp_flops(CX, CY, H * Wd, rank).total
     rows.append(
         dict(

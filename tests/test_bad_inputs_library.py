@@ -42,9 +42,9 @@ CASES = [
     ("basis (0.5, 0)", lambda: LBPConfig(selection="explicit", bases=[(0.5, 0)]), TypeError, r"bases\[0\]\[0\]"),
     ("select_bases (0.5, 0)", lambda: select_bases("explicit", indices=[(0.5, 0)]), TypeError, r"\(0.5, 0\).*two ints"),
     ("set_bases (0.5, 0)", lambda: _lbp_model()[0].set_bases([(0.5, 0)]), TypeError, "two ints"),
-    ("lhe rank True", lambda: select_bases("lhe", rank=True, energy=torch.ones(8, 8)), ValueError, "an int 1 <= rank"),
-    ("lhe NaN energy", lambda: select_bases("lhe", rank=2, energy=torch.full((8, 8), float("nan"))), ValueError, "64 non-finite"),
-    ("lhe negative energy", lambda: select_bases("lhe", rank=2, energy=-torch.ones(8, 8)), ValueError, "negative"),
+    ("lhe num_bases True", lambda: select_bases("lhe", num_bases=True, energy=torch.ones(8, 8)), ValueError, "an int 1 <= num_bases"),
+    ("lhe NaN energy", lambda: select_bases("lhe", num_bases=2, energy=torch.full((8, 8), float("nan"))), ValueError, "64 non-finite"),
+    ("lhe negative energy", lambda: select_bases("lhe", num_bases=2, energy=-torch.ones(8, 8)), ValueError, "negative"),
     ("walsh order True", lambda: walsh_matrix(True), ValueError, "power of two"),
     ("prefix 1.5", lambda: MapGeometry(prefix_tokens=1.5), TypeError, "prefix_tokens must be an int, got 1.5"),
     ("rule prefix_tokens 1.5", lambda: convert(_seq(nn.Linear(4, 4)), [dict(target="0", method="lbp", prefix_tokens=1.5)]), TypeError, r"rule 0 .*prefix_tokens must be an int"),
@@ -109,7 +109,7 @@ def test_second_order_gradients_are_refused_not_wrong():
 
 def test_dense_impl_on_a_large_map_warns():
     with pytest.warns(UserWarning, match=r"112x112 map.*MiB.*impl='patch'"):
-        WHTProjector((112, 112), select_bases("lp_l1", r=4), impl="dense")
+        WHTProjector((112, 112), select_bases("lp_l1", radius=4), impl="dense")
 
 
 def test_types_that_are_fine():

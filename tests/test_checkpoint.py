@@ -277,21 +277,23 @@ def test_malicious_pickle_refused_on_runner_paths(data, tmp_path, evil, path_kin
 # the work-dir lock
 # ---------------------------------------------------------------------------------------------
 def test_work_dir_lock_is_the_sweeps_lock_file(tmp_path):
-    from lbp_wht.integrations.launch import work_dir_lock_path
-    from lbp_wht.runs.sweep import Run
+    from lbp_wht.integrations.launch import claim_work_dir
+    from lbp_wht.runs.sweep import Run, lock_path
 
     wd = tmp_path / "root" / "run_s0"
-    assert work_dir_lock_path(wd) == Run("run_s0", ("true",), wd).lock_path
+    lock = claim_work_dir(str(wd), resume=False)  # what tools/train.py takes
+    assert lock.path == lock_path(wd) == Run("run_s0", ("true",), wd).lock_path
+    lock.release()
 
 
 def test_a_lock_held_by_this_process_is_ours(tmp_path, monkeypatch):
     """What a sweep child sees: the lock's descriptor is inherited (its number in
     LBP_RUN_LOCK_FD), so the claim proceeds; without it the same lock is someone else's."""
-    from lbp_wht.integrations.launch import WorkDirBusyError, claim_work_dir, work_dir_lock_path
-    from lbp_wht.runs.sweep import LOCK_FD_ENV, RunLock
+    from lbp_wht.integrations.launch import WorkDirBusyError, claim_work_dir
+    from lbp_wht.runs.sweep import LOCK_FD_ENV, RunLock, lock_path
 
     wd = tmp_path / "run"
-    with RunLock(work_dir_lock_path(wd)) as held:
+    with RunLock(lock_path(wd)) as held:
         assert held.acquire()
         with pytest.raises(WorkDirBusyError, match=f"pid and start: {os.getpid()} "):
             claim_work_dir(str(wd), resume=False)

@@ -33,32 +33,32 @@ def test_walsh_matrix_sequency_order_and_orthogonality(order):
 
 @pytest.mark.parametrize("r,rank", [(2, 3), (4, 10), (6, 21), (7, 28), (8, 36), (15, 64)])
 def test_lp_l1_ranks_match_paper(r, rank):
-    bases = select_bases("lp_l1", r=r, order=8)
+    bases = select_bases("lp_l1", radius=r, order=8)
     assert len(bases) == rank
     assert all(i + j < r for i, j in bases)
 
 
 def test_lp_l1_2_is_papers_example_and_linf():
-    assert set(select_bases("lp_l1", r=2)) == {(0, 0), (0, 1), (1, 0)}
-    assert len(select_bases("lp_linf", r=3)) == 9
-    assert set(select_bases("lp_linf", r=2)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert set(select_bases("lp_l1", radius=2)) == {(0, 0), (0, 1), (1, 0)}
+    assert len(select_bases("lp_linf", radius=3)) == 9
+    assert set(select_bases("lp_linf", radius=2)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
 def test_lhe_picks_highest_energy():
     energy = torch.zeros(8, 8)
     energy[3, 5], energy[0, 0], energy[7, 7] = 5.0, 9.0, 1.0
-    assert select_bases("lhe", order=8, rank=3, energy=energy) == [(0, 0), (3, 5), (7, 7)]
+    assert select_bases("lhe", order=8, num_bases=3, energy=energy) == [(0, 0), (3, 5), (7, 7)]
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(method="lp_l1", r=4, order=6), "power of two"),
-        (dict(method="lp_l1", r=16, order=8), "at most 15"),
-        (dict(method="lp_l1", r=0, order=8), "radius"),
-        (dict(method="lp_linf", r=9, order=8), "at most 8"),
-        (dict(method="lowpass", r=2), "unknown base selection"),
-        (dict(method="lhe", rank=3), "energy"),
+        (dict(method="lp_l1", radius=4, order=6), "power of two"),
+        (dict(method="lp_l1", radius=16, order=8), "at most 15"),
+        (dict(method="lp_l1", radius=0, order=8), "radius"),
+        (dict(method="lp_linf", radius=9, order=8), "at most 8"),
+        (dict(method="lowpass", radius=2), "unknown base selection"),
+        (dict(method="lhe", num_bases=3), "energy"),
         (dict(method="explicit", indices=[(0, 8)]), "outside"),
         (dict(method="explicit", indices=[(0, 1), (0, 1)]), "twice"),
     ],
@@ -138,7 +138,7 @@ def test_lbp_linear_matches_algorithm1_reference(select, r, hw):
     g = torch.randn(2, L, 7, dtype=torch.float64)
     gx, gw, gb = _grads(lbp, x, g)
     ref = lbp_backward_reference(
-        x.numpy(), lin.weight.detach().numpy(), g.numpy(), hw, select_bases(select, r=r)
+        x.numpy(), lin.weight.detach().numpy(), g.numpy(), hw, select_bases(select, radius=r)
     )
     np.testing.assert_allclose(gx.numpy(), ref["g_x"], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(gw.numpy(), ref["g_w"], rtol=1e-10, atol=1e-10)
@@ -160,7 +160,7 @@ def test_lbp_conv_matches_algorithm1_reference(select, r, hw):
         conv.weight.detach()[:, :, 0, 0].numpy(),
         to_tokens(g),
         hw,
-        select_bases(select, r=r),
+        select_bases(select, radius=r),
     )
     np.testing.assert_allclose(to_tokens(gx), ref["g_x"], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(gw[:, :, 0, 0].numpy(), ref["g_w"], rtol=1e-10, atol=1e-10)

@@ -63,7 +63,7 @@ def test_table1_paper_example():
 @pytest.mark.parametrize("need_x", [True, False])
 def test_counted_equals_analytic_single_lbp_linear(bias: bool, need_x: bool):
     cx, cy, L, R = 96, 40, 49, 8
-    bases = select_bases("lp_l1", r=4)[:R]
+    bases = select_bases("lp_l1", radius=4)[:R]
     layer = _lbp_linear(cx, cy, bases, bias=bias)
     x = torch.randn(2, L, cx, requires_grad=need_x)
     m = measure_step(layer, x, elementwise=False)
@@ -247,7 +247,7 @@ def test_saved_activation_shrinks_by_rank_over_tokens(side: int, patches: int):
     """Plain layer saves x (L tokens); LBP-WHT saves x_hat (P R tokens): ratio P R / L, i.e.
     R / 49 on a 7x7 map and R / 64 on whole 8x8 patches."""
     cx, cy, R = 64, 32, 10
-    bases = select_bases("lp_l1", r=4)
+    bases = select_bases("lp_l1", radius=4)
     x = torch.randn(2, side * side, cx, requires_grad=True)
     torch.manual_seed(0)
     plain = nn.Linear(cx, cy)

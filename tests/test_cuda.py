@@ -108,7 +108,7 @@ def test_linear_matches_algorithm1_reference(device, impl, select, r, hw):
         lin.weight.detach().double().numpy(),
         g.double().numpy(),
         hw,
-        select_bases(select, r=r),
+        select_bases(select, radius=r),
     )
     got = _grads(lbp, x.to(device), g.to(device))
     _assert_close_to(got, [ref["g_x"], ref["g_w"], g.double().sum((0, 1))], **F32)
@@ -128,7 +128,7 @@ def test_conv1x1_matches_algorithm1_reference(device, channels_last, hw):
     assert gx.shape == x.shape
     tok = lambda t: t.double().cpu().flatten(2).transpose(1, 2).numpy()  # noqa: E731
     ref = lbp_backward_reference(
-        tok(x), conv.weight.detach()[:, :, 0, 0].double().numpy(), tok(g), hw, select_bases("lp_l1", r=4)
+        tok(x), conv.weight.detach()[:, :, 0, 0].double().numpy(), tok(g), hw, select_bases("lp_l1", radius=4)
     )  # fmt: skip
     np.testing.assert_allclose(tok(gx), ref["g_x"], **F32)
     np.testing.assert_allclose(gw[:, :, 0, 0].double().cpu().numpy(), ref["g_w"], **F32)
@@ -140,7 +140,7 @@ def test_projector_dense_and_patch_agree_and_roundtrip(device):
     """Both projector paths give the same coefficients on the device; with every basis and
     zero padding, ``project_back(project(x, grad=True)) == x``."""
     torch.manual_seed(3)
-    bases = select_bases("lp_l1", r=6)
+    bases = select_bases("lp_l1", radius=6)
     x = torch.randn(2, 14 * 10, 8, device=device)
     dense = WHTProjector((14, 10), bases, impl="dense")
     patch = WHTProjector((14, 10), bases, impl="patch")
@@ -344,7 +344,7 @@ def test_lbp_lora_layer_matches_reference(device):
         layer.weight.detach().double().cpu().numpy(),
         g.double().numpy(),
         (7, 7),
-        select_bases("lp_l1", r=4),
+        select_bases("lp_l1", radius=4),
         lora=(a, b, 2.0),
     )
     for got, key in ((xd.grad, "g_x"), (layer.lora_A.grad, "g_A"), (layer.lora_B.grad, "g_B")):
@@ -354,7 +354,7 @@ def test_lbp_lora_layer_matches_reference(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_functional_on_the_device_keeps_tensors_there(device):
     """``lbp_forward`` builds its constant matrices on the input's device (no host copies)."""
-    proj = WHTProjector((7, 7), select_bases("lp_l1", r=2))
+    proj = WHTProjector((7, 7), select_bases("lp_l1", radius=2))
     x = torch.randn(2, 49, 8, device=device, requires_grad=True)
     w = torch.randn(4, 8, device=device, requires_grad=True)
     gx, gw = torch.autograd.grad(lbp_forward(x, w, None, proj).sum(), [x, w])
@@ -369,7 +369,7 @@ def test_cuda_graph_replay_of_the_backward_matches_eager():
     from lbp_wht.benchmark.latency import cuda_graphed
 
     torch.manual_seed(10)
-    proj = WHTProjector((7, 7), select_bases("lp_l1", r=4))
+    proj = WHTProjector((7, 7), select_bases("lp_l1", radius=4))
     x = torch.randn(8, 50, 64, device="cuda", requires_grad=True)
     w = torch.randn(32, 64, device="cuda", requires_grad=True)
     b = torch.randn(32, device="cuda", requires_grad=True)

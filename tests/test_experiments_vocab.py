@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("select,rs", [("lp_l1", range(1, 16)), ("lp_linf", range(1, 9))])
 def test_num_bases_agrees_with_the_core_selection(select, rs):
     for r in rs:
-        assert v.num_bases(select, r) == len(select_bases(select, r=r)), (select, r)
+        assert v.num_bases(select, r) == len(select_bases(select, radius=r)), (select, r)
     assert [v.num_bases("lp_l1", r) for r in (2, 4, 6, 7, 8)] == [3, 10, 21, 28, 36]
     assert v.num_bases("lhe", 10) == 10
 

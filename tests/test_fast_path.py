@@ -95,7 +95,7 @@ MAPS = [(8, 8), (7, 7), (16, 16), (14, 10), (5, 9)]
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fast_path_matches_naive_reference_tokens(hw, padding, batch):
     torch.manual_seed(0)
-    bases = select_bases("lp_l1", r=4)
+    bases = select_bases("lp_l1", radius=4)
     cx, cy, L = 5, 6, hw[0] * hw[1]
     x, g = torch.randn(batch, L, cx, dtype=DT), torch.randn(batch, L, cy, dtype=DT)
     w, b = torch.randn(cy, cx, dtype=DT), torch.randn(cy, dtype=DT)
@@ -111,7 +111,7 @@ def test_fast_path_matches_naive_reference_tokens(hw, padding, batch):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_path_matches_naive_reference_nchw(hw, padding, channels_last):
     torch.manual_seed(1)
-    bases = select_bases("lp_l1", r=6)
+    bases = select_bases("lp_l1", radius=6)
     cx, cy, batch = 4, 7, 2
     x, g = torch.randn(batch, cx, *hw, dtype=DT), torch.randn(batch, cy, *hw, dtype=DT)
     if channels_last:  # the fast path reads channels-last maps as contiguous tokens
@@ -139,7 +139,7 @@ def test_projector_options_and_implementations_agree(layout, hw):
     outs = {}
     low = None
     for impl in ("dense", "patch"):
-        p = WHTProjector(hw, select_bases("lp_l1", r=4), 8, "reflect", impl)
+        p = WHTProjector(hw, select_bases("lp_l1", radius=4), 8, "reflect", impl)
         ref = p.project(x, layout)
         assert ref.shape == (bsz, p.low_rank_tokens, c)
         assert ref.is_contiguous() or impl == "patch"
@@ -166,24 +166,28 @@ def test_projector_has_one_public_api_pair():
 
 def test_dense_on_a_large_map_warns_and_auto_does_not():
     with pytest.warns(UserWarning, match=r"impl='dense' on a 112x112 map.*impl='patch'"):
-        WHTProjector((112, 112), select_bases("lp_l1", r=4), 8, "reflect", "dense")
+        WHTProjector((112, 112), select_bases("lp_l1", radius=4), 8, "reflect", "dense")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert WHTProjector((112, 112), select_bases("lp_l1", r=4)).impl == "patch"
+        assert WHTProjector((112, 112), select_bases("lp_l1", radius=4)).impl == "patch"
 
 
 def test_expanded_output_gradient():
     """g_y from ``y.sum().backward()`` is an expanded (stride-0) tensor; must still work."""
     torch.manual_seed(3)
-    p = WHTProjector((7, 7), select_bases("lp_l1", r=4), 8, "reflect")
+    p = WHTProjector((7, 7), select_bases("lp_l1", radius=4), 8, "reflect")
     x = torch.randn(2, 49, 5, dtype=DT, requires_grad=True)
     w = torch.randn(6, 5, dtype=DT, requires_grad=True)
     b = torch.randn(6, dtype=DT, requires_grad=True)
     lbp_forward(x, w, b, p).sum().backward()
     want = naive_lbp_backward(
-        x.detach(), w.detach(), torch.ones(2, 49, 6, dtype=DT), (7, 7), select_bases("lp_l1", r=4)
+        x.detach(),
+        w.detach(),
+        torch.ones(2, 49, 6, dtype=DT),
+        (7, 7),
+        select_bases("lp_l1", radius=4),
     )
     for got, exp in zip((x.grad, w.grad, b.grad), want):
         torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-10)
@@ -193,7 +197,7 @@ def test_expanded_output_gradient():
 def test_saved_activation_is_the_low_rank_input(layout):
     """Only x_hat (B * R rows) and the weight are saved, never the full input x."""
     bsz, cx, cy, hw = 4, 16, 8, (7, 7)
-    p = WHTProjector(hw, select_bases("lp_l1", r=2), 8, "reflect")
+    p = WHTProjector(hw, select_bases("lp_l1", radius=2), 8, "reflect")
     shape = (bsz, 49, cx) if layout == "tokens" else (bsz, cx, *hw)
     x = torch.randn(*shape, requires_grad=True)
     w = torch.randn(cy, cx, requires_grad=True)
@@ -209,7 +213,7 @@ def test_saved_activation_is_the_low_rank_input(layout):
 
 def test_skips_unneeded_work():
     """No input gradient -> no g_x (and no reverse projection); frozen weight -> no x_hat."""
-    p = WHTProjector((7, 7), select_bases("lp_l1", r=2), 8, "reflect")
+    p = WHTProjector((7, 7), select_bases("lp_l1", radius=2), 8, "reflect")
     x = torch.randn(2, 49, 5)
     w = torch.randn(7, 5, requires_grad=True)
     y = lbp_forward(x, w, None, p)

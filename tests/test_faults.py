@@ -144,11 +144,11 @@ def test_second_run_on_the_same_work_dir_is_refused(data, tmp_path):
 
     from minirun import ENV
 
-    from lbp_wht.integrations.launch import work_dir_lock_path
+    from lbp_wht.runs.sweep import lock_path
 
     wd = tmp_path / "work"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(work_dir_lock_path(wd))],
+        [sys.executable, "-c", HOLD_LOCK, str(lock_path(wd))],
         stdout=subprocess.PIPE,
         text=True,
         env=ENV,

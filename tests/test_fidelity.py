@@ -156,6 +156,8 @@ def test_one_layers_figures_equal_a_hand_computation(tmp_path, padding):
         assert float(written[key]) == pytest.approx(value, abs=2e-6), key
     (mean,) = list(csv.DictReader(open(summary)))
     assert float(mean["cos_gw"]) == pytest.approx(hand["cos_gw"], abs=2e-6)
+    with pytest.raises(ValueError, match=r"unknown columns \['seed'\]"):
+        write_fidelity_csvs([{"state": "start", "seed": 0, **row}], tmp_path / "bad")
 
 
 def test_selections_and_errors():

@@ -30,7 +30,7 @@ def test_compiled_passes_match_eager(device, layout, mode):
     if device == "cpu" and NO_CXX:
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     torch.manual_seed(0)
-    proj = WHTProjector((7, 7), select_bases("lp_l1", r=4))
+    proj = WHTProjector((7, 7), select_bases("lp_l1", radius=4))
     cx, cy, bsz = 16, 24, 3
     if layout == "tokens":
         x, g, bias = torch.randn(bsz, 49, cx), torch.randn(bsz, 49, cy), torch.randn(cy)

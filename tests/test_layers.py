@@ -106,7 +106,7 @@ def test_leading_dims_are_batch_like_swin_windows():
         lin.weight.detach().numpy(),
         g.reshape(6, 64, 4).numpy(),
         (8, 8),
-        select_bases("lp_l1", r=4),
+        select_bases("lp_l1", radius=4),
     )
     np.testing.assert_allclose(x.grad.reshape(6, 64, 4).numpy(), ref["g_x"], atol=1e-10)
 
@@ -136,7 +136,7 @@ def test_spectrum_recording_and_lhe_profiling():
     for _ in range(2):
         layer(x).backward(torch.randn(2, 49, 4))
     assert layer.spectrum_steps == 2 and layer.spectrum_energy.shape == (8, 8)
-    layer.set_bases(select_bases("lhe", rank=5, energy=layer.spectrum_energy))
+    layer.set_bases(select_bases("lhe", num_bases=5, energy=layer.spectrum_energy))
     assert layer.rank == 5
     with pytest.raises(ValueError, match="outside"):
         layer.set_bases([(9, 0)])
@@ -242,7 +242,7 @@ def test_lbp_lora_linear_matches_reference(padding, select, r):
         base.weight.detach().numpy(),
         g.numpy(),
         (7, 7),
-        select_bases(select, r=r),
+        select_bases(select, radius=r),
         padding=padding,
         lora=(a, b, 2.0),
     )

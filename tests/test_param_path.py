@@ -3,10 +3,11 @@
 
 The radius ``lbp.r`` takes these hops: config key ``lbp.r`` -> ``LBPConfig.radius`` (built by
 ``parse_lbp_block``) -> ``rule["lbp"]`` (the same object, ``get_preset``) -> ``Rule.lbp``
-(``parse_rule`` keeps a given config) -> ``layer.lbp_config``. The tests below check the
-identity at the end of the path, that the path constructs one ``LBPConfig``, that the
-training path parses the block once and validates the preset's arguments once, and that a bad
-``lbp.r`` is rejected once, with today's message.
+(``parse_rule`` keeps a given config) -> ``layer.lbp_config``, whose bases were chosen once by
+``select_bases(selection, radius=...)``: one name from the config object on. The tests below
+check the identity at the end of the path, that the path constructs one ``LBPConfig``, that
+the training path parses the block once and validates the preset's arguments once, and that
+a bad ``lbp.r`` is rejected once, with today's message.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def test_the_block_path_does_not_repeat_the_presets_checks(monkeypatch):
 @pytest.mark.parametrize(
     "r, match, built",
     [
-        (16, r"lbp\.select/r/order: .*r=16", 1),  # too big for order 8: LBPConfig says so
+        (16, r"lbp\.select/r/order: .*radius=16", 1),  # too big for order 8: LBPConfig says so
         (0, r"lbp\.r=0: must be finite and >= 1", 0),  # the schema's range check
         (2.0, r"lbp\.r=2\.0 is a float, expected an integer", 0),
     ],

@@ -360,7 +360,7 @@ def test_getattr_allowlist_is_restricted():
 
     from mmengine.logging import HistoryBuffer
 
-    from lbp_wht.integrations.runner import _history_buffer_getattr
+    from lbp_wht.integrations.checkpoint import _history_buffer_getattr
 
     assert _history_buffer_getattr(HistoryBuffer, "mean") is HistoryBuffer.mean
     with pytest.raises(pickle.UnpicklingError):

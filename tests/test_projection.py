@@ -156,7 +156,7 @@ def test_implementations_agree_on_strided_inputs_and_outputs(hw, padding):
     torch.manual_seed(3)
     h, w = hw
     bsz, c, L = 3, 4, h * w
-    bases = select_bases("lp_l1", r=3)
+    bases = select_bases("lp_l1", radius=3)
     dense = WHTProjector(hw, bases, 8, padding, "dense")
     patch = WHTProjector(hw, bases, 8, padding, "patch")
     with_prefix = torch.randn(bsz, 1 + L, c, dtype=DT)
@@ -204,17 +204,17 @@ def test_auto_picks_the_cheaper_modelled_implementation():
     large maps and ranks are separable, where dense's P * R rows per token dominate."""
     from lbp_wht.projection import BYTE_COST, projection_cost
 
-    assert WHTProjector((7, 7), select_bases("lp_l1", r=4)).impl == "dense"
-    assert WHTProjector((8, 8), select_bases("lp_l1", r=6)).impl == "dense"
-    assert WHTProjector((56, 56), select_bases("lp_l1", r=2)).impl == "patch"
-    assert WHTProjector((28, 28), select_bases("lp_l1", r=4)).impl == "patch"
+    assert WHTProjector((7, 7), select_bases("lp_l1", radius=4)).impl == "dense"
+    assert WHTProjector((8, 8), select_bases("lp_l1", radius=6)).impl == "dense"
+    assert WHTProjector((56, 56), select_bases("lp_l1", radius=2)).impl == "patch"
+    assert WHTProjector((28, 28), select_bases("lp_l1", radius=4)).impl == "patch"
     for hw in [(14, 14), (28, 28), (12, 10), (56, 56)]:
         for r in (2, 4, 6):
-            bases = select_bases("lp_l1", r=r)
+            bases = select_bases("lp_l1", radius=r)
             cost = projection_cost(hw, bases)
             assert WHTProjector(hw, bases).impl == min(cost, key=cost.__getitem__)
     # the model's one constant decides between the two where both are close
-    bases = select_bases("lp_l1", r=2)
+    bases = select_bases("lp_l1", radius=2)
     cheap_bytes = projection_cost((14, 14), bases, byte_cost=0.0)
     assert cheap_bytes["patch"] < cheap_bytes["dense"]  # fewer multiply-adds
     assert BYTE_COST > 0
@@ -225,7 +225,7 @@ def test_gemm_macs_is_what_the_flop_counter_counts():
 
     torch.manual_seed(4)
     for impl, pool in (("dense", True), ("patch", True), ("patch", False)):
-        p = WHTProjector((12, 20), select_bases("lp_l1", r=4), 8, "reflect", impl, pool=pool)
+        p = WHTProjector((12, 20), select_bases("lp_l1", radius=4), 8, "reflect", impl, pool=pool)
         c, b = 5, 2
         cases = [
             ("tokens", torch.randn(b, 240, c, dtype=DT)),
@@ -275,7 +275,7 @@ def test_backward_with_prefix_tokens_copies_no_full_size_tensor(impl, pool):
     spread their values straight into it (copies that together write the map once)."""
     torch.manual_seed(5)
     bsz, cx, cy = 4, 16, 24
-    p = WHTProjector((14, 14), select_bases("lp_l1", r=2), 8, "reflect", impl, pool=pool)
+    p = WHTProjector((14, 14), select_bases("lp_l1", radius=2), 8, "reflect", impl, pool=pool)
     x = torch.randn(bsz, 197, cx, requires_grad=True)
     w = torch.randn(cy, cx, requires_grad=True)
     b = torch.randn(cy, requires_grad=True)
@@ -332,7 +332,7 @@ def test_block_sum_path_is_exact(hw, padding, pool, batch):
     h, w = hw
     c, L = 5, h * w
     for r in (1, 2, 3, 4):
-        bases = select_bases("lp_l1", r=r)
+        bases = select_bases("lp_l1", radius=r)
         p = WHTProjector(hw, bases, 8, padding, "patch", pool=pool)
         dense = WHTProjector(hw, bases, 8, padding, "dense")
         nchw = torch.randn(batch, c, h, w, dtype=DT)

@@ -10,16 +10,11 @@
         --set lbp.r=2,3,4,5,6 --seeds 0 1 2 --name l1-rsweep
 
 Every run trains with ``tools/train.py CONFIG --work-dir WORK_ROOT/<run id> --seed S`` and
-writes ``WORK_ROOT/<run id>/record.json``. A run id names the experiment cell
-(``<model>_<scope>_<method>_<dataset>_s<seed>``), so a run shared by several tables (e.g.
-EfficientFormer-L1 LP_L1-4 on CIFAR-100: Table 2, Table 4, Figure 3) runs once. Re-running a
-sweep skips complete runs; an interrupted run of the same config that saved a checkpoint
-continues from it (``--resume``), any other incomplete run restarts (its old work dir is moved
-aside to ``<run id>.stale-<UTC time>``, never deleted); two sweeps never run the same run. A
-complete run recorded with another config (e.g. other ``--cfg-options``) is kept and reported
-as CHANGED; ``--rerun-changed`` moves it aside and re-runs it. Unknown ``--set`` keys and
-empty axes are errors (exit 2). Then build the tables with ``tools/make_tables.py --runs
-WORK_ROOT`` (the ``scripts/reproduce_table*.sh`` scripts do both).
+writes ``WORK_ROOT/<run id>/record.json``; a run id names the experiment cell, so a run shared by
+several tables runs once. A re-run skips complete runs, resumes an interrupted run of the same
+config from its checkpoint, moves other stale work dirs aside (``<run id>.stale-<UTC time>``)
+and keeps a complete run of another config as CHANGED (``--rerun-changed`` re-runs it); two
+sweeps never run one run. Then ``tools/make_tables.py --runs WORK_ROOT`` builds the tables.
 
 Settings (flags, or environment variables of the same name as the scripts use): ``SEEDS``,
 ``MODELS``, ``DATASETS``, ``WORK_ROOT`` (default ``work_dirs/paper``), ``DATA_ROOT`` (default
@@ -28,20 +23,15 @@ Settings (flags, or environment variables of the same name as the scripts use): 
 ids; one run per GPU at a time), ``JOBS`` (runs at a time without GPUS).
 
 On a SLURM cluster (``--launcher slurm``, env ``LAUNCHER=slurm``) the runs to (re)submit go as
-one job array through submitit instead (``lbp_wht/runs/slurm.py``): each run's output lands in its
-work dir, a re-invoked sweep skips complete runs and runs whose job is queued or running, and
-resubmits the others so that they resume from their last checkpoint (``--resume``)::
+one job array through submitit; options come from flags over ``--slurm-config FILE`` (same keys)::
 
     python tools/sweep.py table 2 --launcher slurm --partition gpu --gpus-per-run 1 \\
         --cpus-per-task 8 --mem 32G --time 12:00:00 --account myproj
-    python tools/sweep.py table 2 --launcher slurm --slurm-config slurm.yaml --dry-run
-    python tools/sweep.py table 2 --launcher slurm --slurm-config slurm.yaml --wait
+    python tools/sweep.py table 2 --launcher slurm --slurm-config slurm.yaml --wait  # and follow
 
-The options file holds the same keys (``partition: gpu``, ``gpus_per_run: 1``, ``time:
-"12:00:00"``, ``sbatch_args: [--exclusive]``, ``setup: [module load cuda]``, ...); flags win.
-``--dry-run`` prints the commands and the array script it would submit. Bad input (a config
-that does not load, a seed given twice or out of range, a run id too long for a file name, a
-work root that cannot be written) is one named error and exit 2 before anything starts.
+Bad input (unknown ``--set`` keys, empty axes, a config that does not load, a seed given twice
+or out of range, a run id too long, a work root that cannot be written) is one named error and
+exit 2 before anything starts. All of it: docs/RUNNING.md.
 """
 
 from __future__ import annotations

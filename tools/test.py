@@ -24,10 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", help="checkpoint file")
     p.add_argument("--work-dir", help="where logs and test_record.json go")
-    launch.add_common_arguments(p, "test_dataloader.dataset.data_root=PATH")
-    args = p.parse_args(argv)
-    launch.set_local_rank(args)
-    return args
+    return launch.parse_args(p, argv, "test_dataloader.dataset.data_root=PATH")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,10 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "this run's (refused otherwise)",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
-    launch.add_common_arguments(p, "lbp.r=6 train_dataloader.batch_size=32")
-    args = p.parse_args(argv)
-    launch.set_local_rank(args)
-    return args
+    return launch.parse_args(p, argv, "lbp.r=6 train_dataloader.batch_size=32")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -286,7 +286,7 @@ def bench_shape(
     fns["stream"] = lambda: dst.copy_(src)
     map_x = xd.view(batch, tokens, cx)[:, prefix:]
     for r in rs:
-        bases = select_bases("lp_l1", r=r, order=order)
+        bases = select_bases("lp_l1", radius=r, order=order)
         proj = WHTProjector((side, side), bases, order, padding)
         y = lbp_forward(x, w, b, proj, prefix_tokens=prefix)
         call = _grad_call(y, [x, w, b], g)
@@ -433,7 +433,7 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
     side = math.isqrt(tokens - prefix)
     full = t["full_bp"]["wall"]
     for r in rs:
-        proj = WHTProjector((side, side), select_bases("lp_l1", r=r))
+        proj = WHTProjector((side, side), select_bases("lp_l1", radius=r))
         rank = proj.rank
         bound = flop_bound(
             cx, cy, tokens - prefix, rank, batch, patches=proj.num_patches, prefix=prefix
@@ -588,7 +588,7 @@ def run_projection(
     c, bsz = channels, batch
     for side in sizes:
         for r in rs:
-            bases = select_bases("lp_l1", r=r)
+            bases = select_bases("lp_l1", radius=r)
             g = torch.randn(bsz, side * side, c)
             p_d = WHTProjector((side, side), bases, 8, "reflect", "dense")
             p_p = WHTProjector((side, side), bases, 8, "reflect", "patch")
@@ -641,7 +641,7 @@ def run_projection(
 def ablation_pairs(batch: int, cx: int = 448, cy: int = 1792, r: int = 4) -> list[tuple]:
     """``(change, layout, before_fn, after_fn)``: each pair computes the same values the way the
     first implementation did (before) and the way the optimised path does (after)."""
-    bases = select_bases("lp_l1", r=r)
+    bases = select_bases("lp_l1", radius=r)
     p = WHTProjector((7, 7), bases, 8, "reflect")
     n2 = 1.0 / 64
     g_t = torch.randn(batch, 49, cy)

@@ -1,14 +1,9 @@
 """Checkpoints that survive a kill, and loading that names the file when it cannot.
 
-:class:`DurableCheckpointHook` is mmengine's ``CheckpointHook`` whose saves go through
-:func:`lbp_wht.io.atomic_write` and whose deletions (old checkpoints beyond ``max_keep_ckpts``,
-the previous best one) wait until the new file is complete: a kill, Ctrl-C or a full disk at
-any moment leaves the previous checkpoints and a ``last_checkpoint`` naming a complete file.
-
-:func:`load_checkpoint_file` is the one loader: ``torch.load(weights_only=True)`` with an
-allowlist of exactly what mmengine's own training checkpoints hold, never ``weights_only=False``;
-zip files are CRC-checked first. Failures name the file (:class:`CheckpointNotFoundError`,
-:class:`CheckpointLoadError`, :class:`UnsafeCheckpointError`).
+:class:`DurableCheckpointHook`: mmengine's ``CheckpointHook`` saving through
+:func:`lbp_wht.io.atomic_write`, deleting old / previous-best checkpoints only after the new
+file is complete. :func:`load_checkpoint_file`: ``torch.load(weights_only=True)`` with an
+allowlist of what mmengine's checkpoints hold, zip files CRC-checked first.
 """
 
 from __future__ import annotations
@@ -32,22 +27,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
 
 from lbp_wht.io import atomic_write, remove_stale_temps
-from lbp_wht.runs.sweep import LAST_CHECKPOINT
-
-__all__ = [
-    "CheckpointLoadError",
-    "CheckpointNotFoundError",
-    "CheckpointSaveError",
-    "DurableCheckpointHook",
-    "NonFiniteWeightsError",
-    "UnsafeCheckpointError",
-    "allow_mmengine_checkpoint_globals",
-    "checkpoint_candidates",
-    "load_checkpoint_file",
-    "read_last_checkpoint",
-    "save_durably",
-    "unpickling_error",
-]
+from lbp_wht.runs.sweep import LAST_CHECKPOINT, read_last_checkpoint
 
 _STEP_RE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
@@ -181,14 +161,6 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
 
 
 # ------------------------------------------------------------------------------ finding
-def read_last_checkpoint(work_dir: str) -> str | None:
-    """What ``<work_dir>/last_checkpoint`` names (None if nothing)."""
-    try:
-        return Path(work_dir, LAST_CHECKPOINT).read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
 def checkpoint_candidates(work_dir: str) -> list[str]:
     """``iter_N.pth`` / ``epoch_N.pth`` of the work dir (and of the folder ``last_checkpoint``
     points into) and the file it names, newest first: by modification time, then N (a file

@@ -1,12 +1,9 @@
 """What ``tools/train.py`` and ``tools/test.py`` do around the runner (docs/RUNNING.md).
 
-Before anything is built, so that a mistake costs seconds: the config is loaded and checked
-(:func:`effective_config`: syntax, ``_base_`` files, keys nothing reads, the ``lbp`` block,
-seed and loader values), the work dir is claimed (:func:`claim_work_dir`: one run per dir, no
-fresh start over an earlier run, writable) and every missing input is listed at once
-(:func:`check_inputs`). Any of these is one named error and exit 2. Then :func:`run` trains or
-tests under :class:`Interruptible`; a run that fails after it started leaves a record saying
-``failed`` (exit 1) or ``interrupted`` with the command that continues it (exit 128 + signal).
+Before anything is built, each a named error and exit 2: the config is loaded and checked
+(:func:`effective_config`), the work dir claimed (:func:`claim_work_dir`) and every missing input
+listed (:func:`check_inputs`). Then :func:`run` trains or tests; a run that fails after it started
+records ``failed`` (exit 1) or ``interrupted`` (exit 128 + signal).
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
@@ -52,30 +48,8 @@ from .runner import (
     NonFiniteCheckpointError,
     NoWeightsError,
     ResumeMismatchError,
+    resume_target,
 )
-
-__all__ = [
-    "RUNNER_KEYS",
-    "ConfigFileError",
-    "ConfigKeyError",
-    "Interruptible",
-    "RunInterrupted",
-    "WorkDirBusyError",
-    "WorkDirError",
-    "WorkDirHasRunError",
-    "add_common_arguments",
-    "check_config_keys",
-    "check_inputs",
-    "check_override_keys",
-    "claim_work_dir",
-    "default_work_dir",
-    "effective_config",
-    "load_config",
-    "main",
-    "run",
-    "seed_value",
-    "work_dir_lock_path",
-]
 
 #: Top-level config keys something reads after the file is parsed: mmengine's Runner (its
 #: arguments and the ``cfg.get`` calls of its methods), the config machinery and this project.
@@ -285,11 +259,6 @@ def effective_config(
 
 
 # ---------------------------------------------------------------------------- the work dir
-def work_dir_lock_path(work_dir: str | os.PathLike) -> Path:
-    """``<parent>/.<name>.lock``: the lock file of the sweep's :class:`~lbp_wht.runs.sweep.Run`."""
-    return lock_path(work_dir)
-
-
 def global_rank(launcher: str) -> int:
     var = {"pytorch": "RANK", "slurm": "SLURM_PROCID", "mpi": "OMPI_COMM_WORLD_RANK"}
     return int(os.environ.get(var[launcher], "0")) if launcher in var else 0
@@ -348,7 +317,7 @@ def claim_work_dir(work_dir: str, *, resume: bool, launcher: str = "none") -> Ru
     """
     if global_rank(launcher) != 0:
         return None
-    lock = RunLock(work_dir_lock_path(work_dir))
+    lock = RunLock(lock_path(work_dir))
     try:
         held = lock.acquire()
     except OSError as err:  # the lock file is the first thing written
@@ -417,9 +386,7 @@ def check_inputs(cfg: Config, mode: str = "train") -> None:
     loaders = ("test_dataloader",)
     if mode == "train":
         loaders = ("train_dataloader", "val_dataloader")
-        explicit = resume if isinstance(resume, str) and resume != "auto" else None
-        explicit = load_from if resume is True and load_from else explicit
-        auto = resume == "auto" or (resume is True and not load_from)
+        explicit, auto = resume_target(resume, load_from)
         if explicit:
             problems.append(_checkpoint_problem("resume", explicit))
         elif not (auto and checkpoint_candidates(cfg.work_dir)):
@@ -545,8 +512,11 @@ def run(cfg: Config, kind: str = "train", *, resume_unchecked: bool = False) -> 
             raise RunFailed(str(err)) from err
 
 
-def add_common_arguments(parser: Any, cfg_example: str) -> None:
-    """``--cfg-options``, ``--launcher`` and ``--local-rank``: the options both tools share."""
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, cfg_example: str
+) -> argparse.Namespace:
+    """Parse with the options both tools share (``--cfg-options``, ``--launcher``,
+    ``--local-rank``); ``LOCAL_RANK`` from ``--local-rank`` unless the launcher set it."""
     from mmengine.config import DictAction
 
     parser.add_argument(
@@ -562,11 +532,9 @@ def add_common_arguments(parser: Any, cfg_example: str) -> None:
         help="job launcher",
     )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-
-
-def set_local_rank(args: Any) -> None:
-    """``LOCAL_RANK`` from ``--local-rank`` unless the launcher set it (as mmengine expects)."""
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # as mmengine expects
+    return args
 
 
 def main(

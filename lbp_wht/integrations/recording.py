@@ -1,11 +1,8 @@
-"""The run record of a training or test run (``lbp_wht.runs.records`` format) and the NaN guard.
+"""The run record of a training or test run, and the NaN guard (docs/RUNNING.md).
 
-:class:`RunRecordHook` writes ``<work_dir>/record.json``: ``running`` when training starts,
-``complete`` with the final validation metric at the end (``tools/train.py`` writes ``failed`` /
-``interrupted``); ``tools/test.py`` writes ``test_record.json``. A run is never ``complete``
-with a non-finite result: :class:`NonFiniteGuardHook` stops a NaN / Inf loss at that iteration
-(on every rank) and fails a NaN / Inf metric, and :func:`lbp_wht.runs.records.write_record` refuses
-any metric that is not a finite number. Fields: docs/RUNNING.md.
+:class:`RunRecordHook` writes ``record.json`` (``running``, then ``complete``; ``tools/train.py``
+writes ``failed`` / ``interrupted``) or ``test_record.json``. :class:`NonFiniteGuardHook` stops a
+NaN / Inf loss at that iteration on every rank and fails a NaN / Inf metric.
 """
 
 from __future__ import annotations
@@ -26,15 +23,6 @@ from lbp_wht.experiments.methods import method_spec
 from lbp_wht.runs.records import config_digest, provenance, read_record, write_record
 
 from .build import lbp_rank, uses_lbp, validate_lbp_cfg
-
-__all__ = [
-    "PRIMARY_METRICS",
-    "NonFiniteGuardHook",
-    "NonFiniteLossError",
-    "NonFiniteMetricError",
-    "RunRecordHook",
-    "build_record",
-]
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,17 +1,10 @@
-"""``LBPWHTRunner``: mmengine's Runner plus what this project needs around it (docs/RUNNING.md).
+"""``LBPWHTRunner``: mmengine's Runner plus what this project needs (docs/RUNNING.md).
 
-- ``from_cfg`` injects the method (:func:`~lbp_wht.integrations.build.inject_lbp`) into the
-  effective config, records its digest, and checks that ``lbp.model`` names the model the
-  config builds (the record files the run under that name);
-- ``load_from`` is compared with the converted model: missing non-head keys, tensors that do
-  not fit, NaN, and adapters the checkpoint holds but the model would drop are errors
-  (``tools/test.py`` also refuses a model whose adapters the checkpoint lacks);
-- ``--resume`` (``resume='auto'``) takes the newest *loadable* checkpoint (unreadable ones are
-  named and kept as ``<name>.unreadable``), and refuses one trained with another method, model,
-  data or optimiser, or one that holds no config to compare, unless ``resume_unchecked``;
-- checkpoints are saved by :class:`~.checkpoint.DurableCheckpointHook`; a NaN / Inf loss or
-  metric fails the run (:class:`~.recording.NonFiniteGuardHook`);
-- CPU distributed runs (``torchrun`` or ``srun`` + gloo) work without CUDA.
+It injects the method into the config and records the config's digest; refuses an
+``lbp.model`` that is not the model built, a ``load_from`` that does not fit the converted model,
+and a ``--resume`` of another configuration; resumes from the newest *loadable* checkpoint;
+saves through :class:`~.checkpoint.DurableCheckpointHook`, fails on a NaN / Inf loss or metric
+(:class:`~.recording.NonFiniteGuardHook`); runs CPU-distributed (gloo) without CUDA.
 """
 
 from __future__ import annotations
@@ -48,25 +41,11 @@ from .build import inject_lbp, validate_lbp_cfg
 from .checkpoint import (
     CheckpointLoadError,
     CheckpointNotFoundError,
-    _history_buffer_getattr,  # noqa: F401  (re-exported: the allowlist's getattr stand-in)
-    allow_mmengine_checkpoint_globals,
     checkpoint_candidates,
     load_checkpoint_file,
     read_last_checkpoint,
 )
 from .datasets import check_dataloader_paths
-
-__all__ = [
-    "CheckpointMismatchError",
-    "LBPWHTRunner",
-    "ModelMismatchError",
-    "NoWeightsError",
-    "NonFiniteCheckpointError",
-    "ResumeMismatchError",
-    "allow_mmengine_checkpoint_globals",
-    "compare_state_dicts",
-    "resume_differences",
-]
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -140,25 +119,10 @@ def _nan_tensors(state: Mapping[str, Any]) -> list[str]:
 #: ``lbp`` keys that only steer loading or recording, and data keys that say where or how fast
 #: data is read: they may change on resume. So may the schedule length.
 _FREE_LBP = frozenset(
-    {
-        "allow_random_init",
-        "strict_load",
-        "reinit_keys",
-        "drop_keys",
-        "spectrum_layer",
-        "spectrum_iters",
-    }
+    "allow_random_init strict_load reinit_keys drop_keys spectrum_layer spectrum_iters".split()
 )
 _DATA_LOCATION = frozenset(
-    {
-        "data_root",
-        "data_prefix",
-        "ann_file",
-        "num_workers",
-        "persistent_workers",
-        "pin_memory",
-        "prefetch_factor",
-    }
+    "data_root data_prefix ann_file num_workers persistent_workers pin_memory prefetch_factor".split()
 )
 
 
@@ -277,6 +241,17 @@ def _check_model_name(cfg: Any) -> None:
         )
 
 
+def resume_target(resume: Any, load_from: str | None) -> tuple[str | None, bool]:
+    """``(path, auto)`` of a config's ``resume`` / ``load_from``: the checkpoint an explicit
+    resume names (``resume=<path>``, or ``resume=True`` with ``load_from``), and whether the
+    newest checkpoint of the work dir is to be resumed (``resume='auto'``, or ``True`` alone)."""
+    if isinstance(resume, str) and resume and resume != "auto":
+        return resume, False
+    if resume is True and load_from is not None:
+        return load_from, False
+    return None, resume == "auto" or (resume is True and load_from is None)
+
+
 def _torch_env_from_slurm() -> None:
     """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` (the job's first node) and
     ``MASTER_PORT`` (kept if set, else 29500) from the variables ``srun`` gives each process."""
@@ -372,16 +347,11 @@ class LBPWHTRunner(Runner):
     # ---- entry points ---------------------------------------------------------------------
     @property
     def resume_path(self) -> str | None:
-        """The checkpoint an explicit resume names (``resume=<path>``, or ``resume=True`` with
-        ``load_from``); None for ``resume='auto'`` or no resume."""
-        mode = self._resume
-        if isinstance(mode, str) and mode and mode != "auto":
-            return mode
-        return self._load_from if mode is True and self._load_from is not None else None
+        return resume_target(self._resume, self._load_from)[0]
 
     @property
     def auto_resume(self) -> bool:
-        return self._resume == "auto" or (self._resume is True and self._load_from is None)
+        return resume_target(self._resume, self._load_from)[1]
 
     def _check_exists(self) -> None:
         for what, path in (("resume", self.resume_path), ("load_from", self._load_from)):

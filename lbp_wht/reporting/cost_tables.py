@@ -45,6 +45,7 @@ from ..experiments.vocab import (
     parse_config_name,
     parse_config_tag,
 )
+from ..io import atomic_write
 from ..runs.records import read_record, write_record
 from .paths import CONFIGS, COST, PAPER, REPO
 from .render import (
@@ -54,7 +55,6 @@ from .render import (
     markdown_table,
     render,
     write_rows_csv,
-    write_text,
 )
 
 #: Every table this module makes.
@@ -149,6 +149,11 @@ def to_mflops(v: float) -> float:
 
 def row_label(method: str, r: Any) -> str:
     return method_label(method_key(method, "lp_l1", r))
+
+
+def row_id(table: int, model: str, scope: str, method: str, r: int | None) -> dict[str, Any]:
+    """The :data:`ROW_FIELDS` of a cost row (``label`` from the method and ``r``)."""
+    return dict(zip(ROW_FIELDS, (table, model, scope, method, row_label(method, r), r)))
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -303,14 +308,10 @@ class CostTables:
             seen = set()
             ref = method_with(reference=True)
             full = self.record(self.find_config(table, model, scope, ref, None, dataset))
-            paper_full = next(
-                (
-                    as_number(p["mflops"])
-                    for p in prs
-                    if method_spec(p["method"]).reference and as_number(p["mflops"])
-                ),
-                None,
-            )
+            paper_fulls = [
+                as_number(p["mflops"]) for p in prs if method_spec(p["method"]).reference
+            ]
+            paper_full = next((v for v in paper_fulls if v), None)  # the first readable one
             items = [(p["method"], rint(p.get("r")), p) for p in prs]
             for method, _, r in self.configs_for(table, model, scope, dataset):
                 if not any(m == method and rr == r for m, rr, _ in items):
@@ -329,7 +330,7 @@ class CostTables:
 
     def write_table(self, table: int, rows: list[dict[str, Any]]) -> None:
         write_rows_csv(self.out / f"table{table}.csv", rows, CSV_FIELDS)
-        write_text(
+        atomic_write(
             self.out / f"table{table}.md", _render("cost_table.md.j2", table=table, rows=rows)
         )
 
@@ -339,7 +340,7 @@ class CostTables:
         paper = {r["component"]: as_number(r["mflops"]) for r in self.paper_rows("table1.csv")}
         rows, extra = table1_rows(paper)
         write_rows_csv(self.out / "table1.csv", rows)
-        write_text(self.out / "table1.md", _render("cost_table1.md.j2", rows=rows, x=extra))
+        atomic_write(self.out / "table1.md", _render("cost_table1.md.j2", rows=rows, x=extra))
         return extra
 
     # ---------------------------------------------------------------------------- Table 6
@@ -362,7 +363,7 @@ class CostTables:
             )
             out.append(dict(r, **_table6_columns(rec, p)))
         write_rows_csv(self.out / "table6.csv", out, TABLE6_FIELDS)
-        write_text(self.out / "table6.md", _render("cost_table6.md.j2", rows=out))
+        atomic_write(self.out / "table6.md", _render("cost_table6.md.j2", rows=out))
         return out
 
     def run(self, tables: Sequence[int] = COST_TABLES, *, command: str = "") -> dict[str, Any]:
@@ -421,6 +422,13 @@ def merge_run_info(old: dict[str, Any], meta: dict[str, Any], full: bool) -> dic
 
 
 # ------------------------------------------------------------------------------ the rows
+def _t1_flops(rec: dict[str, Any]) -> float:
+    """The record's backprop FLOPs with the LBP projections priced as in Table 1 (1 FLOP per
+    element and basis, no bias row) instead of as the executed GEMMs."""
+    gemm, table1 = rec["linear_layers_analytic_gemm"], rec["linear_layers_analytic_table1"]
+    return rec["backprop_flops"] - gemm + table1
+
+
 def _cost_row(
     table: int,
     model: str,
@@ -437,25 +445,14 @@ def _cost_row(
     ours = rec["backprop_flops"] / 1e6
     opts = rec.get("cfg_options") or {}
     ours_sp = full["backprop_flops"] / rec["backprop_flops"]
-    # Same count with LBP projections priced as in Table 1 (1 FLOP per element and basis, no
-    # bias row) instead of as executed GEMMs.
-    t1 = (
-        rec["backprop_flops"]
-        - rec["linear_layers_analytic_gemm"]
-        + rec["linear_layers_analytic_table1"]
-    )
+    t1 = _t1_flops(rec)
     p_mf = as_number(pr["mflops"]) if pr else None
     p_sp = as_number(pr.get("speedup")) if pr else None
     p_sp_src = "paper" if p_sp is not None else ""
     if p_sp is None and p_mf and paper_full:
         p_sp, p_sp_src = paper_full / p_mf, "paper MFLOPs ratio"
     return dict(
-        table=table,
-        model=model,
-        scope=scope,
-        method=method,
-        label=row_label(method, r),
-        r=r,
+        row_id(table, model, scope, method, r),
         rank=rec.get("rank"),
         ours_mflops=round(ours, 2),
         ours_speedup=round(ours_sp, 3),
@@ -493,17 +490,12 @@ def _authors_columns(
     mf = rec["backprop_flops"] / 1e6
     sp = full["backprop_flops"] / rec["backprop_flops"]
     p_mf, p_sp = row["paper_mflops"], row["paper_speedup"]
-    t1 = (
-        rec["backprop_flops"]
-        - rec["linear_layers_analytic_gemm"]
-        + rec["linear_layers_analytic_table1"]
-    )
     return dict(
         authors_mflops=round(mf, 2),
         authors_speedup=round(sp, 3),
         authors_ratio_mflops=round(mf / p_mf, 3) if p_mf else None,
         authors_ratio_speedup=round(sp / p_sp, 3) if p_sp else None,
-        authors_t1conv_mflops=round(t1 / 1e6, 2),
+        authors_t1conv_mflops=round(_t1_flops(rec) / 1e6, 2),
         authors_elementwise_backward_m=round(rec["backward_elementwise"] / 1e6, 2),
     )
 
@@ -552,23 +544,20 @@ def table1_rows(paper: dict[str, float | None]) -> tuple[list[dict[str, Any]], d
     cx, cy, L, R = 3072, 768, 49, 8
     torch.manual_seed(0)
     # Any 8 bases cost the same; take the first 8 of LP_L1 in sequency order.
-    bases = select_bases("lp_l1", r=4)[:R]
+    bases = select_bases("lp_l1", radius=4)[:R]
     x = torch.randn(1, L, cx)
     plain = nn.Linear(cx, cy)
     x_req = x.clone().requires_grad_(True)
     m_plain = measure_step(plain, x_req, elementwise=False)
-    lbp = LBPLinear.from_module(
-        nn.Linear(cx, cy),
-        LBPConfig(selection="explicit", bases=bases),
-        geometry=MapGeometry(hw=(7, 7)),
+    cfg, geometry = LBPConfig(selection="explicit", bases=bases), MapGeometry(hw=(7, 7))
+    m_lbp, m_lbp_nb = (  # the layer with and without bias, in this order (same random draws)
+        measure_step(
+            LBPLinear.from_module(nn.Linear(cx, cy, bias=bias), cfg, geometry=geometry),
+            x_req,
+            elementwise=False,
+        )
+        for bias in (True, False)
     )
-    m_lbp = measure_step(lbp, x_req, elementwise=False)
-    lbp_nb = LBPLinear.from_module(
-        nn.Linear(cx, cy, bias=False),
-        LBPConfig(selection="explicit", bases=bases),
-        geometry=MapGeometry(hw=(7, 7)),
-    )
-    m_lbp_nb = measure_step(lbp_nb, x_req, elementwise=False)
     # Components, counted one by one on the projector the layer uses.
     proj = WHTProjector((7, 7), bases, 8, "reflect")
     g = torch.randn(1, L, cy)
@@ -661,8 +650,8 @@ def measure_methods(
                 scope=scope,
                 method=rec["method"],
                 select=rec.get("select") or "",
-                r=rec.get("r") if rec.get("r") is not None else "",
-                rank=rec.get("rank") if rec.get("rank") is not None else "",
+                r=rec.get("r"),  # None: an empty cell
+                rank=rec.get("rank"),
                 mflops=rec["backprop_flops"] / 1e6,
                 forward_mflops=rec["forward_nograd_flops"] / 1e6,
                 trainable_params=rec["trainable_params"],

@@ -50,7 +50,7 @@ from ..experiments.vocab import (  # noqa: E402
     method_with,
     norm_dataset,
 )
-from ..io import atomic_path  # noqa: E402
+from ..io import atomic_write  # noqa: E402
 from .plotting import save_figure  # noqa: E402
 from .render import as_number  # noqa: E402
 from .tables import cell_stat, cost_of, fidelity_summary, load_cost, load_runs  # noqa: E402
@@ -86,17 +86,9 @@ MIN_ACC_SPAN = 2.0
 
 
 def _style() -> None:
-    plt.rcParams.update(
-        {
-            "font.size": 8,
-            "axes.titlesize": 8,
-            "axes.labelsize": 8,
-            "legend.fontsize": 7,
-            "xtick.labelsize": 7,
-            "ytick.labelsize": 7,
-            "lines.markersize": 4,
-        }
-    )
+    plt.rcParams.update(dict.fromkeys(("font.size", "axes.titlesize", "axes.labelsize"), 8))
+    plt.rcParams.update(dict.fromkeys(("legend.fontsize", "xtick.labelsize", "ytick.labelsize"), 7))
+    plt.rcParams["lines.markersize"] = 4
 
 
 def _save(fig: plt.Figure, out: Path, name: str, dpi: int = 200) -> list[Path]:
@@ -104,9 +96,7 @@ def _save(fig: plt.Figure, out: Path, name: str, dpi: int = 200) -> list[Path]:
 
 
 def _to_csv(df: pd.DataFrame, path: Path, **kw: Any) -> Path:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, **kw)
-    return path
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, **kw))
 
 
 # ------------------------------------------------------------------------------ Figure 3/4
@@ -132,7 +122,7 @@ def fig3_data(
     ``source`` is ``ours`` (records + our cost; a point needs both) or ``paper`` (Table 2; a
     point needs both the paper's accuracy and MFLOPs).
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []  # in the order of ``cols`` below
     for model in models:
         keys: set[tuple] = {(m, None, None) for m in BASELINES}
         if not runs.empty:
@@ -147,18 +137,7 @@ def fig3_data(
             stat = cell_stat(runs, model, scope, key, dataset)
             mflops = cost_of(cost, model, scope, key)["mflops"]
             if stat.mean is not None and mflops is not None:
-                rows.append(
-                    dict(
-                        model=model,
-                        source="ours",
-                        method=key[0],
-                        r=key[2],
-                        mflops=mflops,
-                        acc=stat.mean,
-                        acc_std=stat.std,
-                        n=stat.n,
-                    )
-                )
+                rows.append((model, "ours", key[0], key[2], mflops, stat.mean, stat.std, stat.n))
         for p in read_paper_rows("2", paper_dir):
             if p["model"] != model or p["scope"] != scope:
                 continue
@@ -167,18 +146,7 @@ def fig3_data(
                 continue
             acc, mflops = as_number(p.get(dataset)), as_number(p.get("mflops"))
             if acc is not None and mflops is not None:
-                rows.append(
-                    dict(
-                        model=model,
-                        source="paper",
-                        method=key[0],
-                        r=key[2],
-                        mflops=mflops,
-                        acc=acc,
-                        acc_std=None,
-                        n=None,
-                    )
-                )
+                rows.append((model, "paper", key[0], key[2], mflops, acc, None, None))
     cols = ["model", "source", "method", "r", "mflops", "acc", "acc_std", "n"]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["model", "source", "method", "r"], na_position="first").reset_index(
@@ -211,9 +179,14 @@ def marginal_data(fig3: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _model_colors(models: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(models)}
+def _points(
+    ax: Any, pts: pd.DataFrame, source: str, label: str, color: Any, fill: str | None, **kw: Any
+) -> None:
+    """Figure 3's accuracy vs MFLOPs points of one method and source, with error bars (std over
+    seeds) for ours; ``fill`` ``"none"``: hollow markers."""
+    yerr = pts["acc_std"].astype(float).fillna(0.0) if source == "ours" else None
+    ax.errorbar(pts["mflops"], pts["acc"], yerr=yerr, color=color, mfc=fill or color, capsize=2,
+                label=f"{label} ({source})", **kw)  # fmt: skip
 
 
 def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path) -> list[Path]:
@@ -250,44 +223,17 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
             s = d[d["source"] == source]
             lbp = s[s["method"] == LBP].sort_values("r")
             if not lbp.empty:
-                ax.errorbar(
-                    lbp["mflops"],
-                    lbp["acc"],
-                    yerr=lbp["acc_std"].astype(float).fillna(0.0) if source == "ours" else None,
-                    color=LBP_COLOR,
-                    ls=ls,
-                    marker="o",
-                    mfc=fill or LBP_COLOR,
-                    capsize=2,
-                    lw=1,
-                    label=f"LBP-WHT {LP_L1}-r ({source})",
-                )
-                if source == "ours":
+                label = f"LBP-WHT {LP_L1}-r"
+                _points(ax, lbp, source, label, LBP_COLOR, fill, ls=ls, marker="o", lw=1)
+                at = dict(textcoords="offset points", xytext=(3, -8), fontsize=6, color=LBP_COLOR)
+                if source == "ours":  # r beside our points
                     for _, p in lbp.iterrows():
-                        ax.annotate(
-                            f"{int(p['r'])}",
-                            (p["mflops"], p["acc"]),
-                            textcoords="offset points",
-                            xytext=(3, -8),
-                            fontsize=6,
-                            color=LBP_COLOR,
-                        )
+                        ax.annotate(f"{int(p['r'])}", (p["mflops"], p["acc"]), **at)
             for method, (label, marker, color) in BASELINES.items():
                 b = s[s["method"] == method]
-                if b.empty:
-                    continue
-                ax.errorbar(
-                    b["mflops"],
-                    b["acc"],
-                    yerr=b["acc_std"].astype(float).fillna(0.0) if source == "ours" else None,
-                    ls="none",
-                    marker=marker,
-                    color=color,
-                    mfc=fill or color,
-                    ms=6 if marker == "*" else 4,
-                    capsize=2,
-                    label=f"{label} ({source})",
-                )
+                if not b.empty:
+                    ms = 6 if marker == "*" else 4
+                    _points(ax, b, source, label, color, fill, ls="none", marker=marker, ms=ms)
         ax.set_title(MODEL_NAMES.get(model, model))
         ax.margins(x=0.06, y=0.1)  # room for the r labels below the lowest / last points
         ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 4
@@ -301,19 +247,13 @@ def plot_fig3(data: pd.DataFrame, models: Sequence[str], dataset: str, out: Path
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles, labels = {}, {}
+    handles: dict[str, Any] = {}  # label -> its first handle, over every panel
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-            labels.setdefault(lab, lab)
     if handles:
-        fig.legend(
-            handles.values(),
-            labels.values(),
-            loc="outside lower center",
-            ncol=leg_cols,
-            frameon=False,
-        )
+        legend = dict(loc="outside lower center", ncol=leg_cols, frameon=False)
+        fig.legend(handles.values(), handles.keys(), **legend)
     fig.suptitle(title, fontsize=8)
     # Wrapped to the panels' height (~13 characters per inch), so that it cannot run into the
     # legend below a single row of panels.
@@ -327,7 +267,7 @@ def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path
     """Each model's marginal accuracy as steps over the r it spans (a slope between r_a and
     r_b is drawn from r_a to r_b), integer r ticks, in Figure 3's fonts and notation."""
     _style()
-    colors = _model_colors(models)
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     present = [
         (m, src)
         for m in models
@@ -341,23 +281,11 @@ def plot_fig4(marg: pd.DataFrame, models: Sequence[str], out: Path) -> list[Path
         g = marg[(marg["model"] == model) & (marg["source"] == source)].sort_values("r_from")
         xs = [*g["r_from"], g["r_to"].iloc[-1]]
         ys = [*g["slope_pp_per_gflop"], g["slope_pp_per_gflop"].iloc[-1]]
-        ax.step(
-            xs,
-            ys,
-            where="post",
-            ls="-" if source == "ours" else "--",
-            color=colors[model],
-            lw=1,
-            label=f"{MODEL_NAMES.get(model, model)} ({source})",
-        )
-        ax.plot(
-            g["r_mid"],
-            g["slope_pp_per_gflop"],
-            ls="none",
-            marker="o",
-            color=colors[model],
-            mfc=colors[model] if source == "ours" else "none",
-        )
+        color, ours = colors[model], source == "ours"
+        label = f"{MODEL_NAMES.get(model, model)} ({source})"
+        ax.step(xs, ys, where="post", ls="-" if ours else "--", color=color, lw=1, label=label)
+        mfc = color if ours else "none"
+        ax.plot(g["r_mid"], g["slope_pp_per_gflop"], ls="none", marker="o", color=color, mfc=mfc)
     ax.axhline(0, color="k", lw=0.6)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # as Figure 3
     if present:
@@ -423,12 +351,8 @@ def plot_fig5(spec: dict[str, Any], out: Path, outline_r: int = 4) -> list[Path]
     fig, ax = plt.subplots(figsize=(3.6, 3.0))
     positive = share[share > 0]
     vmin = max(positive.min(), share.max() * 1e-4) if positive.size else 1e-4
-    im = ax.imshow(
-        np.clip(share, vmin, None),
-        cmap="magma",
-        norm=LogNorm(vmin=vmin, vmax=share.max()),
-        origin="upper",
-    )
+    norm = LogNorm(vmin=vmin, vmax=share.max())
+    im = ax.imshow(np.clip(share, vmin, None), cmap="magma", norm=norm, origin="upper")
     # LP_L1-r outline: the staircase between cells with i + j < r and the rest.
     xs, ys = [-0.5], [min(outline_r, n) - 0.5]
     for j in range(min(outline_r, n)):
@@ -492,22 +416,28 @@ def plot_transfer(rows: Sequence[dict], out: Path) -> list[Path]:
     return _save(fig, out, "figure")
 
 
-def _fidelity_style() -> None:
+def _fidelity_figure(nrows: int, states: Sequence[str], height: float, sharey: Any) -> tuple:
+    """The gradient-fidelity figures' style, and ``(fig, axes)`` with a column per state."""
     plt.rcParams.update({"font.size": 7, "axes.titlesize": 7, "legend.fontsize": 6})
+    width = max(2.8 * len(states) + 0.6, 5.0)
+    return plt.subplots(nrows, len(states), figsize=(width, height), squeeze=False,
+                        sharey=sharey, layout="constrained")  # fmt: skip
+
+
+def _fidelity_save(fig: Any, axes: Any, ncol: int, out: Path, name: str) -> list[Path]:
+    """The legend of the first panel below the panels, then :func:`_save`."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
+    return _save(fig, out, name)
 
 
 def plot_fidelity_layers(df: pd.DataFrame, out: Path) -> list[Path]:
     """``fidelity_layers.{png,pdf}``: cosine of g_w (top) / g_x (bottom) vs R, LP_L1-r with
     reflect padding, one line per layer type, a column per state (rows of
     :func:`lbp_wht.integrations.fidelity.analyze_config`)."""
-    _fidelity_style()
     sel = df[(df["family"] == "lp_l1") & (df["padding"] == "reflect") & (df["num_bases"] < 64)]
     states = list(dict.fromkeys(df["state"]))
-    fig, axes = plt.subplots(
-        2, len(states), figsize=(max(2.8 * len(states) + 0.6, 5.0), 4.6), squeeze=False,
-        sharey="row",
-        layout="constrained",
-    )  # fmt: skip
+    fig, axes = _fidelity_figure(2, states, 4.6, sharey="row")
     for j, state in enumerate(states):
         d = sel[sel["state"] == state]
         for i, (metric, what) in enumerate((("cos_gw", "g_w"), ("cos_gx", "g_x"))):
@@ -520,23 +450,16 @@ def plot_fidelity_layers(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel(f"cos(LBP-WHT {what}, exact {what})")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
-    return _save(fig, out, "fidelity_layers")
+    return _fidelity_save(fig, axes, 3, out, "fidelity_layers")
 
 
 def plot_fidelity_selections(df: pd.DataFrame, out: Path) -> list[Path]:
     """``fidelity_selections.{png,pdf}``: the layer mean of the g_w cosine vs R per selection
     and padding, a panel per state."""
-    _fidelity_style()
     s = fidelity_summary(df)
     s = s[s["num_bases"] < 64]
     states = list(dict.fromkeys(s["state"]))
-    fig, axes = plt.subplots(
-        1, len(states), figsize=(max(2.8 * len(states) + 0.6, 5.0), 3.0), squeeze=False,
-        sharey=True,
-        layout="constrained",
-    )  # fmt: skip
+    fig, axes = _fidelity_figure(1, states, 3.0, sharey=True)
     colors = {"lp_l1": "tab:blue", "lp_linf": "tab:green", "lhe": "tab:red"}
     names = {"lp_l1": "LP_L1", "lp_linf": "LP_Linf", "lhe": "LHE (this batch's best R)"}
     for ax, state in zip(axes[0], states):
@@ -551,9 +474,7 @@ def plot_fidelity_selections(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xlabel("number of WHT bases R")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("cos(LBP-WHT g_w, exact g_w)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-    return _save(fig, out, "fidelity_selections")
+    return _fidelity_save(fig, axes, 2, out, "fidelity_selections")
 
 
 # -------------------------------------------------------------------------------------- CLI

@@ -15,69 +15,27 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..experiments.vocab import method_key, method_label, method_with
-from ..io import atomic_path
-from .plotting import label_log_axis
-from .render import read_rows_csv, render, write_rows_csv, write_text
+from ..io import atomic_write
+from .plotting import label_log_axis, pyplot, save_figure
+from .render import read_rows_csv, render, write_rows_csv
 
 #: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
 FULL, LBP = method_with(reference=True), method_with(bases_only=True)
 
 #: The CSV columns of a Table 8 benchmark run, in order.
-TABLE8_COLUMNS = [
-    "device",
-    "threads",
-    "model",
-    "cx",
-    "cy",
-    "L",
-    "prefix",
-    "batch",
-    "method",
-    "variant",
-    "select",
-    "r",
-    "R",
-    "latency_us",
-    "latency_q1_us",
-    "latency_q3_us",
-    "speedup",
-    "speedup_q1",
-    "speedup_q3",
-    "cpu_latency_us",
-    "speedup_cputime",
-    "speedup_cputime_q1",
-    "speedup_cputime_q3",
-    "latency_min_us",
-    "speedup_min",
-    "speedup_vs_gemm",
-    "naive_latency_us",
-    "speedup_straightforward",
-    "speedup_straightforward_cputime",
-    "xproj_us",
-    "speedup_incl_xproj",
-    "paper_speedup_cpu",
-    "paper_speedup_gpu",
-    "paper_latency_cpu_us",
-    "flop_bound",
-    "pct_of_bound",
-    "pct_of_bound_cputime",
-    "flop_bound_source",
-    "roofline_bound",
-    "pct_of_roofline",
-    "stream_us",
-    "allocator",
-    "rounds",
-    "loadavg_1m_start",
-    "loadavg_1m_end",
-    "torch",
-    "date",
-]
+TABLE8_COLUMNS = """device threads model cx cy L prefix batch method variant select r R latency_us
+    latency_q1_us latency_q3_us speedup speedup_q1 speedup_q3 cpu_latency_us speedup_cputime
+    speedup_cputime_q1 speedup_cputime_q3 latency_min_us speedup_min speedup_vs_gemm
+    naive_latency_us speedup_straightforward speedup_straightforward_cputime xproj_us
+    speedup_incl_xproj paper_speedup_cpu paper_speedup_gpu paper_latency_cpu_us flop_bound
+    pct_of_bound pct_of_bound_cputime flop_bound_source roofline_bound pct_of_roofline stream_us
+    allocator rounds loadavg_1m_start loadavg_1m_end torch date""".split()
 FLOAT_FORMAT = "{:.4g}"
 
 
@@ -112,11 +70,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return ""
-
-
-def _write_meta(stem: Path, meta: dict[str, Any]) -> Path:
-    path = stem.with_name(stem.name + ".run.json")
-    return write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
@@ -158,15 +111,11 @@ def _x(row: dict[str, Any], key: str, digits: int = 2) -> str:
 def _table8_cells(r: dict[str, Any]) -> list[str]:
     shape = f"({r['cx']}, {r['cy']}, {r['L']})"
     lat = f"{r['latency_us']:.0f} [{r['latency_q1_us']:.0f}, {r['latency_q3_us']:.0f}]"
+    load = f"{r['loadavg_1m_start']:.1f}"
     if r["method"] == FULL:
-        name = (
-            "Full BP" if (r.get("variant") or "eager") == "eager" else f"Full BP ({r['variant']})"
-        )
-        return (
-            [shape, name, "-", lat, "1.00", "1.00", "1.00"]
-            + ["-"] * 8
-            + [f"{r['loadavg_1m_start']:.1f}"]
-        )
+        variant = r.get("variant") or "eager"
+        name = "Full BP" if variant == "eager" else f"Full BP ({variant})"
+        return [shape, name, "-", lat, "1.00", "1.00", "1.00", *["-"] * 8, load]
     pap = r.get("paper_speedup_gpu") or r.get("paper_speedup_cpu")
     return [
         shape,
@@ -184,47 +133,47 @@ def _table8_cells(r: dict[str, Any]) -> list[str]:
         f"{r['pct_of_bound']:.0f}%",
         f"{r['roofline_bound']:.2f}x",
         f"{r['pct_of_roofline']:.0f}%",
-        f"{r['loadavg_1m_start']:.1f}",
+        load,
     ]
 
 
 def table8_markdown(rows: Sequence[dict[str, Any]], device: str, meta: dict[str, Any]) -> str:
     """The Markdown of a Table 8 benchmark run (one table per batch; the bare-GEMM rows are in
     the CSV only)."""
-    batches = sorted({r["batch"] for r in rows})
+    by_batch = {b: [r for r in rows if r["batch"] == b] for b in sorted({r["batch"] for r in rows})}
     runs = meta.get("batch_runs") or {}
     table8 = all(r["L"] == 49 for r in rows)  # the paper's shapes: one 7x7 map
+    load_min, load_max = _load_range(rows)
     return render(
         "latency_table8.md.j2",
         title="Table 8 latency" if table8 else "Per-layer latency on multi-patch maps",
         device=device,
         meta=meta,
-        runs={b: runs.get(str(b)) for b in batches},
-        dates={b: next(r["date"] for r in rows if r["batch"] == b) for b in batches},
-        loads={
-            b: (
-                f"{min(r['loadavg_1m_start'] for r in rows if r['batch'] == b):.2f}",
-                f"{max(r['loadavg_1m_end'] for r in rows if r['batch'] == b):.2f}",
-            )
-            for b in batches
-        },
+        runs={b: runs.get(str(b)) for b in by_batch},
+        dates={b: g[0]["date"] for b, g in by_batch.items()},
+        loads={b: _load_range(g) for b, g in by_batch.items()},
         paper_device="GPU" if str(device).startswith("cuda") else "CPU",
         date=rows[0]["date"],
         threads=rows[0]["threads"] or "-",
-        load_min=f"{min(r['loadavg_1m_start'] for r in rows):.2f}",
-        load_max=f"{max(r['loadavg_1m_end'] for r in rows):.2f}",
+        load_min=load_min,
+        load_max=load_max,
         allocator=rows[0]["allocator"],
         batches=[
-            (b, [_table8_cells(r) for r in rows if r["batch"] == b and r["method"] != "gemm"])
-            for b in batches
+            (b, [_table8_cells(r) for r in g if r["method"] != "gemm"]) for b, g in by_batch.items()
         ],
     )
+
+
+def _load_range(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The lowest 1-min load average at the start and the highest at the end of ``rows``."""
+    start, end = min(r["loadavg_1m_start"] for r in rows), max(r["loadavg_1m_end"] for r in rows)
+    return f"{start:.2f}", f"{end:.2f}"
 
 
 def plot_table8(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Grouped bars per Table 8 row: our speedup per batch (and per backward variant where a
     batch was run in several), the paper's CPU speedup, the bound."""
-    plt = _pyplot()
+    plt = pyplot()
     lbp = [r for r in rows if r["method"] == LBP]
     keys = list(dict.fromkeys((r["cx"], r["cy"], r["r"]) for r in lbp))
     batches = sorted({r["batch"] for r in lbp})
@@ -289,9 +238,9 @@ def write_table8(
     stem = Path(out_dir) / f"{name}_{device.split(':')[0]}"
     if merge and stem.with_suffix(".csv").exists():
         rows, meta = _merged(stem, rows, meta)
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, TABLE8_COLUMNS, FLOAT_FORMAT)]
-    paths.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
-    return paths + plot_table8(rows, stem) + [_write_meta(stem, meta)]
+    return _write(
+        stem, rows, meta, table8_markdown(rows, device, meta), plot_table8, TABLE8_COLUMNS
+    )
 
 
 def _merged(
@@ -365,13 +314,8 @@ def write_component_table(
     kind: str, rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any]
 ) -> list[Path]:
     """``<kind>_cpu.{csv,md,run.json}`` for ``kind`` ``"ablation"`` or ``"projection"``."""
-    stem = Path(out_dir) / f"{kind}_cpu"
     markdown = {"ablation": ablation_markdown, "projection": projection_markdown}[kind]
-    return [
-        write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT),
-        write_text(stem.with_suffix(".md"), markdown(rows, meta)),
-        _write_meta(stem, meta),
-    ]
+    return _write(Path(out_dir) / f"{kind}_cpu", rows, meta, markdown(rows, meta))
 
 
 # -------------------------------------------------------------------------------- end to end
@@ -393,7 +337,7 @@ def e2e_timm_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         ]
         for r in rows
     ]
-    return render("latency_e2e_timm.md.j2", meta=meta, lines=lines, **_e2e_run(r0))
+    return render("latency_e2e_timm.md.j2", meta=meta, lines=lines, **_run_fields(r0))
 
 
 def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -410,11 +354,11 @@ def e2e_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         ]
         for r in rows
     ]
-    return render("latency_e2e.md.j2", meta=meta, lines=lines, **_e2e_run(r0))
+    return render("latency_e2e.md.j2", meta=meta, lines=lines, **_run_fields(r0))
 
 
-def _e2e_run(r0: dict[str, Any]) -> dict[str, Any]:
-    """The run's fields both end-to-end templates print (from its first row)."""
+def _run_fields(r0: dict[str, Any]) -> dict[str, Any]:
+    """The run's fields the end-to-end and step templates print (from its first row)."""
     keys = ("model", "date", "threads", "batch", "size", "rounds", "allocator")
     return dict(
         {k: r0[k] for k in keys},
@@ -425,7 +369,7 @@ def _e2e_run(r0: dict[str, Any]) -> dict[str, Any]:
 
 def plot_e2e(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Backward time per method, and measured vs FLOP speedup."""
-    plt = _pyplot()
+    plt = pyplot()
     r0 = rows[0]
     labels = [r["method"] for r in rows]
     med = [r["backward_ms"] for r in rows]
@@ -462,9 +406,7 @@ def write_e2e(
 ) -> list[Path]:
     """``e2e_backward_cpu.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / "e2e_backward_cpu"
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
-    paths.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
-    return paths + plot_e2e(rows, stem) + [_write_meta(stem, meta)]
+    return _write(stem, rows, meta, e2e_markdown(rows, meta), plot_e2e)
 
 
 def write_e2e_timm(
@@ -472,11 +414,7 @@ def write_e2e_timm(
 ) -> list[Path]:
     """``e2e_timm_<model>_cpu.{csv,md,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / f"e2e_timm_{rows[0]['model']}_cpu"
-    return [
-        write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT),
-        write_text(stem.with_suffix(".md"), e2e_timm_markdown(rows, meta)),
-        _write_meta(stem, meta),
-    ]
+    return _write(stem, rows, meta, e2e_timm_markdown(rows, meta))
 
 
 # ----------------------------------------------------------------------------- training step
@@ -504,21 +442,12 @@ def step_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     r0 = rows[0]
     cuda = str(r0["device"]).startswith("cuda")
     scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    run = _run_fields(r0) | {k: r0[k] or "-" for k in ("threads", "allocator")}
     return render(
         "latency_step.md.j2",
         meta=meta,
-        model=r0["model"],
-        device=r0["device"],
-        date=r0["date"],
-        threads=r0["threads"] or "-",
-        batch=r0["batch"],
-        size=r0["size"],
-        amp=r0["amp"],
-        optimizer=r0["optimizer"],
-        rounds=r0["rounds"],
-        load0=f"{r0['loadavg_1m_start']:.2f}",
-        load1=f"{r0['loadavg_1m_end']:.2f}",
-        allocator=r0["allocator"] or "-",
+        **run,
+        **{k: r0[k] for k in ("device", "amp", "optimizer")},
         cuda=cuda,
         scopes=[(s, [_step_cells(r, cuda) for r in rows if r["scope"] == s]) for s in scopes],
     )
@@ -526,7 +455,7 @@ def step_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def plot_step(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Per scope: stacked phase times per method, and measured step speedup vs FLOP bound."""
-    plt = _pyplot()
+    plt = pyplot()
     scopes = list(dict.fromkeys(r["scope"] for r in rows))
     fig, axes = plt.subplots(len(scopes), 2, figsize=(10, 3.6 * len(scopes)), squeeze=False)
     r0 = rows[0]
@@ -563,29 +492,46 @@ def write_step(
 ) -> list[Path]:
     """``step_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / f"step_{str(rows[0]['device']).split(':')[0]}"
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, float_format=FLOAT_FORMAT)]
-    paths.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
-    return paths + plot_step(rows, stem) + [_write_meta(stem, meta)]
+    return _write(stem, rows, meta, step_markdown(rows, meta), plot_step)
 
 
 # ----------------------------------------------------------------------------------- shared
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _write(
+    stem: Path,
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    markdown: str,
+    plot: Callable[[Sequence[dict[str, Any]], Path], list[Path]] | None = None,
+    fields: Sequence[str] | None = None,
+) -> list[Path]:
+    """``<stem>.csv`` (floats to :data:`FLOAT_FORMAT`), ``.md``, the figure (``plot``) and
+    ``.run.json``; returns the paths in that order."""
+    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, fields, FLOAT_FORMAT)]
+    paths.append(atomic_write(stem.with_suffix(".md"), markdown))
+    paths += plot(rows, stem) if plot else []
+    run = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    return paths + [atomic_write(stem.with_name(stem.name + ".run.json"), run)]
 
 
 def _save(fig: Any, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    with atomic_path(paths[0]) as tmp:  # a kill leaves the old figure, never a cut one
-        fig.savefig(tmp, dpi=150, format="png")
-    with atomic_path(paths[1]) as tmp:
-        fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})  # same bytes on a rerun
-    _pyplot().close(fig)
-    return paths
+    return save_figure(fig, [stem.with_suffix(".png"), stem.with_suffix(".pdf")], dpi=150)
+
+
+def _table8_again(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    return table8_markdown(rows, str(rows[0]["device"]), meta)
+
+
+#: What :func:`rerender` rebuilds, in order: (CSV file pattern, Markdown, figure or None).
+RERENDER = (
+    ("table8_*.csv", _table8_again, plot_table8),
+    ("fusion_*.csv", _table8_again, plot_table8),
+    ("multipatch_*.csv", _table8_again, plot_table8),
+    ("ablation_cpu.csv", ablation_markdown, None),
+    ("projection_cpu.csv", projection_markdown, None),
+    ("e2e_backward_cpu.csv", e2e_markdown, plot_e2e),
+    ("step_*.csv", step_markdown, plot_step),
+    ("e2e_timm_*_cpu.csv", e2e_timm_markdown, None),
+)
 
 
 def rerender(out_dir: str | os.PathLike) -> list[Path]:
@@ -597,46 +543,18 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
             missing.
     """
     out = Path(out_dir)
-    written: list[Path] = []
-    found = (
-        sorted(out.glob("table8_*.csv"))
-        + sorted(out.glob("fusion_*.csv"))
-        + sorted(out.glob("multipatch_*.csv"))
-        + [p for p in (out / "ablation_cpu.csv", out / "projection_cpu.csv") if p.exists()]
-    )
-    e2e = out / "e2e_backward_cpu.csv"
-    steps = sorted(out.glob("step_*.csv"))
-    timm = sorted(out.glob("e2e_timm_*_cpu.csv"))
-    if not found and not e2e.exists() and not steps and not timm:
+    found = [(p, md, plot) for pat, md, plot in RERENDER for p in sorted(out.glob(pat))]
+    if not found:
         raise FileNotFoundError(
             f"no benchmark CSV (table8_<device>.csv, fusion_<device>.csv, ablation_cpu.csv, "
             f"projection_cpu.csv, e2e_backward_cpu.csv, step_<device>.csv) in {out}"
         )
-    for csv_path in found:
+    written: list[Path] = []
+    for csv_path, markdown, plot in found:
         stem = csv_path.with_suffix("")
         meta, rows = read_meta(stem), _read_rows(csv_path)
-        if stem.name.startswith(("table8_", "fusion_", "multipatch_")):
-            device = str(rows[0]["device"])
-            written.append(write_text(stem.with_suffix(".md"), table8_markdown(rows, device, meta)))
-            written += plot_table8(rows, stem)
-        else:
-            kind = stem.name.removesuffix("_cpu")
-            markdown = ablation_markdown if kind == "ablation" else projection_markdown
-            written.append(write_text(stem.with_suffix(".md"), markdown(rows, meta)))
-    if e2e.exists():
-        stem = e2e.with_suffix("")
-        meta, rows = read_meta(stem), _read_rows(e2e)
-        written.append(write_text(stem.with_suffix(".md"), e2e_markdown(rows, meta)))
-        written += plot_e2e(rows, stem)
-    for csv_path in steps:
-        stem = csv_path.with_suffix("")
-        meta, rows = read_meta(stem), _read_rows(csv_path)
-        written.append(write_text(stem.with_suffix(".md"), step_markdown(rows, meta)))
-        written += plot_step(rows, stem)
-    for csv_path in timm:
-        stem = csv_path.with_suffix("")
-        meta, rows = read_meta(stem), _read_rows(csv_path)
-        written.append(write_text(stem.with_suffix(".md"), e2e_timm_markdown(rows, meta)))
+        written.append(atomic_write(stem.with_suffix(".md"), markdown(rows, meta)))
+        written += plot(rows, stem) if plot else []
     return written
 
 

@@ -48,12 +48,21 @@ def label_log_axis(axis: Any, lo: float, hi: float, suffix: str = "") -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, paths: Sequence[str | os.PathLike], dpi: int = 200) -> list[Path]:
     """Save ``fig`` to each of ``paths`` (format from the suffix; raster formats at ``dpi``, a
     PDF without a creation date, so that a rerun writes the same bytes), each written aside and
     renamed, then close it."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     try:
         for path in paths:
             pdf = str(path).endswith(".pdf")

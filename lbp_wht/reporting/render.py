@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path, atomic_write
+from ..io import atomic_path
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -61,11 +61,6 @@ def markdown_table(
     lines = [f"| {' | '.join(header)} |", rule]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` (parent folders created, atomically); returns the path."""
-    return atomic_write(path, text)
 
 
 def write_rows_csv(

@@ -60,9 +60,9 @@ from ..experiments.vocab import (
     rank_of,
     short_model_name,
 )
-from ..io import atomic_path
+from ..io import atomic_write
 from ..runs.records import read_records
-from .render import as_number, checked_number, markdown_table, render, write_text
+from .render import as_number, checked_number, markdown_table, render, write_rows_csv
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -85,33 +85,22 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
     Raises:
         RecordValueError: a record whose ``value`` is not a finite number (names the file).
     """
-    rows = []
+    cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
+    rows = []  # in the order of cols + [timestamp, path]
     for root in roots:
         if not Path(root).exists():
             continue
         for rec in read_records(root, pattern="**/record.json"):
             if rec.get("status") != "complete" or rec.get("kind", "train") != "train":
                 continue
-            value = checked_number(rec.get("value"), rec["_path"], "value")
+            path = rec["_path"]
+            value = checked_number(rec.get("value"), path, "value")
             if value is None or not rec.get("model") or not rec.get("method"):
                 continue
             m, s, r = method_key(rec["method"], rec.get("select"), rec.get("r"), rec.get("rank"))
-            rows.append(
-                dict(
-                    model=rec["model"],
-                    scope=rec.get("scope") or "partial",
-                    dataset=norm_dataset(rec.get("dataset")),
-                    method=m,
-                    select=s,
-                    r=r,
-                    seed=rec.get("seed"),
-                    value=value,
-                    metric=rec.get("metric"),
-                    timestamp=str(rec.get("timestamp") or ""),
-                    path=rec["_path"],
-                )
-            )
-    cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
+            cell = [rec["model"], rec.get("scope") or "partial", norm_dataset(rec.get("dataset"))]
+            stamp = str(rec.get("timestamp") or "")
+            rows.append([*cell, m, s, r, rec.get("seed"), value, rec.get("metric"), stamp, path])
     df = pd.DataFrame(rows, columns=cols + ["timestamp", "path"])
     if df.empty:
         return df
@@ -199,7 +188,7 @@ def load_cost(cost_dir: str | os.PathLike | None) -> pd.DataFrame:
             the CSV file and the column).
     """
     out_cols = ["table", "model", "scope", "method", "select", "r", *COST_ALIASES]
-    rows: list[dict] = []
+    rows: list[list] = []  # in the order of out_cols
     if cost_dir is None or not Path(cost_dir).exists():
         return pd.DataFrame(columns=out_cols)
     for path in sorted(Path(cost_dir).rglob("*.csv")):
@@ -219,24 +208,14 @@ def load_cost(cost_dir: str | os.PathLike | None) -> pd.DataFrame:
             continue
         stem_table = path.stem[5:] if path.stem.startswith("table") else None
         for _, raw in df.iterrows():
-            m, s, r = method_key(
-                str(raw[cols["method"]]),
-                _str(raw.get(cols.get("select", ""), None)),
-                raw.get(cols.get("r", ""), None),
-                raw.get(cols.get("rank", ""), None),
-            )
-            table = _str(raw.get(cols.get("table", ""), None)) or stem_table
-            row = dict(
-                table=str(_int_or_str(table)) if table is not None else None,
-                model=str(raw[cols["model"]]),
-                scope=_str(raw.get(cols.get("scope", ""), None)) or "partial",
-                method=m,
-                select=s,
-                r=r,
-            )
-            for k, c in found.items():
+            get = {k: raw[c] for k, c in cols.items()}.get  # by lower-case column name
+            m, s, r = method_key(str(get("method")), _str(get("select")), get("r"), get("rank"))
+            table = _str(get("table")) or stem_table
+            table = str(_int_or_str(table)) if table is not None else None
+            row = [table, str(get("model")), _str(get("scope")) or "partial", m, s, r]
+            for c in found.values():  # in the order of COST_ALIASES
                 v = None if c is None or pd.isna(raw[c]) else raw[c]
-                row[k] = checked_number(v, path, c) if c is not None else None
+                row.append(checked_number(v, path, c) if c is not None else None)
             rows.append(row)
     df = pd.DataFrame(rows, columns=out_cols)
     return df.drop_duplicates(["table", "model", "scope", "method", "select", "r"], keep="first")
@@ -404,33 +383,6 @@ def table_rows(
     return out
 
 
-def _fill(
-    row: Row,
-    columns: list[Column],
-    runs: pd.DataFrame,
-    cost: pd.DataFrame,
-    scope: str,
-    datasets: Sequence[str],
-    paper: dict,
-    table: str | None = None,
-) -> None:
-    c = cost_of(cost, row.model, scope, row.key, table=table, only_table=table == "6")
-    for col in columns:
-        name = col.name
-        if name in datasets:
-            row.ours[name] = cell_stat(runs, row.model, scope, row.key, name)
-        elif name == "macc":
-            row.ours[name] = macc_stat(runs, row.model, scope, row.key, datasets)
-        elif name == "speedup" and method_spec(row.key[0]).trains == "head":
-            row.ours[name] = Stat(text="-")  # see _head_only_note
-        elif name in c:
-            v = c[name]
-            row.ours[name] = Stat(v, None, 1) if v is not None else Stat()
-        else:
-            row.ours[name] = Stat()
-        row.paper[name] = as_number(paper.get(name)) if paper else None
-
-
 def _head_only_note(rows: Sequence[Row]) -> list[str]:
     """Why head-only rows show no speedup (a one-item list where the table has such a row)."""
     mflops = [
@@ -483,9 +435,9 @@ def _rows(
     rank: Callable[[tuple, dict], str] = _paper_rank,
     keep: Callable[[tuple], bool] = lambda key: True,
 ) -> list[Row]:
-    """The filled rows of ``table`` (:func:`table_rows`, then :func:`_fill`): section title
-    per scope from :data:`SECTION_TITLES`, rows the paper lacks for its own models marked
-    extra."""
+    """The rows of ``table`` (:func:`table_rows`) with our values (runs, cost) and the paper's:
+    section title per scope from :data:`SECTION_TITLES`, rows the paper lacks for its own
+    models marked extra."""
     rows = []
     for scope, model, key, p in table_rows(
         table,
@@ -500,7 +452,18 @@ def _rows(
             continue
         section = SECTION_TITLES.get(table, {}).get(scope, "")
         row = Row(section, model, key, rank(key, p), extra=not p and model in PAPER_MODELS)
-        _fill(row, columns, inp.runs, inp.cost, scope, datasets, p, table)
+        c = cost_of(inp.cost, model, scope, key, table=table, only_table=table == "6")
+        for name in (col.name for col in columns):
+            if name in datasets:
+                row.ours[name] = cell_stat(inp.runs, model, scope, key, name)
+            elif name == "macc":
+                row.ours[name] = macc_stat(inp.runs, model, scope, key, datasets)
+            elif name == "speedup" and method_spec(key[0]).trains == "head":
+                row.ours[name] = Stat(text="-")  # see _head_only_note
+            else:  # a cost figure (None: no record)
+                v = c.get(name)
+                row.ours[name] = Stat(v, None, 1) if v is not None else Stat()
+            row.paper[name] = as_number(p.get(name)) if p else None
         rows.append(row)
     return rows
 
@@ -508,6 +471,16 @@ def _rows(
 def _row_models(rows: Sequence[Row], inp: _Inputs) -> list[str]:
     """The models of the rows, else the requested ones (for the title of an empty table)."""
     return [r.model for r in rows] or list(inp.models or [])
+
+
+def _one_model_table(
+    name: str, title: str, default: str, columns: list[Column], rows: list[Row], inp: _Inputs
+) -> Table:
+    """A table of one paper model (3, 4, 6): ``{models}`` in ``title`` names the models of its
+    rows (else ``default``); a Model column only where the rows have several."""
+    models = _row_models(rows, inp)
+    title = title.format(models=models_title(models, default))
+    return Table(name, title, columns, rows, show_model=len(set(models)) > 1)
 
 
 def _dataset_columns(datasets: Sequence[str]) -> list[Column]:
@@ -565,15 +538,8 @@ def build_classification(table: str, inp: _Inputs, datasets: Sequence[str] | Non
         title = "Table 2: image classification (partial training: last stage; full training)"
     else:
         title = "Table 5: image classification, full training"
-    return Table(
-        f"table{table}",
-        title,
-        columns,
-        rows,
-        show_model=table != "7",
-        show_rank=table != "7",
-        notes=notes,
-    )
+    show = table != "7"  # Table 7 prints neither a Model nor an R column
+    return Table(f"table{table}", title, columns, rows, show, show, notes)
 
 
 def build_segmentation(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
@@ -581,15 +547,8 @@ def build_segmentation(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
     ds = list(datasets or SEG_DATASETS)
     columns = [Column("mflops", "MFLOPs"), *_dataset_columns(ds)]
     rows = _rows("3", inp, columns, scopes=["partial", "full"], datasets=ds)
-    row_models = _row_models(rows, inp)
-    return Table(
-        "table3",
-        f"Table 3: semantic segmentation ({models_title(row_models, 'segformer-mit-b0')}, "
-        "mIoU [%])",
-        columns,
-        rows,
-        show_model=len(set(row_models)) > 1,
-    )
+    title = "Table 3: semantic segmentation ({models}, mIoU [%])"
+    return _one_model_table("table3", title, "segformer-mit-b0", columns, rows, inp)
 
 
 def _table4_rank(key: tuple, paper: dict) -> str:
@@ -610,15 +569,8 @@ def build_table4(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
         rank=_table4_rank,
         keep=lambda key: method_spec(key[0]).bases_only,
     )
-    row_models = _row_models(rows, inp)
-    return Table(
-        "table4",
-        f"Table 4: base selection for {models_title(row_models, 'efficientformer-l1')} "
-        "(partial training), accuracy [%]",
-        columns,
-        rows,
-        show_model=len(set(row_models)) > 1,
-    )
+    title = "Table 4: base selection for {models} (partial training), accuracy [%]"
+    return _one_model_table("table4", title, "efficientformer-l1", columns, rows, inp)
 
 
 def build_table6(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
@@ -631,16 +583,10 @@ def build_table6(inp: _Inputs, datasets: Sequence[str] | None) -> Table:
         *_dataset_columns(ds),
     ]
     rows = _rows("6", inp, columns, scopes=["partial"], datasets=ds)
-    row_models = _row_models(rows, inp)
-    return Table(
-        "table6",
-        "Table 6: LBP-WHT combined with LoRA-all, "
-        f"{models_title(row_models, 'efficientformer-l1')} partial training",
-        columns,
-        rows,
-        show_model=len(set(row_models)) > 1,
-        show_rank=False,
-    )
+    title = "Table 6: LBP-WHT combined with LoRA-all, {models} partial training"
+    table = _one_model_table("table6", title, "efficientformer-l1", columns, rows, inp)
+    table.show_rank = False
+    return table
 
 
 # --------------------------------------------------------------------------------- Table 8
@@ -735,40 +681,23 @@ def build_table8(paper_dir: Path, latency_dir: Path | None) -> Table:
         "Ours: tools/benchmark_latency.py, batch 1, on this project's machine "
         "(results/latency/table8_<device>.csv); the paper measured a Jetson Nano."
     ]
-    return Table(
-        "table8",
-        "Table 8: latency of BP through the last two linear layers of EfficientFormer-L1/L7",
-        columns,
-        rows,
-        show_model=True,
-        notes=notes,
-        lead=[("(Cx, Cy, L)", "section")],
-    )
+    title = "Table 8: latency of BP through the last two linear layers of EfficientFormer-L1/L7"
+    return Table("table8", title, columns, rows, notes=notes, lead=[("(Cx, Cy, L)", "section")])
 
 
 # ------------------------------------------------------------------------------- rendering
-def _num_text(v: float, col: Column) -> str:
+def _num(v: float, col: Column) -> str:
     """``v`` in the column's format; a non-zero value the format would print as zero (the
     head-only row's MFLOPs) gets two significant digits instead."""
     text = col.fmt.format(v)
-    if v and not any(ch in "123456789" for ch in text):
-        text = f"{v:.2g}"
-    return text
+    return f"{v:.2g}" if v and not any(ch in "123456789" for ch in text) else text
 
 
-def _fmt(v: float | None, col: Column) -> str:
-    return "" if v is None else _num_text(v, col) + col.suffix
-
-
-def _fmt_ours(s: Stat, col: Column) -> str:
-    if s.text is not None:
-        return s.text
-    if s.mean is None:
-        return ""
-    text = _fmt(s.mean, col)
-    if s.std is not None:
-        text = f"{_num_text(s.mean, col)} ± {_num_text(s.std, col)}{col.suffix}"
-    return text
+def _ours(s: Stat, col: Column) -> str:
+    if s.text is not None or s.mean is None:
+        return s.text or ""
+    std = "" if s.std is None else f" ± {_num(s.std, col)}"
+    return f"{_num(s.mean, col)}{std}{col.suffix}"
 
 
 def to_frame(t: Table) -> pd.DataFrame:
@@ -776,136 +705,87 @@ def to_frame(t: Table) -> pd.DataFrame:
     recs = []
     for row in t.rows:
         method, select, r = row.key
-        rec: dict[str, Any] = dict(
-            section=row.section,
-            model=row.model,
-            method=method,
-            select=select,
-            r=r,
-            R=row.rank,
-            label=method_label(row.key),
-            extra=row.extra,
-        )
+        rec: dict[str, Any] = dict(section=row.section, model=row.model, method=method,
+                                   select=select, r=r, R=row.rank, label=method_label(row.key),
+                                   extra=row.extra)  # fmt: skip
         for col in t.columns:
             s = row.ours.get(col.name, Stat())
-            rec[col.name] = s.mean
-            rec[f"{col.name}_std"] = s.std
-            rec[f"{col.name}_n"] = s.n
+            rec |= {col.name: s.mean, f"{col.name}_std": s.std, f"{col.name}_n": s.n}
             rec[f"{col.name}_paper"] = row.paper.get(col.name)
         recs.append(rec)
     return pd.DataFrame(recs)
 
 
-def _lead_cells(t: Table, row: Row, prev: Row | None, latex: bool) -> list[str]:
-    cells = []
-    if t.lead:
-        new = prev is None or prev.section != row.section or prev.model != row.model
-        cells.append(row.section if new else "")
-    if t.show_model:
-        new = prev is None or prev.model != row.model or prev.section != row.section
-        name = MODEL_NAMES.get(row.model, row.model)
-        cells.append(name if new else "")
-    cells.append(method_label(row.key, latex) + (" (extra)" if row.extra else ""))
-    if t.show_rank:
-        cells.append(row.rank)
-    return cells
-
-
-def _headers(t: Table) -> list[str]:
-    h = [x for x, _ in t.lead]
-    if t.show_model:
-        h.append("Model")
-    h.append("Method")
-    if t.show_rank:
-        h.append("Rank" if t.name == "table4" else "R")
-    return h
-
-
-def _section_starts(t: Table) -> list[bool]:
-    """Per row: whether a section line goes before it (tables without a lead column)."""
-    return [
-        bool(row.section) and (i == 0 or t.rows[i - 1].section != row.section) and not t.lead
-        for i, row in enumerate(t.rows)
-    ]
-
-
-def _cells(t: Table, latex: bool) -> list[list[str]]:
-    """Every row's cells: the lead cells, then ours / paper per column."""
-    out, prev = [], None
-    for row in t.rows:
-        cells = _lead_cells(t, row, prev, latex)
+def _grid(t: Table, latex: bool) -> tuple[list[str], list[list[str]], list[bool], list[bool]]:
+    """The lead headers; every row's cells (lead cells, then ours / paper per column); per row
+    whether it opens a new (section, model) group (the lead and model cells are printed there
+    only); per row whether a section line goes before it (tables without a lead column)."""
+    heads = [x for x, _ in t.lead] + ["Model"] * t.show_model + ["Method"]
+    heads += ["Rank" if t.name == "table4" else "R"] * t.show_rank
+    cells, new, section = [], [], []
+    for i, row in enumerate(t.rows):
+        prev = t.rows[i - 1] if i else None
+        new.append(prev is None or (prev.section, prev.model) != (row.section, row.model))
+        section.append(
+            bool(row.section) and not t.lead and (not prev or prev.section != row.section)
+        )
+        lead = [row.section if new[-1] else ""] * bool(t.lead)
+        lead += [MODEL_NAMES.get(row.model, row.model) if new[-1] else ""] * t.show_model
+        lead += [method_label(row.key, latex) + (" (extra)" if row.extra else "")]
+        lead += [row.rank] * t.show_rank
         for c in t.columns:
-            cells += [_fmt_ours(row.ours.get(c.name, Stat()), c), _fmt(row.paper.get(c.name), c)]
-        out.append(cells)
-        prev = row
-    return out
+            paper = row.paper.get(c.name)
+            lead += [_ours(row.ours.get(c.name, Stat()), c)]
+            lead += ["" if paper is None else _num(paper, c) + c.suffix]
+        cells.append(lead)
+    return heads, cells, new, section
 
 
 def to_markdown(t: Table) -> str:
     """The table in Markdown (template ``paper_table.md.j2``): title, what the cells hold, one
     line per row (a bold line per section), the notes."""
-    lead = _headers(t)
+    lead, cells, _, sections = _grid(t, latex=False)
     heads = lead + [x for c in t.columns for x in (c.header, f"{c.header} (paper)")]
     align = ["---"] * len(lead) + ["---:"] * (2 * len(t.columns))
-    lines = markdown_table(heads, _cells(t, latex=False), align).split("\n")
-    for i in reversed([i for i, new in enumerate(_section_starts(t)) if new]):
+    lines = markdown_table(heads, cells, align).split("\n")
+    for i in reversed([i for i, new in enumerate(sections) if new]):
         lines.insert(2 + i, f"| **{t.rows[i].section}** |" + " |" * (len(heads) - 1))
     return render("paper_table.md.j2", title=t.title, lines=lines, notes=t.notes)
 
 
-_TEX_ESC = {
-    "&": r"\&",
-    "%": r"\%",
-    "#": r"\#",
-    "_": r"\_",
-    "×": r"$\times$",
-    "±": r"$\pm$",
-    "µ": r"$\mu$",
-}
+_TEX_ESC = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "×": r"$\times$", "±": r"$\pm$",
+            "µ": r"$\mu$"}  # fmt: skip
 
 
 def _tex(s: str) -> str:
-    if "$" in s:  # already LaTeX (method labels)
-        return s
-    return "".join(_TEX_ESC.get(ch, ch) for ch in s)
+    return s if "$" in s else "".join(_TEX_ESC.get(ch, ch) for ch in s)  # "$": already LaTeX
 
 
 def to_latex(t: Table) -> str:
     """The table as a LaTeX ``tabular`` (pandas ``DataFrame.to_latex``, booktabs rules): our
     and the paper's value under each metric's header, a rule between models and an italic
     line per section."""
-    lead = _headers(t)
+    lead, cells, groups, sections = _grid(t, latex=True)
     n = len(lead) + 2 * len(t.columns)
     columns = pd.MultiIndex.from_tuples(
         [(_tex(h), "") for h in lead]
         + [(_tex(c.header), side) for c in t.columns for side in ("ours", "paper")]
     )
-    rows = [[_tex(c) for c in cells] for cells in _cells(t, latex=True)]
-    lines = (
-        pd.DataFrame(rows, columns=columns)
-        .to_latex(
-            index=False,
-            column_format="l" * len(lead) + "rr" * len(t.columns),
-            multicolumn_format="c",
-        )  # fmt: skip
-        .splitlines()
-    )
-    rules = " ".join(
-        rf"\cmidrule(lr){{{len(lead) + 2 * i + 1}-{len(lead) + 2 * i + 2}}}"
-        for i in range(len(t.columns))
-    )
-    lines.insert(3, rules)  # under the metric headers
-    body = lines[6 : 6 + len(rows)]
-    for i, new in reversed(list(enumerate(_section_starts(t)))):
-        extra = []
-        if i and (
-            t.rows[i - 1].model != t.rows[i].model or t.rows[i - 1].section != t.rows[i].section
-        ):
-            extra.append(r"\midrule")
-        if new:
-            extra.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(t.rows[i].section)}}}}} \\")
-        body[i:i] = extra
-    lines[6 : 6 + len(rows)] = body
+    frame = pd.DataFrame([[_tex(c) for c in row] for row in cells], columns=columns)
+    fmt = "l" * len(lead) + "rr" * len(t.columns)
+    lines = frame.to_latex(index=False, column_format=fmt, multicolumn_format="c").splitlines()
+    first = len(lead) + 1
+    rules = [
+        rf"\cmidrule(lr){{{first + 2 * i}-{first + 2 * i + 1}}}" for i in range(len(t.columns))
+    ]
+    lines.insert(3, " ".join(rules))  # under the metric headers
+    body = []
+    for i, line in enumerate(lines[6 : 6 + len(cells)]):
+        body += [r"\midrule"] * (i > 0 and groups[i])
+        if sections[i]:
+            body.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(t.rows[i].section)}}}}} \\")
+        body.append(line)
+    lines[6 : 6 + len(cells)] = body
     title = f"% {t.title}. Generated by tools/make_tables.py; ours (mean $\\pm$ std) and paper."
     return "\n".join([title, *lines]) + "\n"
 
@@ -914,10 +794,9 @@ def write_table(t: Table, out_dir: Path) -> list[Path]:
     """``<out_dir>/<name>/<name>.{md,csv,tex}``, each written aside and renamed."""
     d = Path(out_dir) / t.name
     paths = [d / f"{t.name}.md", d / f"{t.name}.csv", d / f"{t.name}.tex"]
-    write_text(paths[0], to_markdown(t))
-    with atomic_path(paths[1]) as tmp:
-        to_frame(t).to_csv(tmp, index=False)
-    write_text(paths[2], to_latex(t))
+    atomic_write(paths[0], to_markdown(t))
+    atomic_write(paths[1], lambda tmp: to_frame(t).to_csv(tmp, index=False))
+    atomic_write(paths[2], to_latex(t))
     return paths
 
 
@@ -1014,16 +893,12 @@ def write_fidelity_csvs(rows: Sequence[dict[str, Any]], out: Path) -> tuple[Path
     from ..fidelity import FIELDS
 
     full, path = out / "fidelity.csv", out / "summary.csv"
-    cols = ["state", *FIELDS]
-    with atomic_path(full) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    with atomic_path(path) as tmp:
-        fidelity_summary(pd.DataFrame(rows, columns=cols)).to_csv(
-            tmp, index=False, float_format="%.6f"
-        )
+    extra = sorted({k for row in rows for k in row} - {"state", *FIELDS})
+    if extra:  # a column the CSV would drop is a caller's bug, not data to lose quietly
+        raise ValueError(f"fidelity rows carry unknown columns {extra}; expected state + {FIELDS}")
+    write_rows_csv(full, rows, ["state", *FIELDS], "{:.6f}")
+    summary = fidelity_summary(pd.DataFrame(rows, columns=["state", *FIELDS]))
+    atomic_write(path, lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
     return full, path
 
 
@@ -1053,13 +928,9 @@ def build_table(
     inp = _Inputs(Path(paper_dir), runs, cost, models, extra_rows)
     if table in ("2", "5", "7"):
         return build_classification(table, inp, datasets)
-    if table == "3":
-        return build_segmentation(inp, datasets)
-    if table == "4":
-        return build_table4(inp, datasets)
-    if table == "6":
-        return build_table6(inp, datasets)
-    return build_table8(Path(paper_dir), latency_dir)
+    if table == "8":
+        return build_table8(Path(paper_dir), latency_dir)
+    return {"3": build_segmentation, "4": build_table4, "6": build_table6}[table](inp, datasets)
 
 
 def check_datasets(datasets: Sequence[str] | None) -> list[str] | None:

@@ -1,9 +1,7 @@
 """The one run-record format (``record.json``, one JSON object per run; docs/RUNNING.md).
 
-``status == "complete"`` marks a finished run. ``config_digest`` (:func:`config_digest`) is the
-hash of the effective config, so a sweep can tell a finished run of its config from another.
-Writes are atomic (:func:`lbp_wht.io.atomic_write`) and refuse non-finite or non-numeric
-metrics; reads name the file of anything that is not a JSON object (:class:`RecordError`).
+``status == "complete"`` marks a finished run; ``config_digest`` tells a sweep which config made
+it. Writes are atomic and refuse non-finite metrics; reads name the file (:class:`RecordError`).
 """
 
 from __future__ import annotations
@@ -22,20 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write, utc_now
-
-__all__ = [
-    "DIGEST_IGNORED_KEYS",
-    "STALE_MARK",
-    "RecordError",
-    "check_metrics",
-    "config_digest",
-    "is_complete",
-    "load_record",
-    "provenance",
-    "read_record",
-    "read_records",
-    "write_record",
-]
 
 #: Top-level config keys that say where or how a run executes, not what it computes.
 DIGEST_IGNORED_KEYS = frozenset(
@@ -111,11 +95,6 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
         return load_record(path)
     except RecordError:
         return None
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    rec = read_record(path)
-    return rec is not None and rec.get("status") == "complete"
 
 
 def read_records(

@@ -1,14 +1,9 @@
-"""Sweeps on a SLURM cluster through submitit; what is guaranteed is in docs/RUNNING.md.
+"""Sweeps on a SLURM cluster through submitit; the guarantees are in docs/RUNNING.md.
 
-    report = submit_sweep(runs, SlurmOptions(partition="gpu", time="12:00:00"),
-                          resume_args=("--resume",))
-
-Each invocation decides per run with :func:`lbp_wht.runs.sweep.plan` (the local sweep's rules)
-plus the scheduler: a run with a queued or running job is left alone; the others that need it go,
-under one submission lock per work root, as one job array (:class:`TrainJob` per task). A job
-runs its run's command with ``--resume``; near the time limit (submitit's USR2) it stops the
-training and requeues itself if it saved a checkpoint. State comes from the records and
-``squeue`` (submitit's own state needs ``sacct``); job ids go to ``<work_dir>/slurm_jobs.json``.
+Per run: :func:`lbp_wht.runs.sweep.plan` plus ``squeue`` (submitit's own state needs ``sacct``).
+The runs to (re)submit go, under one submission lock per work root, as one job array of
+:class:`TrainJob`; a job requeues itself near the time limit if it saved a checkpoint. Job ids
+are kept in ``<work_dir>/slurm_jobs.json``.
 """
 
 from __future__ import annotations
@@ -38,45 +33,24 @@ from submitit.slurm.slurm import SlurmExecutor
 from ..io import utc_now
 from .records import RecordError, load_record, write_record
 from .sweep import (
-    LAST_CHECKPOINT,
     DigestFn,
     Plan,
     Run,
     RunLock,
+    RunResult,
+    SweepReport,
     check_unique,
     format_duration,
+    lock_holder,
+    log_excerpt,
     log_tail,
     parse_progress,
     plan,
+    read_last_checkpoint,
     result_line,
     stale_aside,
+    tally,
 )
-
-__all__ = [
-    "JOBS_NAME",
-    "OPTION_HELP",
-    "Job",
-    "Queue",
-    "RunStatus",
-    "Scheduler",
-    "SchedulerError",
-    "SlurmConfigError",
-    "SlurmOptions",
-    "SlurmReport",
-    "SlurmResult",
-    "TrainJob",
-    "add_arguments",
-    "dry_run_scripts",
-    "job_command",
-    "job_script",
-    "load_options_file",
-    "options_from_args",
-    "output_path",
-    "read_jobs",
-    "run_status",
-    "submit_sweep",
-    "time_limit_s",
-]
 
 JOBS_NAME = "slurm_jobs.json"
 #: submitit's folder (pickles, array scripts, wrapper logs) in each work root.
@@ -455,13 +429,6 @@ def output_path(run: Run, job_id: str) -> Path:
     return run.work_dir / f"slurm-{job_id}.out"
 
 
-def _last_checkpoint(work_dir: Path) -> str:
-    try:
-        return (work_dir / LAST_CHECKPOINT).read_text().strip()
-    except OSError:
-        return ""
-
-
 class TrainJob(submitit.helpers.Checkpointable):
     """What a job's task runs: the run's command in its cwd, output appended to
     ``slurm-<job id>.out`` in its work dir. On submitit's USR2 (``signal_lead_s`` before the
@@ -483,7 +450,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> int:
         env = submitit.JobEnvironment()
         self.out, wd = output_path(self.run, env.job_id), self.run.work_dir
-        self.start_ckpt, rank = _last_checkpoint(wd), env.global_rank
+        self.start_ckpt, rank = read_last_checkpoint(wd) or "", env.global_rank
         child_env = {
             **os.environ,
             "LBP_SWEEP_RUN_ID": self.run.run_id,
@@ -532,7 +499,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 if pid:
                     proc.returncode = os.waitstatus_to_exitcode(status)
                 time.sleep(0.2)
-        now = _last_checkpoint(self.run.work_dir)
+        now = read_last_checkpoint(self.run.work_dir)
         self._say(
             f"exit code {proc.returncode if proc else None} at {utc_now()} (stopped by SIGUSR2)"
         )
@@ -592,13 +559,9 @@ def run_status(run: Run, queue: Queue | None, expected_digest: DigestFn | None =
         return RunStatus(
             "queued" if active[-1].queued else "running", active[-1].describe(), active[-1], p
         )
-    lock = RunLock(run.lock_path)
-    if run.lock_path.exists():
-        if not lock.acquire():
-            return RunStatus(
-                "locked", f"its lock {run.lock_path} is held by {lock.holder()}", plan=p
-            )
-        lock.release()
+    holder = lock_holder(run)
+    if holder is not None:
+        return RunStatus("locked", f"its lock {run.lock_path} is held by {holder}", plan=p)
     if p.action == "start":
         return RunStatus("todo", plan=p)
     last = queue.by_id.get(ids[-1]) if queue is not None and ids else None
@@ -619,40 +582,8 @@ def _would_submit(st: RunStatus, rerun_changed: bool) -> bool:
 
 
 # -------------------------------------------------------------------------------- sweeps
-@dataclass
-class SlurmResult:
-    """``skipped``, ``changed``, ``submitted``, ``resubmitted``, ``queued``, ``running``,
-    ``locked``, ``deferred`` (``max_jobs``), ``done`` (finished while waiting) or ``failed``."""
-
-    run: Run
-    status: str
-    job_id: str | None = None
-    message: str = ""
-
-
-@dataclass
-class SlurmReport:
-    results: list[SlurmResult]
-    wall_s: float
-    waited: bool = False
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
-
-    @property
-    def ok(self) -> bool:
-        good = {"skipped", "changed", "done"}
-        good |= (
-            set()
-            if self.waited
-            else {"submitted", "resubmitted", "queued", "running", "locked", "deferred"}
-        )
-        return all(r.status in good for r in self.results)
-
-    def summary(self) -> str:
-        order = "done skipped changed submitted resubmitted queued running locked deferred failed".split()
-        parts = [f"{self.count(s)} {s}" for s in order if self.count(s) or s == "failed"]
-        return f"slurm sweep: {len(self.results)} runs, {', '.join(parts)} in {format_duration(self.wall_s)}"
+#: Statuses of a run whose job is not over; ``ok`` for a report that did not wait.
+_LIVE = ("submitted", "resubmitted", "queued", "running", "locked")
 
 
 def job_command(run: Run, options: SlurmOptions, resume_args: Sequence[str]) -> list[str]:
@@ -664,9 +595,6 @@ def job_command(run: Run, options: SlurmOptions, resume_args: Sequence[str]) -> 
     return cmd + (["--launcher", "slurm"] if options.distributed else [])
 
 
-_LIVE = ("submitted", "resubmitted", "queued", "running", "locked")
-
-
 class _SlurmSweep:
     def __init__(
         self, runs: list[Run], options: SlurmOptions, sched: Scheduler, out: IO[str], **kw: Any
@@ -674,23 +602,24 @@ class _SlurmSweep:
         self.runs, self.options, self.sched, self.out = runs, options, sched, out
         self.expected_digest = kw["expected_digest"]
         self.rerun_changed, self.resume_args = kw["rerun_changed"], kw["resume_args"]
-        self.results: dict[int, SlurmResult] = {}
+        self.results: dict[int, RunResult] = {}
         self.blocked = ""  # why submitting stopped (a failed sbatch)
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def line(self, i: int, res: SlurmResult) -> None:
+    def line(self, i: int, res: RunResult) -> None:
         width = len(str(len(self.runs)))
         self.say(
             f"[{i:>{width}}/{len(self.runs)}] {res.run.run_id}  {res.status.upper()}  {res.message}"
         )
 
-    def _passive(self, run: Run, st: RunStatus) -> SlurmResult:
+    def _passive(self, run: Run, st: RunStatus) -> RunResult:
         kept = "; kept (--rerun-changed re-runs)" if st.state == "changed" else ""
         status = "skipped" if st.state == "done" else st.state
-        return SlurmResult(run, status, st.job.job_id if st.job else None, st.detail + kept)
+        job_id = st.job.job_id if st.job else None
+        return RunResult(run, status, message=st.detail + kept, job_id=job_id)
 
     def submit_pass(self, indices: Sequence[int]) -> None:
         """Decide on and submit ``indices`` (1-based), under each work root's submission lock,
@@ -718,7 +647,7 @@ class _SlurmSweep:
                     room = 0
                 for i, _ in todo[room:]:
                     why = self.blocked or f"max_jobs={self.options.max_jobs}"
-                    self.results[i] = SlurmResult(self.runs[i - 1], "deferred", message=why)
+                    self.results[i] = RunResult(self.runs[i - 1], "deferred", message=why)
                 if todo[:room]:
                     self._submit(todo[:room], root, cwd)
         for i in indices:
@@ -768,25 +697,25 @@ class _SlurmSweep:
             jobs_done = kept[i]["jobs"] + ([entry] if job_id else [])
             write_record(run.work_dir / JOBS_NAME, {**kept[i], "jobs": jobs_done})
             if job_id is None:
-                res = SlurmResult(run, "failed", message=f"sbatch failed:{note}")
+                res = RunResult(run, "failed", message=f"sbatch failed:{note}")
             elif st.state in ("ended", "stale") and i not in moved:
                 msg = f"resubmitted as job {job_id} ({st.detail}){note}"
-                res = SlurmResult(run, "resubmitted", job_id, msg)
+                res = RunResult(run, "resubmitted", message=msg, job_id=job_id)
             else:
-                res = SlurmResult(run, "submitted", job_id, f"{moved.get(i, '')}job {job_id}{note}")
+                msg = f"{moved.get(i, '')}job {job_id}{note}"
+                res = RunResult(run, "submitted", message=msg, job_id=job_id)
             self.results[i] = res
 
-    def _final(self, run: Run, res: SlurmResult, st: RunStatus) -> SlurmResult:
+    def _final(self, run: Run, res: RunResult, st: RunStatus) -> RunResult:
         """``done``, or ``failed`` with the end of the job's output."""
         if st.state in ("done", "changed"):
-            return SlurmResult(
-                run, "done", res.job_id, f"job {res.job_id}: {result_line(run, 'done')[8:]}"
-            )
+            msg = f"job {res.job_id}: {result_line(run, 'done')[8:]}"
+            return RunResult(run, "done", message=msg, job_id=res.job_id)
         if not res.job_id:
-            return SlurmResult(run, "failed", None, f"{st.detail}; log {run.work_dir}")
+            return RunResult(run, "failed", message=f"{st.detail}; log {run.work_dir}")
         out = output_path(run, res.job_id)
-        tail = "".join(f"\n      {t}" for t in log_tail(out, 1500).strip().splitlines()[-6:])
-        return SlurmResult(run, "failed", res.job_id, f"{st.detail}; log {out}{tail}")
+        msg = f"{st.detail}; log {out}{log_excerpt(out, 6)}"
+        return RunResult(run, "failed", message=msg, job_id=res.job_id)
 
     def follow(self, poll_s: float, progress_every_s: float) -> None:
         """Until none of the sweep's jobs is queued or running and none is deferred; a job that
@@ -825,10 +754,7 @@ class _SlurmSweep:
                 self.progress(mine)
 
     def progress(self, mine: set[int]) -> None:
-        counts: dict[str, int] = {}
-        for r in self.results.values():
-            counts[r.status] = counts.get(r.status, 0) + 1
-        self.say("slurm: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        self.say("slurm: " + tally(r.status for r in self.results.values()))
         for i in sorted(mine):
             res = self.results[i]
             if res.status != "running" or not res.job_id:
@@ -853,7 +779,7 @@ def submit_sweep(
     poll_s: float = 30.0,
     progress_every_s: float = 300.0,
     out: IO[str] | None = None,
-) -> SlurmReport:
+) -> SweepReport:
     """Submit the runs that need it and, with ``wait``, follow them until none is queued or
     running (a job that ends unfinished is then ``failed``). Raises :class:`SchedulerError`
     when SLURM is missing or ``squeue`` does not answer (nothing was submitted then)."""
@@ -876,7 +802,14 @@ def submit_sweep(
     sweep.submit_pass(range(1, len(runs) + 1))
     if wait:
         sweep.follow(poll_s, progress_every_s)
-    return SlurmReport([sweep.results[i] for i in range(1, len(runs) + 1)], time.time() - t0, wait)
+    return SweepReport(
+        [sweep.results[i] for i in range(1, len(runs) + 1)],
+        time.time() - t0,
+        title="slurm sweep",
+        good=frozenset({"skipped", "changed", "done", *(() if wait else (*_LIVE, "deferred"))}),
+        shown=("done", "skipped", "changed", *_LIVE, "deferred", "failed"),
+        always=frozenset({"failed"}),
+    )
 
 
 def dry_run_scripts(
@@ -900,11 +833,11 @@ def dry_run_scripts(
         except SchedulerError as err:
             why = str(err)
     lines = [f"(no scheduler to ask here: {why}; states from the work dirs only)"] if why else []
-    counts: dict[str, int] = {}
+    states: list[str] = []
     todo: list[Run] = []
     for i, run in enumerate(runs, 1):
         st = run_status(run, queue, expected_digest)
-        counts[st.state] = counts.get(st.state, 0) + 1
+        states.append(st.state)
         what = (
             ("would submit" if st.state == "todo" else "would resubmit")
             if _would_submit(st, rerun_changed)
@@ -924,29 +857,14 @@ def dry_run_scripts(
             )
     if todo and show_scripts:
         lines.append(job_script(options, todo[0].work_dir.parent, len(todo), todo[0].cwd))
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    return "\n".join(
-        lines + [f"{len(runs)} runs ({summary or 'none'}); {len(todo)} runs to submit"]
-    )
+    summary = f"{len(runs)} runs ({tally(states) or 'none'}); {len(todo)} runs to submit"
+    return "\n".join(lines + [summary])
 
 
 # ------------------------------------------------------------------------- command line
-_FLAGS = {  # flag -> (option key, environment variable it defaults to)
-    "--partition": ("partition", "PARTITION"),
-    "--account": ("account", "ACCOUNT"),
-    "--qos": ("qos", "QOS"),
-    "--time": ("time", "TIME_LIMIT"),
-    "--mem": ("mem", "MEM"),
-    "--cpus-per-task": ("cpus_per_task", "CPUS_PER_TASK"),
-    "--gpus-per-run": ("gpus_per_run", "GPUS_PER_RUN"),
-    "--gpus-per-node": ("gpus_per_node", "GPUS_PER_NODE"),
-    "--tasks-per-run": ("tasks_per_run", "TASKS_PER_RUN"),
-    "--gpu-type": ("gpu_type", "GPU_TYPE"),
-    "--constraint": ("constraint", "CONSTRAINT"),
-    "--sbatch-args": ("sbatch_args", "SBATCH_ARGS"),
-    "--signal-lead-s": ("signal_lead_s", "SIGNAL_LEAD_S"),
-    "--max-jobs": ("max_jobs", "MAX_JOBS"),
-}
+#: The options that are flags (``--cpus-per-task``) and environment variables of the scripts
+#: (``CPUS_PER_TASK``; ``TIME_LIMIT`` for ``time``).
+_FLAG_KEYS = [k for k in OPTION_HELP if k not in ("setup", "requeue")]
 
 
 def add_arguments(parser: Any) -> None:
@@ -966,9 +884,10 @@ def add_arguments(parser: Any) -> None:
         metavar="FILE",
         help="SLURM options file, .yaml or .json, keys as the flags below with underscores (env LAUNCHER_CONFIG)",
     )
-    for flag, (key, var) in _FLAGS.items():
+    for key in _FLAG_KEYS:
+        var = "TIME_LIMIT" if key == "time" else key.upper()
         g.add_argument(
-            flag,
+            "--" + key.replace("_", "-"),
             dest=f"slurm_{key}",
             default=env(var) or None,
             metavar="V",
@@ -995,7 +914,7 @@ def options_from_args(args: Any) -> SlurmOptions:
     """:class:`SlurmOptions` from the flags over the ``--slurm-config`` file (``sbatch_args``
     and ``setup`` of both are joined)."""
     base = load_options_file(args.slurm_config) if args.slurm_config else {}
-    flags = {key: getattr(args, f"slurm_{key}") for key, _ in _FLAGS.values()}
+    flags = {key: getattr(args, f"slurm_{key}") for key in _FLAG_KEYS}
     flags["requeue"] = args.slurm_requeue
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     merged["sbatch_args"] = _words("sbatch_args", base.get("sbatch_args")) + _words(

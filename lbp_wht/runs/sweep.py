@@ -1,11 +1,9 @@
 """Resumable, lock-safe sweeps of training runs; the guarantees are in docs/RUNNING.md.
 
-A :class:`Run` has an id, a command and a work dir; its command writes ``record.json`` there
-(:mod:`lbp_wht.runs.records`), ``complete`` when it finished. :func:`plan` decides what to do
-with a run from its record, its checkpoints and the config digest it would record now; the
-local sweep (:func:`run_sweep`, processes here) and the SLURM sweep (:mod:`lbp_wht.runs.slurm`)
-both act on it. Locally each run is held under its lock (``.<work dir>.lock``, a sibling), which the
-launched command inherits, so two sweeps never run one run and a killed sweep's child keeps it.
+:func:`plan` decides what to do with a :class:`Run` (skip, resume, move aside) for the local
+sweep (:func:`run_sweep`) and the SLURM sweep (:mod:`.slurm`). Locally each run is held under its
+lock (``.<work dir>.lock``, a sibling), which the launched command inherits, so two sweeps never
+run one run and a killed sweep's child keeps it.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,27 +26,6 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from ..io import atomic_write, move_aside, utc_now
 from .records import STALE_MARK, RecordError, load_record, read_record
-
-__all__ = [
-    "LAST_CHECKPOINT",
-    "Plan",
-    "Run",
-    "RunLock",
-    "RunResult",
-    "SweepReport",
-    "check_unique",
-    "dry_run_listing",
-    "format_duration",
-    "log_tail",
-    "parse_progress",
-    "plan",
-    "record_state",
-    "resume_point",
-    "run_state",
-    "run_sweep",
-    "safe_id",
-    "stale_aside",
-]
 
 RECORD_NAME, LOG_NAME = "record.json", "run.log"
 #: mmengine's pointer to the newest checkpoint in a work dir.
@@ -186,16 +164,21 @@ def record_state(run: Run, expected_digest: DigestFn | None = None) -> tuple[str
     return "done", "record complete"
 
 
+def read_last_checkpoint(work_dir: str | os.PathLike) -> str | None:
+    """What ``<work_dir>/last_checkpoint`` names (None if nothing)."""
+    try:
+        return Path(work_dir, LAST_CHECKPOINT).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def resume_point(work_dir: Path) -> Path | None:
     """The checkpoint a resumed attempt would start from: what ``last_checkpoint`` names if it
     exists, else the newest ``*.pth`` of the work dir, else None (a hint: the training itself
     takes the newest loadable one)."""
-    try:
-        named = Path(work_dir, (Path(work_dir) / LAST_CHECKPOINT).read_text().strip())
-    except (OSError, UnicodeDecodeError):
-        named = None
-    if named is not None and named.is_file():
-        return named
+    last = read_last_checkpoint(work_dir)
+    if last and Path(work_dir, last).is_file():
+        return Path(work_dir, last)
     ckpts = [p for p in Path(work_dir).glob("*.pth") if p.is_file()]
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
 
@@ -235,17 +218,25 @@ def stale_aside(work_dir: Path) -> Path:
     return move_aside(work_dir, STALE_MARK + re.sub("[-:]", "", utc_now()[:19]) + "Z")
 
 
+def lock_holder(run: Run) -> str | None:
+    """Who holds the run's lock (``pid time``) if a process does, else None."""
+    lock = RunLock(run.lock_path)
+    if not run.lock_path.exists():
+        return None
+    if not lock.acquire():
+        return lock.holder()
+    lock.release()
+    return None
+
+
 def run_state(run: Run, expected_digest: DigestFn | None = None) -> str:
     """``done``, ``changed``, ``running`` (its lock is held), ``stale`` (a work dir without a
     complete record) or ``todo``."""
     state, _ = record_state(run, expected_digest)
     if state in ("done", "changed"):
         return state
-    lock = RunLock(run.lock_path)
-    if run.lock_path.exists():
-        if not lock.acquire():
-            return "running"
-        lock.release()
+    if lock_holder(run) is not None:
+        return "running"
     return "stale" if run.work_dir.exists() else "todo"
 
 
@@ -268,14 +259,17 @@ def dry_run_listing(
 ) -> str:
     """One line per run (state, id; its command) and a count by state."""
     check_unique(runs)
-    lines, counts = [], {}
+    lines, states = [], []
     for i, run in enumerate(runs, 1):
-        state = run_state(run, expected_digest)
-        counts[state] = counts.get(state, 0) + 1
-        lines.append(f"[{i}/{len(runs)}] {state:7s} {run.run_id}")
+        states.append(run_state(run, expected_digest))
+        lines.append(f"[{i}/{len(runs)}] {states[-1]:7s} {run.run_id}")
         lines += [f"    {run.shell()}"] if show_commands else []
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    return "\n".join(lines + [f"{len(runs)} runs ({summary or 'none'})"])
+    return "\n".join(lines + [f"{len(runs)} runs ({tally(states) or 'none'})"])
+
+
+def tally(states: Iterable[str]) -> str:
+    """``2 done, 1 todo``: how many of each state, sorted by name."""
+    return ", ".join(f"{v} {k}" for k, v in sorted(Counter(states).items()))
 
 
 # ------------------------------------------------------------------------------- progress
@@ -319,6 +313,11 @@ def log_tail(path: Path, nbytes: int = 8192) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def log_excerpt(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log, each on an indented line of its own (for a report)."""
+    return "".join(f"\n      {t}" for t in log_tail(path, 1500).strip().splitlines()[-lines:])
 
 
 def result_line(run: Run, status: str, message: str = "") -> str:
@@ -394,38 +393,42 @@ class _Progress:
 # ---------------------------------------------------------------------------- local sweep
 @dataclass
 class RunResult:
-    """``status``: done, skipped (record complete), changed (complete, another config; kept),
-    failed, interrupted or locked (another process holds it); ``message`` says why."""
+    """What a sweep did with a run; ``message`` says why. ``status`` locally: done, skipped
+    (record complete), changed (complete, another config; kept), failed, interrupted or locked
+    (another process holds it); on SLURM also submitted, resubmitted, queued, running and
+    deferred (``max_jobs``), with ``job_id``."""
 
     run: Run
     status: str
     wall_s: float = 0.0
     returncode: int | None = None
     message: str = ""
+    job_id: str | None = None
 
 
 @dataclass
 class SweepReport:
+    """The results in the runs' order; ``ok`` when every status is in ``good``. The summary
+    counts the statuses of ``shown``, those of ``always`` even when none has it."""
+
     results: list[RunResult]
     wall_s: float
+    title: str = "sweep"
+    good: frozenset[str] = frozenset({"done", "skipped", "changed"})
+    shown: tuple[str, ...] = ("done", "skipped", "changed", "failed", "interrupted", "locked")
+    always: frozenset[str] = frozenset({"done", "skipped", "failed", "interrupted"})
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("done", "skipped", "changed") for r in self.results)
+        return all(r.status in self.good for r in self.results)
 
     def summary(self) -> str:
-        states = ("done", "skipped", "changed", "failed", "interrupted", "locked")
-        parts = [
-            f"{self.count(s)} {s}"
-            for s in states
-            if s not in ("changed", "locked") or self.count(s)
-        ]
-        return (
-            f"sweep: {len(self.results)} runs, {', '.join(parts)} in {format_duration(self.wall_s)}"
-        )
+        parts = [f"{self.count(s)} {s}" for s in self.shown if s in self.always or self.count(s)]
+        n, wall = len(self.results), format_duration(self.wall_s)
+        return f"{self.title}: {n} runs, {', '.join(parts)} in {wall}"
 
 
 class _Sweep:
@@ -522,14 +525,8 @@ class _Sweep:
             if rc
             else f"exit code 0 but no complete record at {run.record_path}{status}"
         )
-        tail = log_tail(run.log_path, 1500).strip().splitlines()[-8:]
-        return RunResult(
-            run,
-            "failed",
-            wall,
-            rc,
-            f"{why}; log {run.log_path}" + "".join(f"\n      {t}" for t in tail),
-        )
+        excerpt = log_excerpt(run.log_path, 8)
+        return RunResult(run, "failed", wall, rc, f"{why}; log {run.log_path}{excerpt}")
 
     def _report(self, index: int, res: RunResult, counted: bool = True) -> None:
         self.results[index] = res
