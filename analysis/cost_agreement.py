@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbp_wht.experiments.vocab import MODELS, method_spec
+from lbp_wht.experiments.vocab import MODEL_SPECS, method_spec
 from lbp_wht.io import atomic_write
 from lbp_wht.reporting.cost_tables import (
     SPEEDUP_TOLERANCE,
@@ -54,7 +54,7 @@ from lbp_wht.runs.records import read_record
 def _arch(model: str) -> str:
     """The architecture of a row's model (``ModelSpec.arch``: ``EfficientFormerV2``, ...), or
     ``""`` for a model the registry does not know."""
-    spec = MODELS.get(model)
+    spec = MODEL_SPECS.get(model)
     return spec.arch if spec is not None else ""
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lbp_wht.experiments.vocab import MODEL_ORDER, MODELS, method_spec, method_with
+from lbp_wht.experiments.vocab import MODEL_SPECS, method_spec, method_with
 from lbp_wht.reporting.cost_tables import (
     ROW_FIELDS,
     SPEEDUP_TOLERANCE,
@@ -198,7 +198,7 @@ class CostHypotheses(CostTables):
         """H3 (the gradient of the stage input) on every model's partial Full BP (Table 2)."""
         t2 = self.paper_rows("classification.csv", 2)
         fb = []
-        cls_models = [m for m in MODEL_ORDER if MODELS[m].paper and MODELS[m].task == "cls"]
+        cls_models = [m.id for m in MODEL_SPECS.values() if m.paper and m.task == "cls"]
         for model in cls_models:
             rows = [r for r in t2 if r["model"] == model and r["scope"] == "partial"]
             if not rows:
@@ -361,7 +361,10 @@ class CostHypotheses(CostTables):
 
         out = []
         for pr in self.paper_rows("classification.csv"):
-            if pr["model"] not in MODELS or MODELS[pr["model"]].arch != "EfficientFormerV2":
+            if (
+                pr["model"] not in MODEL_SPECS
+                or MODEL_SPECS[pr["model"]].arch != "EfficientFormerV2"
+            ):
                 continue
             if pr["table"] not in ("2", "5"):
                 continue

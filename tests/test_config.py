@@ -132,17 +132,12 @@ def test_mmengine_lbp_block_maps_onto_the_typed_configs(block, want):
     """Config files keep their keys (select, r, rank, lora_rank, lora_alpha); build.py maps
     them onto LBPConfig / LoRAConfig."""
     pytest.importorskip("mmengine")
-    from lbp_wht.integrations.build import (
-        lbp_config_from_block,
-        lbp_rank,
-        lora_config_from_block,
-        validate_lbp_cfg,
-    )
+    from lbp_wht.integrations.build import lbp_rank, parse_lbp_block, validate_lbp_cfg
 
     cfg = validate_lbp_cfg(block)
-    assert lbp_config_from_block(cfg) == want
+    assert parse_lbp_block(cfg).lbp == want
     assert lbp_rank(cfg) == (None if want is None else want.num_bases)
-    lora = lora_config_from_block(cfg)
+    lora = parse_lbp_block(cfg).lora
     assert (lora is None) == ("lora" not in block["method"])
     if lora is not None:
         assert (lora.rank, lora.alpha) == (8, 8.0)

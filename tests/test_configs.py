@@ -58,13 +58,13 @@ def test_every_config_parses_and_has_a_valid_lbp_block(folder):
     from mmengine.config import Config
 
     import lbp_wht.integrations  # noqa: F401
-    from lbp_wht.experiments.presets import PRESET_MODELS
+    from lbp_wht.experiments.models import preset_models
     from lbp_wht.integrations.build import validate_lbp_cfg
 
     for path in (p for p in ALL if p.relative_to(ROOT / "configs").parts[0] == folder):
         cfg = Config.fromfile(str(path))
         lbp = validate_lbp_cfg(cfg.lbp)
-        assert (lbp["preset"] or lbp["model"]) in PRESET_MODELS, path
+        assert (lbp["preset"] or lbp["model"]) in preset_models(), path
         assert cfg.runner_type == "LBPWHTRunner", path
         name = path.stem.split("_")
         if folder.startswith("table"):

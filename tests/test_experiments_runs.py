@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lbp_wht.experiments import pretrained
+from lbp_wht.experiments.models import MODEL_SPECS
 from lbp_wht.experiments.runs import expected_digest, grid_runs
 from lbp_wht.runs.records import read_record
 from lbp_wht.runs.sweep import run_sweep
@@ -70,10 +71,9 @@ def test_a_trained_run_records_the_digest_the_sweep_expects(idx_root, tmp_path, 
 
 
 def test_fetch_offline_names_the_url_and_where_to_put_the_file(tmp_path, monkeypatch):
-    spec = dataclasses.replace(
-        pretrained.PRETRAINED["efficientformer-l1"], url="http://127.0.0.1:9/ckpt-cc3e1ac6.pth"
-    )
-    monkeypatch.setitem(pretrained.PRETRAINED, "efficientformer-l1", spec)
+    model = MODEL_SPECS["efficientformer-l1"]
+    spec = model.checkpoint._replace(url="http://127.0.0.1:9/ckpt-cc3e1ac6.pth")
+    monkeypatch.setitem(MODEL_SPECS, model.id, dataclasses.replace(model, checkpoint=spec))
     with pytest.raises(pretrained.FetchError, match=re.escape(spec.url)) as err:
         pretrained.fetch("efficientformer-l1", tmp_path, log=lambda *a: None)
     message = str(err.value)

@@ -101,15 +101,19 @@ def test_datasets_both_spellings():
 
 
 def test_models_and_presets_share_the_vocabulary():
-    assert presets.METHODS is v.METHODS and presets.SELECTIONS is v.SELECTIONS
-    assert presets.SCOPES is v.SCOPES and presets.PRESET_MODELS is v.PRESET_MODELS
-    for m in v.MODELS.values():
-        assert m.preset in v.PRESET_MODELS, m
+    from lbp_wht.experiments.models import preset_models
+    from lbp_wht.integrations import build
+
+    assert build.LBP_SCHEMA["method"].choices == tuple(v.METHOD_SPECS)
+    assert build.LBP_SCHEMA["select"].choices is v.SELECTIONS
+    assert build.LBP_SCHEMA["scope"].choices is v.SCOPES is presets.SCOPES
+    for m in v.MODEL_SPECS.values():
+        assert m.preset in preset_models(), m
     assert v.MODEL_NAMES["efficientformer-l1"] == "EfficientFormer-L1 (Hybrid)"
     assert v.short_model_name("swinv2-small-w8") == "SwinV2-Small"
-    assert v.model_label("unknown-model") == "unknown-model"
+    assert v.short_model_name("unknown-model") == "unknown-model"
     with pytest.raises(ValueError, match="'vit-b'"):
-        v.check_model("vit-b")
+        v.model_spec("vit-b")
 
 
 def test_vocab_imports_only_the_standard_library():

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------- the registry
 def test_registry_is_the_vocabulary():
-    assert v.MODELS is MODEL_SPECS and v.ModelInfo is ModelSpec
+    assert v.MODEL_SPECS is MODEL_SPECS and v.ModelSpec is ModelSpec
     assert v.MODEL_ORDER == tuple(MODEL_SPECS)
-    assert v.PRESET_MODELS == preset_models() == presets.PRESET_MODELS
+    assert preset_models() == tuple(m for m, s in MODEL_SPECS.items() if s.has_preset)
     assert v.PAPER_MODELS == tuple(m for m, s in MODEL_SPECS.items() if s.paper)
-    assert v.check_model("swinv2-small-w8") is MODEL_SPECS["swinv2-small-w8"]
+    assert v.model_spec("swinv2-small-w8") is MODEL_SPECS["swinv2-small-w8"]
     assert set(registry.ARCHS) == set(presets._BUILDERS)
     for spec in MODEL_SPECS.values():
         assert model_spec(spec.preset).has_preset, spec.id
@@ -45,7 +45,7 @@ def test_registry_is_the_vocabulary():
 def test_unknown_model_is_one_clear_error():
     for call in (
         lambda: model_spec("vit-b"),
-        lambda: v.check_model("vit-b"),
+        lambda: v.model_spec("vit-b"),
         lambda: presets.model_config("vit-b"),
     ):
         with pytest.raises(ValueError, match=r"unknown model 'vit-b'; choose one of \["):
@@ -82,9 +82,9 @@ def test_a_spec_is_frozen():
         MODEL_SPECS["efficientformer-l1"].img_size = 256  # type: ignore[misc]
 
 
-# ------------------------------------------- the old tables, written once, equal the views
-#: The values these names had before the move into the registry (commit a5c3497), typed in
-#: once: the views derived from the specs must equal them.
+# ------------------------------------------- the old tables, written once, equal the specs
+#: The values of the per-model tables before the move into the registry (commit a5c3497),
+#: typed in once: the specs must hold them.
 OLD_MODELS = [  # vocab.MODELS: id, name, family, task, paper, preset, img_size
     ("efficientformer-l1", "EfficientFormer-L1", "Hybrid", "cls", True, "efficientformer-l1", 224),
     ("efficientformer-l7", "EfficientFormer-L7", "Hybrid", "cls", True, "efficientformer-l7", 224),
@@ -97,7 +97,7 @@ OLD_MODELS = [  # vocab.MODELS: id, name, family, task, paper, preset, img_size
     ("mini-efficientformer", "mini EfficientFormer", "", "cls", False, "mini-efficientformer", 28),
     ("mini-segformer", "mini Segformer", "", "seg", False, "segformer-mit-b0", 128),
 ]  # fmt: skip
-OLD_DEFAULT_SIZE = {  # integrations.cost_record.DEFAULT_SIZE
+OLD_DEFAULT_SIZE = {  # integrations.cost_record.DEFAULT_SIZE (preset models' img_size)
     "efficientformer-l1": 224, "efficientformer-l7": 224, "efficientformerv2-s0": 224,
     "efficientformerv2-l": 224, "swinv2-small-w8": 256, "segformer-mit-b0": 512,
     "mini-efficientformer": 28,
@@ -106,12 +106,12 @@ OLD_TABLE8_SHAPES = {  # benchmark.latency.TABLE8_SHAPES
     "efficientformer-l1": [(448, 1792, 49), (1792, 448, 49)],
     "efficientformer-l7": [(768, 3072, 49), (3072, 768, 49)],
 }
-OLD_CLS_MODELS = (  # experiments.configs.CLS_MODELS
+OLD_CLS_MODELS = (  # experiments.configs.CLS_MODELS (paper classification models)
     "efficientformer-l1", "efficientformer-l7", "efficientformerv2-s0", "efficientformerv2-l",
     "swinv2-small-w8",
 )  # fmt: skip
 _T2 = "configs/table2/{m}/{m}_partial_full-bp_cifar10.py"
-OLD_PRETRAINED = {  # experiments.pretrained.PRETRAINED: file, source, config
+OLD_PRETRAINED = {  # experiments.pretrained.PRETRAINED: file, source, verify config
     "efficientformer-l1": (
         "efficientformer-l1_3rdparty_in1k_20220915-cc3e1ac6.pth",
         "https://download.openmmlab.com/mmclassification/v0/efficientformer/"
@@ -208,23 +208,35 @@ def _old_layers(model: str, scope: str, variant: str) -> list[tuple[str, str, in
 OLD_MODEL_CONFIGS_SHA256 = "b60504c38c2a7ba442ffb7172d2c24aa10aecdfee87346368154f0a641f6d604"
 
 
-def test_derived_views_equal_the_old_tables():
+def test_the_specs_hold_the_old_tables():
     from lbp_wht.benchmark.latency import TABLE8_SHAPES
-    from lbp_wht.integrations.cost_record import DEFAULT_SIZE
+    from lbp_wht.integrations.cost_record import input_size
 
+    specs = MODEL_SPECS.values()
     assert [
-        (m.id, m.name, m.family, m.task, m.paper, m.preset, m.img_size) for m in v.MODELS.values()
+        (m.id, m.name, m.family, m.task, m.paper, m.preset, m.img_size) for m in specs
     ] == OLD_MODELS
-    assert v.PRESET_MODELS == tuple(m for m, *_ in OLD_MODELS if m != "mini-segformer")
-    assert DEFAULT_SIZE == OLD_DEFAULT_SIZE
+    assert preset_models() == tuple(m for m, *_ in OLD_MODELS if m != "mini-segformer")
+    sizes = {m: input_size({"lbp": {"model": m}})[0] for m in preset_models()}
+    assert {m.id: m.img_size for m in specs if m.has_preset} == sizes == OLD_DEFAULT_SIZE
     assert TABLE8_SHAPES == OLD_TABLE8_SHAPES
-    assert configs.CLS_MODELS == OLD_CLS_MODELS
-    assert set(configs.MODEL_NOTES) == set(v.MODELS)
+    assert {m.id: list(m.latency_shapes) for m in specs if m.latency_shapes} == OLD_TABLE8_SHAPES
+    assert tuple(m.id for m in specs if m.paper and m.task == "cls") == OLD_CLS_MODELS
+    assert all(m.description for m in specs)  # configs.MODEL_NOTES had every model
     got = {
-        m: (p.file, p.source, p.config.replace(m, "{m}")) for m, p in pretrained.PRETRAINED.items()
+        m.id: (
+            m.checkpoint.file,
+            m.checkpoint.source,
+            pretrained.verify_config(m.id).replace(m.id, "{m}"),
+        )
+        for m in specs
+        if m.checkpoint is not None
     }
     assert got == OLD_PRETRAINED
-    for model in v.PRESET_MODELS:
+    assert pretrained.checkpoint("segformer-mit-b0") is MODEL_SPECS["segformer-mit-b0"].checkpoint
+    with pytest.raises(KeyError):
+        pretrained.checkpoint("mini-efficientformer")
+    for model in preset_models():
         spec = model_spec(model)
         assert (list(spec.partial), list(spec.head), spec.norm_eval) == OLD_SCOPE[model]
         assert (tuple(spec.losa) if spec.losa else None) == OLD_LOSA.get(model)
@@ -236,7 +248,7 @@ def test_derived_views_equal_the_old_tables():
         f"cfg/{m}/{training}/{ic}": json.dumps(
             presets.model_config(m, 10, training=training, in_channels=ic), default=repr
         )
-        for m in v.MODELS
+        for m in MODEL_SPECS
         for training in (False, True)
         for ic in (None, 1)
     }
@@ -246,7 +258,7 @@ def test_derived_views_equal_the_old_tables():
 
 def test_presets_read_the_spec():
     """What a preset holds per model comes from the model's entry."""
-    for model in v.PRESET_MODELS:
+    for model in preset_models():
         spec = model_spec(model)
         full = presets.get_preset(model, "full_bp", "partial")
         assert full.trainable == list(spec.partial) and full.norm_eval == spec.norm_eval
@@ -324,7 +336,7 @@ def test_spec_matches_the_model_it_builds(model):
 def test_latency_shapes_are_the_models_layers():
     """Table 8's shapes are the MLP of the last Meta3D block: (C, 4C, 49) and (4C, C, 49)."""
     pytest.importorskip("mmpretrain")
-    for model in v.MODELS:
+    for model in MODEL_SPECS:
         spec = model_spec(model)
         if not spec.latency_shapes:
             continue
@@ -370,7 +382,7 @@ def test_adding_a_model_is_one_entry(monkeypatch):
     from lbp_wht.integrations.cost_record import input_size
 
     monkeypatch.setitem(MODEL_SPECS, TINY.id, TINY)
-    assert v.check_model(TINY.id) is TINY and v.model_label(TINY.id) == "tiny EfficientFormer"
+    assert v.model_spec(TINY.id) is TINY and v.short_model_name(TINY.id) == "tiny EfficientFormer"
     assert TINY.id in preset_models()
     check_lbp_preset({"model": TINY.id})  # an lbp block naming it is accepted
 

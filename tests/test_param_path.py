@@ -5,7 +5,8 @@ The radius ``lbp.r`` takes these hops: config key ``lbp.r`` -> ``LBPConfig.radiu
 ``parse_lbp_block``) -> ``rule["lbp"]`` (the same object, ``get_preset``) -> ``Rule.lbp``
 (``parse_rule`` keeps a given config) -> ``layer.lbp_config``, whose bases were chosen once by
 ``select_bases(selection, radius=...)``: one name from the config object on. The tests below
-check the identity at the end of the path, that the path constructs one ``LBPConfig``, and that
+check the identity at the end of the path, that the path constructs one ``LBPConfig``, that
+the training path parses the block once and validates the preset's arguments once, and that
 a bad ``lbp.r`` is rejected once, with today's message.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -30,12 +32,17 @@ from lbp_wht.integrations.build import (  # noqa: E402
     parse_lbp_block,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 BLOCK = dict(method="lbp_wht+lora_all", model="mini-efficientformer", scope="partial")
 
 
 @pytest.fixture
 def constructions(monkeypatch):
-    """Counts the ``LBPConfig`` objects constructed (each one validates itself)."""
+    """Counts the ``LBPConfig`` objects constructed (each one validates itself), with no block
+    parsed before."""
+    from lbp_wht.integrations import build
+
+    monkeypatch.setattr(build, "_PARSED", {})
     made: list[LBPConfig] = []
     post_init = LBPConfig.__post_init__
 
@@ -87,6 +94,55 @@ def test_the_blocks_lbp_config_is_the_one_in_every_layer(extra, want, constructi
             assert (m.lora_rank, m.lora_alpha) == (24, 24)
         else:
             assert m.lora_config is block.lora
+
+
+def test_the_training_path_parses_the_block_once(monkeypatch):
+    """The launcher's preset check, the runner's model-name check, ``inject_lbp``, the builder,
+    the resume check and the run record all read one parse of the block."""
+    from mmengine.config import Config
+
+    from lbp_wht.integrations import build
+    from lbp_wht.integrations.config_check import build_model
+    from lbp_wht.integrations.recording import build_record
+    from lbp_wht.integrations.runner import _check_model_name, resume_relevant
+
+    parses = []
+    parse = build._parse
+    monkeypatch.setattr(build, "_PARSED", {})
+    monkeypatch.setattr(build, "_parse", lambda lbp: parses.append(lbp) or parse(lbp))
+    name = "mini-efficientformer_partial_lp-l1-r4+lora-all_fashion-mnist.py"
+    cfg = Config.fromfile(str(ROOT / "configs/mini" / name))
+    cfg.merge_from_dict({"lbp.r": 2})  # a command-line option
+    build.check_lbp_preset(build.validate_lbp_cfg(cfg.lbp))  # the launcher
+    _check_model_name(cfg)
+    build.inject_lbp(cfg)
+    net = build_model(cfg)
+    resume_relevant(cfg)
+    record = build_record(cfg, kind="train", status="done")
+    assert len(parses) == 1
+    block = net.lbp_info["block"]
+    assert block is build.parse_lbp_block(cfg.lbp) and block.lbp.radius == 2
+    assert record["rank"] == block.num_bases == 3
+    # the settings handed out are copies: editing one leaves the parse as it was
+    build.validate_lbp_cfg(cfg.lbp)["options"]["keep"] = 1
+    assert build.parse_lbp_block(cfg.lbp).settings["options"] == {} and len(parses) == 1
+
+
+def test_the_block_path_does_not_repeat_the_presets_checks(monkeypatch):
+    """``get_preset`` checks a library caller's arguments; the block was checked by its parse,
+    so ``preset_for_block`` builds the same preset without those checks."""
+    from lbp_wht.experiments import presets
+    from lbp_wht.integrations.build import preset_for_block
+
+    block = parse_lbp_block({**BLOCK, "variant": "authors", "lora_train": "scope"})
+    kwargs = dict(lbp=block.lbp, lora=block.lora, lora_train="scope", variant="authors")
+    want = presets.get_preset("mini-efficientformer", block.method, "partial", **kwargs)
+
+    def checked(*args):
+        raise AssertionError(f"checked again: {args}")
+
+    monkeypatch.setattr(presets, "_check", checked)
+    assert preset_for_block(block) == want
 
 
 @pytest.mark.parametrize(

@@ -59,16 +59,16 @@ from lbp_wht import (
     freeze,
 )
 from lbp_wht.conversion import CONVERSIONS
-from lbp_wht.experiments.methods import method_spec
+from lbp_wht.experiments.methods import METHOD_SPECS, SCOPES, method_spec
+from lbp_wht.experiments.models import preset_models
 from lbp_wht.experiments.presets import (
-    METHODS,
     MINI_EFFICIENTFORMER_ARCH,
-    PRESET_MODELS,
-    SCOPES,
     describe_preset,
     get_preset,
     model_config,
 )
+
+METHODS, PRESET_MODELS = tuple(METHOD_SPECS), preset_models()
 
 
 @dataclass
@@ -469,15 +469,12 @@ def test_lora_train_scope_follows_the_authors_freeze(built, scope):
         b.restore()
 
 
-def test_unknown_method_is_a_clear_error(monkeypatch):
-    import lbp_wht.experiments.presets as presets
-
+def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown method 'linear_probe'.*'head_only'"):
         get_preset("mini-efficientformer", "linear_probe", "partial")
-    # A name added to METHODS from outside (as the demo's stop-gap once did) is not silently
-    # trained as head-only: get_preset looks methods up in the registry
+    # A name outside the registry (as the demo's stop-gap once added to a method list) is not
+    # silently trained as head-only: get_preset looks methods up in the registry
     # (lbp_wht/experiments/methods.py), where adding one is a whole entry (tests/test_methods.py).
-    monkeypatch.setattr(presets, "METHODS", (*presets.METHODS, "bogus"))
     with pytest.raises(ValueError, match="bogus"):
         get_preset("mini-efficientformer", "bogus", "partial")
 

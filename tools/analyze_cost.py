@@ -23,7 +23,7 @@ from typing import Any
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
-    from lbp_wht.experiments.vocab import METHODS
+    from lbp_wht.experiments.vocab import METHOD_SPECS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", nargs="?", help="experiment config (with an `lbp` block)")
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--method",
         default="lbp_wht",
-        help=" | ".join(METHODS),
+        help=" | ".join(METHOD_SPECS),
     )
     p.add_argument("--scope", default="partial", help="partial | full")
     p.add_argument("--select", default=None, help="lbp.select (default: the lbp block's)")

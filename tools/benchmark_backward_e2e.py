@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if any(r < 1 for r in args.r):
         ap.error(f"--r must be positive, got {args.r}")
-    from lbp_wht.experiments.vocab import PRESET_MODELS
+    from lbp_wht.experiments.models import preset_models
 
-    if args.timm is None and args.model not in PRESET_MODELS:
-        ap.error(f"--model {args.model!r} is not a preset model; choose one of {PRESET_MODELS}")
+    if args.timm is None and args.model not in preset_models():
+        ap.error(f"--model {args.model!r} is not a preset model; choose one of {preset_models()}")
     if args.quick:
         args.rounds, args.batch = 3, 2
 

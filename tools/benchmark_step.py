@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--warmup must be >= 0, got {args.warmup}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         ap.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
-    from lbp_wht.experiments.vocab import PRESET_MODELS, SCOPES
+    from lbp_wht.experiments.models import preset_models
+    from lbp_wht.experiments.vocab import SCOPES
 
     bad = [s for s in args.scopes if s not in SCOPES]
     if bad:
@@ -58,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.model, args.batch, args.size, args.rounds, args.warmup = (
             "mini-efficientformer", 2, 28, 2, 0)  # fmt: skip
-    if args.model not in PRESET_MODELS:
-        ap.error(f"--model {args.model!r} is not a preset model; choose one of {PRESET_MODELS}")
+    if args.model not in preset_models():
+        ap.error(f"--model {args.model!r} is not a preset model; choose one of {preset_models()}")
     return args
 
 

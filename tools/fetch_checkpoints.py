@@ -19,12 +19,14 @@ import sys
 
 import lbp_wht.integrations  # noqa: F401  (CPU shims first)
 from lbp_wht.experiments.catalog import REPO_ROOT
-from lbp_wht.experiments.pretrained import PRETRAINED, FetchError, fetch, verify
+from lbp_wht.experiments.models import MODEL_SPECS
+from lbp_wht.experiments.pretrained import FetchError, fetch, verify
 
 
 def main(argv: list[str] | None = None) -> int:
+    known = {m.id: m.checkpoint for m in MODEL_SPECS.values() if m.checkpoint is not None}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("names", nargs="*", help=f"'all' or some of {sorted(PRETRAINED)}")
+    p.add_argument("names", nargs="*", help=f"'all' or some of {sorted(known)}")
     default_dir = os.environ.get("CKPT_DIR") or str(REPO_ROOT / "checkpoints")
     p.add_argument("--dir", default=default_dir, help="where to put the files (env CKPT_DIR)")
     p.add_argument("--force", action="store_true", help="download again")
@@ -32,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print what is known and exit")
     args = p.parse_args(argv)
     if args.list or not args.names:
-        for k, v in PRETRAINED.items():
+        for k, v in known.items():
             print(f"{k:22s} {v.file}\n{'':22s} <- {v.source}")
         return 0
-    names = sorted(PRETRAINED) if args.names == ["all"] else args.names
-    unknown = [n for n in names if n not in PRETRAINED]
+    names = sorted(known) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in known]
     if unknown:
-        p.error(f"unknown checkpoint(s) {unknown}; known: {sorted(PRETRAINED)}")
+        p.error(f"unknown checkpoint(s) {unknown}; known: {sorted(known)}")
     ok = True
     for n in names:
         try:

@@ -25,7 +25,7 @@ from typing import Any
 from ..runs.sweep import safe_id
 from .vocab import (
     CLS_DATASETS,
-    MODELS,
+    MODEL_SPECS,
     SEG_DATASETS,
     MethodKey,
     _int_or_none,
@@ -204,7 +204,7 @@ def read_paper_rows(table: str, paper_dir: str | os.PathLike = PAPER_DIR) -> lis
 
 
 def _task(model: str) -> str:
-    info = MODELS.get(model)
+    info = MODEL_SPECS.get(model)
     return info.task if info else "cls"
 
 
@@ -233,19 +233,7 @@ def table_cells(
     table = str(table)
     cells: list[Cell] = []
     if table == "fig5":
-        c = FIG5_CELL
-        cells = [
-            Cell(
-                c["model"],
-                c["scope"],
-                c["method"],
-                c["select"],
-                c["r"],
-                None,
-                c["dataset"],
-                variant=c["variant"],
-            )
-        ]
+        cells = [Cell(rank=None, **FIG5_CELL)]
     elif table == "fig3":
         seen_models = []
         for row in read_paper_rows("2", paper_dir):

@@ -4,7 +4,7 @@ What is written, and from what:
 
 * ``configs/_base_/models/<model>.py`` -- one per model, from
   :func:`lbp_wht.experiments.presets.model_config` (``training=True``; the one model
-  definition) and the pretrained checkpoint of :data:`lbp_wht.experiments.pretrained.PRETRAINED`.
+  definition) and the pretrained checkpoint of its ``ModelSpec.checkpoint``.
 * ``configs/_base_/data/<dataset>_<size>.py`` -- one per classification dataset and input
   size: the pairing of the hand-written dataset base (``_base_/datasets/<dataset>.py``: what
   the dataset is, where it lives, how its images load) with the hand-written resolution
@@ -33,24 +33,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import CONFIGS_DIR, REPO_ROOT
-from .pretrained import PRETRAINED
+from .catalog import CONFIGS_DIR, REPO_ROOT, TABLE_DATASETS
+from .models import MODEL_SPECS
 from .vocab import (
     DATASETS,
-    MODELS,
     SCOPE_LABELS,
     MethodKey,
     config_dataset,
     config_tag,
+    lbp_options,
     method_label,
     method_spec,
+    norm_dataset,
     num_bases,
 )
 
 __all__ = [
     "HEADER",
     "GENERATED_FOLDERS",
-    "CLS_MODELS",
     "CLS_SCHEDULES",
     "GeneratedFile",
     "generated_files",
@@ -77,8 +77,6 @@ GENERATED_FOLDERS = (
     "figure5",
     "mini",
 )
-#: The classification models of Tables 2 and 5: the paper's classification models.
-CLS_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.paper and m.task == "cls")
 #: Schedule base per classification dataset (config names): the learning rates of the
 #: authors' configs.
 CLS_SCHEDULES = {
@@ -90,9 +88,6 @@ CLS_SCHEDULES = {
     "oxford-pets": "cls_adamw_50e.py",
     "places365": "cls_adamw_50e.py",
 }
-#: What the comment of each generated model base says about the model
-#: (``ModelSpec.description``).
-MODEL_NOTES: dict[str, str] = {m.id: m.description for m in MODELS.values()}
 
 
 @dataclass(frozen=True)
@@ -135,10 +130,10 @@ def model_base(model: str) -> GeneratedFile:
     (training form) and the checkpoint it fine-tunes from."""
     from lbp_wht.experiments.presets import model_config
 
-    info = MODELS[model]
+    info = MODEL_SPECS[model]
     mini = not info.paper
     cfg = model_config(model, info.base_classes, training=True, in_channels=info.in_channels)
-    ckpt = PRETRAINED.get(model)
+    ckpt = info.checkpoint
     load_from = f"checkpoints/{ckpt.file}" if ckpt else None
     notes = info.description
     if ckpt:
@@ -160,7 +155,7 @@ def data_base(dataset: str, size: int) -> GeneratedFile:
     text = "\n".join(
         [
             HEADER,
-            f"# {DATASETS[_paper_name(dataset)].name} at {size}x{size}: datasets/{dataset}.py "
+            f"# {DATASETS[norm_dataset(dataset)].name} at {size}x{size}: datasets/{dataset}.py "
             f"+ resolutions/cls_{size}.py.",
             f'_base_ = ["../datasets/{dataset}.py", "../resolutions/cls_{size}.py"]',
             "train_pipeline = _base_.load_pipeline + _base_.train_transforms",
@@ -171,10 +166,6 @@ def data_base(dataset: str, size: int) -> GeneratedFile:
         ]
     )
     return GeneratedFile(f"_base_/data/{name}.py", "data base", text + "\n")
-
-
-def _paper_name(config_name: str) -> str:
-    return next(d.id for d in DATASETS.values() if d.config == config_name)
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -192,12 +183,7 @@ class _Method:
         return config_tag(self.key, self.variant)
 
     def lbp(self) -> dict[str, Any]:
-        method, select, r = self.key
-        out: dict[str, Any] = {"method": method}
-        if select is not None:
-            out["select"] = select
-            out["rank" if select == "lhe" else "r"] = r
-        return {**out, **dict(self.extra)}
+        return {**lbp_options(self.key), **dict(self.extra)}
 
     def title(self) -> str:
         if self.text:
@@ -241,105 +227,80 @@ log_processor = dict(by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))"""
 
 
+T3, MINI = ("table3", "Table 3"), ("mini", "Mini (CPU)")
+
+
 def _experiment(
-    folder: str,
-    table: str,
-    title: str,
+    where: tuple[str, str],
     model: str,
     scope: str,
     dataset: str,
-    bases: list[str],
-    body: str,
-    lbp: dict[str, Any],
     m: _Method,
+    title: str,
+    data: str,
+    schedule: str,
+    runtime: str = "default_runtime.py",
+    body: str = "",
+    lbp: dict[str, Any] | None = None,
 ) -> GeneratedFile:
+    """One experiment config, ``where`` = (folder, table): its ``_base_`` list is the model's
+    base, ``data``, ``schedules/<schedule>``, ``method.py`` and ``runtime``; then ``body`` and
+    the ``lbp`` block (``lbp`` holds its keys besides the model, scope and method's)."""
+    folder, table = where
     path = f"{folder}/{model}_{scope}_{m.tag}_{dataset}.py"
-    depth = path.count("/")
-    lbp = {"model": model, **lbp, "scope": scope, **m.lbp()}
-    lines = [HEADER, f"# {table}: {title}", _bases(depth, bases)]
-    if body:
-        lines.append(body)
+    bases = [f"models/{model}.py", data, f"schedules/{schedule}", "method.py", runtime]
+    lbp = {"model": model, **(lbp or {}), "scope": scope, **m.lbp()}
+    lines = [HEADER, f"# {table}: {title}", _bases(path.count("/"), bases)]
+    lines += [body] if body else []
     lines.append(f"lbp = {_literal(lbp)}")
     return GeneratedFile(path, table, "\n".join(lines) + "\n")
 
 
 def _cls(table: str, folder: str, model: str, dataset: str, scope: str, m: _Method):
-    size = MODELS[model].img_size
-    info = DATASETS[_paper_name(dataset)]
+    size = MODEL_SPECS[model].img_size
     title = (
-        f"{MODELS[model].name}, {SCOPE_LABELS[scope]}"
+        f"{MODEL_SPECS[model].name}, {SCOPE_LABELS[scope]}"
         + (" (last stage + head, Sec. 4.1)" if scope == "partial" else "")
         + f", {m.title()}, {dataset} at {size}x{size}"
     )
-    bases = [
-        f"models/{model}.py",
-        f"data/{dataset}_{size}.py",
-        f"schedules/{CLS_SCHEDULES[dataset]}",
-        "method.py",
-        "default_runtime.py",
-    ]
-    body = f"model = dict(head=dict(num_classes={info.num_classes}))"
-    return _experiment(folder, table, title, model, scope, dataset, bases, body, {}, m)
+    data, schedule = f"data/{dataset}_{size}.py", CLS_SCHEDULES[dataset]
+    body = f"model = dict(head=dict(num_classes={DATASETS[norm_dataset(dataset)].num_classes}))"
+    return _experiment((folder, table), model, scope, dataset, m, title, data, schedule, body=body)
 
 
 def experiments() -> list[GeneratedFile]:
     """Every experiment config: Tables 2-7, Figure 5 and the mini CPU configs."""
     out: list[GeneratedFile] = []
     table25 = [FULL_BP, LORA, LORA_ALL, lp(2), lp(4), lp(6), lp(8)]
-    cls_datasets = [
-        config_dataset(d) for d in ("cifar100", "cifar10", "cars", "flowers", "food", "pets")
-    ]
-    # Tables 2 (partial) and 5 (full training; Table 2's full-training block is its S0 part).
-    for model in CLS_MODELS:
+    cls_datasets = [config_dataset(d) for d in TABLE_DATASETS["2"]]
+    # Tables 2 (partial) and 5 (full training; Table 2's full-training block is its S0 part):
+    # the paper's classification models.
+    for model in [m.id for m in MODEL_SPECS.values() if m.paper and m.task == "cls"]:
         for dataset in cls_datasets:
             for m in [*table25, LOSA]:
                 out.append(_cls("Table 2", f"table2/{model}", model, dataset, "partial", m))
             # Table 5 has an LP_L1-7 row for EfficientFormer-L1 and V2-S0 (not for L7):
             # ModelSpec.table5_extra_r.
-            for m in table25 + [lp(r) for r in MODELS[model].table5_extra_r]:
+            for m in table25 + [lp(r) for r in MODEL_SPECS[model].table5_extra_r]:
                 out.append(_cls("Table 5", f"table5/{model}", model, dataset, "full", m))
     # Table 3: Segformer MiT-B0, Cityscapes and VOC12 aug, partial (last stage + decoder) / full.
-    for dataset in ("cityscapes", "voc12aug"):
-        ncls = DATASETS[dataset].num_classes
+    for dataset in TABLE_DATASETS["3"]:
+        body = f"model = dict(decode_head=dict(num_classes={DATASETS[dataset].num_classes}))"
         for scope in ("partial", "full"):
+            what = SCOPE_LABELS[scope] + (" (last stage + decoder)" if scope == "partial" else "")
             for m in (FULL_BP, LORA, LORA_ALL, lp(2), lp(4), lp(8)):
-                what = (
-                    "partial training (last stage + decoder)"
-                    if scope == "partial"
-                    else "full training"
-                )
                 title = (
                     f"Segformer MiT-B0 (ADE20K-pretrained), {what}, {m.title()}, {dataset} "
                     "512x512 crops, 20k iterations"
                 )
-                bases = [
-                    "models/segformer-mit-b0.py",
-                    f"datasets/{dataset}.py",
-                    "schedules/seg_adamw_20k.py",
-                    "method.py",
-                    "seg_runtime.py",
-                ]
-                body = f"model = dict(decode_head=dict(num_classes={ncls}))"
-                out.append(
-                    _experiment(
-                        "table3",
-                        "Table 3",
-                        title,
-                        "segformer-mit-b0",
-                        scope,
-                        dataset,
-                        bases,
-                        body,
-                        {},
-                        m,
-                    )
-                )
+                args = (m, title, f"datasets/{dataset}.py", "seg_adamw_20k.py", "seg_runtime.py")
+                out.append(_experiment(T3, "segformer-mit-b0", scope, dataset, *args, body))
     # Table 4: base selection, EfficientFormer-L1 partial, CIFAR-100 / CIFAR-10.
-    for dataset in ("cifar100", "cifar10"):
+    for dataset in TABLE_DATASETS["4"]:
         for m in (lp(4), lp(3, "lp_linf"), LHE10):
             out.append(_cls("Table 4", "table4", "efficientformer-l1", dataset, "partial", m))
     # Table 6: LBP-WHT + LoRA-all, EfficientFormer-L1 partial.
-    for dataset in ("cifar100", "cifar10"):
+    for dataset in TABLE_DATASETS["6"]:
         for m in (FULL_BP, LORA_ALL, lp(2, lora=True), lp(4, lora=True), lp(8, lora=True)):
             out.append(_cls("Table 6", "table6", "efficientformer-l1", dataset, "partial", m))
     # Table 7: Places365, EfficientFormer-L1 partial.
@@ -352,14 +313,12 @@ def experiments() -> list[GeneratedFile]:
 def mini_experiments() -> list[GeneratedFile]:
     """The CPU configs under ``configs/mini/`` (tests, smoke runs)."""
     out = []
-    mini_cls = [
-        "models/mini-efficientformer.py",
-        "datasets/fashion-mnist.py",
-        "schedules/mini_iters.py",
-        "method.py",
-        "default_runtime.py",
-    ]
-    model = "mini-efficientformer"
+    model, data = "mini-efficientformer", "datasets/fashion-mnist.py"
+
+    def mini(scope: str, dataset: str, m: _Method, title: str, body: str, **lbp: Any):
+        args = (MINI, model, scope, dataset, m, title, data, "mini_iters.py")
+        return _experiment(*args, body=body, lbp=lbp)
+
     for m in (FULL_BP, LORA, LORA_ALL, LOSA, lp(4), lp(4, lora=True), LHE10):
         if m is LHE10:
             m = _Method(m.key, (("lhe_iters", 5),), m.text)
@@ -367,20 +326,7 @@ def mini_experiments() -> list[GeneratedFile]:
             f"mini EfficientFormer (CPU), partial training (last stage + head, Sec. 4.1), "
             f"{m.title()}, Fashion-MNIST 28x28 (random init unless load_from is set)"
         )
-        out.append(
-            _experiment(
-                "mini",
-                "Mini (CPU)",
-                title,
-                model,
-                "partial",
-                "fashion-mnist",
-                mini_cls,
-                MINI_RUNTIME,
-                {"allow_random_init": True},
-                m,
-            )
-        )
+        out.append(mini("partial", "fashion-mnist", m, title, MINI_RUNTIME, allow_random_init=True))
     # The two-step example: pretrain on source classes 0-4 (full training from random init),
     # then adapt to target classes 5-9 (100 samples each) from that checkpoint, fresh head.
     subset = (
@@ -389,76 +335,40 @@ def mini_experiments() -> list[GeneratedFile]:
         "test_dataloader = dict(dataset=dict(classes={c}))\n"
         "model = dict(head=dict(num_classes=5))"
     )
-    source = MINI_RUNTIME + "\n" + subset.format(c=[0, 1, 2, 3, 4], n=None)
-    out.append(
-        _experiment(
-            "mini",
-            "Mini (CPU)",
-            "mini EfficientFormer pretraining (full BP, full training, random init) on "
-            "Fashion-MNIST classes 0-4",
-            model,
-            "full",
-            "fashion-mnist-source",
-            mini_cls,
-            source,
-            {"allow_random_init": True},
-            FULL_BP,
-        )
+    title = (
+        "mini EfficientFormer pretraining (full BP, full training, random init) on "
+        "Fashion-MNIST classes 0-4"
     )
+    source = MINI_RUNTIME + "\n" + subset.format(c=[0, 1, 2, 3, 4], n=None)
+    out.append(mini("full", "fashion-mnist-source", FULL_BP, title, source, allow_random_init=True))
     target = (
         MINI_RUNTIME + "\n" + subset.format(c=[5, 6, 7, 8, 9], n=100) + "\nload_from = "
         "'work_dirs/mini-efficientformer_full_full-bp_fashion-mnist-source/iter_300.pth'"
     )
-    out.append(
-        _experiment(
-            "mini",
-            "Mini (CPU)",
-            "mini EfficientFormer adaptation (LBP-WHT LP_L1-4, partial) to Fashion-MNIST "
-            "classes 5-9, 100 training images each, from the source checkpoint with a new head",
-            model,
-            "partial",
-            "fashion-mnist-target",
-            mini_cls,
-            target,
-            {"drop_keys": ["head.*"]},
-            lp(4),
-        )
+    title = (
+        "mini EfficientFormer adaptation (LBP-WHT LP_L1-4, partial) to Fashion-MNIST "
+        "classes 5-9, 100 training images each, from the source checkpoint with a new head"
     )
-    seg = [
-        "models/mini-segformer.py",
-        "datasets/mini-seg.py",
-        "schedules/mini_iters.py",
-        "method.py",
-        "seg_runtime.py",
-    ]
+    out.append(mini("partial", "fashion-mnist-target", lp(4), title, target, drop_keys=["head.*"]))
     seg_runtime = MINI_RUNTIME.replace(
         "dict(interval=10)", "dict(interval=10, log_metric_by_epoch=False)"
     )
+    lbp = {"preset": MODEL_SPECS["mini-segformer"].preset, "allow_random_init": True}
     for m in (FULL_BP, LORA_ALL, lp(4)):
         title = (
             f"mini Segformer (CPU), partial training (last stage + decoder), {m.title()}, "
             "generated 128x128 data"
         )
+        args = (m, title, "datasets/mini-seg.py", "mini_iters.py", "seg_runtime.py")
         out.append(
-            _experiment(
-                "mini",
-                "Mini (CPU)",
-                title,
-                "mini-segformer",
-                "partial",
-                "mini-seg",
-                seg,
-                seg_runtime,
-                {"preset": MODELS["mini-segformer"].preset, "allow_random_init": True},
-                m,
-            )
+            _experiment(MINI, "mini-segformer", "partial", "mini-seg", *args, seg_runtime, lbp)
         )
     return out
 
 
 def generated_files() -> list[GeneratedFile]:
     """Every file the generator writes: model bases, data bases, experiment configs."""
-    files = [model_base(m) for m in MODELS]
+    files = [model_base(m) for m in MODEL_SPECS]
     for dataset in CLS_SCHEDULES:
         sizes = (224,) if dataset == "places365" else (224, 256)
         files += [data_base(dataset, size) for size in sizes]

@@ -1,12 +1,11 @@
 """The training methods: one :class:`MethodSpec` per method id, in :data:`METHOD_SPECS`.
 
 Standard library only (the vocabulary re-exports it and is imported without torch). Every
-fact about a method lives in its entry: what it converts and with which of the core's rule
-methods, which layers, what trains, its row label and its config-file tag. The rest of the
-harness reads these flags (``method_spec(m).has_lora``, ``.converts``, ``.trains``, ...); no
-other module compares method ids as strings (``tests/test_methods.py`` checks it). Adding a
-method is one entry here, plus ``python tools/gen_configs.py`` for configs that use it (and,
-where it needs a layer class the core lacks, that layer in the core).
+fact about a method lives in its entry (the fields of :class:`MethodSpec`); the harness reads
+its flags (``method_spec(m).has_lora``, ``.converts``, ``.trains``, ...) and no other module
+compares method ids as strings (``tests/test_methods.py`` checks it). Adding a method is one
+entry here, plus ``python tools/gen_configs.py`` for configs that use it (and, where it needs
+a layer class the core lacks, that layer in the core).
 
 =================== =========== ====== ========== ==========================================
 method              converts    layers trains     label / config tag

@@ -1,14 +1,9 @@
 """The models: one :class:`ModelSpec` per model id, in :data:`MODEL_SPECS`.
 
 Standard library only (the vocabulary re-exports it and is imported without torch). Every
-fact about a model lives in its entry: its display name and task, its definition (the
-arguments of its architecture's builder in :func:`lbp_wht.experiments.presets.model_config`),
-its layer table (which layers LBP-WHT / LoRA convert), what partial training trains, its task
-head, ``norm_eval``, LoSA's taps, its input size (experiments, cost records), the classes and
-input channels of its generated model base, its pretrained checkpoint, the description the
-base carries, the notes of its presets and its latency shapes. The harness reads these fields
-(``model_spec(m).task``, ``.arch``, ``.layer_table(scope)``, ...); no other module compares
-model ids as strings (``tests/test_models.py`` checks it). Adding a model of a known
+fact about a model lives in its entry (the fields of :class:`ModelSpec`); the harness reads
+them (``model_spec(m).task``, ``.arch``, ``.layer_table(scope)``, ...) and no other module
+compares model ids as strings (``tests/test_models.py`` checks it). Adding a model of a known
 architecture is one entry here, plus ``python tools/gen_configs.py``; a new architecture adds
 its builder to ``presets._BUILDERS`` (and its backbone wrapper to
 ``lbp_wht.integrations.models`` where the stock one cannot be converted).
@@ -111,6 +106,10 @@ class Checkpoint(NamedTuple):
     file: str
     url: str = ""
     timm: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.url or f"timm {self.timm}"
 
 
 @dataclass(frozen=True)

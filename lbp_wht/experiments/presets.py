@@ -1,69 +1,44 @@
 """Which layers get LBP-WHT / LoRA and which parameters train, per model, method and scope.
 
-Pure data (imports only the standard library): ``get_preset(...)`` returns the ``rules`` for
-:func:`lbp_wht.convert` and the ``trainable`` globs for :func:`lbp_wht.freeze`. Globs are over
-the qualified names of the whole OpenMMLab model (``backbone.*``, ``head.*``,
-``decode_head.*``) built as in :func:`model_config`; ``*`` also matches dots.
+Standard library only: ``get_preset(...)`` returns the ``rules`` for :func:`lbp_wht.convert`
+and the ``trainable`` globs for :func:`lbp_wht.freeze`, read from the model's
+:class:`~lbp_wht.experiments.models.ModelSpec` (layer table, partial scope, task head,
+``norm_eval``, LoSA taps, notes) and the method's
+:class:`~lbp_wht.experiments.methods.MethodSpec` flags (``conversion`` and ``layers`` give
+the rules, ``trains`` the globs); this module names no model and no method. Globs are over
+the qualified names of the whole OpenMMLab model of :func:`model_config`; ``*`` also matches
+dots. Why the tables hold what they hold (the authors' experiment configurations,
+``docs/PAPER_NOTES.md``):
 
-Every fact about a model (its layer table, partial-training scope, task head, ``norm_eval``,
-LoSA taps, notes, definition) is its :class:`~lbp_wht.experiments.models.ModelSpec` entry in
-:data:`~lbp_wht.experiments.models.MODEL_SPECS`; this module reads the entries and names no
-model. What the entries hold, and why:
-
-Layer choices follow the authors' experiment configurations (``docs/PAPER_NOTES.md``):
-
-* Where LBP-WHT goes (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8):
-  EfficientFormer L1/L7: Meta4D ``mlp.fc1``/``mlp.fc2`` (1x1 convs), Meta3D
-  ``token_mixer.qkv``/``token_mixer.proj``/``mlp.fc1``/``mlp.fc2`` (linears).
-  EfficientFormerV2: ``mlp.fc1``/``mlp.fc2`` in every block, ``q``/``k``/``v``/``proj`` and
-  both talking-head 1x1 convs in attention blocks, ``q``/``k``/``v``/``proj`` of the
-  attention-downsampling block. SwinV2: ``attn.w_msa.qkv``/``attn.w_msa.proj``, both FFN
-  linears, each patch-merging ``reduction``.
-  Segformer (not in the notes; chosen here): ``attn.q``/``k``/``v``/``proj`` and the MixFFN
-  1x1 convs ``ffn.layers.0``/``ffn.layers.4`` of every block, plus the decode head's 1x1 convs
-  ``convs.*.conv`` and ``fusion_conv.conv``; the classifier ``conv_seg`` stays exact (it is the
-  task head, like ``head.*`` in classification). Why the decode head: its 1024->256 fusion conv
-  at 128x128 alone costs ~8.6 GMAC to back-propagate, about 40% of partial training's Full BP,
-  so a method that leaves it exact cannot reach Table 3's low-rank costs. Which layers the
-  authors converted is not documented; the ``authors`` variant below is the set that fits
-  Table 3's costs.
-* Partial training trains the last stage and the head: EfficientFormer ``backbone.network.3``
-  (with its downsampling conv), EfficientFormerV2 the authors' ``network.6`` = timm
-  ``stages.3.blocks`` (the attention-downsampling block ``stages.3.downsample`` is the
-  authors' ``network.5`` and stays frozen), SwinV2 ``backbone.stages.3`` (with its patch
-  merging), Segformer ``backbone.layers.3`` (patch embed, blocks, norm) + ``decode_head``.
-  Final backbone norms (``backbone.norm3``, timm ``norm``) are outside those modules and stay
-  frozen, as in the authors' configs ("everything else frozen").
-* LoRA baselines: rank 8, alpha 8 (scaling 1); a fused qkv layer gets rank 24 and alpha 24
-  (3 x 8, scaling still 1). "LoRA" = attention projections only; "LoRA-all" = every layer
-  that LBP-WHT converts.
-
-Method semantics come from each method's flags (:data:`~lbp_wht.experiments.methods.METHOD_SPECS`,
-whose docstring tables them): ``conversion`` and ``layers`` give the rules (the core's rule
-method on the attention projections or on every layer of the model's table), ``trains`` the
-trainable globs given to :func:`lbp_wht.freeze`: ``head`` the task head only, ``scope`` every
-parameter in scope, ``adapters`` the LoRA adapters + task head, ``side`` the side network
-``losa.*`` + task head. Nothing here names a method.
-
-``losa`` (low-rank side adaptation, :mod:`lbp_wht.losa`; not a paper row) converts nothing: the
-builder attaches a side network whose taps are the last stage's blocks
-(``Preset.losa_containers``) and whose correction is added to the backbone's final feature
-(``Preset.losa_output``); only the side network and the task head train, and no gradient
-reaches the backbone. Classification models only, ``scope="partial"``.
-
-``head_only`` is the linear-probe baseline (not a paper row; the CPU mini-reproduction reports
-it to show that adapting the backbone matters): nothing is converted and only the task head
-trains, whatever the scope (the scope only names the setting it is compared with). Its
-backprop cost is the head's own backward.
-
-LoRA variants train only the adapters and the (new) task head, as in LoRA (Hu et al.): no
-norms, biases or other backbone parameters. The task head is ``head.*`` in classification and
-``decode_head.conv_seg.*`` in segmentation; the rest of Segformer's decode head stays frozen
-under LoRA (it carries adapters under LoRA-all), which matches Table 3's LoRA cost (the frozen
-decoder still back-propagates ``g_x`` through its fusion conv). ``lora_train="scope"``
-(config key ``lbp.lora_train``) follows the authors' configs instead: every parameter of the
-trained scope trains beside the adapters, except the LoRA layers' frozen base weights; with it
-our LoRA-all costs come within about 10% of Table 7's (``results/cost/README.md``, item 3).
+* LBP-WHT (order-8 WHT on 8x8 patches; 7x7 maps reflect-padded to 8x8) goes on the attention
+  projections and FFN layers of the trained blocks, SwinV2's patch merging and
+  EfficientFormerV2's talking heads and attention downsampling. Segformer's set is not in
+  the notes; chosen here: attention, the MixFFN 1x1 convs and the decode head's 1x1 convs,
+  because the head's 1024->256 fusion conv at 128x128 alone costs ~8.6 GMAC to back-propagate,
+  about 40% of partial training's Full BP, so a method that leaves it exact cannot reach
+  Table 3's low-rank costs. The classifier ``conv_seg`` stays exact (the task head, like
+  ``head.*`` in classification). Which layers the authors converted is not documented; the
+  ``authors`` variant below is the set that fits Table 3's costs.
+* Partial training trains the last stage and the head (EfficientFormerV2: the authors'
+  ``network.6`` = timm ``stages.3.blocks``; its attention downsampling, the authors'
+  ``network.5``, stays frozen; Segformer: also the decode head). Final backbone norms lie
+  outside those modules and stay frozen, as in the authors' configs ("everything else
+  frozen").
+* LoRA baselines: rank 8, alpha 8 (scaling 1); a fused qkv layer gets rank 24 and alpha 24.
+  "LoRA" = attention projections only; "LoRA-all" = every layer that LBP-WHT converts. They
+  train only the adapters and the (new) task head, as in LoRA (Hu et al.): Segformer's decode
+  head stays frozen under LoRA (it carries adapters under LoRA-all), which matches Table 3's
+  LoRA cost (the frozen decoder still back-propagates ``g_x`` through its fusion conv).
+  ``lora_train="scope"`` (``lbp.lora_train``) follows the authors' configs instead: every
+  parameter of the trained scope trains beside the adapters, except the LoRA layers' frozen
+  base weights; with it our LoRA-all costs come within about 10% of Table 7's
+  (``results/cost/README.md``, item 3).
+* ``head_only`` (linear probe) and ``losa`` (:mod:`lbp_wht.losa`: a side network tapping the
+  last stage's blocks, ``Preset.losa_containers``, and correcting the backbone's final
+  feature, ``Preset.losa_output``; classification, partial training) are not paper rows: the
+  CPU mini-reproduction reports them, the probe to show that adapting the backbone matters.
+  Both convert nothing; the probe trains the task head whatever the scope, LoSA its side
+  network and the task head (no gradient reaches the backbone).
 
 Variants (``variant=``, config key ``lbp.variant``): ``"corrected"`` (the default) converts
 every layer above and makes sure each converted layer really runs converted. ``"authors"``
@@ -114,15 +89,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .methods import SCOPES, MethodSpec, method_spec
 from .models import MINI_EFFICIENTFORMER_ARCH, MODEL_SPECS, ModelSpec, model_spec, preset_models
-from .vocab import (
-    LORA_TRAIN,
-    METHODS,
-    PRESET_MODELS,
-    SCOPES,
-    SELECTIONS,
-    method_spec,
-)
+from .vocab import LORA_TRAIN
 
 if TYPE_CHECKING:  # the core configs import torch; this module stays standard-library only
     from lbp_wht.config import LBPConfig, LoRAConfig
@@ -131,12 +100,8 @@ __all__ = [
     "Preset",
     "get_preset",
     "describe_preset",
+    "preset_of",
     "model_config",
-    "PRESET_MODELS",
-    "METHODS",
-    "SCOPES",
-    "SELECTIONS",
-    "LORA_TRAIN",
     "VARIANTS",
     "MINI_EFFICIENTFORMER_ARCH",
 ]
@@ -198,41 +163,81 @@ def get_preset(
     lora_train: str = "adapters",
     variant: str = "corrected",
 ) -> Preset:
-    """The conversion rules and trainable globs for ``model`` / ``method`` / ``scope``.
+    """The conversion rules and trainable globs for ``model`` / ``method`` / ``scope``, the
+    library's entry: checks its arguments, then :func:`preset_of`.
 
     Args:
-        model: one of :data:`PRESET_MODELS`.
-        method: one of :data:`METHODS` (``head_only``: no conversion, task head only).
+        model: a model with presets of its own (:func:`~lbp_wht.experiments.models.preset_models`).
+        method: a method id (``head_only``: no conversion, task head only).
         scope: ``"partial"`` (last stage + head) or ``"full"`` (whole model); ignored by
             ``head_only`` (the head trains alone in both).
-        lbp: the :class:`~lbp_wht.config.LBPConfig` of every LBP-WHT rule (selection,
-            radius or num_bases, order, padding), put into the rules as it is (``lbp=``);
-            None: ``LBPConfig()``, the core's default. With ``selection="lhe"`` the layers profile
-            ``g_y`` until their bases are set (``LBPMixin.set_bases``).
+        lbp: the :class:`~lbp_wht.config.LBPConfig` of every LBP-WHT rule, put into the rules
+            as it is (``lbp=``); None: ``LBPConfig()``. With ``selection="lhe"`` the layers
+            profile ``g_y`` until their bases are set (``LBPMixin.set_bases``).
         lora: the :class:`~lbp_wht.config.LoRAConfig` per projection (``lora=``); fused
             layers (qkv) get a copy with rank and alpha multiplied by the number of fused
-            projections. None: ``LoRAConfig()``, the core's default.
+            projections. None: ``LoRAConfig()``.
         options: a successor method's typed core config (``LoRAFAConfig``, ``VeLoRAConfig``,
-            ``WTACRSConfig``), put into each rule under the method's name; a LoRA-FA config
-            is scaled for fused layers as LoRA's. None: the core config's defaults.
+            ...), put into each rule under the method's name; a LoRA-FA config is scaled for
+            fused layers as LoRA's. None: the core config's defaults.
         lora_train: what trains besides the adapters in the LoRA variants: ``"adapters"``
             (the task head only; LoRA's definition, our default) or ``"scope"`` (every
             parameter of the trained scope except the LoRA layers' frozen base weights: the
             freeze of the authors' configs, see ``results/cost/README.md``).
-        variant: ``"corrected"`` (default) or ``"authors"``: the conversion the authors'
-            code executed (module docstring, "Variants").
-
-    Returns:
-        A :class:`Preset`.
+        variant: ``"corrected"`` (default) or ``"authors"`` (module docstring, "Variants").
     """
-    mspec = model_spec(model) if model in MODEL_SPECS else None
-    if mspec is None or not mspec.has_preset:
-        _check("model", model, preset_models())
-    assert mspec is not None
+    mspec = _preset_model(model)
     spec = method_spec(method)  # a ValueError naming the known ids
     _check("scope", scope, SCOPES)
     _check("lora_train", lora_train, LORA_TRAIN)
     _check("variant", variant, VARIANTS)
+    _check_losa(mspec, spec)
+    if spec.has_bases and lbp is not None and lbp.selection == "lhe" and not spec.lhe:
+        raise ValueError(
+            f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
+            "such row); use an LP selection, or convert with the library directly: "
+            "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
+            "lbp_wht.lhe.LHEProfiler"
+        )
+    if scope not in spec.scopes:
+        raise ValueError(
+            f"method {method!r} {spec.scope_note}, i.e. scope="
+            f"{' or '.join(map(repr, spec.scopes))}; scope={scope!r} is not defined for it"
+        )
+    return preset_of(model, spec, scope, lbp, lora, options, lora_train, variant)
+
+
+def _preset_model(model: str) -> ModelSpec:
+    mspec = MODEL_SPECS.get(model)
+    if mspec is None or not mspec.has_preset:
+        _check("model", model, preset_models())
+    assert mspec is not None
+    return mspec
+
+
+def _check_losa(mspec: ModelSpec, spec: MethodSpec) -> None:
+    if spec.side_network and mspec.losa is None:
+        raise ValueError(
+            f"method {spec.id!r} has no preset for {mspec.id!r} (segmentation); LoSA presets: "
+            f"{sorted(m.id for m in MODEL_SPECS.values() if m.losa is not None)}"
+        )
+
+
+def preset_of(
+    model: str,
+    spec: MethodSpec,
+    scope: str,
+    lbp: LBPConfig | None,
+    lora: LoRAConfig | None,
+    options: Any,
+    lora_train: str,
+    variant: str,
+) -> Preset:
+    """:func:`get_preset` for arguments already validated (a parsed ``lbp`` block,
+    :func:`lbp_wht.integrations.build.preset_for_block`): checks only what that parse does
+    not, that ``model`` has presets and, for LoSA, taps."""
+    mspec = _preset_model(model)
+    _check_losa(mspec, spec)
     if (spec.has_bases and lbp is None) or (spec.has_lora and lora is None):
         from lbp_wht.config import LBPConfig, LoRAConfig  # the core's defaults
 
@@ -242,33 +247,17 @@ def get_preset(
         from lbp_wht.conversion import SUCCESSOR_OPTIONS  # the core's defaults
 
         options = SUCCESSOR_OPTIONS[spec.conversion][0]()
-    if spec.has_bases and lbp.selection == "lhe" and not spec.lhe:  # type: ignore[union-attr]
-        raise ValueError(
-            f"select='lhe' is not offered with {method!r} by the presets (the paper has no "
-            "such row); use an LP selection, or convert with the library directly: "
-            "dict(method='lbp_lora', selection='lhe', num_bases=R, lora_rank=k) and "
-            "lbp_wht.lhe.LHEProfiler"
-        )
-    if spec.side_network and mspec.losa is None:
-        raise ValueError(
-            f"method {method!r} has no preset for {model!r} (segmentation); LoSA presets: "
-            f"{sorted(m.id for m in MODEL_SPECS.values() if m.losa is not None)}"
-        )
-    if scope not in spec.scopes:
-        raise ValueError(
-            f"method {method!r} {spec.scope_note}, i.e. scope="
-            f"{' or '.join(map(repr, spec.scopes))}; scope={scope!r} is not defined for it"
-        )
-    partial_trainable, head = mspec.partial, mspec.head
-    layers = mspec.layer_table(scope, variant)
+    head = mspec.head
+    scope_globs = list(mspec.partial) if scope == "partial" else ["*"]
 
     def fused_for(cfg: Any, fused: int) -> Any:  # a LoRA-style config of a fused qkv layer
         return cfg if fused == 1 else replace(cfg, rank=cfg.rank * fused, alpha=cfg.alpha * fused)
 
     # The spec's flags decide: which of the table's layers (``layers``), converted by which
-    # core rule method (``conversion``), with LoRA options and / or WHT base options.
+    # core rule method (``conversion``), with LoRA options and / or WHT base options. LoSA
+    # converts nothing (a side network instead).
     rules: list[dict[str, Any]] = []
-    for layer in layers if spec.converts else ():  # LoSA: a side network instead
+    for layer in mspec.layer_table(scope, variant) if spec.converts else ():
         if spec.layers == "all" or spec.layers == layer.kind:
             rule: dict[str, Any] = dict(target=layer.glob, method=spec.conversion)
             if spec.has_lora:
@@ -288,14 +277,10 @@ def get_preset(
     elif spec.trains == "side":
         trainable = ["losa.*", *head]
     elif spec.trains == "scope":
-        trainable = list(partial_trainable) if scope == "partial" else ["*"]
+        trainable = scope_globs
     else:  # LoRA variants (freeze() keeps LoRA base weights frozen whatever the globs)
         adapters = [f"{rule['target']}.lora_{ab}" for rule in rules for ab in ("A", "B")]
-        if lora_train == "adapters":
-            trainable = adapters + list(head)
-        else:
-            scope_globs = list(partial_trainable) if scope == "partial" else ["*"]
-            trainable = adapters + scope_globs
+        trainable = adapters + (list(head) if lora_train == "adapters" else scope_globs)
 
     notes = mspec.notes + (mspec.authors_notes if variant == "authors" else ())
     containers, output = mspec.losa if spec.side_network else ((), "")  # type: ignore[misc]
@@ -303,8 +288,8 @@ def get_preset(
         rules=rules,
         trainable=trainable,
         norm_eval=mspec.norm_eval,
-        model=model,
-        method=method,
+        model=mspec.id,
+        method=spec.id,
         scope=scope,
         notes=tuple(notes),
         losa_containers=containers,
@@ -376,7 +361,7 @@ def model_config(
     0 for classification (the authors' fine-tuning setting) and mmseg's 0.1 for Segformer.
 
     Args:
-        model: a model id of :data:`lbp_wht.experiments.vocab.MODELS`.
+        model: a model id of :data:`~lbp_wht.experiments.models.MODEL_SPECS`.
         num_classes: classes of the task head.
         training: the fine-tuning definition of the experiment configs: classification heads
             train with label smoothing 0.1; Segformer uses SyncBN (turned into BN when not

@@ -23,59 +23,37 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from dataclasses import dataclass
 from pathlib import Path
 
+from .models import MODEL_SPECS, Checkpoint
+
 __all__ = [
-    "Pretrained",
-    "PRETRAINED",
     "FetchError",
+    "checkpoint",
+    "verify_config",
     "hash_prefix",
     "timm_to_backbone_state",
     "fetch",
     "verify",
 ]
 
-from .models import MODEL_SPECS
+
+def checkpoint(model: str) -> Checkpoint:
+    """The pretrained checkpoint of ``model`` (``ModelSpec.checkpoint``); KeyError for a model
+    without one."""
+    spec = MODEL_SPECS.get(model)
+    if spec is None or spec.checkpoint is None:
+        raise KeyError(model)
+    return spec.checkpoint
 
 
-@dataclass(frozen=True)
-class Pretrained:
-    """One pretrained checkpoint.
-
-    Attributes:
-        model: the model id it initialises.
-        file: its file name under the checkpoint directory (the configs' ``load_from`` is
-            ``checkpoints/<file>``).
-        url: direct download (OpenMMLab zoo), or "" for a timm model.
-        timm: the timm model name to convert from, or "".
-        config: a config of this model (relative to the repository), to verify keys against.
-    """
-
-    model: str
-    file: str
-    url: str = ""
-    timm: str = ""
-    config: str = ""
-
-    @property
-    def source(self) -> str:
-        return self.url or f"timm {self.timm}"
-
-
-#: The config a model's checkpoint is verified against, per task: its first partial-training
-#: Full BP config (Table 2 for classification, Table 3 for segmentation).
-_VERIFY_CONFIG = {
-    "cls": "configs/table2/{m}/{m}_partial_full-bp_cifar10.py",
-    "seg": "configs/table3/{m}_partial_full-bp_cityscapes.py",
-}
-#: Model id -> its pretrained checkpoint (a view of ``ModelSpec.checkpoint``,
-#: lbp_wht/experiments/models.py).
-PRETRAINED: dict[str, Pretrained] = {
-    m.id: Pretrained(m.id, *m.checkpoint, config=_VERIFY_CONFIG[m.task].format(m=m.id))
-    for m in MODEL_SPECS.values()
-    if m.checkpoint is not None
-}
+def verify_config(model: str) -> str:
+    """The config (relative to the repository) a model's checkpoint is verified against: its
+    first partial-training Full BP config (Table 2 for classification, Table 3 for
+    segmentation)."""
+    if MODEL_SPECS[model].task == "seg":
+        return f"configs/table3/{model}_partial_full-bp_cityscapes.py"
+    return f"configs/table2/{model}/{model}_partial_full-bp_cifar10.py"
 
 
 class FetchError(RuntimeError):
@@ -100,7 +78,7 @@ def timm_to_backbone_state(state: dict) -> dict:
     }
 
 
-def _offline_advice(spec: Pretrained, dst: str) -> str:
+def _offline_advice(spec: Checkpoint, dst: str) -> str:
     where = spec.url or f"timm.create_model({spec.timm!r}, pretrained=True) (Hugging Face hub)"
     return (
         f"on a machine with network access, download {where} and copy it to {dst} "
@@ -113,13 +91,13 @@ def fetch(name: str, out_dir: str | os.PathLike, force: bool = False, log=print)
     path. An existing file is kept unless ``force``.
 
     Raises:
-        KeyError: ``name`` is not in :data:`PRETRAINED`.
+        KeyError: ``name`` has no checkpoint (:func:`checkpoint`).
         FetchError: the download or the timm hub failed (offline, HTTP error, hash
             mismatch); the message names the URL and where to put a file fetched elsewhere.
     """
     import urllib.error
 
-    spec = PRETRAINED[name]
+    spec = checkpoint(name)
     dst = osp.join(os.fspath(out_dir), spec.file)
     if osp.exists(dst) and not force:
         log(f"{name}: {dst} exists")
@@ -163,7 +141,7 @@ def verify(name: str, path: str | os.PathLike, repo_root: str | os.PathLike | No
     from .catalog import REPO_ROOT
 
     root = Path(repo_root) if repo_root is not None else REPO_ROOT
-    cfg = Config.fromfile(str(root / PRETRAINED[name].config))
+    cfg = Config.fromfile(str(root / verify_config(name)))
     inject_lbp(cfg)
     model = build_model(cfg)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)

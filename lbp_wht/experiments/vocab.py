@@ -2,18 +2,13 @@
 
 Standard library only (the sweep and the table builders import it without torch). One home for:
 
-* **methods** -- re-exported from :mod:`lbp_wht.experiments.methods`, one
-  :class:`MethodSpec` per method (:data:`METHOD_SPECS`, :func:`method_spec`); derived from
-  it: ids in table order (:data:`METHODS`), which ones have WHT bases / LoRA adapters, and
-  their row labels (:func:`method_label`: ``Full BP``, ``LoRA-all``,
-  ``LP_L1-4``, ``LP_Linf-3``, ``LHE``, ``LP_L1-4 + LoRA-all``, ``Head only``, ``LoSA``);
+* **methods** and **models** -- re-exported from :mod:`lbp_wht.experiments.methods` and
+  :mod:`lbp_wht.experiments.models` (one spec per method / model; the few views here are
+  for ``lbp_wht/reporting``); row labels (:func:`method_label`: ``Full BP``, ``LP_L1-4``,
+  ``LHE``, ``LP_L1-4 + LoRA-all``, ...);
 * **selections** of WHT bases (:data:`SELECTIONS`: LP_L1 = Eq. 8, LP_Linf = Eq. 9, LHE) and
   the number of bases R a selection keeps (:func:`num_bases`);
 * **scopes** (:data:`SCOPES`: ``partial`` = last stage + task head, ``full`` = whole model);
-* **models** -- re-exported from :mod:`lbp_wht.experiments.models`, one :class:`ModelSpec`
-  per model (:data:`MODEL_SPECS` = :data:`MODELS`, :func:`model_spec`): id, display name,
-  architecture family, task, paper or CPU mini model, the preset whose layer rules apply,
-  input size, and everything else a model is;
 * **datasets** (:data:`DATASETS`: the paper's short names as in ``results/paper/*.csv``
   columns, the names configs and run records use, aliases, :func:`norm_dataset`);
 * **tags**: a method row's normalised identity (:func:`method_key`), its tag in run ids
@@ -42,7 +37,7 @@ from .methods import (
     method_spec,
     method_with,
 )
-from .models import MODEL_SPECS, ModelSpec, model_spec, preset_models
+from .models import MODEL_SPECS, ModelSpec, model_spec
 
 __all__ = [
     # methods
@@ -50,21 +45,14 @@ __all__ = [
     "METHOD_SPECS",
     "method_spec",
     "method_with",
-    "METHODS",
     "METHOD_ORDER",
     "PAPER_METHODS",
-    "BASELINE_METHODS",
-    "LBP_METHODS",
-    "LORA_METHODS",
     "BASE_LABELS",
-    "METHOD_LABELS",
-    "EXTRA_METHODS",
     "LORA_TRAIN",
     "DEFAULT_LORA_RANK",
     "DEFAULT_LOSA_RANK",
     # selections
     "SELECTIONS",
-    "SELECT_ORDER",
     "SELECTION_LABELS",
     "DEFAULT_ORDER",
     "DEFAULT_SELECTION",
@@ -76,15 +64,10 @@ __all__ = [
     "ModelSpec",
     "MODEL_SPECS",
     "model_spec",
-    "ModelInfo",
-    "MODELS",
     "MODEL_NAMES",
-    "PRESET_MODELS",
     "PAPER_MODELS",
     "MODEL_ORDER",
-    "model_label",
     "short_model_name",
-    "check_model",
     # datasets
     "DatasetInfo",
     "DATASETS",
@@ -111,27 +94,11 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------------------ methods
-# One entry per method in :data:`METHOD_SPECS` (lbp_wht/experiments/methods.py); the tuples
-# below are derived from it, for readers that want the ids (functions look specs up).
-#: Every method id, in the order table rows use.
-METHODS: tuple[str, ...] = tuple(METHOD_SPECS)
-#: Row order of the tables (the same tuple; the name says what it is used for).
-METHOD_ORDER = METHODS
-#: The methods of the paper's tables.
+# Views of METHOD_SPECS that lbp_wht/reporting reads (elsewhere: read the specs).
+METHOD_ORDER: tuple[str, ...] = tuple(METHOD_SPECS)
 PAPER_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if m.paper)
-#: Methods beyond the paper's tables (baselines of our own).
-EXTRA_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if not m.paper)
-#: Methods without WHT bases: their method key has ``select = r = None``.
-BASELINE_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if not m.has_bases)
-#: Methods that project gradients onto WHT bases (they take ``select`` and ``r`` / ``rank``).
-LBP_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if m.has_bases)
-#: Methods with LoRA adapters (only the adapters and the task head train by default).
-LORA_METHODS: tuple[str, ...] = tuple(m.id for m in METHOD_SPECS.values() if m.has_lora)
 #: Row labels of the methods without WHT bases.
 BASE_LABELS: dict[str, str] = {m.id: m.label for m in METHOD_SPECS.values() if not m.has_bases}
-#: A label per method id (methods with bases without their selection; see
-#: :func:`method_label`).
-METHOD_LABELS: dict[str, str] = {m.id: m.name for m in METHOD_SPECS.values()}
 #: What trains beside the adapters in the LoRA variants: ``adapters`` (the task head only,
 #: LoRA's definition) or ``scope`` (every parameter of the trained scope except the LoRA
 #: layers' frozen base weights, the freeze of the authors' configs).
@@ -142,7 +109,6 @@ LORA_TRAIN: tuple[str, ...] = ("adapters", "scope")
 #: ``lp_linf`` those with max(i, j) < r (Eq. 9), ``lhe`` the R bases with the most g_y energy
 #: (measured over the first iterations of training).
 SELECTIONS: tuple[str, ...] = ("lp_l1", "lp_linf", "lhe")
-SELECT_ORDER = SELECTIONS
 SELECTION_LABELS: dict[str, str] = {"lp_l1": "LP_L1", "lp_linf": "LP_Linf", "lhe": "LHE"}
 _SELECTION_LATEX = {"lp_l1": "LP$_{L_1}$", "lp_linf": "LP$_{L_\\infty}$", "lhe": "LHE"}
 #: The harness's copies of the core defaults (this module imports no torch, so it cannot read
@@ -179,38 +145,17 @@ SCOPE_LABELS: dict[str, str] = {"partial": "partial training", "full": "full tra
 
 
 # ------------------------------------------------------------------------------------- models
-# One entry per model in :data:`MODEL_SPECS` (lbp_wht/experiments/models.py); the names below
-# are derived from it, for readers that want the ids (functions look specs up).
-#: What the experiments need to know about a model (the name older code reads).
-ModelInfo = ModelSpec
-#: Every model, in the order the paper's tables list them (the registry itself).
-MODELS: dict[str, ModelSpec] = MODEL_SPECS
-MODEL_ORDER: tuple[str, ...] = tuple(MODELS)
-#: Models that have a preset of their own (``lbp_wht.experiments.presets.get_preset``).
-PRESET_MODELS: tuple[str, ...] = preset_models()
-#: Models of the paper's tables (rows the paper lacks are "extra" rows for them).
-PAPER_MODELS: tuple[str, ...] = tuple(m.id for m in MODELS.values() if m.paper)
+# Views of MODEL_SPECS that lbp_wht/reporting reads (elsewhere: read the specs).
+MODEL_ORDER: tuple[str, ...] = tuple(MODEL_SPECS)
+PAPER_MODELS: tuple[str, ...] = tuple(m.id for m in MODEL_SPECS.values() if m.paper)
 #: Table labels: ``EfficientFormer-L1 (Hybrid)``, ``Segformer-mit-b0``.
-MODEL_NAMES: dict[str, str] = {m.id: m.label for m in MODELS.values()}
-
-
-def check_model(model: str) -> ModelSpec:
-    """The :class:`ModelSpec` of ``model``; a ValueError naming the known ids otherwise."""
-    return model_spec(model)
-
-
-def model_label(model: str, family: bool = True) -> str:
-    """Display name of ``model`` (with its family tag unless ``family=False``); unknown ids
-    are returned unchanged."""
-    info = MODELS.get(model)
-    if info is None:
-        return model
-    return info.label if family else info.name
+MODEL_NAMES: dict[str, str] = {m.id: m.label for m in MODEL_SPECS.values()}
 
 
 def short_model_name(model: str) -> str:
-    """:func:`model_label` without the family tag: ``EfficientFormer-L1``."""
-    return model_label(model, family=False)
+    """The display name without the family tag (``EfficientFormer-L1``); unknown ids as they are."""
+    spec = MODEL_SPECS.get(model)
+    return model if spec is None else spec.name
 
 
 # ----------------------------------------------------------------------------------- datasets
@@ -333,7 +278,7 @@ def method_sort_key(key: MethodKey) -> tuple:
     method, select, r = key
     order = list(METHOD_SPECS)
     m = order.index(method) if method in METHOD_SPECS else len(order)
-    s = SELECT_ORDER.index(select) if select in SELECT_ORDER else -1
+    s = SELECTIONS.index(select) if select in SELECTIONS else -1
     return (m, s, r if r is not None else -1, method)
 
 

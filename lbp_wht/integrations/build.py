@@ -41,8 +41,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from lbp_wht.config import LBPConfig, LoRAConfig
 from lbp_wht.conversion import SUCCESSOR_OPTIONS, keep_batchnorm_eval
 from lbp_wht.experiments import presets as _presets
-from lbp_wht.experiments.methods import method_spec
-from lbp_wht.experiments.models import preset_models
+from lbp_wht.experiments.methods import METHOD_SPECS, SCOPES, method_spec
+from lbp_wht.experiments.models import MODEL_SPECS, preset_models
+from lbp_wht.experiments.vocab import LORA_TRAIN, SELECTIONS
 from lbp_wht.losa import DEFAULT_RANK as LOSA_DEFAULT_RANK
 from lbp_wht.projection import PADDINGS
 
@@ -50,9 +51,6 @@ __all__ = [
     "LBP_DEFAULTS",
     "LBP_SCHEMA",
     "LBPKey",
-    "METHODS",
-    "SCOPES",
-    "SELECTS",
     "LBPBlock",
     "LBPConfigError",
     "LBPWHTModel",
@@ -64,70 +62,17 @@ __all__ = [
     "close_matches",
     "did_you_mean",
     "lbp_rank",
-    "lbp_config_from_block",
-    "lora_config_from_block",
     "inject_lbp",
     "attach_side_network",
-    "enable_norm_eval",
     "always_compute_input_grad",
     "lbp_layers",
     "uses_lbp",
 ]
 
-#: Allowed values of lbp.method / scope / lora_train / select: the core's, defined once there.
-METHODS, SCOPES, LORA_TRAIN, SELECTS = (
-    _presets.METHODS,
-    _presets.SCOPES,
-    _presets.LORA_TRAIN,
-    _presets.SELECTIONS,
-)
-
 
 def _core_default(cls: type, name: str) -> Any:
     """The default of field ``name`` of the core config dataclass ``cls`` (written there once)."""
     return next(f.default for f in fields(cls) if f.name == name)
-
-
-#: Every key the ``lbp`` block may hold, with its default. Unknown keys are an error (a typo
-#: such as ``lbp.rr=6`` must not silently run the default sweep point). The defaults of the
-#: LBP-WHT and LoRA keys are the core's (:class:`~lbp_wht.config.LBPConfig`,
-#: :class:`~lbp_wht.config.LoRAConfig`), read from there.
-LBP_DEFAULTS: dict[str, Any] = dict(
-    method=None,  # required: one of METHODS
-    model=None,  # required: model name (preset name unless lbp.preset is set), e.g. 'efficientformer-l1'
-    preset=None,  # preset name for get_preset when it differs from model (e.g. CPU stand-ins)
-    scope="partial",  # 'partial' = last stage + head (Sec. 4.1), 'full' = whole model
-    # base selection (Sec. 3.2): lp_l1 (Eq. 8), lp_linf (Eq. 9), lhe -> LBPConfig.selection
-    select=_core_default(LBPConfig, "selection"),
-    r=LBPConfig.DEFAULT_RADIUS,  # LP radius (lp_l1 r=2,4,6,8 -> R=3,10,21,36) -> .radius
-    rank=None,  # number of bases for select='lhe' (Table 4: 10) -> LBPConfig.num_bases
-    order=_core_default(LBPConfig, "order"),  # WHT order (8x8 patches)
-    padding=_core_default(LBPConfig, "padding"),  # how a 7x7 map is padded to 8x8
-    lora_rank=_core_default(LoRAConfig, "rank"),  # -> LoRAConfig.rank
-    lora_alpha=_core_default(LoRAConfig, "alpha"),  # -> LoRAConfig.alpha
-    losa_rank=LOSA_DEFAULT_RANK,  # method='losa': rank of the side network's low-rank mixers
-    # a successor method's own options: keys of its core rule (dict(keep_fraction=0.3) for
-    # wta_crs, dict(subtoken_size=16) for velora); {}: the core config's defaults
-    options={},
-    # LoRA variants: 'adapters' (+ task head; LoRA's definition) or 'scope' (the authors'
-    # freeze: every non-LoRA parameter of the trained scope trains too)
-    lora_train="adapters",
-    norm_eval=None,  # None: the preset's choice (BatchNorm on running statistics)
-    # 'corrected' (every preset layer converted and run converted) or 'authors' (what the
-    # authors' code executed: SwinV2 qkv plain, Segformer's fitted layer set, g_x always)
-    variant="corrected",
-    lhe_iters=100,  # LHE: profile g_y energy for this many iterations, then fix the bases
-    spectrum_layer=None,  # record g_y WHT spectrum of this module (Figure 5)
-    spectrum_iters=None,  # ... for this many iterations (None: the whole run)
-    allow_random_init=False,  # permit load_from=None (mini / from-scratch configs only)
-    # a config that builds a declared variant of lbp.model (e.g. the demo's lighter mini
-    # model) says how it differs; the model-name check then compares backbone types only
-    model_variant=None,
-    strict_load=True,  # load_from: missing non-adapter keys are an error
-    # load_from: keys that may be missing / unexpected / of another shape (left at init)
-    reinit_keys=("head.*", "decode_head.conv_seg.*", "auxiliary_head.*"),
-    drop_keys=(),  # load_from: checkpoint keys never loaded (e.g. ['head.*'] for a fresh head)
-)
 
 
 class LBPConfigError(ValueError):
@@ -136,49 +81,83 @@ class LBPConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LBPKey:
-    """Type schema of one ``lbp`` key.
+    """One key of the ``lbp`` block: its type, meaning, default and allowed values.
 
     Attributes:
-        kind: ``"str"``, ``"int"``, ``"number"`` (int or float), ``"bool"`` or ``"patterns"``
-            (a list / tuple of glob strings). ``bool`` is never accepted as an int or a number,
-            and no string is converted: ``"False"`` is not False, ``"8"`` is not 8.
+        kind: ``"str"``, ``"int"``, ``"number"`` (int or float), ``"bool"``, ``"patterns"``
+            (a list / tuple of glob strings) or ``"options"`` (a dict). ``bool`` is never
+            accepted as an int or a number, and no string is converted: ``"False"`` is not
+            False, ``"8"`` is not 8.
         help: what the key means (shown in errors).
+        default: its value when the block does not set it (``method`` / ``model``: required).
         choices: allowed values (None: any value of the kind).
         nullable: None is allowed.
-        minimum: smallest allowed value for ``int`` / ``number``.
-        positive: the value must be above ``minimum`` (not equal to it).
+        minimum: smallest allowed value for ``int`` / ``number``; ``positive``: above it.
     """
 
     kind: str
     help: str
+    default: Any = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     minimum: float | None = None
     positive: bool = False
 
 
-#: key -> type, allowed values, help. Every key of :data:`LBP_DEFAULTS` has an entry.
+#: Every key the ``lbp`` block may hold. Unknown keys are an error (a typo such as
+#: ``lbp.rr=6`` must not silently run the default sweep point). The defaults of the LBP-WHT
+#: and LoRA keys are the core's (:class:`~lbp_wht.config.LBPConfig` ``selection`` /
+#: ``radius`` / ``order`` / ``padding``, :class:`~lbp_wht.config.LoRAConfig` ``rank`` /
+#: ``alpha``), read from there.
 LBP_SCHEMA: dict[str, LBPKey] = dict(
-    method=LBPKey("str", "training method", choices=METHODS),
+    method=LBPKey("str", "training method", choices=tuple(METHOD_SPECS)),
     model=LBPKey("str", "model name, a preset name unless lbp.preset is set"),
+    # e.g. the CPU stand-in mini-segformer uses segformer-mit-b0's presets
     preset=LBPKey("str", "preset name when it differs from lbp.model", nullable=True),
-    scope=LBPKey("str", "trained part: 'partial' (last stage + head) or 'full'", choices=SCOPES),
-    select=LBPKey("str", "WHT base selection, Sec. 3.2", choices=SELECTS),
-    r=LBPKey("int", "LP radius; lp_l1 r=2,4,6,8 keeps R=3,10,21,36 bases", minimum=1),
-    rank=LBPKey("int", "number of bases for select='lhe'", nullable=True, minimum=1),
-    order=LBPKey("int", "WHT order, the patch side, a power of two", minimum=1),
-    padding=LBPKey("str", "how maps are padded to whole patches", choices=PADDINGS),
-    lora_rank=LBPKey("int", "LoRA rank", minimum=1),
-    lora_alpha=LBPKey(
-        "number", "LoRA alpha; the adapter scaling is alpha / rank", minimum=0, positive=True
+    scope=LBPKey("str", "trained part: 'partial' (last stage + head) or 'full'", "partial", SCOPES),
+    # lp_l1 (Eq. 8), lp_linf (Eq. 9), lhe
+    select=LBPKey(
+        "str", "WHT base selection, Sec. 3.2", _core_default(LBPConfig, "selection"), SELECTIONS
     ),
-    lora_train=LBPKey("str", "what trains beside the LoRA adapters", choices=LORA_TRAIN),
-    losa_rank=LBPKey("int", "LoSA: rank of the side network's low-rank mixers", minimum=1),
+    r=LBPKey(
+        "int",
+        "LP radius; lp_l1 r=2,4,6,8 keeps R=3,10,21,36 bases",
+        LBPConfig.DEFAULT_RADIUS,
+        minimum=1,
+    ),  # fmt: skip
+    rank=LBPKey("int", "number of bases for select='lhe'", nullable=True, minimum=1),
+    order=LBPKey(
+        "int",
+        "WHT order, the patch side, a power of two",
+        _core_default(LBPConfig, "order"),
+        minimum=1,
+    ),  # fmt: skip
+    padding=LBPKey(
+        "str",
+        "how maps are padded to whole patches",
+        _core_default(LBPConfig, "padding"),
+        PADDINGS,
+    ),  # fmt: skip
+    lora_rank=LBPKey("int", "LoRA rank", _core_default(LoRAConfig, "rank"), minimum=1),
+    lora_alpha=LBPKey(
+        "number",
+        "LoRA alpha; the adapter scaling is alpha / rank",
+        _core_default(LoRAConfig, "alpha"),
+        minimum=0,
+        positive=True,
+    ),  # fmt: skip
+    losa_rank=LBPKey(
+        "int", "LoSA: rank of the side network's low-rank mixers", LOSA_DEFAULT_RANK, minimum=1
+    ),
+    # {}: the core config's defaults
     options=LBPKey(
         "options",
         "a successor method's options, keys of its lbp_wht.convert rule "
         "(wta_crs: keep, keep_fraction, winner_fraction; velora: subtoken_size)",
+        {},
     ),
+    # 'adapters': + the task head (LoRA's definition); 'scope': the authors' freeze
+    lora_train=LBPKey("str", "what trains beside the LoRA adapters", "adapters", LORA_TRAIN),
     norm_eval=LBPKey(
         "bool", "BatchNorm on running statistics; None: as the preset says", nullable=True
     ),
@@ -188,22 +167,35 @@ LBP_SCHEMA: dict[str, LBPKey] = dict(
         "'authors' (what the authors' code executed, to compare costs with the paper: "
         "SwinV2 qkv left plain, Segformer MixFFN 1x1 + fusion conv only, LBP-WHT layers "
         "always compute g_x)",
-        choices=_presets.VARIANTS,
+        "corrected",
+        _presets.VARIANTS,
     ),
-    lhe_iters=LBPKey("int", "LHE: iterations of spectrum profiling", minimum=1),
+    # LHE profiles g_y energy for this many iterations, then fixes the bases
+    lhe_iters=LBPKey("int", "LHE: iterations of spectrum profiling", 100, minimum=1),
+    # Figure 5; spectrum_iters None: the whole run
     spectrum_layer=LBPKey("str", "module whose g_y spectrum is recorded", nullable=True),
     spectrum_iters=LBPKey("int", "iterations of spectrum recording", nullable=True, minimum=1),
-    allow_random_init=LBPKey("bool", "permit load_from=None, a randomly initialised model"),
+    # mini / from-scratch configs only
+    allow_random_init=LBPKey("bool", "permit load_from=None, a randomly initialised model", False),
+    # e.g. the demo's lighter mini model; the model-name check then compares backbone types only
     model_variant=LBPKey(
         "str",
         "how the model this config builds differs from lbp.model's definition (a declared "
         "variant, e.g. a lighter size); None: it is lbp.model exactly",
         nullable=True,
     ),
-    strict_load=LBPKey("bool", "load_from: missing non-adapter keys are an error"),
-    reinit_keys=LBPKey("patterns", "load_from: head keys left at initialisation"),
-    drop_keys=LBPKey("patterns", "load_from: checkpoint keys never loaded"),
+    strict_load=LBPKey("bool", "load_from: missing non-adapter keys are an error", True),
+    # keys that may be missing / unexpected / of another shape (left at initialisation)
+    reinit_keys=LBPKey(
+        "patterns",
+        "load_from: head keys left at initialisation",
+        ("head.*", "decode_head.conv_seg.*", "auxiliary_head.*"),
+    ),  # fmt: skip
+    # e.g. ['head.*'] for a fresh head
+    drop_keys=LBPKey("patterns", "load_from: checkpoint keys never loaded", ()),
 )
+#: Every key of the block with its default.
+LBP_DEFAULTS: dict[str, Any] = {k: key.default for k, key in LBP_SCHEMA.items()}
 
 
 def _edits(a: str, b: str) -> int:
@@ -418,9 +410,27 @@ def _successor_config(out: Mapping[str, Any], spec: Any) -> Any:
         raise LBPConfigError(f"lbp.options (lbp.method={spec.id!r}): {err}") from err
 
 
+#: Blocks parsed so far, by content (:func:`_content_key`): the launcher, the builder, the
+#: runner, the hooks and the run record all ask for the same block; it is parsed once.
+_PARSED: dict[Any, LBPBlock] = {}
+
+
+def _content_key(value: Any) -> Any:
+    """A hashable key equal for equal contents of the same types (1, 1.0 and True differ, as
+    the schema's checks do; a list is not a tuple); TypeError for unhashable leaves."""
+    if isinstance(value, Mapping):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return (Mapping, tuple((repr(k), type(k), _content_key(v)) for k, v in items))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_content_key(v) for v in value))
+    hash(value)
+    return (type(value), value)
+
+
 def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
     """Check the ``lbp`` block against :data:`LBP_SCHEMA`, complete it with the defaults and
-    build its typed configs: the one parse of a block (see :class:`LBPBlock`).
+    build its typed configs, once per content: a block equal to one parsed before (or to its
+    completed ``settings``) returns that same frozen :class:`LBPBlock`.
 
     Every key is checked by type (no string is converted), allowed values and range, then
     the combinations (LHE needs ``rank``; ``r`` fits ``order``: checked by constructing the
@@ -431,6 +441,20 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
         LBPConfigError: naming the key: unknown keys (with a close match and the valid keys),
             wrong types, unknown values, missing fields.
     """
+    try:
+        key = _content_key(lbp)
+    except TypeError:  # an unhashable value: parsed (and refused by the schema) every time
+        return _parse(lbp)
+    block = _PARSED.get(key)
+    if block is None:
+        block = _parse(lbp)
+        if len(_PARSED) > 256:
+            _PARSED.clear()
+        _PARSED[key] = _PARSED[_content_key(block.settings)] = block
+    return block
+
+
+def _parse(lbp: Mapping[str, Any] | None) -> LBPBlock:
     if lbp is None:
         raise LBPConfigError(
             "the config has no `lbp = dict(method=..., model=..., scope=...)` block; "
@@ -450,8 +474,7 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
         if out[key] is None:
             raise LBPConfigError(f"lbp.{key} is required ({LBP_SCHEMA[key].help})")
     for key, value in out.items():
-        if key in LBP_SCHEMA:  # a key without an entry fails tests/test_pipeline.py, not runs
-            _check_lbp_value(key, value, LBP_SCHEMA[key])
+        _check_lbp_value(key, value, LBP_SCHEMA[key])
     spec = method_spec(out["method"])
     if out["scope"] not in spec.scopes:
         raise LBPConfigError(
@@ -481,24 +504,24 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
 
 
 def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``lbp`` block checked and completed with the defaults, as a plain dict: the
-    ``settings`` of :func:`parse_lbp_block` (same checks, same errors)."""
-    return dict(parse_lbp_block(lbp).settings)
+    """The ``lbp`` block checked and completed with the defaults, as a plain dict: a copy of
+    the ``settings`` of :func:`parse_lbp_block` (same checks, same errors)."""
+    return copy.deepcopy(dict(parse_lbp_block(lbp).settings))
 
 
 def preset_for_block(block: LBPBlock) -> Any:
     """The :class:`~lbp_wht.experiments.presets.Preset` of a parsed block: its rules carry
-    ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options)."""
-    name, method, scope = block.preset_name, block.method, block.scope
-    return _presets.get_preset(
-        name,
-        method,
-        scope,
-        lbp=block.lbp,
-        lora=block.lora,
-        options=block.options,
-        lora_train=block.lora_train,
-        variant=block.variant,
+    ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options). The parse
+    checked the method's arguments; ``preset_of`` checks only the model."""
+    return _presets.preset_of(
+        block.preset_name,
+        method_spec(block.method),
+        block.scope,
+        block.lbp,
+        block.lora,
+        block.options,
+        block.lora_train,
+        block.variant,
     )
 
 
@@ -524,23 +547,6 @@ def uses_lbp(method: str) -> bool:
     return method_spec(method).has_bases
 
 
-def uses_lora(method: str) -> bool:
-    """Whether ``method`` puts LoRA adapters into the model (``lora_rank`` applies)."""
-    return method_spec(method).has_lora
-
-
-def lbp_config_from_block(lbp: Mapping[str, Any]) -> LBPConfig | None:
-    """The typed :class:`~lbp_wht.config.LBPConfig` of an ``lbp`` block (None for methods
-    without LBP-WHT): ``parse_lbp_block(lbp).lbp``."""
-    return parse_lbp_block(lbp).lbp
-
-
-def lora_config_from_block(lbp: Mapping[str, Any]) -> LoRAConfig | None:
-    """The per-projection :class:`~lbp_wht.config.LoRAConfig` of an ``lbp`` block (fused qkv
-    layers get rank and alpha times 3 in the presets): ``parse_lbp_block(lbp).lora``."""
-    return parse_lbp_block(lbp).lora
-
-
 def lbp_rank(lbp: Mapping[str, Any]) -> int | None:
     """R, the number of WHT bases of the method (None for full BP and plain LoRA)."""
     return parse_lbp_block(lbp).num_bases
@@ -555,19 +561,6 @@ def lbp_layers(model: nn.Module) -> dict[str, nn.Module]:
         for n, m in model.named_modules()
         if hasattr(m, "set_bases") and hasattr(m, "record_spectrum")
     }
-
-
-def enable_norm_eval(model: nn.Module) -> None:
-    """Keep every BatchNorm of ``model`` on running statistics, whatever ``train()`` says.
-
-    ``norm_eval=True`` of the authors' configs: BatchNorm in train mode does not commute with
-    the low-rank projection of the gradient. This is :func:`lbp_wht.keep_batchnorm_eval`: a
-    forward pre-hook on the *top-level* model that sets ``training=False`` on all
-    ``_BatchNorm`` modules before every forward, so it survives ``model.train()`` calls of any
-    training loop and mmengine's ``revert_sync_batchnorm`` (which replaces SyncBN children but
-    not the root), and needs no subclassing of the model.
-    """
-    keep_batchnorm_eval(model)
 
 
 def _input_requires_grad(module: nn.Module, args: tuple) -> tuple | None:
@@ -605,7 +598,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     3. ``lbp.method='losa'``: attach the LoSA side network (:func:`attach_side_network`);
        ``freeze(model, preset.trainable)`` (partial: last stage + head; LoRA: adapters; LoSA:
        the side network ``losa.*`` + head);
-    4. BatchNorm on running statistics (:func:`enable_norm_eval`) when the preset says so;
+    4. BatchNorm on running statistics (:func:`lbp_wht.keep_batchnorm_eval`) when the preset says so;
     5. ``lbp.variant='authors'`` with LBP-WHT: :func:`always_compute_input_grad` on the LBP-WHT
        layers.
 
@@ -618,7 +611,7 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     from lbp_wht import convert, freeze
 
     block = parse_lbp_block(lbp)
-    cfg = dict(block.settings)
+    cfg = copy.deepcopy(dict(block.settings))  # the parse is shared (memoised): a copy
     model = copy.deepcopy(model)
     if data_preprocessor is not None:
         model.setdefault("data_preprocessor", data_preprocessor)
@@ -641,8 +634,8 @@ def LBPWHTModel(  # noqa: N802 - registry type name
     if preset.always_grad_x:
         always_compute_input_grad(lbp_layers(net).values())
     norm_eval = preset.norm_eval if cfg["norm_eval"] is None else bool(cfg["norm_eval"])
-    if norm_eval:
-        enable_norm_eval(net)
+    if norm_eval:  # survives model.train() and revert_sync_batchnorm (a hook on the root)
+        keep_batchnorm_eval(net)
     has_bn = any(isinstance(m, _BatchNorm) for m in net.modules())
     trains_lbp = any(p.requires_grad for m in lbp_layers(net).values() for p in m.parameters())
     if trains_lbp and has_bn and not norm_eval:
@@ -685,7 +678,7 @@ def attach_side_network(
 
     The taps are the blocks of ``preset.losa_containers`` (:func:`lbp_wht.losa.find_blocks`),
     the corrected feature ``preset.losa_output``; the feature shapes come from one no-grad
-    forward of a zero image at the model's input size (:data:`lbp_wht.experiments.vocab.MODELS`
+    forward of a zero image at the model's input size (:data:`~lbp_wht.experiments.models.MODEL_SPECS`
     ``img_size``; channels from ``backbone.in_channels``, else 3). Returns the side network.
     """
     from lbp_wht.losa import attach_losa, find_blocks
@@ -700,18 +693,16 @@ def attach_side_network(
 
 def example_image(cfg: dict, model_cfg: dict, what: str = "lbp") -> Any:
     """A zero ``(1, C, S, S)`` image at the model's input size: side ``S`` from
-    :data:`lbp_wht.experiments.vocab.MODELS` ``img_size``, channels from the config's
+    :data:`~lbp_wht.experiments.models.MODEL_SPECS` ``img_size``, channels from the config's
     ``backbone.in_channels`` (else 3). :func:`lbp_wht.convert` traces every layer's map on it;
     LoSA sizes its side network from it."""
     import torch
 
-    from lbp_wht.experiments.vocab import MODELS as MODEL_INFO
-
-    info = MODEL_INFO.get(cfg["model"]) or MODEL_INFO.get(cfg["preset"] or "")
+    info = MODEL_SPECS.get(cfg["model"]) or MODEL_SPECS.get(cfg["preset"] or "")
     if info is None:
         raise LBPConfigError(
             f"{what}: no input size known for lbp.model={cfg['model']!r}; use a model of "
-            "lbp_wht.experiments.vocab.MODELS"
+            "lbp_wht.experiments.models.MODEL_SPECS"
         )
     channels = int((model_cfg.get("backbone") or {}).get("in_channels", 3))
     return torch.zeros(1, channels, info.img_size, info.img_size)

@@ -31,13 +31,10 @@ from typing import Any
 from lbp_wht.experiments.methods import method_spec
 from lbp_wht.experiments.models import MODEL_SPECS, model_spec, preset_models
 
-#: Input resolution per preset model when a config does not say (paper Sec. 4.1): each
-#: model's ``ModelSpec.img_size`` (a view of the specs; lbp_wht/experiments/models.py).
-DEFAULT_SIZE = {m.id: m.img_size for m in MODEL_SPECS.values() if m.has_preset}
-
 
 def _default_size(model: Any) -> int | None:
-    """The input side of a preset model (``ModelSpec.img_size``), None for any other name."""
+    """The input side of a preset model when a config does not say (paper Sec. 4.1:
+    ``ModelSpec.img_size``), None for any other name."""
     spec = MODEL_SPECS.get(model) if isinstance(model, str) else None
     return spec.img_size if spec is not None and spec.has_preset else None
 
@@ -241,17 +238,13 @@ def analyze(
     x = torch.randn(batch, channels, h, w, device=device)
     grad_handles = []
     if input_grad:
+        from .build import always_compute_input_grad
+
         variant["input_grad"] = True
-
-        def needs_grad_input(mod, args):
-            if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-                if torch.is_grad_enabled() and not args[0].requires_grad:
-                    return (args[0].detach().requires_grad_(True), *args[1:])
-            return None
-
-        for mod in model.modules():
-            if any(p.requires_grad for p in mod.parameters(recurse=False)):
-                grad_handles.append(mod.register_forward_pre_hook(needs_grad_input))
+        owners = [
+            m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+        grad_handles = always_compute_input_grad(owners)
 
     def forward(m, inp):
         return m(inp, mode="tensor")

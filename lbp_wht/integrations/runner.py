@@ -198,12 +198,12 @@ def _reference_backbone(model: str, in_channels: int | None) -> dict[str, tuple]
 
 
 def _check_model_name(cfg: Any) -> None:
-    """Refuse an ``lbp.model`` (of :data:`lbp_wht.experiments.vocab.MODELS`) whose backbone is
+    """Refuse an ``lbp.model`` (a ``MODEL_SPECS`` id) whose backbone is
     not the one the config builds: its record would be filed under the wrong model. Checked
     before the runner builds the model, whose conversion runs at ``lbp.model``'s input size."""
     from mmengine.registry import DefaultScope
 
-    from lbp_wht.experiments.vocab import MODELS as KNOWN
+    from lbp_wht.experiments.models import MODEL_SPECS as KNOWN
 
     lbp = validate_lbp_cfg(cfg.get("lbp"))
     name = lbp["model"]
