@@ -215,7 +215,7 @@ class LBPWHTHook(Hook):
         bases = {
             n: [list(b) for b in m.bases]
             for n, m in lbp_layers(runner.model).items()
-            if m.bases is not None and m.select == "lhe"
+            if m.bases is not None and m.lbp_config.selection == "lhe"
         }
         if bases:
             checkpoint["lbp_bases"] = bases
