@@ -317,13 +317,13 @@ class _LBPFunction(torch.autograd.Function):
         x_hat = x_extra = None
         # Prefix tokens on the dense path ride in the GEMMs: the dense matrices get an
         # identity block for them, so no slicing, no separate prefix products, and g_x is
-        # written by one GEMM (see WHTProjector._prefixed).
+        # written by one GEMM (WHTProjector._prefixed).
         prefixed = bool(extra) and projector.impl == "dense"
         if need_w or need_lora:
             # Only the projected input is kept for backward, as contiguous rows (B * P * R, Cx)
             # instead of x (B, L, Cx): the saved activation shrinks by L / (P * R).
             if prefixed:
-                x_hat = projector._project_prefixed(x, extra, False, False).reshape(-1, cx)
+                x_hat = projector._project_dense(x, False, False, extra).reshape(-1, cx)
             else:
                 src, src_layout = _as_map(x[:, extra:] if extra else x, layout)
                 x_hat = projector.project(src, src_layout).reshape(-1, cx)
@@ -381,7 +381,7 @@ class _LBPFunction(torch.autograd.Function):
             g_hat2, g_sum = _fused_project(proj, g_src, g_layout, need_b)
         else:
             if prefixed:  # (B, E + P*R, Cy): prefix rows are g_y's own
-                g_hat = proj._project_prefixed(g_y, extra, True, need_b)
+                g_hat = proj._project_dense(g_y, True, need_b, extra)
             else:
                 g_hat = proj.project(g_src, g_layout, grad=True, bias_sum=need_b)
             g_hat, g_sum = g_hat if need_b else (g_hat, None)

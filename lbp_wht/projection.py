@@ -77,11 +77,10 @@ BYTE_COST = 20.0
 UNBLOCKED_MACS = 20
 
 
-def _pad_amounts(size: int, order: int) -> tuple[int, int, int]:
-    """Padded size and (before, after) padding, centred with the extra one before (top/left)."""
+def _pad_amounts(size: int, order: int) -> tuple[int, int]:
+    """Padded size and the padding before (top/left): centred, the odd one before."""
     padded = math.ceil(size / order) * order
-    total = padded - size
-    return padded, (total + 1) // 2, total // 2
+    return padded, (padded - size + 1) // 2
 
 
 def _axis_source(size: int, order: int, padding: str) -> torch.Tensor:
@@ -90,7 +89,7 @@ def _axis_source(size: int, order: int, padding: str) -> torch.Tensor:
     Reflect padding mirrors about the edge without repeating it (``numpy``'s ``reflect``),
     repeated as often as needed, so even maps smaller than half a patch are well defined.
     """
-    padded, before, _ = _pad_amounts(size, order)
+    padded, before = _pad_amounts(size, order)
     src = []
     for p in range(padded):
         i = p - before
@@ -128,7 +127,7 @@ class _Axis:
     @staticmethod
     def build(size: int, order: int, padding: str, r: int) -> _Axis:
         src = _axis_source(size, order, padding)
-        _, before, _ = _pad_amounts(size, order)
+        _, before = _pad_amounts(size, order)
         patches = len(src) // order
         walsh = walsh_matrix(order, torch.float64)[:r]  # (r, n)
         proj = torch.zeros(patches * r, size, dtype=torch.float64)
@@ -147,6 +146,19 @@ class _Axis:
             for s in range(lo, hi):
                 rev[s, p * r : (p + 1) * r] = walsh[:, s + before - p * order]
         return _Axis(size, patches, proj, rev, tuple(window), tuple(own))
+
+    def block(self, p: int, ones: bool) -> torch.Tensor:
+        """Patch ``p``'s rows of ``proj`` over its window, ``(r [+ 1], window)``; ``ones``
+        appends a row of ones on the patch's own positions (over all patches: the plain sum)."""
+        lo, hi = self.window[p]
+        r = self.proj.shape[0] // self.patches
+        blk = self.proj[p * r : (p + 1) * r, lo:hi]
+        if not ones:
+            return blk.contiguous()
+        row = torch.zeros(1, hi - lo, dtype=torch.float64)
+        o0, o1 = self.own[p]
+        row[0, o0 - lo : o1 - lo] = 1.0
+        return torch.cat([blk, row], 0)
 
 
 def _next_pow2(r: int) -> int:
@@ -187,7 +199,7 @@ class _PoolAxis:
     def build(size: int, order: int, padding: str, q: int) -> _PoolAxis:
         m = order // q
         src = _axis_source(size, order, padding)
-        padded, before, _ = _pad_amounts(size, order)
+        padded, before = _pad_amounts(size, order)
         nb = padded // m
         fold = torch.zeros(nb, size, dtype=torch.float64)
         zero = torch.zeros(nb, size, dtype=torch.float64)
@@ -332,8 +344,8 @@ class WHTProjector:
         self.h, self.w, self.order, self.padding = h, w, order, padding
         self.bases = [tuple(b) for b in bases]
         self.rank = len(self.bases)
-        self.hp, self.top, _ = _pad_amounts(h, order)
-        self.wp, self.left, _ = _pad_amounts(w, order)
+        self.hp, self.top = _pad_amounts(h, order)
+        self.wp, self.left = _pad_amounts(w, order)
         self.num_patches = (self.hp // order) * (self.wp // order)
         # Walsh functions needed per axis (LP_L1-r: r each; any selection: max index + 1).
         self._ri = 1 + max(i for i, _ in self.bases)
@@ -665,20 +677,12 @@ class WHTProjector:
         ri, rj, r, n2 = self._ri, self._rj, self.rank, float(self.order**2)
         pw, w = ax_w.patches, self.w
         m: dict[str, object] = {}
-        # Token rows (B, H, W, C). Step 1 per patch row a: (r_i [+ ones], window) blocks.
-        blocks, blocks_b = [], []
-        for a, (lo, hi) in enumerate(ax_h.window):
-            blk = ax_h.proj[a * ri : (a + 1) * ri, lo:hi]
-            ones = torch.zeros(1, hi - lo, dtype=torch.float64)
-            o0, o1 = ax_h.own[a]
-            ones[0, o0 - lo : o1 - lo] = 1.0  # own rows only: together exactly the plain sum
-            blocks.append(blk.contiguous())
-            blocks_b.append(torch.cat([blk, ones], 0))
-        m["t1"], m["t1b"] = blocks, blocks_b
+        # Token rows (B, H, W, C). Step 1 per patch row a: (r_i [+ ones], window) blocks ...
+        m["t1"] = [ax_h.block(a, False) for a in range(ax_h.patches)]
+        m["t1b"] = [ax_h.block(a, True) for a in range(ax_h.patches)]
         # ... or all patch rows in one matrix, rows (a, i [, ones]) (UNBLOCKED_MACS).
-        for name, blks in (("t1u", blocks), ("t1ub", blocks_b)):
-            nb = blks[0].shape[0]
-            full = torch.zeros(len(blks), nb, self.h, dtype=torch.float64)
+        for name, blks in (("t1u", m["t1"]), ("t1ub", m["t1b"])):
+            full = torch.zeros(len(blks), blks[0].shape[0], self.h, dtype=torch.float64)
             for a, (lo, hi) in enumerate(ax_h.window):
                 full[a, :, lo:hi] = blks[a]
             m[name] = full.reshape(-1, self.h)
@@ -697,14 +701,7 @@ class WHTProjector:
         # [+ ones]); the output T (B*C*H, Pw * (r_j [+ 1])).
         for bias in (False, True):
             nb = rj + int(bias)
-            c1 = []
-            for b, (lo, hi) in enumerate(ax_w.window):
-                blk = torch.zeros(hi - lo, nb, dtype=torch.float64)
-                blk[:, :rj] = ax_w.proj[b * rj : (b + 1) * rj, lo:hi].T
-                if bias:
-                    o0, o1 = ax_w.own[b]
-                    blk[o0 - lo : o1 - lo, rj] = 1.0
-                c1.append(blk)
+            c1 = [ax_w.block(b, bias).T.contiguous() for b in range(pw)]
             # Step 2 per patch row a: out[:, a] (B, Pw*R, C) = M_a (Pw*R, window * Pw*nb) @ T^T
             c2 = []
             for a, (lo, hi) in enumerate(ax_h.window):
@@ -768,20 +765,15 @@ class WHTProjector:
 
     # ---- layout helpers ----------------------------------------------------------------
     def _check(self, x: torch.Tensor, layout: str) -> None:
-        if layout == "tokens":
-            if x.dim() != 3 or x.shape[1] != self.h * self.w:
-                raise ValueError(
-                    f"expected tokens (B, {self.h * self.w}, C) for a {self.h}x{self.w} map, "
-                    f"got {tuple(x.shape)}"
-                )
-        elif layout == "nchw":
-            if x.dim() != 4 or tuple(x.shape[2:]) != (self.h, self.w):
-                raise ValueError(
-                    f"expected (B, C, {self.h}, {self.w}) for a {self.h}x{self.w} map, "
-                    f"got {tuple(x.shape)}"
-                )
-        else:
+        if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        if layout == "tokens" and (x.dim() != 3 or x.shape[1] != self.h * self.w):
+            want = f"tokens (B, {self.h * self.w}, C)"
+        elif layout == "nchw" and (x.dim() != 4 or tuple(x.shape[2:]) != (self.h, self.w)):
+            want = f"(B, C, {self.h}, {self.w})"
+        else:
+            return
+        raise ValueError(f"expected {want} for a {self.h}x{self.w} map, got {tuple(x.shape)}")
 
     def _padded_bhwc(self, x: torch.Tensor, layout: str) -> torch.Tensor:
         """``(B, Hp, Wp, C)`` view/copy of the padded map (used by :meth:`spectrum`)."""
@@ -872,9 +864,11 @@ class WHTProjector:
             view = t.contiguous().view(t.shape[0], self.h, -1)
         return self._project_rows(view, grad, bias_sum)
 
-    def _project_dense(self, t, grad, bias_sum):
-        mat = self._const(_proj_name(grad, bias_sum), t.dtype, t.device)  # (P*R (+1), L)
-        return _split_bias(self._left_mm(mat, t), bias_sum)  # (B, P*R (+1), C)
+    def _project_dense(self, t, grad, bias_sum, extra=0):
+        """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (``E`` prefix rows unchanged,
+        the map projected; ``grad`` scales only the map rows), the bias sum over all tokens."""
+        mat = self._prefixed(_proj_name(grad, bias_sum), extra, t.dtype, t.device)
+        return _split_bias(self._left_mm(mat, t), bias_sum)  # (B, E + P*R (+1), C)
 
     def _project_rows(self, x3, grad, bias_sum):
         """Separable projection of token rows ``x3`` ``(B, H, W*C)``.
@@ -890,24 +884,18 @@ class WHTProjector:
         s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
         if self._unblocked:  # one GEMM for all patch rows; everything stays in (b, a) order
             a1 = self._const("t1ub" if bias_sum else "t1u", dt, dev)  # (Ph * nb, H)
-            nb = a1.shape[0] // ph
-            mid = self._left_mm(a1, x3).view(b, ph, nb, self.w * c)
-            out = torch.matmul(s, mid[:, :, :ri].reshape(b * ph, ri * self.w, c))
-            out = out.view(b, self.low_rank_tokens, c)
-            if not bias_sum:
-                return out
-            return out, _column_sum(mid[:, :, ri].reshape(b * ph, self.w * c), c)
-        blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
-        nb = blocks[0].shape[0]
-        mid = x3.new_empty(ph, b, nb, self.w * c)
-        ax_h, _ = self._axis_pair()
-        for a, (lo, hi) in enumerate(ax_h.window):
-            self._bmm_into(blocks[a], x3[:, lo:hi], mid[a])
-        low = torch.matmul(s, mid[:, :, :ri].view(ph * b, ri * self.w, c))
-        out = low.view(ph, b, -1, c).transpose(0, 1).reshape(b, self.low_rank_tokens, c)
-        if not bias_sum:
-            return out
-        return out, _column_sum(mid[:, :, ri].reshape(ph * b, self.w * c), c)
+            mid = self._left_mm(a1, x3).view(b, ph, -1, self.w * c)
+        else:
+            blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
+            mid = x3.new_empty(ph, b, blocks[0].shape[0], self.w * c)
+            for a, (lo, hi) in enumerate(self._axis_pair()[0].window):
+                self._bmm_into(blocks[a], x3[:, lo:hi], mid[a])
+        low = torch.matmul(s, mid[:, :, :ri].reshape(-1, ri * self.w, c))
+        if self._unblocked:
+            out = low.view(b, self.low_rank_tokens, c)
+        else:
+            out = low.view(ph, b, -1, c).transpose(0, 1).reshape(b, self.low_rank_tokens, c)
+        return (out, _column_sum(mid[:, :, ri].reshape(-1, self.w * c), c)) if bias_sum else out
 
     def _project_cols(self, xm, b, c, grad, bias_sum):
         """Separable projection of a channel-major map ``xm`` ``(B*C*H, W)``: along ``W`` one
@@ -929,10 +917,7 @@ class WHTProjector:
             src = mid4[:, :, lo:hi].reshape(b, c, -1).transpose(1, 2)  # (B, win*Pw*nb, C)
             self._bmm_into(c2[a], src, low[a])
         out = low.transpose(0, 1).reshape(b, self.low_rank_tokens, c)
-        if not bias_sum:
-            return out
-        total = mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))
-        return out, total
+        return (out, mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))) if bias_sum else out
 
     # ---- prefix tokens folded into the dense matrices (private; lbp_wht.functional) -------
     def _prefixed(self, name: str, extra: int, dtype: torch.dtype, device: torch.device):
@@ -941,6 +926,8 @@ class WHTProjector:
         all ``E + L`` tokens), ``rev`` ``(E + L, E + P*R)``. Then one GEMM over the whole token
         axis projects ``x`` / ``g_y`` (no slicing) and one writes the whole ``g_x`` (prefix rows
         = ``g_y w`` exactly, by the low-rank GEMMs that now carry them)."""
+        if not extra:
+            return self._const(name, dtype, device)
         key = (name, extra, dtype, device)
         if key not in self._cache:
             e, lr, full = extra, self.low_rank_tokens, self.h * self.w
@@ -957,12 +944,6 @@ class WHTProjector:
                     m[-1, :e] = 1.0
             self._cache[key] = m
         return self._cache[key]
-
-    def _project_prefixed(self, t: torch.Tensor, extra: int, grad: bool, bias_sum: bool):
-        """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (prefix rows unchanged, the map
-        projected; ``grad`` scales only the map rows), with the bias sum over all tokens."""
-        mat = self._prefixed(_proj_name(grad, bias_sum), extra, t.dtype, t.device)
-        return _split_bias(self._left_mm(mat, t), bias_sum)
 
     def _back_prefixed(self, z: torch.Tensor, extra: int, out: torch.Tensor) -> torch.Tensor:
         """Dense: ``(B, E + P*R, C)`` -> ``out`` ``(B, E + L, C)`` (token rows) in one GEMM."""
@@ -1004,7 +985,7 @@ class WHTProjector:
                 return out
             tt = t.transpose(1, 2)  # BLAS writes a (B, C, L) view with unit stride along L
             if tt.stride(2) == 1:
-                self._back_dense_cols(z, tt)
+                _zt_mm(z, self._const("rev", z.dtype, z.device).t(), tt)
                 return out
         elif self.pool and self._pool() is not None:
             self._back_pool(z, t.unflatten(1, (self.h, self.w)))
@@ -1021,15 +1002,6 @@ class WHTProjector:
         self._back_rows(z, tmp.view(b, self.h, -1))
         t.copy_(tmp)
         return out
-
-    def _back_dense_cols(self, z, tt):
-        """Dense reverse written as ``(B, C, L)`` (``tt``, unit stride along the map)."""
-        rev = self._const("rev", z.dtype, z.device)  # (L, P*R)
-        zt = z.transpose(1, 2)  # (B, C, P*R)
-        if z.shape[0] == 1:
-            torch.mm(zt[0], rev.t(), out=tt[0])
-        else:
-            torch.bmm(zt, rev.t().expand(z.shape[0], *rev.t().shape), out=tt)
 
     def _back_rows(self, z, o3):
         """Reverse projection of ``z`` into token rows ``o3`` ``(B, H, W*C)``: along ``W`` for
@@ -1055,11 +1027,7 @@ class WHTProjector:
         cr1 = self._const("cr1", z.dtype, z.device)  # (P*R, H * Pw*rj)
         cr2 = self._const("cr2", z.dtype, z.device)
         mid = z.new_empty(b, c, h * pw * rj)
-        zt = z.transpose(1, 2)  # (B, C, P*R): BLAS reads it transposed, mid is written as is
-        if b == 1:
-            torch.mm(zt[0], cr1, out=mid[0])
-        else:
-            torch.bmm(zt, cr1.expand(b, *cr1.shape), out=mid)
+        _zt_mm(z, cr1, mid)
         mm = mid.view(b * c * h, pw * rj)
         ax_h, ax_w = self._axis_pair()
         for j, (o0, o1) in enumerate(ax_w.own):
@@ -1093,6 +1061,16 @@ def _split_bias(out: torch.Tensor, bias_sum: bool):
         return out
     total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
     return out[:, :-1], total
+
+
+def _zt_mm(z: torch.Tensor, mat: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[b] = z[b]^T @ mat`` ``(B, C, K)`` for ``z`` ``(B, K', C)``: BLAS reads ``z``
+    transposed and writes ``out`` as it lies; batch 1 as one plain GEMM."""
+    zt = z.transpose(1, 2)
+    if z.shape[0] == 1:
+        torch.mm(zt[0], mat, out=out[0])
+    else:
+        torch.bmm(zt, mat.expand(z.shape[0], *mat.shape), out=out)
 
 
 def _weighted_slices(x: torch.Tensor, dim: int, lo: int, coefs: Sequence[float]) -> torch.Tensor:
