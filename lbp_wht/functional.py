@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .projection import WHTProjector
+from .projection import WHTProjector, _mergeable
 
 __all__ = ["lbp_forward", "LAYOUTS", "FUSIONS", "set_backward_fusion", "backward_fusion"]
 
@@ -61,14 +61,8 @@ _RECOMPILE_LIMIT = 256
 
 
 def set_backward_fusion(mode: str) -> str:
-    """Choose how the LBP-WHT backward runs its two memory passes; returns the previous mode.
-
-    Args:
-        mode: ``"eager"`` (GEMMs against cached matrices; the default), ``"compiled"``
-            (``torch.compile``-generated single-pass kernels for both passes on single-patch
-            maps) or ``"compiled_back"`` (only the reverse projection compiled; the projection
-            of ``g_y`` stays a GEMM).
-    """
+    """Choose how the LBP-WHT backward runs its two memory passes, one of :data:`FUSIONS`
+    (module docstring); returns the previous mode."""
     global _fusion
     if mode not in FUSIONS:
         raise ValueError(f"unknown backward fusion {mode!r}; choose one of {FUSIONS}")
@@ -245,11 +239,11 @@ def _probe_in_thread(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]] | No
     return out[0] if out else None
 
 
-def _nhwc_out(t: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """An ``(B, H, W, C)`` output as the projector writes it: a token view if its rows allow,
-    else the ``(B, C, H, W)`` permutation (channel-major)."""
-    from .projection import _mergeable
-
+def _out_map(t: torch.Tensor, layout: str) -> tuple[torch.Tensor, str]:
+    """An output map as the projector writes it: ``nhwc`` ``(B, H, W, C)`` as a token view if
+    its rows allow, else as the ``(B, C, H, W)`` permutation (channel-major); others as given."""
+    if layout != "nhwc":
+        return t, layout
     b, h, w, c = t.shape
     if _mergeable((h, w), t.stride()[1:3]):
         return t.view(b, h * w, c), "tokens"
@@ -289,11 +283,7 @@ def executed_macs(
     pg = p.gemm_macs(mode_g)
     pgb = p.gemm_macs(mode_g, bias=True) - pg
     gx = torch.empty_strided(shape, gx_stride, device="meta")
-    gx_main = gx[:, prefix_tokens:] if prefix_tokens else gx
-    if layout == "nhwc":
-        gx_main, back = _nhwc_out(gx_main)
-    else:
-        back = layout
+    gx_main, back = _out_map(gx[:, prefix_tokens:] if prefix_tokens else gx, layout)
     rev = p.gemm_macs(p._write_mode(gx_main, back), reverse=True)
     return px, pg, pgb, rev
 
@@ -421,11 +411,7 @@ class _LBPFunction(torch.autograd.Function):
             if prefixed:  # one GEMM writes the prefix rows and the map
                 proj._back_prefixed(z, extra, grad_x)
             else:
-                main = grad_x[:, extra:] if extra else grad_x
-                if layout == "nhwc":
-                    main, back_layout = _nhwc_out(main)
-                else:
-                    back_layout = layout
+                main, back_layout = _out_map(grad_x[:, extra:] if extra else grad_x, layout)
                 if fused_back:
                     main.copy_(_fused_back(proj, z, back_layout))
                 else:

@@ -22,11 +22,9 @@ memory (no padded or permuted copy of a full-size tensor). Two implementations:
   ``W`` first (one GEMM per patch column), then along ``H``. Multiply-adds per map token are
   about ``r_i + P_w R r_i / n`` instead of ``P R``.
 
-``impl="auto"`` picks the one with the lower modelled cost (:func:`projection_cost`): per
-image and channel, the multiply-adds of the GEMMs plus :data:`BYTE_COST` times the elements
-they read and write, with the constant fitted to timings of both implementations on this
-project's CPU machines (see the constant). The choice is made per projector (map size,
-bases, padding), so it is deterministic and the FLOPs a run executes do not depend on timing.
+``impl="auto"`` picks the one with the lower modelled cost (:func:`projection_cost`:
+multiply-adds plus :data:`BYTE_COST` times the elements moved), per projector (map size, bases,
+padding), so it is deterministic and the FLOPs a run executes do not depend on timing.
 
 Low-rank tensors always use the layout ``(B, P * R, C)`` ("low-rank tokens", patch-major,
 bases in the given order), whatever the layout of the full map, so linear layers and 1x1
