@@ -39,6 +39,7 @@ once, tens of seconds on a CPU; it needs a working C++ compiler (CPU) or Triton 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -97,15 +98,11 @@ def _expand_rows(z: torch.Tensor, rev: torch.Tensor, nchw: bool) -> torch.Tensor
     return out.transpose(1, 2).contiguous() if nchw else out
 
 
-_compiled: dict[str, object] = {}
-
-
+@functools.cache
 def _kernel(name: str):
     """The ``torch.compile``d version of ``_project_rows`` / ``_expand_rows`` (built once)."""
-    if name not in _compiled:
-        fn = {"project": _project_rows, "expand": _expand_rows}[name]
-        _compiled[name] = torch.compile(fn, dynamic=False, fullgraph=True)
-    return _compiled[name]
+    fn = {"project": _project_rows, "expand": _expand_rows}[name]
+    return torch.compile(fn, dynamic=False, fullgraph=True)
 
 
 def _recompile_limit():

@@ -159,13 +159,6 @@ class _Axis:
         return torch.cat([blk, row], 0)
 
 
-def _next_pow2(r: int) -> int:
-    q = 1
-    while q < r:
-        q *= 2
-    return q
-
-
 @dataclass(frozen=True)
 class _PoolAxis:
     """One map axis for the block-sum sub-path of ``patch`` (:meth:`WHTProjector._pool`).
@@ -508,7 +501,7 @@ class WHTProjector:
         ``(R, q_i q_j)`` product per patch; the reverse is that product's transpose followed
         by broadcasting copies of each block value into its positions (the crop is free)."""
         if self._pool_plan is False:
-            qi, qj = _next_pow2(self._ri), _next_pow2(self._rj)
+            qi, qj = (1 << (r - 1).bit_length() for r in (self._ri, self._rj))  # powers of 2
             plan = None
             if qi <= 4 and qj <= 4:
                 n = self.order
@@ -556,7 +549,6 @@ class WHTProjector:
             plan = self._pool()
             assert plan is not None
             ah, aw = plan.h, plan.w
-            conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
             k = plan.k
             if plan.blocked:  # rows (b, k), columns (u, b', v): K on the diagonal blocks
                 pw, qi, qj = aw.nb // plan.qj, plan.qi, plan.qj
@@ -564,13 +556,14 @@ class WHTProjector:
                 for b in range(pw):
                     kb[b, :, :, b, :] = k.view(self.rank, qi, qj)
                 k = kb.reshape(pw * self.rank, qi * pw * qj)
-            self._cache[key] = {
-                "k": conv(k),
-                "kg": conv(k / float(self.order**2)),
-                "kt": conv(k.t().contiguous()),
-                "fold_w": conv(aw.zero + aw.edge),
-                "zero_h": conv(ah.zero),
+            mats = {
+                "k": k,
+                "kg": k / float(self.order**2),
+                "kt": k.t().contiguous(),
+                "fold_w": aw.zero + aw.edge,
+                "zero_h": ah.zero,
             }
+            self._cache[key] = {name: _cast(v, dtype, device) for name, v in mats.items()}
         return self._cache[key]  # type: ignore[return-value]
 
     def _project_pool(self, x4: torch.Tensor, grad: bool, bias_sum: bool):
@@ -742,23 +735,16 @@ class WHTProjector:
                     "proj_b": torch.cat([proj, ones], 0),
                     "proj_gb": torch.cat([proj / n2, ones], 0),
                 }
-                for k, v in mats.items():
-                    self._cache[(k, dtype, device)] = v.to(device=device, dtype=dtype)
             elif name in ("basis", "basis_g"):
                 n = self.order
                 basis = self._basis.reshape(n, n, self.rank)
-                if name == "basis_g":
-                    basis = basis / float(n * n)
-                self._cache[key] = basis.to(device, dtype)
+                mats = {name: basis / float(n * n) if name == "basis_g" else basis}
             elif name == "src_flat":  # reflect padding as one index into the flattened map
-                flat = self._src_h[:, None] * self.w + self._src_w[None, :]
-                self._cache[key] = flat.flatten().to(device)
+                mats = {name: (self._src_h[:, None] * self.w + self._src_w[None, :]).flatten()}
             else:  # the separable matrices, all of them at once
-                for k, v in self._separable_matrices().items():
-                    conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-                    self._cache[(k, dtype, device)] = (
-                        [conv(t) for t in v] if isinstance(v, list) else conv(v)
-                    )
+                mats = self._separable_matrices()
+            for k, v in mats.items():
+                self._cache[(k, dtype, device)] = _cast(v, dtype, device)
         return self._cache[key]
 
     # ---- layout helpers ----------------------------------------------------------------
@@ -800,27 +786,6 @@ class WHTProjector:
         if layout == "tokens":
             return x
         return x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)
-
-    @staticmethod
-    def _left_mm(mat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``mat (K, L) @ t (B, L, C) -> (B, K, C)``; batch 1 as one plain GEMM."""
-        if t.shape[0] == 1:
-            return torch.mm(mat, t[0]).unsqueeze(0)
-        return torch.matmul(mat, t)
-
-    @staticmethod
-    def _bmm_into(mat: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
-        """``out[b] = mat @ t[b]`` for every image. PyTorch runs a batched GEMM as one MKL call
-        only into a contiguous output; into a strided one (e.g. the map rows after prefix
-        tokens) it loops over the images, one small parallel region each, which costs a
-        scheduler wake-up per image on a loaded machine. So a strided output is written through
-        one contiguous temporary and one copy."""
-        if t.shape[0] == 1:
-            torch.mm(mat, t[0], out=out[0])
-        elif out.is_contiguous():
-            torch.bmm(mat.expand(t.shape[0], *mat.shape), t, out=out)
-        else:
-            out.copy_(torch.matmul(mat, t))
 
     # ---- the two maps ------------------------------------------------------------------
     def project(
@@ -866,7 +831,7 @@ class WHTProjector:
         """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (``E`` prefix rows unchanged,
         the map projected; ``grad`` scales only the map rows), the bias sum over all tokens."""
         mat = self._prefixed(_proj_name(grad, bias_sum), extra, t.dtype, t.device)
-        return _split_bias(self._left_mm(mat, t), bias_sum)  # (B, E + P*R (+1), C)
+        return _split_bias(_left_mm(mat, t), bias_sum)  # (B, E + P*R (+1), C)
 
     def _project_rows(self, x3, grad, bias_sum):
         """Separable projection of token rows ``x3`` ``(B, H, W*C)``.
@@ -882,12 +847,12 @@ class WHTProjector:
         s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
         if self._unblocked:  # one GEMM for all patch rows; everything stays in (b, a) order
             a1 = self._const("t1ub" if bias_sum else "t1u", dt, dev)  # (Ph * nb, H)
-            mid = self._left_mm(a1, x3).view(b, ph, -1, self.w * c)
+            mid = _left_mm(a1, x3).view(b, ph, -1, self.w * c)
         else:
             blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
             mid = x3.new_empty(ph, b, blocks[0].shape[0], self.w * c)
             for a, (lo, hi) in enumerate(self._axis_pair()[0].window):
-                self._bmm_into(blocks[a], x3[:, lo:hi], mid[a])
+                _bmm_into(blocks[a], x3[:, lo:hi], mid[a])
         low = torch.matmul(s, mid[:, :, :ri].reshape(-1, ri * self.w, c))
         if self._unblocked:
             out = low.view(b, self.low_rank_tokens, c)
@@ -913,7 +878,7 @@ class WHTProjector:
         low = xm.new_empty(ph, b, pw * self.rank, c)
         for a, (lo, hi) in enumerate(ax_h.window):
             src = mid4[:, :, lo:hi].reshape(b, c, -1).transpose(1, 2)  # (B, win*Pw*nb, C)
-            self._bmm_into(c2[a], src, low[a])
+            _bmm_into(c2[a], src, low[a])
         out = low.transpose(0, 1).reshape(b, self.low_rank_tokens, c)
         return (out, mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))) if bias_sum else out
 
@@ -946,7 +911,7 @@ class WHTProjector:
     def _back_prefixed(self, z: torch.Tensor, extra: int, out: torch.Tensor) -> torch.Tensor:
         """Dense: ``(B, E + P*R, C)`` -> ``out`` ``(B, E + L, C)`` (token rows) in one GEMM."""
         rev = self._prefixed("rev", extra, z.dtype, z.device)
-        self._bmm_into(rev, z.contiguous(), out)
+        _bmm_into(rev, z.contiguous(), out)
         return out
 
     def project_back(
@@ -1008,13 +973,13 @@ class WHTProjector:
         b, c = z.shape[0], z.shape[2]
         if self.impl == "dense":
             rev = self._const("rev", z.dtype, z.device)
-            self._bmm_into(rev, z, o3.view(b, self.h * self.w, c))
+            _bmm_into(rev, z, o3.view(b, self.h * self.w, c))
             return
         ph = self.hp // self.order
         srev = self._const("tr1", z.dtype, z.device)  # (ri*W, Pw*R)
         mid = torch.matmul(srev, z.view(b * ph, -1, c)).view(b, -1, self.w * c)
         rh = self._const("tr2", z.dtype, z.device)  # (H, Ph*ri)
-        self._bmm_into(rh, mid, o3)
+        _bmm_into(rh, mid, o3)
 
     def _back_cols(self, z, om):
         """Reverse projection of ``z`` into a channel-major map ``om`` ``(B*C*H, W)``: along
@@ -1059,6 +1024,34 @@ def _split_bias(out: torch.Tensor, bias_sum: bool):
         return out
     total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
     return out[:, :-1], total
+
+
+def _left_mm(mat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``mat (K, L) @ t (B, L, C) -> (B, K, C)``; batch 1 as one plain GEMM."""
+    if t.shape[0] == 1:
+        return torch.mm(mat, t[0]).unsqueeze(0)
+    return torch.matmul(mat, t)
+
+
+def _bmm_into(mat: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[b] = mat @ t[b]`` for every image. PyTorch runs a batched GEMM as one MKL call
+    only into a contiguous output; into a strided one (e.g. the map rows after prefix
+    tokens) it loops over the images, one small parallel region each, which costs a
+    scheduler wake-up per image on a loaded machine. So a strided output is written through
+    one contiguous temporary and one copy."""
+    if t.shape[0] == 1:
+        torch.mm(mat, t[0], out=out[0])
+    elif out.is_contiguous():
+        torch.bmm(mat.expand(t.shape[0], *mat.shape), t, out=out)
+    else:
+        out.copy_(torch.matmul(mat, t))
+
+
+def _cast(v, dtype: torch.dtype, device: torch.device):
+    """A float64 matrix, or a list of them, in ``dtype`` on ``device``."""
+    if isinstance(v, list):
+        return [t.to(device=device, dtype=dtype) for t in v]
+    return v.to(device=device, dtype=dtype)
 
 
 def _zt_mm(z: torch.Tensor, mat: torch.Tensor, out: torch.Tensor) -> None:
