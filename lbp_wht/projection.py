@@ -438,11 +438,9 @@ class WHTProjector:
         else:
             ax_h, _ = self._axis_pair()
             ph, ri = ax_h.patches, self._ri
-            window = sum(hi - lo for lo, hi in ax_h.window) * self.w
+            window = full if self._unblocked else sum(hi - lo for lo, hi in ax_h.window) * self.w
             mid = ph * (ri + 1) * self.w  # the first product's output, read by the second
             mid_rev = ph * ri * self.w
-            if self._unblocked:
-                window = full
             reorder = 0 if self._unblocked else 2 * lr
             moved = window + 2 * mid + lr + reorder + (lr + 2 * mid_rev + full)
         return macs + byte_cost * moved
@@ -515,19 +513,11 @@ class WHTProjector:
                 pw = self.wp // n
                 # blocked: P_w R multiply-adds per block sum against R + a copy (2 moves)
                 blocked = pw * self.rank <= self.rank + 2 * BYTE_COST
-                plan = _PoolPlan(
-                    qi,
-                    qj,
-                    _PoolAxis.build(self.h, n, self.padding, qi),
-                    _PoolAxis.build(self.w, n, self.padding, qj),
-                    k,
-                    blocked,
-                )
+                ah = _PoolAxis.build(self.h, n, self.padding, qi)
+                aw = _PoolAxis.build(self.w, n, self.padding, qj)
+                plan = _PoolPlan(qi, qj, ah, aw, k, blocked)
             self._pool_plan = plan
-        plan = self._pool_plan
-        if plan is None or not self.pool:
-            return None
-        return plan  # type: ignore[return-value]
+        return self._pool_plan if self.pool else None  # type: ignore[return-value]
 
     def _pool_view(self, x: torch.Tensor, layout: str) -> torch.Tensor | None:
         """``x`` as a ``(B, H, W, C)`` view that the block-sum projection reads without a copy
@@ -893,18 +883,12 @@ class WHTProjector:
             return self._const(name, dtype, device)
         key = (name, extra, dtype, device)
         if key not in self._cache:
-            e, lr, full = extra, self.low_rank_tokens, self.h * self.w
-            if name == "rev":
-                m = torch.zeros(e + full, e + lr, dtype=dtype, device=device)
-                m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
-                m[e:, e:] = self._const("rev", dtype, device)
-            else:
-                base = self._const(name, dtype, device)  # (P*R (+1), L)
-                m = torch.zeros(e + base.shape[0], e + full, dtype=dtype, device=device)
-                m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
-                m[e:, e:] = base
-                if name.endswith("b"):
-                    m[-1, :e] = 1.0
+            e, base = extra, self._const(name, dtype, device)  # (P*R (+1), L) or (L, P*R)
+            m = torch.zeros(e + base.shape[0], e + base.shape[1], dtype=dtype, device=device)
+            m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
+            m[e:, e:] = base
+            if name.endswith("b"):
+                m[-1, :e] = 1.0
             self._cache[key] = m
         return self._cache[key]
 
