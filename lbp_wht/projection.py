@@ -428,9 +428,7 @@ class WHTProjector:
         return step1 + sum(pw * r * (hi - lo) * pw * nb for lo, hi in ax_h.window)
 
     def _model_cost(self, impl: str, byte_cost: float) -> float:
-        """:func:`projection_cost` of ``impl``: multiply-adds plus ``byte_cost`` times the
-        elements read and written, per image and channel, for one projection with the bias
-        sum plus one reverse projection on token rows."""
+        """:func:`projection_cost` of ``impl``."""
         lr, full = self.low_rank_tokens, self.h * self.w
         macs = self.gemm_macs(bias=True, impl=impl) + self.gemm_macs(reverse=True, impl=impl)
         if impl == "dense":
@@ -522,9 +520,7 @@ class WHTProjector:
     def _pool_view(self, x: torch.Tensor, layout: str) -> torch.Tensor | None:
         """``x`` as a ``(B, H, W, C)`` view that the block-sum projection reads without a copy
         (its ``(B, C, H, W)`` reading contiguous or channels-last), or None."""
-        if self.impl != "patch" or not self.pool:
-            return None
-        plan = self._pool()
+        plan = self._pool() if self.impl == "patch" and self.pool else None
         if plan is None or not plan.projects:
             return None
         x4 = x.unflatten(1, (self.h, self.w)) if layout == "tokens" else x.permute(0, 2, 3, 1)
