@@ -265,8 +265,7 @@ def executed_macs(
     if prefix_tokens and p.impl == "dense":  # identity block for the prefix (_prefixed)
         e, lr, full = prefix_tokens, p.low_rank_tokens, p.h * p.w
         return (e + lr) * (e + full), (e + lr) * (e + full), e + full, (e + full) * (e + lr)
-    main = x[:, prefix_tokens:] if prefix_tokens else x
-    src, src_layout = _as_map(main, layout)
+    src, src_layout = _as_map(x[:, prefix_tokens:] if prefix_tokens else x, layout)
     px = p.gemm_macs(p._read_mode(src, src_layout))
     conv = layout == "nchw"
     gx_stride, y_stride = _plain_strides(x, weight, bias, conv)
@@ -274,8 +273,7 @@ def executed_macs(
     shape = tuple(x.shape)
     y_shape = _y_shape(shape, weight.shape[0], conv)
     g = torch.empty_strided(y_shape, y_stride, device="meta")
-    g_main = g[:, prefix_tokens:] if prefix_tokens else g
-    g_src, g_layout = _as_map(g_main, layout)
+    g_src, g_layout = _as_map(g[:, prefix_tokens:] if prefix_tokens else g, layout)
     mode_g = p._read_mode(g_src, g_layout)
     pg = p.gemm_macs(mode_g)
     pgb = p.gemm_macs(mode_g, bias=True) - pg
