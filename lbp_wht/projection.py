@@ -22,11 +22,9 @@ memory (no padded or permuted copy of a full-size tensor). Two implementations:
   ``W`` first (one GEMM per patch column), then along ``H``. Multiply-adds per map token are
   about ``r_i + P_w R r_i / n`` instead of ``P R``.
 
-``impl="auto"`` picks the one with the lower modelled cost (:func:`projection_cost`): per
-image and channel, the multiply-adds of the GEMMs plus :data:`BYTE_COST` times the elements
-they read and write, with the constant fitted to timings of both implementations on this
-project's CPU machines (see the constant). The choice is made per projector (map size,
-bases, padding), so it is deterministic and the FLOPs a run executes do not depend on timing.
+``impl="auto"`` picks the one with the lower modelled cost (:func:`projection_cost`:
+multiply-adds plus :data:`BYTE_COST` times the elements moved), per projector (map size, bases,
+padding), so it is deterministic and the FLOPs a run executes do not depend on timing.
 
 Low-rank tensors always use the layout ``(B, P * R, C)`` ("low-rank tokens", patch-major,
 bases in the given order), whatever the layout of the full map, so linear layers and 1x1
@@ -77,11 +75,10 @@ BYTE_COST = 20.0
 UNBLOCKED_MACS = 20
 
 
-def _pad_amounts(size: int, order: int) -> tuple[int, int, int]:
-    """Padded size and (before, after) padding, centred with the extra one before (top/left)."""
+def _pad_amounts(size: int, order: int) -> tuple[int, int]:
+    """Padded size and the padding before (top/left): centred, the odd one before."""
     padded = math.ceil(size / order) * order
-    total = padded - size
-    return padded, (total + 1) // 2, total // 2
+    return padded, (padded - size + 1) // 2
 
 
 def _axis_source(size: int, order: int, padding: str) -> torch.Tensor:
@@ -90,7 +87,7 @@ def _axis_source(size: int, order: int, padding: str) -> torch.Tensor:
     Reflect padding mirrors about the edge without repeating it (``numpy``'s ``reflect``),
     repeated as often as needed, so even maps smaller than half a patch are well defined.
     """
-    padded, before, _ = _pad_amounts(size, order)
+    padded, before = _pad_amounts(size, order)
     src = []
     for p in range(padded):
         i = p - before
@@ -128,7 +125,7 @@ class _Axis:
     @staticmethod
     def build(size: int, order: int, padding: str, r: int) -> _Axis:
         src = _axis_source(size, order, padding)
-        _, before, _ = _pad_amounts(size, order)
+        _, before = _pad_amounts(size, order)
         patches = len(src) // order
         walsh = walsh_matrix(order, torch.float64)[:r]  # (r, n)
         proj = torch.zeros(patches * r, size, dtype=torch.float64)
@@ -148,12 +145,18 @@ class _Axis:
                 rev[s, p * r : (p + 1) * r] = walsh[:, s + before - p * order]
         return _Axis(size, patches, proj, rev, tuple(window), tuple(own))
 
-
-def _next_pow2(r: int) -> int:
-    q = 1
-    while q < r:
-        q *= 2
-    return q
+    def block(self, p: int, ones: bool) -> torch.Tensor:
+        """Patch ``p``'s rows of ``proj`` over its window, ``(r [+ 1], window)``; ``ones``
+        appends a row of ones on the patch's own positions (over all patches: the plain sum)."""
+        lo, hi = self.window[p]
+        r = self.proj.shape[0] // self.patches
+        blk = self.proj[p * r : (p + 1) * r, lo:hi]
+        if not ones:
+            return blk.contiguous()
+        row = torch.zeros(1, hi - lo, dtype=torch.float64)
+        o0, o1 = self.own[p]
+        row[0, o0 - lo : o1 - lo] = 1.0
+        return torch.cat([blk, row], 0)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class _PoolAxis:
     def build(size: int, order: int, padding: str, q: int) -> _PoolAxis:
         m = order // q
         src = _axis_source(size, order, padding)
-        padded, before, _ = _pad_amounts(size, order)
+        padded, before = _pad_amounts(size, order)
         nb = padded // m
         fold = torch.zeros(nb, size, dtype=torch.float64)
         zero = torch.zeros(nb, size, dtype=torch.float64)
@@ -332,8 +335,8 @@ class WHTProjector:
         self.h, self.w, self.order, self.padding = h, w, order, padding
         self.bases = [tuple(b) for b in bases]
         self.rank = len(self.bases)
-        self.hp, self.top, _ = _pad_amounts(h, order)
-        self.wp, self.left, _ = _pad_amounts(w, order)
+        self.hp, self.top = _pad_amounts(h, order)
+        self.wp, self.left = _pad_amounts(w, order)
         self.num_patches = (self.hp // order) * (self.wp // order)
         # Walsh functions needed per axis (LP_L1-r: r each; any selection: max index + 1).
         self._ri = 1 + max(i for i, _ in self.bases)
@@ -425,9 +428,7 @@ class WHTProjector:
         return step1 + sum(pw * r * (hi - lo) * pw * nb for lo, hi in ax_h.window)
 
     def _model_cost(self, impl: str, byte_cost: float) -> float:
-        """:func:`projection_cost` of ``impl``: multiply-adds plus ``byte_cost`` times the
-        elements read and written, per image and channel, for one projection with the bias
-        sum plus one reverse projection on token rows."""
+        """:func:`projection_cost` of ``impl``."""
         lr, full = self.low_rank_tokens, self.h * self.w
         macs = self.gemm_macs(bias=True, impl=impl) + self.gemm_macs(reverse=True, impl=impl)
         if impl == "dense":
@@ -435,11 +436,9 @@ class WHTProjector:
         else:
             ax_h, _ = self._axis_pair()
             ph, ri = ax_h.patches, self._ri
-            window = sum(hi - lo for lo, hi in ax_h.window) * self.w
+            window = full if self._unblocked else sum(hi - lo for lo, hi in ax_h.window) * self.w
             mid = ph * (ri + 1) * self.w  # the first product's output, read by the second
             mid_rev = ph * ri * self.w
-            if self._unblocked:
-                window = full
             reorder = 0 if self._unblocked else 2 * lr
             moved = window + 2 * mid + lr + reorder + (lr + 2 * mid_rev + full)
         return macs + byte_cost * moved
@@ -498,7 +497,7 @@ class WHTProjector:
         ``(R, q_i q_j)`` product per patch; the reverse is that product's transpose followed
         by broadcasting copies of each block value into its positions (the crop is free)."""
         if self._pool_plan is False:
-            qi, qj = _next_pow2(self._ri), _next_pow2(self._rj)
+            qi, qj = (1 << (r - 1).bit_length() for r in (self._ri, self._rj))  # powers of 2
             plan = None
             if qi <= 4 and qj <= 4:
                 n = self.order
@@ -512,26 +511,16 @@ class WHTProjector:
                 pw = self.wp // n
                 # blocked: P_w R multiply-adds per block sum against R + a copy (2 moves)
                 blocked = pw * self.rank <= self.rank + 2 * BYTE_COST
-                plan = _PoolPlan(
-                    qi,
-                    qj,
-                    _PoolAxis.build(self.h, n, self.padding, qi),
-                    _PoolAxis.build(self.w, n, self.padding, qj),
-                    k,
-                    blocked,
-                )
+                ah = _PoolAxis.build(self.h, n, self.padding, qi)
+                aw = _PoolAxis.build(self.w, n, self.padding, qj)
+                plan = _PoolPlan(qi, qj, ah, aw, k, blocked)
             self._pool_plan = plan
-        plan = self._pool_plan
-        if plan is None or not self.pool:
-            return None
-        return plan  # type: ignore[return-value]
+        return self._pool_plan if self.pool else None  # type: ignore[return-value]
 
     def _pool_view(self, x: torch.Tensor, layout: str) -> torch.Tensor | None:
         """``x`` as a ``(B, H, W, C)`` view that the block-sum projection reads without a copy
         (its ``(B, C, H, W)`` reading contiguous or channels-last), or None."""
-        if self.impl != "patch" or not self.pool:
-            return None
-        plan = self._pool()
+        plan = self._pool() if self.impl == "patch" and self.pool else None
         if plan is None or not plan.projects:
             return None
         x4 = x.unflatten(1, (self.h, self.w)) if layout == "tokens" else x.permute(0, 2, 3, 1)
@@ -546,7 +535,6 @@ class WHTProjector:
             plan = self._pool()
             assert plan is not None
             ah, aw = plan.h, plan.w
-            conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
             k = plan.k
             if plan.blocked:  # rows (b, k), columns (u, b', v): K on the diagonal blocks
                 pw, qi, qj = aw.nb // plan.qj, plan.qi, plan.qj
@@ -554,13 +542,14 @@ class WHTProjector:
                 for b in range(pw):
                     kb[b, :, :, b, :] = k.view(self.rank, qi, qj)
                 k = kb.reshape(pw * self.rank, qi * pw * qj)
-            self._cache[key] = {
-                "k": conv(k),
-                "kg": conv(k / float(self.order**2)),
-                "kt": conv(k.t().contiguous()),
-                "fold_w": conv(aw.zero + aw.edge),
-                "zero_h": conv(ah.zero),
+            mats = {
+                "k": k,
+                "kg": k / float(self.order**2),
+                "kt": k.t().contiguous(),
+                "fold_w": aw.zero + aw.edge,
+                "zero_h": ah.zero,
             }
+            self._cache[key] = {name: _cast(v, dtype, device) for name, v in mats.items()}
         return self._cache[key]  # type: ignore[return-value]
 
     def _project_pool(self, x4: torch.Tensor, grad: bool, bias_sum: bool):
@@ -665,20 +654,12 @@ class WHTProjector:
         ri, rj, r, n2 = self._ri, self._rj, self.rank, float(self.order**2)
         pw, w = ax_w.patches, self.w
         m: dict[str, object] = {}
-        # Token rows (B, H, W, C). Step 1 per patch row a: (r_i [+ ones], window) blocks.
-        blocks, blocks_b = [], []
-        for a, (lo, hi) in enumerate(ax_h.window):
-            blk = ax_h.proj[a * ri : (a + 1) * ri, lo:hi]
-            ones = torch.zeros(1, hi - lo, dtype=torch.float64)
-            o0, o1 = ax_h.own[a]
-            ones[0, o0 - lo : o1 - lo] = 1.0  # own rows only: together exactly the plain sum
-            blocks.append(blk.contiguous())
-            blocks_b.append(torch.cat([blk, ones], 0))
-        m["t1"], m["t1b"] = blocks, blocks_b
+        # Token rows (B, H, W, C). Step 1 per patch row a: (r_i [+ ones], window) blocks ...
+        m["t1"] = [ax_h.block(a, False) for a in range(ax_h.patches)]
+        m["t1b"] = [ax_h.block(a, True) for a in range(ax_h.patches)]
         # ... or all patch rows in one matrix, rows (a, i [, ones]) (UNBLOCKED_MACS).
-        for name, blks in (("t1u", blocks), ("t1ub", blocks_b)):
-            nb = blks[0].shape[0]
-            full = torch.zeros(len(blks), nb, self.h, dtype=torch.float64)
+        for name, blks in (("t1u", m["t1"]), ("t1ub", m["t1b"])):
+            full = torch.zeros(len(blks), blks[0].shape[0], self.h, dtype=torch.float64)
             for a, (lo, hi) in enumerate(ax_h.window):
                 full[a, :, lo:hi] = blks[a]
             m[name] = full.reshape(-1, self.h)
@@ -697,14 +678,7 @@ class WHTProjector:
         # [+ ones]); the output T (B*C*H, Pw * (r_j [+ 1])).
         for bias in (False, True):
             nb = rj + int(bias)
-            c1 = []
-            for b, (lo, hi) in enumerate(ax_w.window):
-                blk = torch.zeros(hi - lo, nb, dtype=torch.float64)
-                blk[:, :rj] = ax_w.proj[b * rj : (b + 1) * rj, lo:hi].T
-                if bias:
-                    o0, o1 = ax_w.own[b]
-                    blk[o0 - lo : o1 - lo, rj] = 1.0
-                c1.append(blk)
+            c1 = [ax_w.block(b, bias).T.contiguous() for b in range(pw)]
             # Step 2 per patch row a: out[:, a] (B, Pw*R, C) = M_a (Pw*R, window * Pw*nb) @ T^T
             c2 = []
             for a, (lo, hi) in enumerate(ax_h.window):
@@ -747,41 +721,29 @@ class WHTProjector:
                     "proj_b": torch.cat([proj, ones], 0),
                     "proj_gb": torch.cat([proj / n2, ones], 0),
                 }
-                for k, v in mats.items():
-                    self._cache[(k, dtype, device)] = v.to(device=device, dtype=dtype)
             elif name in ("basis", "basis_g"):
                 n = self.order
                 basis = self._basis.reshape(n, n, self.rank)
-                if name == "basis_g":
-                    basis = basis / float(n * n)
-                self._cache[key] = basis.to(device, dtype)
+                mats = {name: basis / float(n * n) if name == "basis_g" else basis}
             elif name == "src_flat":  # reflect padding as one index into the flattened map
-                flat = self._src_h[:, None] * self.w + self._src_w[None, :]
-                self._cache[key] = flat.flatten().to(device)
+                mats = {name: (self._src_h[:, None] * self.w + self._src_w[None, :]).flatten()}
             else:  # the separable matrices, all of them at once
-                for k, v in self._separable_matrices().items():
-                    conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-                    self._cache[(k, dtype, device)] = (
-                        [conv(t) for t in v] if isinstance(v, list) else conv(v)
-                    )
+                mats = self._separable_matrices()
+            for k, v in mats.items():
+                self._cache[(k, dtype, device)] = _cast(v, dtype, device)
         return self._cache[key]
 
     # ---- layout helpers ----------------------------------------------------------------
     def _check(self, x: torch.Tensor, layout: str) -> None:
-        if layout == "tokens":
-            if x.dim() != 3 or x.shape[1] != self.h * self.w:
-                raise ValueError(
-                    f"expected tokens (B, {self.h * self.w}, C) for a {self.h}x{self.w} map, "
-                    f"got {tuple(x.shape)}"
-                )
-        elif layout == "nchw":
-            if x.dim() != 4 or tuple(x.shape[2:]) != (self.h, self.w):
-                raise ValueError(
-                    f"expected (B, C, {self.h}, {self.w}) for a {self.h}x{self.w} map, "
-                    f"got {tuple(x.shape)}"
-                )
-        else:
+        if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        if layout == "tokens" and (x.dim() != 3 or x.shape[1] != self.h * self.w):
+            want = f"tokens (B, {self.h * self.w}, C)"
+        elif layout == "nchw" and (x.dim() != 4 or tuple(x.shape[2:]) != (self.h, self.w)):
+            want = f"(B, C, {self.h}, {self.w})"
+        else:
+            return
+        raise ValueError(f"expected {want} for a {self.h}x{self.w} map, got {tuple(x.shape)}")
 
     def _padded_bhwc(self, x: torch.Tensor, layout: str) -> torch.Tensor:
         """``(B, Hp, Wp, C)`` view/copy of the padded map (used by :meth:`spectrum`)."""
@@ -810,27 +772,6 @@ class WHTProjector:
         if layout == "tokens":
             return x
         return x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)
-
-    @staticmethod
-    def _left_mm(mat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``mat (K, L) @ t (B, L, C) -> (B, K, C)``; batch 1 as one plain GEMM."""
-        if t.shape[0] == 1:
-            return torch.mm(mat, t[0]).unsqueeze(0)
-        return torch.matmul(mat, t)
-
-    @staticmethod
-    def _bmm_into(mat: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
-        """``out[b] = mat @ t[b]`` for every image. PyTorch runs a batched GEMM as one MKL call
-        only into a contiguous output; into a strided one (e.g. the map rows after prefix
-        tokens) it loops over the images, one small parallel region each, which costs a
-        scheduler wake-up per image on a loaded machine. So a strided output is written through
-        one contiguous temporary and one copy."""
-        if t.shape[0] == 1:
-            torch.mm(mat, t[0], out=out[0])
-        elif out.is_contiguous():
-            torch.bmm(mat.expand(t.shape[0], *mat.shape), t, out=out)
-        else:
-            out.copy_(torch.matmul(mat, t))
 
     # ---- the two maps ------------------------------------------------------------------
     def project(
@@ -872,9 +813,11 @@ class WHTProjector:
             view = t.contiguous().view(t.shape[0], self.h, -1)
         return self._project_rows(view, grad, bias_sum)
 
-    def _project_dense(self, t, grad, bias_sum):
-        mat = self._const(_proj_name(grad, bias_sum), t.dtype, t.device)  # (P*R (+1), L)
-        return _split_bias(self._left_mm(mat, t), bias_sum)  # (B, P*R (+1), C)
+    def _project_dense(self, t, grad, bias_sum, extra=0):
+        """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (``E`` prefix rows unchanged,
+        the map projected; ``grad`` scales only the map rows), the bias sum over all tokens."""
+        mat = self._prefixed(_proj_name(grad, bias_sum), extra, t.dtype, t.device)
+        return _split_bias(_left_mm(mat, t), bias_sum)  # (B, E + P*R (+1), C)
 
     def _project_rows(self, x3, grad, bias_sum):
         """Separable projection of token rows ``x3`` ``(B, H, W*C)``.
@@ -890,24 +833,18 @@ class WHTProjector:
         s = self._const("t2g" if grad else "t2", dt, dev)  # (Pw*R, ri*W)
         if self._unblocked:  # one GEMM for all patch rows; everything stays in (b, a) order
             a1 = self._const("t1ub" if bias_sum else "t1u", dt, dev)  # (Ph * nb, H)
-            nb = a1.shape[0] // ph
-            mid = self._left_mm(a1, x3).view(b, ph, nb, self.w * c)
-            out = torch.matmul(s, mid[:, :, :ri].reshape(b * ph, ri * self.w, c))
-            out = out.view(b, self.low_rank_tokens, c)
-            if not bias_sum:
-                return out
-            return out, _column_sum(mid[:, :, ri].reshape(b * ph, self.w * c), c)
-        blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
-        nb = blocks[0].shape[0]
-        mid = x3.new_empty(ph, b, nb, self.w * c)
-        ax_h, _ = self._axis_pair()
-        for a, (lo, hi) in enumerate(ax_h.window):
-            self._bmm_into(blocks[a], x3[:, lo:hi], mid[a])
-        low = torch.matmul(s, mid[:, :, :ri].view(ph * b, ri * self.w, c))
-        out = low.view(ph, b, -1, c).transpose(0, 1).reshape(b, self.low_rank_tokens, c)
-        if not bias_sum:
-            return out
-        return out, _column_sum(mid[:, :, ri].reshape(ph * b, self.w * c), c)
+            mid = _left_mm(a1, x3).view(b, ph, -1, self.w * c)
+        else:
+            blocks = self._const("t1b" if bias_sum else "t1", dt, dev)
+            mid = x3.new_empty(ph, b, blocks[0].shape[0], self.w * c)
+            for a, (lo, hi) in enumerate(self._axis_pair()[0].window):
+                _bmm_into(blocks[a], x3[:, lo:hi], mid[a])
+        low = torch.matmul(s, mid[:, :, :ri].reshape(-1, ri * self.w, c))
+        if self._unblocked:
+            out = low.view(b, self.low_rank_tokens, c)
+        else:
+            out = low.view(ph, b, -1, c).transpose(0, 1).reshape(b, self.low_rank_tokens, c)
+        return (out, _column_sum(mid[:, :, ri].reshape(-1, self.w * c), c)) if bias_sum else out
 
     def _project_cols(self, xm, b, c, grad, bias_sum):
         """Separable projection of a channel-major map ``xm`` ``(B*C*H, W)``: along ``W`` one
@@ -927,12 +864,9 @@ class WHTProjector:
         low = xm.new_empty(ph, b, pw * self.rank, c)
         for a, (lo, hi) in enumerate(ax_h.window):
             src = mid4[:, :, lo:hi].reshape(b, c, -1).transpose(1, 2)  # (B, win*Pw*nb, C)
-            self._bmm_into(c2[a], src, low[a])
+            _bmm_into(c2[a], src, low[a])
         out = low.transpose(0, 1).reshape(b, self.low_rank_tokens, c)
-        if not bias_sum:
-            return out
-        total = mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))
-        return out, total
+        return (out, mid.view(b, c, h, pw, nb)[..., rj].sum((0, 2, 3))) if bias_sum else out
 
     # ---- prefix tokens folded into the dense matrices (private; lbp_wht.functional) -------
     def _prefixed(self, name: str, extra: int, dtype: torch.dtype, device: torch.device):
@@ -941,33 +875,23 @@ class WHTProjector:
         all ``E + L`` tokens), ``rev`` ``(E + L, E + P*R)``. Then one GEMM over the whole token
         axis projects ``x`` / ``g_y`` (no slicing) and one writes the whole ``g_x`` (prefix rows
         = ``g_y w`` exactly, by the low-rank GEMMs that now carry them)."""
+        if not extra:
+            return self._const(name, dtype, device)
         key = (name, extra, dtype, device)
         if key not in self._cache:
-            e, lr, full = extra, self.low_rank_tokens, self.h * self.w
-            if name == "rev":
-                m = torch.zeros(e + full, e + lr, dtype=dtype, device=device)
-                m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
-                m[e:, e:] = self._const("rev", dtype, device)
-            else:
-                base = self._const(name, dtype, device)  # (P*R (+1), L)
-                m = torch.zeros(e + base.shape[0], e + full, dtype=dtype, device=device)
-                m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
-                m[e:, e:] = base
-                if name.endswith("b"):
-                    m[-1, :e] = 1.0
+            e, base = extra, self._const(name, dtype, device)  # (P*R (+1), L) or (L, P*R)
+            m = torch.zeros(e + base.shape[0], e + base.shape[1], dtype=dtype, device=device)
+            m[:e, :e] = torch.eye(e, dtype=dtype, device=device)
+            m[e:, e:] = base
+            if name.endswith("b"):
+                m[-1, :e] = 1.0
             self._cache[key] = m
         return self._cache[key]
-
-    def _project_prefixed(self, t: torch.Tensor, extra: int, grad: bool, bias_sum: bool):
-        """Dense: tokens ``(B, E + L, C)`` -> ``(B, E + P*R, C)`` (prefix rows unchanged, the map
-        projected; ``grad`` scales only the map rows), with the bias sum over all tokens."""
-        mat = self._prefixed(_proj_name(grad, bias_sum), extra, t.dtype, t.device)
-        return _split_bias(self._left_mm(mat, t), bias_sum)
 
     def _back_prefixed(self, z: torch.Tensor, extra: int, out: torch.Tensor) -> torch.Tensor:
         """Dense: ``(B, E + P*R, C)`` -> ``out`` ``(B, E + L, C)`` (token rows) in one GEMM."""
         rev = self._prefixed("rev", extra, z.dtype, z.device)
-        self._bmm_into(rev, z.contiguous(), out)
+        _bmm_into(rev, z.contiguous(), out)
         return out
 
     def project_back(
@@ -1004,7 +928,7 @@ class WHTProjector:
                 return out
             tt = t.transpose(1, 2)  # BLAS writes a (B, C, L) view with unit stride along L
             if tt.stride(2) == 1:
-                self._back_dense_cols(z, tt)
+                _zt_mm(z, self._const("rev", z.dtype, z.device).t(), tt)
                 return out
         elif self.pool and self._pool() is not None:
             self._back_pool(z, t.unflatten(1, (self.h, self.w)))
@@ -1022,15 +946,6 @@ class WHTProjector:
         t.copy_(tmp)
         return out
 
-    def _back_dense_cols(self, z, tt):
-        """Dense reverse written as ``(B, C, L)`` (``tt``, unit stride along the map)."""
-        rev = self._const("rev", z.dtype, z.device)  # (L, P*R)
-        zt = z.transpose(1, 2)  # (B, C, P*R)
-        if z.shape[0] == 1:
-            torch.mm(zt[0], rev.t(), out=tt[0])
-        else:
-            torch.bmm(zt, rev.t().expand(z.shape[0], *rev.t().shape), out=tt)
-
     def _back_rows(self, z, o3):
         """Reverse projection of ``z`` into token rows ``o3`` ``(B, H, W*C)``: along ``W`` for
         every ``(b, a)`` at once, then along ``H`` (all patch rows in one product, so the
@@ -1038,13 +953,13 @@ class WHTProjector:
         b, c = z.shape[0], z.shape[2]
         if self.impl == "dense":
             rev = self._const("rev", z.dtype, z.device)
-            self._bmm_into(rev, z, o3.view(b, self.h * self.w, c))
+            _bmm_into(rev, z, o3.view(b, self.h * self.w, c))
             return
         ph = self.hp // self.order
         srev = self._const("tr1", z.dtype, z.device)  # (ri*W, Pw*R)
         mid = torch.matmul(srev, z.view(b * ph, -1, c)).view(b, -1, self.w * c)
         rh = self._const("tr2", z.dtype, z.device)  # (H, Ph*ri)
-        self._bmm_into(rh, mid, o3)
+        _bmm_into(rh, mid, o3)
 
     def _back_cols(self, z, om):
         """Reverse projection of ``z`` into a channel-major map ``om`` ``(B*C*H, W)``: along
@@ -1055,11 +970,7 @@ class WHTProjector:
         cr1 = self._const("cr1", z.dtype, z.device)  # (P*R, H * Pw*rj)
         cr2 = self._const("cr2", z.dtype, z.device)
         mid = z.new_empty(b, c, h * pw * rj)
-        zt = z.transpose(1, 2)  # (B, C, P*R): BLAS reads it transposed, mid is written as is
-        if b == 1:
-            torch.mm(zt[0], cr1, out=mid[0])
-        else:
-            torch.bmm(zt, cr1.expand(b, *cr1.shape), out=mid)
+        _zt_mm(z, cr1, mid)
         mm = mid.view(b * c * h, pw * rj)
         ax_h, ax_w = self._axis_pair()
         for j, (o0, o1) in enumerate(ax_w.own):
@@ -1093,6 +1004,44 @@ def _split_bias(out: torch.Tensor, bias_sum: bool):
         return out
     total = out[0, -1].clone() if out.shape[0] == 1 else out[:, -1].sum(0)
     return out[:, :-1], total
+
+
+def _left_mm(mat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``mat (K, L) @ t (B, L, C) -> (B, K, C)``; batch 1 as one plain GEMM."""
+    if t.shape[0] == 1:
+        return torch.mm(mat, t[0]).unsqueeze(0)
+    return torch.matmul(mat, t)
+
+
+def _bmm_into(mat: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[b] = mat @ t[b]`` for every image. PyTorch runs a batched GEMM as one MKL call
+    only into a contiguous output; into a strided one (e.g. the map rows after prefix
+    tokens) it loops over the images, one small parallel region each, which costs a
+    scheduler wake-up per image on a loaded machine. So a strided output is written through
+    one contiguous temporary and one copy."""
+    if t.shape[0] == 1:
+        torch.mm(mat, t[0], out=out[0])
+    elif out.is_contiguous():
+        torch.bmm(mat.expand(t.shape[0], *mat.shape), t, out=out)
+    else:
+        out.copy_(torch.matmul(mat, t))
+
+
+def _cast(v, dtype: torch.dtype, device: torch.device):
+    """A float64 matrix, or a list of them, in ``dtype`` on ``device``."""
+    if isinstance(v, list):
+        return [t.to(device=device, dtype=dtype) for t in v]
+    return v.to(device=device, dtype=dtype)
+
+
+def _zt_mm(z: torch.Tensor, mat: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[b] = z[b]^T @ mat`` ``(B, C, K)`` for ``z`` ``(B, K', C)``: BLAS reads ``z``
+    transposed and writes ``out`` as it lies; batch 1 as one plain GEMM."""
+    zt = z.transpose(1, 2)
+    if z.shape[0] == 1:
+        torch.mm(zt[0], mat, out=out[0])
+    else:
+        torch.bmm(zt, mat.expand(z.shape[0], *mat.shape), out=out)
 
 
 def _weighted_slices(x: torch.Tensor, dim: int, lo: int, coefs: Sequence[float]) -> torch.Tensor:
