@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lbp_wht.benchmark import latency
-    from lbp_wht.benchmark.stats import loadavg
-    from lbp_wht.benchmark.timing import configure_allocator
+    from lbp_wht.benchmark.timing import configure_allocator, loadavg
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")

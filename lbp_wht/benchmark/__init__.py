@@ -1,8 +1,7 @@
 """Wall-clock benchmarks of the LBP-WHT backward (paper Table 8, appendix D).
 
-* :mod:`.stats`: quartiles, paired ratios and the load average that the timings are reported
-  with;
-* :mod:`.timing`: interleaved timing of several callables and the CPU memory-allocator switch;
+* :mod:`.timing`: interleaved timing of several callables, the quartiles, paired ratios, load
+  average and provenance fields the timings are reported with, the CPU memory-allocator switch;
 * :mod:`.latency`: the per-layer Table 8 benchmark, the projection-implementation comparison and
   the ablation of each optimisation of the backward;
 * :mod:`.e2e`: the backward of one partial-training step of a whole model;

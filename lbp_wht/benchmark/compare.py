@@ -32,8 +32,7 @@ import torch.nn as nn
 
 from ..experiments.methods import method_spec
 from ..experiments.vocab import MethodKey, method_label
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import interleaved_timings
+from .timing import interleaved_timings, loadavg, paired_ratio, quartiles, say
 
 __all__ = [
     "LAYER_METHODS",

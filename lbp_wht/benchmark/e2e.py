@@ -16,7 +16,6 @@ projection of ``x``).
 
 from __future__ import annotations
 
-import datetime as _dt
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,8 +25,7 @@ import torch.nn.functional as F
 
 from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
 from ..experiments.vocab import METHOD_SPECS, method_key, method_label, method_spec
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import interleaved_timings
+from .timing import interleaved_timings, loadavg, paired_ratio, provenance, quartiles, say
 
 #: The methods compared, as ``(preset method, LP_L1 radius or None)``; the first one is the
 #: baseline of the speedups. Rows are labelled with :func:`lbp_wht.experiments.vocab.method_label`.
@@ -118,7 +116,7 @@ def run_e2e(
         )
     load0 = loadavg()
     t = interleaved_timings(fns, rounds, warmup=2)
-    stamp = _stamp(rounds, load0)
+    stamp = provenance(rounds, load0)
     run = dict(model=model, batch=batch, size=size, threads=threads, allocator=allocator)
     base = _label(*methods[0])
     rows = []
@@ -136,17 +134,6 @@ def run_e2e(
     return rows
 
 
-def _stamp(rounds: int, load0: tuple[float, ...]) -> dict:
-    """The run's provenance fields, taken once when the timing ends."""
-    return dict(
-        rounds=rounds,
-        loadavg_1m_start=round(load0[0], 2),
-        loadavg_1m_end=round(loadavg()[0], 2),
-        torch=torch.__version__,
-        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    )
-
-
 def _timed_row(
     t: dict[str, dict[str, list[float]]],
     methods: Sequence[tuple[str, int | None]],
@@ -157,7 +144,8 @@ def _timed_row(
     stamp: dict,
 ) -> tuple[dict, str]:
     """One method's CSV row (``run``'s fields, its backward time and paired speedups over the
-    first method, ``extra``, then ``stamp``: the run's :func:`_stamp`) and its log line."""
+    first method, ``extra``, then ``stamp``: the run's
+    :func:`~.timing.provenance`) and its log line."""
     label, base = _label(method, r), _label(*methods[0])
     q1, med, q3 = quartiles(t[label]["wall"])
     s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
@@ -293,7 +281,7 @@ def run_e2e_timm(
         )
     load0 = loadavg()
     t = interleaved_timings(fns, rounds, warmup=1)
-    stamp = _stamp(rounds, load0)
+    stamp = provenance(rounds, load0)
     run = dict(model=model, batch=batch, size=size, threads=threads, allocator=allocator)
     base = _label(*methods[0])
     rows = []

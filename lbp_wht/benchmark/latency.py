@@ -44,8 +44,7 @@ from ..experiments.models import MODEL_SPECS
 from ..experiments.vocab import method_with
 from ..functional import _expand_rows, _project_rows, _recompile_limit, backward_fusion
 from ..reporting.paths import PAPER
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import interleaved_timings
+from .timing import interleaved_timings, loadavg, paired_ratio, provenance, quartiles, say
 
 #: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
@@ -381,26 +380,14 @@ def run_table8(
                     for r in rs:
                         fns.pop(f"lbp_r{r}")
                 t = interleaved_timings(fns, rounds, warmup=2 if quick else 5, device=device)
-                load1 = loadavg()
-                rows += _table8_rows(
-                    t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log,
-                    common=dict(
-                        device=device,
-                        threads=torch.get_num_threads() if device == "cpu" else "",
-                        allocator=allocator,
-                        model=model,
-                        cx=cx,
-                        cy=cy,
-                        L=tokens,
-                        prefix=prefix,
-                        batch=batch,
-                        rounds=rounds,
-                        loadavg_1m_start=round(load0[0], 2),
-                        loadavg_1m_end=round(load1[0], 2),
-                        torch=torch.__version__,
-                        date=date,
-                    ),
+                common = dict(
+                    device=device, threads=torch.get_num_threads() if device == "cpu" else "",
+                    allocator=allocator, model=model, cx=cx, cy=cy, L=tokens, prefix=prefix,
+                    batch=batch, **provenance(rounds, load0, date),
                 )  # fmt: skip
+                rows += _table8_rows(
+                    t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log, common
+                )
     return rows
 
 
