@@ -34,6 +34,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -137,13 +138,6 @@ def roofline_bound(
     )
 
 
-def _grad_call(y: torch.Tensor, inputs: list[torch.Tensor], g: torch.Tensor):
-    def call():
-        return torch.autograd.grad(y, inputs, g, retain_graph=True)
-
-    return call
-
-
 #: How an LBP-WHT backward is run in :func:`run_table8`:
 #: ``eager`` the library's default path; ``compiled`` the library's compiled memory passes
 #: (:func:`lbp_wht.functional.set_backward_fusion`), ``compiled_back`` only its reverse
@@ -235,7 +229,6 @@ def bench_shape(
     batch: int,
     rs: list[int],
     device: str,
-    rounds: int,
     dtype: torch.dtype = torch.float32,
     order: int = 8,
     padding: str = "reflect",
@@ -267,11 +260,13 @@ def bench_shape(
     w = (mk(cy, cx) / math.sqrt(cx)).requires_grad_(True)
     b = mk(cy).requires_grad_(True)
     g = mk(batch, tokens, cy)
-    fns: dict[str, Callable[[], object]] = {}
-    y_full = F.linear(x, w, b)
-    fns["full_bp"] = _grad_call(y_full, [x, w, b], g)
+
+    def grad(y: torch.Tensor) -> Callable[[], object]:  # the backward of y; keeps the graph
+        return partial(torch.autograd.grad, y, [x, w, b], g, retain_graph=True)
+
+    fns: dict[str, Callable[[], object]] = {"full_bp": grad(F.linear(x, w, b))}
     if "graph" in variants:
-        fns["full_bp@graph"] = cuda_graphed(lambda: _grad_call(F.linear(x, w, b), [x, w, b], g))
+        fns["full_bp@graph"] = cuda_graphed(lambda: grad(F.linear(x, w, b)))
     xd, wd, g2 = x.detach().reshape(-1, cx), w.detach(), g.reshape(-1, cy)
 
     def gemm():  # the paper's baseline: the two GEMMs of Eq. 2 (+ the bias sum)
@@ -287,25 +282,19 @@ def bench_shape(
     for r in rs:
         bases = select_bases("lp_l1", radius=r, order=order)
         proj = WHTProjector((side, side), bases, order, padding)
-        y = lbp_forward(x, w, b, proj, prefix_tokens=prefix)
-        call = _grad_call(y, [x, w, b], g)
-        fns[f"lbp_r{r}"] = call
+        call = fns[f"lbp_r{r}"] = grad(lbp_forward(x, w, b, proj, prefix_tokens=prefix))
         for v in variants:
             if v in ("compiled", "compiled_back"):
                 fns[f"lbp_r{r}@{v}"] = _with_fusion(v, call)
             elif v == "compiled_bwd" and not prefix and proj.impl == "dense":  # one-patch maps
-                y_c = _CompiledBackwardLBP.apply(x, w, b, proj)
-                fns[f"lbp_r{r}@compiled_bwd"] = _grad_call(y_c, [x, w, b], g)
+                fns[f"lbp_r{r}@compiled_bwd"] = grad(_CompiledBackwardLBP.apply(x, w, b, proj))
             elif v == "graph":
                 fns[f"lbp_r{r}@graph"] = cuda_graphed(
-                    lambda p=proj: _grad_call(
-                        lbp_forward(x, w, b, p, prefix_tokens=prefix), [x, w, b], g
-                    )
+                    lambda p=proj: grad(lbp_forward(x, w, b, p, prefix_tokens=prefix))
                 )
-        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(map_x))(proj)
+        fns[f"xproj_r{r}"] = partial(proj.project, map_x)
         if not prefix:
-            y_naive = _StraightforwardLBP.apply(x, w, b, proj)
-            fns[f"naive_r{r}"] = _grad_call(y_naive, [x, w, b], g)
+            fns[f"naive_r{r}"] = grad(_StraightforwardLBP.apply(x, w, b, proj))
     return fns
 
 
@@ -373,9 +362,8 @@ def run_table8(
                 prefix = shape[3] if len(shape) > 3 else 0
                 load0 = loadavg()
                 fns = bench_shape(
-                    cx, cy, tokens, batch, list(rs), device, rounds, prefix=prefix,
-                    variants=variants,
-                )  # fmt: skip
+                    cx, cy, tokens, batch, list(rs), device, prefix=prefix, variants=variants
+                )
                 if "eager" not in variants:  # only the requested variants are timed
                     for r in rs:
                         fns.pop(f"lbp_r{r}")
