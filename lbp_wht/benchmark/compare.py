@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from ..experiments.methods import method_spec
 from ..experiments.vocab import MethodKey, method_label
-from .timing import interleaved_timings, loadavg, paired_ratio, quartiles, say
+from .timing import interleaved_timings, iqr_cols, loadavg, paired_ratio, quartiles, say
 
 __all__ = [
     "LAYER_METHODS",
@@ -177,18 +177,9 @@ def layer_latency(
                     )  # fmt: skip
                     for phase in ("step", "backward"):
                         wall = t[f"{label}|{phase}"]["wall"]
-                        q1, med, q3 = quartiles(wall)
-                        s1, sp, s3 = paired_ratio(t[f"{ref}|{phase}"]["wall"], wall)
-                        row.update(
-                            {
-                                f"{phase}_us": med * 1e6,
-                                f"{phase}_us_q1": q1 * 1e6,
-                                f"{phase}_us_q3": q3 * 1e6,
-                                f"{phase}_speedup": sp,
-                                f"{phase}_speedup_q1": s1,
-                                f"{phase}_speedup_q3": s3,
-                            }
-                        )
+                        ratio = paired_ratio(t[f"{ref}|{phase}"]["wall"], wall)
+                        row.update(iqr_cols(f"{phase}_us", quartiles(wall), 1e6))
+                        row.update(iqr_cols(f"{phase}_speedup", ratio))
                     row["backprop_flops"] = info[label]["backprop_flops"]
                     row["int_macs"] = info[label]["int_macs"]
                     row["flop_ratio"] = info[ref]["backprop_flops"] / max(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
 from ..experiments.vocab import METHOD_SPECS, method_key, method_label, method_spec
-from .timing import interleaved_timings, loadavg, paired_ratio, provenance, quartiles, say
+from .timing import interleaved_timings, iqr_cols, loadavg, paired_ratio, provenance, quartiles, say
 
 #: The methods compared, as ``(preset method, LP_L1 radius or None)``; the first one is the
 #: baseline of the speedups. Rows are labelled with :func:`lbp_wht.experiments.vocab.method_label`.
@@ -153,12 +153,8 @@ def _timed_rows(
                 preset_method=method,
                 r=r if r is not None else "",
                 **{k: run[k] for k in ("batch", "size", "threads", "allocator")},
-                backward_ms=med * 1e3,
-                backward_q1_ms=q1 * 1e3,
-                backward_q3_ms=q3 * 1e3,
-                speedup=s_med,
-                speedup_q1=s_q1,
-                speedup_q3=s_q3,
+                **iqr_cols("backward{}_ms", (q1, med, q3), 1e3),
+                **iqr_cols("speedup", (s_q1, s_med, s_q3)),
                 speedup_cputime=c_med,
                 **extra,
                 **stamp,

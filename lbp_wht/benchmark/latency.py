@@ -45,7 +45,7 @@ from ..experiments.models import MODEL_SPECS
 from ..experiments.vocab import method_with
 from ..functional import _expand_rows, _project_rows, _recompile_limit, backward_fusion
 from ..reporting.paths import PAPER
-from .timing import interleaved_timings, loadavg, paired_ratio, provenance, quartiles, say
+from .timing import interleaved_timings, iqr_cols, loadavg, paired_ratio, provenance, quartiles, say
 
 #: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
@@ -396,9 +396,7 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
                 select="",
                 r="",
                 R="",
-                latency_us=med * 1e6,
-                latency_q1_us=q1 * 1e6,
-                latency_q3_us=q3 * 1e6,
+                **iqr_cols("latency{}_us", (q1, med, q3), 1e6),
                 cpu_latency_us=statistics.median(t[name]["cpu"]) * 1e6,
                 latency_min_us=min(t[name]["wall"]) * 1e6,
                 speedup=1.0 if method == FULL else "",
@@ -454,13 +452,9 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
                     select="lp_l1",
                     r=r,
                     R=rank,
-                    latency_us=med * 1e6,
-                    latency_q1_us=q1 * 1e6,
-                    latency_q3_us=q3 * 1e6,
+                    **iqr_cols("latency{}_us", (q1, med, q3), 1e6),
                     cpu_latency_us=statistics.median(tc) * 1e6,
-                    speedup=s_med,
-                    speedup_q1=s_q1,
-                    speedup_q3=s_q3,
+                    **iqr_cols("speedup", (s_q1, s_med, s_q3)),
                     speedup_cputime=c_med,
                     speedup_min=s_min,
                     latency_min_us=min(tw) * 1e6,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..experiments.vocab import method_spec
 from .e2e import E2E_METHODS, build, method_name
-from .timing import gc_paused, loadavg, paired_ratio, provenance, quartiles, say
+from .timing import gc_paused, iqr_cols, loadavg, paired_ratio, provenance, quartiles, say
 
 #: ``--amp`` spellings -> autocast dtype (None: float32).
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -255,13 +255,9 @@ def _rows(cases: list[_Case], common: dict, log: Callable[[str], None]) -> list[
             method=case.label,
             preset_method=case.preset_method,
             r=case.r if case.r is not None else "",
-            step_ms=med * 1e3,
-            step_q1_ms=q1 * 1e3,
-            step_q3_ms=q3 * 1e3,
+            **iqr_cols("step{}_ms", (q1, med, q3), 1e3),
             **{f"{p}_ms": statistics.median(case.phases[p]) * 1e3 for p in PHASES},
-            speedup=s_med,
-            speedup_q1=s_q1,
-            speedup_q3=s_q3,
+            **iqr_cols("speedup", (s_q1, s_med, s_q3)),
             backward_speedup=b_med,
             step_gflops=case.step_flops / 1e9,
             backprop_gflops=case.backprop_flops / 1e9,

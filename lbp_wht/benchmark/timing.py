@@ -38,6 +38,13 @@ def paired_ratio(num: Sequence[float], den: Sequence[float]) -> tuple[float, flo
     return quartiles([a / b for a, b in zip(num, den)])
 
 
+def iqr_cols(name: str, q: tuple[float, float, float], scale: float = 1.0) -> dict:
+    """``q = (q1, median, q3)`` times ``scale`` as the columns ``name`` (the median), then
+    ``name`` with ``_q1`` and with ``_q3`` at its ``{}`` (at the end where it has none)."""
+    name = name if "{}" in name else name + "{}"
+    return {name.format(s): v * scale for s, v in (("", q[1]), ("_q1", q[0]), ("_q3", q[2]))}
+
+
 def loadavg() -> tuple[float, float, float]:
     """The 1-, 5- and 15-minute load averages, NaN where the platform has none."""
     try:
