@@ -180,17 +180,14 @@ def layer_latency(
                         ratio = paired_ratio(t[f"{ref}|{phase}"]["wall"], wall)
                         row.update(iqr_cols(f"{phase}_us", quartiles(wall), 1e6))
                         row.update(iqr_cols(f"{phase}_speedup", ratio))
-                    row["backprop_flops"] = info[label]["backprop_flops"]
-                    row["int_macs"] = info[label]["int_macs"]
-                    row["flop_ratio"] = info[ref]["backprop_flops"] / max(
-                        info[label]["backprop_flops"], 1.0
-                    )
-                    row["saved_bytes"] = info[label]["saved_bytes"]
-                    row["saved_ratio"] = info[ref]["saved_bytes"] / max(
-                        info[label]["saved_bytes"], 1.0
-                    )
-                    row["rounds"] = rounds
-                    row["load"] = round(statistics.mean([load0, loadavg()[0]]), 2)
+                    i, i0 = info[label], info[ref]
+                    row.update(
+                        backprop_flops=i["backprop_flops"], int_macs=i["int_macs"],
+                        flop_ratio=i0["backprop_flops"] / max(i["backprop_flops"], 1.0),
+                        saved_bytes=i["saved_bytes"],
+                        saved_ratio=i0["saved_bytes"] / max(i["saved_bytes"], 1.0),
+                        rounds=rounds, load=round(statistics.mean([load0, loadavg()[0]]), 2),
+                    )  # fmt: skip
                     rows.append(row)
                     log(
                         f"{model} ({cx}, {cy}, {tokens}) B={batch} {label:<20} "

@@ -373,14 +373,13 @@ def run_table8(
                     allocator=allocator, model=model, cx=cx, cy=cy, L=tokens, prefix=prefix,
                     batch=batch, **provenance(rounds, load0, date),
                 )  # fmt: skip
-                rows += _table8_rows(
-                    t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log, common
-                )
+                rows += _table8_rows(t, paper, variants, rs, log, common)
     return rows
 
 
-def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log, common):
-    """The rows of one ``(shape, batch)`` from its interleaved timings ``t``."""
+def _table8_rows(t, paper, variants, rs, log, common):
+    """The rows of one ``(shape, batch)`` (``common``'s fields) from its interleaved timings."""
+    cx, cy, tokens, prefix, batch = (common[k] for k in ("cx", "cy", "L", "prefix", "batch"))
     rows = []
     cuda = str(common["device"]).startswith("cuda")
     paper_full = paper.get((cx, cy, None), (None, None, None))
