@@ -24,6 +24,7 @@ from lbp_wht.reporting.paths import LATENCY
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lbp_wht.benchmark import check_args
     from lbp_wht.benchmark.timing import ALLOCATORS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         help="as in benchmark_latency.py: reuse freed CPU memory (default) or glibc defaults",
     )
     args = ap.parse_args(argv)
-    for name in ("batch", "size", "threads", "rounds", "num_classes"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if any(r < 1 for r in args.r):
-        ap.error(f"--r must be positive, got {args.r}")
+    check_args(ap, args, ("batch", "size", "threads", "rounds", "num_classes", "r"))
     from lbp_wht.experiments.models import preset_models
 
     if args.timm is None and args.model not in preset_models():

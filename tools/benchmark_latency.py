@@ -37,6 +37,7 @@ from lbp_wht.reporting.paths import LATENCY
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from lbp_wht.benchmark import check_args
     from lbp_wht.benchmark.latency import VARIANTS
     from lbp_wht.benchmark.timing import ALLOCATORS
 
@@ -99,15 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--proj-batch", type=int, default=8)
     p.add_argument("--proj-channels", type=int, default=256)
     args = p.parse_args(argv)
-    for name in ("threads", "rounds", "proj_batch", "proj_channels"):
-        if getattr(args, name) < (0 if name == "rounds" else 1):
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("batches", "r", "proj_sizes"):
-        bad = [v for v in getattr(args, name) if v < 1]
-        if bad:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {bad}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        p.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
+    positive = ("threads", "proj_batch", "proj_channels", "batches", "r", "proj_sizes")
+    check_args(p, args, positive, nonnegative=("rounds",), device=True)
     if "graph" in args.variants and not args.device.startswith("cuda"):
         p.error("--variants graph (CUDA graph replay) needs --device cuda")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
@@ -132,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lbp_wht.benchmark import latency
-    from lbp_wht.benchmark.stats import loadavg
-    from lbp_wht.benchmark.timing import configure_allocator
+    from lbp_wht.benchmark.timing import configure_allocator, loadavg
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
@@ -150,9 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(rounds=args.rounds, quick=args.quick)
     if args.ablation:
         rows = latency.run_ablation(batches=args.batches, **common)
-        written = (
-            [] if args.no_write else lt.write_component_table("ablation", rows, args.out, meta)
-        )
     elif args.projection:
         rows = latency.run_projection(
             sizes=args.proj_sizes,
@@ -161,37 +151,32 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.proj_batch,
             **common,
         )
-        written = (
-            [] if args.no_write else lt.write_component_table("projection", rows, args.out, meta)
-        )
     else:
-        shapes = {}
         named = {
             "table8": latency.TABLE8_SHAPES,
             "vit-b": latency.VIT_B_SHAPES,
             "swin-t": latency.SWIN_T_SHAPES,
             "tiny": latency.TINY_SHAPES,
         }
-        for name in args.shapes:
-            shapes.update(named[name])
         rows = latency.run_table8(
             batches=args.batches,
             rs=args.r,
             device=args.device,
             allocator=allocator,
             variants=args.variants,
-            shapes=shapes,
+            shapes={model: s for name in args.shapes for model, s in named[name].items()},
             **common,
         )
-        written = (
-            []
-            if args.no_write
-            else lt.write_table8(
-                rows, args.out, args.device, meta, name=args.name, merge=args.merge
-            )
+    if args.no_write:
+        return 0
+    if args.ablation or args.projection:
+        kind = "ablation" if args.ablation else "projection"
+        written = lt.write_component_table(kind, rows, args.out, meta)
+    else:
+        written = lt.write_table8(
+            rows, args.out, args.device, meta, name=args.name, merge=args.merge
         )
-    if written:
-        print("wrote " + ", ".join(map(str, written)))
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

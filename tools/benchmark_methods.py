@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -32,6 +31,8 @@ PRESET_METHODS = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from lbp_wht.benchmark import check_args
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["layers", "cost", "step", "fidelity"])
     ap.add_argument("--out", type=Path, default=Path("results/benchmark"))
@@ -44,13 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny shapes and models")
     args = ap.parse_args(argv)
-    for name in ("threads", "rounds", "batch"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be positive, got {getattr(args, name)}")
-    if min(args.batches) < 1:
-        ap.error(f"--batches must be positive, got {args.batches}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        ap.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
+    check_args(ap, args, ("threads", "rounds", "batch", "batches"), device=True)
     if args.device != "cpu" and args.what not in ("layers", "step"):
         ap.error(f"--device applies to layers and step, not {args.what}")
     if args.what == "fidelity" and not args.config:

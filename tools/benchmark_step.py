@@ -13,13 +13,13 @@ the FLOP bound of the whole step beside each (see ``lbp_wht.benchmark.step``). U
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from lbp_wht.reporting.paths import LATENCY
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from lbp_wht.benchmark import check_args
     from lbp_wht.benchmark.step import AMP_DTYPES
     from lbp_wht.benchmark.timing import ALLOCATORS
 
@@ -43,13 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--allocator", choices=ALLOCATORS, default="reuse")
     args = ap.parse_args(argv)
-    for name in ("batch", "size", "threads", "rounds", "num_classes"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.warmup < 0:
-        ap.error(f"--warmup must be >= 0, got {args.warmup}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        ap.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")
+    check_args(ap, args, ("batch", "size", "threads", "rounds", "num_classes"), ("warmup",), True)
     from lbp_wht.experiments.models import preset_models
     from lbp_wht.experiments.vocab import SCOPES
 

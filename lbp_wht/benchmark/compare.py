@@ -32,8 +32,7 @@ import torch.nn as nn
 
 from ..experiments.methods import method_spec
 from ..experiments.vocab import MethodKey, method_label
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import interleaved_timings
+from .timing import interleaved_timings, iqr_cols, loadavg, paired_ratio, quartiles, say
 
 __all__ = [
     "LAYER_METHODS",
@@ -178,29 +177,17 @@ def layer_latency(
                     )  # fmt: skip
                     for phase in ("step", "backward"):
                         wall = t[f"{label}|{phase}"]["wall"]
-                        q1, med, q3 = quartiles(wall)
-                        s1, sp, s3 = paired_ratio(t[f"{ref}|{phase}"]["wall"], wall)
-                        row.update(
-                            {
-                                f"{phase}_us": med * 1e6,
-                                f"{phase}_us_q1": q1 * 1e6,
-                                f"{phase}_us_q3": q3 * 1e6,
-                                f"{phase}_speedup": sp,
-                                f"{phase}_speedup_q1": s1,
-                                f"{phase}_speedup_q3": s3,
-                            }
-                        )
-                    row["backprop_flops"] = info[label]["backprop_flops"]
-                    row["int_macs"] = info[label]["int_macs"]
-                    row["flop_ratio"] = info[ref]["backprop_flops"] / max(
-                        info[label]["backprop_flops"], 1.0
-                    )
-                    row["saved_bytes"] = info[label]["saved_bytes"]
-                    row["saved_ratio"] = info[ref]["saved_bytes"] / max(
-                        info[label]["saved_bytes"], 1.0
-                    )
-                    row["rounds"] = rounds
-                    row["load"] = round(statistics.mean([load0, loadavg()[0]]), 2)
+                        ratio = paired_ratio(t[f"{ref}|{phase}"]["wall"], wall)
+                        row.update(iqr_cols(f"{phase}_us", quartiles(wall), 1e6))
+                        row.update(iqr_cols(f"{phase}_speedup", ratio))
+                    i, i0 = info[label], info[ref]
+                    row.update(
+                        backprop_flops=i["backprop_flops"], int_macs=i["int_macs"],
+                        flop_ratio=i0["backprop_flops"] / max(i["backprop_flops"], 1.0),
+                        saved_bytes=i["saved_bytes"],
+                        saved_ratio=i0["saved_bytes"] / max(i["saved_bytes"], 1.0),
+                        rounds=rounds, load=round(statistics.mean([load0, loadavg()[0]]), 2),
+                    )  # fmt: skip
                     rows.append(row)
                     log(
                         f"{model} ({cx}, {cy}, {tokens}) B={batch} {label:<20} "

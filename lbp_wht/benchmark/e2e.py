@@ -16,18 +16,17 @@ projection of ``x``).
 
 from __future__ import annotations
 
-import datetime as _dt
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from .. import integrations  # noqa: F401  (CPU shims before mmpretrain imports torchvision)
 from ..experiments.vocab import METHOD_SPECS, method_key, method_label, method_spec
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import interleaved_timings
+from .timing import interleaved_timings, iqr_cols, loadavg, paired_ratio, provenance, quartiles, say
 
 #: The methods compared, as ``(preset method, LP_L1 radius or None)``; the first one is the
 #: baseline of the speedups. Rows are labelled with :func:`lbp_wht.experiments.vocab.method_label`.
@@ -43,9 +42,6 @@ E2E_METHODS: tuple[tuple[str, int | None], ...] = (
 def method_name(method: str, r: int | None) -> str:
     """The display label of a preset method (``LP_L1-<r>`` for LBP-WHT with radius ``r``)."""
     return method_label(method_key(method, "lp_l1", r))
-
-
-_label = method_name
 
 
 def build(
@@ -89,9 +85,9 @@ def run_e2e(
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, num_classes, (batch,))
-    fns, flops, info = {}, {}, {}
+    fns, flops, extras, tails = {}, [], [], []
     for method, r in methods:
-        label = _label(method, r)
+        label = method_name(method, r)
         torch.manual_seed(0)  # same initial weights for every method
         net = build(model, method, r, num_classes)
         params = [p for p in net.parameters() if p.requires_grad]
@@ -106,83 +102,69 @@ def run_e2e(
             loss_fn=loss_of,
             elementwise=False,
         )
-        flops[label] = m.backprop_flops
-        info[label] = dict(trainable_params=m.trainable_params, saved=m.saved_activation_bytes)
         loss = loss_of(net(x, mode="tensor"))  # graph kept for repeated backward calls
-        fns[label] = (lambda lo, ps: lambda: torch.autograd.grad(lo, ps, retain_graph=True))(
-            loss, params
+        fns[label] = partial(torch.autograd.grad, loss, params, retain_graph=True)
+        flops.append(m.backprop_flops)  # flops[0]: the baseline's
+        extras.append(
+            dict(
+                backprop_gflops=m.backprop_flops / 1e9,
+                flop_speedup=flops[0] / m.backprop_flops,
+                trainable_params=m.trainable_params,
+                saved_activation_mb=m.saved_activation_bytes / 2**20,
+            )
         )
+        tails.append(f"  FLOP speedup {extras[-1]['flop_speedup']:.2f}x")
         log(
             f"built {label}: {len(params)} trainable tensors, {m.backprop_flops / 1e9:.3f} "
             f"GFLOPs backprop"
         )
-    load0 = loadavg()
-    t = interleaved_timings(fns, rounds, warmup=2)
-    stamp = _stamp(rounds, load0)
     run = dict(model=model, batch=batch, size=size, threads=threads, allocator=allocator)
-    base = _label(*methods[0])
-    rows = []
-    for method, r in methods:
-        label = _label(method, r)
-        extra = dict(
-            backprop_gflops=flops[label] / 1e9,
-            flop_speedup=flops[base] / flops[label],
-            trainable_params=info[label]["trainable_params"],
-            saved_activation_mb=info[label]["saved"] / 2**20,
-        )
-        row, line = _timed_row(t, methods, method, r, run, extra, stamp)
-        rows.append(row)
-        log(f"{line}  FLOP speedup {extra['flop_speedup']:.2f}x")
-    return rows
+    return _timed_rows(fns, methods, rounds, 2, run, extras, tails, log)
 
 
-def _stamp(rounds: int, load0: tuple[float, ...]) -> dict:
-    """The run's provenance fields, taken once when the timing ends."""
-    return dict(
-        rounds=rounds,
-        loadavg_1m_start=round(load0[0], 2),
-        loadavg_1m_end=round(loadavg()[0], 2),
-        torch=torch.__version__,
-        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    )
-
-
-def _timed_row(
-    t: dict[str, dict[str, list[float]]],
+def _timed_rows(
+    fns: dict[str, Callable[[], object]],
     methods: Sequence[tuple[str, int | None]],
-    method: str,
-    r: int | None,
+    rounds: int,
+    warmup: int,
     run: dict,
-    extra: dict,
-    stamp: dict,
-) -> tuple[dict, str]:
-    """One method's CSV row (``run``'s fields, its backward time and paired speedups over the
-    first method, ``extra``, then ``stamp``: the run's :func:`_stamp`) and its log line."""
-    label, base = _label(method, r), _label(*methods[0])
-    q1, med, q3 = quartiles(t[label]["wall"])
-    s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
-    _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
-    row = dict(
-        model=run["model"],
-        method=label,
-        preset_method=method,
-        r=r if r is not None else "",
-        **{k: run[k] for k in ("batch", "size", "threads", "allocator")},
-        backward_ms=med * 1e3,
-        backward_q1_ms=q1 * 1e3,
-        backward_q3_ms=q3 * 1e3,
-        speedup=s_med,
-        speedup_q1=s_q1,
-        speedup_q3=s_q3,
-        speedup_cputime=c_med,
-        **extra,
-        **stamp,
-    )
-    line = (
-        f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
-        f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x)"
-    )
-    return row, line
+    extras: Sequence[dict],
+    tails: Sequence[str],
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Time the backward ``fns`` (one per method, by label) interleaved; one CSV row per method:
+    ``run``'s fields, its backward time and paired speedups over the first method, its
+    ``extras`` entry, then the run's :func:`~.timing.provenance`. Each row's log line ends with
+    its ``tails`` entry."""
+    load0 = loadavg()
+    t = interleaved_timings(fns, rounds, warmup=warmup)
+    stamp = provenance(rounds, load0)
+    base = method_name(*methods[0])
+    rows = []
+    for (method, r), extra, tail in zip(methods, extras, tails):
+        label = method_name(method, r)
+        q1, med, q3 = quartiles(t[label]["wall"])
+        s_q1, s_med, s_q3 = paired_ratio(t[base]["wall"], t[label]["wall"])
+        _, c_med, _ = paired_ratio(t[base]["cpu"], t[label]["cpu"])
+        rows.append(
+            dict(
+                model=run["model"],
+                method=label,
+                preset_method=method,
+                r=r if r is not None else "",
+                **{k: run[k] for k in ("batch", "size", "threads", "allocator")},
+                **iqr_cols("backward{}_ms", (q1, med, q3), 1e3),
+                **iqr_cols("speedup", (s_q1, s_med, s_q3)),
+                speedup_cputime=c_med,
+                **extra,
+                **stamp,
+            )
+        )
+        log(
+            f"{label:9s} backward {med * 1e3:8.1f} ms [{q1 * 1e3:.1f}, {q3 * 1e3:.1f}]  "
+            f"speedup {s_med:.2f}x [{s_q1:.2f}, {s_q3:.2f}] (cpu-time {c_med:.2f}x){tail}"
+        )
+    return rows
 
 
 # ---- timm models, every linear layer converted ---------------------------------------------
@@ -262,9 +244,9 @@ def run_e2e_timm(
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, 1000, (batch,))
-    fns, info = {}, {}
+    fns, flops, extras, tails = {}, [], [], []
     for method, r in methods:
-        label = _label(method, r)
+        label = method_name(method, r)
         torch.manual_seed(0)
         net = build_timm(model, method, r)
         params = [p for p in net.parameters() if p.requires_grad]
@@ -274,45 +256,30 @@ def run_e2e_timm(
         lbp_layers = sum(type(mod).__name__ == "LBPLinear" for mod in net.modules())
         linears = sum(isinstance(mod, torch.nn.Linear) for mod in net.modules())
         loss = F.cross_entropy(net(x), labels)  # graph kept for repeated backward calls
-        fn = (lambda lo, ps: lambda: torch.autograd.grad(lo, ps, retain_graph=True))(loss, params)
+        fn = fns[label] = partial(torch.autograd.grad, loss, params, retain_graph=True)
         fn()  # warm-up: projector matrices, stride probes, allocator
         share, _ = linear_backward_share(fn)
-        fns[label] = fn
-        info[label] = dict(
-            flops=m.backprop_flops,
-            trainable=m.trainable_params,
-            saved=m.saved_activation_bytes,
-            share=share,
-            lbp_layers=lbp_layers,
-            linears=linears,
+        flops.append(m.backprop_flops)  # flops[0]: the baseline's
+        extras.append(
+            dict(
+                backprop_gflops=m.backprop_flops / 1e9,
+                flop_speedup=flops[0] / m.backprop_flops,
+                linear_share=share,
+                outside_share=1.0 - share,
+                lbp_layers=lbp_layers,
+                linear_layers=linears,
+                trainable_params=m.trainable_params,
+                saved_activation_mb=m.saved_activation_bytes / 2**20,
+            )
+        )
+        tails.append(
+            f"  FLOP speedup {extras[-1]['flop_speedup']:.2f}x  outside linear layers "
+            f"{100 * (1 - share):.0f}%"
         )
         log(
             f"built {label}: {lbp_layers} of {linears} linear layers LBP-WHT, "
             f"{m.backprop_flops / 1e9:.1f} GFLOPs backprop, {100 * share:.0f}% of the backward "
             "in linear layers"
         )
-    load0 = loadavg()
-    t = interleaved_timings(fns, rounds, warmup=1)
-    stamp = _stamp(rounds, load0)
     run = dict(model=model, batch=batch, size=size, threads=threads, allocator=allocator)
-    base = _label(*methods[0])
-    rows = []
-    for method, r in methods:
-        i = info[_label(method, r)]
-        extra = dict(
-            backprop_gflops=i["flops"] / 1e9,
-            flop_speedup=info[base]["flops"] / i["flops"],
-            linear_share=i["share"],
-            outside_share=1.0 - i["share"],
-            lbp_layers=i["lbp_layers"],
-            linear_layers=i["linears"],
-            trainable_params=i["trainable"],
-            saved_activation_mb=i["saved"] / 2**20,
-        )
-        row, line = _timed_row(t, methods, method, r, run, extra, stamp)
-        rows.append(row)
-        log(
-            f"{line}  FLOP speedup {extra['flop_speedup']:.2f}x  outside linear layers "
-            f"{100 * (1 - i['share']):.0f}%"
-        )
-    return rows
+    return _timed_rows(fns, methods, rounds, 1, run, extras, tails, log)

@@ -34,6 +34,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,8 +45,7 @@ from ..experiments.models import MODEL_SPECS
 from ..experiments.vocab import method_with
 from ..functional import _expand_rows, _project_rows, _recompile_limit, backward_fusion
 from ..reporting.paths import PAPER
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import interleaved_timings
+from .timing import interleaved_timings, iqr_cols, loadavg, paired_ratio, provenance, quartiles, say
 
 #: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
@@ -136,13 +136,6 @@ def roofline_bound(
         f / (max(g * lowrank_fraction, m * weight_fraction) + m)
         for f, g, m in zip(full, gemm, stream)
     )
-
-
-def _grad_call(y: torch.Tensor, inputs: list[torch.Tensor], g: torch.Tensor):
-    def call():
-        return torch.autograd.grad(y, inputs, g, retain_graph=True)
-
-    return call
 
 
 #: How an LBP-WHT backward is run in :func:`run_table8`:
@@ -236,7 +229,6 @@ def bench_shape(
     batch: int,
     rs: list[int],
     device: str,
-    rounds: int,
     dtype: torch.dtype = torch.float32,
     order: int = 8,
     padding: str = "reflect",
@@ -268,11 +260,13 @@ def bench_shape(
     w = (mk(cy, cx) / math.sqrt(cx)).requires_grad_(True)
     b = mk(cy).requires_grad_(True)
     g = mk(batch, tokens, cy)
-    fns: dict[str, Callable[[], object]] = {}
-    y_full = F.linear(x, w, b)
-    fns["full_bp"] = _grad_call(y_full, [x, w, b], g)
+
+    def grad(y: torch.Tensor) -> Callable[[], object]:  # the backward of y; keeps the graph
+        return partial(torch.autograd.grad, y, [x, w, b], g, retain_graph=True)
+
+    fns: dict[str, Callable[[], object]] = {"full_bp": grad(F.linear(x, w, b))}
     if "graph" in variants:
-        fns["full_bp@graph"] = cuda_graphed(lambda: _grad_call(F.linear(x, w, b), [x, w, b], g))
+        fns["full_bp@graph"] = cuda_graphed(lambda: grad(F.linear(x, w, b)))
     xd, wd, g2 = x.detach().reshape(-1, cx), w.detach(), g.reshape(-1, cy)
 
     def gemm():  # the paper's baseline: the two GEMMs of Eq. 2 (+ the bias sum)
@@ -288,25 +282,19 @@ def bench_shape(
     for r in rs:
         bases = select_bases("lp_l1", radius=r, order=order)
         proj = WHTProjector((side, side), bases, order, padding)
-        y = lbp_forward(x, w, b, proj, prefix_tokens=prefix)
-        call = _grad_call(y, [x, w, b], g)
-        fns[f"lbp_r{r}"] = call
+        call = fns[f"lbp_r{r}"] = grad(lbp_forward(x, w, b, proj, prefix_tokens=prefix))
         for v in variants:
             if v in ("compiled", "compiled_back"):
                 fns[f"lbp_r{r}@{v}"] = _with_fusion(v, call)
             elif v == "compiled_bwd" and not prefix and proj.impl == "dense":  # one-patch maps
-                y_c = _CompiledBackwardLBP.apply(x, w, b, proj)
-                fns[f"lbp_r{r}@compiled_bwd"] = _grad_call(y_c, [x, w, b], g)
+                fns[f"lbp_r{r}@compiled_bwd"] = grad(_CompiledBackwardLBP.apply(x, w, b, proj))
             elif v == "graph":
                 fns[f"lbp_r{r}@graph"] = cuda_graphed(
-                    lambda p=proj: _grad_call(
-                        lbp_forward(x, w, b, p, prefix_tokens=prefix), [x, w, b], g
-                    )
+                    lambda p=proj: grad(lbp_forward(x, w, b, p, prefix_tokens=prefix))
                 )
-        fns[f"xproj_r{r}"] = (lambda p: lambda: p.project(map_x))(proj)
+        fns[f"xproj_r{r}"] = partial(proj.project, map_x)
         if not prefix:
-            y_naive = _StraightforwardLBP.apply(x, w, b, proj)
-            fns[f"naive_r{r}"] = _grad_call(y_naive, [x, w, b], g)
+            fns[f"naive_r{r}"] = grad(_StraightforwardLBP.apply(x, w, b, proj))
     return fns
 
 
@@ -374,38 +362,24 @@ def run_table8(
                 prefix = shape[3] if len(shape) > 3 else 0
                 load0 = loadavg()
                 fns = bench_shape(
-                    cx, cy, tokens, batch, list(rs), device, rounds, prefix=prefix,
-                    variants=variants,
-                )  # fmt: skip
+                    cx, cy, tokens, batch, list(rs), device, prefix=prefix, variants=variants
+                )
                 if "eager" not in variants:  # only the requested variants are timed
                     for r in rs:
                         fns.pop(f"lbp_r{r}")
                 t = interleaved_timings(fns, rounds, warmup=2 if quick else 5, device=device)
-                load1 = loadavg()
-                rows += _table8_rows(
-                    t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log,
-                    common=dict(
-                        device=device,
-                        threads=torch.get_num_threads() if device == "cpu" else "",
-                        allocator=allocator,
-                        model=model,
-                        cx=cx,
-                        cy=cy,
-                        L=tokens,
-                        prefix=prefix,
-                        batch=batch,
-                        rounds=rounds,
-                        loadavg_1m_start=round(load0[0], 2),
-                        loadavg_1m_end=round(load1[0], 2),
-                        torch=torch.__version__,
-                        date=date,
-                    ),
+                common = dict(
+                    device=device, threads=torch.get_num_threads() if device == "cpu" else "",
+                    allocator=allocator, model=model, cx=cx, cy=cy, L=tokens, prefix=prefix,
+                    batch=batch, **provenance(rounds, load0, date),
                 )  # fmt: skip
+                rows += _table8_rows(t, paper, variants, rs, log, common)
     return rows
 
 
-def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, log, common):
-    """The rows of one ``(shape, batch)`` from its interleaved timings ``t``."""
+def _table8_rows(t, paper, variants, rs, log, common):
+    """The rows of one ``(shape, batch)`` (``common``'s fields) from its interleaved timings."""
+    cx, cy, tokens, prefix, batch = (common[k] for k in ("cx", "cy", "L", "prefix", "batch"))
     rows = []
     cuda = str(common["device"]).startswith("cuda")
     paper_full = paper.get((cx, cy, None), (None, None, None))
@@ -421,9 +395,7 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
                 select="",
                 r="",
                 R="",
-                latency_us=med * 1e6,
-                latency_q1_us=q1 * 1e6,
-                latency_q3_us=q3 * 1e6,
+                **iqr_cols("latency{}_us", (q1, med, q3), 1e6),
                 cpu_latency_us=statistics.median(t[name]["cpu"]) * 1e6,
                 latency_min_us=min(t[name]["wall"]) * 1e6,
                 speedup=1.0 if method == FULL else "",
@@ -479,13 +451,9 @@ def _table8_rows(t, paper, variants, rs, batch, model, cx, cy, tokens, prefix, l
                     select="lp_l1",
                     r=r,
                     R=rank,
-                    latency_us=med * 1e6,
-                    latency_q1_us=q1 * 1e6,
-                    latency_q3_us=q3 * 1e6,
+                    **iqr_cols("latency{}_us", (q1, med, q3), 1e6),
                     cpu_latency_us=statistics.median(tc) * 1e6,
-                    speedup=s_med,
-                    speedup_q1=s_q1,
-                    speedup_q3=s_q3,
+                    **iqr_cols("speedup", (s_q1, s_med, s_q3)),
                     speedup_cputime=c_med,
                     speedup_min=s_min,
                     latency_min_us=min(tw) * 1e6,

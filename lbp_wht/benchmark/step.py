@@ -30,7 +30,6 @@ saves for backward (every device) and, on CUDA, the allocator's peak over one st
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import random
 import statistics
 import time
@@ -42,8 +41,7 @@ import torch.nn.functional as F
 
 from ..experiments.vocab import method_spec
 from .e2e import E2E_METHODS, build, method_name
-from .stats import loadavg, paired_ratio, quartiles, say
-from .timing import gc_paused
+from .timing import gc_paused, iqr_cols, loadavg, paired_ratio, provenance, quartiles, say
 
 #: ``--amp`` spellings -> autocast dtype (None: float32).
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -232,27 +230,11 @@ def run_step(
                 if cuda:
                     case.cuda_peak.append(torch.cuda.max_memory_allocated())
             log(f"round {k + 1}/{rounds} done (load {loadavg()[0]:.2f})")
-    load1 = loadavg()
-    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    return _rows(
-        cases,
-        dict(
-            model=model,
-            batch=batch,
-            size=size,
-            device=device,
-            amp=amp,
-            threads=threads,
-            allocator=allocator,
-            optimizer="AdamW",
-            rounds=rounds,
-            loadavg_1m_start=round(load0[0], 2),
-            loadavg_1m_end=round(load1[0], 2),
-            torch=torch.__version__,
-            date=date,
-        ),
-        log,
-    )
+    common = dict(
+        model=model, batch=batch, size=size, device=device, amp=amp, threads=threads,
+        allocator=allocator, optimizer="AdamW", **provenance(rounds, load0),
+    )  # fmt: skip
+    return _rows(cases, common, log)
 
 
 def _rows(cases: list[_Case], common: dict, log: Callable[[str], None]) -> list[dict]:
@@ -273,13 +255,9 @@ def _rows(cases: list[_Case], common: dict, log: Callable[[str], None]) -> list[
             method=case.label,
             preset_method=case.preset_method,
             r=case.r if case.r is not None else "",
-            step_ms=med * 1e3,
-            step_q1_ms=q1 * 1e3,
-            step_q3_ms=q3 * 1e3,
+            **iqr_cols("step{}_ms", (q1, med, q3), 1e3),
             **{f"{p}_ms": statistics.median(case.phases[p]) * 1e3 for p in PHASES},
-            speedup=s_med,
-            speedup_q1=s_q1,
-            speedup_q3=s_q3,
+            **iqr_cols("speedup", (s_q1, s_med, s_q3)),
             backward_speedup=b_med,
             step_gflops=case.step_flops / 1e9,
             backprop_gflops=case.backprop_flops / 1e9,

@@ -1,19 +1,73 @@
-"""Interleaved timing of several callables, and the CPU memory-allocator setting."""
+"""Interleaved timing of several callables, the statistics the timings are reported with,
+and the CPU memory-allocator setting."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import datetime as _dt
 import gc
 import math
+import os
 import random
+import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 ALLOCATORS = ("reuse", "system")
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(q1, median, q3)`` of ``values`` with linear interpolation between samples
+    (``statistics.quantiles(..., method="inclusive")``); one value is its own quartiles."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> tuple[float, float, float]:
+    """``(q1, median, q3)`` of the per-round ratios ``num[i] / den[i]``.
+
+    Samples of the same round were taken back to back, so a ratio per round cancels the load
+    that hit both of them; the median of those ratios is the reported speedup.
+    """
+    return quartiles([a / b for a, b in zip(num, den)])
+
+
+def iqr_cols(name: str, q: tuple[float, float, float], scale: float = 1.0) -> dict:
+    """``q = (q1, median, q3)`` times ``scale`` as the columns ``name`` (the median), then
+    ``name`` with ``_q1`` and with ``_q3`` at its ``{}`` (at the end where it has none)."""
+    name = name if "{}" in name else name + "{}"
+    return {name.format(s): v * scale for s, v in (("", q[1]), ("_q1", q[0]), ("_q3", q[2]))}
+
+
+def loadavg() -> tuple[float, float, float]:
+    """The 1-, 5- and 15-minute load averages, NaN where the platform has none."""
+    try:
+        return os.getloadavg()
+    except OSError:  # pragma: no cover - not on every platform
+        return (math.nan, math.nan, math.nan)
+
+
+def provenance(rounds: int, load0: tuple[float, ...], date: str = "") -> dict:
+    """The provenance fields that end every timed row, in this order: ``rounds``, the 1-minute
+    load before (``load0``) and now, the torch version and ``date`` (default: now)."""
+    return dict(
+        rounds=rounds,
+        loadavg_1m_start=round(load0[0], 2),
+        loadavg_1m_end=round(loadavg()[0], 2),
+        torch=torch.__version__,
+        date=date or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+
+
+def say(line: str) -> None:
+    """Print a progress line at once (benchmarks run for minutes; output may be a pipe)."""
+    print(line, flush=True)
 
 
 @contextlib.contextmanager
