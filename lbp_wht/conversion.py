@@ -78,14 +78,7 @@ from .layers import (
 )
 from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear, LoRAMixin
 from .lora_fa import LoRAFAConv2d, LoRAFALinear
-from .tracing import (
-    LayerTrace,
-    call_model,
-    example_from_model,
-    example_spec,
-    preserved,
-    trace_layers,
-)
+from .tracing import LayerTrace, call_model, preserved, trace_layers
 from .velora import VeLoRAConv2d, VeLoRALinear, VeLoRAMixin
 from .wta_crs import WTACRSConv2d, WTACRSLinear
 
@@ -420,21 +413,39 @@ class _Decision:
 
 
 def _example(model: nn.Module, example_input: Any) -> tuple[Any, str, bool]:
-    """``(example or None, description, given by the user)``."""
+    """``(example or None, description, given by the user)``.
+
+    ``"auto"`` builds a seeded ``(1, c, h, w)`` normal input, on the model's device and dtype,
+    of the size the model declares: transformers vision models their ``config.image_size`` /
+    ``num_channels`` (passed as ``pixel_values``), timm models ``pretrained_cfg['input_size']``
+    (the patch embedding's ``img_size`` wins where it differs).
+    """
     if example_input is None:
         return None, "none (example_input=None)", False
-    if isinstance(example_input, str):
-        if example_input != "auto":
-            raise ValueError(
-                f"convert: example_input must be a tensor, a tuple of arguments, a dict of "
-                f"keyword arguments, 'auto' or None, got {example_input!r}"
-            )
-        found = example_from_model(model)
-        if found is None:
-            return None, "none (the model declares no input size; pass example_input=)", False
-        ex, where = found
-        return ex, f"{_describe_example(ex)} from the model's {where}", False
-    return example_input, _describe_example(example_input), True
+    if not isinstance(example_input, str):
+        return example_input, _describe_example(example_input), True
+    if example_input != "auto":
+        raise ValueError(
+            f"convert: example_input must be a tensor, a tuple of arguments, a dict of "
+            f"keyword arguments, 'auto' or None, got {example_input!r}"
+        )
+    cfg, pcfg = getattr(model, "config", None), getattr(model, "pretrained_cfg", None)
+    if getattr(cfg, "image_size", None) is not None and hasattr(cfg, "num_channels"):
+        size, c, where = cfg.image_size, cfg.num_channels, "config.image_size"
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+    elif isinstance(pcfg, Mapping) and "input_size" in pcfg:
+        (c, h, w), where = pcfg["input_size"], "pretrained_cfg input_size"
+        img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if img is not None and len(img) == 2 and all(isinstance(v, int) for v in img):
+            h, w = img
+    else:
+        return None, "none (the model declares no input size; pass example_input=)", False
+    x = torch.randn(1, int(c), int(h), int(w), generator=torch.Generator().manual_seed(0))
+    p = next(iter(model.parameters()), None)
+    ex = x if p is None else x.to(device=p.device, dtype=p.dtype)
+    if where == "config.image_size":
+        ex = dict(pixel_values=ex)
+    return ex, f"{_describe_example(ex)} from the model's {where}", False
 
 
 def _describe_example(ex: Any) -> str:
@@ -445,6 +456,26 @@ def _describe_example(ex: Any) -> str:
     if isinstance(ex, tuple):
         return "args(" + ", ".join(_describe_example(v) for v in ex) + ")"
     return type(ex).__name__
+
+
+def example_spec(example: Any) -> Any:
+    """A JSON description of an example input (shapes and dtypes, no values)."""
+    if isinstance(example, torch.Tensor):
+        return dict(shape=list(example.shape), dtype=str(example.dtype).removeprefix("torch."))
+    if isinstance(example, dict):
+        return dict(kwargs={k: example_spec(v) for k, v in example.items()})
+    if isinstance(example, tuple | list):
+        return dict(args=[example_spec(v) for v in example])
+    raise TypeError(f"cannot describe an example input of type {type(example).__name__}")
+
+
+def example_from_spec(spec: Any, device: torch.device | None = None) -> Any:
+    """A zero example input, on ``device``, of the shapes :func:`example_spec` described."""
+    if "shape" in spec:
+        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]), device=device)
+    if "kwargs" in spec:
+        return {k: example_from_spec(v, device) for k, v in spec["kwargs"].items()}
+    return tuple(example_from_spec(v, device) for v in spec["args"])
 
 
 def _decide(
@@ -623,7 +654,7 @@ def convert(
             if every and _under(name, heads):
                 skip("task head (the model's classifier); target it explicitly to convert it")
                 continue
-            adapted = plan.geometry_for(name) if plan is not None else None
+            adapted = plan.layers.get(name) if plan is not None else None
             if isinstance(adapted, str) and rule.method in _MAPLESS:
                 adapted = None  # plain LoRA and the successor methods need no map
             if isinstance(adapted, str) and every:  # the family adapter says: not a map

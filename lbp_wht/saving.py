@@ -27,13 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_map
 
-from .conversion import ConversionReport, convert
+from .conversion import ConversionReport, convert, example_from_spec
 from .io import atomic_write
 from .layers import BASES_KEY, ConvertedLayer
 from .lora import LoRAMixin
-from .tracing import example_from_spec
 
 __all__ = [
     "trainable_state_dict",
@@ -179,15 +177,8 @@ def load_adapted(
         raise ValueError(f"load_adapted: cannot read {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"load_adapted: {path} does not hold a dict of tensors")
-    spec = meta.get("example")
-    example = None
-    if spec is not None:
-        p = next(iter(model.parameters()), None)
-        example = example_from_spec(spec)
-        if p is not None:
-            example = tree_map(
-                lambda t: t.to(p.device) if isinstance(t, torch.Tensor) else t, example
-            )
+    spec, p = meta.get("example"), next(iter(model.parameters()), None)
+    example = None if spec is None else example_from_spec(spec, None if p is None else p.device)
     report = convert(model, meta["rules"], example_input=example)
     saved = meta.get("converted")
     if saved is not None and converted_names(model) != saved:
