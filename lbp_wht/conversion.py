@@ -45,7 +45,7 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -132,11 +132,7 @@ SUCCESSOR_OPTIONS: dict[str, tuple[type, dict[str, str]]] = {
     ),
     "instant": (
         INSTANTConfig,
-        {
-            "instant_rank": "rank",
-            "calibration_batches": "calibration_batches",
-            "recalibrate_every": "recalibrate_every",
-        },
+        {"instant_rank": "rank", **{k: k for k in ("calibration_batches", "recalibrate_every")}},
     ),
 }
 #: Methods that need no map (their layers work on token rows, wherever they are).
@@ -203,14 +199,6 @@ class Rule:
         for k, v in self.geometry.items():
             d[k] = list(v) if isinstance(v, tuple) else v
         return d
-
-    def make_geometry(self, base: MapGeometry | None) -> MapGeometry:
-        """The rule's geometry options on top of ``base`` (an adapter's geometry or None)."""
-        fields = base.to_dict() if base is not None else {}
-        fields.update(self.geometry)
-        if fields.get("hw") is not None:
-            fields["hw"] = tuple(fields["hw"])
-        return MapGeometry(**fields)
 
 
 def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
@@ -507,9 +495,9 @@ def _decide(
     if rule.method in _MAPLESS:
         return _Decision(None, "no map needed", parent)
     order = rule.lbp.order if rule.lbp is not None else 8
-    if rule.geometry:
-        base = adapted if isinstance(adapted, MapGeometry) else None
-        return _Decision(rule.make_geometry(base), "rule", parent)
+    if rule.geometry:  # the rule's options on top of the family adapter's geometry, if any
+        base = adapted if isinstance(adapted, MapGeometry) else MapGeometry()
+        return _Decision(replace(base, **rule.geometry), "rule", parent)
     if trace is not None:
         geos = [c.geometry for c in trace.calls]
         for g in geos:
@@ -597,14 +585,11 @@ def convert(
         each skipped layer with its reason. A module targeted by two rules, or already
         converted, is an error (``all-linear`` skips it).
     """
-    if isinstance(rules, Mapping) or not isinstance(rules, Sequence) or isinstance(rules, str):
+    if isinstance(rules, Mapping | str) or not isinstance(rules, Sequence):
+        hint = " (wrap the single rule in a list: [dict(...)])"
         raise TypeError(
             f"convert: rules must be a list of rule dicts, got {type(rules).__name__}"
-            + (
-                " (wrap the single rule in a list: [dict(...)])"
-                if isinstance(rules, Mapping)
-                else ""
-            )
+            + (hint if isinstance(rules, Mapping) else "")
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
@@ -626,39 +611,34 @@ def convert(
         ]
         found = 0
         for name in hits:
-            module = modules[name]
-
-            def skip(reason: str, name: str = name, index: int = rule.index) -> None:
-                report.skipped.append(Skipped(name, reason, index))
-
-            if any(fnmatchcase(name, e) for e in rule.exclude):
-                skip(f"excluded by rule {rule.index}")
-                continue
-            if name in planned:
-                if every:
-                    skip(f"already targeted by rule {planned[name][0].index}")
-                    continue
-                raise ValueError(
-                    f"module {name!r} is targeted by rule {planned[name][0].index} and rule "
-                    f"{rule.index}; make the globs disjoint"
-                )
-            if isinstance(module, ConvertedLayer):
-                if every:
-                    skip(f"already converted ({type(module).__name__})")
-                    continue
-                raise ValueError(f"module {name!r} is already converted ({type(module).__name__})")
+            module, skip = modules[name], None
             problem = conv1x1_problem(module) if isinstance(module, nn.Conv2d) else None
-            if problem is not None and every:
-                skip(f"Conv2d with {problem}: not a per-pixel linear layer")
-                continue
-            if every and _under(name, heads):
-                skip("task head (the model's classifier); target it explicitly to convert it")
-                continue
             adapted = plan.layers.get(name) if plan is not None else None
             if isinstance(adapted, str) and rule.method in _MAPLESS:
                 adapted = None  # plain LoRA and the successor methods need no map
-            if isinstance(adapted, str) and every:  # the family adapter says: not a map
-                skip(adapted)
+            if any(fnmatchcase(name, e) for e in rule.exclude):
+                skip = f"excluded by rule {rule.index}"
+            elif name in planned:
+                if not every:
+                    raise ValueError(
+                        f"module {name!r} is targeted by rule {planned[name][0].index} and rule "
+                        f"{rule.index}; make the globs disjoint"
+                    )
+                skip = f"already targeted by rule {planned[name][0].index}"
+            elif isinstance(module, ConvertedLayer):
+                if not every:
+                    raise ValueError(
+                        f"module {name!r} is already converted ({type(module).__name__})"
+                    )
+                skip = f"already converted ({type(module).__name__})"
+            elif problem is not None and every:
+                skip = f"Conv2d with {problem}: not a per-pixel linear layer"
+            elif every and _under(name, heads):
+                skip = "task head (the model's classifier); target it explicitly to convert it"
+            elif isinstance(adapted, str) and every:  # the family adapter says: not a map
+                skip = adapted
+            if skip is not None:
+                report.skipped.append(Skipped(name, skip, rule.index))
                 continue
             planned[name] = (rule, adapted)
             found += 1
@@ -696,25 +676,21 @@ def convert(
         decided[name] = (rule, decision)
 
     # Build every replacement before touching the model, so a bad option changes nothing.
-    built: list[tuple[str, nn.Module, Rule, _Decision]] = []
+    built: dict[str, tuple[nn.Module, Rule, _Decision]] = {}
     for name, (rule, decision) in decided.items():
         old = modules[name]
         cls = CONVERSIONS[rule.method][0 if isinstance(old, nn.Linear) else 1]
+        # from_module(old, [lbp], [lora] | successor config, [geometry=] where LBP needs a map)
+        configs = [c for c in (rule.lbp, rule.lora, rule.options) if c is not None]
+        on_map = {} if rule.method in _MAPLESS else dict(geometry=decision.geometry)
         try:
-            if rule.method == "lora":
-                new = cls.from_module(old, rule.lora)
-            elif rule.method in SUCCESSOR_OPTIONS:
-                new = cls.from_module(old, rule.options)
-            elif rule.method == "lbp":
-                new = cls.from_module(old, rule.lbp, geometry=decision.geometry)
-            else:
-                new = cls.from_module(old, rule.lbp, rule.lora, geometry=decision.geometry)
+            built[name] = (cls.from_module(old, *configs, **on_map), rule, decision)
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting {name!r} with method={rule.method!r}: {err}") from err
-        built.append((name, new, rule, decision))
 
     guard = BatchNormGuard(model) if batchnorm_guard else None
-    for name, new, _rule, decision in built:
+    sites: dict[str, list[str]] = {}
+    for name, (new, _rule, decision) in built.items():
         if isinstance(new, LBPMixin):
             new.lbp_name = name
             new.batchnorm_guard = guard
@@ -724,9 +700,7 @@ def convert(
                 new.map_source = decision.map_source
                 if record_input_size not in model._forward_pre_hooks.values():
                     model.register_forward_pre_hook(record_input_size, with_kwargs=True)
-        _swap(model, modules, name, new)
-    sites: dict[str, list[str]] = {}
-    for name, _new, _rule, decision in built:
+        _swap(model, name, new)
         if decision.parent is not None:
             sites.setdefault(decision.parent, []).append(name[len(decision.parent) + 1 :])
     for parent, names in sites.items():
@@ -735,13 +709,13 @@ def convert(
         plan.install()
     if example is not None and built:
         try:
-            _verify(model, example, built)
+            _verify(model, example, {name: new for name, (new, _r, _d) in built.items()})
         except Exception:
-            for name, _new, _rule, _decision in built:
-                _swap(model, modules, name, modules[name])
+            for name in built:
+                _swap(model, name, modules[name])
             remove_call_sites(model)
             raise
-    for name, new, rule, decision in built:
+    for name, (new, rule, decision) in built.items():
         old = modules[name]
         report.replaced.append(
             Replacement(
@@ -766,9 +740,9 @@ def convert(
     return report
 
 
-def _swap(model: nn.Module, modules: Mapping[str, nn.Module], name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(modules[parent_name] if parent_name else model, child, new)
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
 
 
 def _geometry_text(new: nn.Module) -> str:
@@ -782,19 +756,18 @@ def _geometry_text(new: nn.Module) -> str:
     return f"layout={g.layout} prefix={g.prefix_tokens}{order}" + (f" hw={g.hw}" if g.hw else src)
 
 
-def _verify(model: nn.Module, example: Any, built: list) -> None:
+def _verify(model: nn.Module, example: Any, layers: Mapping[str, nn.Module]) -> None:
     """A dry forward on ``example`` with the converted layers in training mode (the rest in
     eval mode, so BatchNorm uses running statistics even at batch 1): every converted layer
     must run its converted path (``converted_calls``), else the conversion is refused."""
-    guards = {}
-    for name, new, _rule, _decision in built:
+    guards = {name: getattr(new, "batchnorm_guard", None) for name, new in layers.items()}
+    for name, new in layers.items():
         new.converted_calls = 0
-        guards[name] = getattr(new, "batchnorm_guard", None)
         if guards[name] is not None:
             new.batchnorm_guard = None  # the warning belongs to the first real training step
     with preserved(model), torch.enable_grad():
         model.eval()
-        for _name, new, _rule, _decision in built:
+        for new in layers.values():
             new.train()
         ex = tree_map(
             lambda t: (
@@ -812,11 +785,11 @@ def _verify(model: nn.Module, example: Any, built: list) -> None:
                 f"{type(err).__name__}: {err}"
             ) from err
         finally:
-            for name, new, _rule, _decision in built:
+            for name, new in layers.items():
                 if guards[name] is not None:
                     new.batchnorm_guard = guards[name]
-    idle = [name for name, new, _r, _d in built if new.converted_calls == 0]
-    for _name, new, _rule, _decision in built:
+    idle = [name for name, new in layers.items() if new.converted_calls == 0]
+    for new in layers.values():
         new.converted_calls = 0
         if isinstance(new, VeLoRAMixin | INSTANTMixin):
             # v / the bases come from the first training batches, not the dry forward
@@ -852,9 +825,8 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
             continue
         if isinstance(module, LoRAMixin):
             module.merge() if lora == "merge" else module.unmerge()
-        new = shell_like(nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear, module)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        plain = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+        _swap(model, name, shell_like(plain, module))
         restored.append(name)
     remove_geometry_hooks(model)
     remove_call_sites(model)
