@@ -401,13 +401,9 @@ class _Decision:
 
 
 def _example(model: nn.Module, example_input: Any) -> tuple[Any, str, bool]:
-    """``(example or None, description, given by the user)``.
-
-    ``"auto"`` builds a seeded ``(1, c, h, w)`` normal input, on the model's device and dtype,
-    of the size the model declares: transformers vision models their ``config.image_size`` /
-    ``num_channels`` (passed as ``pixel_values``), timm models ``pretrained_cfg['input_size']``
-    (the patch embedding's ``img_size`` wins where it differs).
-    """
+    """``(example or None, description, given by the user)``; ``"auto"``: a seeded normal
+    ``(1, c, h, w)`` input on the model's device and dtype, of the size the model declares (a
+    timm patch embedding's ``img_size`` wins over ``pretrained_cfg['input_size']``)."""
     if example_input is None:
         return None, "none (example_input=None)", False
     if not isinstance(example_input, str):
@@ -473,7 +469,6 @@ def _decide(
     rule: Rule,
     adapted: MapGeometry | str | None,
     trace: LayerTrace | None,
-    have_example: bool,
 ) -> _Decision | str:
     """How ``name`` converts (its map, where the map comes from, its call site) or why not."""
     conv = isinstance(module, nn.Conv2d)
@@ -535,10 +530,8 @@ def _decide(
     if conv and rule.target != ALL_LINEAR:
         return _Decision(MapGeometry(), "nchw input", parent)
     return (
-        "no example input"
-        + ("" if not have_example else " trace")
-        + ", family adapter or rule geometry establishes its map: pass example_input= to "
-        "convert() (or give layout= / prefix_tokens= / hw= in the rule)"
+        "no example input, family adapter or rule geometry establishes its map: pass "
+        "example_input= to convert() (or give layout= / prefix_tokens= / hw= in the rule)"
     )
 
 
@@ -663,7 +656,7 @@ def convert(
     decided: dict[str, tuple[Rule, _Decision]] = {}
     for name, (rule, adapted) in planned.items():
         trace = traces[name] if traces is not None else None
-        decision = _decide(model, name, modules[name], rule, adapted, trace, example is not None)
+        decision = _decide(model, name, modules[name], rule, adapted, trace)
         if isinstance(decision, str):
             if rule.target == ALL_LINEAR:
                 report.skipped.append(Skipped(name, decision, rule.index))
@@ -700,7 +693,7 @@ def convert(
                 new.map_source = decision.map_source
                 if record_input_size not in model._forward_pre_hooks.values():
                     model.register_forward_pre_hook(record_input_size, with_kwargs=True)
-        _swap(model, name, new)
+        _swap(modules, name, new)
         if decision.parent is not None:
             sites.setdefault(decision.parent, []).append(name[len(decision.parent) + 1 :])
     for parent, names in sites.items():
@@ -712,7 +705,7 @@ def convert(
             _verify(model, example, {name: new for name, (new, _r, _d) in built.items()})
         except Exception:
             for name in built:
-                _swap(model, name, modules[name])
+                _swap(modules, name, modules[name])
             remove_call_sites(model)
             raise
     for name, (new, rule, decision) in built.items():
@@ -740,9 +733,10 @@ def convert(
     return report
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+def _swap(modules: Mapping[str, nn.Module], name: str, new: nn.Module) -> None:
+    """Put ``new`` at ``name``; ``modules`` is ``dict(model.named_modules())`` (``""``: model)."""
     parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, new)
+    setattr(modules[parent], child, new)
 
 
 def _geometry_text(new: nn.Module) -> str:
@@ -819,14 +813,14 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
     """
     if lora not in ("merge", "drop"):
         raise ValueError(f"unconvert: lora must be 'merge' or 'drop', got {lora!r}")
-    restored = []
-    for name, module in list(model.named_modules()):
+    restored, modules = [], dict(model.named_modules())
+    for name, module in modules.items():
         if not name or not isinstance(module, ConvertedLayer):
             continue
         if isinstance(module, LoRAMixin):
             module.merge() if lora == "merge" else module.unmerge()
         plain = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
-        _swap(model, name, shell_like(plain, module))
+        _swap(modules, name, shell_like(plain, module))
         restored.append(name)
     remove_geometry_hooks(model)
     remove_call_sites(model)

@@ -74,17 +74,11 @@ def save_adapted(
     *,
     rules: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
-    """Write the trainable state dict to ``path`` and the rules to :func:`rules_path`.
+    """Write the trainable state dict to ``path`` and the rules (``rules``, else those that
+    :func:`lbp_wht.convert` recorded as ``model.lbp_rules``) to :func:`rules_path`.
 
-    Args:
-        model: a model converted with :func:`lbp_wht.convert` (which records its rules on
-            the model as ``model.lbp_rules``), or any model with ``rules`` given.
-        path: the tensor file, e.g. ``"runs/vit_lbp.pt"``.
-        rules: the conversion rules, if not recorded on the model.
-
-    Returns:
-        ``(tensor file, rules file)``. Both are written to a temporary file first and moved
-        into place, so an interrupted save never leaves a truncated file under either name.
+    Returns ``(tensor file, rules file)``. Each is written to a temporary file and moved into
+    place, so an interrupted save never leaves a truncated file under either name.
     """
     if rules is None:
         rules = getattr(model, "lbp_rules", None)
