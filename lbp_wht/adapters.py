@@ -47,6 +47,7 @@ class GeometryPlan:
     """Geometry per qualified module name, map sources, and the hooks that feed them."""
 
     def __init__(self) -> None:
+        #: name -> a :class:`MapGeometry` or a reason string (not a map); absent: family unknown
         self.layers: dict[str, MapGeometry | str] = {}
         self.sources: dict[str, MapSource] = {}
         self.hooks: list[tuple[nn.Module, Callable[..., None]]] = []
@@ -58,10 +59,6 @@ class GeometryPlan:
 
     def hook(self, module: nn.Module, fn: Callable[..., None]) -> None:
         self.hooks.append((module, fn))
-
-    def geometry_for(self, name: str) -> MapGeometry | str | None:
-        """A :class:`MapGeometry`, a reason string (not a map), or None (family unknown)."""
-        return self.layers.get(name)
 
     def attach(self, name: str, layer: nn.Module) -> None:
         if name in self.sources:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -78,14 +78,7 @@ from .layers import (
 )
 from .lora import LBPLoRAConv2d, LBPLoRALinear, LoRAConv2d, LoRALinear, LoRAMixin
 from .lora_fa import LoRAFAConv2d, LoRAFALinear
-from .tracing import (
-    LayerTrace,
-    call_model,
-    example_from_model,
-    example_spec,
-    preserved,
-    trace_layers,
-)
+from .tracing import LayerTrace, call_model, preserved, trace_layers
 from .velora import VeLoRAConv2d, VeLoRALinear, VeLoRAMixin
 from .wta_crs import WTACRSConv2d, WTACRSLinear
 
@@ -139,11 +132,7 @@ SUCCESSOR_OPTIONS: dict[str, tuple[type, dict[str, str]]] = {
     ),
     "instant": (
         INSTANTConfig,
-        {
-            "instant_rank": "rank",
-            "calibration_batches": "calibration_batches",
-            "recalibrate_every": "recalibrate_every",
-        },
+        {"instant_rank": "rank", **{k: k for k in ("calibration_batches", "recalibrate_every")}},
     ),
 }
 #: Methods that need no map (their layers work on token rows, wherever they are).
@@ -210,14 +199,6 @@ class Rule:
         for k, v in self.geometry.items():
             d[k] = list(v) if isinstance(v, tuple) else v
         return d
-
-    def make_geometry(self, base: MapGeometry | None) -> MapGeometry:
-        """The rule's geometry options on top of ``base`` (an adapter's geometry or None)."""
-        fields = base.to_dict() if base is not None else {}
-        fields.update(self.geometry)
-        if fields.get("hw") is not None:
-            fields["hw"] = tuple(fields["hw"])
-        return MapGeometry(**fields)
 
 
 def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
@@ -420,21 +401,35 @@ class _Decision:
 
 
 def _example(model: nn.Module, example_input: Any) -> tuple[Any, str, bool]:
-    """``(example or None, description, given by the user)``."""
+    """``(example or None, description, given by the user)``; ``"auto"``: a seeded normal
+    ``(1, c, h, w)`` input on the model's device and dtype, of the size the model declares (a
+    timm patch embedding's ``img_size`` wins over ``pretrained_cfg['input_size']``)."""
     if example_input is None:
         return None, "none (example_input=None)", False
-    if isinstance(example_input, str):
-        if example_input != "auto":
-            raise ValueError(
-                f"convert: example_input must be a tensor, a tuple of arguments, a dict of "
-                f"keyword arguments, 'auto' or None, got {example_input!r}"
-            )
-        found = example_from_model(model)
-        if found is None:
-            return None, "none (the model declares no input size; pass example_input=)", False
-        ex, where = found
-        return ex, f"{_describe_example(ex)} from the model's {where}", False
-    return example_input, _describe_example(example_input), True
+    if not isinstance(example_input, str):
+        return example_input, _describe_example(example_input), True
+    if example_input != "auto":
+        raise ValueError(
+            f"convert: example_input must be a tensor, a tuple of arguments, a dict of "
+            f"keyword arguments, 'auto' or None, got {example_input!r}"
+        )
+    cfg, pcfg = getattr(model, "config", None), getattr(model, "pretrained_cfg", None)
+    if getattr(cfg, "image_size", None) is not None and hasattr(cfg, "num_channels"):
+        size, c, where = cfg.image_size, cfg.num_channels, "config.image_size"
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+    elif isinstance(pcfg, Mapping) and "input_size" in pcfg:
+        (c, h, w), where = pcfg["input_size"], "pretrained_cfg input_size"
+        img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if img is not None and len(img) == 2 and all(isinstance(v, int) for v in img):
+            h, w = img
+    else:
+        return None, "none (the model declares no input size; pass example_input=)", False
+    x = torch.randn(1, int(c), int(h), int(w), generator=torch.Generator().manual_seed(0))
+    p = next(iter(model.parameters()), None)
+    ex = x if p is None else x.to(device=p.device, dtype=p.dtype)
+    if where == "config.image_size":
+        ex = dict(pixel_values=ex)
+    return ex, f"{_describe_example(ex)} from the model's {where}", False
 
 
 def _describe_example(ex: Any) -> str:
@@ -447,6 +442,26 @@ def _describe_example(ex: Any) -> str:
     return type(ex).__name__
 
 
+def example_spec(example: Any) -> Any:
+    """A JSON description of an example input (shapes and dtypes, no values)."""
+    if isinstance(example, torch.Tensor):
+        return dict(shape=list(example.shape), dtype=str(example.dtype).removeprefix("torch."))
+    if isinstance(example, dict):
+        return dict(kwargs={k: example_spec(v) for k, v in example.items()})
+    if isinstance(example, tuple | list):
+        return dict(args=[example_spec(v) for v in example])
+    raise TypeError(f"cannot describe an example input of type {type(example).__name__}")
+
+
+def example_from_spec(spec: Any, device: torch.device | None = None) -> Any:
+    """A zero example input, on ``device``, of the shapes :func:`example_spec` described."""
+    if "shape" in spec:
+        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]), device=device)
+    if "kwargs" in spec:
+        return {k: example_from_spec(v, device) for k, v in spec["kwargs"].items()}
+    return tuple(example_from_spec(v, device) for v in spec["args"])
+
+
 def _decide(
     model: nn.Module,
     name: str,
@@ -454,7 +469,6 @@ def _decide(
     rule: Rule,
     adapted: MapGeometry | str | None,
     trace: LayerTrace | None,
-    have_example: bool,
 ) -> _Decision | str:
     """How ``name`` converts (its map, where the map comes from, its call site) or why not."""
     conv = isinstance(module, nn.Conv2d)
@@ -476,9 +490,9 @@ def _decide(
     if rule.method in _MAPLESS:
         return _Decision(None, "no map needed", parent)
     order = rule.lbp.order if rule.lbp is not None else 8
-    if rule.geometry:
-        base = adapted if isinstance(adapted, MapGeometry) else None
-        return _Decision(rule.make_geometry(base), "rule", parent)
+    if rule.geometry:  # the rule's options on top of the family adapter's geometry, if any
+        base = adapted if isinstance(adapted, MapGeometry) else MapGeometry()
+        return _Decision(replace(base, **rule.geometry), "rule", parent)
     if trace is not None:
         geos = [c.geometry for c in trace.calls]
         for g in geos:
@@ -516,10 +530,8 @@ def _decide(
     if conv and rule.target != ALL_LINEAR:
         return _Decision(MapGeometry(), "nchw input", parent)
     return (
-        "no example input"
-        + ("" if not have_example else " trace")
-        + ", family adapter or rule geometry establishes its map: pass example_input= to "
-        "convert() (or give layout= / prefix_tokens= / hw= in the rule)"
+        "no example input, family adapter or rule geometry establishes its map: pass "
+        "example_input= to convert() (or give layout= / prefix_tokens= / hw= in the rule)"
     )
 
 
@@ -566,14 +578,11 @@ def convert(
         each skipped layer with its reason. A module targeted by two rules, or already
         converted, is an error (``all-linear`` skips it).
     """
-    if isinstance(rules, Mapping) or not isinstance(rules, Sequence) or isinstance(rules, str):
+    if isinstance(rules, Mapping | str) or not isinstance(rules, Sequence):
+        hint = " (wrap the single rule in a list: [dict(...)])"
         raise TypeError(
             f"convert: rules must be a list of rule dicts, got {type(rules).__name__}"
-            + (
-                " (wrap the single rule in a list: [dict(...)])"
-                if isinstance(rules, Mapping)
-                else ""
-            )
+            + (hint if isinstance(rules, Mapping) else "")
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
@@ -595,39 +604,34 @@ def convert(
         ]
         found = 0
         for name in hits:
-            module = modules[name]
-
-            def skip(reason: str, name: str = name, index: int = rule.index) -> None:
-                report.skipped.append(Skipped(name, reason, index))
-
-            if any(fnmatchcase(name, e) for e in rule.exclude):
-                skip(f"excluded by rule {rule.index}")
-                continue
-            if name in planned:
-                if every:
-                    skip(f"already targeted by rule {planned[name][0].index}")
-                    continue
-                raise ValueError(
-                    f"module {name!r} is targeted by rule {planned[name][0].index} and rule "
-                    f"{rule.index}; make the globs disjoint"
-                )
-            if isinstance(module, ConvertedLayer):
-                if every:
-                    skip(f"already converted ({type(module).__name__})")
-                    continue
-                raise ValueError(f"module {name!r} is already converted ({type(module).__name__})")
+            module, skip = modules[name], None
             problem = conv1x1_problem(module) if isinstance(module, nn.Conv2d) else None
-            if problem is not None and every:
-                skip(f"Conv2d with {problem}: not a per-pixel linear layer")
-                continue
-            if every and _under(name, heads):
-                skip("task head (the model's classifier); target it explicitly to convert it")
-                continue
-            adapted = plan.geometry_for(name) if plan is not None else None
+            adapted = plan.layers.get(name) if plan is not None else None
             if isinstance(adapted, str) and rule.method in _MAPLESS:
                 adapted = None  # plain LoRA and the successor methods need no map
-            if isinstance(adapted, str) and every:  # the family adapter says: not a map
-                skip(adapted)
+            if any(fnmatchcase(name, e) for e in rule.exclude):
+                skip = f"excluded by rule {rule.index}"
+            elif name in planned:
+                if not every:
+                    raise ValueError(
+                        f"module {name!r} is targeted by rule {planned[name][0].index} and rule "
+                        f"{rule.index}; make the globs disjoint"
+                    )
+                skip = f"already targeted by rule {planned[name][0].index}"
+            elif isinstance(module, ConvertedLayer):
+                if not every:
+                    raise ValueError(
+                        f"module {name!r} is already converted ({type(module).__name__})"
+                    )
+                skip = f"already converted ({type(module).__name__})"
+            elif problem is not None and every:
+                skip = f"Conv2d with {problem}: not a per-pixel linear layer"
+            elif every and _under(name, heads):
+                skip = "task head (the model's classifier); target it explicitly to convert it"
+            elif isinstance(adapted, str) and every:  # the family adapter says: not a map
+                skip = adapted
+            if skip is not None:
+                report.skipped.append(Skipped(name, skip, rule.index))
                 continue
             planned[name] = (rule, adapted)
             found += 1
@@ -652,7 +656,7 @@ def convert(
     decided: dict[str, tuple[Rule, _Decision]] = {}
     for name, (rule, adapted) in planned.items():
         trace = traces[name] if traces is not None else None
-        decision = _decide(model, name, modules[name], rule, adapted, trace, example is not None)
+        decision = _decide(model, name, modules[name], rule, adapted, trace)
         if isinstance(decision, str):
             if rule.target == ALL_LINEAR:
                 report.skipped.append(Skipped(name, decision, rule.index))
@@ -665,25 +669,21 @@ def convert(
         decided[name] = (rule, decision)
 
     # Build every replacement before touching the model, so a bad option changes nothing.
-    built: list[tuple[str, nn.Module, Rule, _Decision]] = []
+    built: dict[str, tuple[nn.Module, Rule, _Decision]] = {}
     for name, (rule, decision) in decided.items():
         old = modules[name]
         cls = CONVERSIONS[rule.method][0 if isinstance(old, nn.Linear) else 1]
+        # from_module(old, [lbp], [lora] | successor config, [geometry=] where LBP needs a map)
+        configs = [c for c in (rule.lbp, rule.lora, rule.options) if c is not None]
+        on_map = {} if rule.method in _MAPLESS else dict(geometry=decision.geometry)
         try:
-            if rule.method == "lora":
-                new = cls.from_module(old, rule.lora)
-            elif rule.method in SUCCESSOR_OPTIONS:
-                new = cls.from_module(old, rule.options)
-            elif rule.method == "lbp":
-                new = cls.from_module(old, rule.lbp, geometry=decision.geometry)
-            else:
-                new = cls.from_module(old, rule.lbp, rule.lora, geometry=decision.geometry)
+            built[name] = (cls.from_module(old, *configs, **on_map), rule, decision)
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting {name!r} with method={rule.method!r}: {err}") from err
-        built.append((name, new, rule, decision))
 
     guard = BatchNormGuard(model) if batchnorm_guard else None
-    for name, new, _rule, decision in built:
+    sites: dict[str, list[str]] = {}
+    for name, (new, _rule, decision) in built.items():
         if isinstance(new, LBPMixin):
             new.lbp_name = name
             new.batchnorm_guard = guard
@@ -693,9 +693,7 @@ def convert(
                 new.map_source = decision.map_source
                 if record_input_size not in model._forward_pre_hooks.values():
                     model.register_forward_pre_hook(record_input_size, with_kwargs=True)
-        _swap(model, modules, name, new)
-    sites: dict[str, list[str]] = {}
-    for name, _new, _rule, decision in built:
+        _swap(modules, name, new)
         if decision.parent is not None:
             sites.setdefault(decision.parent, []).append(name[len(decision.parent) + 1 :])
     for parent, names in sites.items():
@@ -704,13 +702,13 @@ def convert(
         plan.install()
     if example is not None and built:
         try:
-            _verify(model, example, built)
+            _verify(model, example, {name: new for name, (new, _r, _d) in built.items()})
         except Exception:
-            for name, _new, _rule, _decision in built:
-                _swap(model, modules, name, modules[name])
+            for name in built:
+                _swap(modules, name, modules[name])
             remove_call_sites(model)
             raise
-    for name, new, rule, decision in built:
+    for name, (new, rule, decision) in built.items():
         old = modules[name]
         report.replaced.append(
             Replacement(
@@ -735,9 +733,10 @@ def convert(
     return report
 
 
-def _swap(model: nn.Module, modules: Mapping[str, nn.Module], name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(modules[parent_name] if parent_name else model, child, new)
+def _swap(modules: Mapping[str, nn.Module], name: str, new: nn.Module) -> None:
+    """Put ``new`` at ``name``; ``modules`` is ``dict(model.named_modules())`` (``""``: model)."""
+    parent, _, child = name.rpartition(".")
+    setattr(modules[parent], child, new)
 
 
 def _geometry_text(new: nn.Module) -> str:
@@ -751,19 +750,18 @@ def _geometry_text(new: nn.Module) -> str:
     return f"layout={g.layout} prefix={g.prefix_tokens}{order}" + (f" hw={g.hw}" if g.hw else src)
 
 
-def _verify(model: nn.Module, example: Any, built: list) -> None:
+def _verify(model: nn.Module, example: Any, layers: Mapping[str, nn.Module]) -> None:
     """A dry forward on ``example`` with the converted layers in training mode (the rest in
     eval mode, so BatchNorm uses running statistics even at batch 1): every converted layer
     must run its converted path (``converted_calls``), else the conversion is refused."""
-    guards = {}
-    for name, new, _rule, _decision in built:
+    guards = {name: getattr(new, "batchnorm_guard", None) for name, new in layers.items()}
+    for name, new in layers.items():
         new.converted_calls = 0
-        guards[name] = getattr(new, "batchnorm_guard", None)
         if guards[name] is not None:
             new.batchnorm_guard = None  # the warning belongs to the first real training step
     with preserved(model), torch.enable_grad():
         model.eval()
-        for _name, new, _rule, _decision in built:
+        for new in layers.values():
             new.train()
         ex = tree_map(
             lambda t: (
@@ -781,11 +779,11 @@ def _verify(model: nn.Module, example: Any, built: list) -> None:
                 f"{type(err).__name__}: {err}"
             ) from err
         finally:
-            for name, new, _rule, _decision in built:
+            for name, new in layers.items():
                 if guards[name] is not None:
                     new.batchnorm_guard = guards[name]
-    idle = [name for name, new, _r, _d in built if new.converted_calls == 0]
-    for _name, new, _rule, _decision in built:
+    idle = [name for name, new in layers.items() if new.converted_calls == 0]
+    for new in layers.values():
         new.converted_calls = 0
         if isinstance(new, VeLoRAMixin | INSTANTMixin):
             # v / the bases come from the first training batches, not the dry forward
@@ -815,15 +813,14 @@ def unconvert(model: nn.Module, lora: str = "merge") -> list[str]:
     """
     if lora not in ("merge", "drop"):
         raise ValueError(f"unconvert: lora must be 'merge' or 'drop', got {lora!r}")
-    restored = []
-    for name, module in list(model.named_modules()):
+    restored, modules = [], dict(model.named_modules())
+    for name, module in modules.items():
         if not name or not isinstance(module, ConvertedLayer):
             continue
         if isinstance(module, LoRAMixin):
             module.merge() if lora == "merge" else module.unmerge()
-        new = shell_like(nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear, module)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        plain = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+        _swap(modules, name, shell_like(plain, module))
         restored.append(name)
     remove_geometry_hooks(model)
     remove_call_sites(model)

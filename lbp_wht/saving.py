@@ -27,13 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_map
 
-from .conversion import ConversionReport, convert
+from .conversion import ConversionReport, convert, example_from_spec
 from .io import atomic_write
 from .layers import BASES_KEY, ConvertedLayer
 from .lora import LoRAMixin
-from .tracing import example_from_spec
 
 __all__ = [
     "trainable_state_dict",
@@ -76,17 +74,11 @@ def save_adapted(
     *,
     rules: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
-    """Write the trainable state dict to ``path`` and the rules to :func:`rules_path`.
+    """Write the trainable state dict to ``path`` and the rules (``rules``, else those that
+    :func:`lbp_wht.convert` recorded as ``model.lbp_rules``) to :func:`rules_path`.
 
-    Args:
-        model: a model converted with :func:`lbp_wht.convert` (which records its rules on
-            the model as ``model.lbp_rules``), or any model with ``rules`` given.
-        path: the tensor file, e.g. ``"runs/vit_lbp.pt"``.
-        rules: the conversion rules, if not recorded on the model.
-
-    Returns:
-        ``(tensor file, rules file)``. Both are written to a temporary file first and moved
-        into place, so an interrupted save never leaves a truncated file under either name.
+    Returns ``(tensor file, rules file)``. Each is written to a temporary file and moved into
+    place, so an interrupted save never leaves a truncated file under either name.
     """
     if rules is None:
         rules = getattr(model, "lbp_rules", None)
@@ -179,15 +171,8 @@ def load_adapted(
         raise ValueError(f"load_adapted: cannot read {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"load_adapted: {path} does not hold a dict of tensors")
-    spec = meta.get("example")
-    example = None
-    if spec is not None:
-        p = next(iter(model.parameters()), None)
-        example = example_from_spec(spec)
-        if p is not None:
-            example = tree_map(
-                lambda t: t.to(p.device) if isinstance(t, torch.Tensor) else t, example
-            )
+    spec, p = meta.get("example"), next(iter(model.parameters()), None)
+    example = None if spec is None else example_from_spec(spec, None if p is None else p.device)
     report = convert(model, meta["rules"], example_input=example)
     saved = meta.get("converted")
     if saved is not None and converted_names(model) != saved:

@@ -50,8 +50,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .geometry import ResolvedMap
 
 __all__ = [
-    "PAD", "LayerCall", "LayerTrace", "trace_layers", "map_of", "example_from_model",
-    "call_model", "example_spec", "example_from_spec", "preserved", "NONE", "MIXED", "PAIR",
+    "PAD", "LayerCall", "LayerTrace", "trace_layers", "map_of", "call_model", "preserved",
+    "NONE", "MIXED", "PAIR",
 ]  # fmt: skip
 
 NONE = -1
@@ -687,54 +687,3 @@ def trace_layers(
         pre.remove()
         post.remove()
     return {n: LayerTrace(tracer.calls.get(n, []), input_hw) for n in targets}
-
-
-def example_from_model(model: nn.Module) -> tuple[Any, str] | None:
-    """An example input the model itself declares, with where it came from, or ``None``.
-
-    timm models name their input size (``pretrained_cfg['input_size']``; the patch
-    embedding's ``img_size`` wins where it differs), transformers vision models their
-    ``config.image_size`` / ``num_channels`` (passed as ``pixel_values``).
-    """
-    cfg = getattr(model, "config", None)
-    size = getattr(cfg, "image_size", None)
-    if size is not None and hasattr(cfg, "num_channels"):
-        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        x = _random_input(model, int(cfg.num_channels), int(h), int(w))
-        return dict(pixel_values=x), "config.image_size"
-    pcfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(pcfg, Mapping) and "input_size" in pcfg:
-        c, h, w = (int(v) for v in pcfg["input_size"])
-        pe = getattr(model, "patch_embed", None)
-        img = getattr(pe, "img_size", None)
-        if img is not None and len(img) == 2 and all(isinstance(v, int) for v in img):
-            h, w = img
-        return _random_input(model, c, h, w), "pretrained_cfg input_size"
-    return None
-
-
-def _random_input(model: nn.Module, c: int, h: int, w: int) -> torch.Tensor:
-    """A seeded ``(1, c, h, w)`` normal input on the model's device and dtype."""
-    x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
-    p = next(iter(model.parameters()), None)
-    return x if p is None else x.to(device=p.device, dtype=p.dtype)
-
-
-def example_spec(example: Any) -> Any:
-    """A JSON description of an example input (shapes and dtypes, no values)."""
-    if isinstance(example, torch.Tensor):
-        return dict(shape=list(example.shape), dtype=str(example.dtype).removeprefix("torch."))
-    if isinstance(example, dict):
-        return dict(kwargs={k: example_spec(v) for k, v in example.items()})
-    if isinstance(example, tuple | list):
-        return dict(args=[example_spec(v) for v in example])
-    raise TypeError(f"cannot describe an example input of type {type(example).__name__}")
-
-
-def example_from_spec(spec: Any) -> Any:
-    """A zero example input of the shapes :func:`example_spec` described."""
-    if "shape" in spec:
-        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-    if "kwargs" in spec:
-        return {k: example_from_spec(v) for k, v in spec["kwargs"].items()}
-    return tuple(example_from_spec(v) for v in spec["args"])
