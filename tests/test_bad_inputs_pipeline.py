@@ -378,7 +378,7 @@ CASES = [
     Case("r_float", lbp(r=6.0), LBPConfigError, ("lbp.r", "6.0", "integer")),
     Case("r_bool", lbp(r=True), LBPConfigError, ("lbp.r", "True")),
     Case("r_str", lbp(r="6"), LBPConfigError, ("lbp.r", "lbp.r=6")),
-    Case("r_too_big", lbp(r=16), LBPConfigError, ("lbp.select/r/order", "r=16")),
+    Case("r_too_big", lbp(r=16), LBPConfigError, ("lbp.select/r/order", "radius=16")),
     Case("order_not_pow2", lbp(order=6), LBPConfigError, ("lbp.select/r/order",)),
     Case("unknown_key", lbp(rr=6), LBPConfigError, ("lbp.rr", "did you mean 'r'")),
     Case("unknown_key_swap", lbp(lora_alhpa=4), LBPConfigError, ("lbp.lora_alhpa", "'lora_alpha'")),
