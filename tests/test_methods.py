@@ -278,3 +278,19 @@ def test_no_harness_module_tests_method_ids_as_strings():
         "method ids tested as strings outside lbp_wht/experiments/methods.py; read the "
         "MethodSpec's flags instead (method_spec(m).has_lora, .trains, ...):\n" + "\n".join(bad)
     )
+
+
+def test_trainable_globs_per_trains_kind():
+    """One helper says what trains for every ``trains`` kind (presets, transfer, benchmark)."""
+    head, scope = ["head.*"], ["head.*", "blocks.3.*"]
+    got = {
+        mid: method_spec(mid).trainable_globs(head, scope, ["blocks.3.qkv"])
+        for mid in ("head_only", "full_bp", "lbp_wht", "losa", "lora")
+    }
+    assert got["head_only"] == head and got["full_bp"] == got["lbp_wht"] == scope
+    assert got["losa"] == ["losa.*", "head.*"]
+    assert got["lora"] == ["blocks.3.qkv.lora_A", "blocks.3.qkv.lora_B", "head.*"]
+    with_scope = method_spec("lora").trainable_globs(
+        head, scope, ["blocks.3.qkv"], adapters_with_scope=True
+    )
+    assert with_scope == ["blocks.3.qkv.lora_A", "blocks.3.qkv.lora_B", *scope]

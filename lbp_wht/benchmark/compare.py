@@ -239,13 +239,9 @@ def vit_cost(
         ]
         if spec.converts:
             lbp_wht.convert(model, rules, example_input=x[:1])
-        if spec.has_adapters:
-            globs = ["head.*", *(f"{r['target']}.lora_{ab}" for r in rules for ab in "AB")]
-        elif spec.trains == "head":
-            globs = ["head.*"]
-        else:
-            globs = ["head.*", "norm.*", *(f"{b}.*" for b in trained)]
-        lbp_wht.freeze(model, globs)
+        scope = ["head.*", "norm.*", *(f"{b}.*" for b in trained)]
+        targets = [r["target"] for r in rules if r]  # no rule: a method that converts nothing
+        lbp_wht.freeze(model, spec.trainable_globs(["head.*"], scope, targets))
         m = lbp_wht.measure_step(
             model.train(), x, loss_fn=lambda out: nn.functional.cross_entropy(out, labels),
             elementwise=False,

@@ -36,6 +36,7 @@ last stage + head, or everything); ``adapters`` the LoRA adapters + the task hea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -187,6 +188,30 @@ class MethodSpec:
     def side_network(self) -> bool:
         """Attaches LoSA's side network (:mod:`lbp_wht.losa`) instead of converting layers."""
         return self.trains == "side"
+
+    def trainable_globs(
+        self,
+        head: Sequence[str],
+        scope: Sequence[str],
+        adapter_targets: Sequence[str] = (),
+        *,
+        adapters_with_scope: bool = False,
+    ) -> list[str]:
+        """The parameter globs that train under this method (for :func:`lbp_wht.freeze`).
+
+        ``head``: the task head's globs; ``scope``: the trained part's (head included);
+        ``adapter_targets``: the converted layers' names or globs, whose ``lora_A`` / ``lora_B``
+        train in the adapter methods, beside the head (or the whole scope with
+        ``adapters_with_scope``, the LoRA variants' ``lora_train="scope"``).
+        """
+        if self.trains == "head":
+            return list(head)
+        if self.trains == "side":
+            return ["losa.*", *head]
+        if self.trains == "scope":
+            return list(scope)
+        lora = [f"{t}.lora_{ab}" for t in adapter_targets for ab in ("A", "B")]
+        return lora + list(scope if adapters_with_scope else head)
 
     def core_rule(
         self,

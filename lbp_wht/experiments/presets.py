@@ -272,15 +272,13 @@ def preset_of(
                 )
             rules.append(rule)
 
-    if spec.trains == "head":
-        trainable = list(head)
-    elif spec.trains == "side":
-        trainable = ["losa.*", *head]
-    elif spec.trains == "scope":
-        trainable = scope_globs
-    else:  # LoRA variants (freeze() keeps LoRA base weights frozen whatever the globs)
-        adapters = [f"{rule['target']}.lora_{ab}" for rule in rules for ab in ("A", "B")]
-        trainable = adapters + (list(head) if lora_train == "adapters" else scope_globs)
+    # LoRA variants: freeze() keeps LoRA base weights frozen whatever the globs
+    trainable = spec.trainable_globs(
+        head,
+        scope_globs,
+        [rule["target"] for rule in rules],
+        adapters_with_scope=lora_train != "adapters",
+    )
 
     notes = mspec.notes + (mspec.authors_notes if variant == "authors" else ())
     containers, output = mspec.losa if spec.side_network else ((), "")  # type: ignore[misc]

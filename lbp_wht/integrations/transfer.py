@@ -211,14 +211,6 @@ class Tail(nn.Module):
 
 
 #: The tail's trainable globs per ``MethodSpec.trains`` (``fc``: the task head).
-_TRAINABLE: dict[str, list[str]] = {
-    "head": ["fc.*"],
-    "scope": ["*"],
-    "adapters": ["*.lora_A", "*.lora_B", "fc.*"],
-    "side": ["losa.*", "fc.*"],
-}
-
-
 def prepare_tail(tail: Tail, m: TransferMethod, protocol: Protocol = Protocol()) -> Tail:
     """Convert / attach / freeze ``tail`` for method ``m`` (in place; returns it).
 
@@ -243,7 +235,7 @@ def prepare_tail(tail: Tail, m: TransferMethod, protocol: Protocol = Protocol())
     if spec.side_network:
         blocks = [f"blocks.{i}" for i in range(len(tail.blocks))]
         attach_losa(tail, blocks, "act", rank=protocol.losa_rank, example_inputs=example)
-    freeze(tail, _TRAINABLE[spec.trains])
+    freeze(tail, spec.trainable_globs(["fc.*"], ["*"], ["*"]))  # fc: the task head
     if m.norm_eval:
         keep_batchnorm_eval(tail)
     return tail
