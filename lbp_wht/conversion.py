@@ -137,6 +137,12 @@ SUCCESSOR_OPTIONS: dict[str, tuple[type, dict[str, str]]] = {
 }
 #: Methods that need no map (their layers work on token rows, wherever they are).
 _MAPLESS = ("lora", *SUCCESSOR_OPTIONS)
+#: The configs each method's layer takes, in ``from_module``'s order (a successor: its options).
+_METHOD_CONFIGS = {
+    "lora": lambda r: (r.lora,),
+    "lbp": lambda r: (r.lbp,),
+    "lbp_lora": lambda r: (r.lbp, r.lora),
+}
 
 
 def _renamed(key: str, method: str) -> str | None:
@@ -673,8 +679,8 @@ def convert(
     for name, (rule, decision) in decided.items():
         old = modules[name]
         cls = CONVERSIONS[rule.method][0 if isinstance(old, nn.Linear) else 1]
-        # from_module(old, [lbp], [lora] | successor config, [geometry=] where LBP needs a map)
-        configs = [c for c in (rule.lbp, rule.lora, rule.options) if c is not None]
+        # from_module(old, the method's configs (a None one: its default), [geometry=] on a map)
+        configs = _METHOD_CONFIGS.get(rule.method, lambda r: (r.options,))(rule)
         on_map = {} if rule.method in _MAPLESS else dict(geometry=decision.geometry)
         try:
             built[name] = (cls.from_module(old, *configs, **on_map), rule, decision)

@@ -393,3 +393,22 @@ def test_prefix_tokens_save_a_copy_not_a_view_of_the_input(kind):
     y = layer(x)
     y.sum().backward()  # and the gradients still flow to the prefix token
     assert x.grad[:, 0].abs().sum() > 0
+
+
+def test_convert_takes_rule_objects_with_missing_or_unused_configs():
+    """A hand-built ``Rule`` passes each layer the configs its method takes: a missing one is
+    that config's default, one the method does not use is ignored."""
+    from lbp_wht.conversion import Rule
+
+    rules = [
+        Rule(0, "attn.proj", "lbp_lora", (), None, LoRAConfig(rank=2)),
+        Rule(1, "attn.qkv", "lora", (), LBPConfig(radius=2), LoRAConfig(rank=4)),
+        Rule(2, "mix.fc1", "lbp", (), LBPConfig(radius=2), LoRAConfig(rank=4)),
+    ]
+    model = TinyViT()
+    convert(model, rules, example_input=torch.randn(1, 3, 28, 28))
+    proj, qkv, fc1 = model.attn["proj"], model.attn["qkv"], model.mix["fc1"]
+    assert isinstance(proj, LBPLoRALinear) and proj.lbp_config == LBPConfig()
+    assert proj.lora_config.rank == 2
+    assert isinstance(qkv, LoRALinear) and qkv.lora_config.rank == 4
+    assert isinstance(fc1, LBPConv2d) and fc1.lbp_config.radius == 2
