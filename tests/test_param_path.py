@@ -2,7 +2,7 @@
 ``LBPConfig`` / ``LoRAConfig`` flow unchanged into the preset's rules and the converted layers.
 
 The radius ``lbp.r`` takes these hops: config key ``lbp.r`` -> ``LBPConfig.radius`` (built by
-``parse_lbp_block``) -> ``rule["lbp"]`` (the same object, ``get_preset``) -> ``Rule.lbp``
+``parse_lbp_block``) -> ``rule["lbp"]`` (the same object, ``presets.preset_of``) -> ``Rule.lbp``
 (``parse_rule`` keeps a given config) -> ``layer.lbp_config``, whose bases were chosen once by
 ``select_bases(selection, radius=...)``: one name from the config object on. The tests below
 check the identity at the end of the path, that the path constructs one ``LBPConfig``, that
@@ -125,7 +125,21 @@ def test_the_training_path_parses_the_block_once(monkeypatch):
     assert record["rank"] == block.num_bases == 3
     # the settings handed out are copies: editing one leaves the parse as it was
     build.validate_lbp_cfg(cfg.lbp)["options"]["keep"] = 1
+    block.settings["options"]["keep"] = 1  # also the parsed block's own settings
     assert build.parse_lbp_block(cfg.lbp).settings["options"] == {} and len(parses) == 1
+
+
+def test_a_completed_block_is_the_same_parse(monkeypatch):
+    """A block, the same block with its defaults written out, and its completed settings all
+    give one ``LBPBlock``, in any order of first parse."""
+    from lbp_wht.integrations import build
+
+    monkeypatch.setattr(build, "_PARSED", {})
+    short = dict(BLOCK, select="lp_l1")
+    explicit = dict(short, r=LBP_DEFAULTS["r"])
+    first = build.parse_lbp_block(short)
+    assert build.parse_lbp_block(explicit) is first
+    assert build.parse_lbp_block(build.validate_lbp_cfg(short)) is first
 
 
 def test_the_block_path_does_not_repeat_the_presets_checks(monkeypatch):

@@ -294,13 +294,15 @@ def _check_lbp_value(key: str, value: Any, spec: LBPKey) -> None:
 
 class _Settings(Mapping):
     """A read-only mapping (unlike ``MappingProxyType`` it deep-copies and pickles, as
-    ``model.lbp_info`` must: tools deep-copy built models)."""
+    ``model.lbp_info`` must: tools deep-copy built models). A nested dict (``options``) is
+    handed out as a copy: the parsed block is shared by every parse of the same content."""
 
     def __init__(self, items: Mapping[str, Any]) -> None:
         self._items = dict(items)
 
     def __getitem__(self, key: str) -> Any:
-        return self._items[key]
+        value = self._items[key]
+        return copy.deepcopy(value) if isinstance(value, dict) else value
 
     def __iter__(self) -> Any:
         return iter(self._items)
@@ -450,7 +452,9 @@ def parse_lbp_block(lbp: Mapping[str, Any] | None) -> LBPBlock:
         block = _parse(lbp)
         if len(_PARSED) > 256:
             _PARSED.clear()
-        _PARSED[key] = _PARSED[_content_key(block.settings)] = block
+        # a block whose completed settings were parsed before gets that object
+        block = _PARSED.setdefault(_content_key(block.settings), block)
+        _PARSED[key] = block
     return block
 
 
@@ -512,7 +516,7 @@ def validate_lbp_cfg(lbp: Mapping[str, Any] | None) -> dict[str, Any]:
 def preset_for_block(block: LBPBlock) -> Any:
     """The :class:`~lbp_wht.experiments.presets.Preset` of a parsed block: its rules carry
     ``block.lbp`` / ``block.lora`` themselves (``lbp=`` / ``lora=`` rule options). The parse
-    checked the method's arguments; ``preset_of`` checks only the model."""
+    checked the method's arguments; ``preset_of`` checks only the model (and LoSA's taps)."""
     return _presets.preset_of(
         block.preset_name,
         method_spec(block.method),
