@@ -43,6 +43,11 @@ def test_registry_is_the_vocabulary():
     assert bases == ("lbp_wht", "lbp_wht+lora_all")
     assert lora == ("lora", "lora_all", "lbp_wht+lora_all")
     assert method_spec("lbp_wht+lora_all").name == "LBP-WHT + LoRA-all"
+    assert v.BASE_LABELS == {
+        "head_only": "Head only", "full_bp": "Full BP", "lora": "LoRA",
+        "lora_all": "LoRA-all", "losa": "LoSA", "lora_fa": "LoRA-FA", "velora": "VeLoRA",
+        "wta_crs": "WTA-CRS", "hot": "HOT", "instant": "INSTANT",
+    }  # fmt: skip
     assert {m for m, s in METHOD_SPECS.items() if s.successor} == {
         "lora_fa", "velora", "wta_crs", "hot", "instant"
     }  # fmt: skip
