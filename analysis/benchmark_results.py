@@ -29,6 +29,7 @@ from verdicts import CLOSE, FULL, Stats
 from lbp_wht.experiments.methods import method_spec
 from lbp_wht.experiments.vocab import method_label, method_sort_key
 from lbp_wht.io import atomic_write
+from lbp_wht.reporting.plotting import save_figure
 from lbp_wht.runs.records import read_records
 
 PAPER_CLAIMS = Path(__file__).resolve().parents[1] / "results" / "paper" / "successors.csv"
@@ -216,9 +217,7 @@ def figures(table: pd.DataFrame, out: Path) -> dict[str, list[str]]:
         ax.set_ylabel("accuracy % (mini protocol, mean over seeds)")
         ax.set_title(f"Accuracy vs {name}: Pareto front in red (squares: successors)")
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            fig.savefig(out / f"pareto_{name}.{ext}", dpi=130)
-        plt.close(fig)
+        save_figure(fig, [out / f"pareto_{name}.{ext}" for ext in ("png", "pdf")], dpi=130)
     return fronts
 
 
@@ -319,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     table, raw = load(args.out)
-    table.to_csv(args.out / "table.csv", index=False)
+    atomic_write(args.out / "table.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(args.out / "table.md", markdown(table))
     fronts = figures(table, args.out)
     timing = args.out / "timing.json"

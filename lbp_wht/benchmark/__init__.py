@@ -32,9 +32,10 @@ def check_args(
     for names, low, need in ((positive, 1, "positive"), (nonnegative, 0, ">= 0")):
         for name in names:
             value = getattr(args, name)
-            bad = [v for v in (value if isinstance(value, list) else [value]) if v < low]
+            many = isinstance(value, (list, tuple))
+            bad = [v for v in (value if many else [value]) if v < low]
             if bad:
-                got = bad if isinstance(value, list) else value
+                got = list(bad) if many else value
                 parser.error(f"--{name.replace('_', '-')} must be {need}, got {got}")
     if device and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         parser.error(f"--device must be cpu, cuda or cuda:<index>, got {args.device!r}")

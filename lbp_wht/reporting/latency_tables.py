@@ -545,10 +545,8 @@ def rerender(out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     found = [(p, md, plot) for pat, md, plot in RERENDER for p in sorted(out.glob(pat))]
     if not found:
-        raise FileNotFoundError(
-            f"no benchmark CSV (table8_<device>.csv, fusion_<device>.csv, ablation_cpu.csv, "
-            f"projection_cpu.csv, e2e_backward_cpu.csv, step_<device>.csv) in {out}"
-        )
+        names = ", ".join(pat for pat, _, _ in RERENDER)
+        raise FileNotFoundError(f"no benchmark CSV ({names}) in {out}")
     written: list[Path] = []
     for csv_path, markdown, plot in found:
         stem = csv_path.with_suffix("")

@@ -1,4 +1,5 @@
-"""Small matplotlib helpers the report figures share: labelled log axes, atomic saving."""
+"""Small matplotlib helpers the report figures share: labelled log axes, pyplot on the Agg
+backend, atomic saving."""
 
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def pyplot() -> Any:
 def save_figure(fig: Any, paths: Sequence[str | os.PathLike], dpi: int = 200) -> list[Path]:
     """Save ``fig`` to each of ``paths`` (format from the suffix; raster formats at ``dpi``, a
     PDF without a creation date, so that a rerun writes the same bytes), each written aside and
-    renamed, then close it."""
-    plt = pyplot()
+    renamed, then close it. Leaves the backend as it is (a notebook's figures stay open)."""
+    import matplotlib.pyplot as plt
+
     try:
         for path in paths:
             pdf = str(path).endswith(".pdf")
