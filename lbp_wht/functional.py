@@ -63,7 +63,7 @@ _RECOMPILE_LIMIT = 256
 
 def set_backward_fusion(mode: str) -> str:
     """Choose how the LBP-WHT backward runs its two memory passes, one of :data:`FUSIONS`
-    (module docstring); returns the previous mode."""
+    (module docstring; the default is ``"eager"``); returns the previous mode."""
     global _fusion
     if mode not in FUSIONS:
         raise ValueError(f"unknown backward fusion {mode!r}; choose one of {FUSIONS}")

@@ -1,7 +1,7 @@
 """Files that appear whole or not at all, the project's one date format, moving files aside.
 
 Standard library only (the core uses it too). Every file the project writes goes through
-:func:`atomic_write`: a temporary file beside the target, fsynced, renamed over it, the folder
+:func:`atomic_write` (or :func:`atomic_path`, for writers that need a path): a temporary file beside the target, fsynced, renamed over it, the folder
 fsynced; a reader sees the old file or the new one. The temporary name
 ``.<name>.<pid>.<random>.tmp<suffix>`` is hidden, carries the writer's pid (so that
 :func:`remove_stale_temps` can remove a killed writer's file) and keeps the target's suffix
@@ -73,7 +73,7 @@ def atomic_write(
     make_parents: bool = True,
 ) -> Path:
     """Replace ``path`` by ``data`` (text as UTF-8, bytes, or a function writing the file at the
-    path it is given) through :func:`atomic_path`."""
+    path it is given) through :func:`atomic_path`; returns ``path`` as a ``Path``."""
     with atomic_path(path, make_parents=make_parents) as tmp:
         if callable(data):
             data(str(tmp))

@@ -726,6 +726,7 @@ class WHTProjector:
                 basis = self._basis.reshape(n, n, self.rank)
                 mats = {name: basis / float(n * n) if name == "basis_g" else basis}
             elif name == "src_flat":  # reflect padding as one index into the flattened map
+                # (asked for with dtype=torch.long: an index, never a float matrix)
                 mats = {name: (self._src_h[:, None] * self.w + self._src_w[None, :]).flatten()}
             else:  # the separable matrices, all of them at once
                 mats = self._separable_matrices()

@@ -16,7 +16,8 @@ Sources (Sec. 4.1: ImageNet-pretrained classifiers, ADE20K-pretrained Segformer)
   classifier heads dropped) and saved as an mmengine-style checkpoint.
 
 Downloads are checked against the hash prefix in the file name where the zoo provides one.
-The table itself is standard library only; fetching imports torch (and timm) when called.
+Each model's checkpoint is its ``ModelSpec.checkpoint`` (``lbp_wht.experiments.models``);
+fetching imports torch (and timm) when called.
 """
 
 from __future__ import annotations

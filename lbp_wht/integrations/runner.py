@@ -2,7 +2,9 @@
 
 It injects the method into the config and records the config's digest; refuses an
 ``lbp.model`` that is not the model built, a ``load_from`` that does not fit the converted model,
-and a ``--resume`` of another configuration; resumes from the newest *loadable* checkpoint;
+and a ``--resume`` of another configuration (or of a checkpoint holding no config, unless
+``--resume-unchecked``); resumes from the newest *loadable* checkpoint (unreadable ones kept as
+``<name>.unreadable``);
 saves through :class:`~.checkpoint.DurableCheckpointHook`, fails on a NaN / Inf loss or metric
 (:class:`~.recording.NonFiniteGuardHook`); runs CPU-distributed (gloo) without CUDA.
 """

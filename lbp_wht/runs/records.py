@@ -1,7 +1,7 @@
 """The one run-record format (``record.json``, one JSON object per run; docs/RUNNING.md).
 
 ``status == "complete"`` marks a finished run; ``config_digest`` tells a sweep which config made
-it. Writes are atomic and refuse non-finite metrics; reads name the file (:class:`RecordError`).
+it. Writes are atomic and refuse non-numeric or non-finite metrics; reads name the file (:class:`RecordError`).
 """
 
 from __future__ import annotations

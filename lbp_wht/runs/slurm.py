@@ -582,7 +582,8 @@ def _would_submit(st: RunStatus, rerun_changed: bool) -> bool:
 
 
 # -------------------------------------------------------------------------------- sweeps
-#: Statuses of a run whose job is not over; ``ok`` for a report that did not wait.
+#: Statuses of a run still in SLURM's or a local process's hands; with ``deferred``, ``ok``
+#: for a report that did not wait.
 _LIVE = ("submitted", "resubmitted", "queued", "running", "locked")
 
 

@@ -396,7 +396,8 @@ class RunResult:
     """What a sweep did with a run; ``message`` says why. ``status`` locally: done, skipped
     (record complete), changed (complete, another config; kept), failed, interrupted or locked
     (another process holds it); on SLURM also submitted, resubmitted, queued, running and
-    deferred (``max_jobs``), with ``job_id``."""
+    deferred (``max_jobs``), with ``job_id`` (``done`` there: finished while ``--wait`` followed
+    it)."""
 
     run: Run
     status: str
