@@ -43,16 +43,31 @@ def table_body(path: Path) -> str:
 
 
 def committed_provenance(out: Path) -> dict[str, str]:
-    """The provenance of the run whose report is in ``out``: ``timing.json``'s date, machine
-    and end load, the git revision its ``RESULTS.md`` names (for :func:`write_report`)."""
+    """The provenance of the run whose report is in ``out``: ``timing.json``'s date, machine,
+    loads and adaptation runs at a time, the git revision its ``RESULTS.md`` names (for
+    :func:`write_report`; a ``timing.json`` older than its ``load_start`` and ``jobs`` fields:
+    those two as the ``RESULTS.md`` states them)."""
     timing = json.loads((out / "timing.json").read_text())
     text = (out / "RESULTS.md").read_text()
     found = re.search(r"^- \*\*Code:\*\* git (\S+)", text, re.M)
+    start = re.search(r"load average (.+?) at the start", text)
+    jobs = re.search(r"; (\d+) adaptation runs at a time\)", text)
+    runs = re.search(
+        r"\*\*Runs:\*\* (\d+) training runs \((\d+) adaptation \+ pretraining\), "
+        r"(?:(\d+) of them reused|all run)",
+        text,
+    )
     return dict(
         date=timing["date"],
         machine=timing["machine"],
         load=timing["load"],
         git=found.group(1) if found else "?",
+        load_start=timing.get("load_start") or (start.group(1) if start else "n/a"),
+        jobs=timing.get("jobs") or (int(jobs.group(1)) if jobs else 2),
+        start=timing.get("start"),
+        runs=dict(total=int(runs[1]), adapt=int(runs[2]), reused=int(runs[3] or 0))
+        if runs
+        else None,
     )
 
 
@@ -88,7 +103,16 @@ def write_report(
         atomic_write(
             out / "timing.json",
             json.dumps(
-                dict(stages_s=stages, command=command, date=date, machine=machine, load=load),
+                dict(
+                    stages_s=stages,
+                    command=command,
+                    date=date,
+                    machine=machine,
+                    load=load,
+                    load_start=load_start,
+                    jobs=jobs,
+                    start=start,
+                ),
                 indent=2,
             )
             + "\n",
@@ -100,6 +124,12 @@ def write_report(
     pre = next(iter(read_records(out / "runs" / "pretrain")), None)
     recs = [r for r in read_records(out / "runs" / "adapt") if r.get("status") == "complete"]
     run_walls = [float(r["wall_time_s"]) for r in recs if r.get("wall_time_s")]
+    # not given (a re-render): what the records say
+    if pretrain_iters is None and pre:
+        pretrain_iters = pre.get("iterations")
+    if adapt_iters is None:
+        adapt_iters = next((r["iterations"] for r in recs if r.get("iterations")), None)
+    seeds = list(seeds) or sorted({int(r["seed"]) for r in recs if r.get("seed") is not None})
     spec = next((out / "runs" / "spectrum").glob("*/spectrum.json"), None)
     fwd = None
     try:
@@ -123,6 +153,8 @@ def write_report(
             if r.get("timestamp") and _dt.datetime.fromisoformat(r["timestamp"]) < t0
         ]
         runs = dict(total=len(all_recs), adapt=len(recs), reused=len(reused))
+    elif provenance:  # a re-render of a report whose timing.json predates its start field
+        runs = provenance.get("runs")
     head = s.acc(HEAD) if s.has(HEAD) else None
     text = render(
         "mini_results.md.j2",
@@ -170,18 +202,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stages", nargs="*", default=[], help="NAME=seconds wall times")
     p.add_argument("--command", default="scripts/reproduce_mini.sh")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--pretrain-iters", type=int)
-    p.add_argument("--adapt-iters", type=int)
-    p.add_argument("--seeds", nargs="*", type=int, default=[])
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="adaptation runs at a time (default 2; --rerender: the run's)",
+    )
+    p.add_argument("--pretrain-iters", type=int, help="default: the pretraining record's")
+    p.add_argument("--adapt-iters", type=int, help="default: the adaptation records'")
+    p.add_argument("--seeds", nargs="*", type=int, default=[], help="default: the records'")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--start", type=float, help="script start (epoch s): runs newer ran now")
     p.add_argument("--load-start", default="n/a", help="load average when the script started")
     p.add_argument(
         "--rerender",
         action="store_true",
-        help="re-render the report of the run in --out (its date, machine, load and git "
-        "revision kept; stages and command from its timing.json unless given)",
+        help="re-render the report of the run in --out (its date, machine, loads and git "
+        "revision kept; stages, command, runs at a time and start from its timing.json, "
+        "iterations and seeds from its records, unless given)",
     )
     args = p.parse_args(argv)
     stages = {}
@@ -202,11 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages = stages or timing["stages_s"]
         if args.command == "scripts/reproduce_mini.sh":
             args.command = timing["command"]
+        if args.load_start == "n/a":
+            args.load_start = provenance["load_start"]
+        if args.jobs is None:
+            args.jobs = provenance["jobs"]
+        if args.start is None:
+            args.start = provenance["start"]
     path = write_report(
         args.out,
         stages=stages,
         command=args.command,
-        jobs=args.jobs,
+        jobs=2 if args.jobs is None else args.jobs,
         pretrain_iters=args.pretrain_iters,
         adapt_iters=args.adapt_iters,
         seeds=args.seeds,

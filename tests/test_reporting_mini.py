@@ -61,6 +61,21 @@ def test_results_md_regenerates_from_the_committed_runs(tmp_path: Path) -> None:
     assert json.loads((out / "timing.json").read_text())["stages_s"] == timing["stages_s"]
 
 
+def test_rerender_keeps_every_line_but_the_code_revision(tmp_path: Path) -> None:
+    """``--rerender`` with no other argument: the protocol (iterations, seeds), the loads, the
+    runs at a time and the runs line come from the run's own files, not from defaults."""
+    out = tmp_path / "mini"
+    shutil.copytree(MINI, out, ignore=shutil.ignore_patterns("figures"))
+    assert mini_results.main(["--out", str(out), "--rerender"]) == 0
+    old = (MINI / "RESULTS.md").read_text().splitlines()
+    new = (out / "RESULTS.md").read_text().splitlines()
+    assert len(new) == len(old)
+    differ = [(a, b) for a, b in zip(old, new) if a != b]
+    assert len(differ) == 1 and differ[0][0].startswith("- **Code:**"), differ
+    assert differ[0][1].startswith(differ[0][0] + " (report re-rendered from its runs at ")
+    assert (out / "timing.json").read_bytes() == (MINI / "timing.json").read_bytes()
+
+
 def test_claims_of_the_committed_runs() -> None:
     s = verdicts.Stats(MINI / "runs" / "adapt", MINI / "cost")
     got = {c["claim"]: c["verdict"] for c in verdicts.claims(s)}
