@@ -104,6 +104,27 @@ def test_a_run_without_a_value_is_left_out_and_a_good_one_is_read(tmp_path) -> N
     assert tables.load_runs([tmp_path])["value"].tolist() == [88.5]
 
 
+def test_one_cell_trained_twice_alike_keeps_the_newest_and_differently_is_refused(tmp_path):
+    """Two work roots holding the same cell and seed: a repeat (loading-only keys may differ)
+    gives the newest value; runs that trained differently (a grid over ``lbp.padding``) would
+    lose one silently, so the loader names both files and the setting."""
+    lbp = dict(method="full_bp", padding="reflect", options={}, strict_load=True)
+    old = _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=lbp)
+    _run_record(tmp_path / "b", 81.0, timestamp="2026-01-02T00:00:00",
+                lbp=dict(lbp, strict_load=False))  # fmt: skip
+    runs = tables.load_runs([tmp_path / "a", tmp_path / "b"])
+    assert runs["value"].tolist() == [81.0] and "lbp" not in runs.columns
+    new = _run_record(tmp_path / "b", 81.0, timestamp="2026-01-02T00:00:00",
+                      lbp=dict(lbp, padding="zero"))  # fmt: skip
+    with pytest.raises(RecordValueError) as err:
+        tables.load_runs([tmp_path / "a", tmp_path / "b"])
+    msg = str(err.value)
+    assert str(old) in msg and str(new) in msg and "lbp.padding 'reflect' vs 'zero'" in msg
+    # an older record without the key is not compared on it
+    _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=dict(method="full_bp"))
+    assert tables.load_runs([tmp_path / "a", tmp_path / "b"])["value"].tolist() == [81.0]
+
+
 @pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity", "fast"])
 def test_a_cost_cell_that_is_not_a_finite_number_is_refused(tmp_path, bad) -> None:
     path = tmp_path / "table2.csv"

@@ -34,7 +34,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from lbp_wht.io import move_aside
-from lbp_wht.runs.records import config_digest
+from lbp_wht.runs.records import LOADING_LBP_KEYS, config_digest
 
 # Importing the runner registers everything a config needs (builder, hooks, datasets).
 from . import hooks as _hooks  # noqa: F401
@@ -118,11 +118,8 @@ def _nan_tensors(state: Mapping[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------ resume compatibility
-#: ``lbp`` keys that only steer loading or recording, and data keys that say where or how fast
-#: data is read: they may change on resume. So may the schedule length.
-_FREE_LBP = frozenset(
-    "allow_random_init strict_load reinit_keys drop_keys spectrum_layer spectrum_iters".split()
-)
+#: Data keys that say where or how fast data is read: they may change on resume (as may
+#: :data:`~lbp_wht.runs.records.LOADING_LBP_KEYS` and the schedule length).
 _DATA_LOCATION = frozenset(
     "data_root data_prefix ann_file num_workers persistent_workers pin_memory prefetch_factor".split()
 )
@@ -145,7 +142,7 @@ def resume_relevant(cfg: Mapping[str, Any]) -> dict[str, str]:
     scheds = cfg.get("param_scheduler") or []
     scheds = [scheds] if isinstance(scheds, Mapping) else scheds
     parts = {
-        "lbp": {k: _plain(v) for k, v in lbp.items() if k not in _FREE_LBP},
+        "lbp": {k: _plain(v) for k, v in lbp.items() if k not in LOADING_LBP_KEYS},
         "model": model.get("model", {}) if wrapped else model,
         "data_preprocessor": _plain(cfg.get("data_preprocessor")),
         "train_dataloader": _plain(cfg.get("train_dataloader"), _DATA_LOCATION),

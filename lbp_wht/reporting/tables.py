@@ -61,8 +61,15 @@ from ..experiments.vocab import (
     short_model_name,
 )
 from ..io import atomic_write
-from ..runs.records import read_records
-from .render import as_number, checked_number, markdown_table, render, write_rows_csv
+from ..runs.records import LOADING_LBP_KEYS, read_records
+from .render import (
+    RecordValueError,
+    as_number,
+    checked_number,
+    markdown_table,
+    render,
+    write_rows_csv,
+)
 
 TABLES = ("2", "3", "4", "5", "6", "7", "8")
 
@@ -79,11 +86,14 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """Complete training records under ``roots`` -> one row per (cell, seed).
 
     Columns: model, scope, dataset, method, select, r (key), seed, value, metric, path.
-    Several records of the same cell and seed (e.g. two work roots): the newest wins. A record
-    without a value (no evaluation) is left out.
+    Several records of the same cell and seed trained alike (e.g. a run repeated in a second
+    work root): the newest wins. A record without a value (no evaluation) is left out.
 
     Raises:
-        RecordValueError: a record whose ``value`` is not a finite number (names the file).
+        RecordValueError: a record whose ``value`` is not a finite number (names the file);
+            two records of one cell and seed whose ``lbp`` settings differ beyond the key (e.g.
+            ``lbp.padding``, ``lbp.options`` of a grid sweep): a table row holds one of them,
+            and keeping the newest would drop the other silently.
     """
     cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
     rows = []  # in the order of cols + [timestamp, path]
@@ -100,14 +110,35 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
             m, s, r = method_key(rec["method"], rec.get("select"), rec.get("r"), rec.get("rank"))
             cell = [rec["model"], rec.get("scope") or "partial", norm_dataset(rec.get("dataset"))]
             stamp = str(rec.get("timestamp") or "")
-            rows.append([*cell, m, s, r, rec.get("seed"), value, rec.get("metric"), stamp, path])
-    df = pd.DataFrame(rows, columns=cols + ["timestamp", "path"])
+            lbp = rec.get("lbp") if isinstance(rec.get("lbp"), dict) else {}
+            row = [*cell, m, s, r, rec.get("seed"), value, rec.get("metric"), stamp, path, lbp]
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=cols + ["timestamp", "path", "lbp"])
     if df.empty:
-        return df
-    df = df.sort_values("timestamp").drop_duplicates(
-        ["model", "scope", "dataset", "method", "select", "r", "seed"], keep="last"
-    )
-    return df.reset_index(drop=True)
+        return df.drop(columns="lbp")
+    key = ["model", "scope", "dataset", "method", "select", "r", "seed"]
+    for _, group in df[df.duplicated(key, keep=False)].groupby(key, dropna=False, sort=False):
+        _check_trained_alike(group)
+    df = df.sort_values("timestamp").drop_duplicates(key, keep="last")
+    return df.drop(columns="lbp").reset_index(drop=True)
+
+
+def _check_trained_alike(group: pd.DataFrame) -> None:
+    """Refuse records of one cell and seed whose ``lbp`` settings differ in a key both record
+    (loading-only keys aside; a key an older record lacks is not compared)."""
+    first = group.iloc[0]
+    for _, other in group.iloc[1:].iterrows():
+        a, b = first["lbp"], other["lbp"]
+        diff = sorted(k for k in a.keys() & b.keys() if k not in LOADING_LBP_KEYS and a[k] != b[k])
+        if diff:
+            what = "; ".join(f"lbp.{k} {a[k]!r} vs {b[k]!r}" for k in diff)
+            raise RecordValueError(
+                f"{first['path']} and {other['path']} are one table cell (model "
+                f"{first['model']}, {first['scope']}, {first['dataset']}, method "
+                f"{first['method']}, seed {first['seed']}) trained differently: {what}. A table "
+                "row shows one configuration: build the tables of each from its own work root "
+                "(--runs), or move one of the runs out of the roots given"
+            )
 
 
 def _key_mask(df: pd.DataFrame, model: str, scope: str, key: tuple) -> pd.Series:

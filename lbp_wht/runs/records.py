@@ -25,6 +25,11 @@ from ..io import atomic_write, utc_now
 DIGEST_IGNORED_KEYS = frozenset(
     {"work_dir", "resume", "launcher", "env_cfg", "log_level", "visualizer", "filename"}
 )
+#: ``lbp`` keys that only steer loading or recording, not what a run trains: a resume may change
+#: them, and two records that differ only in them describe the same experiment.
+LOADING_LBP_KEYS = frozenset(
+    "allow_random_init strict_load reinit_keys drop_keys spectrum_layer spectrum_iters".split()
+)
 #: Part of the name of a run directory a sweep moved aside (``<run>.stale-<UTC time>``).
 STALE_MARK = ".stale-"
 
