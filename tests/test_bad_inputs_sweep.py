@@ -200,6 +200,7 @@ def test_matching_or_missing_digest_is_skipped_and_missing_is_said(tmp_path):
         ("lbp.rr=2,3", "'rr' is not a key of the lbp block"),
         ("train_cfg.max_iter=2", "'max_iter'"),
         ("train_dataloader.dataset.datasets.0.data_root=x", "'datasets'"),
+        ("lbp.options.kep=0.3", "'kep' is not an option of a successor method"),
     ],
 )
 def test_grid_with_an_unknown_key_is_an_error_naming_it(axis, named, tmp_path):
@@ -229,6 +230,50 @@ def test_grid_axis_given_twice_and_unknown_extra_option(tmp_path):
         grid_runs(MINI, [], seeds=[0], work_root=tmp_path, extra_options=["lbp.lora_rnak=4"])
     runs = grid_runs(MINI, ["lbp.r=2,3", "lbp.lhe_iters=5"], seeds=[0], work_root=tmp_path)
     assert [r.run_id for r in runs] == [f"{MINI.stem}_r={r}_lhe_iters=5_s0" for r in (2, 3)]
+
+
+@pytest.mark.parametrize(
+    "axes,named",
+    [
+        (["lbp.r=2,99"], "--set lbp.r=99: .*r must be at most 15"),
+        (["lbp.method=velora", "lbp.options.keep_fraction=0.3"],
+         "unknown key 'keep_fraction' for lbp.method='velora'; valid keys: \\['subtoken_size'\\]"),
+        (["lbp.method=wta_crs,full_bp", "lbp.options.keep_fraction=0.3"],
+         "--set lbp.method=full_bp lbp.options.keep_fraction=0.3: .*takes no options"),
+    ],
+)  # fmt: skip
+def test_grid_combination_the_lbp_block_refuses_is_an_error_before_any_run(axes, named, tmp_path):
+    """Every combination's ``lbp`` block is parsed before the sweep starts: a value one of them
+    refuses is one error naming that combination, not a failure of each of its runs."""
+    with pytest.raises(SweepSpecError, match=named):
+        grid_runs(MINI, axes, seeds=[0, 1], work_root=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_grid_over_a_successors_options_names_them_in_the_run_ids(tmp_path):
+    from lbp_wht.experiments.runs import expected_digest
+
+    axes = ["lbp.method=wta_crs", "lbp.options.keep_fraction=0.3,0.5"]
+    runs = grid_runs(MINI, axes, seeds=[0], work_root=tmp_path)
+    assert [r.run_id for r in runs] == [
+        f"{MINI.stem}_method=wta_crs_options.keep_fraction={v}_s0" for v in ("0.3", "0.5")
+    ]
+    assert len({expected_digest(r) for r in runs}) == 2
+
+
+def test_sweep_tool_takes_several_set_flags(tmp_path):
+    """``--set A --set B`` is both axes (the second flag used to replace the first)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "sweep.py"), "grid", str(MINI), "--set", "lbp.r=2,3"]
+        + ["--set", "lbp.lhe_iters=5", "--work-root", str(tmp_path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"{MINI.stem}_r=3_lhe_iters=5_s0" in res.stdout, res.stdout
 
 
 def test_grid_missing_config_and_unknown_table_filters(tmp_path):

@@ -152,7 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     g = sub.add_parser("grid", parents=[common], help="a grid of --cfg-options over one config")
     g.add_argument("config")
-    g.add_argument("--set", nargs="+", default=[], metavar="KEY=V1,V2", help="grid axes")
+    g.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="grid axes (several in one --set or in several)",
+    )
     g.add_argument("--name", help="run id prefix (default: the config's name)")
     args = p.parse_args(argv)
 

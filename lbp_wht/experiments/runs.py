@@ -236,6 +236,17 @@ def check_option_keys(config: str | os.PathLike, keys: Sequence[str], *, what: s
     cfg = _effective(str(config))
     for key in keys:
         parts = key.split(".")
+        if parts[:2] == ["lbp", "options"] and len(parts) == 3:  # a successor method's option
+            from lbp_wht.conversion import SUCCESSOR_OPTIONS
+
+            valid = sorted({k for _, names in SUCCESSOR_OPTIONS.values() for k in names})
+            valid = [k for k in valid if k not in ("lora_rank", "lora_alpha")]  # lbp.lora_*
+            if parts[2] not in valid:
+                raise SweepSpecError(
+                    f"{what} {key}: {parts[2]!r} is not an option of a successor method; "
+                    f"their keys: {valid}"
+                )
+            continue
         if parts[0] == "lbp" and len(parts) == 2:
             if parts[1] not in LBP_DEFAULTS:
                 raise SweepSpecError(
@@ -282,13 +293,16 @@ def grid_runs(
         check_option_keys(config, [k for k, _ in axes], what="--set")
         extra_keys = [o.partition("=")[0] for o in extra_options]
         check_option_keys(config, extra_keys, what="--cfg-options")
+    combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes]))
+    if check_keys and "lbp" in _effective(str(config)):
+        _check_lbp_blocks(config, combos, extra_options)
     stem = name or Path(config).stem
     rel = _rel(Path(config))
     work_root = Path(work_root).resolve()
     runs = []
-    for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in axes]):
+    for combo in combos:
         for seed in seeds:
-            tag = "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo)
+            tag = "_".join(f"{_tag(k)}={v}" for k, v in combo)
             rid = safe_id(f"{stem}_{tag}_s{seed}" if tag else f"{stem}_s{seed}")
             wd = work_root / rid
             opts = [f"{k}={v}" for k, v in combo] + list(extra_options)
@@ -298,30 +312,59 @@ def grid_runs(
     return runs
 
 
+def _tag(key: str) -> str:
+    """A grid axis in a run id: its last part (``lbp.r`` -> ``r``); a successor's option keeps
+    ``options.`` (``lbp.options.rank`` -> ``options.rank``, not ``lbp.rank``'s ``rank``)."""
+    return key[len("lbp.") :] if key.startswith("lbp.options.") else key.split(".")[-1]
+
+
+def _merged(config: str | os.PathLike, opts: Sequence[str]) -> Any:
+    """``config``'s effective config with ``opts`` merged as ``tools/train.py --cfg-options``
+    merges them (values parsed the same way)."""
+    import argparse
+
+    from mmengine.config import Config, DictAction
+
+    cfg = Config(copy.deepcopy(_effective(str(config))))
+    if opts:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(["--cfg-options", *opts]).cfg_options)
+    return cfg
+
+
+def _check_lbp_blocks(config, combos, extra_options: Sequence[str]) -> None:
+    """Parse the ``lbp`` block of every grid combination before anything starts, so that a
+    value the block refuses (``lbp.r`` beyond ``order``, an option the method does not take)
+    is one error naming the combination, not a failure of each of its runs."""
+    from lbp_wht.integrations.build import LBPConfigError, validate_lbp_cfg
+
+    for combo in combos:
+        opts = [f"{k}={v}" for k, v in combo] + list(extra_options)
+        if not any(o.startswith("lbp.") for o in opts):
+            continue
+        try:
+            validate_lbp_cfg(_merged(config, opts).get("lbp"))
+        except LBPConfigError as err:
+            where = " ".join(o for o in opts if o.startswith("lbp."))
+            raise SweepSpecError(f"--set {where}: {err}") from None
+
+
 def expected_digest(run: Run) -> str | None:
     """The ``config_digest`` that ``run`` records when it trains now: the config of
     ``run.meta["config"]`` with ``run.meta["cfg_options"]`` merged (parsed as
     ``tools/train.py --cfg-options`` parses them) and ``randomness.seed`` set to the run's
     seed. None if the run's meta lacks the config, or the config cannot be parsed (the run
     itself will then fail and say why)."""
-    import argparse
-
     from lbp_wht.runs.records import config_digest
 
     config = run.meta.get("config")
     if not config:
         return None
     try:
-        from mmengine.config import Config, DictAction
-
-        cfg = Config(copy.deepcopy(_effective(str(config))))
+        cfg = _merged(config, list(run.meta.get("cfg_options") or ()))
     except Exception:  # noqa: BLE001 - the run reports the config's error itself
         return None
-    opts = list(run.meta.get("cfg_options") or ())
-    if opts:
-        parser = argparse.ArgumentParser()
-        parser.add_argument("--cfg-options", nargs="+", action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(["--cfg-options", *opts]).cfg_options)
     seed = run.meta.get("seed")
     if seed is not None:
         cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
