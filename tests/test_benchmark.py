@@ -75,7 +75,8 @@ def test_table8_quick_run_writes_every_row(tmp_path: Path) -> None:
 
 def test_committed_latency_markdown_rebuilds_from_its_csvs(tmp_path: Path) -> None:
     """Every committed results/latency CSV renders again (prose identical; cells from the
-    CSV's 4 significant digits), and a CSV without its .run.json is refused by name."""
+    CSV's significant digits: 4 in the files of earlier runs), and a CSV without its
+    .run.json is refused by name."""
     import shutil
 
     src = ROOT / "results" / "latency"
@@ -108,6 +109,24 @@ def test_committed_latency_markdown_rebuilds_from_its_csvs(tmp_path: Path) -> No
     (tmp_path / "lat" / "ablation_cpu.run.json").unlink()
     with pytest.raises(FileNotFoundError, match="ablation_cpu.run.json"):
         latency_tables.rerender(tmp_path / "lat")
+
+
+def test_a_written_latency_table_rebuilds_byte_for_byte(tmp_path: Path) -> None:
+    """A run's Markdown is made from the rows as its CSV stores them, so ``--tables-only`` /
+    :func:`rerender` of a fresh run writes the same bytes (it used to differ in the last
+    digits: the run rendered its full-precision numbers, the CSV held 4 digits)."""
+    import json
+
+    src = ROOT / "results" / "latency"
+    rows = [
+        {k: v * 1.000123457 if isinstance(v, float) else v for k, v in r.items()}
+        for r in latency_tables.read_rows_csv(src / "projection_cpu.csv")
+    ]
+    meta = json.loads((src / "projection_cpu.run.json").read_text())
+    latency_tables.write_component_table("projection", rows, tmp_path, meta)
+    first = (tmp_path / "projection_cpu.md").read_bytes()
+    latency_tables.rerender(tmp_path)
+    assert (tmp_path / "projection_cpu.md").read_bytes() == first
 
 
 def test_e2e_backward_benchmark_on_the_mini_model(tmp_path: Path) -> None:

@@ -2,16 +2,19 @@
 figures, and the same Markdown and figures again from the CSVs alone.
 
 Each output ``<stem>`` (``table8_<device>``, ``ablation_cpu``, ``projection_cpu``,
-``e2e_backward_cpu``, ``step_<device>``) is written as ``<stem>.csv`` (floats to 4 significant digits), ``<stem>.md``
-(a template under ``templates/``) and, for Table 8 and the end-to-end benchmark, ``<stem>.png``
-/ ``.pdf``. The facts about the run that the rows do not hold (command, torch version, threads,
-machine) go to ``<stem>.run.json`` beside them, so :func:`rerender` can rebuild the Markdown and
-figures from the committed files without timing anything again. Rendered from the CSV, a cell
-shows the CSV's 4-digit value (e.g. ``12.680`` where the run printed ``12.677``).
+``e2e_backward_cpu``, ``step_<device>``) is written as ``<stem>.csv`` (floats to
+:data:`FLOAT_FORMAT`), ``<stem>.md`` (a template under ``templates/``, filled from the rows as
+the CSV holds them) and, for Table 8 and the end-to-end benchmark, ``<stem>.png`` / ``.pdf``.
+The facts about the run that the rows do not hold (command, torch version, threads, machine)
+go to ``<stem>.run.json`` beside them, so :func:`rerender` rebuilds the same Markdown and
+figures from the committed files without timing anything again. (The CSVs committed up to
+2026-12-07 hold 4 significant digits: rebuilt from them, a cell may differ from the committed
+Markdown in its last digit, e.g. ``12.680`` where the run printed ``12.677``.)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -22,7 +25,7 @@ from typing import Any
 from ..experiments.vocab import method_key, method_label, method_with
 from ..io import atomic_write
 from .plotting import label_log_axis, pyplot, save_figure
-from .render import read_rows_csv, render, write_rows_csv
+from .render import parse_rows_csv, read_rows_csv, render, rows_csv_text
 
 #: The ``method`` of the exact-backprop rows and of the LBP-WHT rows (the experiment ids of
 #: the two methods; ``gemm`` rows are the paper's baseline of two bare GEMMs).
@@ -36,7 +39,9 @@ TABLE8_COLUMNS = """device threads model cx cy L prefix batch method variant sel
     speedup_incl_xproj paper_speedup_cpu paper_speedup_gpu paper_latency_cpu_us flop_bound
     pct_of_bound pct_of_bound_cputime flop_bound_source roofline_bound pct_of_roofline stream_us
     allocator rounds loadavg_1m_start loadavg_1m_end torch date""".split()
-FLOAT_FORMAT = "{:.4g}"
+#: Floats in the CSVs: 6 significant digits, more than any table prints (the Markdown and the
+#: figures are made from the CSV's values, so that a rerender writes the same bytes).
+FLOAT_FORMAT = "{:.6g}"
 
 
 def run_meta(command: str) -> dict[str, Any]:
@@ -238,9 +243,8 @@ def write_table8(
     stem = Path(out_dir) / f"{name}_{device.split(':')[0]}"
     if merge and stem.with_suffix(".csv").exists():
         rows, meta = _merged(stem, rows, meta)
-    return _write(
-        stem, rows, meta, table8_markdown(rows, device, meta), plot_table8, TABLE8_COLUMNS
-    )
+    markdown = functools.partial(_table8_markdown_of, device=device)
+    return _write(stem, rows, meta, markdown, plot_table8, TABLE8_COLUMNS)
 
 
 def _merged(
@@ -315,7 +319,7 @@ def write_component_table(
 ) -> list[Path]:
     """``<kind>_cpu.{csv,md,run.json}`` for ``kind`` ``"ablation"`` or ``"projection"``."""
     markdown = {"ablation": ablation_markdown, "projection": projection_markdown}[kind]
-    return _write(Path(out_dir) / f"{kind}_cpu", rows, meta, markdown(rows, meta))
+    return _write(Path(out_dir) / f"{kind}_cpu", rows, meta, markdown)
 
 
 # -------------------------------------------------------------------------------- end to end
@@ -406,7 +410,7 @@ def write_e2e(
 ) -> list[Path]:
     """``e2e_backward_cpu.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / "e2e_backward_cpu"
-    return _write(stem, rows, meta, e2e_markdown(rows, meta), plot_e2e)
+    return _write(stem, rows, meta, e2e_markdown, plot_e2e)
 
 
 def write_e2e_timm(
@@ -414,7 +418,7 @@ def write_e2e_timm(
 ) -> list[Path]:
     """``e2e_timm_<model>_cpu.{csv,md,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / f"e2e_timm_{rows[0]['model']}_cpu"
-    return _write(stem, rows, meta, e2e_timm_markdown(rows, meta))
+    return _write(stem, rows, meta, e2e_timm_markdown)
 
 
 # ----------------------------------------------------------------------------- training step
@@ -492,7 +496,7 @@ def write_step(
 ) -> list[Path]:
     """``step_<device>.{csv,md,png,pdf,run.json}`` under ``out_dir``."""
     stem = Path(out_dir) / f"step_{str(rows[0]['device']).split(':')[0]}"
-    return _write(stem, rows, meta, step_markdown(rows, meta), plot_step)
+    return _write(stem, rows, meta, step_markdown, plot_step)
 
 
 # ----------------------------------------------------------------------------------- shared
@@ -500,15 +504,22 @@ def _write(
     stem: Path,
     rows: Sequence[dict[str, Any]],
     meta: dict[str, Any],
-    markdown: str,
+    markdown: Callable[[Sequence[dict[str, Any]], dict[str, Any]], str],
     plot: Callable[[Sequence[dict[str, Any]], Path], list[Path]] | None = None,
     fields: Sequence[str] | None = None,
 ) -> list[Path]:
-    """``<stem>.csv`` (floats to :data:`FLOAT_FORMAT`), ``.md``, the figure (``plot``) and
-    ``.run.json``; returns the paths in that order."""
-    paths = [write_rows_csv(stem.with_suffix(".csv"), rows, fields, FLOAT_FORMAT)]
-    paths.append(atomic_write(stem.with_suffix(".md"), markdown))
-    paths += plot(rows, stem) if plot else []
+    """``<stem>.csv`` (floats to :data:`FLOAT_FORMAT`), ``.md`` (``markdown(rows, meta)``), the
+    figure (``plot``) and ``.run.json``; returns the paths in that order. The Markdown and the
+    figure are made from the rows as the CSV holds them, so that :func:`rerender` rebuilds the
+    same files; the Markdown is made before anything is written."""
+    text = rows_csv_text(rows, fields, FLOAT_FORMAT)
+    stored = parse_rows_csv(text)
+    md = markdown(stored, meta)
+    paths = [
+        atomic_write(stem.with_suffix(".csv"), text),
+        atomic_write(stem.with_suffix(".md"), md),
+    ]
+    paths += plot(stored, stem) if plot else []
     run = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     return paths + [atomic_write(stem.with_name(stem.name + ".run.json"), run)]
 
@@ -519,6 +530,10 @@ def _save(fig: Any, stem: Path) -> list[Path]:
 
 def _table8_again(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     return table8_markdown(rows, str(rows[0]["device"]), meta)
+
+
+def _table8_markdown_of(rows: Sequence[dict[str, Any]], meta: dict[str, Any], device: str) -> str:
+    return table8_markdown(rows, device, meta)
 
 
 #: What :func:`rerender` rebuilds, in order: (CSV file pattern, Markdown, figure or None).

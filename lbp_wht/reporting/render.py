@@ -11,6 +11,7 @@ one, never a cut one.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path
+from ..io import atomic_write
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -71,13 +72,22 @@ def write_rows_csv(
 ) -> Path:
     """Rows as CSV: columns ``fields`` (default: the first row's keys; other keys are dropped),
     ``None`` as an empty cell, floats through ``float_format`` (e.g. ``"{:.4g}"``) if given."""
+    return atomic_write(path, rows_csv_text(rows, fields, float_format))
+
+
+def rows_csv_text(
+    rows: Sequence[dict[str, Any]],
+    fields: Sequence[str] | None = None,
+    float_format: str | None = None,
+) -> str:
+    """The text :func:`write_rows_csv` writes."""
     fields = list(fields or rows[0])
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        wr.writeheader()
-        for row in rows:
-            wr.writerow({k: _cell(row.get(k), float_format) for k in fields if k in row})
-    return Path(path)
+    f = io.StringIO(newline="")
+    wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    wr.writeheader()
+    for row in rows:
+        wr.writerow({k: _cell(row.get(k), float_format) for k in fields if k in row})
+    return f.getvalue()
 
 
 def _cell(v: Any, float_format: str | None) -> Any:
@@ -92,7 +102,12 @@ def read_rows_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     """A CSV written by :func:`write_rows_csv` back as rows: integers and floats as numbers,
     empty cells as ``""``, everything else as text."""
     with open(path, newline="") as f:
-        return [{k: _typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return parse_rows_csv(f.read())
+
+
+def parse_rows_csv(text: str) -> list[dict[str, Any]]:
+    """:func:`read_rows_csv` of a CSV's text."""
+    return [{k: _typed(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
 
 
 def _typed(v: str | None) -> Any:
