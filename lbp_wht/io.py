@@ -84,6 +84,14 @@ def atomic_write(
     return Path(path)
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when it lies below it (a record or a command
+    line written into ``results/`` then names no machine's checkout), else as given."""
+    text = os.fspath(path)
+    rel = os.path.relpath(os.path.abspath(text))
+    return text if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
 def move_aside(path: str | os.PathLike, tag: str) -> Path:
     """Rename ``path`` to ``<path><tag>`` (``<path><tag>.1``, ``.2`` ... if taken); never
     deletes or overwrites anything. Returns the new path."""

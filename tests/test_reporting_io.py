@@ -165,3 +165,33 @@ def test_csv_rows_are_written_aside(tmp_path: Path, monkeypatch) -> None:
         write_rows_csv(target, [dict(tag="b", mflops=2.0)])
     assert target.read_bytes() == old
     assert _listing(tmp_path) == ["cost.csv"]
+
+
+def test_paths_in_records_and_run_commands_are_relative_to_the_checkout(tmp_path, monkeypatch):
+    """What goes into ``results/`` names paths below the working directory relatively (records'
+    ``work_dir``, the benchmark tools' ``command``), and other paths as given."""
+    from lbp_wht.io import portable_path
+    from lbp_wht.reporting.latency_tables import run_meta
+
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / "work_dirs" / "run_s0"
+    assert portable_path(inside) == os.path.join("work_dirs", "run_s0")
+    assert portable_path("work_dirs/run_s0") == os.path.join("work_dirs", "run_s0")
+    outside = tmp_path.parent / (tmp_path.name + "x") / "run"  # a sibling sharing the prefix
+    assert portable_path(outside) == str(outside)
+    meta = run_meta(f"tools/benchmark_methods.py layers --out {tmp_path / 'results' / 'b'}")
+    assert meta["command"] == "tools/benchmark_methods.py layers --out results/b"
+
+
+def test_a_run_record_names_its_work_dir_relative_to_the_checkout(monkeypatch):
+    pytest.importorskip("mmpretrain")
+    from mmengine.config import Config
+
+    import lbp_wht.integrations  # noqa: F401  (CPU shims first)
+    from lbp_wht.integrations.recording import build_record
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    cfg = Config.fromfile("configs/mini/demo/target.py")
+    rec = build_record(cfg, kind="train", status="done", work_dir=str(root / "work_dirs" / "a"))
+    assert rec["work_dir"] == os.path.join("work_dirs", "a")

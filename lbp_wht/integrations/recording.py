@@ -20,6 +20,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
 from lbp_wht.experiments.methods import method_spec
+from lbp_wht.io import portable_path
 from lbp_wht.runs.records import config_digest, provenance, read_record, write_record
 
 from .build import lbp_rank, uses_lbp, validate_lbp_cfg
@@ -72,7 +73,7 @@ def build_record(
         kind=kind,
         status=status,
         config=cfg.filename,
-        work_dir=work_dir,
+        work_dir=portable_path(work_dir) if work_dir else work_dir,
         model=lbp["model"],
         dataset=cfg.get("dataset_name"),
         method=lbp["method"],

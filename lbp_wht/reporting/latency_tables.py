@@ -50,8 +50,9 @@ def run_meta(command: str) -> dict[str, Any]:
     and logical CPU count."""
     import torch
 
+    here = os.getcwd() + os.sep  # paths below the working directory relative (portable_path)
     meta = dict(
-        command=command,
+        command=command.replace(here, ""),
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         machine=platform.processor() or platform.machine(),
