@@ -133,6 +133,36 @@ def test_make_tables_unknown_table_and_missing_paper_dir(tmp_path: Path) -> None
     assert res.returncode == 2 and f"--paper {tmp_path / 'p'} is not a directory" in res.stderr
 
 
+def test_make_tables_refuses_a_cell_trained_two_ways_and_where_picks_one(tmp_path: Path) -> None:
+    """A second root holding one mini run again with zero padding: the proxy Table 4 is refused
+    (naming both records and lbp.padding); ``--where lbp.padding=reflect`` gives the committed
+    table byte for byte."""
+    import json
+    import shutil
+
+    mini = ROOT / "results" / "mini"
+    other = tmp_path / "zero"
+    name = "target_method=lbp_wht_select=lp_l1_r=4_s0"
+    rec = json.loads((mini / "runs" / "adapt" / name / "record.json").read_text())
+    rec["lbp"]["padding"], rec["value"], rec["timestamp"] = "zero", 50.0, "2099-01-01T00:00:00"
+    (other / name).mkdir(parents=True)
+    (other / name / "record.json").write_text(json.dumps(rec))
+    args = [str(ROOT / "tools/make_tables.py"), "--runs", str(mini / "runs" / "adapt"), str(other)]
+    args += ["--cost", str(mini / "cost"), "--tables", "4", "--models", "mini-efficientformer"]
+    args += ["--datasets", "fmnist-5to9", "--out", str(tmp_path / "out")]
+    res = _tool(*args)
+    assert res.returncode != 0 and "lbp.padding 'reflect' vs 'zero'" in res.stderr, res.stderr
+    assert str(other / name / "record.json") in res.stderr and "--where" in res.stderr
+    assert not (tmp_path / "out").exists()
+    res = _tool(*args, "--where", "lbp.padding=reflect")
+    assert res.returncode == 0, res.stderr
+    built = (tmp_path / "out" / "table4" / "table4.md").read_bytes()
+    assert built == (mini / "table4" / "table4.md").read_bytes()
+    shutil.rmtree(tmp_path / "out")
+    res = _tool(*args, "--where", "lbp.padding")
+    assert res.returncode == 2 and "expected KEY=VALUE" in res.stderr
+
+
 def test_make_tables_defaults_build_table8_from_the_committed_csv(tmp_path: Path) -> None:
     res = _tool(str(ROOT / "tools/make_tables.py"), "--tables", "8", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr

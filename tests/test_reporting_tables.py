@@ -120,6 +120,12 @@ def test_one_cell_trained_twice_alike_keeps_the_newest_and_differently_is_refuse
         tables.load_runs([tmp_path / "a", tmp_path / "b"])
     msg = str(err.value)
     assert str(old) in msg and str(new) in msg and "lbp.padding 'reflect' vs 'zero'" in msg
+    assert "--where lbp.padding=VALUE" in msg
+    for padding, value in (("zero", 81.0), ("reflect", 80.0)):
+        where = {"lbp.padding": padding}
+        assert tables.load_runs([tmp_path / "a", tmp_path / "b"], where)["value"].tolist() == [
+            value
+        ]
     # an older record without the key is not compared on it
     _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=dict(method="full_bp"))
     assert tables.load_runs([tmp_path / "a", tmp_path / "b"])["value"].tolist() == [81.0]

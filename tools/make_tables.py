@@ -4,6 +4,7 @@
                                 [--latency results/latency] [--paper results/paper]
                                 [--tables 2 3 4 5 6 7 8] [--out results]
                                 [--models M ...] [--datasets D ...]
+                                [--where lbp.KEY=VALUE ...]
 
 For every table it writes ``<out>/table<N>/table<N>.{md,csv,tex}`` (``lbp_wht.reporting.tables``):
 our numbers (mean ± std over seeds of the complete run records; cost from ``results/cost``,
@@ -11,11 +12,15 @@ latency from ``results/latency``) beside the paper's (``results/paper/*.csv``). 
 costs are empty cells, never filled in. ``--extra-rows`` adds rows that exist only in the
 records, marked ``(extra)``; ``--models`` / ``--datasets`` restrict the rows and dataset
 columns (a model the paper does not have, e.g. ``mini-efficientformer``, gives proxy tables).
+``--where`` keeps the records of one setting: a grid over ``lbp.padding`` or a successor's
+``lbp.options`` trains several runs per table cell, and the tables of each value are built
+apart (``--where lbp.options.keep_fraction=0.3 --out results/kf0.3``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -52,7 +57,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also show rows the records have but the paper's table does not (marked extra)",
     )
+    p.add_argument(
+        "--where",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only records with these settings (dotted keys of the record, e.g. lbp.padding=zero "
+        "or lbp.options.keep_fraction=0.3; VALUE read as JSON, else as text)",
+    )
     args = p.parse_args(argv)
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--where {item!r}: expected KEY=VALUE (e.g. lbp.padding=zero)")
+        try:
+            where[key] = json.loads(value)
+        except ValueError:
+            where[key] = value
     try:
         tables.check_models(args.models)
         datasets = tables.check_datasets(args.datasets)
@@ -70,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.runs = args.runs or [os.environ.get("WORK_ROOT", str(REPO / "work_dirs" / "paper"))]
 
     try:
-        runs = tables.load_runs(args.runs)
+        runs = tables.load_runs(args.runs, where)
         cost = tables.load_cost(args.cost)
     except ValueError as e:
         raise SystemExit(f"make_tables: {e}") from None

@@ -36,7 +36,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +82,14 @@ def rank_cell(key: tuple, lora_rank: Any = None) -> str:
 
 
 # ------------------------------------------------------------------------------- run records
-def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
+def load_runs(
+    roots: Sequence[str | os.PathLike], where: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
     """Complete training records under ``roots`` -> one row per (cell, seed).
+
+    ``where``: only records whose settings equal these, by dotted key into the record (e.g.
+    ``{"lbp.padding": "zero", "lbp.options.keep_fraction": 0.3}``; a record without the key
+    does not match).
 
     Columns: model, scope, dataset, method, select, r (key), seed, value, metric, path.
     Several records of the same cell and seed trained alike (e.g. a run repeated in a second
@@ -93,7 +99,7 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
         RecordValueError: a record whose ``value`` is not a finite number (names the file);
             two records of one cell and seed whose ``lbp`` settings differ beyond the key (e.g.
             ``lbp.padding``, ``lbp.options`` of a grid sweep): a table row holds one of them,
-            and keeping the newest would drop the other silently.
+            and keeping the newest would drop the other silently (``where`` picks one).
     """
     cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
     rows = []  # in the order of cols + [timestamp, path]
@@ -102,6 +108,8 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
             continue
         for rec in read_records(root, pattern="**/record.json"):
             if rec.get("status") != "complete" or rec.get("kind", "train") != "train":
+                continue
+            if where and not all(_setting(rec, k) == v for k, v in where.items()):
                 continue
             path = rec["_path"]
             value = checked_number(rec.get("value"), path, "value")
@@ -123,6 +131,16 @@ def load_runs(roots: Sequence[str | os.PathLike]) -> pd.DataFrame:
     return df.drop(columns="lbp").reset_index(drop=True)
 
 
+_MISSING = object()
+
+
+def _setting(rec: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = rec
+    for part in dotted.split("."):
+        node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+    return node
+
+
 def _check_trained_alike(group: pd.DataFrame) -> None:
     """Refuse records of one cell and seed whose ``lbp`` settings differ in a key both record
     (loading-only keys aside; a key an older record lacks is not compared)."""
@@ -136,8 +154,8 @@ def _check_trained_alike(group: pd.DataFrame) -> None:
                 f"{first['path']} and {other['path']} are one table cell (model "
                 f"{first['model']}, {first['scope']}, {first['dataset']}, method "
                 f"{first['method']}, seed {first['seed']}) trained differently: {what}. A table "
-                "row shows one configuration: build the tables of each from its own work root "
-                "(--runs), or move one of the runs out of the roots given"
+                f"row shows one configuration: pick one with --where lbp.{diff[0]}=VALUE "
+                "(make_tables), or build each from its own work root (--runs)"
             )
 
 
