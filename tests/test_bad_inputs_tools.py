@@ -161,6 +161,16 @@ def test_make_tables_refuses_a_cell_trained_two_ways_and_where_picks_one(tmp_pat
     shutil.rmtree(tmp_path / "out")
     res = _tool(*args, "--where", "lbp.padding")
     assert res.returncode == 2 and "expected KEY=VALUE" in res.stderr
+    # make_figures reads the records the same way
+    fig = [str(ROOT / "tools/make_figures.py"), "--runs", str(mini / "runs" / "adapt"), str(other)]
+    fig += ["--cost", str(mini / "cost"), "--figures", "3", "--models", "mini-efficientformer"]
+    fig += ["--dataset", "fmnist-5to9", "--out", str(tmp_path / "fig")]
+    res = _tool(*fig)
+    assert res.returncode != 0 and "lbp.padding 'reflect' vs 'zero'" in res.stderr, res.stderr
+    res = _tool(*fig, "--where", "lbp.padding=reflect")
+    assert res.returncode == 0, res.stderr
+    built = (tmp_path / "fig" / "figure3_data.csv").read_bytes()
+    assert built == (mini / "figures" / "figure3_data.csv").read_bytes()
 
 
 def test_make_tables_defaults_build_table8_from_the_committed_csv(tmp_path: Path) -> None:

@@ -39,11 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "figures"))
     p.add_argument("--models", nargs="+", help="models of Figures 3/4 (default: Table 2's)")
     p.add_argument("--dataset", default="cifar100", help="accuracy of Figures 3/4")
+    p.add_argument(
+        "--where",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only records with these settings (as tools/make_tables.py --where)",
+    )
     args = p.parse_args(argv)
 
     from lbp_wht.reporting import tables
 
     try:
+        where = tables.parse_where(args.where)
         tables.check_models(args.models)
         (dataset,) = tables.check_datasets([args.dataset])
     except ValueError as e:
@@ -66,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             models=args.models,
             dataset=dataset,
             spectrum=args.spectrum,
+            where=where,
         )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"make_figures: {e}") from None

@@ -20,7 +20,6 @@ apart (``--where lbp.options.keep_fraction=0.3 --out results/kf0.3``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -67,16 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or lbp.options.keep_fraction=0.3; VALUE read as JSON, else as text)",
     )
     args = p.parse_args(argv)
-    where = {}
-    for item in args.where:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            p.error(f"--where {item!r}: expected KEY=VALUE (e.g. lbp.padding=zero)")
-        try:
-            where[key] = json.loads(value)
-        except ValueError:
-            where[key] = value
     try:
+        where = tables.parse_where(args.where)
         tables.check_models(args.models)
         datasets = tables.check_datasets(args.datasets)
     except ValueError as e:

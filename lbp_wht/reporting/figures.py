@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -488,13 +488,15 @@ def make_figures(
     models: Sequence[str] | None = None,
     dataset: str = "cifar100",
     spectrum: str | os.PathLike | None = None,
+    where: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Path]]:
-    """Build the requested figures; returns ``{figure: [written paths]}``."""
+    """Build the requested figures (from the records matching ``where``, as
+    :func:`~lbp_wht.reporting.tables.load_runs`); returns ``{figure: [written paths]}``."""
     out, paper_dir = Path(out), Path(paper_dir)
     written: dict[str, list[Path]] = {}
     figures = [str(f).removeprefix("fig").removeprefix("ure") for f in figures]
     if {"3", "4"} & set(figures):
-        runs = load_runs(runs_roots)
+        runs = load_runs(runs_roots, where)
         cost = load_cost(cost_dir)
         models = list(models or fig3_models(paper_dir))
         ds = norm_dataset(dataset)

@@ -34,6 +34,7 @@ and 7 as an extra / proxy row.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -132,6 +133,25 @@ def load_runs(
 
 
 _MISSING = object()
+
+
+def parse_where(items: Sequence[str]) -> dict[str, Any]:
+    """``["lbp.padding=zero", "lbp.options.keep_fraction=0.3"]`` -> the ``where`` of
+    :func:`load_runs` (each value read as JSON, else kept as text).
+
+    Raises:
+        ValueError: an item that is not ``KEY=VALUE``, naming it.
+    """
+    where: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {item!r}: expected KEY=VALUE (e.g. lbp.padding=zero)")
+        try:
+            where[key] = json.loads(value)
+        except ValueError:
+            where[key] = value
+    return where
 
 
 def _setting(rec: Mapping[str, Any], dotted: str) -> Any:
