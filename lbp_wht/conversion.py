@@ -221,7 +221,7 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
     target, method = rule["target"], rule["method"]
     if not isinstance(target, str) or not target:
         raise TypeError(f"rule {index}: target must be a non-empty glob string, got {target!r}")
-    if method not in CONVERSIONS:
+    if not isinstance(method, str) or method not in CONVERSIONS:
         raise ValueError(
             f"rule {index}: unknown method {method!r}; choose one of {list(CONVERSIONS)}"
         )
@@ -248,7 +248,7 @@ def parse_rule(rule: Mapping[str, Any], index: int = 0) -> Rule:
     exclude = opts.pop("exclude", ())
     if isinstance(exclude, str):
         exclude = (exclude,)
-    if not all(isinstance(e, str) for e in exclude):
+    if not isinstance(exclude, list | tuple) or not all(isinstance(e, str) for e in exclude):
         raise TypeError(f"rule {index}: exclude must be a list of globs, got {exclude!r}")
     where = f"rule {index} (target={target!r}, method={method!r})"
     try:
@@ -449,18 +449,26 @@ def _describe_example(ex: Any) -> str:
 
 
 def example_spec(example: Any) -> Any:
-    """A JSON description of an example input (shapes and dtypes, no values)."""
+    """A JSON description of an example input (tensors by shape and dtype, no values; plain
+    numbers, strings and None by value)."""
+    if example is None or isinstance(example, bool | int | float | str):
+        return dict(value=example)
     if isinstance(example, torch.Tensor):
         return dict(shape=list(example.shape), dtype=str(example.dtype).removeprefix("torch."))
     if isinstance(example, dict):
         return dict(kwargs={k: example_spec(v) for k, v in example.items()})
     if isinstance(example, tuple | list):
         return dict(args=[example_spec(v) for v in example])
-    raise TypeError(f"cannot describe an example input of type {type(example).__name__}")
+    raise TypeError(
+        f"cannot describe an example input of type {type(example).__name__}: example_input "
+        "takes tensors, tuples, lists and dicts of them, numbers, strings and None"
+    )
 
 
 def example_from_spec(spec: Any, device: torch.device | None = None) -> Any:
     """A zero example input, on ``device``, of the shapes :func:`example_spec` described."""
+    if "value" in spec:
+        return spec["value"]
     if "shape" in spec:
         return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]), device=device)
     if "kwargs" in spec:
@@ -687,6 +695,8 @@ def convert(
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting {name!r} with method={rule.method!r}: {err}") from err
 
+    # what load_adapted re-traces a fresh model on; described now, as it may refuse the input
+    spec = example_spec(example) if example is not None and built else None
     guard = BatchNormGuard(model) if batchnorm_guard else None
     sites: dict[str, list[str]] = {}
     for name, (new, _rule, decision) in built.items():
@@ -734,8 +744,8 @@ def convert(
     if built:
         recorded = list(getattr(model, "lbp_rules", []))
         model.lbp_rules = recorded + report.rules  # type: ignore[assignment]
-        if example is not None:  # what load_adapted re-traces a fresh model on
-            model.lbp_example = example_spec(example)  # type: ignore[assignment]
+        if spec is not None:
+            model.lbp_example = spec  # type: ignore[assignment]
     return report
 
 
@@ -761,10 +771,14 @@ def _verify(model: nn.Module, example: Any, layers: Mapping[str, nn.Module]) -> 
     eval mode, so BatchNorm uses running statistics even at batch 1): every converted layer
     must run its converted path (``converted_calls``), else the conversion is refused."""
     guards = {name: getattr(new, "batchnorm_guard", None) for name, new in layers.items()}
+    warned = {name: getattr(new, "_warned_no_bases", None) for name, new in layers.items()}
     for name, new in layers.items():
         new.converted_calls = 0
+        # the warnings belong to the first real training step
         if guards[name] is not None:
-            new.batchnorm_guard = None  # the warning belongs to the first real training step
+            new.batchnorm_guard = None
+        if warned[name] is not None:
+            new._warned_no_bases = True
     with preserved(model), torch.enable_grad():
         model.eval()
         for new in layers.values():
@@ -788,6 +802,8 @@ def _verify(model: nn.Module, example: Any, layers: Mapping[str, nn.Module]) -> 
             for name, new in layers.items():
                 if guards[name] is not None:
                     new.batchnorm_guard = guards[name]
+                if warned[name] is not None:
+                    new._warned_no_bases = warned[name]
     idle = [name for name, new in layers.items() if new.converted_calls == 0]
     for new in layers.values():
         new.converted_calls = 0

@@ -83,11 +83,16 @@ class MapGeometry:
             hw = (check_int(self.hw[0], "hw[0]", 1), check_int(self.hw[1], "hw[1]", 1))
             object.__setattr__(self, "hw", hw)
         if self.token_order is not None:
-            order = tuple(int(v) for v in self.token_order)
+            order = tuple(check_int(v, "token_order[i]", 0) for v in self.token_order)
             if sorted(order) != list(range(len(order))):
                 raise ValueError("token_order must be a permutation of 0 .. L-1")
             if self.layout in ("nhwc", "nchw"):
                 raise ValueError(f"token_order needs token input, not layout {self.layout!r}")
+            if self.hw is not None and len(order) != self.hw[0] * self.hw[1]:
+                raise ValueError(
+                    f"token_order has {len(order)} tokens, hw={self.hw} has "
+                    f"{self.hw[0] * self.hw[1]}"
+                )
             object.__setattr__(self, "token_order", order)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -75,7 +75,19 @@ def shell_like(cls: type, module: nn.Module) -> nn.Module:
 
     Sharing (not copying) keeps state-dict keys and optimizer identity, so checkpoints of the
     unconverted model load into the converted one. ``cls`` subclasses nn.Linear or nn.Conv2d.
+    Converting a layer that is converted already (its adapters or bases would be lost) or not
+    yet initialised (``nn.LazyLinear``) is refused; a plain ``cls`` (``unconvert``) takes any.
     """
+    if isinstance(module, ConvertedLayer) and issubclass(cls, ConvertedLayer):
+        raise TypeError(
+            f"{cls.__name__}.from_module: {type(module).__name__} is converted already; convert "
+            "the original layer (lbp_wht.unconvert gives it back)"
+        )
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        raise ValueError(
+            f"{cls.__name__}.from_module: {type(module).__name__} has no weight yet; run one "
+            "forward first so that its shape is known"
+        )
     if issubclass(cls, nn.Conv2d):
         reason = conv1x1_problem(module)
         if reason is not None and not isinstance(module, nn.Conv2d):
@@ -142,11 +154,13 @@ class ConvertedLayer:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, self.bias)  # type: ignore[attr-defined]
+        return self.call_site(x, self.bias)  # type: ignore[attr-defined]
 
     def call_site(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer applied to ``x`` with ``bias`` in place of its own (a call site that
         computed ``F.linear(x, self.weight, bias)`` / ``F.conv2d(x, self.weight, bias)``)."""
+        if self._conv and x.dim() == 3:  # an unbatched (C, H, W) map, as nn.Conv2d takes it
+            return self._forward(x.unsqueeze(0), bias).squeeze(0)
         return self._forward(x, bias)
 
 
@@ -271,8 +285,8 @@ class LBPMixin(ConvertedLayer):
     def hw(self, value: tuple[int, int] | None) -> None:
         # Models that know their map size only at run time (e.g. Segformer's hw_shape) set it
         # before each call.
-        if value != self.geometry.hw:
-            self.geometry = MapGeometry(self.geometry.layout, self.geometry.prefix_tokens, value)
+        if value != self.geometry.hw:  # layout, prefix tokens and token order stay
+            self.geometry = replace(self.geometry, hw=value)
 
     # ---- bases ----------------------------------------------------------------------------
     def set_bases(self, bases: Sequence[Sequence[int]]) -> None:

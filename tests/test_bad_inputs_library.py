@@ -118,3 +118,99 @@ def test_types_that_are_fine():
     cfg = LBPConfig(selection="explicit", bases=[[np.int64(0), 1]])
     assert cfg.bases == ((0, 1),)
     assert LoRAConfig(rank=np.int64(4), alpha=np.float32(2)).scaling == 0.5
+
+
+# ---------------------------------------------- found by a probe of the API as a new user
+class _Scaled(nn.Module):
+    """A token linear whose forward takes a plain number beside the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, img: torch.Tensor, scale: float = 1.0, tag: object = None) -> torch.Tensor:
+        return self.a(img.flatten(2).transpose(1, 2)) * scale  # tag: any object, unused
+
+
+def test_an_example_input_with_a_number_converts_and_is_recorded():
+    """A number beside the tensors of ``example_input`` is part of the call, recorded by value
+    (the description used to raise after the layers were swapped, leaving the model half
+    converted); a type it cannot describe is refused before anything changes."""
+    from lbp_wht.conversion import example_from_spec
+
+    model = _Scaled()
+    convert(model, [dict(target="a", method="lbp")], example_input=(torch.randn(1, 8, 8, 8), 2.0))
+    assert isinstance(model.a, LBPLinear)
+    assert example_from_spec(model.lbp_example)[1] == 2.0
+    fresh = _Scaled()
+    with pytest.raises(TypeError, match="cannot describe an example input of type object"):
+        convert(
+            fresh,
+            [dict(target="a", method="lbp")],
+            example_input=(torch.randn(1, 8, 8, 8), 1.0, object()),
+        )
+    assert type(fresh.a) is nn.Linear and not hasattr(fresh, "lbp_rules")
+
+
+def test_lhe_without_bases_warns_at_the_first_training_step_not_in_convert():
+    model = _seq(nn.Linear(4, 4))
+    rule = dict(target="0", method="lbp", selection="lhe", num_bases=5, hw=(7, 7))
+    x = torch.randn(2, 49, 4)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        convert(model, [rule], example_input=x[:1])
+    assert not [w for w in seen if "no bases yet" in str(w.message)]
+    with pytest.warns(UserWarning, match="no bases yet"):
+        model.train()(x).sum().backward()
+
+
+def test_from_module_refuses_a_converted_or_uninitialised_layer():
+    lora = LoRALinear.from_module(nn.Linear(8, 8), LoRAConfig(rank=2))
+    with pytest.raises(TypeError, match="LoRALinear is converted already"):
+        LBPLinear.from_module(lora, LBPConfig())
+    with pytest.raises(ValueError, match="LazyLinear has no weight yet"):
+        LBPLinear.from_module(nn.LazyLinear(8), LBPConfig())
+    plain = _seq(nn.Linear(8, 8))
+    convert(plain, [dict(target="0", method="lora", lora_rank=2)])
+    assert unconvert(plain) == ["0"] and type(plain[0]) is nn.Linear  # unconvert still works
+
+
+def test_setting_hw_keeps_the_token_order():
+    order = tuple(torch.randperm(16, generator=torch.Generator().manual_seed(0)).tolist())
+    layer = LBPLinear(8, 8, config=LBPConfig(radius=2), geometry=MapGeometry(token_order=order))
+    layer.hw = (4, 4)
+    assert layer.geometry.token_order == order and layer.geometry.hw == (4, 4)
+    with pytest.raises(ValueError, match="token_order has 16 tokens, hw=\\(2, 4\\) has 8"):
+        layer.hw = (2, 4)
+    with pytest.raises(TypeError, match="token_order\\[i\\] must be an int, got 0.5"):
+        MapGeometry(token_order=[0.5, 1.7])
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_a_converted_1x1_conv_takes_an_unbatched_map_as_nn_conv2d_does(train):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 1)
+    full = LBPConfig(selection="lp_linf", radius=8, padding="zero")  # all 64 bases: exact
+    layer = LBPConv2d.from_module(nn.Conv2d(16, 8, 1), full).train(train)
+    layer.weight, layer.bias = conv.weight, conv.bias
+    x = torch.randn(16, 7, 7, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, conv(x))
+    if train:
+        (gx,) = torch.autograd.grad((y * y).sum(), x)
+        (want,) = torch.autograd.grad((conv(x) ** 2).sum(), x)
+        torch.testing.assert_close(gx, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rule, named",
+    [
+        (dict(target="0", method="lbp", exclude=5), "exclude must be a list of globs, got 5"),
+        (dict(target="0", method=["lbp"]), "unknown method \\['lbp'\\]"),
+    ],
+)
+def test_malformed_rule_values_are_named_errors(rule, named):
+    with pytest.raises((TypeError, ValueError), match=named):
+        convert(_seq(nn.Linear(4, 4)), [rule], example_input=torch.randn(1, 49, 4))
