@@ -297,6 +297,11 @@ def plain_checkpoint(c: Ctx) -> Path:
     return c.file("plain_state.pth", obj={"state_dict": c.state, "meta": {}})
 
 
+def headless_checkpoint(c: Ctx) -> Path:
+    state = {k: v for k, v in c.state.items() if not k.startswith("head.")}
+    return c.file("no_head.pth", obj={"state_dict": state, "meta": {}})
+
+
 def resume_no_config(c: Ctx) -> Any:
     """``--resume`` of a training checkpoint whose meta holds no config."""
     ckpt = torch.load(c.train_ckpt, map_location="cpu", weights_only=True)
@@ -493,6 +498,9 @@ CASES = [
          rn.CheckpointMismatchError, ("lora.pth", "lora_A", "would be dropped")),
     Case("test_without_the_models_adapters", run_test_of(MINI_LORA, plain_checkpoint, "t_none"),
          rn.CheckpointMismatchError, ("plain_state.pth", "untrained adapters")),
+    Case("test_without_the_head", run_test_of(MINI_CLS, headless_checkpoint, "t_head"),
+         rn.CheckpointMismatchError,
+         ("no_head.pth", "missing in checkpoint", "head.", "at their initialisation")),
     Case("resume_checkpoint_without_config", resume_no_config, rn.ResumeMismatchError,
          ("no_cfg.pth", "holds no config", "--resume-unchecked")),
     # -- labels and records -------------------------------------------------------------------------
@@ -716,3 +724,20 @@ def test_work_root_probe_survives_sweeps_started_at_once(tmp_path):
         t.join()
     assert not errors, errors[:2]
     assert os.listdir(root) == []  # no probe left behind
+
+
+def test_a_test_loads_the_head_that_drop_keys_leaves_out_of_load_from(tmp_path):
+    """``lbp.drop_keys`` (the demo's target config: ``head.*``) keeps a pretrained source's head
+    out of ``load_from``; a test of the run's own checkpoint evaluates its trained head (it
+    used to be dropped too: a random head's accuracy, recorded complete)."""
+    c = Ctx(tmp_path)
+    state = {k: v + 1.0 if k.startswith("head.") else v for k, v in c.state.items()}
+    ckpt = c.file("trained.pth", obj={"state_dict": state, "meta": {}})
+    cfg = load_cfg(MINI_CLS, cls_options(c.data, iters=2) + ["lbp.drop_keys=[head.*]"],
+                   tmp_path / "t")  # fmt: skip
+    cfg.load_from = str(ckpt)
+    runner = make_runner(cfg)
+    runner.test()
+    got = runner.model.state_dict()
+    heads = [k for k in state if k.startswith("head.")]
+    assert heads and all(torch.equal(got[k], state[k]) for k in heads)

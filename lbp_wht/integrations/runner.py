@@ -514,7 +514,10 @@ class LBPWHTRunner(Runner):
             from .models import mmseg_attention_keys_to_explicit
 
             state = mmseg_attention_keys_to_explicit(state)
-        dropped = [k for k in state if any(fnmatchcase(k, p) for p in lbp["drop_keys"])]
+        testing = getattr(self, "_testing", False)
+        # a test evaluates the checkpoint's own weights: none dropped, none left at init
+        drop_keys, reinit_keys = ([], []) if testing else (lbp["drop_keys"], lbp["reinit_keys"])
+        dropped = [k for k in state if any(fnmatchcase(k, p) for p in drop_keys)]
         if dropped:
             print_log(
                 f"load_from {filename}: not loading {_fmt(dropped)} (lbp.drop_keys)",
@@ -522,13 +525,13 @@ class LBPWHTRunner(Runner):
             )
             state = {k: v for k, v in state.items() if k not in set(dropped)}
         own = model.state_dict()
-        diff = compare_state_dicts(own, state, lbp["reinit_keys"] + lbp["drop_keys"])
+        diff = compare_state_dicts(own, state, reinit_keys + drop_keys)
         foreign = [k for k in diff["unexpected"] if _ADAPTER_RE.search(k)]
         if foreign:
             raise CheckpointMismatchError(
                 f"load_from {filename}: the checkpoint holds {len(foreign)} adapter tensors ({_fmt(foreign, 3)}) that this model (lbp.method={lbp['method']!r}) has no place for; they would be dropped. Use the config the checkpoint was trained with, or list them in lbp.drop_keys to drop them knowingly."
             )
-        if diff["adapters"] and getattr(self, "_testing", False):
+        if diff["adapters"] and testing:
             raise CheckpointMismatchError(
                 f"{filename} holds none of the model's {len(diff['adapters'])} adapter tensors ({_fmt(diff['adapters'], 3)}): testing would evaluate untrained adapters. Test the checkpoint its training run saved, with the config it was trained with."
             )
@@ -562,6 +565,10 @@ class LBPWHTRunner(Runner):
             if diff["mismatched"]
             else []
         )
+        if problems and testing:
+            raise CheckpointMismatchError(
+                f"{filename} does not match the model ({type(model).__name__}): {'; '.join(problems)}. Testing would evaluate these at their initialisation (lbp.drop_keys / reinit_keys apply to load_from, not to a test). Test the checkpoint its training run saved, with the config it was trained with."
+            )
         if problems:
             msg = f"load_from {filename} does not match the model ({type(model).__name__}): {'; '.join(problems)}. Is this the checkpoint for this model? (tools/fetch_checkpoints.py)"
             if lbp["strict_load"]:
