@@ -105,9 +105,10 @@ def test_a_run_without_a_value_is_left_out_and_a_good_one_is_read(tmp_path) -> N
 
 
 def test_one_cell_trained_twice_alike_keeps_the_newest_and_differently_is_refused(tmp_path):
-    """Two work roots holding the same cell and seed: a repeat (loading-only keys may differ)
-    gives the newest value; runs that trained differently (a grid over ``lbp.padding``) would
-    lose one silently, so the loader names both files and the setting."""
+    """Two work roots holding the same cell and seed: a repeat (the same config digest; records
+    without one: loading-only keys may differ) gives the newest value; runs that trained
+    differently (a grid over ``lbp.padding``, or the learning rate) would lose one silently, so
+    the loader names both files and what differs."""
     lbp = dict(method="full_bp", padding="reflect", options={}, strict_load=True)
     old = _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=lbp)
     _run_record(tmp_path / "b", 81.0, timestamp="2026-01-02T00:00:00",
@@ -126,6 +127,17 @@ def test_one_cell_trained_twice_alike_keeps_the_newest_and_differently_is_refuse
         assert tables.load_runs([tmp_path / "a", tmp_path / "b"], where)["value"].tolist() == [
             value
         ]
+    with pytest.raises(RecordValueError, match="--where lbp.paddding: no record under"):
+        tables.load_runs([tmp_path / "a", tmp_path / "b"], {"lbp.paddding": "zero"})  # a typo
+    # configs that differ outside the lbp block (a learning-rate grid): told by the digest
+    _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=lbp, config_digest="d1")
+    _run_record(tmp_path / "b", 81.0, timestamp="2026-01-02T00:00:00", lbp=lbp, config_digest="d2")
+    with pytest.raises(RecordValueError, match="config_digest d1 vs d2.*--where config_digest="):
+        tables.load_runs([tmp_path / "a", tmp_path / "b"])
+    where = {"config_digest": "d1"}
+    assert tables.load_runs([tmp_path / "a", tmp_path / "b"], where)["value"].tolist() == [80.0]
+    _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=lbp, config_digest="d2")
+    assert tables.load_runs([tmp_path / "a", tmp_path / "b"])["value"].tolist() == [81.0]
     # an older record without the key is not compared on it
     _run_record(tmp_path / "a", 80.0, timestamp="2026-01-01T00:00:00", lbp=dict(method="full_bp"))
     assert tables.load_runs([tmp_path / "a", tmp_path / "b"])["value"].tolist() == [81.0]

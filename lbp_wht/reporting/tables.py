@@ -94,24 +94,33 @@ def load_runs(
 
     Columns: model, scope, dataset, method, select, r (key), seed, value, metric, path.
     Several records of the same cell and seed trained alike (e.g. a run repeated in a second
-    work root): the newest wins. A record without a value (no evaluation) is left out.
+    work root; the same ``config_digest``): the newest wins. A record without a value (no
+    evaluation) is left out.
 
     Raises:
         RecordValueError: a record whose ``value`` is not a finite number (names the file);
-            two records of one cell and seed whose ``lbp`` settings differ beyond the key (e.g.
-            ``lbp.padding``, ``lbp.options`` of a grid sweep): a table row holds one of them,
-            and keeping the newest would drop the other silently (``where`` picks one).
+            two records of one cell and seed that trained differently (their ``config_digest``
+            differs, e.g. a grid over ``lbp.padding``, ``lbp.options`` or the learning rate; for
+            records without a digest: ``lbp`` settings beyond the key and loading switches): a
+            table row holds one of them, and keeping the newest would drop the other silently
+            (``where`` picks one).
     """
     cols = ["model", "scope", "dataset", "method", "select", "r", "seed", "value", "metric"]
     rows = []  # in the order of cols + [timestamp, path]
+    present: set[str] = set()  # the where keys some record has
+    considered = 0  # complete training records read
     for root in roots:
         if not Path(root).exists():
             continue
         for rec in read_records(root, pattern="**/record.json"):
             if rec.get("status") != "complete" or rec.get("kind", "train") != "train":
                 continue
-            if where and not all(_setting(rec, k) == v for k, v in where.items()):
-                continue
+            considered += 1
+            if where:
+                got = {k: _setting(rec, k) for k in where}
+                present.update(k for k, v in got.items() if v is not _MISSING)
+                if any(got[k] != v for k, v in where.items()):
+                    continue
             path = rec["_path"]
             value = checked_number(rec.get("value"), path, "value")
             if value is None or not rec.get("model") or not rec.get("method"):
@@ -120,16 +129,24 @@ def load_runs(
             cell = [rec["model"], rec.get("scope") or "partial", norm_dataset(rec.get("dataset"))]
             stamp = str(rec.get("timestamp") or "")
             lbp = rec.get("lbp") if isinstance(rec.get("lbp"), dict) else {}
+            digest = str(rec.get("config_digest") or "")
             row = [*cell, m, s, r, rec.get("seed"), value, rec.get("metric"), stamp, path, lbp]
-            rows.append(row)
-    df = pd.DataFrame(rows, columns=cols + ["timestamp", "path", "lbp"])
+            rows.append([*row, digest])
+    absent = [k for k in where or () if k not in present]
+    if absent and considered:
+        raise RecordValueError(
+            f"--where {absent[0]}: no record under {[str(r) for r in roots]} has this key; "
+            "keys are dotted paths into record.json (e.g. lbp.padding, lbp.options.keep_fraction, "
+            "config_digest)"
+        )
+    df = pd.DataFrame(rows, columns=cols + ["timestamp", "path", "lbp", "digest"])
     if df.empty:
-        return df.drop(columns="lbp")
+        return df.drop(columns=["lbp", "digest"])
     key = ["model", "scope", "dataset", "method", "select", "r", "seed"]
     for _, group in df[df.duplicated(key, keep=False)].groupby(key, dropna=False, sort=False):
         _check_trained_alike(group)
     df = df.sort_values("timestamp").drop_duplicates(key, keep="last")
-    return df.drop(columns="lbp").reset_index(drop=True)
+    return df.drop(columns=["lbp", "digest"]).reset_index(drop=True)
 
 
 _MISSING = object()
@@ -162,19 +179,26 @@ def _setting(rec: Mapping[str, Any], dotted: str) -> Any:
 
 
 def _check_trained_alike(group: pd.DataFrame) -> None:
-    """Refuse records of one cell and seed whose ``lbp`` settings differ in a key both record
-    (loading-only keys aside; a key an older record lacks is not compared)."""
+    """Refuse records of one cell and seed whose configs differ (``config_digest``; where a
+    record has none, its ``lbp`` settings in the keys both record, loading switches aside),
+    naming the ``lbp`` settings that differ."""
     first = group.iloc[0]
     for _, other in group.iloc[1:].iterrows():
         a, b = first["lbp"], other["lbp"]
         diff = sorted(k for k in a.keys() & b.keys() if k not in LOADING_LBP_KEYS and a[k] != b[k])
-        if diff:
+        digests = first["digest"], other["digest"]
+        if diff or (all(digests) and digests[0] != digests[1]):
             what = "; ".join(f"lbp.{k} {a[k]!r} vs {b[k]!r}" for k in diff)
+            what = what or (
+                f"config_digest {digests[0]} vs {digests[1]} (the lbp blocks agree: the schedule, "
+                "optimiser, data or loading settings differ)"
+            )
+            pick = f"lbp.{diff[0]}" if diff else "config_digest"
             raise RecordValueError(
                 f"{first['path']} and {other['path']} are one table cell (model "
                 f"{first['model']}, {first['scope']}, {first['dataset']}, method "
                 f"{first['method']}, seed {first['seed']}) trained differently: {what}. A table "
-                f"row shows one configuration: pick one with --where lbp.{diff[0]}=VALUE "
+                f"row shows one configuration: pick one with --where {pick}=VALUE "
                 "(make_tables), or build each from its own work root (--runs)"
             )
 
