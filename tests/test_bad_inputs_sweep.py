@@ -223,6 +223,38 @@ def test_grid_with_an_empty_or_malformed_axis_is_an_error_naming_it(axis, named)
         parse_axes([axis])
 
 
+def test_grid_values_are_stripped_and_a_value_twice_or_an_axis_overridden_is_refused(tmp_path):
+    runs = grid_runs(MINI, ["lbp.r=2, 3"], seeds=[0], work_root=tmp_path)
+    assert [r.run_id for r in runs] == [f"{MINI.stem}_r={r}_s0" for r in (2, 3)]
+    with pytest.raises(SweepSpecError, match="the axis lbp.r gives 4 twice"):
+        parse_axes(["lbp.r=4, 4"])
+    with pytest.raises(SweepSpecError, match="lbp.r is both a --set axis and a --cfg-options key"):
+        grid_runs(MINI, ["lbp.r=2,6"], seeds=[0], work_root=tmp_path, extra_options=["lbp.r=8"])
+
+
+def test_sweep_with_a_missing_interpreter_exits_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "sweep.py"), "grid", str(MINI), "--set", "lbp.r=2"]
+        + ["--work-root", str(tmp_path / "w"), "--python", "/nonexistent/python"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "--python /nonexistent/python: no such executable" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_run_whose_interpreter_cannot_start_fails_with_the_reason(tmp_path):
+    from lbp_wht.runs.sweep import Run, run_sweep
+
+    run = Run("r0", ("/nonexistent/python", "-c", "pass"), tmp_path / "r0", {})
+    report = run_sweep([run], jobs=1, out=open(os.devnull, "w"))
+    (res,) = report.results
+    assert res.status == "failed" and "cannot start /nonexistent/python" in res.message
+
+
 def test_grid_axis_given_twice_and_unknown_extra_option(tmp_path):
     with pytest.raises(SweepSpecError, match="lbp.r is given twice"):
         parse_axes(["lbp.r=2", "lbp.r=3"])

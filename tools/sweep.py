@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -174,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.count or args.dry_run):
             from lbp_wht.integrations.launch import load_config
 
+            if args.launcher == "local" and shutil.which(args.python) is None:
+                raise SweepSpecError(
+                    f"--python {args.python}: no such executable (the interpreter of the "
+                    "project's environment, e.g. .venv/bin/python; env PYTHON)"
+                )
             for config in sorted({str(r.meta["config"]) for r in runs if r.meta.get("config")}):
                 load_config(config)  # every config loads: one named error before anything starts
             _writable(args.work_root)

@@ -204,13 +204,16 @@ def parse_axes(assignments: Sequence[str]) -> list[tuple[str, list[str]]]:
         key = key.strip()
         if not sep or not key:
             raise SweepSpecError(f"--set {a!r}: expected KEY=VALUE1,VALUE2,... (e.g. lbp.r=2,4)")
-        values = [v for v in vals.split(",") if v.strip() != ""]
+        values = [v.strip() for v in vals.split(",") if v.strip() != ""]  # "4, 6": 4 and 6
         if not values:
             raise SweepSpecError(
                 f"--set {a!r}: the axis {key} has no values; give at least one (e.g. {key}=4)"
             )
         if any(k == key for k, _ in axes):
             raise SweepSpecError(f"--set: the axis {key} is given twice; merge its values")
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise SweepSpecError(f"--set {a!r}: the axis {key} gives {twice[0]} twice")
         axes.append((key, values))
     return axes
 
@@ -289,9 +292,14 @@ def grid_runs(
     axes = parse_axes(assignments)
     if not Path(config).is_file():
         raise SweepSpecError(f"config {config} not found")
+    extra_keys = [o.partition("=")[0].strip() for o in extra_options]
+    both = [k for k, _ in axes if k in extra_keys]
+    if both:  # the later --cfg-options would win, and the run id would name the axis value
+        raise SweepSpecError(
+            f"{both[0]} is both a --set axis and a --cfg-options key; give it in one of them"
+        )
     if check_keys:
         check_option_keys(config, [k for k, _ in axes], what="--set")
-        extra_keys = [o.partition("=")[0] for o in extra_options]
         check_option_keys(config, extra_keys, what="--cfg-options")
     combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes]))
     if check_keys and "lbp" in _effective(str(config)):

@@ -494,15 +494,18 @@ class _Sweep:
         self.progress.start(run, slot)
         start = time.time()
         with open(run.log_path, "ab") as log:
-            proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                cwd=run.cwd,
-                pass_fds=(lock.fd,),
-            )
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    cwd=run.cwd,
+                    pass_fds=(lock.fd,),
+                )
+            except OSError as err:  # e.g. the interpreter does not exist
+                return RunResult(run, "failed", 0.0, None, f"cannot start {command[0]}: {err}")
             with self.mutex:
                 self.procs[run.run_id] = proc
             try:
