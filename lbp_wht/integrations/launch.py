@@ -503,6 +503,14 @@ def run(cfg: Config, kind: str = "train", *, resume_unchecked: bool = False) -> 
             return metrics
         except BaseException as first:
             if runner is None or not getattr(runner, "lbp_run_started", False):
+                if isinstance(first, TypeError | ValueError | KeyError) and not isinstance(
+                    first, USER_ERRORS
+                ):  # mmengine building the runner, loop or optimiser from a config value
+                    raise ConfigKeyError(
+                        f"the config does not build ({type(first).__name__}: {first}); check "
+                        "the keys and values given to the runner, loops, optimiser and "
+                        "schedulers (--cfg-options included)"
+                    ) from first
                 raise
             err = guard.settle(first, grace_s=5.0 if runner.world_size > 1 else 0.0)
             if runner.rank == 0:
