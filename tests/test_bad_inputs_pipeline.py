@@ -302,6 +302,13 @@ def headless_checkpoint(c: Ctx) -> Path:
     return c.file("no_head.pth", obj={"state_dict": state, "meta": {}})
 
 
+def another_r_tested(c: Ctx) -> Any:
+    """``tools/test.py`` of a trained checkpoint with a config of another ``lbp.r``."""
+    cfg = load_cfg(MINI_CLS, cls_options(c.data) + ["lbp.r=2"], c.root / "t_r2")
+    cfg.load_from = str(c.train_ckpt)
+    return make_runner(cfg).test()
+
+
 def resume_no_config(c: Ctx) -> Any:
     """``--resume`` of a training checkpoint whose meta holds no config."""
     ckpt = torch.load(c.train_ckpt, map_location="cpu", weights_only=True)
@@ -501,6 +508,8 @@ CASES = [
     Case("test_without_the_head", run_test_of(MINI_CLS, headless_checkpoint, "t_head"),
          rn.CheckpointMismatchError,
          ("no_head.pth", "missing in checkpoint", "head.", "at their initialisation")),
+    Case("test_with_another_config_than_trained", another_r_tested,
+         rn.CheckpointMismatchError, ("iter_2.pth", "another method, model or task", "lbp.r:")),
     Case("resume_checkpoint_without_config", resume_no_config, rn.ResumeMismatchError,
          ("no_cfg.pth", "holds no config", "--resume-unchecked")),
     # -- labels and records -------------------------------------------------------------------------
@@ -747,3 +756,10 @@ def test_a_test_loads_the_head_that_drop_keys_leaves_out_of_load_from(tmp_path):
     got = runner.model.state_dict()
     heads = [k for k in state if k.startswith("head.")]
     assert heads and all(torch.equal(got[k], state[k]) for k in heads)
+
+
+def test_a_test_with_the_training_config_passes_the_config_check(ctx):
+    cfg = load_cfg(MINI_CLS, cls_options(ctx.data), ctx.root / "t_same")
+    cfg.load_from = str(ctx.train_ckpt)
+    metrics = make_runner(cfg).test()
+    assert "accuracy/top1" in metrics

@@ -474,6 +474,35 @@ class LBPWHTRunner(Runner):
         _load_checkpoint_to_model(self.unwrapped_model, ckpt, strict, revise_keys=revise_keys)
         return ckpt
 
+    #: What a test must share with the training run of its checkpoint: the method, the model
+    #: and the task (optimiser, schedule and batch sizes may differ).
+    _TEST_RELEVANT = ("lbp.", "model.", "data_preprocessor.", "train_dataloader.dataset.")
+
+    def _check_test_config(self, filename: str, ckpt: Any) -> None:
+        """Refuse a test config that differs from the one the checkpoint was trained with in
+        :data:`_TEST_RELEVANT` (a checkpoint without a readable config is not compared)."""
+        from mmengine.config import Config
+
+        meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+        text = meta.get("cfg") if isinstance(meta, dict) else None
+        try:
+            saved = Config.fromstring(text, file_format=".py") if isinstance(text, str) else None
+        except Exception:  # noqa: BLE001 - an unreadable dump: nothing to compare
+            saved = None
+        if saved is None:
+            return
+        diffs = [
+            d for d in resume_differences(saved, self.cfg) if d.startswith(self._TEST_RELEVANT)
+        ]
+        if diffs:
+            raise CheckpointMismatchError(
+                f"{filename} was trained with another method, model or task than this config; "
+                "its score would be recorded under the wrong name. Differences:\n  "
+                + "\n  ".join(diffs[:20])
+                + (f"\n  ... ({len(diffs)} in all)" if len(diffs) > 20 else "")
+                + "\nTest it with the config it was trained with."
+            )
+
     def _check_resume_config(self, filename: str, text: Any) -> None:
         from mmengine.config import Config
 
@@ -515,6 +544,8 @@ class LBPWHTRunner(Runner):
 
             state = mmseg_attention_keys_to_explicit(state)
         testing = getattr(self, "_testing", False)
+        if testing:
+            self._check_test_config(filename, ckpt)
         # a test evaluates the checkpoint's own weights: none dropped, none left at init
         drop_keys, reinit_keys = ([], []) if testing else (lbp["drop_keys"], lbp["reinit_keys"])
         dropped = [k for k in state if any(fnmatchcase(k, p) for p in drop_keys)]
