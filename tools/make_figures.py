@@ -39,17 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "figures"))
     p.add_argument("--models", nargs="+", help="models of Figures 3/4 (default: Table 2's)")
     p.add_argument("--dataset", default="cifar100", help="accuracy of Figures 3/4")
-    p.add_argument(
-        "--where",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only records with these settings (as tools/make_tables.py --where)",
-    )
-    args = p.parse_args(argv)
-
     from lbp_wht.reporting import tables
+
+    tables.add_where_argument(p)
+    args = p.parse_args(argv)
 
     try:
         where = tables.parse_where(args.where)

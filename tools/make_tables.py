@@ -56,15 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also show rows the records have but the paper's table does not (marked extra)",
     )
-    p.add_argument(
-        "--where",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only records with these settings (dotted keys of the record, e.g. lbp.padding=zero "
-        "or lbp.options.keep_fraction=0.3; VALUE read as JSON, else as text)",
-    )
+    tables.add_where_argument(p)
     args = p.parse_args(argv)
     try:
         where = tables.parse_where(args.where)

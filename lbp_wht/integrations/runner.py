@@ -173,6 +173,24 @@ def resume_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     ]
 
 
+def _saved_config(text: Any) -> tuple[Any, str]:
+    """The config a checkpoint stores (its ``meta.cfg`` dump), or ``(None, why not)``."""
+    from mmengine.config import Config
+
+    if not isinstance(text, str):
+        return None, "holds no config"
+    try:
+        return Config.fromstring(text, file_format=".py"), ""
+    except Exception as err:  # noqa: BLE001 - whatever an unparsable dump raises
+        return None, f"holds a config that cannot be read ({type(err).__name__})"
+
+
+def _differences(diffs: list[str]) -> str:
+    """``Differences:`` and the first 20 of :func:`resume_differences`, one a line."""
+    more = f"\n  ... ({len(diffs)} in all)" if len(diffs) > 20 else ""
+    return "Differences:\n  " + "\n  ".join(diffs[:20]) + more
+
+
 def _backbone_shapes(model_cfg: dict) -> dict[str, tuple] | None:
     """Tensor shapes of the backbone ``model_cfg`` builds (on the meta device where the model
     allows, else on the CPU; nothing is converted); None if it has no ``backbone``."""
@@ -481,14 +499,8 @@ class LBPWHTRunner(Runner):
     def _check_test_config(self, filename: str, ckpt: Any) -> None:
         """Refuse a test config that differs from the one the checkpoint was trained with in
         :data:`_TEST_RELEVANT` (a checkpoint without a readable config is not compared)."""
-        from mmengine.config import Config
-
         meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-        text = meta.get("cfg") if isinstance(meta, dict) else None
-        try:
-            saved = Config.fromstring(text, file_format=".py") if isinstance(text, str) else None
-        except Exception:  # noqa: BLE001 - an unreadable dump: nothing to compare
-            saved = None
+        saved, _ = _saved_config(meta.get("cfg") if isinstance(meta, dict) else None)
         if saved is None:
             return
         diffs = [
@@ -497,20 +509,12 @@ class LBPWHTRunner(Runner):
         if diffs:
             raise CheckpointMismatchError(
                 f"{filename} was trained with another method, model or task than this config; "
-                "its score would be recorded under the wrong name. Differences:\n  "
-                + "\n  ".join(diffs[:20])
-                + (f"\n  ... ({len(diffs)} in all)" if len(diffs) > 20 else "")
-                + "\nTest it with the config it was trained with."
+                f"its score would be recorded under the wrong name. {_differences(diffs)}\n"
+                "Test it with the config it was trained with."
             )
 
     def _check_resume_config(self, filename: str, text: Any) -> None:
-        from mmengine.config import Config
-
-        try:
-            saved = Config.fromstring(text, file_format=".py") if isinstance(text, str) else None
-            why = "holds no config" if saved is None else ""
-        except Exception as err:  # noqa: BLE001 - whatever an unparsable dump raises
-            saved, why = None, f"holds a config that cannot be read ({type(err).__name__})"
+        saved, why = _saved_config(text)
         if saved is None:
             if not self.resume_unchecked:
                 raise ResumeMismatchError(
@@ -522,10 +526,8 @@ class LBPWHTRunner(Runner):
         if diffs:
             raise ResumeMismatchError(
                 f"--resume {filename}: the checkpoint was trained with another configuration; "
-                "resuming would mix the two. Differences:\n  "
-                + "\n  ".join(diffs[:20])
-                + (f"\n  ... ({len(diffs)} in all)" if len(diffs) > 20 else "")
-                + "\nResume with the checkpoint's settings, or start a new run in another work "
+                f"resuming would mix the two. {_differences(diffs)}\n"
+                "Resume with the checkpoint's settings, or start a new run in another work "
                 f"dir (to start from these weights: --cfg-options load_from={filename})."
             )
 

@@ -152,6 +152,19 @@ def load_runs(
 _MISSING = object()
 
 
+def add_where_argument(parser: Any) -> None:
+    """``--where KEY=VALUE ...`` of the table and figure tools (:func:`parse_where`)."""
+    parser.add_argument(
+        "--where",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only records with these settings (dotted keys of the record, e.g. lbp.padding=zero "
+        "or lbp.options.keep_fraction=0.3; VALUE read as JSON, else as text)",
+    )
+
+
 def parse_where(items: Sequence[str]) -> dict[str, Any]:
     """``["lbp.padding=zero", "lbp.options.keep_fraction=0.3"]`` -> the ``where`` of
     :func:`load_runs` (each value read as JSON, else kept as text).
