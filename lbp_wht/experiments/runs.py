@@ -302,7 +302,7 @@ def grid_runs(
         check_option_keys(config, [k for k, _ in axes], what="--set")
         check_option_keys(config, extra_keys, what="--cfg-options")
     combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes]))
-    if check_keys and "lbp" in _effective(str(config)):
+    if check_keys and isinstance(_effective(str(config)).get("lbp"), dict):  # an LBP config
         _check_lbp_blocks(config, combos, extra_options)
     stem = name or Path(config).stem
     rel = _rel(Path(config))
