@@ -241,9 +241,10 @@ def check_option_keys(config: str | os.PathLike, keys: Sequence[str], *, what: s
         parts = key.split(".")
         if parts[:2] == ["lbp", "options"] and len(parts) == 3:  # a successor method's option
             from lbp_wht.conversion import SUCCESSOR_OPTIONS
+            from lbp_wht.integrations.build import _ADAPTER_KEYS  # given as lbp.lora_*
 
             valid = sorted({k for _, names in SUCCESSOR_OPTIONS.values() for k in names})
-            valid = [k for k in valid if k not in ("lora_rank", "lora_alpha")]  # lbp.lora_*
+            valid = [k for k in valid if k not in _ADAPTER_KEYS]
             if parts[2] not in valid:
                 raise SweepSpecError(
                     f"{what} {key}: {parts[2]!r} is not an option of a successor method; "
